@@ -1,0 +1,1 @@
+//! The Starling MQTT broker: listeners, sessions, routing, authentication and metrics.

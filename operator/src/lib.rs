@@ -1,0 +1,1 @@
+//! The Starling operator: the `Broker` custom resource and its controller.
