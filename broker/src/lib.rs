@@ -1,1 +1,3 @@
 //! The Starling MQTT broker: listeners, sessions, routing, authentication and metrics.
+
+pub mod transport;
