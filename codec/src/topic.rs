@@ -1,0 +1,255 @@
+//! Topic names and topic filters (section 4.7), shared subscriptions (section 4.8) and matching.
+//! Used by the decoder and by the broker's router and access control.
+
+/// Why a topic name or filter is not valid; `rule()` names the normative statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Topic names and filters are at least one character [MQTT-4.7.3-1].
+    #[error("topic is empty")]
+    Empty,
+    /// At most 65,535 bytes [MQTT-4.7.3-3].
+    #[error("topic is longer than 65535 bytes")]
+    TooLong,
+    /// No U+0000 [MQTT-4.7.3-2].
+    #[error("topic contains the null character")]
+    NullCharacter,
+    /// A topic name contains `+` or `#` [MQTT-3.3.2-2].
+    #[error("topic name contains a wildcard")]
+    Wildcard,
+    /// `#` is alone in the last level [MQTT-4.7.1-1].
+    #[error("multi-level wildcard is not alone in the last level")]
+    MultiLevelWildcard,
+    /// `+` is alone in its level [MQTT-4.7.1-2].
+    #[error("single-level wildcard is not alone in its level")]
+    SingleLevelWildcard,
+    /// The ShareName is at least one character, without `/`, `+` or `#` [MQTT-4.8.2-1].
+    #[error("shared subscription group name is not valid")]
+    ShareName,
+    /// `$share/{ShareName}` is followed by `/` and a topic filter [MQTT-4.8.2-2].
+    #[error("shared subscription has no topic filter")]
+    ShareFilter,
+}
+
+impl TopicError {
+    /// The id of the rule that was broken.
+    pub const fn rule(&self) -> &'static str {
+        match self {
+            Self::Empty => "MQTT-4.7.3-1",
+            Self::TooLong => "MQTT-4.7.3-3",
+            Self::NullCharacter => "MQTT-4.7.3-2",
+            Self::Wildcard => "MQTT-3.3.2-2",
+            Self::MultiLevelWildcard => "MQTT-4.7.1-1",
+            Self::SingleLevelWildcard => "MQTT-4.7.1-2",
+            Self::ShareName => "MQTT-4.8.2-1",
+            Self::ShareFilter => "MQTT-4.8.2-2",
+        }
+    }
+}
+
+const SHARE_PREFIX: &str = "$share/";
+
+fn check_common(s: &str) -> Result<(), TopicError> {
+    if s.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if s.len() > usize::from(u16::MAX) {
+        return Err(TopicError::TooLong);
+    }
+    if s.as_bytes().contains(&0) {
+        return Err(TopicError::NullCharacter);
+    }
+    Ok(())
+}
+
+/// Checks a topic name (PUBLISH, will, response topic): not empty, no wildcards.
+pub fn validate_topic_name(s: &str) -> Result<(), TopicError> {
+    check_common(s)?;
+    if s.bytes().any(|b| b == b'+' || b == b'#') {
+        return Err(TopicError::Wildcard);
+    }
+    Ok(())
+}
+
+/// Checks a topic filter (SUBSCRIBE, UNSUBSCRIBE): `#` alone in the last level, `+` alone in its
+/// level, and for `$share/{group}/{filter}` a valid group and filter.
+pub fn validate_topic_filter(s: &str) -> Result<(), TopicError> {
+    check_common(s)?;
+    let filter = match parse_shared(s)? {
+        Some((_, filter)) => filter,
+        None => s,
+    };
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err(TopicError::MultiLevelWildcard);
+        }
+        if level.contains('+') && level != "+" {
+            return Err(TopicError::SingleLevelWildcard);
+        }
+    }
+    Ok(())
+}
+
+/// Splits `$share/{group}/{filter}` into the group and the filter; `Ok(None)` for a filter that
+/// is not shared. The filter part is not validated here ([`validate_topic_filter`] does both).
+pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
+    let Some(rest) = filter.strip_prefix(SHARE_PREFIX) else {
+        return Ok(None);
+    };
+    let Some((group, inner)) = rest.split_once('/') else {
+        // `$share/group` alone: the group may be fine, the filter is missing.
+        if rest.is_empty() || rest.contains(['+', '#']) {
+            return Err(TopicError::ShareName);
+        }
+        return Err(TopicError::ShareFilter);
+    };
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Err(TopicError::ShareName);
+    }
+    if inner.is_empty() {
+        return Err(TopicError::ShareFilter);
+    }
+    Ok(Some((group, inner)))
+}
+
+/// True when `topic` matches `filter`. A shared filter matches as its inner filter. Topics that
+/// start with `$` are not matched by a filter starting with a wildcard [MQTT-4.7.2-1].
+/// Neither argument is validated: call this with a valid filter and topic name.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let filter = match parse_shared(filter) {
+        Ok(Some((_, inner))) => inner,
+        _ => filter,
+    };
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_level_wildcard_must_be_last_and_alone_per_4_7_1_1() {
+        for ok in ["#", "a/#", "a/b/#", "+/#", "/#"] {
+            assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["a#", "a/#/b", "#/a", "a/b#", "##"] {
+            assert_eq!(
+                validate_topic_filter(bad),
+                Err(TopicError::MultiLevelWildcard),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn single_level_wildcard_must_fill_its_level_per_4_7_1_2() {
+        for ok in ["+", "+/+", "a/+/b", "/+", "+/"] {
+            assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["a+", "a/b+/c", "++", "+a"] {
+            assert_eq!(
+                validate_topic_filter(bad),
+                Err(TopicError::SingleLevelWildcard),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_topics_are_rejected_per_4_7_3_1() {
+        assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
+        assert_eq!(validate_topic_filter(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn topic_with_null_is_rejected_per_4_7_3_2() {
+        assert_eq!(validate_topic_name("a\0"), Err(TopicError::NullCharacter));
+        assert_eq!(validate_topic_filter("a\0"), Err(TopicError::NullCharacter));
+    }
+
+    #[test]
+    fn topic_longer_than_65535_bytes_is_rejected_per_4_7_3_3() {
+        let long = "a".repeat(65_536);
+        assert_eq!(validate_topic_name(&long), Err(TopicError::TooLong));
+    }
+
+    #[test]
+    fn topic_name_with_wildcards_is_rejected_per_3_3_2_2() {
+        for bad in ["a/+", "#", "a/#", "sport+"] {
+            assert_eq!(validate_topic_name(bad), Err(TopicError::Wildcard), "{bad}");
+        }
+        assert_eq!(validate_topic_name("/"), Ok(()));
+        assert_eq!(validate_topic_name("$SYS/x"), Ok(()));
+    }
+
+    #[test]
+    fn shared_subscription_syntax_per_4_8_2_1_and_4_8_2_2() {
+        assert_eq!(parse_shared("a/b"), Ok(None));
+        assert_eq!(parse_shared("$share/g/a/b"), Ok(Some(("g", "a/b"))));
+        assert_eq!(parse_shared("$share/g/#"), Ok(Some(("g", "#"))));
+        assert_eq!(parse_shared("$share//a"), Err(TopicError::ShareName));
+        assert_eq!(parse_shared("$share/g+/a"), Err(TopicError::ShareName));
+        assert_eq!(parse_shared("$share/g#/a"), Err(TopicError::ShareName));
+        assert_eq!(parse_shared("$share/g"), Err(TopicError::ShareFilter));
+        assert_eq!(parse_shared("$share/g/"), Err(TopicError::ShareFilter));
+        assert_eq!(
+            validate_topic_filter("$share/g/a/#/b"),
+            Err(TopicError::MultiLevelWildcard)
+        );
+        assert_eq!(validate_topic_filter("$share/g/+/x"), Ok(()));
+    }
+
+    #[test]
+    fn wildcards_match_as_in_section_4_7() {
+        let cases = [
+            ("sport/tennis/player1/#", "sport/tennis/player1", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/score/wimbledon",
+                true,
+            ),
+            ("sport/#", "sport", true),
+            ("#", "a/b/c", true),
+            ("sport/tennis/+", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1/ranking", false),
+            ("sport/+", "sport", false),
+            ("sport/+", "sport/", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/b", "a/b/c", false),
+            ("$share/g/a/+", "a/b", true),
+        ];
+        for (f, t, want) in cases {
+            assert_eq!(matches(f, t), want, "{f} vs {t}");
+        }
+    }
+
+    #[test]
+    fn dollar_topics_are_not_matched_by_leading_wildcards_per_4_7_2_1() {
+        assert!(!matches("#", "$SYS/uptime"));
+        assert!(!matches("+/uptime", "$SYS/uptime"));
+        assert!(matches("$SYS/#", "$SYS/uptime"));
+        assert!(matches("$SYS/+", "$SYS/uptime"));
+    }
+}
