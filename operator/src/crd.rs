@@ -1,0 +1,573 @@
+//! The `Broker` custom resource (`brokers.starling.dev/v1alpha1`).
+//!
+//! The schema is derived from these types: bounds, enums and defaults come from `schemars`
+//! attributes, and the rules a schema cannot express (fields that exclude each other, transition
+//! rules) are CEL `x-kubernetes-validations`. `crds/broker.yaml` is the committed output of
+//! `starling-operator crd`; a test fails when it is stale.
+
+// `KubeSchema` copies each struct it derives into a private module to generate the schema, and
+// `unreachable_pub` fires on those copies; every type here is exported through `pub mod crd`.
+#![allow(unreachable_pub)]
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of Starling's custom resources.
+pub const GROUP: &str = "starling.dev";
+/// The finalizer that deregisters a broker from the api before the `Broker` goes away.
+pub const FINALIZER: &str = "starling.dev/deregister";
+/// Set to `"true"` on a `Broker` to release it without deregistering (its api is gone for good).
+pub const SKIP_DEREGISTER_ANNOTATION: &str = "starling.dev/skip-deregister";
+
+/// A Starling MQTT broker: pods serving MQTT over TLS (8883) and WebSockets (443, 8884),
+/// registered with the Starling api.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "starling.dev",
+    version = "v1alpha1",
+    kind = "Broker",
+    namespaced,
+    status = "BrokerStatus",
+    shortname = "mqb",
+    category = "starling",
+    derive = "PartialEq",
+    doc = "A Starling MQTT broker managed by the Starling operator",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoints.mqtts"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 40 characters: it names the api broker and the Service")
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.hostname) && has(self.domain))")
+        .message("set either hostname or domain, not both")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerSpec {
+    /// Number of broker pods. At most 1 until brokers can form a cluster.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1))]
+    pub replicas: i32,
+
+    /// Container image of `starling-broker`; the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Image pull policy of the broker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// CPU and memory requests and limits of the broker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<BrokerResources>,
+
+    /// The pub/sub namespace of the broker in the api; the Kubernetes namespace when unset.
+    /// It cannot change once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("namespace is immutable"))]
+    pub namespace: Option<String>,
+
+    /// The full host name clients connect to (for example `mqtt.example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub hostname: Option<String>,
+
+    /// A domain under which the host name is `<broker>.<namespace>.<domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub domain: Option<String>,
+
+    /// A description kept in the api.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// The MQTT over TLS and MQTT over WebSockets listeners.
+    #[serde(default)]
+    pub listeners: Listeners,
+
+    /// The Kubernetes Service in front of the pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Where the TLS certificate comes from.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// Broker limits, rendered into the broker's configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+
+    /// Default lifetime in seconds of the tokens the api issues for this broker; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 315_360_000))]
+    pub expiration: Option<i64>,
+
+    /// The on-publish hook: every PUBLISH goes to this URL first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_publish: Option<OnPublish>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Image pull policy of the broker container.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Pull when the node does not have it.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// CPU and memory of the broker container, as Kubernetes quantities.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerResources {
+    /// Requests (`cpu`, `memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceAmounts>,
+    /// Limits (`cpu`, `memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// A CPU and a memory quantity.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceAmounts {
+    /// CPU, for example `100m` or `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"))]
+    pub cpu: Option<String>,
+    /// Memory, for example `64Mi` or `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub memory: Option<String>,
+}
+
+/// The broker's listeners.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("self.mqtts.enabled || self.wss.enabled")
+        .message("at least one listener must be enabled"),
+    validation = Rule::new("!self.mqtts.enabled || !self.wss.enabled || !(self.mqtts.port in self.wss.ports)")
+        .message("the mqtts port and the wss ports must differ")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Listeners {
+    /// MQTT over TLS.
+    #[serde(default)]
+    pub mqtts: MqttsListener,
+    /// MQTT over secure WebSockets.
+    #[serde(default)]
+    pub wss: WssListener,
+}
+
+/// MQTT over TLS.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttsListener {
+    /// Serve MQTT over TLS.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The Service port.
+    #[serde(default = "default_mqtts_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for MqttsListener {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: default_mqtts_port(),
+        }
+    }
+}
+
+/// MQTT over secure WebSockets.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WssListener {
+    /// Serve MQTT over secure WebSockets.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The Service ports (443 and 8884 by default), all to the same container port.
+    #[serde(default = "default_wss_ports")]
+    #[schemars(length(min = 1, max = 4), inner(range(min = 1, max = 65535)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub ports: Vec<i32>,
+}
+
+impl Default for WssListener {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ports: default_wss_ports(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_mqtts_port() -> i32 {
+    8883
+}
+
+fn default_wss_ports() -> Vec<i32> {
+    vec![443, 8884]
+}
+
+/// The Kubernetes Service in front of the broker pods.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// The Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations put on the Service (for example for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The Service type.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// A port on every node.
+    NodePort,
+    /// An external load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Where the broker's TLS certificate comes from: an existing `kubernetes.io/tls` Secret (for
+/// example cert-manager's), or a CA and a leaf the operator issues and renews.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.renewBeforeDays < self.validityDays")
+        .message("renewBeforeDays must be less than validityDays")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// An existing `kubernetes.io/tls` Secret in the Broker's namespace; operator-issued when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Lifetime of an operator-issued leaf certificate, in days.
+    #[serde(default = "default_validity_days")]
+    #[schemars(range(min = 2, max = 397))]
+    pub validity_days: i32,
+    /// An operator-issued leaf is renewed this many days before it expires.
+    #[serde(default = "default_renew_before_days")]
+    #[schemars(range(min = 1, max = 396))]
+    pub renew_before_days: i32,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            secret_name: None,
+            validity_days: default_validity_days(),
+            renew_before_days: default_renew_before_days(),
+        }
+    }
+}
+
+fn default_validity_days() -> i32 {
+    90
+}
+
+fn default_renew_before_days() -> i32 {
+    30
+}
+
+/// Limits of the broker, rendered into the `[limits]` table of its configuration file.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("!has(self.publishBurst) || !has(self.maxPublishRate) || self.publishBurst >= self.maxPublishRate")
+        .message("publishBurst must be at least maxPublishRate")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// The base set of limits; the fields below override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<LimitsProfile>,
+    /// Largest MQTT packet in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 268_435_455))]
+    pub max_packet_size: Option<u32>,
+    /// PUBLISH packets per second per client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_publish_rate: Option<u32>,
+    /// Burst of PUBLISH packets allowed above the rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub publish_burst: Option<u32>,
+    /// Seconds a client has to send CONNECT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub connect_timeout_secs: Option<u32>,
+    /// Smallest keep-alive a client may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub min_keep_alive_secs: Option<u32>,
+    /// Longest session expiry a client may ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4_294_967_295u32))]
+    pub max_session_expiry_secs: Option<u32>,
+    /// Longest topic name in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_topic_length: Option<u32>,
+    /// Most levels in a topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_topic_depth: Option<u32>,
+    /// Longest client id in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_client_id_length: Option<u32>,
+    /// Most subscribers of one topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_subscribers_per_topic: Option<u32>,
+    /// Most concurrent connections of one pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_connections: Option<u32>,
+}
+
+/// A named base set of limits.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsProfile {
+    /// The limits Cloudflare Pub/Sub enforced.
+    Cloudflare,
+    /// Starling's defaults.
+    Default,
+}
+
+impl LimitsProfile {
+    /// The spelling in the broker's configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cloudflare => "cloudflare",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// The on-publish hook.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnPublish {
+    /// An `http` or `https` URL the broker POSTs every message to.
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub url: String,
+}
+
+// === status ===
+
+/// What the operator observed and did.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// A one-word summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Pods that pass their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The broker's id in the api.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_id: Option<String>,
+    /// Where clients connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+    /// The serving certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// A status condition, as in `metav1.Condition`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    pub reason: String,
+    /// A human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation this condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A one-word summary of the status.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Resources are being created or rolled out.
+    Pending,
+    /// Every replica is ready and the api knows the broker.
+    Ready,
+    /// Something needs attention; the conditions say what.
+    Degraded,
+    /// Being deleted.
+    Terminating,
+}
+
+/// Where clients connect.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// `mqtts://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtts: Option<String>,
+    /// `wss://host:port/mqtt` for every WebSocket port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wss: Vec<String>,
+}
+
+/// The serving certificate.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The Secret the pods mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// When the leaf certificate expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+// === impl Broker ===
+
+impl Broker {
+    /// The pub/sub namespace in the api: `spec.namespace`, else the Kubernetes namespace.
+    pub fn pubsub_namespace(&self) -> String {
+        self.spec
+            .namespace
+            .clone()
+            .or_else(|| self.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// The host name clients connect to.
+    pub fn host(&self) -> String {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        let k8s_ns = self
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        match (&self.spec.hostname, &self.spec.domain) {
+            (Some(h), _) => h.clone(),
+            (None, Some(d)) => format!("{name}.{}.{d}", self.pubsub_namespace()),
+            (None, None) => format!("{name}.{k8s_ns}.svc"),
+        }
+    }
+
+    /// The endpoints the status advertises.
+    pub fn endpoints(&self) -> Endpoints {
+        let host = self.host();
+        let l = &self.spec.listeners;
+        Endpoints {
+            mqtts: l
+                .mqtts
+                .enabled
+                .then(|| format!("mqtts://{host}:{}", l.mqtts.port)),
+            wss: if l.wss.enabled {
+                l.wss
+                    .ports
+                    .iter()
+                    .map(|p| format!("wss://{host}:{p}/mqtt"))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Whether the admin asked to release this Broker without deregistering it.
+    pub fn skip_deregister(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SKIP_DEREGISTER_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+}
+
+/// The CRD as YAML, exactly what `crds/broker.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let crd = Broker::crd();
+    let body = serde_yaml::to_string(&crd)?;
+    Ok(format!(
+        "# Generated by `starling-operator crd`; do not edit. A test fails when this file is stale.\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests;
