@@ -4,4 +4,6 @@
 //! run it, `certs` issues and renews operator-managed certificates, `api` talks to the Starling
 //! control plane and `controller` reconciles.
 
+pub mod certs;
 pub mod crd;
+pub mod resources;
