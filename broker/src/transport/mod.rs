@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+pub mod config;
 pub mod dev_tls;
 pub mod tls;
 pub mod ws;

@@ -293,7 +293,7 @@ where
         WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(cfg.tungstenite()))
             .await;
     Ok((
-        WsStream::new(ws, cfg.max_write_message),
+        WsStream::from_websocket(ws, cfg.max_write_message),
         WsHandshake {
             path: upgrade.path,
             subprotocol: upgrade.subprotocol,
@@ -388,7 +388,9 @@ impl<S> WsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(inner: WebSocketStream<S>, max_write_message: usize) -> Self {
+    /// Wraps an established WebSocket (server or client role) as a byte stream; writes are sent
+    /// as one binary message per flush, or earlier when `max_write_message` bytes are gathered.
+    pub fn from_websocket(inner: WebSocketStream<S>, max_write_message: usize) -> Self {
         WsStream {
             inner,
             read: Bytes::new(),
