@@ -1,0 +1,580 @@
+//! Broker configuration: defaults, then the TOML file, then `STARLING_BROKER__SECTION__KEY`
+//! environment variables, then command-line flags.
+//!
+//! The loader takes every input as a value (file text, environment pairs, flags), so tests never
+//! touch the process environment. Unknown fields are rejected and [`Config::validate`] reports
+//! every problem at once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "STARLING_BROKER__";
+
+/// Everything the broker needs to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// MQTT listeners; at least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// The HTTP listener for `/healthz`, `/readyz` and `/metrics`.
+    pub http: HttpConfig,
+    /// How clients authenticate (the default for listeners that do not say).
+    pub auth: AuthConfig,
+    /// Protocol limits, resolved from a profile plus explicit values.
+    pub limits: LimitsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The transport a listener speaks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Mqtt,
+    /// MQTT over TLS.
+    Mqtts,
+    /// MQTT over WebSockets.
+    Ws,
+    /// MQTT over WebSockets over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Mqtts => "mqtts",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
+/// One MQTT listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Transport.
+    pub kind: ListenerKind,
+    /// Address to bind, e.g. `0.0.0.0:8883`; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Authentication mode of this listener; the global `[auth] mode` when absent.
+    #[serde(default)]
+    pub auth: Option<AuthMode>,
+    /// Most connections open at once on this listener; further ones wait in the backlog.
+    #[serde(default = "default_listener_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_listener_max_connections() -> usize {
+    100_000
+}
+
+impl ListenerConfig {
+    /// A listener with the defaults for everything but its kind and address.
+    pub fn new(kind: ListenerKind, bind: SocketAddr) -> Self {
+        Self {
+            kind,
+            bind,
+            auth: None,
+            max_connections: default_listener_max_connections(),
+        }
+    }
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone is let in, into one tenant. For local use and tests.
+    #[default]
+    None,
+    /// A token signed by one of the configured tenants' keys (see the token documentation).
+    Token,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The default mode of listeners.
+    pub mode: AuthMode,
+}
+
+/// Graceful shutdown settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long connections get to drain after DISCONNECT 0x8B before they are dropped.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// A named set of limit defaults.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Generous limits for a self-hosted broker.
+    #[default]
+    Default,
+    /// Cloudflare Pub/Sub's published limits.
+    Cloudflare,
+}
+
+/// Limits as written in the file: a profile plus explicit values that override it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The profile whose values apply where no explicit value is given.
+    pub profile: Profile,
+    pub max_packet_size: Option<u32>,
+    pub connect_timeout_secs: Option<u64>,
+    pub min_keep_alive_secs: Option<u16>,
+    pub max_keep_alive_secs: Option<u16>,
+    pub max_session_expiry_secs: Option<u32>,
+    pub max_topic_length: Option<usize>,
+    pub max_topic_depth: Option<usize>,
+    pub max_client_id_length: Option<usize>,
+    pub max_username_length: Option<usize>,
+    pub max_password_length: Option<usize>,
+    pub receive_maximum: Option<u16>,
+    pub topic_alias_maximum: Option<u16>,
+    pub max_inflight: Option<u16>,
+    pub max_queued_messages: Option<usize>,
+    pub max_queued_bytes: Option<usize>,
+    pub max_subscriptions_per_client: Option<usize>,
+    pub max_subscribers_per_topic: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_retained_messages: Option<usize>,
+    pub max_publish_rate: Option<f64>,
+    pub publish_burst: Option<u32>,
+}
+
+/// Effective limits after the profile and explicit values are combined.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    /// Largest packet accepted from a client, and advertised as Maximum Packet Size (bytes).
+    pub max_packet_size: u32,
+    /// A connection must send CONNECT within this time.
+    pub connect_timeout: Duration,
+    /// Keep-alive below this is raised through Server Keep Alive (v5; 0 = no minimum).
+    pub min_keep_alive_secs: u16,
+    /// Keep-alive above this (or 0, meaning none) is lowered through Server Keep Alive (v5).
+    pub max_keep_alive_secs: u16,
+    /// Session expiry above this is clamped and returned in CONNACK.
+    pub max_session_expiry_secs: u32,
+    /// Longest topic name or filter in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    pub max_topic_depth: usize,
+    /// Longest client id in bytes (0x85 beyond).
+    pub max_client_id_length: usize,
+    /// Longest user name in bytes (0x86 beyond).
+    pub max_username_length: usize,
+    /// Longest password in bytes (0x86 beyond).
+    pub max_password_length: usize,
+    /// Our Receive Maximum: unacknowledged QoS 2 PUBLISHes a client may have towards us.
+    pub receive_maximum: u16,
+    /// Topic aliases a client may use towards us (0 disables inbound aliases).
+    pub topic_alias_maximum: u16,
+    /// Unacknowledged QoS 1/2 deliveries towards a client, also bounded by its Receive Maximum.
+    pub max_inflight: u16,
+    /// Messages queued for one session beyond its in-flight window.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued for one session beyond its in-flight window.
+    pub max_queued_bytes: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Subscribers one topic filter may have.
+    pub max_subscribers_per_topic: usize,
+    /// Connections a tenant may have open at once.
+    pub max_connections: usize,
+    /// Retained messages a tenant may hold.
+    pub max_retained_messages: usize,
+    /// PUBLISH, SUBSCRIBE and UNSUBSCRIBE packets per second per client (0 = unlimited).
+    pub max_publish_rate: f64,
+    /// Burst allowed above the rate.
+    pub publish_burst: u32,
+}
+
+impl Limits {
+    /// The values of a profile.
+    pub fn profile(profile: Profile) -> Self {
+        match profile {
+            Profile::Default => Limits {
+                max_packet_size: 1024 * 1024,
+                connect_timeout: Duration::from_secs(10),
+                min_keep_alive_secs: 0,
+                max_keep_alive_secs: 0,
+                max_session_expiry_secs: u32::MAX,
+                max_topic_length: 65_535,
+                max_topic_depth: 128,
+                max_client_id_length: 256,
+                max_username_length: 65_535,
+                max_password_length: 65_535,
+                receive_maximum: 1024,
+                topic_alias_maximum: 64,
+                max_inflight: 1024,
+                max_queued_messages: 10_000,
+                max_queued_bytes: 64 * 1024 * 1024,
+                max_subscriptions_per_client: 10_000,
+                max_subscribers_per_topic: 100_000,
+                max_connections: 1_000_000,
+                max_retained_messages: 1_000_000,
+                max_publish_rate: 0.0,
+                publish_burst: 0,
+            },
+            Profile::Cloudflare => Limits {
+                max_packet_size: 64 * 1024,
+                connect_timeout: Duration::from_secs(10),
+                min_keep_alive_secs: 10,
+                max_keep_alive_secs: 0,
+                max_session_expiry_secs: 7 * 24 * 3600,
+                max_topic_length: 65_535,
+                max_topic_depth: 8,
+                max_client_id_length: 64,
+                max_username_length: 32,
+                max_password_length: 4096,
+                receive_maximum: 64,
+                topic_alias_maximum: 32,
+                max_inflight: 64,
+                max_queued_messages: 1000,
+                max_queued_bytes: 16 * 1024 * 1024,
+                max_subscriptions_per_client: 100,
+                max_subscribers_per_topic: 1000,
+                max_connections: 100_000,
+                max_retained_messages: 100_000,
+                max_publish_rate: 10.0,
+                publish_burst: 10,
+            },
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::profile(Profile::Default)
+    }
+}
+
+impl LimitsConfig {
+    /// Combines the profile with the explicit values.
+    pub fn resolve(&self) -> Limits {
+        let mut l = Limits::profile(self.profile);
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v; } )* };
+        }
+        set!(
+            max_packet_size,
+            min_keep_alive_secs,
+            max_keep_alive_secs,
+            max_session_expiry_secs,
+            max_topic_length,
+            max_topic_depth,
+            max_client_id_length,
+            max_username_length,
+            max_password_length,
+            receive_maximum,
+            topic_alias_maximum,
+            max_inflight,
+            max_queued_messages,
+            max_queued_bytes,
+            max_subscriptions_per_client,
+            max_subscribers_per_topic,
+            max_connections,
+            max_retained_messages,
+            max_publish_rate,
+            publish_burst
+        );
+        if let Some(s) = self.connect_timeout_secs {
+            l.connect_timeout = Duration::from_secs(s);
+        }
+        l
+    }
+}
+
+/// Flags from the command line that override the file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--mqtt ADDR` (repeatable): plaintext listeners added to the configured ones.
+    pub mqtt: Vec<SocketAddr>,
+    /// `--auth none|token`.
+    pub auth: Option<AuthMode>,
+    /// `--http ADDR`.
+    pub http: Option<SocketAddr>,
+}
+
+/// A configuration that could not be loaded; every problem is listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file (after environment overrides) does not parse or has unknown fields.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Loads a configuration from the file text (if any), environment pairs and flags.
+    pub fn load(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = match file {
+            Some(text) => text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        for addr in &overrides.mqtt {
+            config
+                .listeners
+                .push(ListenerConfig::new(ListenerKind::Mqtt, *addr));
+        }
+        if let Some(mode) = overrides.auth {
+            config.auth.mode = mode;
+        }
+        if let Some(http) = overrides.http {
+            config.http.bind = http;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the configuration and reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.listeners.is_empty() {
+            problems.push("no MQTT listener is configured (use --mqtt ADDR or [[listeners]])".into());
+        }
+        let l = self.limits.resolve();
+        if l.max_packet_size < 64 {
+            problems.push(format!(
+                "limits.max_packet_size {} is below 64 bytes",
+                l.max_packet_size
+            ));
+        }
+        if l.max_packet_size > 268_435_455 {
+            problems.push(format!(
+                "limits.max_packet_size {} is above the protocol's 268435455 bytes",
+                l.max_packet_size
+            ));
+        }
+        if l.receive_maximum == 0 {
+            problems.push("limits.receive_maximum must be at least 1".into());
+        }
+        if l.max_inflight == 0 {
+            problems.push("limits.max_inflight must be at least 1".into());
+        }
+        if l.max_queued_messages == 0 {
+            problems.push("limits.max_queued_messages must be at least 1".into());
+        }
+        if l.max_topic_depth == 0 || l.max_topic_length == 0 {
+            problems.push("limits.max_topic_depth and max_topic_length must be at least 1".into());
+        }
+        if l.max_keep_alive_secs != 0 && l.min_keep_alive_secs > l.max_keep_alive_secs {
+            problems.push("limits.min_keep_alive_secs is above max_keep_alive_secs".into());
+        }
+        if l.max_publish_rate < 0.0 || !l.max_publish_rate.is_finite() {
+            problems.push("limits.max_publish_rate must be a finite number >= 0".into());
+        }
+        if l.connect_timeout.is_zero() {
+            problems.push("limits.connect_timeout_secs must be at least 1".into());
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if listener.max_connections == 0 {
+                problems.push(format!("listeners[{i}].max_connections must be at least 1"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The effective limits.
+    pub fn limits(&self) -> Limits {
+        self.limits.resolve()
+    }
+}
+
+/// Applies `STARLING_BROKER__SECTION__KEY=value` pairs to the TOML table. Values are read as
+/// TOML (numbers, booleans, arrays) and fall back to strings.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (key, value) in env {
+        let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Parse(format!(
+                "environment variable {key} has an empty path segment"
+            )));
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let mut cursor = &mut *table;
+        for part in &parts[..parts.len() - 1] {
+            let entry = cursor
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Parse(format!(
+                        "environment variable {key}: `{part}` is not a section"
+                    )));
+                }
+            };
+        }
+        if let Some(last) = parts.last() {
+            cursor.insert(last.clone(), parsed);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags_with_listener() -> Overrides {
+        Overrides {
+            mqtt: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_need_a_listener() {
+        let err = Config::load(None, [], &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("no MQTT listener"), "{err}");
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let file = r#"
+            [http]
+            bind = "127.0.0.1:1000"
+            [limits]
+            profile = "cloudflare"
+            max_topic_depth = 4
+        "#;
+        let env = [
+            ("STARLING_BROKER__HTTP__BIND".to_string(), "127.0.0.1:2000".to_string()),
+            ("STARLING_BROKER__LIMITS__MAX_PACKET_SIZE".to_string(), "2048".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(Some(file), env, &flags_with_listener()).unwrap();
+        assert_eq!(c.http.bind, "127.0.0.1:2000".parse().unwrap());
+        let l = c.limits();
+        assert_eq!(l.max_packet_size, 2048);
+        assert_eq!(l.max_topic_depth, 4);
+        assert_eq!(l.max_client_id_length, 64, "from the cloudflare profile");
+        let flags = Overrides {
+            http: Some("127.0.0.1:3000".parse().unwrap()),
+            auth: Some(AuthMode::Token),
+            ..flags_with_listener()
+        };
+        let c = Config::load(Some(file), [], &flags).unwrap();
+        assert_eq!(c.http.bind, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.auth.mode, AuthMode::Token);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Config::load(Some("[limits]\nmax_pakcet_size = 1\n"), [], &flags_with_listener())
+            .unwrap_err();
+        assert!(err.to_string().contains("max_pakcet_size"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file = "[limits]\nmax_packet_size = 10\nreceive_maximum = 0\n";
+        let err = Config::load(Some(file), [], &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no MQTT listener"), "{text}");
+        assert!(text.contains("max_packet_size"), "{text}");
+        assert!(text.contains("receive_maximum"), "{text}");
+    }
+
+    #[test]
+    fn listeners_from_the_file() {
+        let file = r#"
+            [[listeners]]
+            kind = "mqtt"
+            bind = "127.0.0.1:1883"
+            auth = "none"
+            [[listeners]]
+            kind = "mqtt"
+            bind = "127.0.0.1:1884"
+            max_connections = 10
+        "#;
+        let c = Config::load(Some(file), [], &Overrides::default()).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[1].max_connections, 10);
+        assert_eq!(c.listeners[0].auth, Some(AuthMode::None));
+    }
+}

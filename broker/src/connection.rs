@@ -1,0 +1,1272 @@
+//! One client connection: CONNECT, then one `select!` loop over cancellation, reads, the
+//! session's outbox and the keep-alive deadline.
+//!
+//! The task owns the socket, the read and write buffers, the per-connection protocol state
+//! (topic aliases both ways, keep-alive, the client's limits) and, for its whole life, the
+//! session's [`SessionState`] guard. Writes are batched into one buffer and flushed once per
+//! wake-up.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use starling_codec::{
+    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Direction,
+    Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion, PubAck, PubComp,
+    PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe, topic,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::auth::{Authenticated, Authenticator, ConnectInfo, Permissions};
+use crate::config::{Limits, ListenerKind};
+use crate::message::{Delivery, Message, SubscriptionIds};
+use crate::metrics::{CodeLabels, DropReason, Metrics, QosLabels};
+use crate::router::{Routed, SubscribeError};
+use crate::session::{Inflight, PendingWill, Session, SessionState, SubscriptionRecord};
+use crate::tenant::Tenant;
+
+/// Flush the write buffer once it holds this much, even in the middle of a wake-up.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Deliveries taken from the outbox at once.
+const TAKE_BATCH: usize = 256;
+/// How often a takeover repeats its request while the old connection is still closing.
+const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
+
+/// What every connection of a listener shares.
+#[derive(Debug, Clone)]
+pub struct ConnectionContext {
+    /// Protocol limits.
+    pub limits: Arc<Limits>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The authentication step of this listener.
+    pub auth: Arc<dyn Authenticator>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// The listener's kind, for logs.
+    pub listener: ListenerKind,
+}
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy)]
+struct Close {
+    /// The reason code sent in DISCONNECT (v5) and logged.
+    reason: ReasonCode,
+    /// Send a DISCONNECT packet (v5 only).
+    send: bool,
+    /// Publish the will.
+    will: bool,
+    /// What happened, for the log line.
+    what: &'static str,
+}
+
+impl Close {
+    fn protocol(reason: ReasonCode, what: &'static str) -> Self {
+        Close {
+            reason,
+            send: true,
+            will: true,
+            what,
+        }
+    }
+
+    fn from_decode(e: &DecodeError) -> Self {
+        Close::protocol(e.reason_code(), e.rule())
+    }
+}
+
+/// Serves one connection until it ends. Never panics on client input.
+pub async fn serve<IO>(mut io: IO, remote: SocketAddr, ctx: ConnectionContext)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut decoder = Decoder::new(Direction::ToServer, ctx.limits.max_packet_size);
+    let read = tokio::select! {
+        r = tokio::time::timeout(ctx.limits.connect_timeout, read_connect(&mut io, &mut decoder, &mut rbuf, &ctx.metrics)) => r,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let connect = match read {
+        Ok(Ok(c)) => c,
+        Ok(Err(ReadConnectError::Io)) => return,
+        Ok(Err(ReadConnectError::Decode(e))) => {
+            ctx.metrics
+                .connects_refused
+                .get_or_create(&CodeLabels { reason: "malformed_connect" })
+                .inc();
+            debug!(%remote, reason = e.reason_code().0, rule = e.rule(), "invalid CONNECT");
+            // [MQTT-3.1.2-2] an unsupported protocol level gets CONNACK 0x01 (3.1.1 form).
+            if e.reason_code() == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
+                let _ = write_connack(
+                    &mut io,
+                    ProtocolVersion::V3_1_1,
+                    e.reason_code(),
+                    ConnAckProperties::default(),
+                )
+                .await;
+            } else if let Some(version) = decoder.version() {
+                if version == ProtocolVersion::V5 {
+                    let _ = write_connack(&mut io, version, e.reason_code(), ConnAckProperties::default())
+                        .await;
+                }
+            }
+            return;
+        }
+        Err(_elapsed) => {
+            ctx.metrics
+                .connects_refused
+                .get_or_create(&CodeLabels { reason: "connect_timeout" })
+                .inc();
+            debug!(%remote, "no CONNECT within the connect timeout");
+            return;
+        }
+    };
+    let version = connect.protocol;
+    let started = match accept_connect(&mut io, remote, &ctx, &connect).await {
+        Ok(s) => s,
+        Err(refusal) => {
+            ctx.metrics
+                .connects_refused
+                .get_or_create(&CodeLabels { reason: refusal.1 })
+                .inc();
+            info!(
+                client_id = connect.client_id.as_str(),
+                %remote,
+                listener = ctx.listener.as_str(),
+                protocol = ?version,
+                reason = format_args!("0x{:02X}", refusal.0.0),
+                why = refusal.1,
+                "connect refused"
+            );
+            let mut props = ConnAckProperties::default();
+            if connect.properties.request_problem_information != Some(0) {
+                props.reason_string = Some(MqttString::from(refusal.1));
+            }
+            let _ = write_connack(&mut io, version, refusal.0, props).await;
+            return;
+        }
+    };
+    let tenant = started.auth.tenant.clone();
+    let mut conn = Connection {
+        io,
+        remote,
+        rbuf,
+        wbuf: BytesMut::with_capacity(8192),
+        decoder,
+        version,
+        ctx,
+        auth: started.auth,
+        session: started.session,
+        state: started.state,
+        generation: started.generation,
+        cancel: started.cancel,
+        kick_reason: started.kick_reason,
+        keep_alive: started.keep_alive,
+        last_read: Instant::now(),
+        client_receive_max: started.client_receive_max,
+        client_max_packet: started.client_max_packet,
+        client_topic_alias_max: started.client_topic_alias_max,
+        problem_info: started.problem_info,
+        inbound_aliases: HashMap::new(),
+        outbound_aliases: HashMap::new(),
+        will: started.will,
+        will_delay: started.will_delay,
+        connect_expiry_was_zero: started.connect_expiry_was_zero,
+        scratch: Vec::new(),
+        batch: Vec::with_capacity(TAKE_BATCH),
+        more_queued: true,
+    };
+    conn.wbuf.extend_from_slice(&started.connack);
+    conn.resend_inflight();
+    let close = conn.run().await;
+    conn.finish(close).await;
+    tenant.close_connection();
+}
+
+#[derive(Debug)]
+enum ReadConnectError {
+    Io,
+    Decode(DecodeError),
+}
+
+async fn read_connect<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    decoder: &mut Decoder,
+    rbuf: &mut BytesMut,
+    metrics: &Metrics,
+) -> Result<Box<Connect>, ReadConnectError> {
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            // The decoder accepts nothing but CONNECT first [MQTT-3.1.0-1]; this is a backstop.
+            Ok(Some(_)) => return Err(ReadConnectError::Io),
+            Ok(None) => {}
+            Err(e) => return Err(ReadConnectError::Decode(e)),
+        }
+        rbuf.reserve(1024);
+        match io.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(ReadConnectError::Io),
+            Ok(n) => metrics.bytes_in.inc_by(n as u64),
+        }
+    }
+}
+
+async fn write_connack<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    version: ProtocolVersion,
+    reason: ReasonCode,
+    properties: ConnAckProperties,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    let packet = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties,
+    });
+    if packet.encode(version, &mut buf).is_ok() {
+        io.write_all(&buf).await?;
+        io.flush().await?;
+    }
+    let _ = io.shutdown().await;
+    Ok(())
+}
+
+/// A CONNECT that was accepted: the session is attached and the CONNACK is encoded.
+struct Started {
+    auth: Authenticated,
+    session: Arc<Session>,
+    state: OwnedMutexGuard<SessionState>,
+    generation: u64,
+    cancel: CancellationToken,
+    kick_reason: Arc<Mutex<ReasonCode>>,
+    keep_alive: Duration,
+    client_receive_max: u16,
+    client_max_packet: u32,
+    client_topic_alias_max: u16,
+    problem_info: bool,
+    will: Option<Arc<Message>>,
+    will_delay: u32,
+    connect_expiry_was_zero: bool,
+    connack: BytesMut,
+}
+
+type Refused = (ReasonCode, &'static str);
+
+async fn accept_connect<IO>(
+    _io: &mut IO,
+    remote: SocketAddr,
+    ctx: &ConnectionContext,
+    connect: &Connect,
+) -> Result<Started, Refused> {
+    let limits = &ctx.limits;
+    let version = connect.protocol;
+    // Lengths first, before any work on the credential.
+    if connect.client_id.as_str().len() > limits.max_client_id_length {
+        return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id_too_long"));
+    }
+    if connect
+        .username
+        .as_ref()
+        .is_some_and(|u| u.as_str().len() > limits.max_username_length)
+        || connect
+            .password
+            .as_ref()
+            .is_some_and(|p| p.len() > limits.max_password_length)
+    {
+        return Err((ReasonCode::BAD_USER_NAME_OR_PASSWORD, "credential_too_long"));
+    }
+    let auth = ctx
+        .auth
+        .authenticate(&ConnectInfo {
+            connect,
+            listener: ctx.listener,
+            remote,
+        })
+        .map_err(|r| (r.reason, r.label))?;
+
+    // Client identifier [MQTT-3.1.3-6] [MQTT-3.1.3-7] [MQTT-3.1.3-8].
+    let mut assigned = None;
+    let client_id: String = match (&auth.bound_client_id, connect.client_id.as_str()) {
+        (Some(bound), "") => {
+            assigned = Some(bound.clone());
+            bound.clone()
+        }
+        (Some(bound), given) if bound != given => {
+            return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id_mismatch"));
+        }
+        (_, "") => {
+            if version != ProtocolVersion::V5 && !connect.clean_start {
+                // [MQTT-3.1.3-8] a zero-length client id needs CleanSession=1 in 3.1.1.
+                return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty_client_id"));
+            }
+            let id = generate_client_id();
+            assigned = Some(id.clone());
+            id
+        }
+        (_, given) => given.to_string(),
+    };
+    if let Some(will) = &connect.will {
+        if !auth.permissions.may_publish(will.topic.as_str()) {
+            return Err((ReasonCode::NOT_AUTHORIZED, "will_not_authorized"));
+        }
+        if !topic_within_limits(will.topic.as_str(), limits) {
+            return Err((ReasonCode::TOPIC_NAME_INVALID, "will_topic_too_long"));
+        }
+    }
+    let tenant = auth.tenant.clone();
+    if !tenant.try_open_connection() {
+        return Err((ReasonCode::QUOTA_EXCEEDED, "tenant_connection_limit"));
+    }
+
+    // Session Expiry Interval: 3.1.1 CleanSession=0 keeps the session without end.
+    let asked_expiry = match version {
+        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => u32::MAX,
+    };
+    let expiry = asked_expiry.min(limits.max_session_expiry_secs);
+
+    // Take the session over, or start one.
+    let cancel = CancellationToken::new();
+    let kick_reason = Arc::new(Mutex::new(ReasonCode::SESSION_TAKEN_OVER));
+    let (session, mut state, present) = loop {
+        let (session, existed) = tenant.session_or_insert(&client_id);
+        let state = if existed {
+            acquire_taking_over(&session).await
+        } else {
+            session.state.clone().lock_owned().await
+        };
+        if state.ended {
+            // The session ended while we waited; it is gone from the registry: start again.
+            continue;
+        }
+        if connect.clean_start && existed {
+            // [MQTT-3.1.2-4] Clean Start discards the existing session.
+            end_session(&tenant, &session, state, true);
+            continue;
+        }
+        break (session, state, existed);
+    };
+    // [MQTT-3.1.3-9] a new connection before the will delay passed cancels the will.
+    if let Some(pending) = state.pending_will.take() {
+        pending.cancel.cancel();
+    }
+    state.expiry_interval = expiry;
+    let generation = session.attach(cancel.clone(), kick_reason.clone());
+
+    // Keep alive, with Server Keep Alive in v5 [MQTT-3.1.2-21].
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if version == ProtocolVersion::V5 {
+        let min = limits.min_keep_alive_secs;
+        let max = limits.max_keep_alive_secs;
+        let mut ka = keep_alive;
+        if min > 0 && ka < min && ka != 0 {
+            ka = min;
+        }
+        if min > 0 && ka == 0 {
+            ka = min.max(if max > 0 { max } else { min });
+        }
+        if max > 0 && (ka == 0 || ka > max) {
+            ka = max;
+        }
+        if ka != keep_alive {
+            server_keep_alive = Some(ka);
+            keep_alive = ka;
+        }
+    }
+
+    let will = connect.will.as_ref().map(|w| {
+        let props = PublishProperties {
+            payload_format_indicator: w.properties.payload_format_indicator,
+            message_expiry_interval: w.properties.message_expiry_interval,
+            response_topic: w.properties.response_topic.clone(),
+            correlation_data: w.properties.correlation_data.clone(),
+            user_properties: w.properties.user_properties.clone(),
+            content_type: w.properties.content_type.clone(),
+            ..PublishProperties::default()
+        };
+        Arc::new(Message {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            expires_at: props
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+            properties: props,
+            publisher: Some(session.client_id.clone()),
+        })
+    });
+    let will_delay = connect
+        .will
+        .as_ref()
+        .and_then(|w| w.properties.will_delay_interval)
+        .unwrap_or(0);
+
+    let mut props = ConnAckProperties::default();
+    if version == ProtocolVersion::V5 {
+        props.receive_maximum = Some(limits.receive_maximum);
+        props.maximum_packet_size = Some(limits.max_packet_size);
+        props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        props.retain_available = None; // retained messages are available (the default)
+        props.assigned_client_identifier = assigned.as_deref().map(MqttString::from);
+        props.server_keep_alive = server_keep_alive;
+        if expiry != asked_expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        props.authentication_method = connect.properties.authentication_method.clone();
+    }
+    let mut connack = BytesMut::new();
+    let packet = Packet::ConnAck(ConnAck {
+        // [MQTT-3.2.2-2] session present only when a session is resumed.
+        session_present: present && !connect.clean_start,
+        reason: ReasonCode::SUCCESS,
+        properties: props,
+    });
+    let _ = packet.encode(version, &mut connack);
+
+    ctx.metrics.connects.inc();
+    ctx.metrics.connections.inc();
+    info!(
+        client_id = %session.client_id,
+        %remote,
+        listener = ctx.listener.as_str(),
+        protocol = ?version,
+        tenant = %tenant.name,
+        session_present = present,
+        keep_alive,
+        "connected"
+    );
+    Ok(Started {
+        auth,
+        session,
+        state,
+        generation,
+        cancel,
+        kick_reason,
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+        client_max_packet: connect
+            .properties
+            .maximum_packet_size
+            .unwrap_or(u32::MAX),
+        client_topic_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        problem_info: connect.properties.request_problem_information != Some(0),
+        will,
+        will_delay,
+        connect_expiry_was_zero: asked_expiry == 0,
+        connack,
+    })
+}
+
+/// Waits for the connection serving `session` to close, asking it again and again.
+async fn acquire_taking_over(session: &Arc<Session>) -> OwnedMutexGuard<SessionState> {
+    loop {
+        session.kick(ReasonCode::SESSION_TAKEN_OVER);
+        tokio::select! {
+            guard = session.state.clone().lock_owned() => return guard,
+            _ = tokio::time::sleep(TAKEOVER_RETRY) => {}
+        }
+    }
+}
+
+fn generate_client_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let n: u128 = rng.random();
+    format!("starling-{n:032x}")
+}
+
+fn topic_within_limits(topic: &str, limits: &Limits) -> bool {
+    topic.len() <= limits.max_topic_length && topic.split('/').count() <= limits.max_topic_depth
+}
+
+// === impl Connection ===
+
+struct Connection<IO> {
+    io: IO,
+    remote: SocketAddr,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+    version: ProtocolVersion,
+    ctx: ConnectionContext,
+    auth: Authenticated,
+    session: Arc<Session>,
+    /// Held for the whole connection (see the module documentation of `session`).
+    state: OwnedMutexGuard<SessionState>,
+    generation: u64,
+    /// Cancelled to close this connection (takeover, revocation); the reason is in `kick_reason`.
+    cancel: CancellationToken,
+    kick_reason: Arc<Mutex<ReasonCode>>,
+    keep_alive: Duration,
+    last_read: Instant,
+    client_receive_max: u16,
+    client_max_packet: u32,
+    client_topic_alias_max: u16,
+    /// Request Problem Information [MQTT-3.1.2-29].
+    problem_info: bool,
+    inbound_aliases: HashMap<u16, MqttString>,
+    outbound_aliases: HashMap<MqttString, u16>,
+    will: Option<Arc<Message>>,
+    will_delay: u32,
+    connect_expiry_was_zero: bool,
+    scratch: Vec<Routed>,
+    batch: Vec<Delivery>,
+    /// The outbox may hold deliveries this connection has not taken yet.
+    more_queued: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
+    fn tenant(&self) -> &Arc<Tenant> {
+        &self.auth.tenant
+    }
+
+    fn window(&self) -> usize {
+        let max = usize::from(self.client_receive_max.min(self.ctx.limits.max_inflight));
+        max.saturating_sub(self.state.inflight.len())
+    }
+
+    async fn run(&mut self) -> Close {
+        loop {
+            if self.more_queued {
+                self.pump_outbox();
+            }
+            if !self.wbuf.is_empty() {
+                if let Err(close) = self.flush().await {
+                    return close;
+                }
+            }
+            let keep_alive_deadline = (!self.keep_alive.is_zero())
+                .then(|| self.last_read + self.keep_alive.mul_f32(1.5));
+            let ready_to_send = self.more_queued && self.window() > 0;
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(8 * 1024);
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    let reason = *self.kick_reason.lock();
+                    return Close { reason, send: true, will: true, what: "closed by the broker" };
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    return Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: true, will: true, what: "server shutting down" };
+                }
+                r = self.io.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "connection closed by the client" },
+                    Ok(n) => {
+                        self.ctx.metrics.bytes_in.inc_by(n as u64);
+                        if let Err(close) = self.process_input() {
+                            return close;
+                        }
+                    }
+                    Err(_) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "read error" },
+                },
+                _ = std::future::ready(()), if ready_to_send => {}
+                _ = self.session.notified(), if !ready_to_send => { self.more_queued = true; }
+                _ = sleep_until_opt(keep_alive_deadline) => {
+                    // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
+                    return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        let n = self.wbuf.len();
+        let write = async {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await
+        };
+        let result = tokio::select! {
+            r = write => r,
+            _ = self.cancel.cancelled() => {
+                let reason = *self.kick_reason.lock();
+                return Err(Close { reason, send: false, will: true, what: "closed by the broker while writing" });
+            }
+            _ = self.ctx.shutdown.cancelled() => {
+                return Err(Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: false, will: true, what: "server shutting down" });
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.ctx.metrics.bytes_out.inc_by(n as u64);
+                self.wbuf.clear();
+                Ok(())
+            }
+            Err(_) => Err(Close {
+                reason: ReasonCode::UNSPECIFIED_ERROR,
+                send: false,
+                will: true,
+                what: "write error",
+            }),
+        }
+    }
+
+    fn process_input(&mut self) -> Result<(), Close> {
+        loop {
+            let packet = match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.ctx
+                        .metrics
+                        .protocol_errors
+                        .get_or_create(&CodeLabels { reason: e.rule() })
+                        .inc();
+                    return Err(Close::from_decode(&e));
+                }
+            };
+            self.last_read = Instant::now();
+            self.handle(packet)?;
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                // Let the loop flush before reading further: the client's reads pace our writes.
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                self.on_ack(a.packet_id, a.reason, false);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.on_pubrec(r);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                self.on_pubrel(r);
+                Ok(())
+            }
+            Packet::PubComp(c) => {
+                self.on_ack(c.packet_id, c.reason, true);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            // [MQTT-4.12.0-?] AUTH without an Authentication Method in CONNECT.
+            Packet::Auth(_) => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without authentication method")),
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+            Packet::Connect(_) => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.1.0-2")),
+            // Server-to-client packets are refused by the decoder; this is a backstop.
+            _ => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "server packet from a client")),
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        // Encoding into a BytesMut only fails for values the codec cannot represent, which the
+        // broker never builds; such a packet is skipped rather than crashing the connection.
+        if let Err(e) = packet.encode(self.version, &mut self.wbuf) {
+            debug!(error = %e, "packet not encodable");
+        }
+    }
+
+    fn ack_props(&self, reason: &'static str) -> AckProperties {
+        let mut p = AckProperties::default();
+        if self.problem_info && self.version == ProtocolVersion::V5 {
+            p.reason_string = Some(MqttString::from(reason));
+        }
+        p
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let metrics = self.ctx.metrics.clone();
+        metrics
+            .messages_in
+            .get_or_create(&QosLabels { qos: p.qos as u8 })
+            .inc();
+        // Topic aliases [MQTT-3.3.2-7..12].
+        let topic = match p.properties.topic_alias {
+            Some(alias) => {
+                if alias == 0 || alias > self.ctx.limits.topic_alias_maximum {
+                    return Err(Close::protocol(ReasonCode::TOPIC_ALIAS_INVALID, "MQTT-3.3.2-9"));
+                }
+                if p.topic.as_str().is_empty() {
+                    match self.inbound_aliases.get(&alias) {
+                        Some(t) => t.clone(),
+                        None => {
+                            return Err(Close::protocol(
+                                ReasonCode::PROTOCOL_ERROR,
+                                "unknown topic alias",
+                            ));
+                        }
+                    }
+                } else {
+                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    p.topic.clone()
+                }
+            }
+            None if p.topic.as_str().is_empty() => {
+                return Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.3.2-1"));
+            }
+            None => p.topic.clone(),
+        };
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && self.state.incoming_qos2.contains(&packet_id) {
+            // A resent QoS 2 PUBLISH we already own: acknowledge again, deliver once [MQTT-4.3.3-10].
+            self.send(&Packet::PubRec(PubRec {
+                packet_id,
+                reason: ReasonCode::SUCCESS,
+                properties: AckProperties::default(),
+            }));
+            return Ok(());
+        }
+        if p.qos == QoS::ExactlyOnce
+            && self.state.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum)
+        {
+            // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+            return Err(Close::protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "MQTT-3.3.4-9"));
+        }
+        let refusal = if !topic_within_limits(topic.as_str(), &self.ctx.limits) {
+            Some((ReasonCode::TOPIC_NAME_INVALID, "topic exceeds the length or depth limit"))
+        } else if !self.auth.permissions.may_publish(topic.as_str()) {
+            Some((ReasonCode::NOT_AUTHORIZED, "not authorized to publish to this topic"))
+        } else {
+            None
+        };
+        if let Some((reason, why)) = refusal {
+            metrics.drop(DropReason::not_authorized);
+            let properties = self.ack_props(why);
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck { packet_id, reason: v5_or_success(self.version, reason), properties })),
+                QoS::ExactlyOnce => self.send(&Packet::PubRec(PubRec { packet_id, reason: v5_or_success(self.version, reason), properties })),
+            }
+            return Ok(());
+        }
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let message = Arc::new(Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            expires_at: properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+            properties,
+            publisher: Some(self.session.client_id.clone()),
+        });
+        let tenant = self.auth.tenant.clone();
+        tenant.publish(message, &mut self.scratch);
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
+                packet_id,
+                reason: ReasonCode::SUCCESS,
+                properties: AckProperties::default(),
+            })),
+            QoS::ExactlyOnce => {
+                self.state.incoming_qos2.insert(packet_id);
+                self.send(&Packet::PubRec(PubRec {
+                    packet_id,
+                    reason: ReasonCode::SUCCESS,
+                    properties: AckProperties::default(),
+                }));
+            }
+        }
+        // Our own outbox may have got something (a subscription matching our own publish).
+        self.more_queued = true;
+        Ok(())
+    }
+
+    fn on_pubrel(&mut self, r: PubRel) {
+        let reason = if self.state.incoming_qos2.remove(&r.packet_id) {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(PubComp {
+            packet_id: r.packet_id,
+            reason: v5_or_success(self.version, reason),
+            properties: AckProperties::default(),
+        }));
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client.
+    fn on_ack(&mut self, packet_id: u16, _reason: ReasonCode, comp: bool) {
+        let matches = match self.state.inflight.get(&packet_id) {
+            Some(Inflight::Published(d)) => !comp && d.qos == QoS::AtLeastOnce,
+            Some(Inflight::Released) => comp,
+            None => false,
+        };
+        if matches {
+            // A PUBACK >= 0x80 on a shared subscription discards the message [MQTT-4.8.2-6].
+            self.state.complete(packet_id);
+            self.more_queued = true;
+        }
+    }
+
+    fn on_pubrec(&mut self, r: PubRec) {
+        let ok = matches!(self.state.inflight.get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce);
+        if !ok {
+            // [MQTT-4.3.3-?] PUBREL for an unknown id answers PUBCOMP 0x92; a stray PUBREC is
+            // answered with PUBREL 0x92 so the client can free the id.
+            if self.version == ProtocolVersion::V5 {
+                self.send(&Packet::PubRel(PubRel {
+                    packet_id: r.packet_id,
+                    reason: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    properties: AckProperties::default(),
+                }));
+            }
+            return;
+        }
+        if r.reason.0 >= 0x80 {
+            // [MQTT-4.3.3-?] an error PUBREC ends the exchange; [MQTT-4.8.2-6] for shared ones.
+            self.ctx.metrics.drop(DropReason::rejected_by_client);
+            self.state.complete(r.packet_id);
+            self.more_queued = true;
+            return;
+        }
+        self.state.insert_inflight(r.packet_id, Inflight::Released);
+        self.send(&Packet::PubRel(PubRel {
+            packet_id: r.packet_id,
+            reason: ReasonCode::SUCCESS,
+            properties: AckProperties::default(),
+        }));
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let tenant = self.auth.tenant.clone();
+        let limits = self.ctx.limits.clone();
+        let sub_id = s.properties.subscription_identifier;
+        let mut reasons = Vec::with_capacity(s.subscriptions.len());
+        let mut retained_to_send: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
+        let now = Instant::now();
+        for sub in &s.subscriptions {
+            let full = sub.filter.as_str();
+            let (group, filter) = match topic::parse_shared(full) {
+                Ok(Some((g, f))) => (Some(g), f),
+                Ok(None) => (None, full),
+                // The decoder validated the syntax; a backstop.
+                Err(_) => {
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if group.is_some() && sub.options.no_local {
+                // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                return Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.8.3-4"));
+            }
+            if !topic_within_limits(filter, &limits) {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !self.auth.permissions.may_subscribe(filter) {
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
+            let exists = self.state.subscriptions.contains_key(&sub.filter);
+            if !exists && self.state.subscriptions.len() >= limits.max_subscriptions_per_client {
+                reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            match tenant.router.subscribe(
+                &self.session,
+                filter,
+                group,
+                sub.options,
+                sub_id,
+                limits.max_subscribers_per_topic,
+            ) {
+                Ok(existed) => {
+                    if !existed {
+                        self.ctx.metrics.subscriptions.inc();
+                    }
+                    self.state.subscriptions.insert(
+                        sub.filter.clone(),
+                        SubscriptionRecord {
+                            options: sub.options,
+                            id: sub_id,
+                        },
+                    );
+                    // [MQTT-3.3.1-9..11] retained messages per Retain Handling; none for shared
+                    // subscriptions [MQTT-3.8.4-?].
+                    let send_retained = group.is_none()
+                        && match sub.options.retain_handling {
+                            RetainHandling::SendAtSubscribe => true,
+                            RetainHandling::SendAtSubscribeIfNew => !existed,
+                            RetainHandling::DoNotSend => false,
+                        };
+                    if send_retained {
+                        for m in tenant.retained.matching(filter, now) {
+                            retained_to_send.push((m, sub.options.qos, sub_id));
+                        }
+                    }
+                    reasons.push(granted(sub.options.qos));
+                }
+                Err(SubscribeError::TooManySubscribers) => reasons.push(ReasonCode::QUOTA_EXCEEDED),
+            }
+        }
+        let reasons = reasons
+            .into_iter()
+            .map(|r| if self.version == ProtocolVersion::V5 || r.0 < 0x80 { r } else { ReasonCode::UNSPECIFIED_ERROR })
+            .collect();
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        }));
+        for (message, qos, id) in retained_to_send {
+            let mut ids = SubscriptionIds::new();
+            ids.extend(id);
+            let delivery = Delivery {
+                qos: message.qos.min(qos),
+                // [MQTT-3.3.1-8] retained messages sent on subscribe carry RETAIN 1.
+                retain: true,
+                subscription_ids: ids,
+                shared: None,
+                message,
+            };
+            self.session.push(delivery, &self.ctx.metrics);
+            self.more_queued = true;
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let tenant = self.auth.tenant.clone();
+        let reasons = u
+            .filters
+            .iter()
+            .map(|full| {
+                let (group, filter) = match topic::parse_shared(full.as_str()) {
+                    Ok(Some((g, f))) => (Some(g), f),
+                    _ => (None, full.as_str()),
+                };
+                let removed = tenant.router.unsubscribe(self.session.id, filter, group);
+                let had = self.state.subscriptions.remove(full).is_some();
+                if removed {
+                    self.ctx.metrics.subscriptions.dec();
+                }
+                if had || removed {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.connect_expiry_was_zero && expiry != 0 {
+                // [MQTT-3.14.2-2] cannot set a session expiry on DISCONNECT after 0 in CONNECT.
+                return Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.14.2-2");
+            }
+            self.state.expiry_interval = expiry.min(self.ctx.limits.max_session_expiry_secs);
+        }
+        Close {
+            reason: d.reason,
+            send: false,
+            // [MQTT-3.1.2-10] a normal DISCONNECT deletes the will; 0x04 publishes it.
+            will: d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            what: "disconnected by the client",
+        }
+    }
+
+    /// Takes deliveries from the outbox while the in-flight window allows and the write buffer
+    /// is below its high-water mark.
+    fn pump_outbox(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        loop {
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                self.more_queued = true;
+                break;
+            }
+            batch.clear();
+            let window = self.window();
+            let more = self.session.take(&mut batch, TAKE_BATCH, window);
+            let taken = batch.len();
+            for d in batch.drain(..) {
+                self.send_delivery(d, false, None);
+            }
+            if !more {
+                self.more_queued = false;
+                break;
+            }
+            if taken == 0 {
+                // The window is closed; acknowledgements will reopen it.
+                self.more_queued = true;
+                break;
+            }
+        }
+        self.batch = batch;
+    }
+
+    /// Encodes one delivery. `resend` carries the packet id of a redelivery (DUP).
+    fn send_delivery(&mut self, d: Delivery, dup: bool, resend: Option<u16>) {
+        let now = Instant::now();
+        let metrics = self.ctx.metrics.clone();
+        if d.message.is_expired(now) {
+            // [MQTT-3.3.2-5] an expired message is not delivered.
+            metrics.drop(DropReason::expired);
+            return;
+        }
+        let packet_id = match (d.qos, resend) {
+            (QoS::AtMostOnce, _) => None,
+            (_, Some(id)) => Some(id),
+            (_, None) => match self.state.next_packet_id() {
+                Some(id) => Some(id),
+                None => {
+                    metrics.drop(DropReason::queue_full);
+                    return;
+                }
+            },
+        };
+        let mut properties = d.message.properties.clone();
+        properties.message_expiry_interval = d.message.remaining_expiry(now);
+        properties.subscription_identifiers = d.subscription_ids.to_vec();
+        let mut topic = d.message.topic.clone();
+        let mut new_alias = None;
+        if self.version == ProtocolVersion::V5 && self.client_topic_alias_max > 0 && !dup {
+            if let Some(alias) = self.outbound_aliases.get(&topic) {
+                properties.topic_alias = Some(*alias);
+                topic = MqttString::from("");
+            } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_max) {
+                let alias = self.outbound_aliases.len() as u16 + 1;
+                properties.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+        }
+        let packet = Packet::Publish(Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: d.message.payload.clone(),
+        });
+        // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: drop for this one.
+        if packet.encoded_len(self.version) > self.client_max_packet as usize {
+            metrics.drop(DropReason::packet_too_large);
+            return;
+        }
+        if let Some(alias) = new_alias {
+            self.outbound_aliases.insert(d.message.topic.clone(), alias);
+        }
+        self.send(&packet);
+        metrics
+            .messages_out
+            .get_or_create(&QosLabels { qos: d.qos as u8 })
+            .inc();
+        if let Some(id) = packet_id {
+            if resend.is_none() {
+                self.state.insert_inflight(id, Inflight::Published(d));
+            }
+        }
+    }
+
+    /// On resumption, resends every unacknowledged PUBLISH with DUP and every PUBREL
+    /// [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self) {
+        let order: Vec<u16> = self.state.inflight_order.iter().copied().collect();
+        for id in order {
+            match self.state.inflight.get(&id).cloned() {
+                Some(Inflight::Published(d)) => self.send_delivery(d, true, Some(id)),
+                Some(Inflight::Released) => self.send(&Packet::PubRel(PubRel {
+                    packet_id: id,
+                    reason: ReasonCode::SUCCESS,
+                    properties: AckProperties::default(),
+                })),
+                None => {}
+            }
+        }
+    }
+
+    /// Ends the connection: DISCONNECT if due, will, session expiry or end.
+    async fn finish(mut self, close: Close) {
+        if close.send && self.version == ProtocolVersion::V5 && close.reason.0 >= 0x80 {
+            let mut properties = DisconnectProperties::default();
+            if self.problem_info {
+                properties.reason_string = Some(MqttString::from(close.what));
+            }
+            let packet = Packet::Disconnect(Disconnect {
+                reason: close.reason,
+                properties,
+            });
+            // [MQTT-3.1.2-24] the reason string goes only when it fits the client's limit.
+            if packet.encoded_len(self.version) > self.client_max_packet as usize {
+                self.send(&Packet::Disconnect(Disconnect {
+                    reason: close.reason,
+                    properties: DisconnectProperties::default(),
+                }));
+            } else {
+                self.send(&packet);
+            }
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = self.io.write_all(&self.wbuf).await;
+                let _ = self.io.flush().await;
+            })
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        self.ctx.metrics.connections.dec();
+        if close.reason.0 >= 0x80 && close.reason != ReasonCode::SESSION_TAKEN_OVER && close.send {
+            self.ctx
+                .metrics
+                .protocol_errors
+                .get_or_create(&CodeLabels { reason: close.what })
+                .inc();
+        }
+        info!(
+            client_id = %self.session.client_id,
+            remote = %self.remote,
+            listener = self.ctx.listener.as_str(),
+            protocol = ?self.version,
+            reason = format_args!("0x{:02X}", close.reason.0),
+            why = close.what,
+            "disconnected"
+        );
+        let tenant = self.tenant().clone();
+        let will = if close.will { self.will.take() } else { None };
+        let session = self.session.clone();
+        session.detach(self.generation);
+        let expiry = self.state.expiry_interval;
+        if expiry == 0 {
+            if let Some(w) = will {
+                publish_will(&tenant, w);
+            }
+            end_session(&tenant, &session, self.state, false);
+            return;
+        }
+        // The will waits for its delay, or for the end of the session if that comes first
+        // [MQTT-3.1.2-8].
+        if let Some(w) = will {
+            let delay = self.will_delay.min(expiry);
+            if delay == 0 {
+                publish_will(&tenant, w);
+            } else {
+                let cancel = CancellationToken::new();
+                self.state.pending_will = Some(PendingWill {
+                    cancel: cancel.clone(),
+                    message: w.clone(),
+                });
+                let t = tenant.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => publish_will(&t, w),
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+        }
+        if expiry != u32::MAX {
+            let generation = session.generation();
+            let t = tenant.clone();
+            let s = session.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                let state = s.state.clone().lock_owned().await;
+                if s.generation() == generation && !s.is_connected() && !state.ended {
+                    end_session(&t, &s, state, false);
+                }
+            });
+        }
+        drop(self.state);
+    }
+}
+
+fn v5_or_success(version: ProtocolVersion, reason: ReasonCode) -> ReasonCode {
+    if version == ProtocolVersion::V5 { reason } else { ReasonCode::SUCCESS }
+}
+
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+        QoS::AtLeastOnce => ReasonCode::GRANTED_QOS_1,
+        QoS::ExactlyOnce => ReasonCode::GRANTED_QOS_2,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn publish_will(tenant: &Tenant, will: Arc<Message>) {
+    let mut scratch = Vec::new();
+    tenant.publish(will, &mut scratch);
+}
+
+/// Ends a session: unregisters it, removes its subscriptions, publishes a pending will and hands
+/// unacknowledged shared QoS 1 messages to another member of their group [MQTT-4.8.2-?].
+pub(crate) fn end_session(
+    tenant: &Tenant,
+    session: &Arc<Session>,
+    mut state: OwnedMutexGuard<SessionState>,
+    replaced: bool,
+) {
+    state.ended = true;
+    session.bump_generation();
+    tenant.remove_session(session);
+    for (full, _) in state.subscriptions.drain() {
+        let (group, filter) = match topic::parse_shared(full.as_str()) {
+            Ok(Some((g, f))) => (Some(g), f),
+            _ => (None, full.as_str()),
+        };
+        if tenant.router.unsubscribe(session.id, filter, group) {
+            tenant.metrics.subscriptions.dec();
+        }
+    }
+    if let Some(pending) = state.pending_will.take() {
+        pending.cancel.cancel();
+        // The session ends before the will delay: publish now [MQTT-3.1.2-8]. A Clean Start
+        // that replaces the session also ends it.
+        publish_will(tenant, pending.message);
+    }
+    let _ = replaced;
+    let mut left = session.drain_outbox();
+    for (_, entry) in std::mem::take(&mut state.inflight) {
+        if let Inflight::Published(d) = entry {
+            left.push(d);
+        }
+    }
+    let mut dropped = 0u64;
+    for d in left {
+        // Unacknowledged QoS 1 of a shared subscription goes to another member; QoS 2 is never
+        // sent to another member [MQTT-4.8.2-5].
+        if let (Some(shared), QoS::AtLeastOnce) = (&d.shared, d.qos) {
+            if let Some((s, nd)) =
+                tenant
+                    .router
+                    .reroute_shared(&d.message, &shared.filter, &shared.group, session.id)
+            {
+                s.push(nd, &tenant.metrics);
+                continue;
+            }
+        }
+        dropped += 1;
+    }
+    tenant.metrics.drop_n(DropReason::session_ended, dropped);
+}

@@ -1,0 +1,34 @@
+//! Errors of starting and running the broker.
+
+use std::net::SocketAddr;
+
+use crate::config::{ConfigError, ListenerKind};
+
+/// Why the broker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener's address could not be bound.
+    #[error("cannot listen on {addr} ({kind}): {source}")]
+    Bind {
+        /// The listener's kind (`http` for the HTTP listener).
+        kind: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A listener kind this build cannot serve with the given configuration.
+    #[error("{} listeners are not available: {reason}", .kind.as_str())]
+    Listener {
+        /// The kind.
+        kind: ListenerKind,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Result with the broker's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

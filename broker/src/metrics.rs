@@ -1,0 +1,158 @@
+//! Prometheus metrics of the broker, served at `/metrics` on the HTTP listener.
+//!
+//! Counters are cheap atomics; connection tasks bump them directly on the hot path. Label sets
+//! are small and fixed (QoS, drop reason, listener kind), so no label value comes from a client.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a message was not delivered to a subscriber (or not accepted from a publisher).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    /// The subscriber's queue was full (slow consumer).
+    queue_full,
+    /// The message is larger than the subscriber's Maximum Packet Size.
+    packet_too_large,
+    /// The message expired before it could be delivered.
+    expired,
+    /// The session ended with the message still queued.
+    session_ended,
+    /// The publisher was not allowed to publish to the topic.
+    not_authorized,
+    /// A QoS 0 message for a session that is not connected.
+    offline_qos0,
+    /// A PUBACK or PUBREC with an error reason code from the subscriber.
+    rejected_by_client,
+}
+
+/// Label set: drop reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Label set: QoS.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QosLabels {
+    /// 0, 1 or 2.
+    pub qos: u8,
+}
+
+/// Label set: a reason as a static string (refusals, disconnects).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// Reason, e.g. `not_authorized`.
+    pub reason: &'static str,
+}
+
+/// Every metric of the broker.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Connections currently open (after CONNACK).
+    pub connections: Gauge,
+    /// Connections accepted by the network listeners (before CONNECT).
+    pub sockets_accepted: Counter,
+    /// CONNECTs accepted.
+    pub connects: Counter,
+    /// CONNECTs refused, by reason.
+    pub connects_refused: Family<CodeLabels, Counter>,
+    /// Connections closed by the broker because of a protocol error, by reason.
+    pub protocol_errors: Family<CodeLabels, Counter>,
+    /// PUBLISH packets received from clients, by QoS.
+    pub messages_in: Family<QosLabels, Counter>,
+    /// PUBLISH packets sent to clients, by QoS.
+    pub messages_out: Family<QosLabels, Counter>,
+    /// Bytes read from clients.
+    pub bytes_in: Counter,
+    /// Bytes written to clients.
+    pub bytes_out: Counter,
+    /// Messages not delivered, by reason.
+    pub dropped: Family<ReasonLabels, Counter>,
+    /// Retained messages held.
+    pub retained: Gauge,
+    /// Sessions held (connected or not).
+    pub sessions: Gauge,
+    /// Subscriptions held.
+    pub subscriptions: Gauge,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("starling");
+        let m = Metrics {
+            connections: Gauge::default(),
+            sockets_accepted: Counter::default(),
+            connects: Counter::default(),
+            connects_refused: Family::default(),
+            protocol_errors: Family::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            dropped: Family::default(),
+            retained: Gauge::default(),
+            sessions: Gauge::default(),
+            subscriptions: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "MQTT connections open", m.connections.clone());
+        registry.register(
+            "sockets_accepted",
+            "Network connections accepted by the listeners",
+            m.sockets_accepted.clone(),
+        );
+        registry.register("connects", "CONNECTs accepted", m.connects.clone());
+        registry.register(
+            "connects_refused",
+            "CONNECTs refused, by reason",
+            m.connects_refused.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Connections closed for a protocol error, by reason",
+            m.protocol_errors.clone(),
+        );
+        registry.register("messages_in", "PUBLISH packets received, by QoS", m.messages_in.clone());
+        registry.register("messages_out", "PUBLISH packets sent, by QoS", m.messages_out.clone());
+        registry.register("bytes_in", "Bytes read from clients", m.bytes_in.clone());
+        registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
+        registry.register("dropped", "Messages not delivered, by reason", m.dropped.clone());
+        registry.register("retained_messages", "Retained messages held", m.retained.clone());
+        registry.register("sessions", "Sessions held, connected or not", m.sessions.clone());
+        registry.register("subscriptions", "Subscriptions held", m.subscriptions.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a dropped message.
+    pub fn drop(&self, reason: DropReason) {
+        self.dropped.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts `n` dropped messages.
+    pub fn drop_n(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped.get_or_create(&ReasonLabels { reason }).inc_by(n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,249 @@
+//! Starting and stopping the broker: binds every listener, runs one accept loop per listener,
+//! the HTTP listener, and the graceful shutdown.
+//!
+//! Shutdown order: readiness goes false, accept loops stop, every connection gets DISCONNECT
+//! 0x8B, then connections get `shutdown.drain_timeout_secs` to finish before they are dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, NoAuth};
+use crate::config::{AuthMode, Config, ListenerConfig, ListenerKind};
+use crate::connection::{self, ConnectionContext};
+use crate::error::{Error, Result};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::tenant::Tenant;
+
+/// A started broker.
+#[derive(Debug)]
+pub struct RunningBroker {
+    /// Bound MQTT listeners, in configuration order.
+    pub listeners: Vec<(ListenerKind, SocketAddr)>,
+    /// The bound HTTP listener.
+    pub http: SocketAddr,
+    /// The tenant of `--auth none` listeners.
+    pub default_tenant: Arc<Tenant>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    drain: Duration,
+    plain_ctx: ConnectionContext,
+}
+
+/// Binds every listener and starts serving. Returns once the broker is ready.
+pub async fn start(config: Config) -> Result<RunningBroker> {
+    config.validate()?;
+    let limits = Arc::new(config.limits());
+    let metrics = Arc::new(Metrics::new());
+    let default_tenant = Tenant::new("default", (*limits).clone(), metrics.clone());
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::new(default_tenant.clone()));
+
+    let mut bound = Vec::new();
+    let mut loops = Vec::new();
+    for listener in &config.listeners {
+        let mode = listener.auth.unwrap_or(config.auth.mode);
+        let auth = match mode {
+            AuthMode::None => no_auth.clone(),
+            AuthMode::Token => {
+                return Err(Error::Listener {
+                    kind: listener.kind,
+                    reason: "token authentication is not configured",
+                });
+            }
+        };
+        if listener.kind != ListenerKind::Mqtt {
+            return Err(Error::Listener {
+                kind: listener.kind,
+                reason: "this transport is not configured",
+            });
+        }
+        let tcp = TcpListener::bind(listener.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                kind: listener.kind.as_str(),
+                addr: listener.bind,
+                source,
+            })?;
+        let addr = tcp.local_addr().map_err(|source| Error::Bind {
+            kind: listener.kind.as_str(),
+            addr: listener.bind,
+            source,
+        })?;
+        bound.push((listener.kind, addr));
+        let ctx = ConnectionContext {
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            auth,
+            shutdown: stop.clone(),
+            listener: listener.kind,
+        };
+        loops.push((tcp, listener.clone(), ctx));
+    }
+    let http_listener = TcpListener::bind(config.http.bind)
+        .await
+        .map_err(|source| Error::Bind {
+            kind: "http",
+            addr: config.http.bind,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| Error::Bind {
+            kind: "http",
+            addr: config.http.bind,
+            source,
+        })?;
+
+    for (tcp, listener, ctx) in loops {
+        let tracker2 = tracker.clone();
+        let stop2 = stop.clone();
+        tracker.spawn(accept_loop(tcp, listener, ctx, stop2, tracker2));
+    }
+    let app = http::app(HttpState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    });
+    let http_stop = stop.clone();
+    tokio::spawn(async move {
+        let serve = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await });
+        if let Err(e) = serve.await {
+            warn!(error = %e, "http listener failed");
+        }
+    });
+    for (kind, addr) in &bound {
+        info!(listener = kind.as_str(), %addr, "listening");
+    }
+    info!(%http_addr, "http listening (/healthz, /readyz, /metrics)");
+    ready.store(true, Ordering::Release);
+    let plain_ctx = ConnectionContext {
+        limits,
+        metrics: metrics.clone(),
+        auth: no_auth,
+        shutdown: stop.clone(),
+        listener: ListenerKind::Mqtt,
+    };
+    Ok(RunningBroker {
+        listeners: bound,
+        http: http_addr,
+        default_tenant,
+        metrics,
+        ready,
+        stop,
+        tracker,
+        drain: Duration::from_secs(config.shutdown.drain_timeout_secs),
+        plain_ctx,
+    })
+}
+
+/// Runs the broker until `shutdown` is cancelled, then shuts down gracefully.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let broker = start(config).await?;
+    shutdown.cancelled().await;
+    broker.shutdown().await;
+    Ok(())
+}
+
+impl RunningBroker {
+    /// The address of the first listener of `kind`.
+    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
+    }
+
+    /// Whether `/readyz` answers ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Serves one connection over an in-memory duplex pipe (plain MQTT, `--auth none`), for tests
+    /// whose clock is paused: the paused clock jumps while the runtime waits on real sockets.
+    pub fn connect_duplex(&self, buffer: usize) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(buffer);
+        let ctx = self.plain_ctx.clone();
+        let remote = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.tracker
+            .spawn(async move { connection::serve(server, remote, ctx).await });
+        client
+    }
+
+    /// Graceful shutdown: not ready, stop accepting, DISCONNECT 0x8B, drain within the deadline.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        info!("shutting down");
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                deadline_secs = self.drain.as_secs(),
+                "connections still open after the drain deadline"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    listener: ListenerConfig,
+    ctx: ConnectionContext,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(listener.max_connections));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = tcp.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        let (stream, remote): (TcpStream, SocketAddr) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(listener = listener.kind.as_str(), error = %e, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        ctx.metrics.sockets_accepted.inc();
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            connection::serve(stream, remote, ctx).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,127 @@
+//! A tenant: one isolated broker in the API's sense, with its own topic space, retained
+//! messages, sessions and limits. One process serves one or more.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::config::Limits;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::retained::{RetainOutcome, Retained};
+use crate::router::{Routed, Router};
+use crate::session::{OutboxLimits, Session};
+
+/// One tenant.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Name, for logs.
+    pub name: Arc<str>,
+    /// Subscriptions.
+    pub router: Router,
+    /// Retained messages.
+    pub retained: Retained,
+    /// Limits of this tenant.
+    pub limits: Limits,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Sessions by client id. Locked briefly to look up, insert or remove.
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Connections open now.
+    connections: AtomicUsize,
+}
+
+impl Tenant {
+    /// A new, empty tenant.
+    pub fn new(name: &str, limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Tenant {
+            name: name.into(),
+            router: Router::default(),
+            retained: Retained::new(limits.max_retained_messages),
+            limits,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    /// Delivers `message` to every matching subscription and updates the retained store when
+    /// the message is retained. `scratch` is reused between calls. Returns the deliveries queued.
+    pub fn publish(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) -> usize {
+        if message.retain {
+            match self.retained.set(&message) {
+                RetainOutcome::Stored | RetainOutcome::Cleared => {
+                    self.metrics.retained.set(self.retained.len() as i64);
+                }
+                RetainOutcome::Full => {}
+            }
+        }
+        self.router.route(&message, scratch);
+        let mut queued = 0;
+        for (session, delivery) in scratch.drain(..) {
+            if session.push(delivery, &self.metrics) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// The session of a client id.
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    /// The existing session of `client_id`, or a new one registered now.
+    pub fn session_or_insert(&self, client_id: &str) -> (Arc<Session>, bool) {
+        let mut sessions = self.sessions.lock();
+        if let Some(s) = sessions.get(client_id) {
+            return (s.clone(), true);
+        }
+        let s = Session::new(
+            client_id.into(),
+            OutboxLimits {
+                max_messages: self.limits.max_queued_messages,
+                max_bytes: self.limits.max_queued_bytes,
+            },
+        );
+        sessions.insert(s.client_id.clone(), s.clone());
+        self.metrics.sessions.inc();
+        (s, false)
+    }
+
+    /// Removes `session` from the registry if it is still the one registered for its client id.
+    pub fn remove_session(&self, session: &Session) -> bool {
+        let mut sessions = self.sessions.lock();
+        if sessions
+            .get(&session.client_id)
+            .is_some_and(|s| s.id == session.id)
+        {
+            sessions.remove(&session.client_id);
+            self.metrics.sessions.dec();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Every session, for shutdown and revocation sweeps.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    /// Takes a connection slot; false when the tenant is at its limit.
+    pub fn try_open_connection(&self) -> bool {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limits.max_connections).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a connection slot back.
+    pub fn close_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
