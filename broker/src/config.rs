@@ -400,7 +400,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.listeners.is_empty() {
-            problems.push("no MQTT listener is configured (use --mqtt ADDR or [[listeners]])".into());
+            problems
+                .push("no MQTT listener is configured (use --mqtt ADDR or [[listeners]])".into());
         }
         let l = self.limits.resolve();
         if l.max_packet_size < 64 {
@@ -523,8 +524,14 @@ mod tests {
             max_topic_depth = 4
         "#;
         let env = [
-            ("STARLING_BROKER__HTTP__BIND".to_string(), "127.0.0.1:2000".to_string()),
-            ("STARLING_BROKER__LIMITS__MAX_PACKET_SIZE".to_string(), "2048".to_string()),
+            (
+                "STARLING_BROKER__HTTP__BIND".to_string(),
+                "127.0.0.1:2000".to_string(),
+            ),
+            (
+                "STARLING_BROKER__LIMITS__MAX_PACKET_SIZE".to_string(),
+                "2048".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::load(Some(file), env, &flags_with_listener()).unwrap();
@@ -545,8 +552,12 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = Config::load(Some("[limits]\nmax_pakcet_size = 1\n"), [], &flags_with_listener())
-            .unwrap_err();
+        let err = Config::load(
+            Some("[limits]\nmax_pakcet_size = 1\n"),
+            [],
+            &flags_with_listener(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("max_pakcet_size"), "{err}");
     }
 

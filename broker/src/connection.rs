@@ -9,22 +9,24 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use starling_codec::{
     AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Direction,
-    Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion, PubAck, PubComp,
-    PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck,
-    Subscribe, UnsubAck, Unsubscribe, topic,
+    Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::auth::{Authenticated, Authenticator, ConnectInfo, Permissions};
+use crate::auth::{Authenticated, Authenticator, ConnectInfo};
 use crate::config::{Limits, ListenerKind};
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::{CodeLabels, DropReason, Metrics, QosLabels};
@@ -96,33 +98,38 @@ where
     let connect = match read {
         Ok(Ok(c)) => c,
         Ok(Err(ReadConnectError::Io)) => return,
-        Ok(Err(ReadConnectError::Decode(e))) => {
+        Ok(Err(ReadConnectError::Decode(e, level))) => {
             ctx.metrics
                 .connects_refused
-                .get_or_create(&CodeLabels { reason: "malformed_connect" })
+                .get_or_create(&CodeLabels {
+                    reason: "malformed_connect",
+                })
                 .inc();
             debug!(%remote, reason = e.reason_code().0, rule = e.rule(), "invalid CONNECT");
-            // [MQTT-3.1.2-2] an unsupported protocol level gets CONNACK 0x01 (3.1.1 form).
-            if e.reason_code() == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION {
-                let _ = write_connack(
-                    &mut io,
-                    ProtocolVersion::V3_1_1,
-                    e.reason_code(),
-                    ConnAckProperties::default(),
-                )
-                .await;
-            } else if let Some(version) = decoder.version() {
-                if version == ProtocolVersion::V5 {
-                    let _ = write_connack(&mut io, version, e.reason_code(), ConnAckProperties::default())
-                        .await;
+            // [MQTT-3.1.2-2] an unsupported protocol level gets CONNACK 0x01 (3.1.1 form); a v5
+            // CONNECT gets the reason code; 3.1.1 has return codes only for some refusals
+            // ([MQTT-3.1.3-8] identifier rejected), otherwise the connection just closes.
+            let reason = e.reason_code();
+            let version = match level {
+                _ if reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => {
+                    Some(ProtocolVersion::V3_1_1)
                 }
+                Some(5) => Some(ProtocolVersion::V5),
+                Some(4) if matches!(reason.0, 0x85..=0x87) => Some(ProtocolVersion::V3_1_1),
+                Some(3) if matches!(reason.0, 0x85..=0x87) => Some(ProtocolVersion::V3_1),
+                _ => None,
+            };
+            if let Some(version) = version {
+                let _ = write_connack(&mut io, version, reason, ConnAckProperties::default()).await;
             }
             return;
         }
         Err(_elapsed) => {
             ctx.metrics
                 .connects_refused
-                .get_or_create(&CodeLabels { reason: "connect_timeout" })
+                .get_or_create(&CodeLabels {
+                    reason: "connect_timeout",
+                })
                 .inc();
             debug!(%remote, "no CONNECT within the connect timeout");
             return;
@@ -193,7 +200,8 @@ where
 #[derive(Debug)]
 enum ReadConnectError {
     Io,
-    Decode(DecodeError),
+    /// The CONNECT is invalid; the protocol level byte, when it arrived.
+    Decode(DecodeError, Option<u8>),
 }
 
 async fn read_connect<IO: AsyncRead + Unpin>(
@@ -203,19 +211,37 @@ async fn read_connect<IO: AsyncRead + Unpin>(
     metrics: &Metrics,
 ) -> Result<Box<Connect>, ReadConnectError> {
     loop {
+        let level = peek_protocol_level(rbuf);
         match decoder.decode(rbuf) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             // The decoder accepts nothing but CONNECT first [MQTT-3.1.0-1]; this is a backstop.
             Ok(Some(_)) => return Err(ReadConnectError::Io),
             Ok(None) => {}
-            Err(e) => return Err(ReadConnectError::Decode(e)),
+            Err(e) => return Err(ReadConnectError::Decode(e, level)),
         }
         rbuf.reserve(1024);
         match io.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(ReadConnectError::Io),
-            Ok(n) => metrics.bytes_in.inc_by(n as u64),
+            Ok(n) => {
+                metrics.bytes_in.inc_by(n as u64);
+            }
         }
     }
+}
+
+/// The protocol level byte of a CONNECT at the start of `buf`, when enough of it arrived.
+fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    // Skip the remaining length (1 to 4 bytes).
+    while *buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    i += 1;
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
+    buf.get(i + 2 + name_len).copied()
 }
 
 async fn write_connack<IO: AsyncWrite + Unpin>(
@@ -269,7 +295,10 @@ async fn accept_connect<IO>(
     let version = connect.protocol;
     // Lengths first, before any work on the credential.
     if connect.client_id.as_str().len() > limits.max_client_id_length {
-        return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id_too_long"));
+        return Err((
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client_id_too_long",
+        ));
     }
     if connect
         .username
@@ -299,7 +328,10 @@ async fn accept_connect<IO>(
             bound.clone()
         }
         (Some(bound), given) if bound != given => {
-            return Err((ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "client_id_mismatch"));
+            return Err((
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "client_id_mismatch",
+            ));
         }
         (_, "") => {
             if version != ProtocolVersion::V5 && !connect.clean_start {
@@ -417,7 +449,7 @@ async fn accept_connect<IO>(
         props.maximum_packet_size = Some(limits.max_packet_size);
         props.topic_alias_maximum = Some(limits.topic_alias_maximum);
         props.retain_available = None; // retained messages are available (the default)
-        props.assigned_client_identifier = assigned.as_deref().map(MqttString::from);
+        props.assigned_client_identifier = assigned.map(MqttString::from);
         props.server_keep_alive = server_keep_alive;
         if expiry != asked_expiry {
             props.session_expiry_interval = Some(expiry);
@@ -454,10 +486,7 @@ async fn accept_connect<IO>(
         kick_reason,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
-        client_max_packet: connect
-            .properties
-            .maximum_packet_size
-            .unwrap_or(u32::MAX),
+        client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         problem_info: connect.properties.request_problem_information != Some(0),
         will,
@@ -545,8 +574,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     return close;
                 }
             }
-            let keep_alive_deadline = (!self.keep_alive.is_zero())
-                .then(|| self.last_read + self.keep_alive.mul_f32(1.5));
+            let keep_alive_deadline =
+                (!self.keep_alive.is_zero()).then(|| self.last_read + self.keep_alive.mul_f32(1.5));
             let ready_to_send = self.more_queued && self.window() > 0;
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(8 * 1024);
@@ -664,11 +693,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             // [MQTT-4.12.0-?] AUTH without an Authentication Method in CONNECT.
-            Packet::Auth(_) => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without authentication method")),
+            Packet::Auth(_) => Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without authentication method",
+            )),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
             Packet::Connect(_) => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.1.0-2")),
             // Server-to-client packets are refused by the decoder; this is a backstop.
-            _ => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "server packet from a client")),
+            _ => Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "server packet from a client",
+            )),
         }
     }
 
@@ -698,7 +733,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let topic = match p.properties.topic_alias {
             Some(alias) => {
                 if alias == 0 || alias > self.ctx.limits.topic_alias_maximum {
-                    return Err(Close::protocol(ReasonCode::TOPIC_ALIAS_INVALID, "MQTT-3.3.2-9"));
+                    return Err(Close::protocol(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        "MQTT-3.3.2-9",
+                    ));
                 }
                 if p.topic.as_str().is_empty() {
                     match self.inbound_aliases.get(&alias) {
@@ -734,22 +772,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             && self.state.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum)
         {
             // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
-            return Err(Close::protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "MQTT-3.3.4-9"));
+            return Err(Close::protocol(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "MQTT-3.3.4-9",
+            ));
         }
         let refusal = if !topic_within_limits(topic.as_str(), &self.ctx.limits) {
-            Some((ReasonCode::TOPIC_NAME_INVALID, "topic exceeds the length or depth limit"))
+            Some((
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic exceeds the length or depth limit",
+            ))
         } else if !self.auth.permissions.may_publish(topic.as_str()) {
-            Some((ReasonCode::NOT_AUTHORIZED, "not authorized to publish to this topic"))
+            Some((
+                ReasonCode::NOT_AUTHORIZED,
+                "not authorized to publish to this topic",
+            ))
         } else {
             None
         };
         if let Some((reason, why)) = refusal {
-            metrics.drop(DropReason::not_authorized);
+            metrics.count_drop(DropReason::not_authorized);
             let properties = self.ack_props(why);
             match p.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck { packet_id, reason: v5_or_success(self.version, reason), properties })),
-                QoS::ExactlyOnce => self.send(&Packet::PubRec(PubRec { packet_id, reason: v5_or_success(self.version, reason), properties })),
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
+                    packet_id,
+                    reason: v5_or_success(self.version, reason),
+                    properties,
+                })),
+                QoS::ExactlyOnce => self.send(&Packet::PubRec(PubRec {
+                    packet_id,
+                    reason: v5_or_success(self.version, reason),
+                    properties,
+                })),
             }
             return Ok(());
         }
@@ -833,7 +888,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
         if r.reason.0 >= 0x80 {
             // [MQTT-4.3.3-?] an error PUBREC ends the exchange; [MQTT-4.8.2-6] for shared ones.
-            self.ctx.metrics.drop(DropReason::rejected_by_client);
+            self.ctx.metrics.count_drop(DropReason::rejected_by_client);
             self.state.complete(r.packet_id);
             self.more_queued = true;
             return;
@@ -920,7 +975,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
         let reasons = reasons
             .into_iter()
-            .map(|r| if self.version == ProtocolVersion::V5 || r.0 < 0x80 { r } else { ReasonCode::UNSPECIFIED_ERROR })
+            .map(|r| {
+                if self.version == ProtocolVersion::V5 || r.0 < 0x80 {
+                    r
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                }
+            })
             .collect();
         self.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
@@ -1025,7 +1086,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let metrics = self.ctx.metrics.clone();
         if d.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
-            metrics.drop(DropReason::expired);
+            metrics.count_drop(DropReason::expired);
             return;
         }
         let packet_id = match (d.qos, resend) {
@@ -1034,7 +1095,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             (_, None) => match self.state.next_packet_id() {
                 Some(id) => Some(id),
                 None => {
-                    metrics.drop(DropReason::queue_full);
+                    metrics.count_drop(DropReason::queue_full);
                     return;
                 }
             },
@@ -1065,7 +1126,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         });
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: drop for this one.
         if packet.encoded_len(self.version) > self.client_max_packet as usize {
-            metrics.drop(DropReason::packet_too_large);
+            metrics.count_drop(DropReason::packet_too_large);
             return;
         }
         if let Some(alias) = new_alias {
@@ -1196,7 +1257,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 }
 
 fn v5_or_success(version: ProtocolVersion, reason: ReasonCode) -> ReasonCode {
-    if version == ProtocolVersion::V5 { reason } else { ReasonCode::SUCCESS }
+    if version == ProtocolVersion::V5 {
+        reason
+    } else {
+        ReasonCode::SUCCESS
+    }
 }
 
 fn granted(qos: QoS) -> ReasonCode {
@@ -1209,7 +1274,7 @@ fn granted(qos: QoS) -> ReasonCode {
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
@@ -1268,5 +1333,7 @@ pub(crate) fn end_session(
         }
         dropped += 1;
     }
-    tenant.metrics.drop_n(DropReason::session_ended, dropped);
+    tenant
+        .metrics
+        .count_drops(DropReason::session_ended, dropped);
 }

@@ -4,7 +4,7 @@
 //! topic are `Bytes` slices of the publisher's read buffer, so fan-out copies nothing.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use smallvec::SmallVec;

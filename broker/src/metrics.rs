@@ -102,7 +102,11 @@ impl Metrics {
             subscriptions: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("connections", "MQTT connections open", m.connections.clone());
+        registry.register(
+            "connections",
+            "MQTT connections open",
+            m.connections.clone(),
+        );
         registry.register(
             "sockets_accepted",
             "Network connections accepted by the listeners",
@@ -119,26 +123,52 @@ impl Metrics {
             "Connections closed for a protocol error, by reason",
             m.protocol_errors.clone(),
         );
-        registry.register("messages_in", "PUBLISH packets received, by QoS", m.messages_in.clone());
-        registry.register("messages_out", "PUBLISH packets sent, by QoS", m.messages_out.clone());
+        registry.register(
+            "messages_in",
+            "PUBLISH packets received, by QoS",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "PUBLISH packets sent, by QoS",
+            m.messages_out.clone(),
+        );
         registry.register("bytes_in", "Bytes read from clients", m.bytes_in.clone());
         registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
-        registry.register("dropped", "Messages not delivered, by reason", m.dropped.clone());
-        registry.register("retained_messages", "Retained messages held", m.retained.clone());
-        registry.register("sessions", "Sessions held, connected or not", m.sessions.clone());
-        registry.register("subscriptions", "Subscriptions held", m.subscriptions.clone());
+        registry.register(
+            "dropped",
+            "Messages not delivered, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "retained_messages",
+            "Retained messages held",
+            m.retained.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Sessions held, connected or not",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Subscriptions held",
+            m.subscriptions.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Counts a dropped message.
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.dropped.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Counts `n` dropped messages.
-    pub fn drop_n(&self, reason: DropReason, n: u64) {
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
         if n > 0 {
-            self.dropped.get_or_create(&ReasonLabels { reason }).inc_by(n);
+            self.dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n);
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use parking_lot::RwLock;
 use starling_codec::{MqttString, topic};
@@ -62,12 +62,12 @@ impl Retained {
         let out: Vec<Arc<Message>> = {
             let map = self.map.read();
             if !filter.contains(['+', '#']) {
-                map.get(filter).into_iter().cloned().collect()
+                map.get(filter).into_iter().cloned().collect::<Vec<_>>()
             } else {
                 map.values()
                     .filter(|m| topic::matches(filter, m.topic.as_str()))
                     .cloned()
-                    .collect()
+                    .collect::<Vec<_>>()
             }
         }
         .into_iter()

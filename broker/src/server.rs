@@ -100,13 +100,11 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
             addr: config.http.bind,
             source,
         })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| Error::Bind {
-            kind: "http",
-            addr: config.http.bind,
-            source,
-        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| Error::Bind {
+        kind: "http",
+        addr: config.http.bind,
+        source,
+    })?;
 
     for (tcp, listener, ctx) in loops {
         let tracker2 = tracker.clone();

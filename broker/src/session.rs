@@ -169,7 +169,7 @@ impl Session {
     /// `broker/ARCHITECTURE.md` (slow consumers).
     pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> bool {
         if delivery.qos == QoS::AtMostOnce && !self.is_connected() {
-            metrics.drop(DropReason::offline_qos0);
+            metrics.count_drop(DropReason::offline_qos0);
             return false;
         }
         let weight = delivery.message.weight();
@@ -179,7 +179,7 @@ impl Session {
                 || outbox.bytes + weight > self.limits.max_bytes
             {
                 drop(outbox);
-                metrics.drop(DropReason::queue_full);
+                metrics.count_drop(DropReason::queue_full);
                 return false;
             }
             outbox.bytes += weight;

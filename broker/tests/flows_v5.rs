@@ -40,19 +40,32 @@ async fn qos_is_the_lower_of_publish_and_subscription() {
         assert_eq!(ack.reasons, vec![ReasonCode::GRANTED_QOS_1]);
         s2.subscribe("q/#", sub_opts(QoS::ExactlyOnce)).await;
         let mut p = b.client("p").await;
-        assert_eq!(p.publish("q/2", QoS::ExactlyOnce, b"two").await, Some(ReasonCode::SUCCESS));
+        assert_eq!(
+            p.publish("q/2", QoS::ExactlyOnce, b"two").await,
+            Some(ReasonCode::SUCCESS)
+        );
         let m1 = s1.recv_publish().await;
         assert_eq!((m1.qos, &m1.payload[..]), (QoS::AtLeastOnce, &b"two"[..]));
         let m2 = s2.recv_publish().await;
         assert_eq!(m2.qos, QoS::ExactlyOnce);
         // Complete the QoS 2 exchange from the subscriber side.
         let id = m2.packet_id.unwrap();
-        s2.send(Packet::PubRec(starling_codec::PubRec { packet_id: id, reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
+        s2.send(Packet::PubRec(starling_codec::PubRec {
+            packet_id: id,
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
         match s2.recv().await {
             Packet::PubRel(r) => assert_eq!(r.packet_id, id),
             other => panic!("expected PUBREL, got {other:?}"),
         }
-        s2.send(Packet::PubComp(starling_codec::PubComp { packet_id: id, reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
+        s2.send(Packet::PubComp(starling_codec::PubComp {
+            packet_id: id,
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
         assert_eq!(p.publish("q/0", QoS::AtMostOnce, b"zero").await, None);
         assert_eq!(s1.recv_publish().await.qos, QoS::AtMostOnce);
     })
@@ -71,8 +84,15 @@ async fn qos2_resent_publish_is_delivered_once() {
             p.send(Packet::Publish(m)).await;
             assert!(matches!(p.recv().await, Packet::PubRec(r) if r.packet_id == 7));
         }
-        p.send(Packet::PubRel(starling_codec::PubRel { packet_id: 7, reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
-        assert!(matches!(p.recv().await, Packet::PubComp(c) if c.packet_id == 7 && c.reason == ReasonCode::SUCCESS));
+        p.send(Packet::PubRel(starling_codec::PubRel {
+            packet_id: 7,
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
+        assert!(
+            matches!(p.recv().await, Packet::PubComp(c) if c.packet_id == 7 && c.reason == ReasonCode::SUCCESS)
+        );
         assert_eq!(&s.recv_publish().await.payload[..], b"x");
         s.expect_silence(Duration::from_millis(200)).await;
     })
@@ -94,9 +114,17 @@ async fn retained_set_replace_clear() {
         let mut s = b.client("rs").await;
         s.subscribe("r/+", sub_opts(QoS::AtLeastOnce)).await;
         let got = s.recv_publish().await;
-        assert!(got.retain, "retained messages sent on subscribe carry RETAIN");
+        assert!(
+            got.retain,
+            "retained messages sent on subscribe carry RETAIN"
+        );
         assert_eq!(&got.payload[..], b"two");
-        s.send(Packet::PubAck(PubAck { packet_id: got.packet_id.unwrap(), reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
+        s.send(Packet::PubAck(PubAck {
+            packet_id: got.packet_id.unwrap(),
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
         // Clear with an empty payload; a new subscriber gets nothing.
         m.payload = bytes::Bytes::new();
         m.packet_id = Some(3);
@@ -121,24 +149,41 @@ async fn retain_handling_0_1_2_and_retain_as_published() {
         m.retain = true;
         p.send(Packet::Publish(m.clone())).await;
         let mut s = b.client("rh-sub").await;
-        let opts = |rh| SubscriptionOptions { qos: QoS::AtMostOnce, retain_handling: rh, ..Default::default() };
+        let opts = |rh| SubscriptionOptions {
+            qos: QoS::AtMostOnce,
+            retain_handling: rh,
+            ..Default::default()
+        };
         // 2: never at subscribe.
         s.subscribe("rh/t", opts(RetainHandling::DoNotSend)).await;
         s.expect_silence(Duration::from_millis(150)).await;
         // 1 on an existing subscription: nothing.
-        s.subscribe("rh/t", opts(RetainHandling::SendAtSubscribeIfNew)).await;
+        s.subscribe("rh/t", opts(RetainHandling::SendAtSubscribeIfNew))
+            .await;
         s.expect_silence(Duration::from_millis(150)).await;
         // 1 on a new subscription: sent.
-        s.subscribe("rh/+", opts(RetainHandling::SendAtSubscribeIfNew)).await;
+        s.subscribe("rh/+", opts(RetainHandling::SendAtSubscribeIfNew))
+            .await;
         assert!(s.recv_publish().await.retain);
         // 0: sent every time.
-        s.subscribe("rh/+", opts(RetainHandling::SendAtSubscribe)).await;
+        s.subscribe("rh/+", opts(RetainHandling::SendAtSubscribe))
+            .await;
         assert!(s.recv_publish().await.retain);
         // Live messages: RETAIN cleared unless Retain As Published [MQTT-3.3.1-12/13].
         let mut rap = b.client("rh-rap").await;
-        rap.subscribe("rh/t", SubscriptionOptions { retain_as_published: true, retain_handling: RetainHandling::DoNotSend, ..Default::default() }).await;
+        rap.subscribe(
+            "rh/t",
+            SubscriptionOptions {
+                retain_as_published: true,
+                retain_handling: RetainHandling::DoNotSend,
+                ..Default::default()
+            },
+        )
+        .await;
         let mut plain = b.client("rh-plain").await;
-        plain.subscribe("rh/t", opts(RetainHandling::DoNotSend)).await;
+        plain
+            .subscribe("rh/t", opts(RetainHandling::DoNotSend))
+            .await;
         p.send(Packet::Publish(m)).await;
         assert!(rap.recv_publish().await.retain);
         assert!(!plain.recv_publish().await.retain);
@@ -150,7 +195,14 @@ async fn no_local_skips_own_messages() {
     timed!(async {
         let b = TestBroker::start().await;
         let mut c = b.client("nl").await;
-        c.subscribe("nl/t", SubscriptionOptions { no_local: true, ..Default::default() }).await;
+        c.subscribe(
+            "nl/t",
+            SubscriptionOptions {
+                no_local: true,
+                ..Default::default()
+            },
+        )
+        .await;
         c.publish("nl/t", QoS::AtLeastOnce, b"mine").await;
         c.expect_silence(Duration::from_millis(200)).await;
         let mut other = b.client("nl-other").await;
@@ -164,8 +216,10 @@ async fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
     timed!(async {
         let b = TestBroker::start().await;
         let mut s = b.client("ov").await;
-        s.subscribe_with("ov/#", sub_opts(QoS::AtMostOnce), Some(1)).await;
-        s.subscribe_with("ov/+/c", sub_opts(QoS::AtLeastOnce), Some(2)).await;
+        s.subscribe_with("ov/#", sub_opts(QoS::AtMostOnce), Some(1))
+            .await;
+        s.subscribe_with("ov/+/c", sub_opts(QoS::AtLeastOnce), Some(2))
+            .await;
         s.subscribe("+/b/c", sub_opts(QoS::AtMostOnce)).await;
         let mut p = b.client("ov-pub").await;
         p.publish("ov/b/c", QoS::AtLeastOnce, b"x").await;
@@ -174,7 +228,12 @@ async fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
         let mut ids = got.properties.subscription_identifiers.clone();
         ids.sort();
         assert_eq!(ids, vec![1, 2]);
-        s.send(Packet::PubAck(PubAck { packet_id: got.packet_id.unwrap(), reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
+        s.send(Packet::PubAck(PubAck {
+            packet_id: got.packet_id.unwrap(),
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
         s.expect_silence(Duration::from_millis(200)).await;
     })
 }
@@ -201,8 +260,10 @@ async fn shared_subscription_round_robin() {
         let b = TestBroker::start().await;
         let mut a = b.client("sh-a").await;
         let mut c = b.client("sh-b").await;
-        a.subscribe("$share/g/sh/t", sub_opts(QoS::AtLeastOnce)).await;
-        c.subscribe("$share/g/sh/t", sub_opts(QoS::AtLeastOnce)).await;
+        a.subscribe("$share/g/sh/t", sub_opts(QoS::AtLeastOnce))
+            .await;
+        c.subscribe("$share/g/sh/t", sub_opts(QoS::AtLeastOnce))
+            .await;
         let mut p = b.client("sh-pub").await;
         for i in 0..10u8 {
             p.publish("sh/t", QoS::AtMostOnce, &[i]).await;
@@ -213,7 +274,11 @@ async fn shared_subscription_round_robin() {
             got.push(c.recv_publish().await.payload[0]);
         }
         got.sort();
-        assert_eq!(got, (0..10).collect::<Vec<u8>>(), "each message to exactly one member");
+        assert_eq!(
+            got,
+            (0..10).collect::<Vec<u8>>(),
+            "each message to exactly one member"
+        );
         a.expect_silence(Duration::from_millis(100)).await;
         c.expect_silence(Duration::from_millis(100)).await;
     })
@@ -224,13 +289,15 @@ async fn unacknowledged_shared_qos1_goes_to_another_member_when_the_session_ends
     timed!(async {
         let b = TestBroker::start().await;
         let mut a = b.client("shq-a").await;
-        a.subscribe("$share/g/shq", sub_opts(QoS::AtLeastOnce)).await;
+        a.subscribe("$share/g/shq", sub_opts(QoS::AtLeastOnce))
+            .await;
         let mut p = b.client("shq-pub").await;
         p.publish("shq", QoS::AtLeastOnce, b"m").await;
         let got = a.recv_publish().await;
         assert_eq!(got.qos, QoS::AtLeastOnce);
         let mut c = b.client("shq-b").await;
-        c.subscribe("$share/g/shq", sub_opts(QoS::AtLeastOnce)).await;
+        c.subscribe("$share/g/shq", sub_opts(QoS::AtLeastOnce))
+            .await;
         // a's session (expiry 0) ends without acknowledging: the message moves to b.
         drop(a);
         let moved = c.recv_publish().await;
@@ -255,18 +322,31 @@ async fn will_published_on_abrupt_close_not_on_normal_disconnect() {
             ..connect_v5(id)
         };
         let mut normal = b.raw().await;
-        normal.connect(with_will("will-normal", "will/normal")).await;
+        normal
+            .connect(with_will("will-normal", "will/normal"))
+            .await;
         normal.disconnect().await;
         let mut abrupt = b.raw().await;
-        abrupt.connect(with_will("will-abrupt", "will/abrupt")).await;
+        abrupt
+            .connect(with_will("will-abrupt", "will/abrupt"))
+            .await;
         drop(abrupt);
         let got = w.recv_publish().await;
         assert_eq!(got.topic.as_str(), "will/abrupt");
-        w.send(Packet::PubAck(PubAck { packet_id: got.packet_id.unwrap(), reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
+        w.send(Packet::PubAck(PubAck {
+            packet_id: got.packet_id.unwrap(),
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
         // 0x04: disconnect with will.
         let mut with = b.raw().await;
         with.connect(with_will("will-04", "will/04")).await;
-        with.send(Packet::Disconnect(starling_codec::Disconnect { reason: ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, properties: Default::default() })).await;
+        with.send(Packet::Disconnect(starling_codec::Disconnect {
+            reason: ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            properties: Default::default(),
+        }))
+        .await;
         assert_eq!(w.recv_publish().await.topic.as_str(), "will/04");
     })
 }
@@ -276,7 +356,11 @@ async fn session_resumes_with_queued_messages_and_redelivers_with_dup() {
     timed!(async {
         let b = TestBroker::start().await;
         let mut s = b.raw().await;
-        assert!(!s.connect(persistent("resume", 300, true)).await.session_present);
+        assert!(
+            !s.connect(persistent("resume", 300, true))
+                .await
+                .session_present
+        );
         s.subscribe("res/t", sub_opts(QoS::AtLeastOnce)).await;
         let mut p = b.client("res-pub").await;
         p.publish("res/t", QoS::AtLeastOnce, b"in-flight").await;
@@ -296,7 +380,10 @@ async fn session_resumes_with_queued_messages_and_redelivers_with_dup() {
         assert_eq!(&queued.payload[..], b"queued");
         s.expect_silence(Duration::from_millis(200)).await;
         let m = b.metrics().await;
-        assert_eq!(metric(&m, "starling_dropped_total{reason=\"offline_qos0\"}"), 1.0);
+        assert_eq!(
+            metric(&m, "starling_dropped_total{reason=\"offline_qos0\"}"),
+            1.0
+        );
     })
 }
 
@@ -309,7 +396,11 @@ async fn clean_start_discards_the_session() {
         s.subscribe("clean/t", sub_opts(QoS::AtLeastOnce)).await;
         s.disconnect().await;
         let mut s = b.raw().await;
-        assert!(!s.connect(persistent("clean", 300, true)).await.session_present);
+        assert!(
+            !s.connect(persistent("clean", 300, true))
+                .await
+                .session_present
+        );
         let mut p = b.client("clean-pub").await;
         p.publish("clean/t", QoS::AtLeastOnce, b"x").await;
         s.expect_silence(Duration::from_millis(200)).await;
@@ -335,7 +426,12 @@ async fn empty_client_id_is_assigned_in_v5_and_refused_in_v311_without_clean_ses
         assert_eq!(ack.reason, ReasonCode::SUCCESS);
         assert!(ack.properties.assigned_client_identifier.is_some());
         let mut v3 = b.raw_v3().await;
-        let ack = v3.connect(Connect { clean_start: false, ..connect_v3("") }).await;
+        let ack = v3
+            .connect(Connect {
+                clean_start: false,
+                ..connect_v3("")
+            })
+            .await;
         assert_eq!(ack.reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
     })
 }
@@ -345,7 +441,14 @@ async fn outbound_topic_aliases_when_the_client_allows_them() {
     timed!(async {
         let b = TestBroker::start().await;
         let mut s = b.raw().await;
-        s.connect(Connect { properties: ConnectProperties { topic_alias_maximum: Some(2), ..Default::default() }, ..connect_v5("alias-sub") }).await;
+        s.connect(Connect {
+            properties: ConnectProperties {
+                topic_alias_maximum: Some(2),
+                ..Default::default()
+            },
+            ..connect_v5("alias-sub")
+        })
+        .await;
         s.subscribe("al/#", sub_opts(QoS::AtMostOnce)).await;
         let mut p = b.client("alias-pub").await;
         for _ in 0..2 {
@@ -375,7 +478,10 @@ async fn inbound_topic_alias_is_resolved() {
         p.send(Packet::Publish(m)).await;
         assert_eq!(s.recv_publish().await.topic.as_str(), "ia/t");
         let second = s.recv_publish().await;
-        assert_eq!((second.topic.as_str(), &second.payload[..]), ("ia/t", &b"2"[..]));
+        assert_eq!(
+            (second.topic.as_str(), &second.payload[..]),
+            ("ia/t", &b"2"[..])
+        );
     })
 }
 
@@ -384,7 +490,15 @@ async fn message_too_large_for_a_subscriber_is_dropped_for_that_subscriber_only(
     timed!(async {
         let b = TestBroker::start().await;
         let mut small = b.raw().await;
-        small.connect(Connect { properties: ConnectProperties { maximum_packet_size: Some(100), ..Default::default() }, ..connect_v5("mps-small") }).await;
+        small
+            .connect(Connect {
+                properties: ConnectProperties {
+                    maximum_packet_size: Some(100),
+                    ..Default::default()
+                },
+                ..connect_v5("mps-small")
+            })
+            .await;
         small.subscribe("mps", sub_opts(QoS::AtMostOnce)).await;
         let mut big = b.client("mps-big").await;
         big.subscribe("mps", sub_opts(QoS::AtMostOnce)).await;
@@ -394,7 +508,10 @@ async fn message_too_large_for_a_subscriber_is_dropped_for_that_subscriber_only(
         assert_eq!(big.recv_publish().await.payload.len(), 200);
         assert_eq!(&small.recv_publish().await.payload[..], b"small");
         let m = b.metrics().await;
-        assert_eq!(metric(&m, "starling_dropped_total{reason=\"packet_too_large\"}"), 1.0);
+        assert_eq!(
+            metric(&m, "starling_dropped_total{reason=\"packet_too_large\"}"),
+            1.0
+        );
     })
 }
 
@@ -403,7 +520,14 @@ async fn in_flight_window_follows_the_client_receive_maximum() {
     timed!(async {
         let b = TestBroker::start().await;
         let mut s = b.raw().await;
-        s.connect(Connect { properties: ConnectProperties { receive_maximum: Some(2), ..Default::default() }, ..connect_v5("rm-sub") }).await;
+        s.connect(Connect {
+            properties: ConnectProperties {
+                receive_maximum: Some(2),
+                ..Default::default()
+            },
+            ..connect_v5("rm-sub")
+        })
+        .await;
         s.subscribe("fc", sub_opts(QoS::AtLeastOnce)).await;
         let mut p = b.client("rm-pub").await;
         for i in 0..4u8 {
@@ -413,7 +537,12 @@ async fn in_flight_window_follows_the_client_receive_maximum() {
         let c = s.recv_publish().await;
         assert_eq!((a.payload[0], c.payload[0]), (0, 1));
         s.expect_silence(Duration::from_millis(200)).await;
-        s.send(Packet::PubAck(PubAck { packet_id: a.packet_id.unwrap(), reason: ReasonCode::SUCCESS, properties: Default::default() })).await;
+        s.send(Packet::PubAck(PubAck {
+            packet_id: a.packet_id.unwrap(),
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
         assert_eq!(s.recv_publish().await.payload[0], 2);
         s.expect_silence(Duration::from_millis(200)).await;
     })
@@ -435,13 +564,28 @@ async fn user_properties_and_request_response_properties_pass_through() {
         m.properties.message_expiry_interval = Some(600);
         p.send(Packet::Publish(m)).await;
         let got = s.recv_publish().await;
-        assert_eq!(got.properties.user_properties, vec![("k".into(), "v".into())]);
-        assert_eq!(got.properties.response_topic.as_ref().map(|t| t.as_str()), Some("reply/here"));
-        assert_eq!(got.properties.correlation_data.as_deref(), Some(&b"corr"[..]));
-        assert_eq!(got.properties.content_type.as_ref().map(|t| t.as_str()), Some("application/json"));
+        assert_eq!(
+            got.properties.user_properties,
+            vec![("k".into(), "v".into())]
+        );
+        assert_eq!(
+            got.properties.response_topic.as_ref().map(|t| t.as_str()),
+            Some("reply/here")
+        );
+        assert_eq!(
+            got.properties.correlation_data.as_deref(),
+            Some(&b"corr"[..])
+        );
+        assert_eq!(
+            got.properties.content_type.as_ref().map(|t| t.as_str()),
+            Some("application/json")
+        );
         assert_eq!(got.properties.payload_format_indicator, Some(1));
         let left = got.properties.message_expiry_interval.unwrap();
-        assert!((599..=600).contains(&left), "remaining expiry passed on: {left}");
+        assert!(
+            (599..=600).contains(&left),
+            "remaining expiry passed on: {left}"
+        );
     })
 }
 

@@ -15,7 +15,8 @@ async fn broker_still_serves(b: &TestBroker) {
     sub.subscribe("witness/t", sub_opts(QoS::AtLeastOnce)).await;
     let mut publ = b.client("witness-pub").await;
     assert_eq!(
-        publ.publish("witness/t", QoS::AtLeastOnce, b"still here").await,
+        publ.publish("witness/t", QoS::AtLeastOnce, b"still here")
+            .await,
         Some(ReasonCode::SUCCESS)
     );
     let p = sub.recv_publish().await;
@@ -70,7 +71,8 @@ async fn publish_with_qos_3_is_malformed_0x81() {
         let b = TestBroker::start().await;
         let mut c = b.client("qos3").await;
         // PUBLISH, QoS bits 11, topic "a", no properties.
-        c.send_bytes(&[0x36, 0x06, 0x00, 0x01, b'a', 0x00, 0x01, 0x00]).await;
+        c.send_bytes(&[0x36, 0x06, 0x00, 0x01, b'a', 0x00, 0x01, 0x00])
+            .await;
         c.expect_disconnect(ReasonCode::MALFORMED_PACKET).await;
         broker_still_serves(&b).await;
     })
@@ -94,7 +96,8 @@ async fn topic_alias_zero_gets_0x94() {
         let b = TestBroker::start().await;
         let mut c = b.client("alias0").await;
         // PUBLISH QoS 0 topic "a" with Topic Alias (0x23) = 0.
-        c.send_bytes(&[0x30, 0x07, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x00]).await;
+        c.send_bytes(&[0x30, 0x07, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x00])
+            .await;
         c.expect_disconnect(ReasonCode::TOPIC_ALIAS_INVALID).await;
         broker_still_serves(&b).await;
     })
@@ -135,7 +138,8 @@ async fn subscription_identifier_in_client_publish_is_a_protocol_error() {
         let b = TestBroker::start().await;
         let mut c = b.client("subid").await;
         // [MQTT-3.3.4-6] PUBLISH "a" with Subscription Identifier (0x0B) = 1.
-        c.send_bytes(&[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x0B, 0x01]).await;
+        c.send_bytes(&[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x0B, 0x01])
+            .await;
         c.expect_disconnect(ReasonCode::PROTOCOL_ERROR).await;
         broker_still_serves(&b).await;
     })
@@ -181,7 +185,11 @@ async fn unsupported_protocol_level_gets_connack_0x01() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(buf, [0x20, 0x02, 0x00, 0x01], "3.1.1 CONNACK, refused: protocol version");
+        assert_eq!(
+            buf,
+            [0x20, 0x02, 0x00, 0x01],
+            "3.1.1 CONNACK, refused: protocol version"
+        );
         broker_still_serves(&b).await;
     })
 }
@@ -211,13 +219,19 @@ async fn exceeding_our_receive_maximum_gets_0x93() {
         let mut c = b.client("rm").await;
         for id in 1..=3u16 {
             // QoS 2 PUBLISHes never released: the third exceeds Receive Maximum 2.
-            c.send(Packet::Publish(publish("rm/t", QoS::ExactlyOnce, b"x", Some(id))))
-                .await;
+            c.send(Packet::Publish(publish(
+                "rm/t",
+                QoS::ExactlyOnce,
+                b"x",
+                Some(id),
+            )))
+            .await;
         }
         for _ in 0..2 {
             assert!(matches!(c.recv().await, Packet::PubRec(_)));
         }
-        c.expect_disconnect(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED).await;
+        c.expect_disconnect(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED)
+            .await;
         broker_still_serves(&b).await;
     })
 }
@@ -243,7 +257,8 @@ async fn invalid_utf8_topic_is_malformed() {
         let b = TestBroker::start().await;
         let mut c = b.client("utf8").await;
         // Topic bytes 0xC3 0x28 are not UTF-8 [MQTT-1.5.4-1].
-        c.send_bytes(&[0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, 0x00]).await;
+        c.send_bytes(&[0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, 0x00])
+            .await;
         c.expect_disconnect(ReasonCode::MALFORMED_PACKET).await;
         broker_still_serves(&b).await;
     })
@@ -254,7 +269,8 @@ async fn wildcard_in_topic_name_is_refused() {
     timed!(async {
         let b = TestBroker::start().await;
         let mut c = b.client("wild").await;
-        c.send_bytes(&[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'+', 0x00]).await;
+        c.send_bytes(&[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'+', 0x00])
+            .await;
         match c.recv_opt().await {
             Some(Packet::Disconnect(d)) => assert!(
                 d.reason == ReasonCode::TOPIC_NAME_INVALID

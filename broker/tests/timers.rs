@@ -13,7 +13,10 @@ use starling_codec::{
 use tokio::io::DuplexStream;
 
 async fn duplex_client(b: &TestBroker) -> RawClient<DuplexStream> {
-    RawClient::new(b.broker.connect_duplex(64 * 1024), ProtocolVersion::V5)
+    let mut c = RawClient::new(b.broker.connect_duplex(64 * 1024), ProtocolVersion::V5);
+    // The clock is paused: waits are virtual and must outlast the timers under test.
+    c.wait = Duration::from_secs(3600);
+    c
 }
 
 fn will_connect(id: &str, delay: u32, expiry: u32) -> Connect {
@@ -79,7 +82,10 @@ async fn no_connect_within_the_timeout_closes_the_connection() {
     let start = tokio::time::Instant::now();
     c.expect_closed().await;
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(11), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -108,7 +114,10 @@ async fn will_delay_publishes_after_the_delay() {
     let got = w.recv_publish().await;
     assert_eq!(got.topic.as_str(), "wills/delayed");
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(31), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,7 +159,10 @@ async fn session_expiry_shorter_than_the_will_delay_publishes_at_session_end() {
     drop(c);
     assert_eq!(w.recv_publish().await.topic.as_str(), "wills/short");
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(21), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(21),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

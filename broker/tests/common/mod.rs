@@ -118,6 +118,8 @@ pub struct RawClient<S> {
     decoder: Decoder,
     buf: BytesMut,
     next_id: u16,
+    /// Bound of every wait for the broker; longer for paused-clock tests, where it is virtual.
+    pub wait: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
@@ -128,6 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
             decoder: Decoder::with_version(Direction::ToClient, version, 268_435_460),
             buf: BytesMut::new(),
             next_id: 0,
+            wait: WAIT,
         }
     }
 
@@ -161,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
                 }
             }
         };
-        tokio::time::timeout(WAIT, fut)
+        tokio::time::timeout(self.wait, fut)
             .await
             .expect("no packet or close from the broker in time")
     }
@@ -234,11 +237,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
     /// Publishes and waits for the acknowledgement of QoS 1 (PUBACK) or QoS 2 (through PUBCOMP).
     pub async fn publish(&mut self, topic: &str, qos: QoS, payload: &[u8]) -> Option<ReasonCode> {
         let id = (qos != QoS::AtMostOnce).then(|| self.next_id());
-        self.send(Packet::Publish(publish(topic, qos, payload, id))).await;
+        self.send(Packet::Publish(publish(topic, qos, payload, id)))
+            .await;
         match qos {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce => match self.recv().await {
-                Packet::PubAck(PubAck { packet_id, reason, .. }) => {
+                Packet::PubAck(PubAck {
+                    packet_id, reason, ..
+                }) => {
                     assert_eq!(Some(packet_id), id);
                     Some(reason)
                 }
@@ -312,10 +318,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         s.read_to_end(&mut out).await.unwrap();
         let text = String::from_utf8_lossy(&out).to_string();
         let status: u16 = text[9..12].parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
         (status, body)
     };
-    tokio::time::timeout(WAIT, fut).await.expect("http answer in time")
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("http answer in time")
 }
 
 /// The value of a metric line `name{labels} value` in the exposition text (0 when absent).
