@@ -87,9 +87,11 @@ impl Decoder {
         if total > self.max_packet_size as usize {
             return Err(DecodeError::new(
                 ReasonCode::PACKET_TOO_LARGE,
+                // [MQTT-3.2.2-15] a client respects the server's limit; [MQTT-3.1.2-24] the
+                // server respects the client's.
                 match self.direction {
-                    Direction::ToServer => "3.2.2.3.6",
-                    Direction::ToClient => "3.1.2.11.4",
+                    Direction::ToServer => "MQTT-3.2.2-15",
+                    Direction::ToClient => "MQTT-3.1.2-24",
                 },
                 "packet exceeds the maximum packet size",
             ));
@@ -100,7 +102,8 @@ impl Decoder {
         }
         let mut frame = buf.split_to(total).freeze();
         frame.advance(1 + len_bytes);
-        let packet = Packet::decode_body(ty, flags, Reader::new(frame), version, self.direction)?;
+        let packet = Packet::decode_body(ty, flags, Reader::new(frame), version, self.direction)
+            .map_err(|e| e.for_version(version))?;
         if let Packet::Connect(c) = &packet {
             self.version = Some(c.protocol);
             self.connect_seen = true;
@@ -152,14 +155,21 @@ impl Decoder {
                 "reserved control packet type",
             ));
         };
-        // [MQTT-2.1.3-1] (3.1.1: [MQTT-2.2.2-1]) reserved flag bits have the listed values.
+        // [MQTT-2.1.3-1] (3.1.1: [MQTT-2.2.2-1]) reserved flag bits have the listed values;
+        // [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1] 0b0010 for PUBREL, SUBSCRIBE,
+        // UNSUBSCRIBE; [MQTT-3.14.1-1], [MQTT-3.15.1-1] 0 for DISCONNECT and AUTH.
         if ty != PacketType::Publish && flags != ty.fixed_flags() {
+            let rule = match ty {
+                PacketType::PubRel => "MQTT-3.6.1-1",
+                PacketType::Subscribe => "MQTT-3.8.1-1",
+                PacketType::Unsubscribe => "MQTT-3.10.1-1",
+                PacketType::Disconnect if version.is_v5() => "MQTT-3.14.1-1",
+                PacketType::Auth => "MQTT-3.15.1-1",
+                _ if version.is_v5() => "MQTT-2.1.3-1",
+                _ => "MQTT-2.2.2-1",
+            };
             return Err(DecodeError::malformed(
-                if version.is_v5() {
-                    "MQTT-2.1.3-1"
-                } else {
-                    "MQTT-2.2.2-1"
-                },
+                rule,
                 "fixed header flags are not the reserved values",
             ));
         }

@@ -84,3 +84,35 @@ pub enum EncodeError {
     #[error("mqtt 3.1 suback cannot express a failure")]
     SubAckFailureInV3_1,
 }
+
+/// Normative statements whose id differs between 5.0 and 3.1.1: the decoder cites the 5.0 id
+/// and translates it when the connection speaks 3.1.1 (or 3.1, which has no ids and follows
+/// 3.1.1 here).
+const V3_RULES: &[(&str, &str)] = &[
+    ("MQTT-1.5.4-1", "MQTT-1.5.3-1"),
+    ("MQTT-1.5.4-2", "MQTT-1.5.3-2"),
+    ("MQTT-2.1.3-1", "MQTT-2.2.2-1"),
+    ("MQTT-2.2.1-3", "MQTT-2.3.1-1"),
+    ("MQTT-3.1.2-11", "MQTT-3.1.2-13"),
+    ("MQTT-3.1.2-12", "MQTT-3.1.2-14"),
+    ("MQTT-3.1.2-13", "MQTT-3.1.2-15"),
+    ("MQTT-3.1.3-11", "MQTT-3.1.3-10"),
+    ("MQTT-3.2.2-6", "MQTT-3.2.2-4"),
+    ("MQTT-3.8.3-2", "MQTT-3.8.3-3"),
+    ("MQTT-3.8.4-6", "MQTT-3.8.4-5"),
+    ("MQTT-4.7.1-1", "MQTT-4.7.1-2"),
+    ("MQTT-4.7.1-2", "MQTT-4.7.1-3"),
+];
+
+impl DecodeError {
+    /// The same error citing the rule as `version`'s specification numbers it.
+    pub(crate) fn for_version(self, version: crate::ProtocolVersion) -> Self {
+        if version.is_v5() {
+            return self;
+        }
+        match V3_RULES.iter().find(|(v5, _)| *v5 == self.rule) {
+            Some((_, v3)) => Self { rule: v3, ..self },
+            None => self,
+        }
+    }
+}

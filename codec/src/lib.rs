@@ -22,6 +22,9 @@ pub mod topic;
 
 pub use topic::TopicError;
 
+#[cfg(feature = "proptest")]
+pub mod strategies;
+
 pub use decoder::Decoder;
 pub use error::{DecodeError, EncodeError};
 pub use packet::auth::{Auth, AuthProperties};

@@ -22,8 +22,11 @@ pub enum TopicError {
     /// `+` is alone in its level [MQTT-4.7.1-2].
     #[error("single-level wildcard is not alone in its level")]
     SingleLevelWildcard,
-    /// The ShareName is at least one character, without `/`, `+` or `#` [MQTT-4.8.2-1].
-    #[error("shared subscription group name is not valid")]
+    /// The ShareName is at least one character [MQTT-4.8.2-1].
+    #[error("shared subscription group name is empty")]
+    ShareNameEmpty,
+    /// The ShareName has no `+` or `#` [MQTT-4.8.2-2].
+    #[error("shared subscription group name contains a wildcard")]
     ShareName,
     /// `$share/{ShareName}` is followed by `/` and a topic filter [MQTT-4.8.2-2].
     #[error("shared subscription has no topic filter")]
@@ -31,7 +34,23 @@ pub enum TopicError {
 }
 
 impl TopicError {
-    /// The id of the rule that was broken.
+    /// The message, lowercase.
+    pub const fn message(&self) -> &'static str {
+        match self {
+            Self::Empty => "topic is empty",
+            Self::TooLong => "topic is longer than 65535 bytes",
+            Self::NullCharacter => "topic contains the null character",
+            Self::Wildcard => "topic name contains a wildcard",
+            Self::MultiLevelWildcard => "multi-level wildcard is not alone in the last level",
+            Self::SingleLevelWildcard => "single-level wildcard is not alone in its level",
+            Self::ShareNameEmpty => "shared subscription group name is empty",
+            Self::ShareName => "shared subscription group name contains a wildcard",
+            Self::ShareFilter => "shared subscription has no topic filter",
+        }
+    }
+
+    /// The id of the rule that was broken, as MQTT 5.0 numbers it (3.1.1 numbers the wildcard
+    /// rules [MQTT-4.7.1-2] and [MQTT-4.7.1-3]).
     pub const fn rule(&self) -> &'static str {
         match self {
             Self::Empty => "MQTT-4.7.3-1",
@@ -40,7 +59,8 @@ impl TopicError {
             Self::Wildcard => "MQTT-3.3.2-2",
             Self::MultiLevelWildcard => "MQTT-4.7.1-1",
             Self::SingleLevelWildcard => "MQTT-4.7.1-2",
-            Self::ShareName => "MQTT-4.8.2-1",
+            Self::ShareNameEmpty => "MQTT-4.8.2-1",
+            Self::ShareName => "MQTT-4.8.2-2",
             Self::ShareFilter => "MQTT-4.8.2-2",
         }
     }
@@ -98,12 +118,18 @@ pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
     };
     let Some((group, inner)) = rest.split_once('/') else {
         // `$share/group` alone: the group may be fine, the filter is missing.
-        if rest.is_empty() || rest.contains(['+', '#']) {
+        if rest.is_empty() {
+            return Err(TopicError::ShareNameEmpty);
+        }
+        if rest.contains(['+', '#']) {
             return Err(TopicError::ShareName);
         }
         return Err(TopicError::ShareFilter);
     };
-    if group.is_empty() || group.contains(['+', '#']) {
+    if group.is_empty() {
+        return Err(TopicError::ShareNameEmpty);
+    }
+    if group.contains(['+', '#']) {
         return Err(TopicError::ShareName);
     }
     if inner.is_empty() {
@@ -200,7 +226,8 @@ mod tests {
         assert_eq!(parse_shared("a/b"), Ok(None));
         assert_eq!(parse_shared("$share/g/a/b"), Ok(Some(("g", "a/b"))));
         assert_eq!(parse_shared("$share/g/#"), Ok(Some(("g", "#"))));
-        assert_eq!(parse_shared("$share//a"), Err(TopicError::ShareName));
+        assert_eq!(parse_shared("$share//a"), Err(TopicError::ShareNameEmpty));
+        assert_eq!(parse_shared("$share/"), Err(TopicError::ShareNameEmpty));
         assert_eq!(parse_shared("$share/g+/a"), Err(TopicError::ShareName));
         assert_eq!(parse_shared("$share/g#/a"), Err(TopicError::ShareName));
         assert_eq!(parse_shared("$share/g"), Err(TopicError::ShareFilter));

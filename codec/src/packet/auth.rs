@@ -90,7 +90,7 @@ impl Auth {
         let code = r.u8()?;
         if !AUTH_CODES.contains(&code) {
             return Err(DecodeError::protocol(
-                "3.15.2.1",
+                "MQTT-3.15.2-1",
                 "reason code not valid for auth",
             ));
         }

@@ -247,7 +247,7 @@ impl ConnAck {
         let reason = if version.is_v5() {
             if !CONNACK_CODES.contains(&code) {
                 return Err(DecodeError::protocol(
-                    "3.2.2.2",
+                    "MQTT-3.2.2-8",
                     "reason code not valid for connack",
                 ));
             }
@@ -263,14 +263,10 @@ impl ConnAck {
                 }
             }
         };
-        // [MQTT-3.2.2-6] (3.1.1: [MQTT-3.2.2-4]) a refused connection has no session.
+        // [MQTT-3.2.2-6] a refused connection has no session.
         if session_present && reason.is_error() {
             return Err(DecodeError::protocol(
-                if version.is_v5() {
-                    "MQTT-3.2.2-6"
-                } else {
-                    "MQTT-3.2.2-4"
-                },
+                "MQTT-3.2.2-6",
                 "session present with a refusing connack",
             ));
         }

@@ -302,6 +302,11 @@ impl Connect {
                 ));
             }
         };
+        Self::decode_after_level(r, protocol).map_err(|e| e.for_version(protocol))
+    }
+
+    /// Decodes what follows the protocol level, for `protocol`.
+    fn decode_after_level(mut r: Reader, protocol: ProtocolVersion) -> Result<Self, DecodeError> {
         let v5 = protocol.is_v5();
         let flags = r.u8()?;
         // [MQTT-3.1.2-3] the reserved flag is 0.
@@ -318,24 +323,21 @@ impl Connect {
         let password_flag = flags & 0b0100_0000 != 0;
         let username_flag = flags & 0b1000_0000 != 0;
         let Some(will_qos) = QoS::from_u8(will_qos_bits) else {
-            // [MQTT-3.1.2-12] (3.1.1: [MQTT-3.1.2-14]) Will QoS 3 is malformed.
-            return Err(DecodeError::malformed(
-                if v5 { "MQTT-3.1.2-12" } else { "MQTT-3.1.2-14" },
-                "will qos is 3",
-            ));
+            // [MQTT-3.1.2-12] Will QoS 3 is malformed.
+            return Err(DecodeError::malformed("MQTT-3.1.2-12", "will qos is 3"));
         };
         if !will_flag {
-            // [MQTT-3.1.2-11] (3.1.1: [MQTT-3.1.2-13]) no will: Will QoS is 0.
+            // [MQTT-3.1.2-11] no will: Will QoS is 0.
             if will_qos != QoS::AtMostOnce {
                 return Err(DecodeError::malformed(
-                    if v5 { "MQTT-3.1.2-11" } else { "MQTT-3.1.2-13" },
+                    "MQTT-3.1.2-11",
                     "will qos set without the will flag",
                 ));
             }
-            // [MQTT-3.1.2-13] (3.1.1: [MQTT-3.1.2-15]) no will: Will Retain is 0.
+            // [MQTT-3.1.2-13] no will: Will Retain is 0.
             if will_retain {
                 return Err(DecodeError::malformed(
-                    if v5 { "MQTT-3.1.2-13" } else { "MQTT-3.1.2-15" },
+                    "MQTT-3.1.2-13",
                     "will retain set without the will flag",
                 ));
             }
@@ -363,7 +365,7 @@ impl Connect {
                 ProtocolVersion::V3_1 => {
                     return Err(DecodeError::new(
                         ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                        "3.1-3.1",
+                        "MQTT-3.1:client-id",
                         "empty client identifier in mqtt 3.1",
                     ));
                 }

@@ -111,7 +111,7 @@ impl Disconnect {
         let code = r.u8()?;
         if !DISCONNECT_CODES.contains(&code) {
             return Err(DecodeError::protocol(
-                "3.14.2.1",
+                "MQTT-3.14.2-1",
                 "reason code not valid for disconnect",
             ));
         }

@@ -303,7 +303,7 @@ impl Packet {
     }
 }
 
-/// Reads a packet identifier that must not be 0 [MQTT-2.2.1-3].
+/// Reads a packet identifier that must not be 0 [MQTT-2.2.1-3] (3.1.1: [MQTT-2.3.1-1]).
 pub(crate) fn packet_id(r: &mut Reader) -> Result<u16, DecodeError> {
     let id = r.u16()?;
     if id == 0 {

@@ -210,5 +210,5 @@ ack_packet!(
     PubAck,
     PacketType::PubAck,
     PUBACK_CODES,
-    "3.4.2.1"
+    "MQTT-3.4.2-1"
 );

@@ -9,5 +9,5 @@ ack_packet!(
     PubComp,
     PacketType::PubComp,
     PUBREL_CODES,
-    "3.7.2.1"
+    "MQTT-3.7.2-1"
 );

@@ -9,5 +9,5 @@ ack_packet!(
     PubRec,
     PacketType::PubRec,
     PUBACK_CODES,
-    "3.5.2.1"
+    "MQTT-3.5.2-1"
 );

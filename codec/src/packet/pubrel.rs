@@ -9,5 +9,5 @@ ack_packet!(
     PubRel,
     PacketType::PubRel,
     PUBREL_CODES,
-    "3.6.2.1"
+    "MQTT-3.6.2-1"
 );

@@ -50,19 +50,16 @@ impl SubAck {
             let code = r.u8()?;
             if !allowed.contains(&code) {
                 return Err(DecodeError::protocol(
-                    if version == ProtocolVersion::V3_1_1 {
-                        "MQTT-3.9.3-2"
-                    } else {
-                        "3.9.3"
-                    },
+                    "MQTT-3.9.3-2",
                     "reason code not valid for suback",
                 ));
             }
             reasons.push(ReasonCode(code));
         }
         if reasons.is_empty() {
+            // [MQTT-3.8.4-6] one reason code per topic filter, so at least one.
             return Err(DecodeError::protocol(
-                "MQTT-3.9.3-1",
+                "MQTT-3.8.4-6",
                 "suback without a reason code",
             ));
         }

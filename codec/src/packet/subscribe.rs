@@ -171,8 +171,7 @@ impl SubscriptionOptions {
 
 /// Checks a topic filter of SUBSCRIBE or UNSUBSCRIBE; errors are Malformed Packets.
 pub(crate) fn check_filter(filter: &str) -> Result<(), DecodeError> {
-    topic::validate_topic_filter(filter)
-        .map_err(|e| DecodeError::malformed(e.rule(), "topic filter is not valid"))
+    topic::validate_topic_filter(filter).map_err(|e| DecodeError::malformed(e.rule(), e.message()))
 }
 
 impl Subscribe {
@@ -209,14 +208,10 @@ impl Subscribe {
             }
             subscriptions.push(Subscription { filter, options });
         }
-        // [MQTT-3.8.3-2] (3.1.1: [MQTT-3.8.3-3]) at least one subscription.
+        // [MQTT-3.8.3-2] at least one subscription.
         if subscriptions.is_empty() {
             return Err(DecodeError::protocol(
-                if version.is_v5() {
-                    "MQTT-3.8.3-2"
-                } else {
-                    "MQTT-3.8.3-3"
-                },
+                "MQTT-3.8.3-2",
                 "subscribe without a topic filter",
             ));
         }

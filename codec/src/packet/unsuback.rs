@@ -43,7 +43,7 @@ impl UnsubAck {
             let code = r.u8()?;
             if !UNSUBACK_CODES.contains(&code) {
                 return Err(DecodeError::protocol(
-                    "3.11.3",
+                    "MQTT-3.11.3-2",
                     "reason code not valid for unsuback",
                 ));
             }
@@ -51,7 +51,7 @@ impl UnsubAck {
         }
         if reasons.is_empty() {
             return Err(DecodeError::protocol(
-                "MQTT-3.11.3-1",
+                "3.11.3",
                 "unsuback without a reason code",
             ));
         }
