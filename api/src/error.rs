@@ -1,0 +1,198 @@
+//! The API's error type: RFC 9457 problem details with a stable numeric code.
+//!
+//! Every error renders as `application/problem+json`. The Cloudflare-compatible routes pass
+//! through a layer ([`crate::routes::compat_envelope`]) that turns problems into the v4 envelope
+//! (`success: false, errors: [{code, message}]`), and name conflicts into 400 as Cloudflare did.
+//! A 5xx is logged with its cause chain and never echoes it to the caller.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::keys::KeyError;
+use crate::store::StoreError;
+
+/// Stable error codes (the `code` member of problems, and `errors[].code` in the envelope).
+pub mod code {
+    /// The request is malformed or a field is invalid.
+    pub const INVALID: u32 = 10_001;
+    /// No or an unknown API token.
+    pub const UNAUTHENTICATED: u32 = 10_002;
+    /// The token's role does not allow this.
+    pub const FORBIDDEN: u32 = 10_003;
+    /// No such object (in this account).
+    pub const NOT_FOUND: u32 = 10_004;
+    /// The name is taken (409 natively, 400 on compatible routes).
+    pub const NAME_TAKEN: u32 = 10_005;
+    /// The object is in a state that forbids the change (not empty, operator-managed).
+    pub const CONFLICT: u32 = 10_006;
+    /// A configured bound would be exceeded.
+    pub const LIMIT: u32 = 10_007;
+    /// The feature is not available yet.
+    pub const NOT_IMPLEMENTED: u32 = 10_008;
+    /// The request body is too large.
+    pub const TOO_LARGE: u32 = 10_009;
+    /// The method is not allowed on this path.
+    pub const METHOD: u32 = 10_010;
+    /// Something failed on our side.
+    pub const INTERNAL: u32 = 10_000;
+}
+
+/// An API error: status, stable code, and a message safe to show the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code from [`code`].
+    pub code: u32,
+    /// A message for the caller; never contains secrets or internal causes.
+    pub detail: String,
+}
+
+/// `Result` with [`ApiError`].
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: u32, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// 400 with [`code::INVALID`].
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code::INVALID, detail)
+    }
+
+    /// 404 with [`code::NOT_FOUND`].
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            code::NOT_FOUND,
+            format!("{what} not found"),
+        )
+    }
+
+    /// 409 with [`code::CONFLICT`].
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code::CONFLICT, detail)
+    }
+
+    /// 409 with [`code::NAME_TAKEN`] (400 on compatible routes).
+    pub fn name_taken(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code::NAME_TAKEN, detail)
+    }
+
+    /// 401.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHENTICATED,
+            "a valid API token is required (Authorization: Bearer <token>)",
+        )
+    }
+
+    /// 403.
+    pub fn forbidden(needed: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            code::FORBIDDEN,
+            format!("this API token's role does not allow this; it needs the {needed} role"),
+        )
+    }
+
+    /// 500, logging the cause chain (never shown to the caller).
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = cause.to_string();
+        let mut source = cause.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::INTERNAL,
+            "internal error",
+        )
+    }
+
+    fn slug(&self) -> &'static str {
+        match self.code {
+            code::INVALID => "invalid-request",
+            code::UNAUTHENTICATED => "unauthenticated",
+            code::FORBIDDEN => "forbidden",
+            code::NOT_FOUND => "not-found",
+            code::NAME_TAKEN => "name-taken",
+            code::CONFLICT => "conflict",
+            code::LIMIT => "limit-exceeded",
+            code::NOT_IMPLEMENTED => "not-implemented",
+            code::TOO_LARGE => "too-large",
+            code::METHOD => "method-not-allowed",
+            _ => "internal",
+        }
+    }
+}
+
+/// RFC 9457 problem details, plus the stable `code`.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// Stable numeric code (the same as in the v4 envelope).
+    pub code: u32,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            type_: format!("https://starling.dev/problems/{}", self.slug()),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::not_found("object"),
+            StoreError::Conflict(what) => ApiError::conflict(what),
+            StoreError::NotEmpty => {
+                ApiError::conflict("the namespace still has brokers; delete them first")
+            }
+            StoreError::Limit(what) => ApiError::new(StatusCode::BAD_REQUEST, code::LIMIT, what),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        ApiError::internal(&e)
+    }
+}

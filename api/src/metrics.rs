@@ -1,0 +1,78 @@
+//! Prometheus metrics of the api, served on the internal listener at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// The api's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by method and status.
+    pub requests: Family<Labels, Counter>,
+    /// Request latency by method.
+    pub latency: Family<Labels, Histogram>,
+    /// Tokens issued.
+    pub tokens_issued: Counter,
+    /// Long-polls waiting now.
+    pub long_polls: Gauge,
+}
+
+impl Metrics {
+    /// Fresh metrics in their own registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let tokens_issued = Counter::default();
+        let long_polls = Gauge::default();
+        registry.register(
+            "starling_api_requests",
+            "HTTP requests by method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "starling_api_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
+        registry.register(
+            "starling_api_tokens_issued",
+            "Client tokens issued",
+            tokens_issued.clone(),
+        );
+        registry.register(
+            "starling_api_long_polls",
+            "Internal state long-polls waiting",
+            long_polls.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            tokens_issued,
+            long_polls,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,79 @@
+//! Shared state of the handlers: the store, the key-encryption key, the configuration, metrics
+//! and the clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::config::Config;
+use crate::keys::Kek;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The wall clock, with an offset that tests move forward (to pass `retire_at` or `exp`).
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_secs: AtomicI64,
+}
+
+impl Clock {
+    /// Unix microseconds.
+    pub fn now_micros(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        now.saturating_add(
+            self.offset_secs
+                .load(Ordering::Relaxed)
+                .saturating_mul(1_000_000),
+        )
+    }
+
+    /// Unix seconds.
+    pub fn now_secs(&self) -> i64 {
+        self.now_micros().div_euclid(1_000_000)
+    }
+
+    /// Moves the clock forward (tests).
+    pub fn advance(&self, secs: i64) {
+        self.offset_secs.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Seals and opens signing-key seeds.
+    pub kek: Kek,
+    /// The configuration.
+    pub config: Config,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl AppState {
+    /// State over a store.
+    pub fn new(store: Arc<dyn Store>, kek: Kek, config: Config) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            kek,
+            config,
+            metrics: Metrics::new(),
+            clock: Clock::default(),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

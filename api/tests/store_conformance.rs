@@ -1,0 +1,481 @@
+//! The store conformance suite: the same behaviour tests run against SQLite and against a real
+//! Postgres (one fresh database per test), so both backends always get the same tests.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_api::keys::{Kek, new_key_record};
+use starling_api::store::{
+    Account, ApiTokenRecord, AuditEntry, Broker, IssuedCredential, KeyStatus, Namespace, Role,
+    Store, StoreError,
+};
+
+const T: i64 = 1_800_000_000;
+
+fn kek() -> Kek {
+    Kek::from_bytes(&[9u8; 32]).unwrap()
+}
+
+async fn account(store: &dyn Store, id: &str) {
+    store
+        .ensure_account(&Account {
+            id: id.into(),
+            name: id.into(),
+            created_at: T,
+        })
+        .await
+        .unwrap();
+}
+
+fn ns(account: &str, name: &str) -> Namespace {
+    Namespace {
+        id: ulid::Ulid::new().to_string(),
+        account_id: account.into(),
+        name: name.into(),
+        description: String::new(),
+        created_at: T,
+        modified_at: T,
+    }
+}
+
+async fn broker_in(store: &dyn Store, ns: &Namespace, name: &str) -> Broker {
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let b = Broker {
+        id: id.clone(),
+        account_id: ns.account_id.clone(),
+        namespace_id: ns.id.clone(),
+        namespace_name: ns.name.clone(),
+        name: name.into(),
+        description: String::new(),
+        auth_type: "TOKEN".into(),
+        expiration: None,
+        on_publish_url: None,
+        limits: None,
+        managed_by: None,
+        version: 1,
+        created_at: T,
+        modified_at: T,
+    };
+    let keys = [
+        new_key_record(&kek(), &id, KeyStatus::Current, T).unwrap(),
+        new_key_record(&kek(), &id, KeyStatus::Next, T + 1).unwrap(),
+    ];
+    store.create_broker(&b, "hash", &keys).await.unwrap();
+    store.get_broker_by_id(&id).await.unwrap().unwrap()
+}
+
+async fn setup(store: &dyn Store) -> (Namespace, Broker) {
+    account(store, "acct1").await;
+    let n = ns("acct1", "home");
+    store.create_namespace(&n).await.unwrap();
+    let b = broker_in(store, &n, "b1").await;
+    (n, b)
+}
+
+async fn namespace_names_are_unique_across_accounts_ignoring_case(store: Arc<dyn Store>) {
+    account(&*store, "acct1").await;
+    account(&*store, "acct2").await;
+    store.create_namespace(&ns("acct1", "Home")).await.unwrap();
+    let err = store
+        .create_namespace(&ns("acct2", "home"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        store
+            .get_namespace("acct1", "HOME")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get_namespace("acct2", "home")
+            .await
+            .unwrap()
+            .is_none(),
+        "other account sees nothing"
+    );
+}
+
+async fn namespace_pages_follow_the_cursor(store: Arc<dyn Store>) {
+    account(&*store, "acct1").await;
+    for name in ["e", "b", "d", "a", "c"] {
+        store.create_namespace(&ns("acct1", name)).await.unwrap();
+    }
+    let p1 = store.list_namespaces("acct1", None, 2).await.unwrap();
+    assert_eq!(
+        p1.items.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let p2 = store
+        .list_namespaces("acct1", p1.next_after.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        p2.items.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["c", "d"]
+    );
+    let p3 = store
+        .list_namespaces("acct1", p2.next_after.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        p3.items.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["e"]
+    );
+    assert_eq!(p3.next_after, None);
+}
+
+async fn namespace_with_brokers_cannot_be_deleted(store: Arc<dyn Store>) {
+    let (n, b) = setup(&*store).await;
+    assert!(matches!(
+        store.delete_namespace("acct1", &n.name).await,
+        Err(StoreError::NotEmpty)
+    ));
+    store.delete_broker(&b.id, T).await.unwrap();
+    store.delete_namespace("acct1", &n.name).await.unwrap();
+    assert!(matches!(
+        store.delete_namespace("acct1", &n.name).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn broker_names_are_unique_per_namespace(store: Arc<dyn Store>) {
+    let (n, b) = setup(&*store).await;
+    let mut dup = b.clone();
+    dup.id = "other".into();
+    dup.name = "B1".into();
+    let err = store.create_broker(&dup, "h", &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let n2 = ns("acct1", "work");
+    store.create_namespace(&n2).await.unwrap();
+    broker_in(&*store, &n2, "b1").await;
+    assert!(
+        store
+            .get_broker("acct1", "HOME", "b1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .get_broker("acct2", "home", "b1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let page = store.list_brokers(&n.id, None, 10).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+}
+
+async fn broker_changes_bump_the_version_and_are_announced(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    let mut feed = store.changes();
+    let mut changed = b.clone();
+    changed.description = "new".into();
+    changed.expiration = Some(60);
+    let stored = store.update_broker(&changed, T + 5).await.unwrap();
+    assert_eq!(stored.version, b.version + 1);
+    assert_eq!(
+        (stored.description.as_str(), stored.expiration),
+        ("new", Some(60))
+    );
+    let got = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*got, b.id.as_str());
+}
+
+async fn rotation_moves_next_to_current_and_current_to_retiring(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    let before = store.list_keys(&b.id).await.unwrap();
+    let cur = before
+        .iter()
+        .find(|k| k.status == KeyStatus::Current)
+        .unwrap()
+        .kid
+        .clone();
+    let next = before
+        .iter()
+        .find(|k| k.status == KeyStatus::Next)
+        .unwrap()
+        .kid
+        .clone();
+    let new_next = new_key_record(&kek(), &b.id, KeyStatus::Next, T + 10).unwrap();
+    store
+        .rotate_keys(&b.id, &new_next, T + 100, T)
+        .await
+        .unwrap();
+    let after = store.list_keys(&b.id).await.unwrap();
+    let status = |kid: &str| {
+        after
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| (k.status, k.retire_at))
+    };
+    assert_eq!(status(&cur), Some((KeyStatus::Retiring, Some(T + 100))));
+    assert_eq!(status(&next), Some((KeyStatus::Current, None)));
+    assert_eq!(status(&new_next.kid), Some((KeyStatus::Next, None)));
+    assert_eq!(
+        store
+            .get_broker_by_id(&b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        b.version + 1
+    );
+    // The sealed seed survives the round trip through the database.
+    let k = after.iter().find(|k| k.kid == next).unwrap();
+    assert_eq!(
+        kek().open(&k.sealed_seed, &b.id, &k.kid).unwrap().kid(),
+        next
+    );
+}
+
+async fn retired_keys_leave_the_state_and_are_collected(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    let new_next = new_key_record(&kek(), &b.id, KeyStatus::Next, T + 10).unwrap();
+    store
+        .rotate_keys(&b.id, &new_next, T + 100, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .broker_state(&b.id, T + 99)
+            .await
+            .unwrap()
+            .unwrap()
+            .keys
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .broker_state(&b.id, T + 100)
+            .await
+            .unwrap()
+            .unwrap()
+            .keys
+            .len(),
+        2
+    );
+    let v = store
+        .get_broker_by_id(&b.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    assert_eq!(store.collect_retired_keys(T + 100).await.unwrap(), 1);
+    assert_eq!(store.list_keys(&b.id).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .get_broker_by_id(&b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        v + 1
+    );
+    assert_eq!(store.collect_retired_keys(T + 100).await.unwrap(), 0);
+}
+
+async fn revocations_are_bounded_and_expired_ones_collected(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    store
+        .record_credentials(
+            &b.id,
+            &[IssuedCredential {
+                jti: "short".into(),
+                client_id: "c".into(),
+                kid: "k".into(),
+                issued_at: T,
+                expires_at: Some(T + 10),
+            }],
+        )
+        .await
+        .unwrap();
+    store
+        .add_revocations(
+            &b.id,
+            &["short".into(), "forever".into(), "forever".into()],
+            3,
+            T,
+        )
+        .await
+        .unwrap();
+    let live = store.list_revocations(&b.id, T).await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert_eq!(
+        live.iter().find(|r| r.jti == "short").unwrap().expires_at,
+        Some(T + 10)
+    );
+    let err = store
+        .add_revocations(&b.id, &["x".into(), "y".into()], 3, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Limit(_)), "{err:?}");
+    assert_eq!(
+        store.list_revocations(&b.id, T).await.unwrap().len(),
+        2,
+        "a refused batch adds nothing"
+    );
+    // After `short` expires it no longer counts, and is collected.
+    store
+        .add_revocations(&b.id, &["x".into(), "y".into()], 3, T + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_revocations(&b.id, T + 10).await.unwrap().len(),
+        3
+    );
+    store
+        .delete_revocations(&b.id, &["x".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_revocations(&b.id, T + 10).await.unwrap().len(),
+        2
+    );
+    store.collect_expired(T + 10).await.unwrap();
+}
+
+async fn deleted_broker_leaves_a_tombstone_and_is_announced(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    let mut feed = store.changes();
+    assert_eq!(
+        store.broker_secret_hash(&b.id).await.unwrap(),
+        Some(("hash".into(), false))
+    );
+    store.delete_broker(&b.id, T).await.unwrap();
+    assert_eq!(
+        store.broker_secret_hash(&b.id).await.unwrap(),
+        Some(("hash".into(), true))
+    );
+    assert!(store.get_broker_by_id(&b.id).await.unwrap().is_none());
+    assert!(store.broker_state(&b.id, T).await.unwrap().is_none());
+    assert!(store.list_keys(&b.id).await.unwrap().is_empty());
+    let got = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*got, b.id.as_str());
+    assert!(matches!(
+        store.delete_broker(&b.id, T).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn api_tokens_are_found_by_hash_and_scoped_to_their_account(store: Arc<dyn Store>) {
+    account(&*store, "acct1").await;
+    account(&*store, "acct2").await;
+    let t = ApiTokenRecord {
+        id: "t1".into(),
+        account_id: "acct1".into(),
+        name: "ci".into(),
+        role: Role::Write,
+        token_hash: "abc".into(),
+        system: false,
+        created_at: T,
+    };
+    store.put_api_token(&t, false).await.unwrap();
+    assert_eq!(store.find_api_token("abc").await.unwrap(), Some(t.clone()));
+    assert!(matches!(
+        store.put_api_token(&t, false).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut rotated = t.clone();
+    rotated.token_hash = "def".into();
+    store.put_api_token(&rotated, true).await.unwrap();
+    assert_eq!(store.find_api_token("abc").await.unwrap(), None);
+    assert!(matches!(
+        store.delete_api_token("acct2", "t1").await,
+        Err(StoreError::NotFound)
+    ));
+    store.delete_api_token("acct1", "t1").await.unwrap();
+    assert!(store.list_api_tokens("acct1").await.unwrap().is_empty());
+}
+
+async fn twenty_concurrent_identical_creates_give_one_success(store: Arc<dyn Store>) {
+    account(&*store, "acct1").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.create_namespace(&ns("acct1", "race")).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+async fn audit_log_lists_newest_first(store: Arc<dyn Store>) {
+    for (i, action) in ["a", "b", "c"].iter().enumerate() {
+        store
+            .audit(&AuditEntry {
+                id: format!("01J{i:023}"),
+                account_id: "acct1".into(),
+                actor: "t1".into(),
+                action: action.to_string(),
+                target: "x".into(),
+                at: T + i as i64,
+            })
+            .await
+            .unwrap();
+    }
+    let log = store.list_audit("acct1", 2).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["c", "b"]
+    );
+    assert!(store.list_audit("acct2", 10).await.unwrap().is_empty());
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _guard) = crate::common::sqlite().await;
+                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(store)).await.expect("timed out");
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _guard) = crate::common::postgres().await;
+                    tokio::time::timeout(std::time::Duration::from_secs(60), super::$name(store)).await.expect("timed out");
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    namespace_names_are_unique_across_accounts_ignoring_case,
+    namespace_pages_follow_the_cursor,
+    namespace_with_brokers_cannot_be_deleted,
+    broker_names_are_unique_per_namespace,
+    broker_changes_bump_the_version_and_are_announced,
+    rotation_moves_next_to_current_and_current_to_retiring,
+    retired_keys_leave_the_state_and_are_collected,
+    revocations_are_bounded_and_expired_ones_collected,
+    deleted_broker_leaves_a_tombstone_and_is_announced,
+    api_tokens_are_found_by_hash_and_scoped_to_their_account,
+    twenty_concurrent_identical_creates_give_one_success,
+    audit_log_lists_newest_first,
+);
