@@ -4,6 +4,13 @@
 //! run it, `certs` issues and renews operator-managed certificates, `api` talks to the Starling
 //! control plane and `controller` reconciles.
 
+pub mod api;
 pub mod certs;
+pub mod controller;
 pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
 pub mod resources;
+
+pub use error::{Error, Result};

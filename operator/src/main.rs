@@ -1,7 +1,21 @@
 //! `starling-operator`: `crd` prints the CRD, `run` runs the controller.
 
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::Api;
+use prometheus_client::registry::Registry;
+use starling_operator::{
+    api::HttpControlPlane,
+    controller::{self, Context},
+    leader::LeaseLock,
+    metrics::Metrics,
+    resources::Settings,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +32,65 @@ struct Cli {
 enum Command {
     /// Print the Broker CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Base URL of the Starling api's admin routes (for example http://starling-api:8080).
+    #[arg(long, env = "STARLING_OPERATOR_API_URL")]
+    api_url: String,
+    /// File holding the api's admin token (mounted from a Secret).
+    #[arg(long, env = "STARLING_OPERATOR_API_TOKEN_FILE")]
+    api_token_file: PathBuf,
+    /// The api's internal URL given to brokers as --control-plane; the api URL when unset.
+    #[arg(long, env = "STARLING_OPERATOR_CONTROL_PLANE_URL")]
+    control_plane_url: Option<String>,
+    /// Image of starling-broker for Brokers that name none.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_IMAGE", default_value = concat!("ghcr.io/starling-mqtt/starling-broker:", env!("CARGO_PKG_VERSION")))]
+    broker_image: String,
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    watch_namespaces: Vec<String>,
+    /// Elect a leader with a Lease, so several replicas can run.
+    #[arg(long, env = "STARLING_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "starling-system")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_LEASE_NAME",
+        default_value = "starling-operator"
+    )]
+    lease_name: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "STARLING_OPERATOR_HTTP", default_value = "0.0.0.0:8080")]
+    http: SocketAddr,
+    /// Timeout of one call to the api, in seconds.
+    #[arg(long, env = "STARLING_OPERATOR_API_TIMEOUT_SECS", default_value_t = 10)]
+    api_timeout_secs: u64,
+    /// Log format.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    log_format: LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +101,189 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(run(*args))
+        }
     }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    info!("shutting down");
+    token.cancel();
+}
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    ready: CancellationToken,
+}
+
+async fn render_metrics(State(s): State<HttpState>) -> (StatusCode, String) {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
+        Ok(()) => (StatusCode::OK, text),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+    }
+}
+
+async fn readyz(State(s): State<HttpState>) -> StatusCode {
+    if s.ready.is_cancelled() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+
+    let token = std::fs::read_to_string(&args.api_token_file)
+        .with_context(|| {
+            format!(
+                "reading the api token from {}",
+                args.api_token_file.display()
+            )
+        })?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the api token file {} is empty",
+        args.api_token_file.display()
+    );
+    let control_plane = HttpControlPlane::new(
+        &args.api_url,
+        token,
+        Duration::from_secs(args.api_timeout_secs),
+    )
+    .context("building the api client")?;
+    let settings = Settings {
+        default_image: args.broker_image.clone(),
+        control_plane_url: args
+            .control_plane_url
+            .clone()
+            .unwrap_or_else(|| args.api_url.clone()),
+    };
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("reading the API server's version")?;
+    info!(version = %version.git_version, "connected to the API server");
+    controller::check_discovery(&client)
+        .await
+        .context("checking the API server's resources")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+
+    let ready = CancellationToken::new();
+    let state = HttpState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { StatusCode::OK }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding {}", args.http))?;
+    let http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+
+    let lock = args.leader_election.then(|| {
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("starling-operator-{}", std::process::id()));
+        LeaseLock::new(
+            Api::namespaced(client.clone(), &args.lease_namespace),
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(15),
+        )
+    });
+    let scope = match &lock {
+        Some(lock) => match lock.lead(&shutdown).await {
+            Some(lost) => lost,
+            None => return Ok(()),
+        },
+        None => shutdown.child_token(),
+    };
+    metrics.leader.set(1);
+    ready.cancel();
+
+    info!(namespaces = ?namespaces, "starting the controller");
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::new(control_plane),
+        settings,
+        metrics.clone(),
+    ));
+    controller::run(ctx, &namespaces, scope.clone()).await;
+    metrics.leader.set(0);
+
+    if let Some(lock) = &lock {
+        if let Err(e) = lock.release().await {
+            error!(error = %e, "releasing the lease");
+        }
+    }
+    let lost = !shutdown.is_cancelled();
+    shutdown.cancel();
+    let _ = server.await;
+    anyhow::ensure!(
+        !lost,
+        "lost the leader lease; exiting so a restart rejoins the election"
+    );
+    Ok(())
 }

@@ -1,0 +1,68 @@
+//! The operator's one error type.
+
+use crate::{api::ApiError, certs::CertError};
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer machinery failed (adding or removing the finalizer, or one of our steps).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The Starling api could not be reached or answered unexpectedly.
+    #[error("starling api: {0}")]
+    Api(#[from] ApiError),
+    /// The api no longer has the broker this `Broker` registered; it is not re-created.
+    #[error("the broker {0} was deleted in the api")]
+    DeletedInApi(String),
+    /// The api has the broker but the operator lacks its one-time secret.
+    #[error("the api has a broker {0} whose credential the operator does not hold")]
+    CredentialsUnavailable(String),
+    /// The named TLS Secret is missing or unreadable.
+    #[error("tls secret {name}: {reason}")]
+    TlsSecret {
+        /// The Secret's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Issuing a certificate failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] CertError),
+    /// Rendering the broker's configuration failed.
+    #[error("rendering broker.toml: {0}")]
+    Config(#[from] toml::ser::Error),
+    /// The object lacks a field the API server always sets.
+    #[error("the Broker has no {0}")]
+    MissingField(&'static str),
+    /// The API server lacks a resource the operator needs.
+    #[error("the API server does not serve {0}")]
+    MissingApi(String),
+}
+
+impl Error {
+    /// A short label for the `reason` of the error metric and of conditions.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubeApiError",
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "FinalizerError",
+            },
+            Self::Api(_) => "ApiUnreachable",
+            Self::DeletedInApi(_) => "DeletedInApi",
+            Self::CredentialsUnavailable(_) => "CredentialsUnavailable",
+            Self::TlsSecret { .. } => "TlsSecretInvalid",
+            Self::Cert(_) => "CertificateError",
+            Self::Config(_) => "ConfigError",
+            Self::MissingField(_) => "InvalidObject",
+            Self::MissingApi(_) => "MissingApi",
+        }
+    }
+}
+
+/// `Result` with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
