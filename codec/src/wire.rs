@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::{DecodeError, EncodeError, MAX_REMAINING_LENGTH, MqttString};
 
 const SHORT: DecodeError = DecodeError::malformed(
-    "MQTT-2.1.4",
+    "2.1.4",
     "packet is shorter than its fields (remaining length too small)",
 );
 
@@ -131,7 +131,7 @@ pub(crate) fn parse_varint(b: &[u8]) -> Result<VarInt, DecodeError> {
         }
     }
     Err(DecodeError::malformed(
-        "MQTT-1.5.5",
+        "1.5.5",
         "variable byte integer longer than 4 bytes",
     ))
 }
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn five_byte_varint_is_malformed() {
         let e = parse_varint(&[0x80, 0x80, 0x80, 0x80, 0x01]).err().unwrap();
-        assert_eq!(e.rule(), "MQTT-1.5.5");
+        assert_eq!(e.rule(), "1.5.5");
         assert_eq!(e.reason_code().0, 0x81);
     }
 

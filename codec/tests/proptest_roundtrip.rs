@@ -27,7 +27,7 @@ fn roundtrip(dir: Direction, v: ProtocolVersion, p: Packet) -> Result<(), TestCa
 }
 
 macro_rules! roundtrip_tests {
-    ($($name:ident: $strategy:expr, $dirs:expr, $versions:expr, $wrap:expr;)*) => {$(
+    ($(fn $name:ident: $strategy:expr, $dirs:expr, $versions:expr, $wrap:expr;)*) => {$(
         #[test]
         fn $name() {
             for v in $versions {
@@ -45,17 +45,17 @@ const ALL: [ProtocolVersion; 3] = [V3_1, V3_1_1, V5];
 const BOTH: [Direction; 2] = [ToServer, ToClient];
 
 roundtrip_tests! {
-    connect_round_trips: |v, _| strategies::connect(v), [ToServer], ALL, |c| Packet::Connect(Box::new(c));
-    connack_round_trips: |v, _| strategies::connack(v), [ToClient], ALL, Packet::ConnAck;
-    publish_round_trips: strategies::publish, BOTH, ALL, Packet::Publish;
-    subscribe_round_trips: |v, _| strategies::subscribe(v), [ToServer], ALL, Packet::Subscribe;
-    suback_round_trips: |v, _| strategies::suback(v), [ToClient], ALL, Packet::SubAck;
-    unsubscribe_round_trips: |v, _| strategies::unsubscribe(v), [ToServer], ALL, Packet::Unsubscribe;
-    unsuback_round_trips: |v, _| strategies::unsuback(v), [ToClient], ALL, Packet::UnsubAck;
-    disconnect_to_server_round_trips: strategies::disconnect, [ToServer], ALL, Packet::Disconnect;
-    disconnect_to_client_round_trips: strategies::disconnect, [ToClient], [V5], Packet::Disconnect;
-    auth_round_trips: |_, _| strategies::auth(), BOTH, [V5], Packet::Auth;
-    any_packet_round_trips: strategies::packet, BOTH, ALL, |p| p;
+    fn connect_round_trips: |v, _| strategies::connect(v), [ToServer], ALL, |c| Packet::Connect(Box::new(c));
+    fn connack_round_trips: |v, _| strategies::connack(v), [ToClient], ALL, Packet::ConnAck;
+    fn publish_round_trips: strategies::publish, BOTH, ALL, Packet::Publish;
+    fn subscribe_round_trips: |v, _| strategies::subscribe(v), [ToServer], ALL, Packet::Subscribe;
+    fn suback_round_trips: |v, _| strategies::suback(v), [ToClient], ALL, Packet::SubAck;
+    fn unsubscribe_round_trips: |v, _| strategies::unsubscribe(v), [ToServer], ALL, Packet::Unsubscribe;
+    fn unsuback_round_trips: |v, _| strategies::unsuback(v), [ToClient], ALL, Packet::UnsubAck;
+    fn disconnect_to_server_round_trips: strategies::disconnect, [ToServer], ALL, Packet::Disconnect;
+    fn disconnect_to_client_round_trips: strategies::disconnect, [ToClient], [V5], Packet::Disconnect;
+    fn auth_round_trips: |_, _| strategies::auth(), BOTH, [V5], Packet::Auth;
+    fn any_packet_round_trips: strategies::packet, BOTH, ALL, |p| p;
 }
 
 #[test]

@@ -419,3 +419,102 @@ fn auth_5_success_and_continue() {
         Packet::Auth(a),
     );
 }
+
+#[test]
+fn publish_qos_0_is_encoded_without_a_packet_identifier_per_2_2_1_2() {
+    let mut p = Publish::new("a", &b"x"[..]);
+    p.packet_id = Some(9);
+    assert_eq!(
+        common::encode(&Packet::Publish(p), V5),
+        [0x30, 5, 0, 1, b'a', 0, b'x']
+    );
+}
+
+#[test]
+fn qos_1_publish_without_a_packet_identifier_does_not_encode() {
+    let mut p = Publish::new("a", &b"x"[..]);
+    p.qos = QoS::AtLeastOnce;
+    let mut out = bytes::BytesMut::new();
+    assert_eq!(
+        Packet::Publish(p).encode(V5, &mut out),
+        Err(EncodeError::MissingPacketId(1))
+    );
+    assert!(out.is_empty(), "nothing is written on error");
+}
+
+#[test]
+fn strings_the_wire_cannot_carry_do_not_encode() {
+    let mut out = bytes::BytesMut::new();
+    let p = Packet::Publish(Publish::new(String::from("a\0b"), Bytes::new()));
+    assert_eq!(p.encode(V5, &mut out), Err(EncodeError::NullCharacter));
+    let p = Packet::Publish(Publish::new("a".repeat(65_536), Bytes::new()));
+    assert_eq!(
+        p.encode(V3_1_1, &mut out),
+        Err(EncodeError::StringTooLong(65_536))
+    );
+    assert_eq!(p.encoded_len(V3_1_1), 0);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn auth_does_not_encode_before_5_0() {
+    let mut out = bytes::BytesMut::new();
+    assert!(matches!(
+        Packet::Auth(Auth::default()).encode(V3_1_1, &mut out),
+        Err(EncodeError::NotInVersion { .. })
+    ));
+}
+
+#[test]
+fn reason_codes_map_to_the_closest_3_1_1_return_codes() {
+    for (reason, rc) in [
+        (ReasonCode::SUCCESS, 0),
+        (ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, 1),
+        (ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, 2),
+        (ReasonCode::SERVER_UNAVAILABLE, 3),
+        (ReasonCode::SERVER_BUSY, 3),
+        (ReasonCode::MALFORMED_PACKET, 3),
+        (ReasonCode::BAD_USER_NAME_OR_PASSWORD, 4),
+        (ReasonCode::BAD_AUTHENTICATION_METHOD, 4),
+        (ReasonCode::NOT_AUTHORIZED, 5),
+        (ReasonCode::BANNED, 5),
+    ] {
+        assert_eq!(
+            common::encode(&Packet::ConnAck(ConnAck::new(reason)), V3_1_1),
+            [0x20, 2, 0, rc],
+            "{reason}"
+        );
+    }
+    // SUBACK: granted QoS as is, every failure as 0x80; MQTT 3.1 cannot refuse.
+    let sa = SubAck::new(
+        1,
+        vec![ReasonCode::GRANTED_QOS_1, ReasonCode::NOT_AUTHORIZED],
+    );
+    assert_eq!(
+        common::encode(&Packet::SubAck(sa.clone()), V3_1_1),
+        [0x90, 4, 0, 1, 1, 0x80]
+    );
+    let mut out = bytes::BytesMut::new();
+    assert_eq!(
+        Packet::SubAck(sa).encode(V3_1, &mut out),
+        Err(EncodeError::SubAckFailureInV3_1)
+    );
+    // Session Present is never written in 3.1.
+    let mut ca = ConnAck::new(ReasonCode::SUCCESS);
+    ca.session_present = true;
+    assert_eq!(common::encode(&Packet::ConnAck(ca), V3_1), [0x20, 2, 0, 0]);
+}
+
+#[test]
+fn properties_are_left_out_before_5_0() {
+    let mut p = Publish::new("t", &b"x"[..]);
+    p.properties.message_expiry_interval = Some(5);
+    p.properties.user_properties = vec![(s("k"), s("v"))];
+    assert_eq!(
+        common::encode(&Packet::Publish(p), V3_1_1),
+        [0x30, 4, 0, 1, b't', b'x']
+    );
+    let mut d = Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN);
+    d.properties.reason_string = Some(s("bye"));
+    assert_eq!(common::encode(&Packet::Disconnect(d), V3_1_1), [0xE0, 0]);
+}

@@ -365,7 +365,7 @@ impl Connect {
                 ProtocolVersion::V3_1 => {
                     return Err(DecodeError::new(
                         ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                        "MQTT-3.1:client-id",
+                        "3.1/3.1",
                         "empty client identifier in mqtt 3.1",
                     ));
                 }
