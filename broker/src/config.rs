@@ -6,9 +6,12 @@
 //! every problem at once.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::transport::config::{ListenerTlsSettings, TlsSettings, WsSettings};
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "STARLING_BROKER__";
@@ -29,6 +32,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Certificates of the TLS listeners (mqtts, wss), or the dev CA.
+    pub tls: TlsSettings,
 }
 
 /// The transport a listener speaks.
@@ -71,6 +76,15 @@ pub struct ListenerConfig {
     /// Most connections open at once on this listener; further ones wait in the backlog.
     #[serde(default = "default_listener_max_connections")]
     pub max_connections: usize,
+    /// Bound on the TLS and WebSocket handshakes (seconds); 10 when absent.
+    #[serde(default)]
+    pub handshake_timeout_secs: Option<u64>,
+    /// This listener's own certificate files, overriding `[tls]` (mqtts, wss).
+    #[serde(default)]
+    pub tls: Option<ListenerTlsSettings>,
+    /// WebSocket options and limits (ws, wss).
+    #[serde(default)]
+    pub ws: WsSettings,
 }
 
 fn default_listener_max_connections() -> usize {
@@ -85,6 +99,9 @@ impl ListenerConfig {
             bind,
             auth: None,
             max_connections: default_listener_max_connections(),
+            handshake_timeout_secs: None,
+            tls: None,
+            ws: WsSettings::default(),
         }
     }
 }
@@ -351,6 +368,20 @@ pub struct Overrides {
     pub auth: Option<AuthMode>,
     /// `--http ADDR`.
     pub http: Option<SocketAddr>,
+    /// `--mqtts ADDR` (repeatable): MQTT over TLS listeners.
+    pub mqtts: Vec<SocketAddr>,
+    /// `--ws ADDR` (repeatable): MQTT over WebSocket listeners.
+    pub ws: Vec<SocketAddr>,
+    /// `--wss ADDR` (repeatable): MQTT over WebSocket over TLS listeners (raw MQTT over TLS too).
+    pub wss: Vec<SocketAddr>,
+    /// `--tls-cert FILE`: `[tls] cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`: `[tls] key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca FILE`: `[tls] client_ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--dev-tls DIR`: `[tls] dev_tls`.
+    pub dev_tls: Option<PathBuf>,
 }
 
 /// A configuration that could not be loaded; every problem is listed.
@@ -385,6 +416,27 @@ impl Config {
             config
                 .listeners
                 .push(ListenerConfig::new(ListenerKind::Mqtt, *addr));
+        }
+        for (kind, addrs) in [
+            (ListenerKind::Mqtts, &overrides.mqtts),
+            (ListenerKind::Ws, &overrides.ws),
+            (ListenerKind::Wss, &overrides.wss),
+        ] {
+            for addr in addrs {
+                config.listeners.push(ListenerConfig::new(kind, *addr));
+            }
+        }
+        if let Some(cert) = &overrides.tls_cert {
+            config.tls.cert = Some(cert.clone());
+        }
+        if let Some(key) = &overrides.tls_key {
+            config.tls.key = Some(key.clone());
+        }
+        if let Some(ca) = &overrides.tls_client_ca {
+            config.tls.client_ca = Some(ca.clone());
+        }
+        if let Some(dir) = &overrides.dev_tls {
+            config.tls.dev_tls = Some(dir.clone());
         }
         if let Some(mode) = overrides.auth {
             config.auth.mode = mode;
@@ -440,6 +492,19 @@ impl Config {
         for (i, listener) in self.listeners.iter().enumerate() {
             if listener.max_connections == 0 {
                 problems.push(format!("listeners[{i}].max_connections must be at least 1"));
+            }
+            if listener.handshake_timeout_secs == Some(0) {
+                problems.push(format!(
+                    "listeners[{i}].handshake_timeout_secs must be at least 1"
+                ));
+            }
+            for p in crate::transport::config::problems(
+                listener.kind,
+                &self.tls,
+                listener.tls.as_ref(),
+                &listener.ws,
+            ) {
+                problems.push(format!("listeners[{i}]: {p}"));
             }
         }
         if problems.is_empty() {

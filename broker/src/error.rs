@@ -28,6 +28,9 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// The TLS or WebSocket settings of a listener could not be put to use.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::config::TransportSetupError),
 }
 
 /// Result with the broker's error.

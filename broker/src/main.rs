@@ -24,6 +24,29 @@ struct Flags {
     /// The HTTP listener for /healthz, /readyz and /metrics (default 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// An MQTT over TLS listener (repeatable), e.g. 0.0.0.0:8883.
+    #[arg(long, value_name = "ADDR")]
+    mqtts: Vec<SocketAddr>,
+    /// An MQTT over WebSocket listener (repeatable), e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    ws: Vec<SocketAddr>,
+    /// An MQTT over secure WebSocket listener (repeatable), e.g. 0.0.0.0:8884; it also takes raw
+    /// MQTT over TLS.
+    #[arg(long, value_name = "ADDR")]
+    wss: Vec<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners (reloaded when it changes).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM bundle of CAs whose client certificates TLS listeners require (mTLS).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Make (or reuse) a local CA and server certificate in DIR for the TLS listeners; clients
+    /// trust DIR/ca.pem.
+    #[arg(long, value_name = "DIR")]
+    dev_tls: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -48,9 +71,18 @@ fn main() -> anyhow::Result<()> {
             AuthArg::Token => AuthMode::Token,
         }),
         http: flags.http,
+        mqtts: flags.mqtts.clone(),
+        ws: flags.ws.clone(),
+        wss: flags.wss.clone(),
+        tls_cert: flags.tls_cert.clone(),
+        tls_key: flags.tls_key.clone(),
+        tls_client_ca: flags.tls_client_ca.clone(),
+        dev_tls: flags.dev_tls.clone(),
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     init_tracing(config.log.format);
+    // One process-wide crypto provider, ring (the TLS code names it explicitly as well).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -50,6 +50,15 @@ pub struct CodeLabels {
     pub reason: &'static str,
 }
 
+/// Label set: listener kind and a reason as static strings (transport handshakes).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    /// `mqtts`, `ws`, `wss`.
+    pub listener: &'static str,
+    /// Reason, e.g. `tls_alpn` or `handshake_timeout`.
+    pub reason: &'static str,
+}
+
 /// Every metric of the broker.
 #[derive(Debug)]
 pub struct Metrics {
@@ -79,6 +88,8 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// Subscriptions held.
     pub subscriptions: Gauge,
+    /// TLS and WebSocket handshakes refused, by listener kind and reason.
+    pub handshake_failures: Family<ListenerReasonLabels, Counter>,
     registry: Registry,
 }
 
@@ -100,6 +111,7 @@ impl Metrics {
             retained: Gauge::default(),
             sessions: Gauge::default(),
             subscriptions: Gauge::default(),
+            handshake_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +166,11 @@ impl Metrics {
             "subscriptions",
             "Subscriptions held",
             m.subscriptions.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "TLS and WebSocket handshakes refused, by listener and reason",
+            m.handshake_failures.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -20,8 +20,10 @@ use crate::config::{AuthMode, Config, ListenerConfig, ListenerKind};
 use crate::connection::{self, ConnectionContext};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpState};
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerReasonLabels, Metrics};
 use crate::tenant::Tenant;
+use crate::transport::config::TlsListeners;
+use crate::transport::{self, TransportConfig};
 
 /// A started broker.
 #[derive(Debug)]
@@ -39,6 +41,8 @@ pub struct RunningBroker {
     tracker: TaskTracker,
     drain: Duration,
     plain_ctx: ConnectionContext,
+    /// The TLS listeners' certificates; keeps their directory watches running.
+    pub tls: TlsListeners,
 }
 
 /// Binds every listener and starts serving. Returns once the broker is ready.
@@ -52,6 +56,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     let ready = Arc::new(AtomicBool::new(false));
     let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::new(default_tenant.clone()));
 
+    let mut tls = TlsListeners::new(&config.tls)?;
     let mut bound = Vec::new();
     let mut loops = Vec::new();
     for listener in &config.listeners {
@@ -65,12 +70,12 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
                 });
             }
         };
-        if listener.kind != ListenerKind::Mqtt {
-            return Err(Error::Listener {
-                kind: listener.kind,
-                reason: "this transport is not configured",
-            });
-        }
+        let transport = Arc::new(tls.transport_config(
+            listener.kind,
+            listener.tls.as_ref(),
+            &listener.ws,
+            listener.handshake_timeout_secs.map(Duration::from_secs),
+        )?);
         let tcp = TcpListener::bind(listener.bind)
             .await
             .map_err(|source| Error::Bind {
@@ -91,7 +96,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
             shutdown: stop.clone(),
             listener: listener.kind,
         };
-        loops.push((tcp, listener.clone(), ctx));
+        loops.push((tcp, listener.clone(), ctx, transport));
     }
     let http_listener = TcpListener::bind(config.http.bind)
         .await
@@ -106,10 +111,10 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         source,
     })?;
 
-    for (tcp, listener, ctx) in loops {
+    for (tcp, listener, ctx, transport) in loops {
         let tracker2 = tracker.clone();
         let stop2 = stop.clone();
-        tracker.spawn(accept_loop(tcp, listener, ctx, stop2, tracker2));
+        tracker.spawn(accept_loop(tcp, listener, ctx, transport, stop2, tracker2));
     }
     let app = http::app(HttpState {
         ready: ready.clone(),
@@ -145,6 +150,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         tracker,
         drain: Duration::from_secs(config.shutdown.drain_timeout_secs),
         plain_ctx,
+        tls,
     })
 }
 
@@ -203,6 +209,7 @@ async fn accept_loop(
     tcp: TcpListener,
     listener: ListenerConfig,
     ctx: ConnectionContext,
+    transport: Arc<TransportConfig>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -239,8 +246,34 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         ctx.metrics.sockets_accepted.inc();
         let ctx = ctx.clone();
+        if listener.kind == ListenerKind::Mqtt {
+            tracker.spawn(async move {
+                connection::serve(stream, remote, ctx).await;
+                drop(permit);
+            });
+            continue;
+        }
+        // TLS and WebSocket handshakes run in the connection's task, bounded by the listener's
+        // handshake timeout, so a slow one never holds up the accept loop.
+        let transport = transport.clone();
+        let kind = listener.kind;
         tracker.spawn(async move {
-            connection::serve(stream, remote, ctx).await;
+            let accepted = tokio::select! {
+                r = transport::accept(stream, kind, &transport) => r,
+                _ = ctx.shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok(accepted) => connection::serve(accepted.io, remote, ctx).await,
+                Err(e) => {
+                    ctx.metrics
+                        .handshake_failures
+                        .get_or_create(&ListenerReasonLabels {
+                            listener: kind.as_str(),
+                            reason: e.metric_label(),
+                        })
+                        .inc();
+                }
+            }
             drop(permit);
         });
     }

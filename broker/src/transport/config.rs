@@ -233,6 +233,11 @@ impl TlsListeners {
         self.dev.as_ref()
     }
 
+    /// The certificates in use, one per certificate/key pair.
+    pub fn resolvers(&self) -> impl Iterator<Item = &Arc<CertResolver>> {
+        self.resolvers.values()
+    }
+
     /// The transport configuration of one listener. Must run inside the tokio runtime (the
     /// certificate watch is a task).
     pub fn transport_config(
@@ -341,6 +346,66 @@ mod tests {
             .transport_config(ListenerKind::Ws, None, &ws, None)
             .unwrap();
         assert!(plain.tls.is_none());
+    }
+
+    #[test]
+    fn tls_and_ws_listeners_come_from_the_file_and_the_flags() {
+        use crate::config::{Config, Overrides};
+        let file = r#"
+            [tls]
+            cert = "/etc/starling/tls/tls.crt"
+            key = "/etc/starling/tls/tls.key"
+            client_auth = "optional"
+
+            [[listeners]]
+            kind = "wss"
+            bind = "0.0.0.0:8884"
+            auth = "none"
+            handshake_timeout_secs = 5
+            [listeners.ws]
+            require_subprotocol = true
+            max_message_size = 65536
+
+            [[listeners]]
+            kind = "mqtts"
+            bind = "0.0.0.0:8883"
+            [listeners.tls]
+            cert = "/etc/other/tls.crt"
+            key = "/etc/other/tls.key"
+        "#;
+        let flags = Overrides {
+            ws: vec!["127.0.0.1:8080".parse().unwrap()],
+            dev_tls: Some("/tmp/dev".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(file), [], &flags).unwrap();
+        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners[0].kind, ListenerKind::Wss);
+        assert_eq!(c.listeners[0].handshake_timeout_secs, Some(5));
+        assert!(c.listeners[0].ws.require_subprotocol);
+        assert_eq!(c.listeners[0].ws.max_message_size, 65536);
+        assert_eq!(
+            c.listeners[0].ws.max_frame_size,
+            WsSettings::default().max_frame_size
+        );
+        assert_eq!(
+            c.listeners[1].tls.as_ref().unwrap().cert.as_deref(),
+            Some(Path::new("/etc/other/tls.crt"))
+        );
+        assert_eq!(c.listeners[2].kind, ListenerKind::Ws);
+        assert_eq!(c.tls.client_auth, ClientAuthSetting::Optional);
+        assert_eq!(c.tls.dev_tls.as_deref(), Some(Path::new("/tmp/dev")));
+    }
+
+    #[test]
+    fn a_tls_listener_without_a_certificate_is_refused_by_validation() {
+        use crate::config::{Config, Overrides};
+        let flags = Overrides {
+            mqtts: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Overrides::default()
+        };
+        let err = Config::load(None, [], &flags).unwrap_err();
+        assert!(err.to_string().contains("needs a certificate"), "{err}");
     }
 
     #[test]

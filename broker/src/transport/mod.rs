@@ -52,30 +52,9 @@ pub trait AsyncIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AsyncIo for T {}
 
-/// The kinds of listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ListenerKind {
-    /// MQTT over TCP (1883).
-    Mqtt,
-    /// MQTT over TLS (8883).
-    Mqtts,
-    /// MQTT over WebSockets (8080).
-    Ws,
-    /// MQTT over WebSockets over TLS (8884, 443); also raw MQTT over TLS.
-    Wss,
-}
+pub use crate::config::ListenerKind;
 
 impl ListenerKind {
-    /// The name used in flags, configuration, logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerKind::Mqtt => "mqtt",
-            ListenerKind::Mqtts => "mqtts",
-            ListenerKind::Ws => "ws",
-            ListenerKind::Wss => "wss",
-        }
-    }
-
     /// Whether the listener needs a certificate.
     pub fn is_tls(self) -> bool {
         matches!(self, ListenerKind::Mqtts | ListenerKind::Wss)
