@@ -3,6 +3,7 @@
 use super::*;
 
 const COMMITTED: &str = include_str!("../../../crds/broker.yaml");
+const CHART_COPY: &str = include_str!("../../../charts/starling/files/broker-crd.yaml");
 
 #[test]
 fn committed_crd_matches_the_generated_one() {
@@ -11,6 +12,32 @@ fn committed_crd_matches_the_generated_one() {
         generated == COMMITTED,
         "crds/broker.yaml is stale: run `cargo run -p starling-operator -- crd > crds/broker.yaml`"
     );
+    assert!(
+        CHART_COPY == COMMITTED,
+        "charts/starling/files/broker-crd.yaml differs from crds/broker.yaml: copy it"
+    );
+}
+
+#[test]
+fn every_example_broker_passes_the_cel_rules() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let b: Broker =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                cel_errors(&b).is_empty(),
+                "{}: {:?}",
+                path.display(),
+                cel_errors(&b)
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "only {seen} examples");
 }
 
 fn broker(spec: serde_json::Value) -> Broker {

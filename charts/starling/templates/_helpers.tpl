@@ -1,0 +1,84 @@
+{{/* Chart name. */}}
+{{- define "starling.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Resource-name prefix. */}}
+{{- define "starling.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains (include "starling.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "starling.name" .) | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "starling.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/part-of: starling
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{- define "starling.selector" -}}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "starling.operator.name" -}}{{ include "starling.fullname" . }}-operator{{- end -}}
+{{- define "starling.api.name" -}}{{ include "starling.fullname" . }}-api{{- end -}}
+{{- define "starling.api.internalName" -}}{{ include "starling.fullname" . }}-api-internal{{- end -}}
+{{- define "starling.postgresql.name" -}}{{ include "starling.fullname" . }}-postgresql{{- end -}}
+
+{{- define "starling.adminToken.secret" -}}
+{{- default (printf "%s-admin-token" (include "starling.fullname" .)) .Values.api.adminToken.existingSecret -}}
+{{- end -}}
+{{- define "starling.kek.secret" -}}
+{{- default (printf "%s-kek" (include "starling.fullname" .)) .Values.api.keyEncryptionKey.existingSecret -}}
+{{- end -}}
+{{- define "starling.database.secret" -}}
+{{- default (printf "%s-database" (include "starling.fullname" .)) .Values.api.database.existingSecret -}}
+{{- end -}}
+
+{{- define "starling.operator.image" -}}
+{{ .Values.operator.image.repository }}:{{ default .Chart.AppVersion .Values.operator.image.tag }}
+{{- end -}}
+{{- define "starling.api.image" -}}
+{{ .Values.api.image.repository }}:{{ default .Chart.AppVersion .Values.api.image.tag }}
+{{- end -}}
+{{- define "starling.broker.image" -}}
+{{ default (printf "ghcr.io/starling-mqtt/starling-broker:%s" .Chart.AppVersion) .Values.operator.brokerImage }}
+{{- end -}}
+
+{{/* An existing Secret's value for key, or a new random one (kept across upgrades). */}}
+{{- define "starling.keepOrGenerate" -}}
+{{- $existing := lookup "v1" "Secret" .namespace .name -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- .generate | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator needs on Brokers and their objects. */}}
+{{- define "starling.operator.rules" -}}
+- apiGroups: ["starling.dev"]
+  resources: ["brokers"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["starling.dev"]
+  resources: ["brokers/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["starling.dev"]
+  resources: ["brokers/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services", "configmaps", "secrets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
