@@ -8,8 +8,8 @@ use proptest::option;
 use proptest::prelude::*;
 
 use crate::reason::{
-    AUTH_CODES, CONNACK_CODES, DISCONNECT_CODES, PUBACK_CODES, PUBREL_CODES, SUBACK_CODES,
-    UNSUBACK_CODES,
+    AUTH_CODES_FROM_CLIENT, AUTH_CODES_FROM_SERVER, CONNACK_CODES, DISCONNECT_CODES_FROM_CLIENT,
+    DISCONNECT_CODES_FROM_SERVER, PUBACK_CODES, PUBREL_CODES, SUBACK_CODES, UNSUBACK_CODES,
 };
 use crate::*;
 
@@ -436,7 +436,10 @@ pub fn unsuback(version: ProtocolVersion) -> impl Strategy<Value = UnsubAck> {
 /// A DISCONNECT valid in `version` travelling `dir`.
 pub fn disconnect(version: ProtocolVersion, dir: Direction) -> impl Strategy<Value = Disconnect> {
     (
-        code(DISCONNECT_CODES),
+        code(match dir {
+            Direction::ToServer => DISCONNECT_CODES_FROM_CLIENT,
+            Direction::ToClient => DISCONNECT_CODES_FROM_SERVER,
+        }),
         option::of(any::<u32>()),
         option::of(string()),
         user_properties(),
@@ -457,10 +460,13 @@ pub fn disconnect(version: ProtocolVersion, dir: Direction) -> impl Strategy<Val
         })
 }
 
-/// An AUTH (5.0).
-pub fn auth() -> impl Strategy<Value = Auth> {
+/// An AUTH (5.0) travelling `dir`.
+pub fn auth(dir: Direction) -> impl Strategy<Value = Auth> {
     (
-        code(AUTH_CODES),
+        code(match dir {
+            Direction::ToServer => AUTH_CODES_FROM_CLIENT,
+            Direction::ToClient => AUTH_CODES_FROM_SERVER,
+        }),
         option::of(string()),
         option::of(binary()),
         option::of(string()),
@@ -542,7 +548,7 @@ pub fn packet(version: ProtocolVersion, dir: Direction) -> BoxedStrategy<Packet>
         }
     }
     if v.is_v5() {
-        options.push(auth().prop_map(Packet::Auth).boxed());
+        options.push(auth(dir).prop_map(Packet::Auth).boxed());
     }
     proptest::strategy::Union::new(options).boxed()
 }

@@ -866,6 +866,18 @@ fn reason_code_not_allowed_on_the_packet_is_a_protocol_error() {
 }
 
 #[test]
+fn reason_codes_only_the_other_side_sends_are_protocol_errors() {
+    // A client never sends Session taken over, nor a server Disconnect with Will Message.
+    reject(ToServer, V5, &[0xE0, 1, 0x8E], PROTOCOL, "MQTT-3.14.2-1");
+    reject(ToClient, V5, &[0xE0, 1, 0x04], PROTOCOL, "MQTT-3.14.2-1");
+    // A client's AUTH continues or re-authenticates; success comes from the server.
+    reject(ToServer, V5, &[0xF0, 0], PROTOCOL, "MQTT-3.15.2-1");
+    reject(ToServer, V5, &[0xF0, 2, 0x00, 0], PROTOCOL, "MQTT-3.15.2-1");
+    reject(ToClient, V5, &[0xF0, 2, 0x19, 0], PROTOCOL, "MQTT-3.15.2-1");
+    assert!(decode(ToServer, V5, &[0xF0, 2, 0x19, 0]).is_ok());
+}
+
+#[test]
 fn suback_return_codes_are_checked_per_version() {
     reject(
         ToClient,

@@ -54,7 +54,7 @@ roundtrip_tests! {
     fn unsuback_round_trips: |v, _| strategies::unsuback(v), [ToClient], ALL, Packet::UnsubAck;
     fn disconnect_to_server_round_trips: strategies::disconnect, [ToServer], ALL, Packet::Disconnect;
     fn disconnect_to_client_round_trips: strategies::disconnect, [ToClient], [V5], Packet::Disconnect;
-    fn auth_round_trips: |_, _| strategies::auth(), BOTH, [V5], Packet::Auth;
+    fn auth_round_trips: |_, dir| strategies::auth(dir), BOTH, [V5], Packet::Auth;
     fn any_packet_round_trips: strategies::packet, BOTH, ALL, |p| p;
 }
 

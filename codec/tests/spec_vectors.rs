@@ -404,7 +404,7 @@ fn disconnect_in_both_versions() {
 
 #[test]
 fn auth_5_success_and_continue() {
-    check(ToServer, V5, &[0xF0, 0], Packet::Auth(Auth::default()));
+    check(ToClient, V5, &[0xF0, 0], Packet::Auth(Auth::default()));
     let a = Auth {
         reason: ReasonCode::CONTINUE_AUTHENTICATION,
         properties: AuthProperties {

@@ -4,9 +4,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::packet::Sizes;
 use crate::properties::{self as props, Properties, Value};
-use crate::reason::AUTH_CODES;
+use crate::reason::{AUTH_CODES_FROM_CLIENT, AUTH_CODES_FROM_SERVER};
 use crate::wire::{self, Reader};
-use crate::{DecodeError, EncodeError, MqttString, ProtocolVersion, ReasonCode};
+use crate::{DecodeError, Direction, EncodeError, MqttString, ProtocolVersion, ReasonCode};
 
 /// An AUTH packet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,17 +82,23 @@ impl AuthProperties {
 }
 
 impl Auth {
-    pub(crate) fn decode(mut r: Reader) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(mut r: Reader, dir: Direction) -> Result<Self, DecodeError> {
+        // [MQTT-3.15.2-1] a client sends Continue authentication or Re-authenticate, a server
+        // Success or Continue authentication (3.15.2.1).
+        let allowed = match dir {
+            Direction::ToServer => AUTH_CODES_FROM_CLIENT,
+            Direction::ToClient => AUTH_CODES_FROM_SERVER,
+        };
         // [3.15.2.1] remaining length 0 means Success without properties.
-        if r.is_empty() {
-            return Ok(Self::default());
-        }
-        let code = r.u8()?;
-        if !AUTH_CODES.contains(&code) {
+        let code = if r.is_empty() { 0 } else { r.u8()? };
+        if !allowed.contains(&code) {
             return Err(DecodeError::protocol(
                 "MQTT-3.15.2-1",
                 "reason code not valid for auth",
             ));
+        }
+        if r.is_empty() && code == 0 {
+            return Ok(Self::default());
         }
         let properties = if r.is_empty() {
             AuthProperties::default()

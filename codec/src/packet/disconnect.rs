@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::packet::Sizes;
 use crate::properties::{self as props, Properties, Value};
-use crate::reason::DISCONNECT_CODES;
+use crate::reason::{DISCONNECT_CODES_FROM_CLIENT, DISCONNECT_CODES_FROM_SERVER};
 use crate::wire::{self, Reader};
 use crate::{DecodeError, Direction, EncodeError, MqttString, ProtocolVersion, ReasonCode};
 
@@ -109,7 +109,12 @@ impl Disconnect {
             return Ok(Self::default());
         }
         let code = r.u8()?;
-        if !DISCONNECT_CODES.contains(&code) {
+        // [MQTT-3.14.2-1] one of the DISCONNECT reason codes its sender may use.
+        let allowed = match dir {
+            Direction::ToServer => DISCONNECT_CODES_FROM_CLIENT,
+            Direction::ToClient => DISCONNECT_CODES_FROM_SERVER,
+        };
+        if !allowed.contains(&code) {
             return Err(DecodeError::protocol(
                 "MQTT-3.14.2-1",
                 "reason code not valid for disconnect",

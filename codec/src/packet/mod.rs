@@ -235,7 +235,7 @@ impl Packet {
                 Self::PingResp
             }
             PacketType::Disconnect => Self::Disconnect(Disconnect::decode(r, version, dir)?),
-            PacketType::Auth => Self::Auth(Auth::decode(r)?),
+            PacketType::Auth => Self::Auth(Auth::decode(r, dir)?),
         })
     }
 
