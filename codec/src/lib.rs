@@ -9,6 +9,26 @@
 //!   version cannot carry (properties in 3.1.1) are left out, reason codes are mapped to the
 //!   closest 3.1.1 return code (see [`ReasonCode::to_v3_connack`]).
 //! - [`topic`] validates topic names and filters, parses shared subscriptions and matches.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use starling_codec::{ConnAck, Decoder, Direction, Packet, ProtocolVersion, ReasonCode};
+//!
+//! // A server reads a 3.1.1 CONNECT (client id "c", clean session, keep alive 60) ...
+//! let mut decoder = Decoder::new(Direction::ToServer, 64 * 1024);
+//! let mut input = BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01c"[..]);
+//! let Some(Packet::Connect(connect)) = decoder.decode(&mut input)? else {
+//!     panic!("a CONNECT");
+//! };
+//! assert_eq!(connect.client_id, "c");
+//! assert_eq!(decoder.version(), Some(ProtocolVersion::V3_1_1));
+//!
+//! // ... and answers in the client's version.
+//! let mut output = BytesMut::new();
+//! Packet::ConnAck(ConnAck::new(ReasonCode::SUCCESS)).encode(ProtocolVersion::V3_1_1, &mut output)?;
+//! assert_eq!(&output[..], b"\x20\x02\x00\x00");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod decoder;
 mod error;

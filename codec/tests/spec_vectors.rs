@@ -518,3 +518,46 @@ fn properties_are_left_out_before_5_0() {
     d.properties.reason_string = Some(s("bye"));
     assert_eq!(common::encode(&Packet::Disconnect(d), V3_1_1), [0xE0, 0]);
 }
+
+#[test]
+fn mqtt_3_1_packets_other_than_connect_connack_and_suback_are_laid_out_as_in_3_1_1() {
+    let mut p = Publish::new("a/b", &b"hi"[..]);
+    p.qos = QoS::ExactlyOnce;
+    p.packet_id = Some(10);
+    check(
+        ToServer,
+        V3_1,
+        &[0x34, 9, 0, 3, b'a', b'/', b'b', 0, 10, b'h', b'i'],
+        Packet::Publish(p),
+    );
+    check(
+        ToClient,
+        V3_1,
+        &[0x40, 2, 0, 10],
+        Packet::PubAck(PubAck::new(10)),
+    );
+    check(
+        ToServer,
+        V3_1,
+        &[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 2],
+        Packet::Subscribe(Subscribe::new(1, "a/b", QoS::ExactlyOnce)),
+    );
+    check(
+        ToServer,
+        V3_1,
+        &[0xA2, 5, 0, 2, 0, 1, b'a'],
+        Packet::Unsubscribe(Unsubscribe::new(2, "a")),
+    );
+    check(
+        ToClient,
+        V3_1,
+        &[0xB0, 2, 0, 2],
+        Packet::UnsubAck(UnsubAck::new(2, vec![])),
+    );
+    check(
+        ToServer,
+        V3_1,
+        &[0xE0, 0],
+        Packet::Disconnect(Disconnect::default()),
+    );
+}
