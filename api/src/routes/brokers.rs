@@ -1,0 +1,767 @@
+//! Brokers: list, create, get, patch, delete (both route sets), and the broker secret
+//! (shown once on native create, rotated by `POST .../secret/rotate`).
+//!
+//! Operator-managed brokers (created with `managedBy`) refuse PATCH of the fields their custom
+//! resource sets (`expiration`, `limits`, `on_publish`) and DELETE with 409, unless the request
+//! carries `X-Starling-Managed-By: Broker/<k8s namespace>/<name>` naming the same resource.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{
+    Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
+    validate_description, validate_label,
+};
+use crate::error::{ApiError, Problem, Result, code};
+use crate::keys::{hash_secret, new_id, new_key_record, new_secret};
+use crate::state::AppState;
+use crate::store::{Broker, KeyStatus, Role, StoreError};
+
+/// The header the operator sends to change what its custom resource owns.
+pub const MANAGED_BY_HEADER: &str = "x-starling-managed-by";
+
+/// The longest token lifetime accepted, in seconds (10 years); larger values are refused as
+/// probably nanoseconds.
+pub const MAX_EXPIRATION_SECS: i64 = 315_360_000;
+
+/// The on-publish hook settings.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OnPublish {
+    /// The hook URL; `null` clears it.
+    pub url: Option<String>,
+}
+
+/// The Kubernetes resource that manages a broker.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedBy {
+    /// Always `Broker`.
+    pub kind: String,
+    /// The Kubernetes namespace of the resource.
+    pub namespace: String,
+    /// The resource's name.
+    pub name: String,
+}
+
+impl ManagedBy {
+    fn marker(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    fn parse(marker: &str) -> Option<ManagedBy> {
+        let mut it = marker.splitn(3, '/');
+        Some(ManagedBy {
+            kind: it.next()?.into(),
+            namespace: it.next()?.into(),
+            name: it.next()?.into(),
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let dns = |s: &str, max: usize| {
+            (1..=max).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+        };
+        if self.kind != "Broker" || !dns(&self.namespace, 63) || !dns(&self.name, 253) {
+            return Err(ApiError::invalid(
+                "managedBy must be {\"kind\":\"Broker\",\"namespace\":<Kubernetes namespace>,\"name\":<resource name>}",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A broker as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrokerView {
+    /// 32 lowercase hex characters.
+    pub id: String,
+    /// RFC 1035 label, unique in its namespace.
+    pub name: String,
+    /// `TOKEN`.
+    #[serde(rename = "authType")]
+    pub auth_type: String,
+    /// Free text.
+    pub description: String,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+    /// RFC 3339 with microseconds.
+    pub modified_on: String,
+    /// Token lifetime ceiling in seconds; `null` for none.
+    pub expiration: Option<i64>,
+    /// `mqtts://<broker>.<namespace>.<domain>:8883`.
+    pub endpoint: String,
+    /// The on-publish hook; `null` when none.
+    pub on_publish: Option<OnPublish>,
+    /// Broker limits, passed to the broker as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<serde_json::Value>,
+    /// The Kubernetes resource managing this broker, if any.
+    #[serde(rename = "managedBy", skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<ManagedBy>,
+}
+
+/// A broker just created, with its secret (shown this once).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrokerCreated {
+    /// The broker.
+    #[serde(flatten)]
+    pub broker: BrokerView,
+    /// The broker secret for the internal state route; shown only here (`null` when an
+    /// operator re-registers an existing broker: rotate the secret to get a new one).
+    pub secret: Option<String>,
+}
+
+/// A new broker secret.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrokerSecret {
+    /// The secret; shown only here.
+    pub secret: String,
+}
+
+/// A page of brokers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerList {
+    /// The brokers, by name.
+    pub items: Vec<BrokerView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The body of a broker creation. Accepts `authType` and `auth_type`; both may be left out.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BrokerCreate {
+    /// RFC 1035 label, unique in the namespace.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+    )]
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub description: Option<String>,
+    /// `TOKEN` (the default).
+    #[serde(rename = "authType", default)]
+    pub auth_type: Option<String>,
+    /// `TOKEN` (the form some clients sent).
+    #[serde(rename = "auth_type", default)]
+    pub auth_type_snake: Option<String>,
+    /// Token lifetime ceiling in seconds; `-1` or `null` for none.
+    #[serde(default)]
+    #[schema(minimum = -1, maximum = 315360000)]
+    pub expiration: Option<i64>,
+    /// The on-publish hook (a non-null URL is refused with 501 until the hook ships).
+    #[serde(default)]
+    pub on_publish: Option<OnPublish>,
+    /// Broker limits (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<serde_json::Value>,
+    /// Set by the operator for brokers it manages.
+    #[serde(rename = "managedBy", default)]
+    pub managed_by: Option<ManagedBy>,
+}
+
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The body of a broker change: absent fields stay, `null` clears.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BrokerPatch {
+    /// Free text.
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub description: Option<String>,
+    /// Token lifetime ceiling in seconds; `-1` or `null` for none.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>, minimum = -1, maximum = 315360000)]
+    pub expiration: Option<Option<i64>>,
+    /// The on-publish hook; `{"url": null}` or `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<OnPublish>)]
+    pub on_publish: Option<Option<OnPublish>>,
+    /// Broker limits (a JSON object); `null` clears them.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<Option<serde_json::Value>>,
+}
+
+// === operations ===
+
+fn view(state: &AppState, b: Broker) -> BrokerView {
+    BrokerView {
+        endpoint: format!(
+            "mqtts://{}.{}.{}:8883",
+            b.name.to_lowercase(),
+            b.namespace_name.to_lowercase(),
+            state.config.domain
+        ),
+        id: b.id,
+        name: b.name,
+        auth_type: b.auth_type,
+        description: b.description,
+        created_on: rfc3339_micros(b.created_at),
+        modified_on: rfc3339_micros(b.modified_at),
+        expiration: b.expiration,
+        on_publish: b.on_publish_url.map(|url| OnPublish { url: Some(url) }),
+        limits: b.limits.and_then(|l| serde_json::from_str(&l).ok()),
+        managed_by: b.managed_by.as_deref().and_then(ManagedBy::parse),
+    }
+}
+
+/// `expiration` in seconds: `None`/`-1` → none, 1..=10 years → that; else 400.
+pub(crate) fn parse_expiration(field: &str, v: Option<i64>) -> Result<Option<i64>> {
+    match v {
+        None | Some(-1) => Ok(None),
+        Some(n) if (1..=MAX_EXPIRATION_SECS).contains(&n) => Ok(Some(n)),
+        Some(n) if n > 1_000_000_000_000 => Err(ApiError::invalid(format!(
+            "`{field}` is in seconds; {n} only makes sense as nanoseconds (at most {MAX_EXPIRATION_SECS} s)"
+        ))),
+        Some(_) => Err(ApiError::invalid(format!(
+            "`{field}` must be -1 (no expiry) or 1 to {MAX_EXPIRATION_SECS} seconds"
+        ))),
+    }
+}
+
+fn check_hook(hook: Option<&OnPublish>) -> Result<()> {
+    if hook.and_then(|h| h.url.as_ref()).is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            code::NOT_IMPLEMENTED,
+            "the on-publish hook is not yet available in the broker; create the broker without on_publish.url",
+        ));
+    }
+    Ok(())
+}
+
+fn check_limits(limits: Option<&serde_json::Value>) -> Result<Option<String>> {
+    match limits {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => Ok(Some(v.to_string())),
+        Some(_) => Err(ApiError::invalid("`limits` must be a JSON object")),
+    }
+}
+
+/// The caller's broker, or 404.
+pub(crate) async fn find(state: &AppState, auth: &Auth, ns: &str, name: &str) -> Result<Broker> {
+    state
+        .store
+        .get_broker(&auth.account_id, ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("broker"))
+}
+
+async fn list(
+    state: &AppState,
+    auth: &Auth,
+    ns: &str,
+    q: &QueryPairs,
+) -> Result<(Vec<BrokerView>, Option<String>)> {
+    auth.require(Role::Read)?;
+    let (limit, after) = page_params(q, state.config.max_page_size)?;
+    let namespace = super::namespaces::find(state, auth, ns).await?;
+    let page = state
+        .store
+        .list_brokers(&namespace.id, after.as_deref(), limit)
+        .await?;
+    Ok((
+        page.items.into_iter().map(|b| view(state, b)).collect(),
+        page.next_after.as_deref().map(encode_cursor),
+    ))
+}
+
+async fn create(
+    state: &AppState,
+    auth: &Auth,
+    ns: &str,
+    body: BrokerCreate,
+) -> Result<(BrokerView, Option<String>, bool)> {
+    auth.require(Role::Write)?;
+    validate_label("broker", &body.name)?;
+    let description = body.description.unwrap_or_default();
+    validate_description(&description)?;
+    let auth_type = body
+        .auth_type
+        .or(body.auth_type_snake)
+        .unwrap_or_else(|| "TOKEN".into());
+    if auth_type != "TOKEN" {
+        return Err(ApiError::invalid("`authType` must be TOKEN"));
+    }
+    let expiration = parse_expiration("expiration", body.expiration)?;
+    check_hook(body.on_publish.as_ref())?;
+    let limits = check_limits(body.limits.as_ref())?;
+    if let Some(m) = &body.managed_by {
+        m.validate()?;
+    }
+    let namespace = super::namespaces::find(state, auth, ns).await?;
+    let now = state.clock.now_micros();
+    let id = new_id()?;
+    let broker = Broker {
+        id: id.clone(),
+        account_id: auth.account_id.clone(),
+        namespace_id: namespace.id.clone(),
+        namespace_name: namespace.name.clone(),
+        name: body.name,
+        description,
+        auth_type,
+        expiration,
+        on_publish_url: None,
+        limits,
+        managed_by: body.managed_by.as_ref().map(ManagedBy::marker),
+        version: 1,
+        created_at: now,
+        modified_at: now,
+    };
+    let keys = [
+        new_key_record(&state.kek, &id, KeyStatus::Current, now)?,
+        new_key_record(&state.kek, &id, KeyStatus::Next, now)?,
+    ];
+    let secret = new_secret("sbs_")?;
+    match state
+        .store
+        .create_broker(&broker, &hash_secret(&secret), &keys)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            // The operator registers idempotently: the same resource gets the existing broker.
+            if let Some(marker) = &broker.managed_by {
+                if let Some(existing) = state
+                    .store
+                    .get_broker(&auth.account_id, ns, &broker.name)
+                    .await?
+                {
+                    if existing.managed_by.as_deref() == Some(marker.as_str()) {
+                        return Ok((view(state, existing), None, false));
+                    }
+                }
+            }
+            return Err(ApiError::name_taken(format!(
+                "a broker named {:?} already exists in namespace {:?}",
+                broker.name, namespace.name
+            )));
+        }
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("namespace")),
+        Err(e) => return Err(e.into()),
+    }
+    auth.audit(
+        state,
+        "broker.create",
+        &format!("{}/{}", namespace.name, broker.name),
+    )
+    .await;
+    let stored = state
+        .store
+        .get_broker_by_id(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("broker"))?;
+    Ok((view(state, stored), Some(secret), true))
+}
+
+async fn get_one(state: &AppState, auth: &Auth, ns: &str, name: &str) -> Result<BrokerView> {
+    auth.require(Role::Read)?;
+    Ok(view(state, find(state, auth, ns, name).await?))
+}
+
+fn managed_refusal(b: &Broker, headers: &HeaderMap, what: &str) -> Result<()> {
+    let Some(marker) = &b.managed_by else {
+        return Ok(());
+    };
+    let sent = headers.get(MANAGED_BY_HEADER).and_then(|v| v.to_str().ok());
+    if sent == Some(marker.as_str()) {
+        return Ok(());
+    }
+    let resource = ManagedBy::parse(marker)
+        .map(|m| format!("Kubernetes resource {} {}/{}", m.kind, m.namespace, m.name))
+        .unwrap_or_else(|| marker.clone());
+    Err(ApiError::conflict(format!(
+        "broker {:?} is managed by {resource}; {what} it there (kubectl) instead of through the API",
+        b.name
+    )))
+}
+
+async fn patch(
+    state: &AppState,
+    auth: &Auth,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: BrokerPatch,
+) -> Result<BrokerView> {
+    auth.require(Role::Write)?;
+    let mut b = find(state, auth, ns, name).await?;
+    if body.expiration.is_some() || body.on_publish.is_some() || body.limits.is_some() {
+        managed_refusal(&b, headers, "change expiration, limits and onPublish of")?;
+    }
+    if let Some(d) = body.description {
+        validate_description(&d)?;
+        b.description = d;
+    }
+    if let Some(e) = body.expiration {
+        b.expiration = parse_expiration("expiration", e)?;
+    }
+    if let Some(hook) = body.on_publish {
+        check_hook(hook.as_ref())?;
+        b.on_publish_url = None;
+    }
+    if let Some(limits) = body.limits {
+        b.limits = check_limits(limits.as_ref())?;
+    }
+    let stored = match state
+        .store
+        .update_broker(&b, state.clock.now_micros())
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
+        other => other?,
+    };
+    auth.audit(
+        state,
+        "broker.update",
+        &format!("{}/{}", stored.namespace_name, stored.name),
+    )
+    .await;
+    Ok(view(state, stored))
+}
+
+async fn delete(
+    state: &AppState,
+    auth: &Auth,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<()> {
+    auth.require(Role::Write)?;
+    let b = find(state, auth, ns, name).await?;
+    managed_refusal(&b, headers, "delete")?;
+    match state
+        .store
+        .delete_broker(&b.id, state.clock.now_micros())
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
+        other => other?,
+    }
+    auth.audit(
+        state,
+        "broker.delete",
+        &format!("{}/{}", b.namespace_name, b.name),
+    )
+    .await;
+    Ok(())
+}
+
+const P400: &str = "invalid request";
+
+// === native routes ===
+
+/// List the brokers of a namespace.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers",
+    params(
+        ("namespace" = String, Path, description = "namespace name"),
+        ("limit" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "a page of brokers", body = BrokerList),
+        (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such namespace", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_list(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams(ns): PathParams<String>,
+    q: QueryPairs,
+) -> Result<Json<BrokerList>> {
+    let (items, next_cursor) = list(&state, &auth, &ns, &q).await?;
+    Ok(Json(BrokerList { items, next_cursor }))
+}
+
+/// Create a broker; the response carries its secret, shown only this once.
+#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers", request_body = BrokerCreate,
+    params(("namespace" = String, Path, description = "namespace name")),
+    responses(
+        (status = 201, description = "created, with the broker secret", body = BrokerCreated),
+        (status = 200, description = "the operator re-registered its existing broker (no secret)", body = BrokerCreated),
+        (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such namespace", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "name taken", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "on_publish.url given: the hook is not yet available", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_create(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams(ns): PathParams<String>,
+    Body(body): Body<BrokerCreate>,
+) -> Result<(StatusCode, Json<BrokerCreated>)> {
+    let (broker, secret, created) = create(&state, &auth, &ns, body).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(BrokerCreated { broker, secret })))
+}
+
+/// Get a broker.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
+    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "the broker", body = BrokerView),
+        (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+) -> Result<Json<BrokerView>> {
+    Ok(Json(get_one(&state, &auth, &ns, &b).await?))
+}
+
+/// Change a broker's description, expiration, hook or limits.
+#[utoipa::path(patch, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers", request_body = BrokerPatch,
+    params(
+        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("X-Starling-Managed-By" = Option<String>, Header, description = "`Broker/<k8s namespace>/<name>`: the operator changing its own broker"),
+    ),
+    responses(
+        (status = 200, description = "the changed broker", body = BrokerView),
+        (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "operator-managed field", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "on_publish.url given: the hook is not yet available", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_patch(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    Body(body): Body<BrokerPatch>,
+) -> Result<Json<BrokerView>> {
+    Ok(Json(patch(&state, &auth, &ns, &b, &headers, body).await?))
+}
+
+/// Delete a broker (its pods get 410 Gone and disconnect its clients).
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
+    params(
+        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("X-Starling-Managed-By" = Option<String>, Header, description = "`Broker/<k8s namespace>/<name>`: the operator deleting its own broker"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "operator-managed broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    delete(&state, &auth, &ns, &b, &headers).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replace the broker secret; the new one is shown only in this response.
+#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/secret/rotate", tag = "brokers",
+    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "the new secret", body = BrokerSecret),
+        (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_rotate_secret(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+) -> Result<(
+    [(axum::http::HeaderName, &'static str); 1],
+    Json<BrokerSecret>,
+)> {
+    auth.require(Role::Write)?;
+    let broker = find(&state, &auth, &ns, &b).await?;
+    let secret = new_secret("sbs_")?;
+    match state
+        .store
+        .set_broker_secret(&broker.id, &hash_secret(&secret))
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
+        other => other?,
+    }
+    auth.audit(
+        &state,
+        "broker.secret.rotate",
+        &format!("{}/{}", broker.namespace_name, broker.name),
+    )
+    .await;
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(BrokerSecret { secret }),
+    ))
+}
+
+// === compatible routes ===
+
+/// List brokers (Cloudflare-compatible).
+#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers", tag = "compat",
+    params(
+        ("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"),
+        ("per_page" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`result_info.cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "brokers", body = Envelope<Vec<BrokerView>>),
+        (status = 400, description = P400, body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such namespace", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_list(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns)): PathParams<(String, String)>,
+    q: QueryPairs,
+) -> Result<Envelope<Vec<BrokerView>>> {
+    auth.check_account(&account)?;
+    let (items, cursor) = list(&state, &auth, &ns, &q).await?;
+    let count = items.len();
+    Ok(Envelope::page(items, count, cursor))
+}
+
+/// Create a broker (Cloudflare-compatible; a taken name is 400; no secret in the result).
+#[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers", tag = "compat", request_body = BrokerCreate,
+    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name")),
+    responses(
+        (status = 200, description = "created", body = Envelope<BrokerView>),
+        (status = 400, description = "invalid body or name taken", body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such namespace", body = super::EnvelopeError),
+        (status = 413, description = "body too large", body = super::EnvelopeError),
+        (status = 415, description = "not JSON", body = super::EnvelopeError),
+        (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
+        (status = 501, description = "on_publish.url given: the hook is not yet available", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_create(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns)): PathParams<(String, String)>,
+    Body(body): Body<BrokerCreate>,
+) -> Result<Envelope<BrokerView>> {
+    auth.check_account(&account)?;
+    let (broker, _secret, _) = create(&state, &auth, &ns, body).await?;
+    Ok(Envelope::ok(broker))
+}
+
+/// Get a broker (Cloudflare-compatible).
+#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat",
+    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "the broker", body = Envelope<BrokerView>),
+        (status = 400, description = P400, body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such broker", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_get(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns, b)): PathParams<(String, String, String)>,
+) -> Result<Envelope<BrokerView>> {
+    auth.check_account(&account)?;
+    Ok(Envelope::ok(get_one(&state, &auth, &ns, &b).await?))
+}
+
+/// Change a broker (Cloudflare-compatible).
+#[utoipa::path(patch, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat", request_body = BrokerPatch,
+    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "the changed broker", body = Envelope<BrokerView>),
+        (status = 400, description = P400, body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such broker", body = super::EnvelopeError),
+        (status = 409, description = "operator-managed field", body = super::EnvelopeError),
+        (status = 413, description = "body too large", body = super::EnvelopeError),
+        (status = 415, description = "not JSON", body = super::EnvelopeError),
+        (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
+        (status = 501, description = "on_publish.url given: the hook is not yet available", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_patch(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns, b)): PathParams<(String, String, String)>,
+    headers: HeaderMap,
+    Body(body): Body<BrokerPatch>,
+) -> Result<Envelope<BrokerView>> {
+    auth.check_account(&account)?;
+    Ok(Envelope::ok(
+        patch(&state, &auth, &ns, &b, &headers, body).await?,
+    ))
+}
+
+/// Delete a broker (Cloudflare-compatible; result `null`).
+#[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat",
+    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "deleted", body = Envelope<Option<String>>),
+        (status = 400, description = P400, body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such broker", body = super::EnvelopeError),
+        (status = 409, description = "operator-managed broker", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns, b)): PathParams<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Envelope<Option<()>>> {
+    auth.check_account(&account)?;
+    delete(&state, &auth, &ns, &b, &headers).await?;
+    Ok(Envelope::ok(None))
+}

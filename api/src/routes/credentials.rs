@@ -1,0 +1,254 @@
+//! Credentials: `GET .../credentials` issues signed client tokens (both route sets).
+//!
+//! `number` 1–100, `type=TOKEN`, `topicAcl` (`#` or `{"pub":[...],"sub":[...]}`; required on
+//! native routes, missing or empty means `#` on compatible ones), `clientid` (repeatable; ULIDs
+//! otherwise), `expiration` (seconds, `-1`). The broker's `expiration` is a ceiling: a token
+//! expires at the shorter of broker and request, and `-1` gives no `exp` only when the broker
+//! has none (a deliberate difference from Cloudflare, where `-1` overrode the broker). Issuance
+//! is recorded (jti, client id, kid, expiry), never the token.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use starling_token::{Claims, TopicAcl};
+
+use super::{Auth, Envelope, PathParams, QueryPairs};
+use crate::error::{ApiError, Problem, Result};
+use crate::keys::new_id;
+use crate::state::AppState;
+use crate::store::{IssuedCredential, KeyStatus, Role};
+
+/// Tokens per request, at most.
+pub const MAX_NUMBER: u32 = 100;
+/// Longest client id, in bytes (the broker's limit).
+pub const MAX_CLIENT_ID: usize = 64;
+
+type NoStore = [(header::HeaderName, &'static str); 1];
+const NO_STORE: NoStore = [(header::CACHE_CONTROL, "no-store")];
+
+fn parse_acl(raw: Option<&str>, compat: bool) -> Result<TopicAcl> {
+    match raw.map(str::trim) {
+        None | Some("") if compat => Ok(TopicAcl::All),
+        None | Some("") => Err(ApiError::invalid(
+            "`topicAcl` is required: `%23` for every topic, or {\"pub\":[filters],\"sub\":[filters]}",
+        )),
+        Some("#") => Ok(TopicAcl::All),
+        Some(json) => serde_json::from_str::<TopicAcl>(json).map_err(|e| {
+            ApiError::invalid(format!(
+                "`topicAcl` must be \"#\" or {{\"pub\":[...],\"sub\":[...]}}: {e}"
+            ))
+        }),
+    }
+}
+
+fn parse_client_ids(q: &QueryPairs) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in q.all("clientid") {
+        if id.is_empty() || id.len() > MAX_CLIENT_ID || id.chars().any(char::is_control) {
+            return Err(ApiError::invalid(format!(
+                "`clientid` must be 1 to {MAX_CLIENT_ID} bytes without control characters"
+            )));
+        }
+        if ids.iter().any(|x| x == id) {
+            return Err(ApiError::invalid("`clientid` values must be distinct"));
+        }
+        ids.push(id.to_string());
+    }
+    Ok(ids)
+}
+
+/// The `exp` of a token: the shorter of the broker's ceiling and the request.
+pub(crate) fn token_exp(
+    now: i64,
+    broker_ceiling: Option<i64>,
+    requested: Option<i64>,
+) -> Option<i64> {
+    let lifetime = match (broker_ceiling, requested) {
+        (Some(b), Some(r)) => Some(b.min(r)),
+        (Some(b), None) => Some(b),
+        (None, r) => r,
+    };
+    lifetime.map(|l| now.saturating_add(l))
+}
+
+async fn issue(
+    state: &AppState,
+    auth: &Auth,
+    ns: &str,
+    name: &str,
+    q: &QueryPairs,
+    compat: bool,
+) -> Result<BTreeMap<String, String>> {
+    auth.require(Role::Write)?;
+    match q.get("type") {
+        None | Some("TOKEN") | Some("") => {}
+        Some(_) => return Err(ApiError::invalid("`type` must be TOKEN")),
+    }
+    let acl = parse_acl(q.get("topicAcl"), compat)?;
+    let client_ids = parse_client_ids(q)?;
+    let number = q.number::<u32>("number", 1..=MAX_NUMBER)?;
+    let count = match (number, client_ids.len()) {
+        (n, 0) => n.unwrap_or(1) as usize,
+        (None, k) if k <= MAX_NUMBER as usize => k,
+        (Some(n), k) if n as usize == k => k,
+        (None, _) => {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_NUMBER} `clientid` values"
+            )));
+        }
+        (Some(_), _) => {
+            return Err(ApiError::invalid(
+                "`number` must equal the count of `clientid` values when both are given",
+            ));
+        }
+    };
+    let requested = match q.get("expiration") {
+        None | Some("") => None,
+        Some(v) => {
+            let n = v
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("`expiration` must be whole seconds or -1"))?;
+            super::brokers::parse_expiration("expiration", Some(n))?
+        }
+    };
+    let broker = super::brokers::find(state, auth, ns, name).await?;
+    let keys = state.store.list_keys(&broker.id).await?;
+    let record = keys
+        .iter()
+        .find(|k| k.status == KeyStatus::Current)
+        .ok_or_else(|| ApiError::conflict("the broker has no current signing key"))?;
+    let key = state
+        .kek
+        .open(&record.sealed_seed, &broker.id, &record.kid)?;
+    let now = state.clock.now_secs();
+    let exp = token_exp(now, broker.expiration, requested);
+    let mut tokens = BTreeMap::new();
+    let mut issued = Vec::with_capacity(count);
+    for i in 0..count {
+        let sub = client_ids
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| ulid::Ulid::new().to_string());
+        let jti = new_id()?;
+        let claims = Claims {
+            sub: sub.clone(),
+            jti: jti.clone(),
+            iat: now,
+            exp,
+            nbf: None,
+            topic_acl: acl.clone(),
+        };
+        tokens.insert(sub.clone(), key.sign_claims(&claims));
+        issued.push(IssuedCredential {
+            jti,
+            client_id: sub,
+            kid: record.kid.clone(),
+            issued_at: now,
+            expires_at: exp,
+        });
+    }
+    state.store.record_credentials(&broker.id, &issued).await?;
+    state.metrics.tokens_issued.inc_by(count as u64);
+    auth.audit(
+        state,
+        "credentials.issue",
+        &format!("{}/{} x{count}", broker.namespace_name, broker.name),
+    )
+    .await;
+    Ok(tokens)
+}
+
+/// Issue client tokens: `{clientId: jwt}`.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/credentials", tag = "credentials",
+    params(
+        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
+        ("type" = Option<String>, Query, description = "`TOKEN`"),
+        ("topicAcl" = String, Query, description = "`#` (URL-encoded `%23`) or `{\"pub\":[filters],\"sub\":[filters]}`"),
+        ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable); ULIDs are generated otherwise"),
+        ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none (the broker's expiration stays a ceiling)"),
+    ),
+    responses(
+        (status = 200, description = "`{clientId: jwt}`", body = BTreeMap<String, String>, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_issue(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+    q: QueryPairs,
+) -> Result<(NoStore, Json<BTreeMap<String, String>>)> {
+    Ok((
+        NO_STORE,
+        Json(issue(&state, &auth, &ns, &b, &q, false).await?),
+    ))
+}
+
+/// Issue client tokens (Cloudflare-compatible; a missing or empty `topicAcl` means `#`).
+#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/credentials", tag = "compat",
+    params(
+        ("account" = String, Path, description = "account id"),
+        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
+        ("type" = Option<String>, Query, description = "`TOKEN`"),
+        ("topicAcl" = Option<String>, Query, description = "`#`, empty, or `{\"pub\":[filters],\"sub\":[filters]}`"),
+        ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable)"),
+        ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none"),
+    ),
+    responses(
+        (status = 200, description = "`{clientId: jwt}`", body = Envelope<BTreeMap<String, String>>, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "invalid request", body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such broker", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_issue(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns, b)): PathParams<(String, String, String)>,
+    q: QueryPairs,
+) -> Result<(NoStore, Envelope<BTreeMap<String, String>>)> {
+    auth.check_account(&account)?;
+    Ok((
+        NO_STORE,
+        Envelope::ok(issue(&state, &auth, &ns, &b, &q, true).await?),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_expiration_is_a_ceiling() {
+        assert_eq!(token_exp(100, Some(60), Some(30)), Some(130));
+        assert_eq!(token_exp(100, Some(60), Some(600)), Some(160));
+        assert_eq!(
+            token_exp(100, Some(60), None),
+            Some(160),
+            "-1 or absent keeps the ceiling"
+        );
+        assert_eq!(token_exp(100, None, None), None);
+        assert_eq!(token_exp(100, None, Some(5)), Some(105));
+    }
+
+    #[test]
+    fn acl_forms() {
+        assert_eq!(parse_acl(None, true).unwrap(), TopicAcl::All);
+        assert_eq!(parse_acl(Some(""), true).unwrap(), TopicAcl::All);
+        assert!(parse_acl(None, false).is_err());
+        assert_eq!(parse_acl(Some("#"), false).unwrap(), TopicAcl::All);
+        assert!(matches!(
+            parse_acl(Some(r#"{"pub":["a/+"]}"#), false).unwrap(),
+            TopicAcl::Lists { .. }
+        ));
+        assert!(parse_acl(Some("a/b"), true).is_err());
+    }
+}

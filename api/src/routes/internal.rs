@@ -1,0 +1,194 @@
+//! The brokers' state feed: `GET /internal/v1/brokers/{id}/state?since=<version>&wait=<secs>s`,
+//! authenticated by the broker secret (`Authorization: Bearer <secret>`).
+//!
+//! When the broker's version is above `since` (or `since` is absent) the state comes at once;
+//! otherwise the request waits up to `wait` (at most `max_wait_secs`) for a change announced on
+//! the store's feed and answers 304 when nothing changed. A deleted broker answers 410 Gone (so
+//! its pods disconnect its clients); a wrong secret 401. The broker's managed mode is written
+//! against exactly this contract.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use starling_token::Jwks;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{PathParams, QueryPairs, bearer};
+use crate::error::{ApiError, code};
+use crate::keys::{hash_secret, hashes_equal};
+use crate::state::AppState;
+use crate::store::{BrokerState, Revocation};
+
+/// Which broker the state belongs to.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrokerRef {
+    /// Broker id.
+    pub id: String,
+    /// Broker name.
+    pub name: String,
+    /// Namespace name.
+    pub namespace: String,
+}
+
+/// The hook settings in the state.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HookRef {
+    /// The hook URL.
+    pub url: String,
+}
+
+/// A broker's state for its pods.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StateView {
+    /// Increases with every change.
+    pub version: u64,
+    /// The broker.
+    pub broker: BrokerRef,
+    /// Next, current and retiring public keys.
+    #[schema(value_type = super::keys::JwksDoc)]
+    pub jwks: Jwks,
+    /// Live revocations.
+    pub revocations: Vec<Revocation>,
+    /// Broker limits, as set.
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<serde_json::Value>,
+    /// The on-publish hook.
+    pub on_publish: Option<HookRef>,
+    /// Reserved for handing the broker its webhook signing key; always `null` for now.
+    #[schema(value_type = Option<Object>)]
+    pub signing_key: Option<serde_json::Value>,
+}
+
+fn view(s: BrokerState, now: i64) -> StateView {
+    StateView {
+        version: u64::try_from(s.broker.version).unwrap_or(0),
+        jwks: super::keys::live(&s.keys, now),
+        broker: BrokerRef {
+            id: s.broker.id,
+            name: s.broker.name,
+            namespace: s.broker.namespace_name,
+        },
+        revocations: s.revocations,
+        limits: s.broker.limits.and_then(|l| serde_json::from_str(&l).ok()),
+        on_publish: s.broker.on_publish_url.map(|url| HookRef { url }),
+        signing_key: None,
+    }
+}
+
+/// The broker secret from `Authorization: Bearer`.
+pub struct BrokerSecret(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for BrokerSecret {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(BrokerSecret(bearer(parts).map(str::to_string)))
+    }
+}
+
+fn parse_wait(raw: Option<&str>, max: u64) -> Result<Duration, ApiError> {
+    let Some(raw) = raw.filter(|s| !s.is_empty()) else {
+        return Ok(Duration::ZERO);
+    };
+    let digits = raw.strip_suffix('s').unwrap_or(raw);
+    let secs: u64 = digits
+        .parse()
+        .map_err(|_| ApiError::invalid("`wait` must be whole seconds, like 30s"))?;
+    Ok(Duration::from_secs(secs.min(max)))
+}
+
+fn gone() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        code::NOT_FOUND,
+        "the broker was deleted; disconnect its clients",
+    )
+}
+
+/// The broker's state (long-poll).
+#[utoipa::path(get, path = "/internal/v1/brokers/{broker_id}/state", tag = "internal",
+    params(
+        ("broker_id" = String, Path, description = "broker id"),
+        ("since" = Option<u64>, Query, description = "the version the caller has"),
+        ("wait" = Option<String>, Query, description = "how long to wait for a change, like `30s` (at most 60 s)"),
+    ),
+    responses(
+        (status = 200, description = "the state", body = StateView),
+        (status = 304, description = "no change within `wait`"),
+        (status = 400, description = "invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "wrong or missing broker secret", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the broker was deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("broker_secret" = [])))]
+pub async fn state(
+    State(state): State<AppState>,
+    PathParams(broker_id): PathParams<String>,
+    BrokerSecret(secret): BrokerSecret,
+    q: QueryPairs,
+) -> Result<Response, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHENTICATED,
+            "a valid broker secret is required",
+        )
+    };
+    let secret = secret.ok_or_else(unauthorized)?;
+    let since = match q.get("since") {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::invalid("`since` must be a version number"))?,
+        ),
+    };
+    let wait = parse_wait(q.get("wait"), state.config.max_wait_secs)?;
+    let (hash, deleted) = state
+        .store
+        .broker_secret_hash(&broker_id)
+        .await?
+        .ok_or_else(unauthorized)?;
+    if !hashes_equal(&hash, &hash_secret(&secret)) {
+        return Err(unauthorized());
+    }
+    if deleted {
+        return Err(gone());
+    }
+
+    // Subscribe before the first read so that no change slips between read and wait.
+    let mut feed = state.store.changes();
+    let deadline = tokio::time::Instant::now() + wait;
+    state.metrics.long_polls.inc();
+    let result = async {
+        loop {
+            let now = state.clock.now_secs();
+            let Some(current) = state.store.broker_state(&broker_id, now).await? else {
+                return Err(gone());
+            };
+            let version = u64::try_from(current.broker.version).unwrap_or(0);
+            if since.is_none_or(|s| version > s) {
+                return Ok(Json(view(current, now)).into_response());
+            }
+            // Wait for an announcement about this broker (or a possible miss), or the deadline.
+            loop {
+                match tokio::time::timeout_at(deadline, feed.recv()).await {
+                    Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+                    Ok(Ok(id)) if &*id == broker_id.as_str() || &*id == "*" => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(RecvError::Lagged(_))) => break,
+                    Ok(Err(RecvError::Closed)) => {
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    state.metrics.long_polls.dec();
+    result
+}

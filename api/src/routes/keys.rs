@@ -1,0 +1,238 @@
+//! Signing keys: `GET .../publickeys` (next, current and retiring keys, public parts only) and
+//! `POST .../keys/rotate` (next → current, current → retiring until `retire_at`).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use starling_token::{Jwk, Jwks};
+
+use super::{Auth, Envelope, PathParams, QueryPairs, rfc3339_micros};
+use crate::error::{ApiError, Problem, Result};
+use crate::keys::new_key_record;
+use crate::state::AppState;
+use crate::store::{KeyRecord, KeyStatus, Role, StoreError};
+
+/// A JWK as published (schema for the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JwkDoc {
+    /// `OKP`.
+    pub kty: String,
+    /// `Ed25519`.
+    pub crv: String,
+    /// Public key, base64url.
+    pub x: String,
+    /// RFC 7638 thumbprint.
+    pub kid: String,
+    /// `EdDSA`.
+    pub alg: String,
+    /// `sig`.
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// A JWK set (schema for the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JwksDoc {
+    /// Next, current and retiring keys.
+    pub keys: Vec<JwkDoc>,
+}
+
+/// The outcome of a rotation.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// The key that now signs.
+    pub current_kid: String,
+    /// The key published ahead of the next rotation.
+    pub next_kid: String,
+    /// The key that stopped signing and keeps verifying until `retireAt`.
+    pub retiring_kid: Option<String>,
+    /// Unix seconds when the retiring key leaves `/publickeys` and the brokers.
+    pub retire_at: i64,
+    /// `retireAt` as RFC 3339.
+    pub retire_at_rfc3339: String,
+    /// What this means for existing tokens.
+    pub message: String,
+}
+
+/// The public JWK of a stored key.
+pub(crate) fn jwk(k: &KeyRecord) -> Jwk {
+    Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x: k.x.clone(),
+        kid: k.kid.clone(),
+        alg: "EdDSA".into(),
+        use_: "sig".into(),
+    }
+}
+
+/// Keys that still verify at `now`.
+pub(crate) fn live(keys: &[KeyRecord], now: i64) -> Jwks {
+    Jwks {
+        keys: keys
+            .iter()
+            .filter(|k| k.status != KeyStatus::Retiring || k.retire_at.is_some_and(|r| r > now))
+            .map(jwk)
+            .collect(),
+    }
+}
+
+async fn public_keys(state: &AppState, auth: &Auth, ns: &str, b: &str) -> Result<Jwks> {
+    auth.require(Role::Read)?;
+    let broker = super::brokers::find(state, auth, ns, b).await?;
+    let keys = state.store.list_keys(&broker.id).await?;
+    Ok(live(&keys, state.clock.now_secs()))
+}
+
+async fn rotate(
+    state: &AppState,
+    auth: &Auth,
+    ns: &str,
+    b: &str,
+    q: &QueryPairs,
+) -> Result<Rotation> {
+    auth.require(Role::Write)?;
+    let retire_after = q.number::<i64>(
+        "retire_after",
+        0..=crate::routes::brokers::MAX_EXPIRATION_SECS,
+    )?;
+    let broker = super::brokers::find(state, auth, ns, b).await?;
+    let now = state.clock.now_secs();
+    let after = retire_after.unwrap_or_else(|| {
+        broker
+            .expiration
+            .unwrap_or(0)
+            .max(state.config.min_retire_secs)
+    });
+    let retire_at = now.saturating_add(after);
+    let new_next = new_key_record(
+        &state.kek,
+        &broker.id,
+        KeyStatus::Next,
+        state.clock.now_micros(),
+    )?;
+    match state
+        .store
+        .rotate_keys(&broker.id, &new_next, retire_at, now)
+        .await
+    {
+        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
+        other => other?,
+    }
+    auth.audit(
+        state,
+        "keys.rotate",
+        &format!("{}/{}", broker.namespace_name, broker.name),
+    )
+    .await;
+    let keys = state.store.list_keys(&broker.id).await?;
+    let kid_of = |s: KeyStatus| {
+        keys.iter()
+            .filter(|k| k.status == s)
+            .max_by_key(|k| k.retire_at)
+            .map(|k| k.kid.clone())
+    };
+    let retiring = keys
+        .iter()
+        .find(|k| k.status == KeyStatus::Retiring && k.retire_at == Some(retire_at))
+        .map(|k| k.kid.clone());
+    let when = rfc3339_micros(retire_at.saturating_mul(1_000_000));
+    Ok(Rotation {
+        current_kid: kid_of(KeyStatus::Current).unwrap_or_default(),
+        next_kid: kid_of(KeyStatus::Next).unwrap_or_default(),
+        retiring_kid: retiring,
+        retire_at,
+        retire_at_rfc3339: when.clone(),
+        message: format!(
+            "new tokens are signed by the new current key now; the retiring key keeps verifying until {when} and is then removed, \
+             so tokens signed by it (including tokens without exp) stop working then"
+        ),
+    })
+}
+
+/// The broker's public keys (next, current, retiring); never a private part.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "keys",
+    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "JWKS", body = JwksDoc),
+        (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_public_keys(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+) -> Result<Json<Jwks>> {
+    Ok(Json(public_keys(&state, &auth, &ns, &b).await?))
+}
+
+/// Rotate the broker's signing keys.
+#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "keys",
+    params(
+        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("retire_after" = Option<i64>, Query, description = "seconds the retiring key keeps verifying (default: the longer of the broker's expiration and 24 h)", minimum = 0, maximum = 315360000),
+    ),
+    responses(
+        (status = 200, description = "rotated", body = Rotation),
+        (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_rotate(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+    q: QueryPairs,
+) -> Result<Json<Rotation>> {
+    Ok(Json(rotate(&state, &auth, &ns, &b, &q).await?))
+}
+
+/// The broker's public keys (Cloudflare-compatible).
+#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "compat",
+    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    responses(
+        (status = 200, description = "JWKS", body = Envelope<JwksDoc>),
+        (status = 400, description = "invalid request", body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such broker", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_public_keys(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns, b)): PathParams<(String, String, String)>,
+) -> Result<Envelope<Jwks>> {
+    auth.check_account(&account)?;
+    Ok(Envelope::ok(public_keys(&state, &auth, &ns, &b).await?))
+}
+
+/// Rotate the broker's signing keys (Cloudflare-compatible route set).
+#[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "compat",
+    params(
+        ("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("retire_after" = Option<i64>, Query, description = "seconds the retiring key keeps verifying", minimum = 0, maximum = 315360000),
+    ),
+    responses(
+        (status = 200, description = "rotated", body = Envelope<Rotation>),
+        (status = 400, description = "invalid request", body = super::EnvelopeError),
+        (status = 401, description = "no valid API token", body = super::EnvelopeError),
+        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 404, description = "no such broker", body = super::EnvelopeError),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_rotate(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((account, ns, b)): PathParams<(String, String, String)>,
+    q: QueryPairs,
+) -> Result<Envelope<Rotation>> {
+    auth.check_account(&account)?;
+    Ok(Envelope::ok(rotate(&state, &auth, &ns, &b, &q).await?))
+}

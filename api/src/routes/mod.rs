@@ -1,0 +1,610 @@
+//! The HTTP routes: native `/v1/...` (plain JSON, RFC 9457 problems), Cloudflare-compatible
+//! `/client/v4/accounts/{account}/pubsub/...` (the v4 envelope) over the same operations, the
+//! health routes, `/openapi.json`, and the internal listener's routes.
+//!
+//! One file per resource holds its operations and both route sets' handlers with their OpenAPI
+//! annotations. Shared here: authentication, request extractors that turn rejections into
+//! problems, the envelope, name validation, times.
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, Problem, code};
+use crate::keys::hash_secret;
+use crate::state::AppState;
+use crate::store::{AuditEntry, Role};
+
+pub mod accounts;
+pub mod brokers;
+pub mod credentials;
+pub mod health;
+pub mod internal;
+pub mod keys;
+pub mod namespaces;
+pub mod openapi;
+pub mod revocations;
+
+/// The public router: REST (both route sets), `/openapi.json`, `/healthz`, `/readyz`.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let b = "/namespaces/{namespace}/brokers/{broker}";
+    let native = Router::new()
+        .route(
+            "/namespaces",
+            get(namespaces::native_list).post(namespaces::native_create),
+        )
+        .route(
+            "/namespaces/{namespace}",
+            get(namespaces::native_get).delete(namespaces::native_delete),
+        )
+        .route(
+            "/namespaces/{namespace}/brokers",
+            get(brokers::native_list).post(brokers::native_create),
+        )
+        .route(
+            b,
+            get(brokers::native_get)
+                .patch(brokers::native_patch)
+                .delete(brokers::native_delete),
+        )
+        .route(
+            &format!("{b}/secret/rotate"),
+            post(brokers::native_rotate_secret),
+        )
+        .route(&format!("{b}/credentials"), get(credentials::native_issue))
+        .route(&format!("{b}/publickeys"), get(keys::native_public_keys))
+        .route(&format!("{b}/keys/rotate"), post(keys::native_rotate))
+        .route(
+            &format!("{b}/revocations"),
+            get(revocations::native_list)
+                .post(revocations::native_add)
+                .delete(revocations::native_delete),
+        )
+        .route("/accounts", post(accounts::create_account))
+        .route(
+            "/tokens",
+            get(accounts::list_tokens).post(accounts::create_token),
+        )
+        .route(
+            "/tokens/{token_id}",
+            axum::routing::delete(accounts::delete_token),
+        )
+        .route("/audit", get(accounts::list_audit));
+    let compat = Router::new()
+        .route(
+            "/namespaces",
+            get(namespaces::compat_list).post(namespaces::compat_create),
+        )
+        .route(
+            "/namespaces/{namespace}",
+            get(namespaces::compat_get).delete(namespaces::compat_delete),
+        )
+        .route(
+            "/namespaces/{namespace}/brokers",
+            get(brokers::compat_list).post(brokers::compat_create),
+        )
+        .route(
+            b,
+            get(brokers::compat_get)
+                .patch(brokers::compat_patch)
+                .delete(brokers::compat_delete),
+        )
+        .route(&format!("{b}/credentials"), get(credentials::compat_issue))
+        .route(&format!("{b}/publickeys"), get(keys::compat_public_keys))
+        .route(&format!("{b}/keys/rotate"), post(keys::compat_rotate))
+        .route(
+            &format!("{b}/revocations"),
+            get(revocations::compat_list)
+                .post(revocations::compat_add)
+                .delete(revocations::compat_delete),
+        )
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(compat_envelope));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::serve))
+        .nest("/v1", native)
+        .nest("/client/v4/accounts/{account}/pubsub", compat)
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The internal router: the brokers' state feed and `/metrics`. Never exposed by an Ingress.
+pub fn internal_app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/internal/v1/brokers/{broker_id}/state",
+            get(internal::state),
+        )
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::METHOD,
+        "method not allowed on this route",
+    )
+}
+
+/// Counts requests and their latency.
+async fn track(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    state
+        .metrics
+        .requests
+        .get_or_create(&vec![
+            ("method".into(), method.clone()),
+            ("status".into(), status),
+        ])
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&vec![("method".into(), method)])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+// === the v4 envelope ===
+
+/// A successful v4 envelope: `{"result": T, "success": true, "errors": [], "messages": []}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Envelope<T> {
+    /// The result.
+    pub result: T,
+    /// Always `true` here.
+    pub success: bool,
+    /// Always empty here.
+    pub errors: Vec<EnvelopeMessage>,
+    /// Informational messages.
+    pub messages: Vec<EnvelopeMessage>,
+    /// Paging of list results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_info: Option<ResultInfo>,
+}
+
+/// Paging of a list result in the envelope.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ResultInfo {
+    /// Items in this page.
+    pub count: usize,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// An error or message of the envelope.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EnvelopeMessage {
+    /// Stable code.
+    pub code: u32,
+    /// Text.
+    pub message: String,
+}
+
+/// A failed v4 envelope.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EnvelopeError {
+    /// Always `null`.
+    #[schema(value_type = Option<String>)]
+    pub result: Option<()>,
+    /// Always `false`.
+    pub success: bool,
+    /// What went wrong.
+    pub errors: Vec<EnvelopeMessage>,
+    /// Always empty.
+    pub messages: Vec<EnvelopeMessage>,
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// Wraps a result.
+    pub fn ok(result: T) -> Self {
+        Self {
+            result,
+            success: true,
+            errors: Vec::new(),
+            messages: Vec::new(),
+            result_info: None,
+        }
+    }
+
+    /// Wraps a page of a list.
+    pub fn page(result: T, count: usize, cursor: Option<String>) -> Self {
+        Self {
+            result_info: Some(ResultInfo { count, cursor }),
+            ..Self::ok(result)
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Envelope<T> {
+    fn into_response(self) -> Response {
+        Json(self).into_response()
+    }
+}
+
+/// Turns problem responses of the compatible routes into v4 envelopes; name conflicts become
+/// 400 there, as at Cloudflare.
+async fn compat_envelope(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<Problem>(&bytes) {
+        Ok(p) => (p.code, p.detail),
+        Err(_) => (code::INTERNAL, "internal error".to_string()),
+    };
+    if code == code::NAME_TAKEN {
+        parts.status = StatusCode::BAD_REQUEST;
+    }
+    let envelope = EnvelopeError {
+        result: None,
+        success: false,
+        errors: vec![EnvelopeMessage { code, message }],
+        messages: Vec::new(),
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::to_vec(&envelope).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+// === authentication ===
+
+/// The caller, from `Authorization: Bearer <API token>`.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// The API token's id (the audit log's actor).
+    pub token_id: String,
+    /// The account the token acts for.
+    pub account_id: String,
+    /// What it may do.
+    pub role: Role,
+    /// The bootstrap token may also create accounts.
+    pub system: bool,
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
+        let record = state
+            .store
+            .find_api_token(&hash_secret(token))
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        Ok(Auth {
+            token_id: record.id,
+            account_id: record.account_id,
+            role: record.role,
+            system: record.system,
+        })
+    }
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl Auth {
+    /// Refuses callers below `role` (403).
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(role.as_str()))
+        }
+    }
+
+    /// On compatible routes the path names the account: another account's path is 404.
+    pub fn check_account(&self, account: &str) -> Result<(), ApiError> {
+        if self.account_id == account.to_ascii_lowercase() {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("account"))
+        }
+    }
+
+    /// Appends to the audit log; a failure to write it is logged, not returned (the change
+    /// itself is done).
+    pub async fn audit(&self, state: &AppState, action: &str, target: &str) {
+        let entry = AuditEntry {
+            id: ulid::Ulid::new().to_string(),
+            account_id: self.account_id.clone(),
+            actor: self.token_id.clone(),
+            action: action.to_string(),
+            target: target.to_string(),
+            at: state.clock.now_micros(),
+        };
+        if let Err(e) = state.store.audit(&entry).await {
+            tracing::error!(error = %e, action, target, "audit log write failed");
+        }
+    }
+}
+
+// === extractors ===
+
+/// A JSON body whose rejections become problems (400, 413, 415).
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    code::TOO_LARGE
+                } else {
+                    code::INVALID
+                };
+                Err(ApiError::new(status, code, rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// Path parameters whose rejections become problems.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|r| ApiError::invalid(r.body_text()))
+    }
+}
+
+/// The query string as decoded pairs, keeping repeated keys. `+` stays `+` (topic filters use
+/// it, and clients often send filters unencoded); `%2B` also decodes to `+`.
+#[derive(Debug, Default)]
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(q) = parts.uri.query() else {
+            return Ok(QueryPairs::default());
+        };
+        let mut pairs = Vec::new();
+        for item in q.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            let k = percent_decode(k).ok_or_else(|| {
+                ApiError::invalid("query string is not valid percent-encoded UTF-8")
+            })?;
+            let v = percent_decode(v).ok_or_else(|| {
+                ApiError::invalid("query string is not valid percent-encoded UTF-8")
+            })?;
+            pairs.push((k, v));
+        }
+        Ok(QueryPairs(pairs))
+    }
+}
+
+impl QueryPairs {
+    /// The last value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, in order.
+    pub fn all(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `key` parsed as a number in `range`, or 400 naming the key.
+    pub fn number<T>(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<Option<T>, ApiError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.parse::<T>() {
+                Ok(n) if range.contains(&n) => Ok(Some(n)),
+                _ => Err(ApiError::invalid(format!(
+                    "`{key}` must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ))),
+            },
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+// === shared validation and formatting ===
+
+/// Checks an RFC 1035 label: 1–63 characters, letters, digits and `-`, starting with a letter and
+/// not ending with `-` (compared case-insensitively).
+pub fn validate_label(kind: &str, name: &str) -> Result<(), ApiError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{kind} name must be an RFC 1035 label: 1 to 63 letters, digits or '-', starting with a letter and not ending with '-'"
+        )))
+    }
+}
+
+/// Checks a free-text description (at most 1024 characters, no control characters).
+pub fn validate_description(text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > 1024
+        || text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ApiError::invalid(
+            "description must be at most 1024 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 3339 with microseconds and `Z`, as Cloudflare wrote times.
+pub fn rfc3339_micros(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            frac
+        ),
+        Err(_) => "1970-01-01T00:00:00.000000Z".into(),
+    }
+}
+
+/// Encodes a list cursor (the last lowercase name of a page).
+pub fn encode_cursor(after: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(after)
+}
+
+/// Decodes a list cursor, or 400.
+pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<String>, ApiError> {
+    use base64::Engine as _;
+    match cursor {
+        None | Some("") => Ok(None),
+        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("`cursor` is not a cursor this api returned")),
+    }
+}
+
+/// `limit` and `cursor` from the query (native) or `per_page` and `cursor` (compatible).
+pub fn page_params(q: &QueryPairs, max: u32) -> Result<(u32, Option<String>), ApiError> {
+    let limit = match q.number::<u32>("limit", 1..=max)? {
+        Some(l) => l,
+        None => q.number::<u32>("per_page", 1..=max)?.unwrap_or(max),
+    };
+    Ok((limit, decode_cursor(q.get("cursor"))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_rfc_1035() {
+        for ok in ["a", "home", "a-1", "A1", &"a".repeat(63)] {
+            assert!(validate_label("namespace", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1a", "-a", "a-", "a_b", "a.b", &"a".repeat(64), "é"] {
+            assert!(validate_label("namespace", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_have_microseconds_and_z() {
+        assert_eq!(
+            rfc3339_micros(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.123456Z"
+        );
+    }
+
+    #[test]
+    fn percent_decoding_keeps_plus() {
+        assert_eq!(percent_decode("a/+/%23").as_deref(), Some("a/+/#"));
+        assert_eq!(percent_decode("%zz"), None);
+    }
+}
