@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::files::TenantFiles;
 use crate::transport::config::{ListenerTlsSettings, TlsSettings, WsSettings};
 
 /// The prefix of environment variables that override configuration keys.
@@ -134,11 +135,46 @@ pub enum AuthMode {
 }
 
 /// Authentication settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The default mode of listeners.
     pub mode: AuthMode,
+    /// `--jwks`: the JWKS file of a single tenant called `default`.
+    pub jwks: Option<PathBuf>,
+    /// `--revocations`: revoked token ids of that tenant, one per line.
+    pub revocations: Option<PathBuf>,
+    /// Tenants from files, each with its own key set (the token's `kid` picks the tenant).
+    pub tenants: Vec<TenantFiles>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub clock_skew_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            jwks: None,
+            revocations: None,
+            tenants: Vec::new(),
+            clock_skew_secs: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Every tenant from files: `[[auth.tenants]]` plus `default` from `jwks`/`revocations`.
+    pub fn file_tenants(&self) -> Vec<TenantFiles> {
+        let mut all = self.tenants.clone();
+        if let Some(jwks) = &self.jwks {
+            all.push(TenantFiles {
+                name: "default".into(),
+                jwks: jwks.clone(),
+                revocations: self.revocations.clone(),
+            });
+        }
+        all
+    }
 }
 
 /// Graceful shutdown settings.
@@ -382,6 +418,10 @@ pub struct Overrides {
     pub tls_client_ca: Option<PathBuf>,
     /// `--dev-tls DIR`: `[tls] dev_tls`.
     pub dev_tls: Option<PathBuf>,
+    /// `--jwks FILE`.
+    pub jwks: Option<PathBuf>,
+    /// `--revocations FILE`.
+    pub revocations: Option<PathBuf>,
 }
 
 /// A configuration that could not be loaded; every problem is listed.
@@ -444,6 +484,12 @@ impl Config {
         if let Some(http) = overrides.http {
             config.http.bind = http;
         }
+        if let Some(jwks) = &overrides.jwks {
+            config.auth.jwks = Some(jwks.clone());
+        }
+        if let Some(revocations) = &overrides.revocations {
+            config.auth.revocations = Some(revocations.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -488,6 +534,23 @@ impl Config {
         }
         if l.connect_timeout.is_zero() {
             problems.push("limits.connect_timeout_secs must be at least 1".into());
+        }
+        let token_listeners = self
+            .listeners
+            .iter()
+            .any(|l| l.auth.unwrap_or(self.auth.mode) == AuthMode::Token);
+        if token_listeners && self.auth.file_tenants().is_empty() {
+            problems
+                .push("token authentication needs keys: --jwks FILE or [[auth.tenants]]".into());
+        }
+        if self.auth.revocations.is_some() && self.auth.jwks.is_none() {
+            problems.push("auth.revocations needs auth.jwks (--jwks FILE)".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in self.auth.file_tenants() {
+            if !names.insert(t.name.clone()) {
+                problems.push(format!("auth: tenant `{}` is configured twice", t.name));
+            }
         }
         for (i, listener) in self.listeners.iter().enumerate() {
             if listener.max_connections == 0 {
@@ -608,6 +671,7 @@ mod tests {
         let flags = Overrides {
             http: Some("127.0.0.1:3000".parse().unwrap()),
             auth: Some(AuthMode::Token),
+            jwks: Some("/etc/starling/jwks.json".into()),
             ..flags_with_listener()
         };
         let c = Config::load(Some(file), [], &flags).unwrap();

@@ -16,10 +16,10 @@ use tokio::time::Instant;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use starling_codec::{
-    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Direction,
-    Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion, PubAck, PubComp, PubRec,
-    PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe, topic,
+    AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
+    Direction, Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion, PubAck,
+    PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe, topic,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
@@ -186,10 +186,14 @@ where
         will: started.will,
         will_delay: started.will_delay,
         connect_expiry_was_zero: started.connect_expiry_was_zero,
+        auth_method: started.auth_method,
+        credential_deadline: None,
+        rate: RateLimiter::new(&tenant.limits),
         scratch: Vec::new(),
         batch: Vec::with_capacity(TAKE_BATCH),
         more_queued: true,
     };
+    conn.credential_deadline = credential_deadline(&conn.auth);
     conn.wbuf.extend_from_slice(&started.connack);
     conn.resend_inflight();
     let close = conn.run().await;
@@ -280,6 +284,7 @@ struct Started {
     will: Option<Arc<Message>>,
     will_delay: u32,
     connect_expiry_was_zero: bool,
+    auth_method: Option<MqttString>,
     connack: BytesMut,
 }
 
@@ -392,6 +397,7 @@ async fn accept_connect<IO>(
     }
     state.expiry_interval = expiry;
     let generation = session.attach(cancel.clone(), kick_reason.clone());
+    session.set_credential_jti(auth.credential.as_ref().map(|c| c.jti.clone()));
 
     // Keep alive, with Server Keep Alive in v5 [MQTT-3.1.2-21].
     let mut keep_alive = connect.keep_alive;
@@ -492,6 +498,7 @@ async fn accept_connect<IO>(
         will,
         will_delay,
         connect_expiry_was_zero: asked_expiry == 0,
+        auth_method: connect.properties.authentication_method.clone(),
         connack,
     })
 }
@@ -548,6 +555,11 @@ struct Connection<IO> {
     will: Option<Arc<Message>>,
     will_delay: u32,
     connect_expiry_was_zero: bool,
+    /// The CONNECT's Authentication Method; AUTH is a protocol error without one.
+    auth_method: Option<MqttString>,
+    /// When the credential expires (its `exp` plus the clock skew).
+    credential_deadline: Option<Instant>,
+    rate: RateLimiter,
     scratch: Vec<Routed>,
     batch: Vec<Delivery>,
     /// The outbox may hold deliveries this connection has not taken yet.
@@ -584,7 +596,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 biased;
                 _ = self.cancel.cancelled() => {
                     let reason = *self.kick_reason.lock();
-                    return Close { reason, send: true, will: true, what: "closed by the broker" };
+                    // The will of a session ended by revocation is discarded.
+                    let will = reason != ReasonCode::NOT_AUTHORIZED;
+                    return Close { reason, send: true, will, what: "closed by the broker" };
                 }
                 _ = self.ctx.shutdown.cancelled() => {
                     return Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: true, will: true, what: "server shutting down" };
@@ -601,6 +615,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 },
                 _ = std::future::ready(()), if ready_to_send => {}
                 _ = self.session.notified(), if !ready_to_send => { self.more_queued = true; }
+                _ = sleep_until_opt(self.credential_deadline) => {
+                    // The token expired: 0xA0, and its will is discarded.
+                    self.ctx.metrics.auth_failures.get_or_create(&CodeLabels { reason: "expired_while_connected" }).inc();
+                    return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, will: false, what: "credential expired" };
+                }
                 _ = sleep_until_opt(keep_alive_deadline) => {
                     // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
                     return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
@@ -664,6 +683,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        if matches!(
+            packet,
+            Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_)
+        ) && !self.rate.allow(Instant::now())
+        {
+            return Err(Close::protocol(
+                ReasonCode::MESSAGE_RATE_TOO_HIGH,
+                "more PUBLISH, SUBSCRIBE and UNSUBSCRIBE packets per second than allowed",
+            ));
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
@@ -692,11 +721,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 Ok(())
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
-            // [MQTT-4.12.0-?] AUTH without an Authentication Method in CONNECT.
-            Packet::Auth(_) => Err(Close::protocol(
-                ReasonCode::PROTOCOL_ERROR,
-                "AUTH without authentication method",
-            )),
+            Packet::Auth(a) => self.on_auth(a),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
             Packet::Connect(_) => Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.1.0-2")),
             // Server-to-client packets are refused by the decoder; this is a backstop.
@@ -843,6 +868,85 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         // Our own outbox may have got something (a subscription matching our own publish).
         self.more_queued = true;
         Ok(())
+    }
+
+    /// AUTH re-authentication with a fresh token [MQTT-4.12.1].
+    fn on_auth(&mut self, a: Auth) -> Result<(), Close> {
+        let Some(method) = self.auth_method.clone() else {
+            // [MQTT-4.12.0-?] AUTH on a connection whose CONNECT had no Authentication Method.
+            return Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH without an authentication method in CONNECT",
+            ));
+        };
+        if a.properties.authentication_method.as_ref() != Some(&method) {
+            // [MQTT-4.12.1-1] the method must be the one of CONNECT; breaking that is a protocol
+            // error (0x8C, bad authentication method, is not a DISCONNECT reason code, Table 3-10).
+            return Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "authentication method differs from CONNECT's",
+            ));
+        }
+        if a.reason != ReasonCode::RE_AUTHENTICATE {
+            return Err(Close::protocol(
+                ReasonCode::PROTOCOL_ERROR,
+                "AUTH from a client must be a re-authentication (0x19)",
+            ));
+        }
+        let data = a.properties.authentication_data.clone().unwrap_or_default();
+        let next = match self
+            .ctx
+            .auth
+            .reauthenticate(&self.auth, method.as_str(), &data)
+        {
+            Ok(next) => next,
+            Err(r) => {
+                // DISCONNECT has neither 0x86 nor 0x8C: a refused credential is "not authorized".
+                return Err(Close {
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    send: true,
+                    will: false,
+                    what: r.label,
+                });
+            }
+        };
+        self.auth = next;
+        self.session
+            .set_credential_jti(self.auth.credential.as_ref().map(|c| c.jti.clone()));
+        self.credential_deadline = credential_deadline(&self.auth);
+        self.drop_forbidden_subscriptions();
+        self.send(&Packet::Auth(Auth {
+            reason: ReasonCode::SUCCESS,
+            properties: AuthProperties {
+                authentication_method: Some(method),
+                ..Default::default()
+            },
+        }));
+        Ok(())
+    }
+
+    /// Removes the subscriptions the current permissions no longer allow.
+    fn drop_forbidden_subscriptions(&mut self) {
+        let tenant = self.auth.tenant.clone();
+        let forbidden: Vec<MqttString> = self
+            .state
+            .subscriptions
+            .keys()
+            .filter(|full| {
+                !self
+                    .auth
+                    .permissions
+                    .may_subscribe(split_shared(full.as_str()).1)
+            })
+            .cloned()
+            .collect();
+        for full in forbidden {
+            let (group, filter) = split_shared(full.as_str());
+            if tenant.router.unsubscribe(self.session.id, filter, group) {
+                self.ctx.metrics.subscriptions.dec();
+            }
+            self.state.subscriptions.remove(&full);
+        }
     }
 
     fn on_pubrel(&mut self, r: PubRel) {
@@ -1253,6 +1357,62 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             });
         }
         drop(self.state);
+    }
+}
+
+/// `$share/{group}/{filter}` split into the group and the filter; other filters unchanged.
+fn split_shared(full: &str) -> (Option<&str>, &str) {
+    match topic::parse_shared(full) {
+        Ok(Some((g, f))) => (Some(g), f),
+        _ => (None, full),
+    }
+}
+
+/// When a connection's credential stops being valid.
+fn credential_deadline(auth: &Authenticated) -> Option<Instant> {
+    let ends_at = auth.credential.as_ref()?.ends_at?;
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(ends_at).unwrap_or(0));
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left)
+}
+
+/// PUBLISH, SUBSCRIBE and UNSUBSCRIBE packets per second, with a burst (a token bucket).
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(limits: &Limits) -> Self {
+        let burst = f64::from(limits.publish_burst)
+            .max(limits.max_publish_rate)
+            .max(1.0);
+        RateLimiter {
+            rate: limits.max_publish_rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 

@@ -20,6 +20,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// Keys or revocations could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::files::FileError),
     /// A listener kind this build cannot serve with the given configuration.
     #[error("{} listeners are not available: {reason}", .kind.as_str())]
     Listener {

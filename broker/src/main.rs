@@ -47,6 +47,12 @@ struct Flags {
     /// trust DIR/ca.pem.
     #[arg(long, value_name = "DIR")]
     dev_tls: Option<PathBuf>,
+    /// Public keys of the tenant `default` (JWKS, OKP/Ed25519 keys with kid), reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// Revoked token ids (jti) of the tenant `default`, one per line, reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    revocations: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -78,6 +84,8 @@ fn main() -> anyhow::Result<()> {
         tls_key: flags.tls_key.clone(),
         tls_client_ca: flags.tls_client_ca.clone(),
         dev_tls: flags.dev_tls.clone(),
+        jwks: flags.jwks.clone(),
+        revocations: flags.revocations.clone(),
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     init_tracing(config.log.format);

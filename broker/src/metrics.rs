@@ -70,6 +70,8 @@ pub struct Metrics {
     pub connects: Counter,
     /// CONNECTs refused, by reason.
     pub connects_refused: Family<CodeLabels, Counter>,
+    /// Credentials refused, by reason (`bad_signature`, `expired`, `revoked`, ...).
+    pub auth_failures: Family<CodeLabels, Counter>,
     /// Connections closed by the broker because of a protocol error, by reason.
     pub protocol_errors: Family<CodeLabels, Counter>,
     /// PUBLISH packets received from clients, by QoS.
@@ -102,6 +104,7 @@ impl Metrics {
             sockets_accepted: Counter::default(),
             connects: Counter::default(),
             connects_refused: Family::default(),
+            auth_failures: Family::default(),
             protocol_errors: Family::default(),
             messages_in: Family::default(),
             messages_out: Family::default(),
@@ -129,6 +132,11 @@ impl Metrics {
             "connects_refused",
             "CONNECTs refused, by reason",
             m.connects_refused.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Credentials refused, by reason",
+            m.auth_failures.clone(),
         );
         registry.register(
             "protocol_errors",

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::{Authenticator, NoAuth};
+use crate::auth::directory::Directory;
+use crate::auth::token::TokenAuth;
+use crate::auth::{Authenticator, NoAuth, files};
 use crate::config::{AuthMode, Config, ListenerConfig, ListenerKind};
 use crate::connection::{self, ConnectionContext};
 use crate::error::{Error, Result};
@@ -36,6 +38,8 @@ pub struct RunningBroker {
     pub default_tenant: Arc<Tenant>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The tenants of token-authenticating listeners.
+    pub directory: Arc<Directory>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -55,6 +59,17 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     let tracker = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
     let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::new(default_tenant.clone()));
+    let directory = Arc::new(Directory::new((*limits).clone(), metrics.clone()));
+    let file_tenants = config.auth.file_tenants();
+    files::load_all(&directory, &file_tenants)?;
+    let token_auth: Arc<dyn Authenticator> = Arc::new(TokenAuth::new(
+        directory.clone(),
+        config.auth.clock_skew_secs,
+        metrics.clone(),
+    ));
+    if !file_tenants.is_empty() {
+        tokio::spawn(files::watch(directory.clone(), file_tenants, stop.clone()));
+    }
 
     let mut tls = TlsListeners::new(&config.tls)?;
     let mut bound = Vec::new();
@@ -63,12 +78,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         let mode = listener.auth.unwrap_or(config.auth.mode);
         let auth = match mode {
             AuthMode::None => no_auth.clone(),
-            AuthMode::Token => {
-                return Err(Error::Listener {
-                    kind: listener.kind,
-                    reason: "token authentication is not configured",
-                });
-            }
+            AuthMode::Token => token_auth.clone(),
         };
         let transport = Arc::new(tls.transport_config(
             listener.kind,
@@ -145,6 +155,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         http: http_addr,
         default_tenant,
         metrics,
+        directory,
         ready,
         stop,
         tracker,

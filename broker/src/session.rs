@@ -54,6 +54,8 @@ pub struct Session {
     generation: AtomicU64,
     /// Cancels the connection currently serving the session (takeover, revocation).
     kick: Mutex<Option<(CancellationToken, Arc<Mutex<ReasonCode>>)>>,
+    /// The token id of the serving connection's credential, for revocation sweeps.
+    credential_jti: Mutex<Option<Arc<str>>>,
     /// The state a connection owns while it serves the session.
     pub state: Arc<tokio::sync::Mutex<SessionState>>,
 }
@@ -150,6 +152,7 @@ impl Session {
             connected: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             kick: Mutex::new(None),
+            credential_jti: Mutex::new(None),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
         })
     }
@@ -257,6 +260,16 @@ impl Session {
     /// Invalidates timers and marks the end of the session.
     pub fn bump_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Records the token id of the serving connection's credential.
+    pub fn set_credential_jti(&self, jti: Option<Arc<str>>) {
+        *self.credential_jti.lock() = jti;
+    }
+
+    /// The token id of the serving connection's credential.
+    pub fn credential_jti(&self) -> Option<Arc<str>> {
+        self.credential_jti.lock().clone()
     }
 
     /// Asks the connection serving the session (if any) to close with `reason`.

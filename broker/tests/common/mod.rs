@@ -3,6 +3,8 @@
 //! answers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tokens;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

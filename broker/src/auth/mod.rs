@@ -1,8 +1,16 @@
-//! The authentication step of CONNECT, behind a trait so token authentication (and later the
-//! control plane) plug in without touching the connection code.
+//! The authentication step of CONNECT (and of AUTH re-authentication), behind a trait so the
+//! connection code does not know where credentials come from.
+//!
+//! - [`NoAuth`]: `--auth none`, one tenant, everything allowed.
+//! - [`token::TokenAuth`]: Starling tokens (Ed25519 JWTs); the token's `kid` picks the tenant in a
+//!   [`directory::Directory`] that files ([`files`]) or the control plane keep up to date.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+pub mod directory;
+pub mod files;
+pub mod token;
 
 use starling_codec::{Connect, ReasonCode};
 
@@ -51,6 +59,19 @@ pub struct Authenticated {
     pub bound_client_id: Option<String>,
     /// What it may do.
     pub permissions: Arc<dyn Permissions>,
+    /// The token it was let in with, if any.
+    pub credential: Option<Credential>,
+}
+
+/// What the broker remembers of a connection's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The token id, for revocation.
+    pub jti: Arc<str>,
+    /// The client id the token is bound to.
+    pub sub: String,
+    /// When the connection must end, unix seconds (the token's `exp` plus the clock skew).
+    pub ends_at: Option<i64>,
 }
 
 /// A refused CONNECT.
@@ -63,10 +84,32 @@ pub struct Refusal {
     pub label: &'static str,
 }
 
+impl Refusal {
+    /// A refusal with a reason code and a metric label.
+    pub const fn new(reason: ReasonCode, label: &'static str) -> Self {
+        Refusal { reason, label }
+    }
+}
+
 /// The authentication step.
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
     /// Checks a CONNECT. Must not block: it runs on the connection's task.
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Result<Authenticated, Refusal>;
+
+    /// Checks an AUTH re-authentication (reason 0x19) of a connection let in as `current`
+    /// with Authentication Method `method` and Authentication Data `data`.
+    fn reauthenticate(
+        &self,
+        current: &Authenticated,
+        method: &str,
+        data: &[u8],
+    ) -> Result<Authenticated, Refusal> {
+        let _ = (current, method, data);
+        Err(Refusal::new(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "reauthentication_unsupported",
+        ))
+    }
 }
 
 /// `--auth none`: everyone into one tenant, everything allowed.
@@ -88,6 +131,16 @@ impl Authenticator for NoAuth {
             tenant: self.tenant.clone(),
             bound_client_id: None,
             permissions: Arc::new(AllowAll),
+            credential: None,
         })
+    }
+
+    fn reauthenticate(
+        &self,
+        current: &Authenticated,
+        _method: &str,
+        _data: &[u8],
+    ) -> Result<Authenticated, Refusal> {
+        Ok(current.clone())
     }
 }

@@ -1,0 +1,177 @@
+//! The tenants a token-authenticating broker serves, with their keys and revocations.
+//!
+//! One interface for every source of that data: files ([`super::files`]) today, the control
+//! plane's state feed in managed mode. A source calls [`Directory::apply`] with a tenant's
+//! complete state whenever it changes; the directory swaps the tenant's key set and revocation
+//! list in place and disconnects live sessions whose token was revoked (0x87).
+//!
+//! Concurrency: lookups (every CONNECT) take a read lock on a small map and clone `Arc`s; a
+//! change takes the write lock for the swap only.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use starling_codec::ReasonCode;
+use starling_token::{Jwks, TokenError, Verifier};
+use tracing::{info, warn};
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::tenant::Tenant;
+
+/// Everything a source knows about one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct TenantState {
+    /// The public keys whose `kid`s select this tenant.
+    pub jwks: Jwks,
+    /// Revoked token ids.
+    pub revoked: HashSet<String>,
+}
+
+/// One tenant's current keys and revocations.
+#[derive(Debug)]
+pub struct TenantAuth {
+    /// The tenant.
+    pub tenant: Arc<Tenant>,
+    verifier: RwLock<Arc<Verifier>>,
+    kids: RwLock<Vec<String>>,
+    revoked: RwLock<Arc<HashSet<String>>>,
+}
+
+impl TenantAuth {
+    /// The current key set.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier.read().clone()
+    }
+
+    /// Whether `jti` is revoked.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.read().contains(jti)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tenants: HashMap<String, Arc<TenantAuth>>,
+    by_kid: HashMap<String, Arc<TenantAuth>>,
+}
+
+/// The tenants of a token-authenticating broker.
+#[derive(Debug)]
+pub struct Directory {
+    inner: RwLock<Inner>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl Directory {
+    /// An empty directory; tenants appear with their first [`Directory::apply`].
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Directory {
+            inner: RwLock::new(Inner::default()),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Sets the complete state of tenant `name` (creating it when new) and disconnects its live
+    /// sessions whose token id is now revoked, with reason 0x87.
+    pub fn apply(&self, name: &str, state: &TenantState) -> Result<(), TokenError> {
+        let verifier = Arc::new(Verifier::new(&state.jwks)?);
+        let revoked = Arc::new(state.revoked.clone());
+        let kids: Vec<String> = state.jwks.keys.iter().map(|k| k.kid.clone()).collect();
+        let entry = {
+            let mut inner = self.inner.write();
+            let entry = match inner.tenants.get(name) {
+                Some(e) => {
+                    *e.verifier.write() = verifier;
+                    *e.kids.write() = kids;
+                    *e.revoked.write() = revoked.clone();
+                    e.clone()
+                }
+                None => {
+                    let e = Arc::new(TenantAuth {
+                        tenant: Tenant::new(name, self.limits.clone(), self.metrics.clone()),
+                        verifier: RwLock::new(verifier),
+                        kids: RwLock::new(kids),
+                        revoked: RwLock::new(revoked.clone()),
+                    });
+                    inner.tenants.insert(name.to_string(), e.clone());
+                    info!(tenant = name, "tenant added");
+                    e
+                }
+            };
+            rebuild_kids(&mut inner);
+            entry
+        };
+        self.disconnect_revoked(&entry, &revoked);
+        Ok(())
+    }
+
+    /// Removes tenant `name` and disconnects every client of it (0x87).
+    pub fn remove(&self, name: &str) -> bool {
+        let removed = {
+            let mut inner = self.inner.write();
+            let removed = inner.tenants.remove(name);
+            rebuild_kids(&mut inner);
+            removed
+        };
+        match removed {
+            Some(entry) => {
+                for session in entry.tenant.sessions() {
+                    session.kick(ReasonCode::NOT_AUTHORIZED);
+                }
+                info!(tenant = name, "tenant removed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The tenant whose key set has `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<Arc<TenantAuth>> {
+        self.inner.read().by_kid.get(kid).cloned()
+    }
+
+    /// The tenant called `name`.
+    pub fn tenant(&self, name: &str) -> Option<Arc<TenantAuth>> {
+        self.inner.read().tenants.get(name).cloned()
+    }
+
+    /// Names of every tenant.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.read().tenants.keys().cloned().collect()
+    }
+
+    fn disconnect_revoked(&self, entry: &TenantAuth, revoked: &HashSet<String>) {
+        if revoked.is_empty() {
+            return;
+        }
+        for session in entry.tenant.sessions() {
+            if let Some(jti) = session.credential_jti() {
+                if revoked.contains(&*jti) {
+                    session.kick(ReasonCode::NOT_AUTHORIZED);
+                }
+            }
+        }
+    }
+}
+
+fn rebuild_kids(inner: &mut Inner) {
+    inner.by_kid.clear();
+    let Inner { tenants, by_kid } = inner;
+    for (name, entry) in tenants.iter() {
+        for kid in entry.kids.read().iter() {
+            if let Some(other) = by_kid.insert(kid.clone(), entry.clone()) {
+                if !Arc::ptr_eq(&other, entry) {
+                    warn!(
+                        kid = kid.as_str(),
+                        tenant = name.as_str(),
+                        "a key id is in the key sets of two tenants"
+                    );
+                }
+            }
+        }
+    }
+}
