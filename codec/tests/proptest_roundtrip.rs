@@ -102,3 +102,35 @@ fn a_stream_decodes_the_same_cut_at_any_byte() {
         }
     }
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_what_decodes_round_trips() {
+    let strategy = (
+        0..roundtrip::CONFIGS.len(),
+        proptest::collection::vec(any::<u8>(), 0..300),
+        any::<prop::sample::Index>(),
+    );
+    proptest!(ProptestConfig::with_cases(2000), |((config, bytes, cut) in strategy)| {
+        let (dir, version) = roundtrip::CONFIGS[config];
+        roundtrip::check_input(dir, version, &bytes, cut.index(bytes.len() + 1));
+    });
+}
+
+#[test]
+fn corrupted_valid_packets_never_panic_and_what_decodes_round_trips() {
+    for v in ALL {
+        for dir in BOTH {
+            let strategy = (
+                strategies::packet(v, dir),
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+            );
+            proptest!(ProptestConfig::with_cases(300), |((p, at, byte) in strategy)| {
+                let mut bytes = common::encode(&p, v);
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+                roundtrip::check_input(dir, Some(v), &bytes, i);
+            });
+        }
+    }
+}
