@@ -75,7 +75,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_page_size: 100,
             max_wait_secs: 60,
-            janitor_interval_secs: 30,
+            janitor_interval_secs: 5,
             min_retire_secs: 86_400,
         }
     }

@@ -470,7 +470,7 @@ const P400: &str = "invalid request";
 /// List the brokers of a namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers",
     params(
-        ("namespace" = String, Path, description = "namespace name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"),
         ("limit" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
     ),
@@ -494,7 +494,7 @@ pub async fn native_list(
 
 /// Create a broker; the response carries its secret, shown only this once.
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers", request_body = BrokerCreate,
-    params(("namespace" = String, Path, description = "namespace name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 201, description = "created, with the broker secret", body = BrokerCreated),
         (status = 200, description = "the operator re-registered its existing broker (no secret)", body = BrokerCreated),
@@ -526,7 +526,7 @@ pub async fn native_create(
 
 /// Get a broker.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
-    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the broker", body = BrokerView),
         (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
@@ -546,7 +546,7 @@ pub async fn native_get(
 /// Change a broker's description, expiration, hook or limits.
 #[utoipa::path(patch, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers", request_body = BrokerPatch,
     params(
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("X-Starling-Managed-By" = Option<String>, Header, description = "`Broker/<k8s namespace>/<name>`: the operator changing its own broker"),
     ),
     responses(
@@ -575,7 +575,7 @@ pub async fn native_patch(
 /// Delete a broker (its pods get 410 Gone and disconnect its clients).
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
     params(
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "doomed-native"),
         ("X-Starling-Managed-By" = Option<String>, Header, description = "`Broker/<k8s namespace>/<name>`: the operator deleting its own broker"),
     ),
     responses(
@@ -599,7 +599,7 @@ pub async fn native_delete(
 
 /// Replace the broker secret; the new one is shown only in this response.
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/secret/rotate", tag = "brokers",
-    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the new secret", body = BrokerSecret),
         (status = 400, description = P400, body = Problem, content_type = "application/problem+json"),
@@ -644,7 +644,7 @@ pub async fn native_rotate_secret(
 /// List brokers (Cloudflare-compatible).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers", tag = "compat",
     params(
-        ("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"),
+        ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"),
         ("per_page" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`result_info.cursor` of the previous page"),
     ),
@@ -670,7 +670,7 @@ pub async fn compat_list(
 
 /// Create a broker (Cloudflare-compatible; a taken name is 400; no secret in the result).
 #[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers", tag = "compat", request_body = BrokerCreate,
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 200, description = "created", body = Envelope<BrokerView>),
         (status = 400, description = "invalid body or name taken", body = super::EnvelopeError),
@@ -696,7 +696,7 @@ pub async fn compat_create(
 
 /// Get a broker (Cloudflare-compatible).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat",
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the broker", body = Envelope<BrokerView>),
         (status = 400, description = P400, body = super::EnvelopeError),
@@ -716,7 +716,7 @@ pub async fn compat_get(
 
 /// Change a broker (Cloudflare-compatible).
 #[utoipa::path(patch, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat", request_body = BrokerPatch,
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the changed broker", body = Envelope<BrokerView>),
         (status = 400, description = P400, body = super::EnvelopeError),
@@ -745,7 +745,7 @@ pub async fn compat_patch(
 
 /// Delete a broker (Cloudflare-compatible; result `null`).
 #[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat",
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "doomed-compat")),
     responses(
         (status = 200, description = "deleted", body = Envelope<Option<String>>),
         (status = 400, description = P400, body = super::EnvelopeError),

@@ -163,10 +163,10 @@ async fn issue(
 /// Issue client tokens: `{clientId: jwt}`.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/credentials", tag = "credentials",
     params(
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
         ("type" = Option<String>, Query, description = "`TOKEN`"),
-        ("topicAcl" = String, Query, description = "`#` (URL-encoded `%23`) or `{\"pub\":[filters],\"sub\":[filters]}`"),
+        ("topicAcl" = String, Query, description = "`#` (URL-encoded `%23`) or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#"),
         ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable); ULIDs are generated otherwise"),
         ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none (the broker's expiration stays a ceiling)"),
     ),
@@ -193,11 +193,11 @@ pub async fn native_issue(
 /// Issue client tokens (Cloudflare-compatible; a missing or empty `topicAcl` means `#`).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/credentials", tag = "compat",
     params(
-        ("account" = String, Path, description = "account id"),
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
         ("type" = Option<String>, Query, description = "`TOKEN`"),
-        ("topicAcl" = Option<String>, Query, description = "`#`, empty, or `{\"pub\":[filters],\"sub\":[filters]}`"),
+        ("topicAcl" = Option<String>, Query, description = "`#`, empty, or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#"),
         ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable)"),
         ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none"),
     ),

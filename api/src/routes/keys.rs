@@ -153,7 +153,7 @@ async fn rotate(
 
 /// The broker's public keys (next, current, retiring); never a private part.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "keys",
-    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "JWKS", body = JwksDoc),
         (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
@@ -173,7 +173,7 @@ pub async fn native_public_keys(
 /// Rotate the broker's signing keys.
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "keys",
     params(
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("retire_after" = Option<i64>, Query, description = "seconds the retiring key keeps verifying (default: the longer of the broker's expiration and 24 h)", minimum = 0, maximum = 315360000),
     ),
     responses(
@@ -195,7 +195,7 @@ pub async fn native_rotate(
 
 /// The broker's public keys (Cloudflare-compatible).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "compat",
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "JWKS", body = Envelope<JwksDoc>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
@@ -216,7 +216,7 @@ pub async fn compat_public_keys(
 /// Rotate the broker's signing keys (Cloudflare-compatible route set).
 #[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "compat",
     params(
-        ("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("retire_after" = Option<i64>, Query, description = "seconds the retiring key keeps verifying", minimum = 0, maximum = 315360000),
     ),
     responses(

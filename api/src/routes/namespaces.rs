@@ -194,7 +194,7 @@ pub async fn native_create(
 
 /// Get a namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}", tag = "namespaces",
-    params(("namespace" = String, Path, description = "namespace name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 200, description = "the namespace", body = NamespaceView),
         (status = 400, description = "invalid path", body = Problem, content_type = "application/problem+json"),
@@ -213,7 +213,7 @@ pub async fn native_get(
 
 /// Delete a namespace (refused while it has brokers).
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}", tag = "namespaces",
-    params(("namespace" = String, Path, description = "namespace name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "doomed-native")),
     responses(
         (status = 204, description = "deleted"),
         (status = 400, description = "invalid path", body = Problem, content_type = "application/problem+json"),
@@ -237,7 +237,7 @@ pub async fn native_delete(
 /// List namespaces (Cloudflare-compatible).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces", tag = "compat",
     params(
-        ("account" = String, Path, description = "account id"),
+        ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"),
         ("per_page" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`result_info.cursor` of the previous page"),
     ),
@@ -263,7 +263,7 @@ pub async fn compat_list(
 
 /// Create a namespace (Cloudflare-compatible; a taken name is 400).
 #[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces", tag = "compat", request_body = NamespaceCreate,
-    params(("account" = String, Path, description = "account id")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001")),
     responses(
         (status = 200, description = "created", body = Envelope<NamespaceView>),
         (status = 400, description = "invalid body or name taken", body = super::EnvelopeError),
@@ -287,7 +287,7 @@ pub async fn compat_create(
 
 /// Get a namespace (Cloudflare-compatible).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}", tag = "compat",
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 200, description = "the namespace", body = Envelope<NamespaceView>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
@@ -307,7 +307,7 @@ pub async fn compat_get(
 
 /// Delete a namespace (Cloudflare-compatible; result `null`).
 #[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}", tag = "compat",
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "doomed-compat")),
     responses(
         (status = 200, description = "deleted", body = Envelope<Option<String>>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),

@@ -96,7 +96,7 @@ async fn list(state: &AppState, auth: &Auth, ns: &str, b: &str) -> Result<Vec<Re
 
 /// Live revocations with their tokens' expiry.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
-    params(("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "live revocations", body = Vec<Revocation>),
         (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
@@ -116,7 +116,7 @@ pub async fn native_list(
 /// Revoke tokens by `jti`.
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
     ),
     responses(
@@ -140,7 +140,7 @@ pub async fn native_add(
 /// Lift revocations.
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
-        ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
     ),
     responses(
@@ -163,7 +163,7 @@ pub async fn native_delete(
 
 /// Revoked `jti`s (Cloudflare-compatible: a list of strings).
 #[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
-    params(("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name")),
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "revoked jtis", body = Envelope<Vec<String>>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
@@ -190,7 +190,7 @@ pub async fn compat_list(
 /// Revoke tokens (Cloudflare-compatible; result `null`).
 #[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
-        ("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
     ),
     responses(
@@ -215,7 +215,7 @@ pub async fn compat_add(
 /// Lift revocations (Cloudflare-compatible; result `null`).
 #[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
-        ("account" = String, Path, description = "account id"), ("namespace" = String, Path, description = "namespace name"), ("broker" = String, Path, description = "broker name"),
+        ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
     ),
     responses(
