@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::auth::files::TenantFiles;
+pub use crate::control::ManagedTenant;
 use crate::transport::config::{ListenerTlsSettings, TlsSettings, WsSettings};
 
 /// The prefix of environment variables that override configuration keys.
@@ -35,6 +36,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Certificates of the TLS listeners (mqtts, wss), or the dev CA.
     pub tls: TlsSettings,
+    /// Managed mode: tenants whose keys, revocations and limits come from the control plane.
+    pub control_plane: Vec<ManagedTenant>,
+    /// Where managed state is saved, so a restart during a control-plane outage still serves.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The transport a listener speaks.
@@ -418,6 +423,14 @@ pub struct Overrides {
     pub tls_client_ca: Option<PathBuf>,
     /// `--dev-tls DIR`: `[tls] dev_tls`.
     pub dev_tls: Option<PathBuf>,
+    /// `--control-plane URL` (repeatable, paired by position with the next two).
+    pub control_plane: Vec<String>,
+    /// `--broker-id ID` (repeatable).
+    pub broker_id: Vec<String>,
+    /// `--broker-secret-file FILE` (repeatable).
+    pub broker_secret_file: Vec<PathBuf>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
     /// `--jwks FILE`.
     pub jwks: Option<PathBuf>,
     /// `--revocations FILE`.
@@ -484,6 +497,35 @@ impl Config {
         if let Some(http) = overrides.http {
             config.http.bind = http;
         }
+        let (n_url, n_id, n_secret) = (
+            overrides.control_plane.len(),
+            overrides.broker_id.len(),
+            overrides.broker_secret_file.len(),
+        );
+        if n_url != n_id || n_id != n_secret {
+            return Err(ConfigError::Invalid(vec![format!(
+                "--control-plane, --broker-id and --broker-secret-file come in groups: got {n_url}, {n_id} and {n_secret}"
+            )]));
+        }
+        for ((url, id), secret) in overrides
+            .control_plane
+            .iter()
+            .zip(&overrides.broker_id)
+            .zip(&overrides.broker_secret_file)
+        {
+            config.control_plane.push(ManagedTenant {
+                url: url.clone(),
+                broker_id: id.clone(),
+                secret_file: secret.clone(),
+            });
+        }
+        if !config.control_plane.is_empty() && overrides.auth.is_none() {
+            // Managed tenants authenticate with tokens.
+            config.auth.mode = AuthMode::Token;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
         if let Some(jwks) = &overrides.jwks {
             config.auth.jwks = Some(jwks.clone());
         }
@@ -539,9 +581,31 @@ impl Config {
             .listeners
             .iter()
             .any(|l| l.auth.unwrap_or(self.auth.mode) == AuthMode::Token);
-        if token_listeners && self.auth.file_tenants().is_empty() {
-            problems
-                .push("token authentication needs keys: --jwks FILE or [[auth.tenants]]".into());
+        if token_listeners && self.auth.file_tenants().is_empty() && self.control_plane.is_empty() {
+            problems.push(
+                "token authentication needs keys: --jwks FILE, [[auth.tenants]] or --control-plane URL --broker-id ID --broker-secret-file FILE".into(),
+            );
+        }
+        for (i, t) in self.control_plane.iter().enumerate() {
+            if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                problems.push(format!(
+                    "control_plane[{i}].url must start with http:// or https://"
+                ));
+            }
+            if t.broker_id.is_empty() {
+                problems.push(format!("control_plane[{i}].broker_id is empty"));
+            }
+            if self
+                .auth
+                .file_tenants()
+                .iter()
+                .any(|f| f.name == t.broker_id)
+            {
+                problems.push(format!(
+                    "tenant `{}` is both in files and managed",
+                    t.broker_id
+                ));
+            }
         }
         if self.auth.revocations.is_some() && self.auth.jwks.is_none() {
             problems.push("auth.revocations needs auth.jwks (--jwks FILE)".into());

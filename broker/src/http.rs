@@ -2,7 +2,7 @@
 //! draining) and `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,11 +12,51 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
+/// What `/readyz` answers: ready once every listener is bound and every managed tenant has had
+/// its state once (from the control plane or the data directory), not ready while draining.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    listening: AtomicBool,
+    draining: AtomicBool,
+    awaiting_state: AtomicUsize,
+}
+
+impl Readiness {
+    /// Whether the broker should receive traffic.
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && self.awaiting_state.load(Ordering::Acquire) == 0
+    }
+
+    /// Every listener is bound.
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
+    /// Shutdown began.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `n` more tenants must get their state before the broker is ready.
+    pub fn await_state(&self, n: usize) {
+        self.awaiting_state.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One awaited tenant got its state (call once per tenant).
+    pub fn state_arrived(&self) {
+        let _ = self
+            .awaiting_state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
 /// What the HTTP handlers read.
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    /// True once every listener is bound; false again while draining.
-    pub ready: Arc<AtomicBool>,
+    /// Readiness.
+    pub ready: Arc<Readiness>,
     /// The metrics to expose.
     pub metrics: Arc<Metrics>,
 }
@@ -31,7 +71,7 @@ pub fn app(state: HttpState) -> Router {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
+    if state.ready.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -47,6 +47,18 @@ struct Flags {
     /// trust DIR/ca.pem.
     #[arg(long, value_name = "DIR")]
     dev_tls: Option<PathBuf>,
+    /// Managed mode: the api's internal URL (repeatable; one per --broker-id).
+    #[arg(long, value_name = "URL")]
+    control_plane: Vec<String>,
+    /// Managed mode: the broker id in the api (repeatable).
+    #[arg(long, value_name = "ID")]
+    broker_id: Vec<String>,
+    /// Managed mode: a file holding the broker secret (repeatable).
+    #[arg(long, value_name = "FILE")]
+    broker_secret_file: Vec<PathBuf>,
+    /// Where managed state is kept, so a restart during a control-plane outage still serves.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Public keys of the tenant `default` (JWKS, OKP/Ed25519 keys with kid), reloaded on change.
     #[arg(long, value_name = "FILE")]
     jwks: Option<PathBuf>,
@@ -84,6 +96,10 @@ fn main() -> anyhow::Result<()> {
         tls_key: flags.tls_key.clone(),
         tls_client_ca: flags.tls_client_ca.clone(),
         dev_tls: flags.dev_tls.clone(),
+        control_plane: flags.control_plane.clone(),
+        broker_id: flags.broker_id.clone(),
+        broker_secret_file: flags.broker_secret_file.clone(),
+        data_dir: flags.data_dir.clone(),
         jwks: flags.jwks.clone(),
         revocations: flags.revocations.clone(),
     };

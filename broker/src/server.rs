@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,8 +19,9 @@ use crate::auth::token::TokenAuth;
 use crate::auth::{Authenticator, NoAuth, files};
 use crate::config::{AuthMode, Config, ListenerConfig, ListenerKind};
 use crate::connection::{self, ConnectionContext};
+use crate::control;
 use crate::error::{Error, Result};
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, Readiness};
 use crate::metrics::{ListenerReasonLabels, Metrics};
 use crate::tenant::Tenant;
 use crate::transport::config::TlsListeners;
@@ -40,7 +40,7 @@ pub struct RunningBroker {
     pub metrics: Arc<Metrics>,
     /// The tenants of token-authenticating listeners.
     pub directory: Arc<Directory>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     stop: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
@@ -57,7 +57,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     let default_tenant = Tenant::new("default", (*limits).clone(), metrics.clone());
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Readiness::default());
     let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::new(default_tenant.clone()));
     let directory = Arc::new(Directory::new((*limits).clone(), metrics.clone()));
     let file_tenants = config.auth.file_tenants();
@@ -69,6 +69,32 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     ));
     if !file_tenants.is_empty() {
         tokio::spawn(files::watch(directory.clone(), file_tenants, stop.clone()));
+    }
+    if !config.control_plane.is_empty() {
+        ready.await_state(config.control_plane.len());
+        let saved = match &config.data_dir {
+            Some(dir) => {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    warn!(dir = %dir.display(), error = %e, "cannot create the data directory");
+                }
+                control::load_saved(&directory, &config.control_plane, dir)
+            }
+            None => Vec::new(),
+        };
+        for tenant in &config.control_plane {
+            let has_state = saved.contains(&tenant.broker_id);
+            if has_state {
+                ready.state_arrived();
+            }
+            tokio::spawn(control::follow(
+                tenant.clone(),
+                directory.clone(),
+                ready.clone(),
+                config.data_dir.clone(),
+                has_state,
+                stop.clone(),
+            ));
+        }
     }
 
     let mut tls = TlsListeners::new(&config.tls)?;
@@ -142,7 +168,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         info!(listener = kind.as_str(), %addr, "listening");
     }
     info!(%http_addr, "http listening (/healthz, /readyz, /metrics)");
-    ready.store(true, Ordering::Release);
+    ready.set_listening();
     let plain_ctx = ConnectionContext {
         limits,
         metrics: metrics.clone(),
@@ -184,7 +210,7 @@ impl RunningBroker {
 
     /// Whether `/readyz` answers ready.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.is_ready()
     }
 
     /// Serves one connection over an in-memory duplex pipe (plain MQTT, `--auth none`), for tests
@@ -200,7 +226,7 @@ impl RunningBroker {
 
     /// Graceful shutdown: not ready, stop accepting, DISCONNECT 0x8B, drain within the deadline.
     pub async fn shutdown(self) {
-        self.ready.store(false, Ordering::Release);
+        self.ready.set_draining();
         info!("shutting down");
         self.stop.cancel();
         self.tracker.close();
