@@ -31,7 +31,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the Broker CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Leave out the CEL validation rules (for Kubernetes older than 1.25).
+        #[arg(long)]
+        without_cel: bool,
+    },
     /// Run the controller.
     Run(Box<RunArgs>),
 }
@@ -96,8 +100,13 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            let yaml = starling_operator::crd::crd_yaml().context("rendering the CRD")?;
+        Command::Crd { without_cel } => {
+            let yaml = if without_cel {
+                starling_operator::crd::crd_yaml_without_cel()
+            } else {
+                starling_operator::crd::crd_yaml()
+            }
+            .context("rendering the CRD")?;
             print!("{yaml}");
             Ok(())
         }
