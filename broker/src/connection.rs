@@ -120,7 +120,14 @@ where
                 _ => None,
             };
             if let Some(version) = version {
-                let _ = write_connack(&mut io, version, reason, ConnAckProperties::default()).await;
+                let _ = write_connack(
+                    &mut io,
+                    &ctx.metrics,
+                    version,
+                    reason,
+                    ConnAckProperties::default(),
+                )
+                .await;
             }
             return;
         }
@@ -156,7 +163,7 @@ where
             if connect.properties.request_problem_information != Some(0) {
                 props.reason_string = Some(MqttString::from(refusal.1));
             }
-            let _ = write_connack(&mut io, version, refusal.0, props).await;
+            let _ = write_connack(&mut io, &ctx.metrics, version, refusal.0, props).await;
             return;
         }
     };
@@ -250,6 +257,7 @@ fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
 
 async fn write_connack<IO: AsyncWrite + Unpin>(
     io: &mut IO,
+    metrics: &Metrics,
     version: ProtocolVersion,
     reason: ReasonCode,
     properties: ConnAckProperties,
@@ -263,6 +271,7 @@ async fn write_connack<IO: AsyncWrite + Unpin>(
     if packet.encode(version, &mut buf).is_ok() {
         io.write_all(&buf).await?;
         io.flush().await?;
+        metrics.bytes_out.inc_by(buf.len() as u64);
     }
     let _ = io.shutdown().await;
     Ok(())
@@ -664,14 +673,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             let packet = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
-                Err(e) => {
-                    self.ctx
-                        .metrics
-                        .protocol_errors
-                        .get_or_create(&CodeLabels { reason: e.rule() })
-                        .inc();
-                    return Err(Close::from_decode(&e));
-                }
+                // Counted in `starling_protocol_errors_total` once, by `finish`.
+                Err(e) => return Err(Close::from_decode(&e)),
             };
             self.last_read = Instant::now();
             self.handle(packet)?;
@@ -1287,11 +1290,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             }
         }
         if !self.wbuf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = self.io.write_all(&self.wbuf).await;
-                let _ = self.io.flush().await;
+            let written = tokio::time::timeout(Duration::from_secs(1), async {
+                self.io.write_all(&self.wbuf).await?;
+                self.io.flush().await
             })
             .await;
+            if let Ok(Ok(())) = written {
+                self.ctx.metrics.bytes_out.inc_by(self.wbuf.len() as u64);
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         self.ctx.metrics.connections.dec();
