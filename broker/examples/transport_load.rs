@@ -7,6 +7,10 @@
 //! nothing is dropped), writing in batches with one flush per batch. The time from the first
 //! PUBLISH to the last delivery gives messages and payload megabytes per second.
 //!
+//! With `--idle N --broker-pid PID` it instead opens N idle MQTT connections per transport and
+//! reports the broker's resident memory per connection (VmRSS from /proc before and after; run
+//! it against a fresh broker per transport, freed memory is reused).
+//!
 //! ```sh
 //! cargo run --release -p starling-broker --example transport_load -- \
 //!     --mqtt 127.0.0.1:1883 --mqtts 127.0.0.1:8883 --ws 127.0.0.1:8080 --wss 127.0.0.1:8884 \
@@ -46,6 +50,8 @@ struct Args {
     window: u64,
     batch: usize,
     deadline: Duration,
+    idle: usize,
+    broker_pid: Option<u32>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -57,6 +63,8 @@ fn parse_args() -> anyhow::Result<Args> {
         window: 2_000,
         batch: 64,
         deadline: Duration::from_secs(120),
+        idle: 0,
+        broker_pid: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +80,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--window" => args.window = value()?.parse()?,
             "--batch" => args.batch = value()?.parse()?,
             "--deadline-secs" => args.deadline = Duration::from_secs(value()?.parse()?),
+            "--idle" => args.idle = value()?.parse::<usize>()?.min(50_000),
+            "--broker-pid" => args.broker_pid = Some(value()?.parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -281,9 +291,56 @@ async fn run_one(kind: Kind, addr: SocketAddr, args: &Args) -> anyhow::Result<(u
     Ok((delivered, started.elapsed()))
 }
 
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+async fn idle_memory(args: &Args) -> anyhow::Result<()> {
+    let pid = args.broker_pid.context("--idle needs --broker-pid")?;
+    println!("transport  connections  rss_before_KiB  rss_after_KiB  bytes_per_connection");
+    for (kind, addr) in &args.targets {
+        let before = rss_kib(pid)?;
+        let mut open = Vec::with_capacity(args.idle);
+        for i in 0..args.idle {
+            let mut io = connect(*kind, *addr, args.ca.as_ref()).await?;
+            io.write_all(&connect_packet(&format!("idle-{kind:?}-{i}")))
+                .await?;
+            io.flush().await?;
+            let mut buf = BytesMut::new();
+            tokio::time::timeout(Duration::from_secs(10), expect_packet(&mut io, &mut buf, 2))
+                .await
+                .context("no CONNACK")??;
+            open.push(io);
+        }
+        let after = rss_kib(pid)?;
+        println!(
+            "{:<9}  {:>11}  {:>14}  {:>13}  {:>20}",
+            format!("{kind:?}").to_lowercase(),
+            args.idle,
+            before,
+            after,
+            (after.saturating_sub(before) * 1024) / args.idle.max(1) as u64
+        );
+        drop(open);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if args.idle > 0 {
+        return idle_memory(&args).await;
+    }
     println!("transport  messages  payload_B  seconds  msg_per_s  payload_MB_per_s");
     for (kind, addr) in args.targets.clone() {
         let (delivered, elapsed) = tokio::time::timeout(args.deadline, run_one(kind, addr, &args))

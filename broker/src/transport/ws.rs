@@ -457,6 +457,10 @@ where
                 let n = this.read.len().min(buf.remaining());
                 buf.put_slice(&this.read[..n]);
                 this.read.advance(n);
+                if this.read.is_empty() {
+                    // Release the message's buffer: an idle connection should hold none.
+                    this.read = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             match &mut this.state {
