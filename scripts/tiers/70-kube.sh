@@ -11,6 +11,8 @@
 #   and the operator's field manager, a status with brokerId, endpoints and tls.notAfter, and
 #   turns Ready when the test, playing the kubelet, marks the Deployment's replica ready;
 # - replicas: -1 and a port of 70000 each get 422 from the server;
+# - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
+#   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone.
 set -euo pipefail
 cd "$STARLING_ROOT"
@@ -98,10 +100,15 @@ done
 echo "--- the api stand-in and the operator (as its ServiceAccount)"
 api_token="stk_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf '%s\n' "$api_token" >"$work/api-token"
-python3 scripts/tiers/kube/standin_api.py "$api_token" "$work/api.port" "$work/api.log" &
-api_pid=$!
-wait_for 10 test -s "$work/api.port" || fail "the api stand-in did not start"
-api_url="http://127.0.0.1:$(cat "$work/api.port")"
+api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_api() {
+  rm -f "$work/api.port"
+  python3 scripts/tiers/kube/standin_api.py "$api_token" "$work/api.port" "$work/api.log" "$api_port" &
+  api_pid=$!
+  wait_for 10 test -s "$work/api.port" || fail "the api stand-in did not start"
+}
+start_api
+api_url="http://127.0.0.1:$api_port"
 sed -e "s|users: \[{name: admin, user: {token: \"\(.*\)\"}}\]|users: [{name: admin, user: {token: \"\1\", as: \"$SA\"}}]|" \
   "$KUBECONFIG" >"$work/operator-kubeconfig"
 grep -q "as: \"$SA\"" "$work/operator-kubeconfig" || fail "could not write the impersonating kubeconfig"
@@ -163,6 +170,31 @@ is_ready() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}'
 wait_for 60 is_ready || fail "the Broker did not turn Ready"
 kubectl -n iot get broker orders | grep -q 'True' || fail "kubectl get brokers does not show Ready"
 
+echo "--- an unreachable api: Degraded, a Warning event, the pods left alone"
+condition_reason() {
+  kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}'
+}
+kill "$api_pid"; wait "$api_pid" 2>/dev/null || true; api_pid=""
+kubectl -n iot annotate broker orders starling.dev/poke=1 --overwrite >/dev/null
+api_down() { [ "$(condition_reason)" = ApiUnreachable ]; }
+wait_for 60 api_down || fail "the Broker did not turn Degraded/ApiUnreachable (reason: $(condition_reason))"
+[ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}')" = Degraded ] || fail "phase is not Degraded"
+warned() { kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.reason} {end}' | grep -q 'Warning/ApiUnreachable'; }
+wait_for 30 warned || fail "no Warning event ApiUnreachable"
+kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.reason} {end}' | grep -q 'Normal/Registered' \
+  || fail "no Normal event Registered"
+kubectl -n iot get deploy orders >/dev/null || fail "the Deployment went away while the api was down"
+
+echo "--- a broker deleted in the api: Degraded, not re-created"
+start_api   # a fresh stand-in: it has forgotten every broker
+deleted_in_api() { [ "$(condition_reason)" = DeletedInApi ]; }
+wait_for 90 deleted_in_api || fail "the Broker did not turn Degraded/DeletedInApi (reason: $(condition_reason))"
+python3 - "$work/api.log" <<'PY' || fail "the operator re-created a broker the api had lost"
+import json, sys
+creates = [c for c in map(json.loads, open(sys.argv[1])) if c["method"] == "POST" and c["path"].endswith("/brokers")]
+assert len(creates) == 1, creates
+PY
+
 echo "--- invalid objects get 422"
 post_status() {
   curl -sk -o "$work/post.out" -w '%{http_code}' -X POST -H "Authorization: Bearer $ADMIN_TOKEN" \
@@ -183,7 +215,7 @@ wait_for 60 gone || fail "the Broker was not released"
 python3 - "$work/api.log" <<'PY' || fail "the api saw no DELETE from the operator"
 import json, sys
 calls = [json.loads(l) for l in open(sys.argv[1])]
-deletes = [c for c in calls if c["method"] == "DELETE"]
+deletes = [c for c in calls if c["method"] == "DELETE"]  # answered 404: the api had lost it
 assert len(deletes) == 1 and deletes[0]["path"] == "/v1/namespaces/iot/brokers/orders", deletes
 assert deletes[0]["managedBy"] == "Broker/iot/orders", deletes
 print("deregistered through the finalizer")

@@ -13,7 +13,7 @@ this small real HTTP server instead. It implements only the contract the operato
 Every request needs `Authorization: Bearer <token>`. Each request is appended as one JSON line
 to the log file, so the tier can assert what the operator sent.
 
-usage: standin_api.py TOKEN PORT_FILE LOG_FILE
+usage: standin_api.py TOKEN PORT_FILE LOG_FILE [PORT]
 """
 import json
 import re
@@ -22,6 +22,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOKEN, PORT_FILE, LOG_FILE = sys.argv[1:4]
+PORT = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 NAMESPACES = set()
 BROKERS = {}
 
@@ -89,7 +90,8 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_DELETE = handle_any
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+ThreadingHTTPServer.allow_reuse_address = True
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
 with open(PORT_FILE, "w") as f:
     f.write(str(server.server_address[1]))
 server.serve_forever()
