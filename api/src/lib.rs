@@ -5,6 +5,7 @@
 //! serves until the shutdown token is cancelled. See `ARCHITECTURE.md`.
 
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod keys;
 pub mod metrics;

@@ -40,6 +40,10 @@ pub struct Config {
     pub control_plane: Vec<ManagedTenant>,
     /// Where managed state is saved, so a restart during a control-plane outage still serves.
     pub data_dir: Option<PathBuf>,
+    /// Tenants are fed into [`crate::RunningBroker::directory`] by the program that embeds the
+    /// broker (`starling-api dev`), so token listeners need no key files.
+    #[serde(skip)]
+    pub embedded_tenants: bool,
 }
 
 /// The transport a listener speaks.
@@ -581,7 +585,11 @@ impl Config {
             .listeners
             .iter()
             .any(|l| l.auth.unwrap_or(self.auth.mode) == AuthMode::Token);
-        if token_listeners && self.auth.file_tenants().is_empty() && self.control_plane.is_empty() {
+        if token_listeners
+            && self.auth.file_tenants().is_empty()
+            && self.control_plane.is_empty()
+            && !self.embedded_tenants
+        {
             problems.push(
                 "token authentication needs keys: --jwks FILE, [[auth.tenants]] or --control-plane URL --broker-id ID --broker-secret-file FILE".into(),
             );
