@@ -1335,7 +1335,54 @@ async fn committed_openapi_document_is_current() {
     );
 }
 
+async fn start_refuses_without_a_key_encryption_key_and_serves_with_one_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let local = "127.0.0.1:0".parse().unwrap();
+    let config = Config {
+        database_url: db.clone(),
+        public_addr: local,
+        internal_addr: local,
+        ..Config::default()
+    };
+    let err = starling_api::start(config.clone(), tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .expect("no KEK: refused");
+    assert!(err.to_string().contains("key-encryption key"), "{err}");
+    let kek_file = dir.path().join("kek");
+    std::fs::write(&kek_file, hex_key()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sat_from-a-file-0123456789\n").unwrap();
+    let config = Config {
+        kek_file: Some(kek_file.display().to_string()),
+        bootstrap_token_file: Some(token_file.display().to_string()),
+        ..config
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = starling_api::start(config, shutdown.clone()).await.unwrap();
+    // A real HTTP request over loopback with the token read from the file.
+    let mut stream = tokio::net::TcpStream::connect(running.public_addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream
+        .write_all(b"GET /v1/namespaces HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sat_from-a-file-0123456789\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
+
+fn hex_key() -> String {
+    "ab".repeat(32)
+}
+
 tests!(
+    start_refuses_without_a_key_encryption_key_and_serves_with_one_from_a_file,
     namespaces_native_crud_and_409_on_name_conflict,
     compat_routes_use_the_envelope_and_400_on_name_conflict,
     every_route_requires_a_token_and_roles_are_enforced,

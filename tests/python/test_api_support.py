@@ -84,11 +84,53 @@ def setup_schemathesis():
     for ns in ["demo", "doomed-native", "doomed-compat"]:
         status, _, body = request("POST", "/v1/namespaces", write, {"name": ns})
         assert status == 201, body
+    # `demo` is operator-managed, so that a generated DELETE cannot remove it (409 without the
+    # operator's header) and every other operation keeps finding it.
+    managed = {"kind": "Broker", "namespace": "schemathesis", "name": "demo"}
     for broker in ["demo", "doomed-native", "doomed-compat"]:
-        status, _, body = request("POST", "/v1/namespaces/demo/brokers", write, {"name": broker})
-        assert status == 201, body
+        body = {"name": broker, "managedBy": managed} if broker == "demo" else {"name": broker}
+        status, _, created = request("POST", "/v1/namespaces/demo/brokers", write, body)
+        assert status == 201, created
     return write
+
+
+def har_summary(openapi_url, har_path, min_requests=100):
+    """Prints requests and 2xx answers per operation of a schemathesis HAR file (flagging
+    operations with fewer than `min_requests` requests); fails when any answer was a 5xx."""
+    import re
+    status, _, doc = request("GET", urllib.parse.urlparse(openapi_url).path)
+    assert status == 200
+    ops = []
+    for path, item in doc["paths"].items():
+        pattern = re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$")
+        for method in item:
+            ops.append((method.upper(), path, pattern))
+    counts = {(m, p): [0, 0] for m, p, _ in ops}
+    server_errors = 0
+    with open(har_path) as f:
+        har = json.load(f)
+    for entry in har["log"]["entries"]:
+        method = entry["request"]["method"].upper()
+        path = urllib.parse.urlparse(entry["request"]["url"]).path
+        code = entry["response"]["status"]
+        server_errors += code >= 500
+        for m, p, pattern in ops:
+            if m == method and pattern.match(path):
+                counts[(m, p)][0] += 1
+                counts[(m, p)][1] += 200 <= code < 300
+                break
+    ok = server_errors == 0
+    print(f"{'requests':>8} {'2xx':>5}  operation")
+    for (m, p), (n, good) in sorted(counts.items(), key=lambda kv: kv[0][1]):
+        flag = "" if n >= min_requests else "   <-- fewer than %d requests" % min_requests
+        print(f"{n:>8} {good:>5}  {m} {p}{flag}")
+    no_2xx = [f"{m} {p}" for (m, p), (_, good) in counts.items() if good == 0]
+    print(f"operations without a 2xx answer: {len(no_2xx)} of {len(counts)}: {no_2xx}")
+    print(f"5xx answers: {server_errors}")
+    return ok
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "setup-schemathesis":
     print(setup_schemathesis())
+elif __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "har-summary":
+    sys.exit(0 if har_summary(sys.argv[2], sys.argv[3]) else 1)

@@ -493,7 +493,8 @@ pub async fn native_list(
 }
 
 /// Create a broker; the response carries its secret, shown only this once.
-#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers", request_body = BrokerCreate,
+#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers",
+    request_body(content = BrokerCreate, example = json!({"name": "native-example", "description": "created through /v1", "expiration": 3600})),
     params(("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 201, description = "created, with the broker secret", body = BrokerCreated),

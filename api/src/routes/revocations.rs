@@ -117,7 +117,7 @@ pub async fn native_list(
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
-        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
+        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
     ),
     responses(
         (status = 204, description = "revoked"),
@@ -141,7 +141,7 @@ pub async fn native_add(
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
-        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
+        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
     ),
     responses(
         (status = 204, description = "lifted"),
@@ -191,7 +191,7 @@ pub async fn compat_list(
 #[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
-        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
+        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
     ),
     responses(
         (status = 200, description = "revoked", body = Envelope<Option<String>>),
@@ -216,7 +216,7 @@ pub async fn compat_add(
 #[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
-        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated"),
+        ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
     ),
     responses(
         (status = 200, description = "lifted", body = Envelope<Option<String>>),

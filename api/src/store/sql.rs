@@ -391,11 +391,18 @@ macro_rules! impl_store {
 
             fn record_credentials<'a>(&'a self, broker_id: &'a str, issued: &'a [IssuedCredential]) -> BoxFut<'a, Result<()>> {
                 Box::pin(async move {
+                    // One multi-row INSERT per 100 records (6 parameters each stays far below
+                    // both databases' parameter limits).
                     let mut tx = self.pool.begin().await?;
-                    for c in issued {
-                        sqlx::query("INSERT INTO issued_credentials (jti, broker_id, client_id, kid, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                            .bind(&c.jti).bind(broker_id).bind(&c.client_id).bind(&c.kid).bind(c.issued_at).bind(c.expires_at)
-                            .execute(&mut *tx).await?;
+                    for chunk in issued.chunks(100) {
+                        let mut q = sqlx::QueryBuilder::<<$row as sqlx::Row>::Database>::new(
+                            "INSERT INTO issued_credentials (jti, broker_id, client_id, kid, issued_at, expires_at) ",
+                        );
+                        q.push_values(chunk, |mut b, c| {
+                            b.push_bind(c.jti.clone()).push_bind(broker_id.to_string()).push_bind(c.client_id.clone())
+                                .push_bind(c.kid.clone()).push_bind(c.issued_at).push_bind(c.expires_at);
+                        });
+                        q.build().execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(())
