@@ -126,9 +126,14 @@ impl LeaseLock {
     /// The returned token is cancelled when leadership is lost or on `shutdown`.
     pub async fn lead(&self, shutdown: &CancellationToken) -> Option<CancellationToken> {
         let retry = self.duration / 3;
+        let mut told = false;
         loop {
             match self.try_acquire_or_renew(Timestamp::now()).await {
                 Ok(true) => break,
+                Ok(false) if !told => {
+                    info!(identity = %self.identity, lease = %self.name, "another replica leads; standing by");
+                    told = true;
+                }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "leader election"),
             }

@@ -13,7 +13,9 @@
 # - replicas: -1 and a port of 70000 each get 422 from the server;
 # - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
-# - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone.
+# - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
+# - a second replica waits while the first holds the Lease and takes over when it shuts down;
+#   /metrics counts reconciles, errors by reason and durations.
 set -euo pipefail
 cd "$STARLING_ROOT"
 source scripts/lib/k8s-tools.sh
@@ -22,15 +24,20 @@ k8s_tools_helm
 K8S_BIN="$HOME/.cache/starling-k8s/bin"
 bash "$K8S_TOOLS/build-kube-apiserver.sh" >/tmp/starling-build-kube-apiserver.log 2>&1 \
   || { tail -30 /tmp/starling-build-kube-apiserver.log; echo "building kube-apiserver failed" >&2; exit 1; }
-cargo build -q --locked -p starling-operator
+cargo build -q --locked -p starling-operator -p starling-broker
 OPERATOR="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-operator"
+BROKER="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-broker"
 
 work=$(mktemp -d)
 api_pid=""
 op_pid=""
+standby_pid=""
+broker_pid=""
 cleanup() {
   set +e
+  if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null; wait "$broker_pid" 2>/dev/null; fi
   if [ -n "$op_pid" ]; then kill "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null; fi
+  if [ -n "$standby_pid" ]; then kill "$standby_pid" 2>/dev/null; wait "$standby_pid" 2>/dev/null; fi
   if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null; wait "$api_pid" 2>/dev/null; fi
   local pids
   pids=$(cat "$work"/cp/*.pid 2>/dev/null)
@@ -112,14 +119,30 @@ api_url="http://127.0.0.1:$api_port"
 sed -e "s|users: \[{name: admin, user: {token: \"\(.*\)\"}}\]|users: [{name: admin, user: {token: \"\1\", as: \"$SA\"}}]|" \
   "$KUBECONFIG" >"$work/operator-kubeconfig"
 grep -q "as: \"$SA\"" "$work/operator-kubeconfig" || fail "could not write the impersonating kubeconfig"
-KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn "$OPERATOR" run \
-  --api-url "$api_url" --api-token-file "$work/api-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
-  --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
-  --http 127.0.0.1:0 --log-format pretty >"$work/operator.log" 2>&1 &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+op_http=$(free_port)
+start_operator() { # NAME HTTP_PORT LOG
+  KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME="$1" "$OPERATOR" run \
+    --api-url "$api_url" --api-token-file "$work/api-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
+    --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
+    --http "127.0.0.1:$2" --log-format pretty >"$3" 2>&1 &
+}
+start_operator operator-a "$op_http" "$work/operator.log"
 op_pid=$!
 wait_for 30 grep -q "starting the controller" "$work/operator.log" || fail "the operator did not start"
-kubectl -n starling-system get lease starling-operator -o jsonpath='{.spec.holderIdentity}' | grep -q . \
+[ "$(kubectl -n starling-system get lease starling-operator -o jsonpath='{.spec.holderIdentity}')" = operator-a ] \
   || fail "the operator holds no leader Lease"
+curl -sf "http://127.0.0.1:$op_http/readyz" >/dev/null || fail "the leading operator is not ready"
+
+echo "--- a second replica waits for the Lease"
+standby_http=$(free_port)
+start_operator operator-b "$standby_http" "$work/standby.log"
+standby_pid=$!
+wait_for 30 grep -q "standing by" "$work/standby.log" || fail "the second replica did not find the Lease held"
+grep -q "starting the controller" "$work/standby.log" && fail "two replicas lead at once"
+curl -sf "http://127.0.0.1:$standby_http/healthz" >/dev/null || fail "the standby replica is not live"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$standby_http/readyz")" = 503 ] \
+  || fail "the standby replica says it is ready"
 
 echo "--- an example Broker"
 sed 's/namespace: default/namespace: iot/' examples/broker-hook-and-limits.yaml | kubectl apply -f - >/dev/null
@@ -169,6 +192,55 @@ kubectl -n iot patch deployment orders --subresource=status --type=merge \
 is_ready() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}')" = Ready ]; }
 wait_for 60 is_ready || fail "the Broker did not turn Ready"
 kubectl -n iot get broker orders | grep -q 'True' || fail "kubectl get brokers does not show Ready"
+
+echo "--- playing the kubelet: the broker serves with the pod's files and listener flags"
+# A partial stand-in until the broker has managed mode and token auth: it starts starling-broker
+# with the pod template's arguments, the mounted ConfigMap and TLS Secret written where the pod
+# would see them (under a scratch root), bind addresses moved to free loopback ports, and without
+# the flags the broker does not parse yet (--control-plane, --broker-id, --broker-secret-file;
+# --auth token becomes --auth none). A client trusting the operator-issued CA then exchanges a
+# message over MQTT over TLS.
+pod="$work/pod"
+mkdir -p "$pod/etc/starling/tls"
+kubectl -n iot get configmap orders-config -o jsonpath='{.data.broker\.toml}' >"$pod/etc/starling/broker.toml"
+for key in tls.crt tls.key ca.crt; do
+  kubectl -n iot get secret orders-tls -o jsonpath="{.data.${key//./\\.}}" | base64 -d >"$pod/etc/starling/tls/$key"
+done
+kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].args}' >"$work/pod-args.json"
+python3 - "$work/pod-args.json" "$pod" >"$work/broker-args" <<'PY'
+import json, socket, sys
+args, root = json.load(open(sys.argv[1])), sys.argv[2]
+def free():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+out, i, ports = [], 0, {}
+while i < len(args):
+    flag, value = args[i], args[i + 1]
+    i += 2
+    if flag in ("--control-plane", "--broker-id", "--broker-secret-file"):
+        continue
+    if flag == "--auth":
+        value = "none"
+    if value.startswith("/etc/starling/"):
+        value = root + value
+    if value.startswith("0.0.0.0:"):
+        ports[flag] = free()
+        value = f"127.0.0.1:{ports[flag]}"
+    out += [flag, value]
+print("\n".join(out))
+PY
+mapfile -t broker_args <"$work/broker-args"
+mqtts_port=$(awk 'prev=="--mqtts"{split($0,a,":"); print a[2]} {prev=$0}' "$work/broker-args")
+broker_http=$(awk 'prev=="--http"{split($0,a,":"); print a[2]} {prev=$0}' "$work/broker-args")
+"$BROKER" "${broker_args[@]}" >"$work/broker.log" 2>&1 &
+broker_pid=$!
+wait_for 30 curl -sf "http://127.0.0.1:$broker_http/readyz" || { tail -20 "$work/broker.log"; fail "the broker did not become ready with the pod's arguments: ${broker_args[*]}"; }
+# Retained, so the subscriber gets it whenever it subscribes: no race between the two clients.
+mosquitto_pub -h localhost -p "$mqtts_port" --cafile "$pod/etc/starling/tls/ca.crt" -t orders/test -m "hello over tls" -r -q 1 -i kubelet-pub \
+  || fail "publishing over TLS with the operator's CA failed"
+mosquitto_sub -h localhost -p "$mqtts_port" --cafile "$pod/etc/starling/tls/ca.crt" -t orders/test -C 1 -W 20 -i kubelet-sub >"$work/sub.out" 2>&1 \
+  || { cat "$work/sub.out"; fail "the subscriber got nothing over TLS"; }
+grep -qx "hello over tls" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message"; }
+kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""
 
 echo "--- an unreachable api: Degraded, a Warning event, the pods left alone"
 condition_reason() {
@@ -221,12 +293,27 @@ assert deletes[0]["managedBy"] == "Broker/iot/orders", deletes
 print("deregistered through the finalizer")
 PY
 
-echo "--- helm uninstall keeps the CRD"
+echo "--- metrics"
+curl -sf "http://127.0.0.1:$op_http/metrics" >"$work/metrics.txt" || fail "no /metrics"
+grep -Eq '^starling_operator_reconciles_total [1-9]' "$work/metrics.txt" || fail "no reconciles counted"
+grep -q 'starling_operator_reconcile_errors_total{reason="ApiUnreachable"}' "$work/metrics.txt" || fail "no ApiUnreachable errors counted"
+grep -q 'starling_operator_reconcile_duration_seconds_count' "$work/metrics.txt" || fail "no reconcile durations"
+grep -q '^starling_operator_leader 1' "$work/metrics.txt" || fail "the leader does not say so"
+
+echo "--- on shutdown the leader releases the Lease and the standby takes over"
 kill "$op_pid"
 wait "$op_pid" 2>/dev/null || true
 op_pid=""
+takes_over() { [ "$(kubectl -n starling-system get lease starling-operator -o jsonpath='{.spec.holderIdentity}')" = operator-b ]; }
+wait_for 15 takes_over || fail "the standby did not take the released Lease"
+wait_for 15 grep -q "starting the controller" "$work/standby.log" || fail "the standby did not start reconciling"
+kill "$standby_pid"
+wait "$standby_pid" 2>/dev/null || true
+standby_pid=""
 holder=$(kubectl -n starling-system get lease starling-operator -o jsonpath='{.spec.holderIdentity}')
 [ -z "$holder" ] || fail "the operator did not release its Lease on shutdown (holder $holder)"
+
+echo "--- helm uninstall keeps the CRD"
 helm uninstall starling -n starling-system >/dev/null
 kubectl get crd brokers.starling.dev >/dev/null || fail "helm uninstall deleted the CRD"
 echo "kube tier ok"
