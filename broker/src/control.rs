@@ -263,10 +263,10 @@ fn read_secret(path: &Path) -> Option<String> {
     }
 }
 
-/// Exponential backoff from 250 ms to 30 s, with full jitter in the upper half.
+/// Exponential backoff from 250 ms to 10 s, with jitter in the upper half.
 fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1u32 << failures.min(7));
-    let capped = base.min(Duration::from_secs(30));
+    let base = Duration::from_millis(250).saturating_mul(1u32 << failures.min(6));
+    let capped = base.min(Duration::from_secs(10));
     let half = capped / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
 }

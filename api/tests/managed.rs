@@ -1,0 +1,353 @@
+//! The broker's managed mode against real `starling-api serve` processes: two replicas on one
+//! Postgres (a change through one reaches a broker polling the other within a second), and an
+//! outage of the api (the broker keeps serving, also across its own restart with a data
+//! directory, and follows again once the api is back).
+
+mod common;
+#[path = "../../broker/tests/common/mod.rs"]
+mod mqtt;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqtt::RawClient;
+use starling_broker::config::{
+    Config as BrokerConfig, ListenerConfig, ListenerKind, ManagedTenant,
+};
+use starling_codec::{Connect, Packet, ProtocolVersion, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BOOTSTRAP: &str = "bootstrap-token-for-tests-0123456789";
+const KEK: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// One `starling-api serve` process, killed on drop.
+struct Api {
+    child: Child,
+    public: SocketAddr,
+    internal: SocketAddr,
+}
+
+impl Api {
+    async fn start(database_url: &str, public: SocketAddr, internal: SocketAddr) -> Api {
+        let child = Command::new(env!("CARGO_BIN_EXE_starling-api"))
+            .args(["serve", "--database-url", database_url])
+            .args([
+                "--public-addr",
+                &public.to_string(),
+                "--internal-addr",
+                &internal.to_string(),
+            ])
+            .env("STARLING_API__KEK", KEK)
+            .env("STARLING_API__BOOTSTRAP_TOKEN", BOOTSTRAP)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starling-api starts");
+        let api = Api {
+            child,
+            public,
+            internal,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http(public, "GET", "/healthz", None, None).await.0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "api on {public} not healthy in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        api
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small HTTP/1.1 request on loopback: (status, JSON body or null).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return (0, serde_json::Value::Null);
+    };
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, serde_json::Value::Null);
+    }
+    let mut out = Vec::new();
+    if s.read_to_end(&mut out).await.is_err() {
+        return (0, serde_json::Value::Null);
+    }
+    let text = String::from_utf8_lossy(&out);
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+struct Created {
+    id: String,
+    secret: String,
+    token: String,
+    jti: String,
+}
+
+/// Creates namespace `ns`, broker `b` and a token for client `c1` through the native routes.
+async fn create_broker(api: SocketAddr, dir: &Path) -> Created {
+    let t = Some(BOOTSTRAP);
+    let (s, _) = http(
+        api,
+        "POST",
+        "/v1/namespaces",
+        t,
+        Some(serde_json::json!({"name": "ns"})),
+    )
+    .await;
+    assert_eq!(s, 201, "namespace created");
+    let (s, b) = http(
+        api,
+        "POST",
+        "/v1/namespaces/ns/brokers",
+        t,
+        Some(serde_json::json!({"name": "b", "authType": "TOKEN"})),
+    )
+    .await;
+    assert_eq!(s, 201, "broker created: {b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let secret = b["secret"].as_str().unwrap().to_string();
+    std::fs::write(dir.join("secret"), &secret).unwrap();
+    let (s, creds) = http(
+        api,
+        "GET",
+        "/v1/namespaces/ns/brokers/b/credentials?number=1&type=TOKEN&topicAcl=%23&clientid=c1",
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{creds}");
+    let token = creds["c1"].as_str().unwrap().to_string();
+    let claims = token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    Created {
+        id,
+        secret,
+        token,
+        jti: claims["jti"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn managed_broker(
+    internal: SocketAddr,
+    c: &Created,
+    dir: &Path,
+    data_dir: Option<&Path>,
+) -> starling_broker::RunningBroker {
+    let mut config = BrokerConfig::default();
+    config.listeners.push(ListenerConfig::new(
+        ListenerKind::Mqtt,
+        "127.0.0.1:0".parse().unwrap(),
+    ));
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    config.auth.mode = starling_broker::config::AuthMode::Token;
+    config.auth.clock_skew_secs = 0;
+    config.control_plane.push(ManagedTenant {
+        url: format!("http://{internal}"),
+        broker_id: c.id.clone(),
+        secret_file: dir.join("secret"),
+    });
+    config.data_dir = data_dir.map(Path::to_path_buf);
+    let _ = &c.secret;
+    starling_broker::start(config).await.expect("broker starts")
+}
+
+async fn wait_ready(b: &starling_broker::RunningBroker) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.is_ready() {
+        assert!(Instant::now() < deadline, "broker never got its state");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn connect(
+    b: &starling_broker::RunningBroker,
+    id: &str,
+    token: &str,
+) -> (RawClient<TcpStream>, ReasonCode) {
+    let s = TcpStream::connect(b.addr(ListenerKind::Mqtt).unwrap())
+        .await
+        .unwrap();
+    let mut c = RawClient::new(s, ProtocolVersion::V5);
+    let ack = c
+        .connect(Connect {
+            password: Some(Bytes::from(token.to_string())),
+            username: Some("x".into()),
+            ..mqtt::connect_v5(id)
+        })
+        .await;
+    (c, ack.reason)
+}
+
+async fn revoke_and_expect_cut(api: SocketAddr, c: &mut RawClient<TcpStream>, jti: &str) {
+    let t0 = Instant::now();
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/namespaces/ns/brokers/b/revocations?jti={jti}"),
+        Some(BOOTSTRAP),
+        None,
+    )
+    .await;
+    assert!(s < 300, "revocation accepted: {s} {body}");
+    c.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "revocation reached the broker after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_reaches_a_broker_polling_the_other() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let url = common::fresh_pg_url().await;
+        let dir = tempfile::tempdir().unwrap();
+        let one = Api::start(&url, free_addr(), free_addr()).await;
+        let two = Api::start(&url, free_addr(), free_addr()).await;
+        let created = create_broker(two.public, dir.path()).await;
+        // The broker follows replica one; the revocation goes through replica two.
+        let broker = managed_broker(one.internal, &created, dir.path(), None).await;
+        wait_ready(&broker).await;
+        let (mut c, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(reason, ReasonCode::SUCCESS);
+        revoke_and_expect_cut(two.public, &mut c, &created.jti).await;
+        let (_c, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(
+            reason,
+            ReasonCode::NOT_AUTHORIZED,
+            "refused after revocation"
+        );
+        broker.shutdown().await;
+        drop((one, two));
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_serves_through_an_api_outage_and_its_own_restart() {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("broker-data");
+        let db = format!("sqlite://{}", dir.path().join("api.db").display());
+        let (public, internal) = (free_addr(), free_addr());
+        let api = Api::start(&db, public, internal).await;
+        let created = create_broker(public, dir.path()).await;
+        let broker = managed_broker(internal, &created, dir.path(), Some(&data)).await;
+        wait_ready(&broker).await;
+        let (mut live, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(reason, ReasonCode::SUCCESS);
+
+        // The api goes away: existing and new connections are served.
+        api.stop();
+        live.send(Packet::PingReq).await;
+        assert!(matches!(live.recv().await, Packet::PingResp));
+        let (_second, reason) = connect(&broker, "c1-second", &created.token).await;
+        assert_eq!(
+            reason,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "the token stays bound to c1"
+        );
+        drop(live);
+        let (mut again, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(
+            reason,
+            ReasonCode::SUCCESS,
+            "a new connection during the outage"
+        );
+        again.send(Packet::PingReq).await;
+        assert!(matches!(again.recv().await, Packet::PingResp));
+
+        // The broker restarts during the outage: the saved state serves.
+        broker.shutdown().await;
+        let broker = managed_broker(internal, &created, dir.path(), Some(&data)).await;
+        assert!(broker.is_ready(), "ready from the saved state");
+        let (mut live, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(
+            reason,
+            ReasonCode::SUCCESS,
+            "served after a restart without the api"
+        );
+
+        // The api comes back; once the broker polls again, a revocation reaches it within 1 s.
+        let api = Api::start(&db, public, internal).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = metrics_text(internal).await;
+            if text
+                .lines()
+                .any(|l| l.starts_with("starling_api_long_polls ") && !l.ends_with(" 0"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not come back to the api"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        revoke_and_expect_cut(public, &mut live, &created.jti).await;
+        broker.shutdown().await;
+        drop(api);
+    })
+    .await
+    .expect("test timed out");
+}
+
+async fn metrics_text(addr: SocketAddr) -> String {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).to_string()
+}
