@@ -90,6 +90,9 @@ pub struct CreateBroker {
     /// The on-publish hook.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_publish: Option<OnPublishUrl>,
+    /// Broker limits, with the keys of the broker's `[limits]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<serde_json::Value>,
     /// The `Broker` that owns it.
     #[serde(rename = "managedBy")]
     pub managed_by: ManagedBy,
@@ -104,6 +107,8 @@ pub struct BrokerPatch {
     pub expiration: Option<i64>,
     /// The hook (`{"url": null}` clears).
     pub on_publish: OnPublishUrl,
+    /// Broker limits (`null` clears), with the keys of the broker's `[limits]` table.
+    pub limits: Option<serde_json::Value>,
 }
 
 /// A broker as the api returns it (fields the operator reads).
@@ -122,6 +127,15 @@ pub struct CreatedBroker {
     pub id: String,
     /// The per-broker secret, shown once. Never logged.
     pub secret: String,
+}
+
+/// A create answer as the api sends it: `secret` is `null` when the operator re-registers a
+/// broker it already manages (200 instead of 201).
+#[derive(Deserialize)]
+struct CreateAnswer {
+    id: String,
+    #[serde(default)]
+    secret: Option<String>,
 }
 
 impl std::fmt::Debug for CreatedBroker {
@@ -316,9 +330,17 @@ impl ControlPlane for HttpControlPlane {
             .call(Method::POST, &path, Some(encode(req)?), None)
             .await?;
         match status {
-            s if s.is_success() => serde_json::from_slice(&body)
-                .map(CreateOutcome::Created)
-                .map_err(|e| ApiError::Decode(e.to_string())),
+            s if s.is_success() => {
+                let answer: CreateAnswer =
+                    serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
+                Ok(match answer.secret {
+                    Some(secret) => CreateOutcome::Created(CreatedBroker {
+                        id: answer.id,
+                        secret,
+                    }),
+                    None => CreateOutcome::AlreadyExists,
+                })
+            }
             StatusCode::CONFLICT => Ok(CreateOutcome::AlreadyExists),
             s => Err(Self::unexpected(s, &body)),
         }

@@ -290,6 +290,7 @@ fn owned_fields(b: &Broker) -> BrokerPatch {
         on_publish: OnPublishUrl {
             url: b.spec.on_publish.as_ref().map(|o| o.url.clone()),
         },
+        limits: resources::limits_json(b),
     }
 }
 
@@ -338,6 +339,7 @@ async fn register(
                     .on_publish
                     .url
                     .map(|url| OnPublishUrl { url: Some(url) }),
+                limits: fields.limits,
                 managed_by: managed_by(b),
             };
             match api.create_broker(&ns, &req).await? {

@@ -42,7 +42,13 @@ async fn create(
 ) -> (StatusCode, Json<serde_json::Value>) {
     let mut f = s.lock().await;
     let name = body["name"].as_str().unwrap_or_default().to_owned();
-    if f.brokers.contains_key(&(ns.clone(), name.clone())) {
+    if let Some(existing) = f.brokers.get(&(ns.clone(), name.clone())) {
+        // The api answers a re-registration by the same managing resource with 200 and no secret.
+        if existing["managedBy"] == body["managedBy"] {
+            let mut b = existing.clone();
+            b["secret"] = serde_json::Value::Null;
+            return (StatusCode::OK, Json(b));
+        }
         return (
             StatusCode::CONFLICT,
             Json(serde_json::json!({"title": "broker exists"})),
@@ -134,6 +140,7 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             description: None,
             expiration: Some(3600),
             on_publish: None,
+            limits: Some(serde_json::json!({"max_connections": 10})),
             managed_by: managed(),
         };
         let CreateOutcome::Created(created) = api.create_broker("iot", &req).await.expect("create")
@@ -144,7 +151,20 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
         assert_eq!(created.secret, "one-time-secret");
         assert!(!format!("{created:?}").contains("one-time-secret"));
         assert_eq!(
-            api.create_broker("iot", &req).await.expect("second create"),
+            api.create_broker("iot", &req)
+                .await
+                .expect("re-registration"),
+            CreateOutcome::AlreadyExists
+        );
+        let other = CreateBroker {
+            managed_by: ManagedBy {
+                name: "other".to_owned(),
+                ..managed()
+            },
+            ..req.clone()
+        };
+        assert_eq!(
+            api.create_broker("iot", &other).await.expect("conflict"),
             CreateOutcome::AlreadyExists
         );
         let got = api
@@ -159,6 +179,7 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             on_publish: OnPublishUrl {
                 url: Some("https://hook.example.com/x".to_owned()),
             },
+            limits: None,
         };
         assert!(
             api.patch_broker("iot", "sensors", &patch, &managed())
@@ -171,6 +192,11 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             assert_eq!(stored["on_publish"]["url"], "https://hook.example.com/x");
             assert_eq!(stored["expiration"], serde_json::Value::Null);
             assert_eq!(stored["managedBy"]["kind"], "Broker");
+            assert_eq!(
+                stored["limits"],
+                serde_json::Value::Null,
+                "null clears the limits"
+            );
             assert_eq!(f.seen_auth, ["Bearer admin-token"]);
         }
         assert!(

@@ -93,6 +93,7 @@ impl ControlPlane for FakeControlPlane {
             description: req.description.clone(),
             expiration: req.expiration,
             on_publish: req.on_publish.clone().unwrap_or(OnPublishUrl { url: None }),
+            limits: req.limits.clone(),
         };
         s.brokers.insert(key, (id.clone(), fields));
         Ok(CreateOutcome::Created(CreatedBroker {
@@ -508,6 +509,14 @@ async fn a_config_change_rolls_the_pods_and_an_unchanged_spec_does_not() {
     w.reconcile(&b).await.expect("changed");
     let reqs = w.kube.take_requests();
     assert_ne!(checksum_of(&reqs), first, "a limits change rolls the pods");
+    let in_api = w.api.state().brokers[&("iot".to_owned(), "sensors".to_owned())]
+        .1
+        .clone();
+    assert_eq!(
+        in_api.limits,
+        Some(json!({"max_connections": 100})),
+        "the api gets the limits too"
+    );
     let cm = &find(
         &reqs,
         "PATCH /api/v1/namespaces/iot/configmaps/sensors-config",

@@ -65,6 +65,15 @@ impl<'a> From<&'a Limits> for LimitsToml<'a> {
     }
 }
 
+/// The spec's limits as a JSON object with the broker's `[limits]` keys (for the api), or
+/// `None` when the spec sets none.
+pub fn limits_json(b: &Broker) -> Option<serde_json::Value> {
+    b.spec
+        .limits
+        .as_ref()
+        .and_then(|l| serde_json::to_value(LimitsToml::from(l)).ok())
+}
+
 /// Renders `broker.toml` for `b`.
 pub fn render_config(b: &Broker) -> Result<String, toml::ser::Error> {
     let doc = BrokerToml {
@@ -112,6 +121,17 @@ mod tests {
             "unset limits are left to the broker's defaults"
         );
         assert_eq!(cm.metadata.name.as_deref(), Some("sensors-config"));
+    }
+
+    #[test]
+    fn limits_for_the_api_use_the_same_keys_as_the_file() {
+        let b =
+            broker(serde_json::json!({"limits": {"profile": "cloudflare", "maxConnections": 10}}));
+        assert_eq!(
+            limits_json(&b),
+            Some(serde_json::json!({"profile": "cloudflare", "max_connections": 10}))
+        );
+        assert_eq!(limits_json(&broker(serde_json::json!({}))), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod deployment;
 mod secrets;
 mod service;
 
-pub use config::{CONFIG_KEY, desired_config_map, render_config};
+pub use config::{CONFIG_KEY, desired_config_map, limits_json, render_config};
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
 pub use secrets::{
     BROKER_ID_KEY, BROKER_SECRET_KEY, CA_CERT_KEY, CA_KEY_KEY, Credentials, ca_from_secret,
