@@ -390,6 +390,17 @@ async fn a_swapped_certificate_reaches_new_clients_while_a_tls_session_keeps_pub
         served(&second),
         CertificateDer::from_pem_file(&new.files.cert).unwrap()
     );
+    let serial = |der: &CertificateDer<'_>| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        cert.raw_serial().to_vec()
+    };
+    let new_file = CertificateDer::from_pem_file(&new.files.cert).unwrap();
+    assert_eq!(serial(&served(&second)), serial(&new_file));
+    assert_ne!(
+        serial(&served(&second)),
+        serial(&served(&first)),
+        "a new serial after the swap"
+    );
     device.publish("reload/after", b"2").await;
     assert_eq!(
         watcher.receive("reload/after").await,

@@ -206,7 +206,7 @@ async fn a_data_symlink_swap_serves_the_new_certificate_and_keeps_existing_conne
     )
     .unwrap();
     // A long poll interval: the change must be seen through the directory watch.
-    let _watch = resolver.watch(Duration::from_secs(3600)).unwrap();
+    let _watch = resolver.watch(Duration::from_secs(3600));
     let mut generation = resolver.generation();
     let mut failures = resolver.failures();
     let listener_cfg = tls::TlsListenerConfig {

@@ -294,7 +294,7 @@ impl TlsListeners {
             return Ok(Arc::clone(r));
         }
         let resolver = CertResolver::load(&cert, &key)?;
-        let watcher = resolver.watch(Duration::from_secs(self.global.reload_poll_secs.max(1)))?;
+        let watcher = resolver.watch(Duration::from_secs(self.global.reload_poll_secs.max(1)));
         tracing::info!(cert = %cert.display(), "tls certificate loaded; watching its directory");
         self.watchers.push(watcher);
         self.resolvers.insert((cert, key), Arc::clone(&resolver));

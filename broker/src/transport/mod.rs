@@ -463,6 +463,6 @@ pub fn load_tls(
     poll: Duration,
 ) -> Result<(Arc<tls::CertResolver>, tls::CertWatcher), tls::TlsError> {
     let resolver = tls::CertResolver::load(cert, key)?;
-    let watcher = resolver.watch(poll)?;
+    let watcher = resolver.watch(poll);
     Ok((resolver, watcher))
 }

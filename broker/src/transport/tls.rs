@@ -299,17 +299,64 @@ impl CertResolver {
     }
 
     /// Starts watching the directories of the certificate and key files, and checks the files'
-    /// targets every `poll` as a fallback (for file systems without change notifications).
-    /// Must be called inside a tokio runtime; watching stops when the returned guard is dropped.
-    pub fn watch(self: &Arc<Self>, poll: Duration) -> Result<CertWatcher, TlsError> {
+    /// targets every `poll` as a fallback (for file systems without change notifications). When
+    /// the directory watch cannot start (no inotify, its limits reached), the poll alone goes on
+    /// and a warning says so. Must be called inside a tokio runtime; watching stops when the
+    /// returned guard is dropped.
+    pub fn watch(self: &Arc<Self>, poll: Duration) -> CertWatcher {
+        self.watch_with(poll, true)
+    }
+
+    fn watch_with(self: &Arc<Self>, poll: Duration, directory_events: bool) -> CertWatcher {
         let wake = Arc::new(Notify::new());
-        let wake_from_events = Arc::clone(&wake);
+        let watcher = if directory_events {
+            match self.directory_watcher(Arc::clone(&wake)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        poll_secs = poll.as_secs(),
+                        "cannot watch the certificate directory; checking the files periodically instead"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let resolver = Arc::clone(self);
+        let poll = poll.max(Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = wake.notified() => {
+                        let r = Arc::clone(&resolver);
+                        // File reads block: keep them off the runtime's worker threads.
+                        let _ = tokio::task::spawn_blocking(move || r.reload_logged("event")).await;
+                    }
+                    _ = tick.tick() => {
+                        let r = Arc::clone(&resolver);
+                        let _ = tokio::task::spawn_blocking(move || r.reload_if_stale()).await;
+                    }
+                }
+            }
+        });
+        CertWatcher {
+            _watcher: watcher,
+            task,
+        }
+    }
+
+    fn directory_watcher(&self, wake: Arc<Notify>) -> Result<notify::RecommendedWatcher, TlsError> {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 // Any event in the directory counts: the `..data` rename of a Secret volume names
                 // neither file. Access events are skipped; reloads compare content anyway.
                 if matches!(&event, Ok(e) if !e.kind.is_access()) {
-                    wake_from_events.notify_one();
+                    wake.notify_one();
                 }
             })
             .map_err(|source| TlsError::Watch {
@@ -334,30 +381,7 @@ impl CertResolver {
                     source,
                 })?;
         }
-        let resolver = Arc::clone(self);
-        let poll = poll.max(Duration::from_millis(100));
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = wake.notified() => {
-                        let r = Arc::clone(&resolver);
-                        // File reads block: keep them off the runtime's worker threads.
-                        let _ = tokio::task::spawn_blocking(move || r.reload_logged("event")).await;
-                    }
-                    _ = tick.tick() => {
-                        let r = Arc::clone(&resolver);
-                        let _ = tokio::task::spawn_blocking(move || r.reload_if_stale()).await;
-                    }
-                }
-            }
-        });
-        Ok(CertWatcher {
-            _watcher: watcher,
-            task,
-        })
+        Ok(watcher)
     }
 }
 
@@ -370,7 +394,7 @@ impl ResolvesServerCert for CertResolver {
 /// Keeps a [`CertResolver`] watching its files; dropping it stops the watch.
 #[derive(Debug)]
 pub struct CertWatcher {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Option<notify::RecommendedWatcher>,
     task: JoinHandle<()>,
 }
 
@@ -443,4 +467,53 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(cfg.resolver.clone());
     config.alpn_protocols = cfg.alpn.clone().unwrap_or_else(|| default_alpn(kind));
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// Lays out `dir` as the kubelet does for a Secret volume and swaps `..data` atomically.
+    fn secret_version(dir: &Path, stamp: &str, from: &Path) {
+        let version = dir.join(stamp);
+        fs::create_dir(&version).unwrap();
+        fs::copy(from.join("server.pem"), version.join("tls.crt")).unwrap();
+        fs::copy(from.join("server-key.pem"), version.join("tls.key")).unwrap();
+        symlink(stamp, dir.join("..data_tmp")).unwrap();
+        fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        if !dir.join("tls.crt").exists() {
+            symlink("..data/tls.crt", dir.join("tls.crt")).unwrap();
+            symlink("..data/tls.key", dir.join("tls.key")).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_periodic_check_alone_sees_a_data_symlink_swap() {
+        let (a, b, volume) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        super::super::dev_tls::ensure(a.path(), &[]).unwrap();
+        super::super::dev_tls::ensure(b.path(), &[]).unwrap();
+        secret_version(volume.path(), "..v1", a.path());
+        let resolver = CertResolver::load(
+            &volume.path().join("tls.crt"),
+            &volume.path().join("tls.key"),
+        )
+        .unwrap();
+        let first = resolver.current().cert.clone();
+        let _watch = resolver.watch_with(Duration::from_millis(100), false);
+        let mut generation = resolver.generation();
+
+        secret_version(volume.path(), "..v2", b.path());
+        tokio::time::timeout(Duration::from_secs(10), generation.wait_for(|g| *g == 1))
+            .await
+            .expect("the poll reloads within 10 s")
+            .unwrap();
+        assert_ne!(resolver.current().cert, first);
+        let expected = load_certs(&b.path().join("server.pem")).unwrap();
+        assert_eq!(resolver.current().cert, expected);
+    }
 }
