@@ -98,7 +98,10 @@ fn from_v4(p: v4::Packet) -> Packet {
         v4::Packet::Connect(c) => {
             let (username, password) = login(c.login.map(|l| (l.username, l.password)));
             Packet::Connect(Box::new(Connect {
-                protocol: V3_1_1,
+                protocol: match c.protocol {
+                    mqttbytes::Protocol::V4 => V3_1_1,
+                    mqttbytes::Protocol::V5 => V5,
+                },
                 clean_start: c.clean_session,
                 keep_alive: c.keep_alive,
                 client_id: s(c.client_id),
@@ -408,7 +411,7 @@ fn compare(dir: Direction, v: ProtocolVersion, data: &[u8]) -> Option<String> {
         (Outcome::Packet(a), Outcome::Packet(b)) => {
             let a = normalise(*a);
             let b = normalise(*b);
-            (a != b).then(|| format!("differs:{}", a.packet_type().name()))
+            (a != b).then(|| describe(&a, &b, v))
         }
         // We refuse what they accept, or would accept once more bytes came.
         (Outcome::Rejected(rule), Outcome::Packet(_) | Outcome::Incomplete) => {
@@ -426,6 +429,33 @@ fn compare(dir: Direction, v: ProtocolVersion, data: &[u8]) -> Option<String> {
         (Outcome::Packet(p), Outcome::Incomplete) => {
             Some(format!("incomplete:theirs:{}", p.packet_type().name()))
         }
+    }
+}
+
+/// The key of two different decodings: the packet type, and for PUBLISH the fields that
+/// differ; a CONNECT whose level is not the connection's version gets its own key.
+fn describe(ours: &Packet, theirs: &Packet, v: ProtocolVersion) -> String {
+    match (ours, theirs) {
+        (Packet::Connect(c), _) if c.protocol != v => "differs:CONNECT:protocol-level".to_owned(),
+        (Packet::Publish(a), Packet::Publish(b)) => {
+            let fields = [
+                (
+                    "flags",
+                    (a.dup, a.qos, a.retain) != (b.dup, b.qos, b.retain),
+                ),
+                ("topic", a.topic != b.topic),
+                ("packet_id", a.packet_id != b.packet_id),
+                ("properties", a.properties != b.properties),
+                ("payload", a.payload != b.payload),
+            ];
+            let differing: Vec<&str> = fields
+                .iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(name, _)| *name)
+                .collect();
+            format!("differs:PUBLISH:{}", differing.join(","))
+        }
+        _ => format!("differs:{}", ours.packet_type().name()),
     }
 }
 
