@@ -40,6 +40,9 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 const TAKE_BATCH: usize = 256;
 /// How often a takeover repeats its request while the old connection is still closing.
 const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
+/// How long a QoS 1/2 publisher waits for a congested subscriber's outbox to drain before that
+/// subscriber is disconnected (0x97) as a slow consumer.
+const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
 
 /// What every connection of a listener shares.
 #[derive(Debug, Clone)]
@@ -199,6 +202,7 @@ where
         scratch: Vec::new(),
         batch: Vec::with_capacity(TAKE_BATCH),
         more_queued: true,
+        pressure: None,
     };
     conn.credential_deadline = credential_deadline(&conn.auth);
     conn.wbuf.extend_from_slice(&started.connack);
@@ -573,6 +577,9 @@ struct Connection<IO> {
     batch: Vec<Delivery>,
     /// The outbox may hold deliveries this connection has not taken yet.
     more_queued: bool,
+    /// A subscriber's outbox this connection filled to three quarters with QoS 1/2 messages,
+    /// and when its grace ends: reading from the client pauses until it drains.
+    pressure: Option<(Arc<Session>, Instant)>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
@@ -601,6 +608,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(8 * 1024);
             }
+            let pressure = self.pressure.clone();
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -612,7 +620,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 _ = self.ctx.shutdown.cancelled() => {
                     return Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: true, will: true, what: "server shutting down" };
                 }
-                r = self.io.read_buf(&mut self.rbuf) => match r {
+                _ = wait_for_drain(&pressure), if pressure.is_some() => {
+                    self.pressure = None;
+                    // The client's packets waited in the socket, not the client.
+                    self.last_read = Instant::now();
+                }
+                r = self.io.read_buf(&mut self.rbuf), if pressure.is_none() => match r {
                     Ok(0) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "connection closed by the client" },
                     Ok(n) => {
                         self.ctx.metrics.bytes_in.inc_by(n as u64);
@@ -629,7 +642,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     self.ctx.metrics.auth_failures.get_or_create(&CodeLabels { reason: "expired_while_connected" }).inc();
                     return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, will: false, what: "credential expired" };
                 }
-                _ = sleep_until_opt(keep_alive_deadline) => {
+                _ = sleep_until_opt(keep_alive_deadline), if pressure.is_none() => {
                     // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
                     return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
                 }
@@ -851,7 +864,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             publisher: Some(self.session.client_id.clone()),
         });
         let tenant = self.auth.tenant.clone();
-        tenant.publish(message, &mut self.scratch);
+        let mut congested = None;
+        tenant.publish_noting_congestion(message, &mut self.scratch, &mut congested);
+        if let Some(slow) = congested {
+            // Our own outbox drains only through our own reads: never wait on it.
+            if slow.id != self.session.id && self.pressure.is_none() {
+                self.pressure = Some((slow, Instant::now() + SLOW_CONSUMER_GRACE));
+            }
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
@@ -1435,6 +1455,21 @@ fn granted(qos: QoS) -> ReasonCode {
         QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
         QoS::AtLeastOnce => ReasonCode::GRANTED_QOS_1,
         QoS::ExactlyOnce => ReasonCode::GRANTED_QOS_2,
+    }
+}
+
+/// Waits until the congested outbox drains; at the end of the grace, disconnects its session's
+/// connection as a slow consumer (0x97) and stops waiting.
+async fn wait_for_drain(pressure: &Option<(Arc<Session>, Instant)>) {
+    let Some((session, deadline)) = pressure else {
+        return std::future::pending().await;
+    };
+    if tokio::time::timeout_at(*deadline, session.drained())
+        .await
+        .is_err()
+    {
+        info!(client_id = %session.client_id, "slow consumer: outbox full for too long");
+        session.kick(ReasonCode::QUOTA_EXCEEDED);
     }
 }
 

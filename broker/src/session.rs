@@ -48,6 +48,11 @@ pub struct Session {
     outbox: Mutex<Outbox>,
     /// Woken when the outbox gets something.
     notify: Notify,
+    /// Woken when the outbox has drained to half its bounds while a publisher waits for that
+    /// (QoS 1/2 backpressure), and when the session loses its connection.
+    space: Notify,
+    /// Set while a publisher may be waiting on `space`.
+    awaited: AtomicBool,
     /// Set while a connection serves the session.
     connected: AtomicBool,
     /// Bumped on every connection and on the end of the session; timers compare it.
@@ -149,6 +154,8 @@ impl Session {
                 bytes: 0,
             }),
             notify: Notify::new(),
+            space: Notify::new(),
+            awaited: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             kick: Mutex::new(None),
@@ -222,7 +229,40 @@ impl Session {
             outbox.bytes = outbox.bytes.saturating_sub(d.message.weight());
             out.push(d);
         }
+        if self.awaited.load(Ordering::Acquire) && self.is_drained(&outbox) {
+            self.awaited.store(false, Ordering::Release);
+            self.space.notify_waiters();
+        }
         !outbox.items.is_empty()
+    }
+
+    /// Whether the outbox is three quarters full, by messages or bytes. A connection that
+    /// published a QoS 1 or 2 message into it waits for [`Session::drained`] before it reads
+    /// more from its client: the slow-consumer policy in `broker/ARCHITECTURE.md`.
+    pub fn is_congested(&self) -> bool {
+        let outbox = self.outbox.lock();
+        outbox.items.len().saturating_mul(4) >= self.limits.max_messages.saturating_mul(3)
+            || outbox.bytes.saturating_mul(4) >= self.limits.max_bytes.saturating_mul(3)
+    }
+
+    fn is_drained(&self, outbox: &Outbox) -> bool {
+        outbox.items.len().saturating_mul(2) <= self.limits.max_messages
+            && outbox.bytes.saturating_mul(2) <= self.limits.max_bytes
+    }
+
+    /// Waits until the outbox has drained to half its bounds, or the session has no connection
+    /// to drain it.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.awaited.store(true, Ordering::Release);
+            if !self.is_connected() || self.is_drained(&self.outbox.lock()) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Everything still queued, emptying the outbox.
@@ -254,6 +294,8 @@ impl Session {
         if self.generation() == generation {
             self.connected.store(false, Ordering::Release);
             *self.kick.lock() = None;
+            // Publishers waiting for this outbox to drain stop waiting.
+            self.space.notify_waiters();
         }
     }
 

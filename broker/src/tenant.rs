@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+use starling_codec::QoS;
 
 use crate::config::Limits;
 use crate::message::Message;
@@ -50,6 +51,17 @@ impl Tenant {
     /// Delivers `message` to every matching subscription and updates the retained store when
     /// the message is retained. `scratch` is reused between calls. Returns the deliveries queued.
     pub fn publish(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) -> usize {
+        self.publish_noting_congestion(message, scratch, &mut None)
+    }
+
+    /// [`Tenant::publish`], and sets `congested` to a connected session whose outbox got a QoS 1
+    /// or 2 delivery and is now three quarters full (see [`Session::is_congested`]).
+    pub fn publish_noting_congestion(
+        &self,
+        message: Arc<Message>,
+        scratch: &mut Vec<Routed>,
+        congested: &mut Option<Arc<Session>>,
+    ) -> usize {
         if message.retain {
             match self.retained.set(&message) {
                 RetainOutcome::Stored | RetainOutcome::Cleared => {
@@ -61,8 +73,12 @@ impl Tenant {
         self.router.route(&message, scratch);
         let mut queued = 0;
         for (session, delivery) in scratch.drain(..) {
+            let reliable = delivery.qos != QoS::AtMostOnce;
             if session.push(delivery, &self.metrics) {
                 queued += 1;
+            }
+            if reliable && congested.is_none() && session.is_connected() && session.is_congested() {
+                *congested = Some(session);
             }
         }
         queued

@@ -1,0 +1,117 @@
+//! QoS 1 backpressure: a publisher that fills a connected subscriber's outbox with QoS 1
+//! messages waits for it to drain instead of losing messages, and a subscriber that never
+//! drains is disconnected (0x97) after the grace so the publisher goes on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use starling_codec::{ConnectProperties, Packet, PubAck, QoS, ReasonCode};
+use tokio::sync::mpsc;
+
+const MESSAGES: u8 = 30;
+
+/// Publishes `MESSAGES` QoS 1 messages one after the other, each after the PUBACK of the one
+/// before, and reports every PUBACK.
+fn spawn_publisher(mut publisher: RawClient<tokio::net::TcpStream>) -> mpsc::UnboundedReceiver<u8> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    publisher.wait = Duration::from_secs(30);
+    tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            let r = publisher.publish("bp/topic", QoS::AtLeastOnce, &[i]).await;
+            assert_eq!(r, Some(ReasonCode::SUCCESS));
+            if tx.send(i).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn slow_subscriber(b: &TestBroker, id: &str) -> RawClient<tokio::net::TcpStream> {
+    let mut sub = b.raw().await;
+    let mut connect = connect_v5(id);
+    // One message in flight at a time: the rest waits in the broker's outbox.
+    connect.properties = ConnectProperties {
+        receive_maximum: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(sub.connect(connect).await.reason, ReasonCode::SUCCESS);
+    sub.subscribe("bp/topic", sub_opts(QoS::AtLeastOnce)).await;
+    sub
+}
+
+#[tokio::test]
+async fn qos1_publisher_waits_for_a_full_subscriber_queue_instead_of_losing_messages() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let b = TestBroker::with(|c| c.limits.max_queued_messages = Some(8)).await;
+        let mut sub = slow_subscriber(&b, "bp-sub").await;
+        let mut acks = spawn_publisher(b.client("bp-pub").await);
+        // The subscriber reads nothing yet: the publisher must stall well before the end.
+        let stalled = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut last = None;
+            while let Some(i) = acks.recv().await {
+                last = Some(i);
+                if i == MESSAGES - 1 {
+                    return last;
+                }
+            }
+            last
+        })
+        .await;
+        assert!(
+            stalled.is_err(),
+            "all {MESSAGES} PUBACKs came while the subscriber read nothing: {stalled:?}"
+        );
+        // Now the subscriber reads and acknowledges: every message arrives, in order.
+        for i in 0..MESSAGES {
+            let p = sub.recv_publish().await;
+            assert_eq!(&p.payload[..], &[i], "message {i}");
+            sub.send(Packet::PubAck(PubAck::new(p.packet_id.unwrap())))
+                .await;
+        }
+        let mut last = None;
+        while let Some(i) = acks.recv().await {
+            last = Some(i);
+        }
+        assert_eq!(last, Some(MESSAGES - 1), "the publisher finished");
+        let text = b.metrics().await;
+        assert_eq!(
+            metric(&text, "starling_dropped_total{reason=\"queue_full\"}"),
+            0.0,
+            "{text}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn subscriber_that_never_drains_is_disconnected_and_the_publisher_goes_on() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let b = TestBroker::with(|c| c.limits.max_queued_messages = Some(8)).await;
+        let mut stuck = slow_subscriber(&b, "bp-stuck").await;
+        let mut acks = spawn_publisher(b.client("bp-pub2").await);
+        // Without any read from the subscriber, the publisher completes after the grace.
+        let mut last = None;
+        while let Some(i) = acks.recv().await {
+            last = Some(i);
+        }
+        assert_eq!(last, Some(MESSAGES - 1), "the publisher finished");
+        // The stuck subscriber got what fitted its window, then DISCONNECT 0x97.
+        stuck.wait = Duration::from_secs(5);
+        loop {
+            match stuck.recv_opt().await {
+                Some(Packet::Publish(_)) => {}
+                Some(Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason, ReasonCode::QUOTA_EXCEEDED);
+                    break;
+                }
+                other => panic!("expected DISCONNECT 0x97, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("test timed out");
+}
