@@ -36,6 +36,10 @@ use crate::tenant::Tenant;
 
 /// Flush the write buffer once it holds this much, even in the middle of a wake-up.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// A read needs at least this much room in the read buffer; below it, the buffer grows.
+const READ_MIN_ROOM: usize = 256;
+/// How much the read buffer grows by at a time.
+const READ_CHUNK: usize = 8 * 1024;
 /// Deliveries taken from the outbox at once.
 const TAKE_BATCH: usize = 256;
 /// How often a takeover repeats its request while the old connection is still closing.
@@ -92,7 +96,9 @@ pub async fn serve<IO>(mut io: IO, remote: SocketAddr, ctx: ConnectionContext)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut rbuf = BytesMut::with_capacity(4096);
+    // Small to start with: an idle connection keeps only what it needs; a busy one grows in
+    // READ_CHUNK steps (see `Connection::run`).
+    let mut rbuf = BytesMut::with_capacity(1024);
     let mut decoder = Decoder::new(Direction::ToServer, ctx.limits.max_packet_size);
     let read = tokio::select! {
         r = tokio::time::timeout(ctx.limits.connect_timeout, read_connect(&mut io, &mut decoder, &mut rbuf, &ctx.metrics)) => r,
@@ -175,7 +181,8 @@ where
         io,
         remote,
         rbuf,
-        wbuf: BytesMut::with_capacity(8192),
+        // Grows on demand and keeps its size while the connection is busy.
+        wbuf: BytesMut::new(),
         decoder,
         version,
         ctx,
@@ -605,8 +612,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             let keep_alive_deadline =
                 (!self.keep_alive.is_zero()).then(|| self.last_read + self.keep_alive.mul_f32(1.5));
             let ready_to_send = self.more_queued && self.window() > 0;
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(8 * 1024);
+            if self.rbuf.capacity() - self.rbuf.len() < READ_MIN_ROOM {
+                self.rbuf.reserve(READ_CHUNK);
             }
             let pressure = self.pressure.clone();
             tokio::select! {
