@@ -7,18 +7,13 @@
 // user would import it; certificate errors are never ignored.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { createServer } from 'node:http';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
 import { startBroker } from './lib/broker.mjs';
+import { launchChromium, servePage } from './lib/chromium.mjs';
+import { within as withinMs, run } from './lib/util.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
 const STEP_MS = 15000;
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 const PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>Starling in the browser</title></head>
@@ -51,66 +46,19 @@ const PAGE = `<!doctype html>
 </script>
 </body></html>`;
 
-let broker, server, pageBase, context, page, home, profile;
+let broker, server, pageBase, browser, page;
 const clientId = `browser-${process.pid}`;
 const inbound = `browser/in/${process.pid}`;
 const outbound = `browser/out/${process.pid}`;
 
-function within(promise, what, ms = STEP_MS) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => { timer = setTimeout(() => rej(new Error(`timed out: ${what}`)), ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function run(cmd, args) {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { out += d; });
-  const done = new Promise((res) => child.once('exit', (code) => res(code)));
-  return { child, done, output: () => out };
-}
+const within = (promise, what, ms = STEP_MS) => withinMs(promise, what, ms);
 
 before(async () => {
   broker = await startBroker();
-  // An NSS database that trusts the dev CA, in a fresh $HOME (Chromium on Linux reads
-  // $HOME/.pki/nssdb), and a fresh profile directory.
-  home = mkdtempSync(join(tmpdir(), 'starling-chromium-home-'));
-  const nssdb = join(home, '.pki', 'nssdb');
-  mkdirSync(nssdb, { recursive: true });
-  execFileSync('certutil', ['-N', '-d', `sql:${nssdb}`, '--empty-password']);
-  execFileSync('certutil', ['-A', '-d', `sql:${nssdb}`, '-n', 'starling-dev-ca', '-t', 'C,,', '-i', broker.ca]);
-  profile = mkdtempSync(join(tmpdir(), 'starling-chromium-profile-'));
-
-  const mqttJs = readFileSync(join(here, 'node_modules', 'mqtt', 'dist', 'mqtt.min.js'));
-  server = createServer((req, res) => {
-    const path = new URL(req.url, 'http://x').pathname;
-    if (path === '/') {
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(PAGE);
-    } else if (path === '/favicon.ico') {
-      res.writeHead(204).end();
-    } else if (path === '/mqtt.min.js') {
-      res.writeHead(200, { 'content-type': 'text/javascript' }).end(mqttJs);
-    } else {
-      res.writeHead(404).end();
-    }
-  });
-  await new Promise((res) => server.listen(0, '127.0.0.1', res));
-  pageBase = `http://127.0.0.1:${server.address().port}/`;
-
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    chromiumSandbox: false,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync',
-    ],
-    env: { ...process.env, HOME: home },
-  });
-  page = await context.newPage();
+  browser = await launchChromium({ ca: broker.ca });
+  server = await servePage(PAGE);
+  pageBase = server.url;
+  page = await browser.context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.log('page console:', m.text()); });
   const query = new URLSearchParams({ url: broker.urls.wss, id: clientId, sub: inbound });
   await page.goto(`${pageBase}?${query}`);
@@ -126,10 +74,9 @@ after(async () => {
     await page.screenshot({ path: shot }).catch(() => {});
     console.log(`screenshot: ${shot}`);
   }
-  await context?.close();
-  server?.close();
+  await browser?.close();
+  await server?.close();
   await broker?.stop();
-  for (const d of [home, profile]) if (d) rmSync(d, { recursive: true, force: true });
 });
 
 test('the page connected over wss:// with MQTT 5', async () => {
@@ -143,18 +90,9 @@ test('the page connected over wss:// with MQTT 5', async () => {
 test('without the dev CA in its NSS database the browser refuses the wss:// connection', async () => {
   // Same browser, fresh $HOME and profile without the CA: the handshake must fail, which shows
   // the test above trusts the CA and does not skip certificate checks.
-  const bareHome = mkdtempSync(join(tmpdir(), 'starling-chromium-bare-'));
-  const bareProfile = mkdtempSync(join(tmpdir(), 'starling-chromium-bare-profile-'));
-  const bare = await chromium.launchPersistentContext(bareProfile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    chromiumSandbox: false,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--no-first-run', '--disable-quic', '--disable-sync'],
-    env: { ...process.env, HOME: bareHome },
-  });
+  const bare = await launchChromium();
   try {
-    const p = await bare.newPage();
+    const p = await bare.context.newPage();
     const query = new URLSearchParams({ url: broker.urls.wss, id: `${clientId}-bare`, sub: inbound });
     await p.goto(`${pageBase}?${query}`);
     await p.waitForFunction(() => !['loading', 'connected'].includes(document.getElementById('status').textContent),
@@ -162,8 +100,6 @@ test('without the dev CA in its NSS database the browser refuses the wss:// conn
     assert.notEqual(await p.textContent('#status'), 'subscribed');
   } finally {
     await bare.close();
-    rmSync(bareHome, { recursive: true, force: true });
-    rmSync(bareProfile, { recursive: true, force: true });
   }
 });
 
