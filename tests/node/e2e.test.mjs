@@ -292,6 +292,8 @@ test('after a key rotation old tokens work until the old key retires and new tok
   assert.equal(rotation.retiringKid, oldKid);
   assert.notEqual(rotation.currentKid, oldKid);
   const retireAtMs = rotation.retireAt * 1000;
+  const kidsNow = (await cf('GET', `${brokerPath()}/publickeys`)).keys.map((k) => k.kid);
+  for (const kid of [oldKid, rotation.currentKid, rotation.nextKid]) assert.ok(kidsNow.includes(kid), `${kid} not published`);
 
   rotatedId = `rotated-${process.pid}`;
   [rotatedToken] = await issue(rotatedId);
@@ -318,6 +320,10 @@ test('after a key rotation old tokens work until the old key retires and new tok
   // retireAt has one-second resolution.
   assert.ok(refused.at >= retireAtMs - 1000, `refused ${retireAtMs - refused.at} ms before retireAt`);
   assert.match(refused.output, /not authori[sz]ed|bad user name or password|Connection Refused/i);
+
+  const kidsLater = (await cf('GET', `${brokerPath()}/publickeys`)).keys.map((k) => k.kid);
+  assert.ok(!kidsLater.includes(oldKid), 'the retired key is still published');
+  assert.ok(kidsLater.includes(rotation.currentKid));
 
   // The new key keeps working.
   const later = `new key after retirement ${Date.now()}`;
