@@ -270,6 +270,7 @@ test('a revoked jti is disconnected within 1 s and refused; lifting the revocati
   const again = await pageConnect(subToken);
   assert.equal(again.ok, false, 'a revoked token connected');
   assert.ok([NOT_AUTHORIZED, BAD_CREDENTIALS].includes(again.code), `refused with ${JSON.stringify(again)}`);
+  t.diagnostic(`reconnect with the revoked token: CONNACK reason ${again.code}`);
   // The other token of the same broker is untouched.
   const other = await mosquittoPub(pubId, pubToken, `still allowed ${Date.now()}`);
   assert.equal(other.code, 0, other.output);

@@ -30,6 +30,9 @@ export async function launchChromium({ ca } = {}) {
     execFileSync('certutil', ['-N', '-d', `sql:${nssdb}`, '--empty-password']);
     execFileSync('certutil', ['-A', '-d', `sql:${nssdb}`, '-n', 'starling-dev-ca', '-t', 'C,,', '-i', ca]);
   }
+  const removeDirs = () => { for (const d of [home, profile]) rmSync(d, { recursive: true, force: true }); };
+  // Also when the process ends without closing the browser (a timeout's SIGTERM).
+  process.once('exit', removeDirs);
   let context;
   try {
     context = await chromium.launchPersistentContext(profile, {
@@ -40,12 +43,14 @@ export async function launchChromium({ ca } = {}) {
       env: { ...process.env, HOME: home },
     });
   } catch (e) {
-    for (const d of [home, profile]) rmSync(d, { recursive: true, force: true });
+    process.off('exit', removeDirs);
+    removeDirs();
     throw e;
   }
   const close = async () => {
     await context.close().catch(() => {});
-    for (const d of [home, profile]) rmSync(d, { recursive: true, force: true });
+    process.off('exit', removeDirs);
+    removeDirs();
   };
   return { context, close };
 }

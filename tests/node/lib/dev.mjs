@@ -56,6 +56,16 @@ export async function startDev({ timeoutMs = 30000 } = {}) {
   let exited = null;
   const exit = new Promise((res) => child.once('exit', (code, signal) => { exited = { code, signal }; res(exited); }));
   readline.createInterface({ input: child.stderr }).on('line', (l) => logs.push(l));
+  // Also when this process ends without running its `after` hooks (a timeout's SIGTERM, ^C).
+  const killGroup = () => { if (!exited) { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } } };
+  const onSignal = (sig) => {
+    killGroup();
+    rmSync(dataDir, { recursive: true, force: true });
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
+  process.once('exit', killGroup);
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
   const stop = async () => {
     if (!exited) {
       try { process.kill(-child.pid, 'SIGTERM'); } catch { /* already gone */ }
@@ -63,6 +73,9 @@ export async function startDev({ timeoutMs = 30000 } = {}) {
       await exit;
       clearTimeout(killer);
     }
+    process.off('exit', killGroup);
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
     rmSync(dataDir, { recursive: true, force: true });
   };
   try {
