@@ -225,7 +225,9 @@ test('a namespace, a broker and two tokens through the Cloudflare-compatible rou
 });
 
 test('MQTT.js in Chromium over wss:// receives what mosquitto_pub sends over mqtts://', { timeout: STEP_MS }, async () => {
-  const r = await pageConnect(subToken);
+  // The embedded broker learns of the new broker from the store's change feed: allow it 1 s.
+  const r = await until(async () => { const c = await pageConnect(subToken); return c.ok && c; },
+    'the page connects with a token of the new broker', 1000, 20);
   assert.deepEqual(r, { ok: true, granted: [1] });
   const text = `first reading ${Date.now()}`;
   const pub = await mosquittoPub(pubId, pubToken, text);
