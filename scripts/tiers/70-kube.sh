@@ -4,9 +4,8 @@
 # - helm install the chart (operator watching namespace iot);
 # - the operator's RBAC rules equal scripts/tiers/kube/operator-rbac.txt, and `kubectl auth can-i`
 #   shows it can do its work and cannot read Secrets outside its namespaces;
-# - the operator runs out of cluster as its ServiceAccount (impersonated), against a stand-in of
-#   the api's four broker routes (scripts/tiers/kube/standin_api.py: the real api serves no HTTP
-#   routes yet);
+# - the operator runs out of cluster as its ServiceAccount (impersonated), against the real api
+#   (`starling-api dev`, on SQLite);
 # - an example Broker gets its Deployment, Service, ConfigMap and Secrets with owner references
 #   and the operator's field manager, a status with brokerId, endpoints and tls.notAfter, and
 #   turns Ready when the test, playing the kubelet, marks the Deployment's replica ready;
@@ -24,9 +23,10 @@ k8s_tools_helm
 K8S_BIN="$HOME/.cache/starling-k8s/bin"
 bash "$K8S_TOOLS/build-kube-apiserver.sh" >/tmp/starling-build-kube-apiserver.log 2>&1 \
   || { tail -30 /tmp/starling-build-kube-apiserver.log; echo "building kube-apiserver failed" >&2; exit 1; }
-cargo build -q --locked -p starling-operator -p starling-broker
+cargo build -q --locked -p starling-operator -p starling-broker -p starling-api
 OPERATOR="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-operator"
 BROKER="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-broker"
+API="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-api"
 
 work=$(mktemp -d)
 api_pid=""
@@ -104,26 +104,30 @@ for check in "get secrets -n other" "get secrets -n default" "list secrets -n io
   can $check && fail "the operator can, but must not: $check"
 done
 
-echo "--- the api stand-in and the operator (as its ServiceAccount)"
-api_token="stk_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-printf '%s\n' "$api_token" >"$work/api-token"
-api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-start_api() {
-  rm -f "$work/api.port"
-  python3 scripts/tiers/kube/standin_api.py "$api_token" "$work/api.port" "$work/api.log" "$api_port" &
+echo "--- the api (starling-api dev) and the operator (as its ServiceAccount)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+api_port=$(free_port)
+api_ports=(--internal-addr "127.0.0.1:$(free_port)" --mqtt "127.0.0.1:$(free_port)" --ws "127.0.0.1:$(free_port)"
+  --mqtts "127.0.0.1:$(free_port)" --wss "127.0.0.1:$(free_port)" --broker-http "127.0.0.1:$(free_port)")
+start_api() { # the same data directory every time: the database survives a restart
+  "$API" dev --data-dir "$work/api-data" --api-addr "127.0.0.1:$api_port" "${api_ports[@]}" >>"$work/api.log" 2>&1 &
   api_pid=$!
-  wait_for 10 test -s "$work/api.port" || fail "the api stand-in did not start"
+  wait_for 60 curl -sf "http://127.0.0.1:$api_port/healthz" || { tail -20 "$work/api.log"; fail "the api did not start"; }
 }
 start_api
 api_url="http://127.0.0.1:$api_port"
+api_token=$(cat "$work/api-data/admin-token")
+api() { # METHOD PATH [curl args...]: prints the body, then the status on the last line
+  local method=$1 path=$2; shift 2
+  curl -s -X "$method" -H "Authorization: Bearer $api_token" -w '\n%{http_code}' "$@" "$api_url$path"
+}
 sed -e "s|users: \[{name: admin, user: {token: \"\(.*\)\"}}\]|users: [{name: admin, user: {token: \"\1\", as: \"$SA\"}}]|" \
   "$KUBECONFIG" >"$work/operator-kubeconfig"
 grep -q "as: \"$SA\"" "$work/operator-kubeconfig" || fail "could not write the impersonating kubeconfig"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 op_http=$(free_port)
 start_operator() { # NAME HTTP_PORT LOG
   KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME="$1" "$OPERATOR" run \
-    --api-url "$api_url" --api-token-file "$work/api-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
+    --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
     --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
     --http "127.0.0.1:$2" --log-format pretty >"$3" 2>&1 &
 }
@@ -145,7 +149,8 @@ curl -sf "http://127.0.0.1:$standby_http/healthz" >/dev/null || fail "the standb
   || fail "the standby replica says it is ready"
 
 echo "--- an example Broker"
-sed 's/namespace: default/namespace: iot/' examples/broker-hook-and-limits.yaml | kubectl apply -f - >/dev/null
+# Without onPublish: the api refuses hook URLs (501) until the hook ships.
+sed -e 's/namespace: default/namespace: iot/' -e '/^  onPublish:/,+1d' examples/broker-hook-and-limits.yaml | kubectl apply -f - >/dev/null
 has_id() { [ -n "$(kubectl -n iot get broker orders -o jsonpath='{.status.brokerId}')" ]; }
 wait_for 60 has_id || fail "the Broker got no status.brokerId"
 uid=$(kubectl -n iot get broker orders -o jsonpath='{.metadata.uid}')
@@ -161,7 +166,8 @@ assert ("starling-operator", "Apply") in managers, (what, managers)
 ' "$json" "$uid" "$obj" || fail "$obj lacks the owner reference or the field manager"
 done
 kubectl -n iot get broker orders -o json >"$work/broker.json"
-python3 - "$work/broker.json" "$work/api.log" <<'PY' || fail "the Broker's status or the api calls are wrong"
+api GET /v1/namespaces/iot/brokers/orders >"$work/api-broker.json"
+python3 - "$work/broker.json" "$work/api-broker.json" <<'PY' || fail "the Broker's status or its api record is wrong"
 import json, sys
 b = json.load(open(sys.argv[1])); s = b["status"]
 assert b["metadata"]["finalizers"] == ["starling.dev/deregister"], b["metadata"]
@@ -171,14 +177,13 @@ conds = {c["type"]: c for c in s["conditions"]}
 assert conds["Progressing"]["status"] == "True" and conds["Degraded"]["status"] == "False", conds
 assert s["endpoints"]["mqtts"] == "mqtts://orders.iot.mqtt.example.com:8883", s["endpoints"]
 assert s["tls"]["notAfter"], s
-calls = [json.loads(l) for l in open(sys.argv[2])]
-assert all(c["authorized"] for c in calls), calls
-create = [c for c in calls if c["method"] == "POST" and c["path"] == "/v1/namespaces/iot/brokers"]
-assert len(create) == 1, calls
-body = create[0]["body"]
-assert body["name"] == "orders" and body["expiration"] == 86400, body
-assert body["on_publish"] == {"url": "https://hooks.example.com/starling/orders"}, body
-assert body["managedBy"] == {"kind": "Broker", "namespace": "iot", "name": "orders"}, body
+body, code = open(sys.argv[2]).read().rsplit("\n", 1)
+assert code == "200", (code, body)
+a = json.loads(body)
+assert a["id"] == s["brokerId"], (a, s)
+assert a["expiration"] == 86400, a
+assert a["managedBy"] == {"kind": "Broker", "namespace": "iot", "name": "orders"}, a
+assert a["limits"]["max_connections"] == 5000, a
 print("status and registration ok")
 PY
 args=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].args}')
@@ -257,15 +262,19 @@ kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.
   || fail "no Normal event Registered"
 kubectl -n iot get deploy orders >/dev/null || fail "the Deployment went away while the api was down"
 
+echo "--- the api back: Ready again"
+start_api
+recovered() { [ "$(condition_reason)" = AsExpected ]; }
+wait_for 120 recovered || fail "the Broker did not recover (reason: $(condition_reason))"
+
 echo "--- a broker deleted in the api: Degraded, not re-created"
-start_api   # a fresh stand-in: it has forgotten every broker
+out=$(api DELETE /v1/namespaces/iot/brokers/orders -H 'X-Starling-Managed-By: Broker/iot/orders')
+[ "${out##*$'\n'}" = 204 ] || [ "${out##*$'\n'}" = 200 ] || fail "deleting the broker in the api failed: $out"
+kubectl -n iot annotate broker orders starling.dev/poke=2 --overwrite >/dev/null
 deleted_in_api() { [ "$(condition_reason)" = DeletedInApi ]; }
 wait_for 90 deleted_in_api || fail "the Broker did not turn Degraded/DeletedInApi (reason: $(condition_reason))"
-python3 - "$work/api.log" <<'PY' || fail "the operator re-created a broker the api had lost"
-import json, sys
-creates = [c for c in map(json.loads, open(sys.argv[1])) if c["method"] == "POST" and c["path"].endswith("/brokers")]
-assert len(creates) == 1, creates
-PY
+out=$(api GET /v1/namespaces/iot/brokers/orders)
+[ "${out##*$'\n'}" = 404 ] || fail "the operator re-created a broker the api had lost: $out"
 
 echo "--- invalid objects get 422"
 post_status() {
@@ -282,16 +291,18 @@ fi
 
 echo "--- deletion runs the finalizer"
 kubectl -n iot delete broker orders --wait=false >/dev/null
-gone() { ! kubectl -n iot get broker orders >/dev/null 2>&1; }
-wait_for 60 gone || fail "the Broker was not released"
-python3 - "$work/api.log" <<'PY' || fail "the api saw no DELETE from the operator"
-import json, sys
-calls = [json.loads(l) for l in open(sys.argv[1])]
-deletes = [c for c in calls if c["method"] == "DELETE"]  # answered 404: the api had lost it
-assert len(deletes) == 1 and deletes[0]["path"] == "/v1/namespaces/iot/brokers/orders", deletes
-assert deletes[0]["managedBy"] == "Broker/iot/orders", deletes
-print("deregistered through the finalizer")
-PY
+gone() { ! kubectl -n iot get broker "$1" >/dev/null 2>&1; }
+wait_for 60 gone orders || fail "the Broker the api had lost was not released"
+sed 's/namespace: default/namespace: iot/' examples/broker-minimal.yaml | kubectl apply -f - >/dev/null
+registered() { [ -n "$(kubectl -n iot get broker sensors -o jsonpath='{.status.brokerId}')" ]; }
+wait_for 60 registered || fail "the second Broker was not registered"
+out=$(api GET /v1/namespaces/iot/brokers/sensors)
+[ "${out##*$'\n'}" = 200 ] || fail "the api does not know the second broker: $out"
+kubectl -n iot delete broker sensors --wait=false >/dev/null
+wait_for 60 gone sensors || fail "the second Broker was not released"
+out=$(api GET /v1/namespaces/iot/brokers/sensors)
+[ "${out##*$'\n'}" = 404 ] || fail "the finalizer did not deregister the broker: $out"
+echo "deregistered through the finalizer"
 
 echo "--- metrics"
 curl -sf "http://127.0.0.1:$op_http/metrics" >"$work/metrics.txt" || fail "no /metrics"
