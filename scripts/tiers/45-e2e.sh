@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# End to end through `starling-api dev` (debug build): namespaces, brokers and tokens through the
-# Cloudflare-compatible routes; MQTT.js in headless Chromium over wss:// trusting the dev CA,
-# mosquitto_pub over mqtts://, MQTT.js in Node; tenant isolation, revocation, key rotation and
-# broker deletion reaching connected clients.
+# End to end through `starling-api dev` (debug build): the mosquitto commands it prints work as
+# pasted; namespaces, brokers and tokens through the Cloudflare-compatible routes; MQTT.js in
+# headless Chromium over wss:// trusting the dev CA, mosquitto_pub over mqtts://, MQTT.js in Node;
+# tenant isolation, revocation, key rotation and broker deletion reaching connected clients.
 set -euo pipefail
 cd "$STARLING_ROOT"
-for tool in chromium certutil mosquitto_pub jq; do
+for tool in chromium certutil mosquitto_pub mosquitto_sub curl stdbuf jq; do
   command -v "$tool" >/dev/null || { echo "missing $tool (scripts/lib/setup.sh installs it)"; exit 1; }
 done
 cargo build -q -p starling-api --bin starling-api

@@ -4,7 +4,7 @@
 // through an NSS database, certificate errors never ignored), mosquitto_pub over mqtts:// with
 // --cafile, and MQTT.js in Node over mqtts:// with the CA.
 //
-// It shows: a namespace and a broker made through /client/v4/accounts/{account}/pubsub; two
+// It shows: the mosquitto commands `dev` prints work when pasted; a namespace and a broker made through /client/v4/accounts/{account}/pubsub; two
 // tokens issued for it; a message from mosquitto_pub reaching the page; tenant isolation between
 // the new broker and `demo`; a revoked jti disconnected within 1 s and refused, then let back in
 // after the revocation is lifted; a key rotation keeping old tokens working until the old key
@@ -199,6 +199,36 @@ test('dev starts on the free ports it was given and prints its tokens and CA', {
   const demo = claims(dev.info.clientToken);
   assert.equal(demo.alg, 'EdDSA');
   assert.equal(demo.sub, 'demo-client');
+});
+
+test('the mosquitto commands the banner prints work as printed', { timeout: STEP_MS }, async () => {
+  const lines = dev.banner.split('\n');
+  const after = (heading, n) => {
+    const i = lines.findIndex((l) => l.startsWith(heading));
+    assert.ok(i >= 0, `no "${heading}" in the banner`);
+    return lines.slice(i + 1, i + 1 + n).map((l) => l.trim());
+  };
+  const [subLine] = after('Subscribe with mosquitto', 1);
+  const pubLines = after('Publish with a second token', 2);
+  assert.match(subLine, /^mosquitto_sub /);
+  assert.match(pubLines[0], /^TOKEN=\$\(curl /);
+  assert.match(pubLines[1], /^mosquitto_pub /);
+  // The printed line, plus: stop after one message or 15 s, and print the SUBACK (-d).
+  const sub = run('stdbuf', ['-oL', 'bash', '-c', `${subLine} -C 1 -W 15 -d`]);
+  try {
+    await within(new Promise((res) => {
+      const check = () => { if (/SUBACK/.test(sub.output())) res(); };
+      sub.child.stdout.on('data', check);
+      sub.child.stderr.on('data', check);
+      check();
+    }), `the printed mosquitto_sub subscribes: ${sub.output()}`, STEP_MS);
+    const pub = run('bash', ['-euo', 'pipefail', '-c', pubLines.join('\n')]);
+    assert.equal(await within(pub.done, 'the printed curl and mosquitto_pub', STEP_MS), 0, pub.output());
+    assert.equal(await within(sub.done, 'the printed mosquitto_sub receives', STEP_MS), 0, sub.output());
+    assert.match(sub.output(), /^demo\/hello hello from mosquitto$/m);
+  } finally {
+    sub.child.kill();
+  }
 });
 
 test('a namespace, a broker and two tokens through the Cloudflare-compatible routes', { timeout: STEP_MS }, async () => {
