@@ -29,6 +29,7 @@ COPY --from=build /out/starling-api /usr/local/bin/starling-api
 USER 65532:65532
 EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/starling-api"]
+CMD ["serve"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=build /out/starling-operator /usr/local/bin/starling-operator
