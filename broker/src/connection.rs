@@ -1145,10 +1145,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             .filters
             .iter()
             .map(|full| {
-                let (group, filter) = match topic::parse_shared(full.as_str()) {
-                    Ok(Some((g, f))) => (Some(g), f),
-                    _ => (None, full.as_str()),
-                };
+                let (group, filter) = split_shared(full.as_str());
                 let removed = tenant.router.unsubscribe(self.session.id, filter, group);
                 let had = self.state.subscriptions.remove(full).is_some();
                 if removed {
@@ -1504,10 +1501,7 @@ pub(crate) fn end_session(
     session.bump_generation();
     tenant.remove_session(session);
     for (full, _) in state.subscriptions.drain() {
-        let (group, filter) = match topic::parse_shared(full.as_str()) {
-            Ok(Some((g, f))) => (Some(g), f),
-            _ => (None, full.as_str()),
-        };
+        let (group, filter) = split_shared(full.as_str());
         if tenant.router.unsubscribe(session.id, filter, group) {
             tenant.metrics.subscriptions.dec();
         }
