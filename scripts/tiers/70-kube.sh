@@ -9,6 +9,9 @@
 # - an example Broker gets its Deployment, Service, ConfigMap and Secrets with owner references
 #   and the operator's field manager, a status with brokerId, endpoints and tls.notAfter, and
 #   turns Ready when the test, playing the kubelet, marks the Deployment's replica ready;
+# - playing the kubelet further, the broker binary runs with exactly the pod template's arguments,
+#   environment and mounted ConfigMap and Secrets (managed mode, token auth), and MQTT clients with
+#   tokens from the api exchange a message over TLS, trusting the operator-issued CA;
 # - replicas: -1 and a port of 70000 each get 422 from the server;
 # - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
@@ -107,7 +110,8 @@ done
 echo "--- the api (starling-api dev) and the operator (as its ServiceAccount)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port)
-api_ports=(--internal-addr "127.0.0.1:$(free_port)" --mqtt "127.0.0.1:$(free_port)" --ws "127.0.0.1:$(free_port)"
+api_internal="127.0.0.1:$(free_port)"
+api_ports=(--internal-addr "$api_internal" --mqtt "127.0.0.1:$(free_port)" --ws "127.0.0.1:$(free_port)"
   --mqtts "127.0.0.1:$(free_port)" --wss "127.0.0.1:$(free_port)" --broker-http "127.0.0.1:$(free_port)")
 start_api() { # the same data directory every time: the database survives a restart
   "$API" dev --data-dir "$work/api-data" --api-addr "127.0.0.1:$api_port" "${api_ports[@]}" >>"$work/api.log" 2>&1 &
@@ -198,53 +202,56 @@ is_ready() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}'
 wait_for 60 is_ready || fail "the Broker did not turn Ready"
 kubectl -n iot get broker orders | grep -q 'True' || fail "kubectl get brokers does not show Ready"
 
-echo "--- playing the kubelet: the broker serves with the pod's files and listener flags"
-# A partial stand-in until the broker has managed mode and token auth: it starts starling-broker
-# with the pod template's arguments, the mounted ConfigMap and TLS Secret written where the pod
-# would see them (under a scratch root), bind addresses moved to free loopback ports, and without
-# the flags the broker does not parse yet (--control-plane, --broker-id, --broker-secret-file;
-# --auth token becomes --auth none). A client trusting the operator-issued CA then exchanges a
-# message over MQTT over TLS.
+echo "--- playing the kubelet: the broker serves with exactly the pod's arguments, environment and files"
+# The pod template's broker container, run locally: every mounted ConfigMap and Secret is written
+# under a scratch root at its mountPath, the arguments and environment are the template's, and
+# only two things are rewritten (scripts/tiers/kube/pod_standin.py): listen addresses move to free
+# loopback ports, and the --control-plane URL (the api's in-cluster Service name, which does not
+# resolve outside a cluster) becomes the local api's internal listener. The binary is the one the
+# image would hold. The broker is ready only once it has its state from the api; a client with a
+# token from the api then exchanges a message over TLS, trusting the operator-issued CA.
 pod="$work/pod"
-mkdir -p "$pod/etc/starling/tls"
-kubectl -n iot get configmap orders-config -o jsonpath='{.data.broker\.toml}' >"$pod/etc/starling/broker.toml"
-for key in tls.crt tls.key ca.crt; do
-  kubectl -n iot get secret orders-tls -o jsonpath="{.data.${key//./\\.}}" | base64 -d >"$pod/etc/starling/tls/$key"
-done
-kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].args}' >"$work/pod-args.json"
-python3 - "$work/pod-args.json" "$pod" >"$work/broker-args" <<'PY'
-import json, socket, sys
-args, root = json.load(open(sys.argv[1])), sys.argv[2]
-def free():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-out, i, ports = [], 0, {}
-while i < len(args):
-    flag, value = args[i], args[i + 1]
-    i += 2
-    if flag in ("--control-plane", "--broker-id", "--broker-secret-file"):
-        continue
-    if flag == "--auth":
-        value = "none"
-    if value.startswith("/etc/starling/"):
-        value = root + value
-    if value.startswith("0.0.0.0:"):
-        ports[flag] = free()
-        value = f"127.0.0.1:{ports[flag]}"
-    out += [flag, value]
-print("\n".join(out))
-PY
-mapfile -t broker_args <"$work/broker-args"
-mqtts_port=$(awk 'prev=="--mqtts"{split($0,a,":"); print a[2]} {prev=$0}' "$work/broker-args")
-broker_http=$(awk 'prev=="--http"{split($0,a,":"); print a[2]} {prev=$0}' "$work/broker-args")
-"$BROKER" "${broker_args[@]}" >"$work/broker.log" 2>&1 &
+mkdir -p "$pod"
+kubectl -n iot get deploy orders -o json >"$work/pod-deploy.json"
+kubectl -n iot get configmaps,secrets -o json >"$work/pod-objects.json"
+python3 scripts/tiers/kube/pod_standin.py "$work/pod-deploy.json" "$work/pod-objects.json" "$pod" \
+  "http://$api_internal" "$work" || fail "could not lay out the pod's files"
+mapfile -t broker_args <"$work/args"
+mapfile -t broker_env <"$work/env"
+port_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/ports.json" "$1"; }
+mqtts_port=$(port_of --mqtts)
+broker_http=$(port_of --http)
+arg_of() { awk -v f="$1" 'prev==f{print; exit} {prev=$0}' "$work/args"; }
+# The pod runs as the broker the api knows, with the secret the operator stored for it.
+broker_id=$(kubectl -n iot get broker orders -o jsonpath='{.status.brokerId}')
+[ "$(arg_of --broker-id)" = "$broker_id" ] || fail "the pod's --broker-id $(arg_of --broker-id) is not the api's $broker_id"
+secret_file=$(arg_of --broker-secret-file)
+case "$secret_file" in "$pod/etc/starling/credentials/"*) ;; *) fail "the broker secret is not a file from the mounted credential Secret: $secret_file" ;; esac
+[ -s "$secret_file" ] || fail "the mounted broker secret file is empty"
+[ "$(cat "$pod/etc/starling/credentials/broker-id")" = "$broker_id" ] || fail "the credential Secret names another broker"
+[ "$(arg_of --auth)" = token ] || fail "the pod does not use token auth"
+kubectl -n iot get secret orders-ca -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/operator-ca.crt"
+[ -s "$work/operator-ca.crt" ] || fail "the CA Secret has no ca.crt"
+env -i PATH="$PATH" "${broker_env[@]}" "$BROKER" "${broker_args[@]}" >"$work/broker.log" 2>&1 &
 broker_pid=$!
-wait_for 30 curl -sf "http://127.0.0.1:$broker_http/readyz" || { tail -20 "$work/broker.log"; fail "the broker did not become ready with the pod's arguments: ${broker_args[*]}"; }
+broker_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$broker_http/readyz")" = 200 ]; }
+wait_for 60 broker_ready || { tail -20 "$work/broker.log"; fail "the broker did not become ready with the pod's arguments: ${broker_args[*]}"; }
+out=$(api GET "/v1/namespaces/iot/brokers/orders/credentials?number=2&type=TOKEN&topicAcl=%23&clientid=kubelet-pub&clientid=kubelet-sub")
+[ "${out##*$'\n'}" = 200 ] || fail "the api issued no client tokens: $out"
+token_of() { python3 -c 'import json, sys; print(json.loads(sys.argv[1].rsplit("\n", 1)[0])[sys.argv[2]])' "$out" "$1"; }
+pub_token=$(token_of kubelet-pub)
+sub_token=$(token_of kubelet-sub)
+mqtt_opts=(-h localhost -p "$mqtts_port" --cafile "$work/operator-ca.crt" -V 5 -u orders)
+if mosquitto_pub "${mqtt_opts[@]}" -i kubelet-pub -P "not-a-token" -t orders/test -m refused -q 1 >"$work/refused.out" 2>&1; then
+  fail "the broker accepted a client without a valid token"
+fi
 # Retained, so the subscriber gets it whenever it subscribes: no race between the two clients.
-mosquitto_pub -h localhost -p "$mqtts_port" --cafile "$pod/etc/starling/tls/ca.crt" -t orders/test -m "hello over tls" -r -q 1 -i kubelet-pub \
-  || fail "publishing over TLS with the operator's CA failed"
-mosquitto_sub -h localhost -p "$mqtts_port" --cafile "$pod/etc/starling/tls/ca.crt" -t orders/test -C 1 -W 20 -i kubelet-sub >"$work/sub.out" 2>&1 \
+mosquitto_pub "${mqtt_opts[@]}" -i kubelet-pub -P "$pub_token" -t orders/test -m "hello over tls" -r -q 1 \
+  || { tail -20 "$work/broker.log"; fail "publishing over TLS with a token and the operator's CA failed"; }
+mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C 1 -W 20 >"$work/sub.out" 2>&1 \
   || { cat "$work/sub.out"; fail "the subscriber got nothing over TLS"; }
 grep -qx "hello over tls" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message"; }
+echo "the pod's broker served a token client over TLS"
 kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""
 
 echo "--- an unreachable api: Degraded, a Warning event, the pods left alone"
