@@ -737,3 +737,24 @@ async fn bad_token_flood_does_not_slow_a_good_client() {
         );
     })
 }
+
+#[tokio::test]
+async fn topic_length_limit() {
+    timed!(async {
+        let f = fixture(|c| c.limits.max_topic_length = Some(16)).await;
+        let mut c = f.client("len", TopicAcl::All).await;
+        let long = "a/".repeat(8) + "b"; // 17 bytes
+        assert_eq!(
+            c.subscribe(&long, sub_opts(QoS::AtMostOnce)).await.reasons,
+            vec![ReasonCode::TOPIC_FILTER_INVALID]
+        );
+        assert_eq!(
+            c.publish(&long, QoS::AtLeastOnce, b"x").await,
+            Some(ReasonCode::TOPIC_NAME_INVALID)
+        );
+        assert_eq!(
+            c.publish("a/b", QoS::AtLeastOnce, b"x").await,
+            Some(ReasonCode::SUCCESS)
+        );
+    })
+}
