@@ -670,6 +670,32 @@ async fn on_publish_url_is_refused_with_501_until_the_hook_ships() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "clearing is fine");
+    // An empty URL means no hook; a value that is not an absolute http(s) URL is a 400.
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/namespaces/home/brokers",
+            BOOTSTRAP,
+            Some(json!({"name": "b3", "on_publish": {"url": ""}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "empty means none");
+    for bad in [
+        "h.example/x",
+        "ftp://h.example/x",
+        "https://",
+        "https://h x/",
+    ] {
+        let r = api
+            .call(
+                Method::PATCH,
+                "/v1/namespaces/home/brokers/b1",
+                BOOTSTRAP,
+                Some(json!({"on_publish": {"url": bad}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
 }
 
 async fn expiration_is_validated_in_seconds() {

@@ -235,15 +235,32 @@ pub(crate) fn parse_expiration(field: &str, v: Option<i64>) -> Result<Option<i64
     }
 }
 
+/// `on_publish.url`: `null` or empty means no hook; anything else must be an absolute http(s)
+/// URL (400 otherwise), and a well-formed one gets 501 until the hook ships in the broker.
 fn check_hook(hook: Option<&OnPublish>) -> Result<()> {
-    if hook.and_then(|h| h.url.as_ref()).is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            code::NOT_IMPLEMENTED,
-            "the on-publish hook is not yet available in the broker; create the broker without on_publish.url",
+    let Some(url) = hook
+        .and_then(|h| h.url.as_deref())
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(());
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let host_ok = rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !r.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    if !host_ok {
+        return Err(ApiError::invalid(
+            "`on_publish.url` must be an absolute https:// (or http://) URL, or null",
         ));
     }
-    Ok(())
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        code::NOT_IMPLEMENTED,
+        "the on-publish hook is not yet available in the broker; create the broker without on_publish.url",
+    ))
 }
 
 fn check_limits(limits: Option<&serde_json::Value>) -> Result<Option<String>> {
