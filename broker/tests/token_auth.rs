@@ -758,3 +758,37 @@ async fn topic_length_limit() {
         );
     })
 }
+
+#[tokio::test]
+async fn a_new_key_in_the_jwks_file_is_picked_up_without_a_restart() {
+    timed!(async {
+        let f = fixture(|_| {}).await;
+        let dir = tempfile::tempdir().unwrap();
+        let next = TenantKeys::new(dir.path(), "next");
+        let token = next.token("rotated", "j-rot", TopicAcl::All, None);
+        assert_eq!(
+            f.refused("rotated", &token).await,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "unknown kid before the file changes"
+        );
+        // Tenant A's file now holds its old key and the new one (written aside, then renamed).
+        let jwks = starling_token::Jwks {
+            keys: vec![f.a.key.public_jwk(), next.key.public_jwk()],
+        };
+        let tmp = f.a.jwks_path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&jwks).unwrap()).unwrap();
+        std::fs::rename(&tmp, &f.a.jwks_path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (c, ack) = f.connect_with(with_password("rotated", &token)).await;
+            if ack.reason == ReasonCode::SUCCESS {
+                drop(c);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new key was not picked up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Old tokens keep working.
+        let _old = f.client("still-old", TopicAcl::All).await;
+    })
+}
