@@ -95,6 +95,11 @@ pub struct ListenerConfig {
     /// WebSocket options and limits (ws, wss).
     #[serde(default)]
     pub ws: WsSettings,
+    /// MQTT limits of this listener's connections, over the global `[limits]` (a `profile` here
+    /// replaces the global one; explicit values override both). Tenant-wide limits (queues,
+    /// connections per tenant, retained messages) stay those of `[limits]`.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
 }
 
 fn default_listener_max_connections() -> usize {
@@ -112,6 +117,7 @@ impl ListenerConfig {
             handshake_timeout_secs: None,
             tls: None,
             ws: WsSettings::default(),
+            limits: None,
         }
     }
 }
@@ -369,6 +375,39 @@ impl Default for Limits {
 }
 
 impl LimitsConfig {
+    /// `self` with `over`'s profile and every value `over` sets.
+    pub fn overlay(&self, over: &LimitsConfig) -> LimitsConfig {
+        let mut l = self.clone();
+        l.profile = over.profile;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if over.$f.is_some() { l.$f = over.$f; } )* };
+        }
+        set!(
+            max_packet_size,
+            connect_timeout_secs,
+            min_keep_alive_secs,
+            max_keep_alive_secs,
+            max_session_expiry_secs,
+            max_topic_length,
+            max_topic_depth,
+            max_client_id_length,
+            max_username_length,
+            max_password_length,
+            receive_maximum,
+            topic_alias_maximum,
+            max_inflight,
+            max_queued_messages,
+            max_queued_bytes,
+            max_subscriptions_per_client,
+            max_subscribers_per_topic,
+            max_connections,
+            max_retained_messages,
+            max_publish_rate,
+            publish_burst
+        );
+        l
+    }
+
     /// Combines the profile with the explicit values.
     pub fn resolve(&self) -> Limits {
         let mut l = Limits::profile(self.profile);

@@ -177,6 +177,7 @@ where
         }
     };
     let tenant = started.auth.tenant.clone();
+    let ctx_limits = ctx.limits.clone();
     let mut conn = Connection {
         io,
         remote,
@@ -205,7 +206,7 @@ where
         connect_expiry_was_zero: started.connect_expiry_was_zero,
         auth_method: started.auth_method,
         credential_deadline: None,
-        rate: RateLimiter::new(&tenant.limits),
+        rate: RateLimiter::new(&ctx_limits),
         scratch: Vec::new(),
         batch: Vec::with_capacity(TAKE_BATCH),
         more_queued: true,

@@ -126,7 +126,10 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         })?;
         bound.push((listener.kind, addr));
         let ctx = ConnectionContext {
-            limits: limits.clone(),
+            limits: match &listener.limits {
+                Some(own) => Arc::new(config.limits.overlay(own).resolve()),
+                None => limits.clone(),
+            },
             metrics: metrics.clone(),
             auth,
             shutdown: stop.clone(),

@@ -297,3 +297,41 @@ async fn v3_client_with_protocol_error_is_closed_without_disconnect() {
         broker_still_serves(&b).await;
     })
 }
+
+#[tokio::test]
+async fn each_listener_has_its_own_mqtt_limits() {
+    timed!(async {
+        let b = TestBroker::with(|c| {
+            let mut small = starling_broker::config::ListenerConfig::new(
+                starling_broker::config::ListenerKind::Mqtt,
+                "127.0.0.1:0".parse().unwrap(),
+            );
+            small.limits = Some(starling_broker::config::LimitsConfig {
+                max_packet_size: Some(1024),
+                ..Default::default()
+            });
+            c.listeners.push(small);
+        })
+        .await;
+        let small_addr = b.broker.listeners[1].1;
+        let s = tokio::net::TcpStream::connect(small_addr).await.unwrap();
+        let mut small = RawClient::new(s, ProtocolVersion::V5);
+        let ack = small.connect(connect_v5("small")).await;
+        assert_eq!(ack.properties.maximum_packet_size, Some(1024));
+        small
+            .send(Packet::Publish(publish(
+                "t",
+                QoS::AtMostOnce,
+                &[0u8; 2000],
+                None,
+            )))
+            .await;
+        small.expect_disconnect(ReasonCode::PACKET_TOO_LARGE).await;
+        // The first listener keeps the global limit.
+        let mut big = b.client("big").await;
+        assert_eq!(
+            big.publish("t", QoS::AtLeastOnce, &[0u8; 2000]).await,
+            Some(ReasonCode::SUCCESS)
+        );
+    })
+}
