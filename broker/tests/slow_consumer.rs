@@ -23,7 +23,7 @@ const TOTAL_BYTES: usize = 1 << 30;
 /// Payload of one message.
 const PAYLOAD: usize = 64 * 1024;
 /// `limits.max_queued_bytes` of the broker under test.
-const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 /// Subscribers that read.
 const READERS: usize = 2;
 /// The broker's write buffer is flushed at 64 KiB; one message may go past that.
