@@ -32,7 +32,7 @@ use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::{CodeLabels, DropReason, Metrics, QosLabels};
 use crate::router::{Routed, SubscribeError};
 use crate::session::{Inflight, PendingWill, Session, SessionState, SubscriptionRecord};
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, split_shared};
 
 /// Flush the write buffer once it holds this much, even in the middle of a wake-up.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -152,7 +152,7 @@ where
         }
     };
     let version = connect.protocol;
-    let started = match accept_connect(&mut io, remote, &ctx, &connect).await {
+    let started = match accept_connect(remote, &ctx, &connect).await {
         Ok(s) => s,
         Err(refusal) => {
             ctx.metrics
@@ -311,8 +311,7 @@ struct Started {
 
 type Refused = (ReasonCode, &'static str);
 
-async fn accept_connect<IO>(
-    _io: &mut IO,
+async fn accept_connect(
     remote: SocketAddr,
     ctx: &ConnectionContext,
     connect: &Connect,
@@ -407,7 +406,7 @@ async fn accept_connect<IO>(
         }
         if connect.clean_start && existed {
             // [MQTT-3.1.2-4] Clean Start discards the existing session.
-            end_session(&tenant, &session, state, true);
+            end_session(&tenant, &session, state);
             continue;
         }
         break (session, state, existed);
@@ -972,10 +971,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             .cloned()
             .collect();
         for full in forbidden {
-            let (group, filter) = split_shared(full.as_str());
-            if tenant.router.unsubscribe(self.session.id, filter, group) {
-                self.ctx.metrics.subscriptions.dec();
-            }
+            tenant.unsubscribe(self.session.id, full.as_str());
             self.state.subscriptions.remove(&full);
         }
     }
@@ -1146,12 +1142,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             .filters
             .iter()
             .map(|full| {
-                let (group, filter) = split_shared(full.as_str());
-                let removed = tenant.router.unsubscribe(self.session.id, filter, group);
+                let removed = tenant.unsubscribe(self.session.id, full.as_str());
                 let had = self.state.subscriptions.remove(full).is_some();
-                if removed {
-                    self.ctx.metrics.subscriptions.dec();
-                }
                 if had || removed {
                     ReasonCode::SUCCESS
                 } else {
@@ -1351,7 +1343,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             if let Some(w) = will {
                 publish_will(&tenant, w);
             }
-            end_session(&tenant, &session, self.state, false);
+            end_session(&tenant, &session, self.state);
             return;
         }
         // The will waits for its delay, or for the end of the session if that comes first
@@ -1383,19 +1375,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
                 let state = s.state.clone().lock_owned().await;
                 if s.generation() == generation && !s.is_connected() && !state.ended {
-                    end_session(&t, &s, state, false);
+                    end_session(&t, &s, state);
                 }
             });
         }
         drop(self.state);
-    }
-}
-
-/// `$share/{group}/{filter}` split into the group and the filter; other filters unchanged.
-fn split_shared(full: &str) -> (Option<&str>, &str) {
-    match topic::parse_shared(full) {
-        Ok(Some((g, f))) => (Some(g), f),
-        _ => (None, full),
     }
 }
 
@@ -1496,16 +1480,12 @@ pub(crate) fn end_session(
     tenant: &Tenant,
     session: &Arc<Session>,
     mut state: OwnedMutexGuard<SessionState>,
-    replaced: bool,
 ) {
     state.ended = true;
     session.bump_generation();
     tenant.remove_session(session);
     for (full, _) in state.subscriptions.drain() {
-        let (group, filter) = split_shared(full.as_str());
-        if tenant.router.unsubscribe(session.id, filter, group) {
-            tenant.metrics.subscriptions.dec();
-        }
+        tenant.unsubscribe(session.id, full.as_str());
     }
     if let Some(pending) = state.pending_will.take() {
         pending.cancel.cancel();
@@ -1513,7 +1493,6 @@ pub(crate) fn end_session(
         // that replaces the session also ends it.
         publish_will(tenant, pending.message);
     }
-    let _ = replaced;
     let mut left = session.drain_outbox();
     for (_, entry) in std::mem::take(&mut state.inflight) {
         if let Inflight::Published(d) = entry {

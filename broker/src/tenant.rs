@@ -84,6 +84,17 @@ impl Tenant {
         queued
     }
 
+    /// Removes the subscription of session `session_id` to `full_filter` (as the client wrote
+    /// it, `$share/{group}/` included) and counts it. Returns whether there was one.
+    pub fn unsubscribe(&self, session_id: u64, full_filter: &str) -> bool {
+        let (group, filter) = split_shared(full_filter);
+        let removed = self.router.unsubscribe(session_id, filter, group);
+        if removed {
+            self.metrics.subscriptions.dec();
+        }
+        removed
+    }
+
     /// The session of a client id.
     pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
         self.sessions.lock().get(client_id).cloned()
@@ -139,5 +150,13 @@ impl Tenant {
     /// Gives a connection slot back.
     pub fn close_connection(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `$share/{group}/{filter}` split into the group and the filter; other filters unchanged.
+pub fn split_shared(full: &str) -> (Option<&str>, &str) {
+    match starling_codec::topic::parse_shared(full) {
+        Ok(Some((g, f))) => (Some(g), f),
+        _ => (None, full),
     }
 }
