@@ -366,6 +366,7 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
             let tenant = TenantState {
                 jwks: crate::routes::keys::live(&s.keys, now),
                 revoked: s.revocations.into_iter().map(|r| r.jti).collect(),
+                hook: None,
             };
             if let Err(e) = directory.apply(id, &tenant) {
                 tracing::warn!(broker_id = id, error = %e, "broker state not applied");

@@ -40,6 +40,8 @@ pub struct Config {
     pub control_plane: Vec<ManagedTenant>,
     /// Where managed state is saved, so a restart during a control-plane outage still serves.
     pub data_dir: Option<PathBuf>,
+    /// The on-publish hook client.
+    pub hook: crate::hook::HookSettings,
     /// Tenants are fed into [`crate::RunningBroker::directory`] by the program that embeds the
     /// broker (`starling-api dev`), so token listeners need no key files.
     #[serde(skip)]

@@ -74,6 +74,7 @@ impl FeedState {
         TenantState {
             jwks: self.jwks.clone(),
             revoked: self.revocations.iter().map(|r| r.jti.clone()).collect(),
+            hook: None,
         }
     }
 }

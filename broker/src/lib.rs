@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod control;
 pub mod error;
+pub mod hook;
 pub mod http;
 pub mod message;
 pub mod metrics;

@@ -27,6 +27,8 @@ pub struct TenantState {
     pub jwks: Jwks,
     /// Revoked token ids.
     pub revoked: HashSet<String>,
+    /// The on-publish hook, when the tenant has one.
+    pub hook: Option<crate::hook::HookTarget>,
 }
 
 /// One tenant's current keys and revocations.

@@ -70,7 +70,11 @@ pub fn load(files: &TenantFiles) -> Result<TenantState, FileError> {
         Some(path) => parse_revocations(&read(path)?),
         None => Default::default(),
     };
-    Ok(TenantState { jwks, revoked })
+    Ok(TenantState {
+        jwks,
+        revoked,
+        hook: None,
+    })
 }
 
 /// The token ids of a revocation file.
