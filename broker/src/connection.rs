@@ -6,14 +6,18 @@
 //! session's [`SessionState`] guard. Writes are batched into one buffer and flushed once per
 //! wake-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use bytes::BytesMut;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use starling_codec::{
     AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
@@ -28,6 +32,7 @@ use tracing::{debug, info};
 
 use crate::auth::{Authenticated, Authenticator, ConnectInfo};
 use crate::config::{Limits, ListenerKind};
+use crate::hook::Verdict;
 use crate::message::{Delivery, Message, SubscriptionIds};
 use crate::metrics::{CodeLabels, DropReason, Metrics, QosLabels};
 use crate::router::{Routed, SubscribeError};
@@ -211,6 +216,7 @@ where
         batch: Vec::with_capacity(TAKE_BATCH),
         more_queued: true,
         pressure: None,
+        hook: None,
     };
     conn.credential_deadline = credential_deadline(&conn.auth);
     conn.wbuf.extend_from_slice(&started.connack);
@@ -587,6 +593,38 @@ struct Connection<IO> {
     /// A subscriber's outbox this connection filled to three quarters with QoS 1/2 messages,
     /// and when its grace ends: reading from the client pauses until it drains.
     pressure: Option<(Arc<Session>, Instant)>,
+    /// Messages awaiting the on-publish hook's verdict; allocated with the first one.
+    hook: Option<Box<HookPending>>,
+}
+
+/// The verdict on one message, with what its acknowledgement needs.
+struct HookDone {
+    verdict: Verdict,
+    qos: QoS,
+    packet_id: u16,
+}
+
+/// A connection's messages awaiting the on-publish hook, in the order they were published.
+struct HookPending {
+    verdicts: FuturesOrdered<Pin<Box<dyn Future<Output = HookDone> + Send>>>,
+    /// Packet ids of QoS 2 messages among them: a resent PUBLISH waits for the same verdict.
+    qos2: HashSet<u16>,
+    /// Reading from the client pauses while this many are pending.
+    cap: usize,
+}
+
+impl HookPending {
+    fn is_full(&self) -> bool {
+        self.verdicts.len() >= self.cap
+    }
+}
+
+/// The next verdict, or never when none is pending.
+async fn next_verdict(hook: &mut Option<Box<HookPending>>) -> Option<HookDone> {
+    match hook {
+        Some(h) if !h.verdicts.is_empty() => h.verdicts.next().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
@@ -616,6 +654,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 self.rbuf.reserve(READ_CHUNK);
             }
             let pressure = self.pressure.clone();
+            let hook_full = self.hook_full();
+            let hook_busy = self.hook.as_ref().is_some_and(|h| !h.verdicts.is_empty());
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
@@ -627,12 +667,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 _ = self.ctx.shutdown.cancelled() => {
                     return Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: true, will: true, what: "server shutting down" };
                 }
+                done = next_verdict(&mut self.hook), if hook_busy => {
+                    if let Some(done) = done {
+                        self.on_verdict(done);
+                    }
+                    if hook_full {
+                        // The client's packets waited in the socket, not the client.
+                        self.last_read = Instant::now();
+                    }
+                    // Packets already read may have waited for room.
+                    if !self.rbuf.is_empty() && !self.hook_full() {
+                        if let Err(close) = self.process_input() {
+                            return close;
+                        }
+                    }
+                }
                 _ = wait_for_drain(&pressure), if pressure.is_some() => {
                     self.pressure = None;
                     // The client's packets waited in the socket, not the client.
                     self.last_read = Instant::now();
                 }
-                r = self.io.read_buf(&mut self.rbuf), if pressure.is_none() => match r {
+                r = self.io.read_buf(&mut self.rbuf), if pressure.is_none() && !hook_full => match r {
                     Ok(0) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "connection closed by the client" },
                     Ok(n) => {
                         self.ctx.metrics.bytes_in.inc_by(n as u64);
@@ -649,7 +704,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     self.ctx.metrics.auth_failures.get_or_create(&CodeLabels { reason: "expired_while_connected" }).inc();
                     return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, will: false, what: "credential expired" };
                 }
-                _ = sleep_until_opt(keep_alive_deadline), if pressure.is_none() => {
+                _ = sleep_until_opt(keep_alive_deadline), if pressure.is_none() && !hook_full => {
                     // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
                     return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
                 }
@@ -690,6 +745,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     fn process_input(&mut self) -> Result<(), Close> {
         loop {
+            if self.hook_full() {
+                // Back-pressure from the on-publish hook: decode more once a verdict is in.
+                return Ok(());
+            }
             let packet = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
@@ -807,6 +866,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             None => p.topic.clone(),
         };
         let packet_id = p.packet_id.unwrap_or(0);
+        let awaiting_hook = self.hook.as_ref().map_or(0, |h| h.qos2.len());
+        if p.qos == QoS::ExactlyOnce
+            && self
+                .hook
+                .as_ref()
+                .is_some_and(|h| h.qos2.contains(&packet_id))
+        {
+            // Resent while the hook decides: the verdict answers both [MQTT-4.3.3-10].
+            return Ok(());
+        }
         if p.qos == QoS::ExactlyOnce && self.state.incoming_qos2.contains(&packet_id) {
             // A resent QoS 2 PUBLISH we already own: acknowledge again, deliver once [MQTT-4.3.3-10].
             self.send(&Packet::PubRec(PubRec {
@@ -817,7 +886,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce
-            && self.state.incoming_qos2.len() >= usize::from(self.ctx.limits.receive_maximum)
+            && self.state.incoming_qos2.len() + awaiting_hook
+                >= usize::from(self.ctx.limits.receive_maximum)
         {
             // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
             return Err(Close::protocol(
@@ -870,6 +940,89 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             properties,
             publisher: Some(self.session.client_id.clone()),
         });
+        if let Some(hook) = self.auth.tenant.hook() {
+            // Nothing is delivered, retained or acknowledged before the hook's verdict.
+            let verdict = hook.check(
+                message,
+                self.session.client_id.clone(),
+                self.auth.credential.as_ref().map(|c| c.jti.clone()),
+            );
+            let qos = p.qos;
+            let pending = self.hook.get_or_insert_with(|| {
+                Box::new(HookPending {
+                    verdicts: FuturesOrdered::new(),
+                    qos2: HashSet::new(),
+                    cap: 1,
+                })
+            });
+            pending.cap = hook.max_pending_per_connection();
+            if qos == QoS::ExactlyOnce {
+                pending.qos2.insert(packet_id);
+            }
+            pending.verdicts.push_back(Box::pin(async move {
+                HookDone {
+                    verdict: verdict.await,
+                    qos,
+                    packet_id,
+                }
+            }));
+            return Ok(());
+        }
+        self.deliver(message, p.qos, packet_id);
+        Ok(())
+    }
+
+    /// Whether reading from the client waits for the on-publish hook.
+    fn hook_full(&self) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.is_full())
+    }
+
+    /// Applies the on-publish hook's verdict on one message: deliver and acknowledge it, or
+    /// acknowledge it with 0x87 (the hook refused it) or 0x80 (the hook failed).
+    fn on_verdict(&mut self, done: HookDone) {
+        let HookDone {
+            verdict,
+            qos,
+            packet_id,
+        } = done;
+        if qos == QoS::ExactlyOnce {
+            if let Some(h) = self.hook.as_mut() {
+                h.qos2.remove(&packet_id);
+            }
+        }
+        let why = match verdict {
+            Verdict::Deliver(message) => {
+                self.deliver(message, qos, packet_id);
+                return;
+            }
+            Verdict::Drop(why) => why,
+        };
+        // Counted and logged by the hook.
+        let reason = v5_or_success(self.version, why.reason_code());
+        let properties = self.ack_props(why.describe());
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
+                packet_id,
+                reason,
+                properties,
+            })),
+            QoS::ExactlyOnce => {
+                // 3.1.1 cannot refuse: the exchange completes, and the message is not delivered.
+                if reason == ReasonCode::SUCCESS {
+                    self.state.incoming_qos2.insert(packet_id);
+                }
+                self.send(&Packet::PubRec(PubRec {
+                    packet_id,
+                    reason,
+                    properties,
+                }));
+            }
+        }
+    }
+
+    /// Routes an accepted message to its subscribers and acknowledges it to the publisher.
+    fn deliver(&mut self, message: Arc<Message>, qos: QoS, packet_id: u16) {
         let tenant = self.auth.tenant.clone();
         let mut congested = None;
         tenant.publish_noting_congestion(message, &mut self.scratch, &mut congested);
@@ -879,7 +1032,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 self.pressure = Some((slow, Instant::now() + SLOW_CONSUMER_GRACE));
             }
         }
-        match p.qos {
+        match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
                 packet_id,
@@ -897,7 +1050,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
         // Our own outbox may have got something (a subscription matching our own publish).
         self.more_queued = true;
-        Ok(())
     }
 
     /// AUTH re-authentication with a fresh token [MQTT-4.12.1].
@@ -1469,7 +1621,19 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn publish_will(tenant: &Tenant, will: Arc<Message>) {
+/// Publishes a will; with an on-publish hook, once the hook lets it through.
+fn publish_will(tenant: &Arc<Tenant>, will: Arc<Message>) {
+    if let Some(hook) = tenant.hook() {
+        let client_id = will.publisher.clone().unwrap_or_else(|| Arc::from(""));
+        let verdict = hook.check(will, client_id, None);
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            if let Verdict::Deliver(will) = verdict.await {
+                tenant.publish(will, &mut Vec::new());
+            }
+        });
+        return;
+    }
     let mut scratch = Vec::new();
     tenant.publish(will, &mut scratch);
 }
@@ -1477,7 +1641,7 @@ fn publish_will(tenant: &Tenant, will: Arc<Message>) {
 /// Ends a session: unregisters it, removes its subscriptions, publishes a pending will and hands
 /// unacknowledged shared QoS 1 messages to another member of their group [MQTT-4.8.2-?].
 pub(crate) fn end_session(
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     session: &Arc<Session>,
     mut state: OwnedMutexGuard<SessionState>,
 ) {

@@ -7,6 +7,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Why a message was not delivered to a subscriber (or not accepted from a publisher).
@@ -27,6 +28,12 @@ pub enum DropReason {
     offline_qos0,
     /// A PUBACK or PUBREC with an error reason code from the subscriber.
     rejected_by_client,
+    /// The on-publish hook left the message out of its answer.
+    hook_rejected,
+    /// The on-publish hook changed the message's topic.
+    hook_topic_changed,
+    /// The on-publish hook's request failed (timeout, status, malformed answer, unreachable).
+    hook_failed,
 }
 
 /// Label set: drop reason.
@@ -92,6 +99,12 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// TLS and WebSocket handshakes refused, by listener kind and reason.
     pub handshake_failures: Family<ListenerReasonLabels, Counter>,
+    /// On-publish hook requests, by outcome (`ok`, `timeout`, `status`, `malformed`, ...).
+    pub hook_requests: Family<CodeLabels, Counter>,
+    /// On-publish hook request latency, in seconds.
+    pub hook_latency: Histogram,
+    /// Messages waiting in the hooks' queues for a request.
+    pub hook_queue: Gauge,
     registry: Registry,
 }
 
@@ -115,6 +128,9 @@ impl Metrics {
             sessions: Gauge::default(),
             subscriptions: Gauge::default(),
             handshake_failures: Family::default(),
+            hook_requests: Family::default(),
+            hook_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            hook_queue: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -179,6 +195,21 @@ impl Metrics {
             "handshake_failures",
             "TLS and WebSocket handshakes refused, by listener and reason",
             m.handshake_failures.clone(),
+        );
+        registry.register(
+            "hook_requests",
+            "On-publish hook requests, by outcome",
+            m.hook_requests.clone(),
+        );
+        registry.register(
+            "hook_latency_seconds",
+            "On-publish hook request latency",
+            m.hook_latency.clone(),
+        );
+        registry.register(
+            "hook_queue",
+            "Messages waiting for an on-publish hook request",
+            m.hook_queue.clone(),
         );
         Metrics { registry, ..m }
     }

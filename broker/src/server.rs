@@ -59,7 +59,11 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     let tracker = TaskTracker::new();
     let ready = Arc::new(Readiness::default());
     let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::new(default_tenant.clone()));
-    let directory = Arc::new(Directory::new((*limits).clone(), metrics.clone()));
+    let directory = Arc::new(Directory::new(
+        (*limits).clone(),
+        config.hook.clone(),
+        metrics.clone(),
+    ));
     let file_tenants = config.auth.file_tenants();
     files::load_all(&directory, &file_tenants)?;
     let token_auth: Arc<dyn Authenticator> = Arc::new(TokenAuth::new(

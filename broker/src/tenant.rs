@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use starling_codec::QoS;
 
 use crate::config::Limits;
+use crate::hook::Hook;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::retained::{RetainOutcome, Retained};
@@ -32,6 +33,8 @@ pub struct Tenant {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Connections open now.
     connections: AtomicUsize,
+    /// The on-publish hook, when the tenant has one.
+    hook: RwLock<Option<Arc<Hook>>>,
 }
 
 impl Tenant {
@@ -45,7 +48,19 @@ impl Tenant {
             metrics,
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
+            hook: RwLock::new(None),
         })
+    }
+
+    /// The on-publish hook every PUBLISH goes through, if any.
+    pub fn hook(&self) -> Option<Arc<Hook>> {
+        self.hook.read().clone()
+    }
+
+    /// Installs or removes the on-publish hook. Messages already handed to the old hook get
+    /// their verdicts from it.
+    pub fn set_hook(&self, hook: Option<Arc<Hook>>) {
+        *self.hook.write() = hook;
     }
 
     /// Delivers `message` to every matching subscription and updates the retained store when

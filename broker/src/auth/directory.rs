@@ -17,6 +17,7 @@ use starling_token::{Jwks, TokenError, Verifier};
 use tracing::{info, warn};
 
 use crate::config::Limits;
+use crate::hook::{Hook, HookSettings, HookTarget};
 use crate::metrics::Metrics;
 use crate::tenant::Tenant;
 
@@ -64,15 +65,17 @@ struct Inner {
 pub struct Directory {
     inner: RwLock<Inner>,
     limits: Limits,
+    hook_settings: Arc<HookSettings>,
     metrics: Arc<Metrics>,
 }
 
 impl Directory {
     /// An empty directory; tenants appear with their first [`Directory::apply`].
-    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: Limits, hook_settings: HookSettings, metrics: Arc<Metrics>) -> Self {
         Directory {
             inner: RwLock::new(Inner::default()),
             limits,
+            hook_settings: Arc::new(hook_settings),
             metrics,
         }
     }
@@ -107,6 +110,7 @@ impl Directory {
             rebuild_kids(&mut inner);
             entry
         };
+        self.update_hook(name, &entry.tenant, state.hook.as_ref());
         self.disconnect_revoked(&entry, &revoked);
         Ok(())
     }
@@ -144,6 +148,35 @@ impl Directory {
     /// Names of every tenant.
     pub fn names(&self) -> Vec<String> {
         self.inner.read().tenants.keys().cloned().collect()
+    }
+
+    /// Starts, replaces or stops the tenant's hook when its target changed.
+    fn update_hook(&self, name: &str, tenant: &Tenant, target: Option<&HookTarget>) {
+        let current = tenant.hook();
+        match (target, current) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                tenant.set_hook(None);
+                info!(tenant = name, "on-publish hook removed");
+            }
+            (Some(t), Some(hook)) if hook.target() == t => {}
+            (Some(t), _) => {
+                if t.key.is_none() {
+                    warn!(
+                        tenant = name,
+                        "on-publish hook without a signing key: every message will be dropped"
+                    );
+                }
+                let hook = Hook::start(
+                    name,
+                    t.clone(),
+                    self.hook_settings.clone(),
+                    self.metrics.clone(),
+                );
+                tenant.set_hook(Some(hook));
+                info!(tenant = name, kid = t.kid(), "on-publish hook set");
+            }
+        }
     }
 
     fn disconnect_revoked(&self, entry: &TenantAuth, revoked: &HashSet<String>) {
