@@ -656,6 +656,26 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &self.hook.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push("hook.url must start with https:// (or http://)".into());
+            }
+            if self.hook.key_file.is_none() {
+                problems.push("hook.url needs hook.key_file, the key that signs requests".into());
+            }
+        }
+        if self.hook.max_batch_messages == 0
+            || self.hook.max_batch_bytes == 0
+            || self.hook.max_requests_in_flight == 0
+            || self.hook.queue_capacity == 0
+            || self.hook.max_pending_per_connection == 0
+            || self.hook.timeout_ms == 0
+        {
+            problems.push(
+                "hook: batch sizes, queue, pending, in-flight and timeout must be at least 1"
+                    .into(),
+            );
+        }
         if self.auth.revocations.is_some() && self.auth.jwks.is_none() {
             problems.push("auth.revocations needs auth.jwks (--jwks FILE)".into());
         }

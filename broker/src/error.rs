@@ -31,6 +31,9 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// The on-publish hook's key file could not be used.
+    #[error("{0}")]
+    HookKey(String),
     /// The TLS or WebSocket settings of a listener could not be put to use.
     #[error(transparent)]
     Transport(#[from] crate::transport::config::TransportSetupError),

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +108,11 @@ pub struct HookSettings {
     pub allow_private_addresses: bool,
     /// Hosts exempt from both rules above, e.g. a cluster-internal `http://moderation.default.svc`.
     pub allowed_hosts: Vec<String>,
+    /// The hook of the `--auth none` tenant, for a broker without a control plane. Managed
+    /// tenants get theirs from the control plane.
+    pub url: Option<String>,
+    /// The private JWK (Ed25519, with `d`) that signs the requests to `url`.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for HookSettings {
@@ -122,6 +128,8 @@ impl Default for HookSettings {
             allow_http: false,
             allow_private_addresses: false,
             allowed_hosts: Vec::new(),
+            url: None,
+            key_file: None,
         }
     }
 }
@@ -135,6 +143,34 @@ impl HookSettings {
             ..HookSettings::default()
         }
     }
+}
+
+/// Reads a private Ed25519 JWK (`{"kty":"OKP","crv":"Ed25519","x":..,"d":..}`) from `path`.
+/// Errors name the file, never its content.
+pub fn load_key_file(path: &Path) -> Result<SigningKey, String> {
+    #[derive(Deserialize)]
+    struct PrivateJwk {
+        d: String,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read hook.key_file {}: {e}", path.display()))?;
+    let jwk: PrivateJwk = serde_json::from_str(&text).map_err(|_| {
+        format!(
+            "hook.key_file {} is not a JSON Web Key with a private part `d`",
+            path.display()
+        )
+    })?;
+    let seed: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwk.d.trim_end_matches('='))
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            format!(
+                "hook.key_file {}: `d` is not 32 bytes of base64url",
+                path.display()
+            )
+        })?;
+    SigningKey::from_seed(&seed).map_err(|e| format!("hook.key_file {}: {e}", path.display()))
 }
 
 // === the engine ===

@@ -64,6 +64,20 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         config.hook.clone(),
         metrics.clone(),
     ));
+    if let (Some(url), Some(key_file)) = (&config.hook.url, &config.hook.key_file) {
+        let key = crate::hook::load_key_file(key_file).map_err(crate::error::Error::HookKey)?;
+        let target = crate::hook::HookTarget {
+            url: url.clone(),
+            key: Some(Arc::new(key)),
+            broker: "default".into(),
+        };
+        default_tenant.set_hook(Some(crate::hook::Hook::start(
+            "default",
+            target,
+            Arc::new(config.hook.clone()),
+            metrics.clone(),
+        )));
+    }
     let file_tenants = config.auth.file_tenants();
     files::load_all(&directory, &file_tenants)?;
     let token_auth: Arc<dyn Authenticator> = Arc::new(TokenAuth::new(

@@ -694,3 +694,65 @@ async fn without_a_signing_key_every_message_is_dropped() {
         1.0
     );
 }
+
+fn write_private_jwk(dir: &std::path::Path, key: &SigningKey) -> std::path::PathBuf {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": key.public_jwk().x,
+        "d": URL_SAFE_NO_PAD.encode(key.seed()),
+    });
+    let path = dir.join("hook-key.json");
+    std::fs::write(&path, jwk.to_string()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_standalone_broker_takes_its_hook_from_the_config_file() {
+    let mut hook = HookServer::start(echo()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let key_file = write_private_jwk(dir.path(), &key);
+    let url = hook.url();
+    let b = TestBroker::with(|c| {
+        c.hook = HookSettings {
+            url: Some(url),
+            key_file: Some(key_file),
+            ..HookSettings::local()
+        };
+    })
+    .await;
+    let mut publ = b.client("pub").await;
+    assert_eq!(
+        publ.publish("t/a", QoS::AtLeastOnce, b"x").await,
+        Some(ReasonCode::SUCCESS)
+    );
+    let seen = hook.next().await;
+    assert_eq!(seen.headers["x-signature-key-id"], key.kid());
+    assert_eq!(seen.messages[0]["broker"], "default");
+}
+
+#[tokio::test]
+async fn a_hook_key_file_without_a_private_part_stops_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let path = dir.path().join("public-only.json");
+    std::fs::write(&path, serde_json::to_string(&key.public_jwk()).unwrap()).unwrap();
+    let mut config = starling_broker::config::Config::default();
+    config
+        .listeners
+        .push(starling_broker::config::ListenerConfig::new(
+            starling_broker::config::ListenerKind::Mqtt,
+            "127.0.0.1:0".parse().unwrap(),
+        ));
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    config.hook.url = Some("https://hooks.example.com/x".into());
+    config.hook.key_file = Some(path.clone());
+    let Err(err) = starling_broker::start(config).await else {
+        panic!("a key file without `d` was accepted");
+    };
+    let text = err.to_string();
+    assert!(text.contains("public-only.json"), "{text}");
+    assert!(text.contains("private part"), "{text}");
+}
