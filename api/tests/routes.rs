@@ -829,6 +829,71 @@ async fn expiration_is_validated_in_seconds() {
     assert!(r.body["detail"].as_str().unwrap().contains("nanoseconds"));
 }
 
+/// JSON has one number type: `3600.0` is the whole number 3600 (JSON Schema's `integer` says
+/// the same), so the document's `integer` fields accept it on create and change, on both route
+/// sets; a fraction is still refused. (Found by schemathesis: such bodies got a 422.)
+async fn whole_number_expirations_written_as_floats_are_accepted() {
+    let api = api().await;
+    let (created, _) = api
+        .broker(json!({"name": "b1", "expiration": 3600.0}))
+        .await;
+    assert_eq!(created["expiration"], json!(3600));
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v1/namespaces/home/brokers/b1",
+            BOOTSTRAP,
+            Some(json!({"expiration": 7200.0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["expiration"], json!(7200));
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v1/namespaces/home/brokers/b1",
+            BOOTSTRAP,
+            Some(json!({"expiration": -1.0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["expiration"], Value::Null);
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{C}/namespaces/home/brokers"),
+            BOOTSTRAP,
+            Some(json!({"name": "b2", "expiration": 60.0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["result"]["expiration"], json!(60));
+    for bad in [json!(1.5), json!(1e300), json!(0.0)] {
+        let r = api
+            .call(
+                Method::PATCH,
+                "/v1/namespaces/home/brokers/b1",
+                BOOTSTRAP,
+                Some(json!({"expiration": bad})),
+            )
+            .await;
+        assert!(r.status.is_client_error(), "{bad}: {:?}", r.status);
+    }
+    let r = api
+        .call(
+            Method::GET,
+            "/v1/namespaces/home/brokers/b1",
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["expiration"],
+        Value::Null,
+        "refused changes change nothing"
+    );
+}
+
 async fn credentials_are_signed_verifiable_and_never_stored() {
     let api = api().await;
     api.broker(json!({"name": "b1", "expiration": 600})).await;
@@ -1518,6 +1583,7 @@ tests!(
     broker_create_shows_the_secret_once_and_rotates_it,
     on_publish_url_is_refused_with_501_until_the_hook_ships,
     expiration_is_validated_in_seconds,
+    whole_number_expirations_written_as_floats_are_accepted,
     credentials_are_signed_verifiable_and_never_stored,
     publickeys_never_contain_a_private_part,
     revocations_accept_repeated_and_comma_separated_jtis_within_the_bound,

@@ -156,7 +156,7 @@ pub struct BrokerCreate {
     #[serde(rename = "auth_type", default)]
     pub auth_type_snake: Option<String>,
     /// Token lifetime ceiling in seconds; `-1` or `null` for none.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     #[schema(minimum = -1, maximum = 315360000)]
     pub expiration: Option<i64>,
     /// The on-publish hook (a non-null URL is refused with 501 until the hook ships).
@@ -177,6 +177,32 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A whole number of seconds, or `null`. JSON has one number type and JSON Schema's `integer`
+/// is any number without a fraction, so `3600.0` is read as `3600`; a fraction, or a value
+/// beyond the 64-bit range, is refused.
+fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // i64::MAX as f64 rounds up to 2^63, so the upper bound is exclusive.
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+            Ok(Some(f as i64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number of seconds, got {n}"
+        ))),
+    }
+}
+
+/// [`whole_seconds`] for a change body, where `null` (clear) differs from absent (keep).
+fn whole_seconds_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    whole_seconds(d).map(Some)
+}
+
 /// The body of a broker change: absent fields stay, `null` clears.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BrokerPatch {
@@ -185,7 +211,7 @@ pub struct BrokerPatch {
     #[schema(max_length = 1024)]
     pub description: Option<String>,
     /// Token lifetime ceiling in seconds; `-1` or `null` for none.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "whole_seconds_or_null")]
     #[schema(value_type = Option<i64>, minimum = -1, maximum = 315360000)]
     pub expiration: Option<Option<i64>>,
     /// The on-publish hook; `{"url": null}` or `null` clears it.
