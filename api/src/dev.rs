@@ -5,7 +5,9 @@
 //! broker `demo` through the API's own handlers; it then runs the API and an embedded broker that
 //! serves every broker in the database from one set of listeners (the token's `kid` picks the
 //! tenant). The embedded broker follows the store's change feed in-process, so a revocation, a key
-//! rotation or a deletion made through the API reaches connected clients at once.
+//! rotation or a deletion made through the API reaches connected clients at once. A broker's
+//! `on_publish.url` reaches it the same way, with the broker's current signing key; the embedded
+//! broker allows http and loopback hook URLs, so a hook on the same machine works.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use axum::body::Body;
 use http_body_util::BodyExt;
 use starling_broker::auth::directory::{Directory, TenantState};
 use starling_broker::config::{AuthMode, Config as BrokerConfig, ListenerConfig, ListenerKind};
+use starling_broker::hook::{HookSettings, HookTarget};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -296,6 +299,8 @@ pub async fn start(options: DevOptions, shutdown: CancellationToken) -> Result<D
     bc.embedded_tenants = true;
     bc.http.bind = options.broker_http;
     bc.tls.dev_tls = Some(dir.clone());
+    // A hook on the same laptop: http and loopback addresses allowed.
+    bc.hook = HookSettings::local();
     for (kind, addr) in [
         (ListenerKind::Mqtt, options.mqtt),
         (ListenerKind::Ws, options.ws),
@@ -363,10 +368,11 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
     let now = state.clock.now_secs();
     match state.store.broker_state(id, now).await {
         Ok(Some(s)) => {
+            let hook = hook_target(state, &s);
             let tenant = TenantState {
                 jwks: crate::routes::keys::live(&s.keys, now),
                 revoked: s.revocations.into_iter().map(|r| r.jti).collect(),
-                hook: None,
+                hook,
             };
             if let Err(e) = directory.apply(id, &tenant) {
                 tracing::warn!(broker_id = id, error = %e, "broker state not applied");
@@ -377,6 +383,32 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
         }
         Err(e) => tracing::warn!(broker_id = id, error = %e, "reading broker state failed"),
     }
+}
+
+/// The on-publish hook of a broker, signed with its current key (opened in-process). A key that
+/// does not open leaves the target without one, and the broker then drops the tenant's messages
+/// rather than deliver them unchecked.
+fn hook_target(state: &AppState, s: &crate::store::BrokerState) -> Option<HookTarget> {
+    let url = s.broker.on_publish_url.clone()?;
+    let key = match state.kek.open_current(&s.broker.id, &s.keys) {
+        Ok(Some(key)) => Some(Arc::new(key)),
+        Ok(None) => {
+            tracing::warn!(
+                broker_id = s.broker.id.as_str(),
+                "the broker has a hook but no current signing key"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(broker_id = s.broker.id.as_str(), error = %e, "the hook's signing key did not open");
+            None
+        }
+    };
+    Some(HookTarget {
+        url,
+        key,
+        broker: s.broker.name.clone(),
+    })
 }
 
 /// Every broker of every namespace of the dev account, plus the tenants already known.

@@ -340,6 +340,70 @@ async fn the_broker_serves_through_an_api_outage_and_its_own_restart() {
     .expect("test timed out");
 }
 
+/// A hook set through the api reaches the managed broker with the current signing key, and the
+/// state the broker saves (which then holds that private key) is readable by its owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("broker-data");
+        let db = format!("sqlite://{}", dir.path().join("api.db").display());
+        let (public, internal) = (free_addr(), free_addr());
+        let api = Api::start(&db, public, internal).await;
+        let created = create_broker(public, dir.path()).await;
+        let broker = managed_broker(internal, &created, dir.path(), Some(&data)).await;
+        wait_ready(&broker).await;
+        let saved = data.join(format!("state-{}.json", created.id));
+        let read_saved = || {
+            std::fs::read_to_string(&saved)
+                .ok()
+                .and_then(|t| serde_json::from_str::<starling_broker::control::FeedState>(&t).ok())
+        };
+        let state = read_saved().expect("state saved");
+        assert!(
+            state.signing_key.is_none() && state.tenant_state(&created.id).hook.is_none(),
+            "no hook, no private key"
+        );
+
+        let (s, body) = http(
+            public,
+            "PATCH",
+            "/v1/namespaces/ns/brokers/b",
+            Some(BOOTSTRAP),
+            Some(serde_json::json!({"on_publish": {"url": "http://127.0.0.1:9/hook"}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            if let Some(state) = read_saved().filter(|s| s.signing_key.is_some()) {
+                break state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the hook never reached the broker"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the saved state holds a private key");
+        let hook = state.tenant_state(&created.id).hook.expect("a hook");
+        assert_eq!(hook.url, "http://127.0.0.1:9/hook");
+        assert_eq!(hook.broker, "b");
+        let current = starling_token::peek_kid(&created.token).unwrap();
+        assert_eq!(
+            hook.kid(),
+            Some(current.as_str()),
+            "the key tokens are signed with"
+        );
+        broker.shutdown().await;
+        drop(api);
+    })
+    .await
+    .expect("test timed out");
+}
+
 async fn metrics_text(addr: SocketAddr) -> String {
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return String::new();

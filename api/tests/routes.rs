@@ -734,58 +734,102 @@ async fn broker_create_shows_the_secret_once_and_rotates_it() {
     );
 }
 
-async fn on_publish_url_is_refused_with_501_until_the_hook_ships() {
+async fn on_publish_url_is_stored_cleared_and_malformed_is_400() {
     let api = api().await;
+    let hook = "https://h.example/x?tenant=1";
     api.broker(json!({"name": "b1"})).await;
+    let (created, _) = api
+        .broker(json!({"name": "b2", "on_publish": {"url": hook}}))
+        .await;
+    assert_eq!(created["on_publish"], json!({"url": hook}));
     let r = api
         .call(
-            Method::POST,
-            "/v1/namespaces/home/brokers",
+            Method::GET,
+            "/v1/namespaces/home/brokers/b2",
             BOOTSTRAP,
-            Some(json!({"name": "b2", "on_publish": {"url": "https://h.example/x"}})),
+            None,
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
-    assert!(
-        r.body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("not yet available")
-    );
+    assert_eq!(r.body["on_publish"], json!({"url": hook}), "stored");
+
+    // The compatible route sets it too, and a change of something else keeps it.
     let r = api
         .call(
             Method::PATCH,
             &format!("{C}/namespaces/home/brokers/b1"),
             BOOTSTRAP,
-            Some(json!({"on_publish": {"url": "https://h.example/x"}})),
+            Some(json!({"on_publish": {"url": "http://127.0.0.1:9/hook"}})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(r.body["success"], false);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["success"], true);
+    assert_eq!(
+        r.body["result"]["on_publish"],
+        json!({"url": "http://127.0.0.1:9/hook"})
+    );
     let r = api
         .call(
             Method::PATCH,
             "/v1/namespaces/home/brokers/b1",
             BOOTSTRAP,
-            Some(json!({"on_publish": {"url": null}})),
+            Some(json!({"description": "d"})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK, "clearing is fine");
-    // An empty URL means no hook; a value that is not an absolute http(s) URL is a 400.
+    assert_eq!(r.body["on_publish"]["url"], "http://127.0.0.1:9/hook");
     let r = api
         .call(
             Method::POST,
-            "/v1/namespaces/home/brokers",
+            &format!("{C}/namespaces/home/brokers"),
             BOOTSTRAP,
-            Some(json!({"name": "b3", "on_publish": {"url": ""}})),
+            Some(json!({"name": "c1", "on_publish": {"url": hook}})),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "empty means none");
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["result"]["on_publish"]["url"], hook);
+
+    // `{"url": null}`, `null` and an empty URL all mean no hook.
+    for clear in [json!({"url": null}), Value::Null, json!({"url": ""})] {
+        let r = api
+            .call(
+                Method::PATCH,
+                "/v1/namespaces/home/brokers/b2",
+                BOOTSTRAP,
+                Some(json!({"on_publish": {"url": hook}})),
+            )
+            .await;
+        assert_eq!(r.body["on_publish"]["url"], hook);
+        let r = api
+            .call(
+                Method::PATCH,
+                "/v1/namespaces/home/brokers/b2",
+                BOOTSTRAP,
+                Some(json!({ "on_publish": clear })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{clear}");
+        assert_eq!(r.body["on_publish"], Value::Null, "{clear} clears");
+    }
+    let (created, _) = api
+        .broker(json!({"name": "b3", "on_publish": {"url": ""}}))
+        .await;
+    assert_eq!(created["on_publish"], Value::Null, "empty means none");
+
+    // Not an absolute http(s) URL, or one with credentials in it: 400, and nothing changes.
+    let before = api
+        .call(
+            Method::GET,
+            "/v1/namespaces/home/brokers/b1",
+            BOOTSTRAP,
+            None,
+        )
+        .await;
     for bad in [
         "h.example/x",
         "ftp://h.example/x",
         "https://",
+        "https://:443/x",
         "https://h x/",
+        "https://user:pass@h.example/x",
     ] {
         let r = api
             .call(
@@ -796,7 +840,41 @@ async fn on_publish_url_is_refused_with_501_until_the_hook_ships() {
             )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            !r.body.to_string().contains("pass@"),
+            "the refusal does not echo credentials: {}",
+            r.body
+        );
+        let r = api
+            .call(
+                Method::POST,
+                &format!("{C}/namespaces/home/brokers"),
+                BOOTSTRAP,
+                Some(json!({"name": "c2", "on_publish": {"url": bad}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.body["success"], false);
     }
+    let long = format!("https://h.example/{}", "a".repeat(2100));
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v1/namespaces/home/brokers/b1",
+            BOOTSTRAP,
+            Some(json!({"on_publish": {"url": long}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "too long");
+    let after = api
+        .call(
+            Method::GET,
+            "/v1/namespaces/home/brokers/b1",
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(after.body, before.body, "a refused change changes nothing");
 }
 
 async fn expiration_is_validated_in_seconds() {
@@ -1267,6 +1345,138 @@ async fn operator_managed_brokers_refuse_changes_without_the_marker() {
     );
 }
 
+/// The current key of broker b1 as the credentials route signs with it.
+async fn current_kid(api: &Api) -> String {
+    let r = api
+        .call(
+            Method::GET,
+            "/v1/namespaces/home/brokers/b1/credentials?topicAcl=%23",
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    let token = r.body.as_object().unwrap().values().next().unwrap();
+    starling_token::peek_kid(token.as_str().unwrap()).unwrap()
+}
+
+async fn state_carries_the_current_signing_key_only_while_a_hook_is_set() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let api = api().await;
+    let (created, secret) = api.broker(json!({"name": "b1"})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let uri = format!("/internal/v1/brokers/{id}/state");
+    let state = || async { send(&api.internal, Method::GET, &uri, Some(&secret), None, &[]).await };
+    let set_hook = |url: Value| {
+        let api = &api;
+        async move {
+            let r = api
+                .call(
+                    Method::PATCH,
+                    "/v1/namespaces/home/brokers/b1",
+                    BOOTSTRAP,
+                    Some(json!({"on_publish": {"url": url}})),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        }
+    };
+    let publickeys = || async {
+        let r = api
+            .call(
+                Method::GET,
+                "/v1/namespaces/home/brokers/b1/publickeys",
+                BOOTSTRAP,
+                None,
+            )
+            .await;
+        for k in r.body["keys"].as_array().unwrap() {
+            assert!(k.get("d").is_none(), "no private part in /publickeys: {k}");
+        }
+        serde_json::from_value::<Jwks>(r.body).unwrap()
+    };
+
+    // The internal document describes the field.
+    let doc = serde_json::to_value(
+        <starling_api::routes::openapi::InternalDoc as utoipa::OpenApi>::openapi(),
+    )
+    .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["StateView"]["properties"]["signingKey"]["oneOf"][1]["$ref"],
+        "#/components/schemas/PrivateKey",
+        "{}",
+        schemas["StateView"]
+    );
+    assert!(schemas["PrivateKey"]["properties"]["d"].is_object());
+
+    let r = state().await;
+    assert_eq!(r.body["signingKey"], Value::Null, "no hook, no private key");
+    let v0 = r.body["version"].as_u64().unwrap();
+
+    set_hook(json!("https://hook.example/in")).await;
+    for round in 0..2 {
+        let r = state().await;
+        assert!(r.body["version"].as_u64().unwrap() > v0);
+        assert_eq!(
+            r.body["onPublish"],
+            json!({"url": "https://hook.example/in"})
+        );
+        assert_eq!(
+            r.headers.get("cache-control").unwrap(),
+            "no-store",
+            "a private key is never cached"
+        );
+        let sk = &r.body["signingKey"];
+        let kid = sk["kid"].as_str().unwrap();
+        assert_eq!(
+            kid,
+            current_kid(&api).await,
+            "the current key (round {round})"
+        );
+        let seed = URL_SAFE_NO_PAD.decode(sk["d"].as_str().unwrap()).unwrap();
+        let key = starling_token::SigningKey::from_seed(&seed.try_into().unwrap()).unwrap();
+        assert_eq!(key.kid(), kid);
+        let message = b"1700000000[{\"mid\":1}]";
+        let jwks = publickeys().await;
+        assert!(jwks.keys.iter().any(|k| k.kid == kid), "published");
+        Verifier::new(&jwks)
+            .unwrap()
+            .verify_bytes(kid, message, &key.sign_bytes(message))
+            .expect("what the key signs verifies with /publickeys");
+        // The broker's managed mode reads the same document into a hook target with that key.
+        let feed: starling_broker::control::FeedState =
+            serde_json::from_value(r.body.clone()).unwrap();
+        let hook = feed.tenant_state(&id).hook.unwrap();
+        assert_eq!(
+            (hook.url.as_str(), hook.broker.as_str(), hook.kid()),
+            ("https://hook.example/in", "b1", Some(kid))
+        );
+        // After a rotation the former next key signs.
+        let r = api
+            .call(
+                Method::POST,
+                "/v1/namespaces/home/brokers/b1/keys/rotate",
+                BOOTSTRAP,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_ne!(current_kid(&api).await, kid);
+    }
+
+    for clear in [Value::Null, json!("")] {
+        set_hook(clear.clone()).await;
+        let r = state().await;
+        assert_eq!(
+            (r.body["onPublish"].clone(), r.body["signingKey"].clone()),
+            (Value::Null, Value::Null),
+            "cleared with {clear}"
+        );
+        set_hook(json!("https://hook.example/in")).await;
+    }
+}
+
 async fn internal_state_long_polls_and_answers_304_410_401() {
     let api = api().await;
     let (created, secret) = api.broker(json!({"name": "b1", "expiration": 120})).await;
@@ -1581,7 +1791,7 @@ tests!(
     admin_only_routes_refuse_read_and_write_roles,
     another_accounts_objects_are_404,
     broker_create_shows_the_secret_once_and_rotates_it,
-    on_publish_url_is_refused_with_501_until_the_hook_ships,
+    on_publish_url_is_stored_cleared_and_malformed_is_400,
     expiration_is_validated_in_seconds,
     whole_number_expirations_written_as_floats_are_accepted,
     credentials_are_signed_verifiable_and_never_stored,
@@ -1590,6 +1800,7 @@ tests!(
     rotation_keeps_old_tokens_valid_until_retire_at_then_drops_the_key,
     operator_managed_brokers_refuse_changes_without_the_marker,
     internal_state_long_polls_and_answers_304_410_401,
+    state_carries_the_current_signing_key_only_while_a_hook_is_set,
     lists_page_with_cursors_on_both_route_sets,
     oversized_and_malformed_bodies_get_4xx,
     health_readiness_metrics_and_openapi_answer,

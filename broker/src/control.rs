@@ -2,9 +2,10 @@
 //!
 //! One task per tenant long-polls `GET {url}/internal/v1/brokers/{id}/state?since=V&wait=30s`
 //! with the broker secret as a bearer token. A 200 carries the tenant's keys, revocations, limits
-//! and hook settings with a version; it is applied to the [`Directory`] at once (which cuts
-//! sessions whose token was revoked) and, with a data directory, written to
-//! `DIR/state-{id}.json` so a restart during an outage of the api still serves. 304 means no
+//! and hook settings with a version (with a hook, also the private key that signs the hook's
+//! requests); it is applied to the [`Directory`] at once (which cuts sessions whose token was
+//! revoked) and, with a data directory, written to `DIR/state-{id}.json` (mode 0600, as it may
+//! hold that private key) so a restart during an outage of the api still serves. 304 means no
 //! change; 410 means the broker was deleted: its clients are disconnected and its saved state
 //! removed. Any failure keeps the last state and retries with exponential backoff and jitter.
 
@@ -12,17 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use starling_token::Jwks;
+use starling_token::{Jwks, SigningKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::directory::{Directory, TenantState};
+use crate::hook::HookTarget;
 use crate::http::Readiness;
 
 /// How long one long-poll may wait at the api.
@@ -53,9 +57,95 @@ pub struct FeedState {
     /// Live revocations.
     #[serde(default)]
     pub revocations: Vec<FeedRevocation>,
-    /// Everything else (broker, limits, hook), kept as sent.
+    /// Which broker this is; its name is the `broker` field of every hook message.
+    #[serde(default)]
+    pub broker: Option<FeedBroker>,
+    /// The on-publish hook, when the broker has one.
+    #[serde(default)]
+    pub on_publish: Option<FeedHook>,
+    /// The broker's current private signing key; sent only while it has a hook.
+    #[serde(default)]
+    pub signing_key: Option<FeedSigningKey>,
+    /// Everything else (limits), kept as sent.
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The broker a state belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedBroker {
+    /// Broker id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Broker name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The on-publish hook in the state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedHook {
+    /// The webhook URL; `null` or empty means none.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// A private Ed25519 key in the state: its id and seed (JWK `kid` and `d`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FeedSigningKey {
+    /// The key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// The 32-byte seed, base64url without padding.
+    pub d: String,
+}
+
+impl std::fmt::Debug for FeedSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedSigningKey")
+            .field("kid", &self.kid)
+            .field("d", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a signing key from the state is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    /// `d` is not base64url of 32 bytes.
+    #[error("the signing key's `d` is not a base64url Ed25519 seed of 32 bytes")]
+    Seed,
+    /// The seed was refused.
+    #[error("the signing key's seed was refused: {0}")]
+    Key(#[from] starling_token::TokenError),
+    /// The seed's key id is not the `kid` sent with it.
+    #[error("the signing key's seed belongs to key {actual}, not to the {claimed} sent with it")]
+    KidMismatch {
+        /// The kid sent.
+        claimed: String,
+        /// The kid of the seed.
+        actual: String,
+    },
+}
+
+impl FeedSigningKey {
+    /// The signing key, checked against its `kid`.
+    pub fn key(&self) -> Result<SigningKey, SigningKeyError> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(self.d.trim_end_matches('=').as_bytes())
+            .map_err(|_| SigningKeyError::Seed)?;
+        let seed: &[u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| SigningKeyError::Seed)?;
+        let key = SigningKey::from_seed(seed)?;
+        if key.kid() != self.kid {
+            return Err(SigningKeyError::KidMismatch {
+                claimed: self.kid.clone(),
+                actual: key.kid().to_string(),
+            });
+        }
+        Ok(key)
+    }
 }
 
 /// A revoked token id.
@@ -70,12 +160,50 @@ pub struct FeedRevocation {
 }
 
 impl FeedState {
-    fn tenant_state(&self) -> TenantState {
+    /// What the directory needs of this state for tenant `broker_id`.
+    pub fn tenant_state(&self, broker_id: &str) -> TenantState {
         TenantState {
             jwks: self.jwks.clone(),
             revoked: self.revocations.iter().map(|r| r.jti.clone()).collect(),
-            hook: None,
+            hook: self.hook_target(broker_id),
         }
+    }
+
+    /// The hook of this state: `None` without a URL. A URL without a usable signing key gives a
+    /// target without a key, whose messages are all dropped: never delivered unchecked.
+    pub fn hook_target(&self, broker_id: &str) -> Option<HookTarget> {
+        let url = self
+            .on_publish
+            .as_ref()?
+            .url
+            .as_deref()
+            .filter(|u| !u.is_empty())?;
+        let key = match &self.signing_key {
+            Some(k) => match k.key() {
+                Ok(key) => Some(Arc::new(key)),
+                Err(e) => {
+                    warn!(broker_id, error = %e, "the hook's signing key is unusable; the hook drops every message");
+                    None
+                }
+            },
+            None => {
+                warn!(
+                    broker_id,
+                    "the state has a hook but no signing key; the hook drops every message"
+                );
+                None
+            }
+        };
+        let broker = self
+            .broker
+            .as_ref()
+            .and_then(|b| b.name.clone())
+            .unwrap_or_else(|| broker_id.to_string());
+        Some(HookTarget {
+            url: url.to_string(),
+            key,
+            broker,
+        })
     }
 }
 
@@ -121,7 +249,7 @@ pub fn load_saved(
             continue;
         };
         match serde_json::from_str::<FeedState>(&text) {
-            Ok(state) => match directory.apply(&t.broker_id, &state.tenant_state()) {
+            Ok(state) => match directory.apply(&t.broker_id, &state.tenant_state(&t.broker_id)) {
                 Ok(()) => {
                     info!(
                         broker_id = t.broker_id.as_str(),
@@ -140,10 +268,23 @@ pub fn load_saved(
     loaded
 }
 
+/// Writes the state as it came. It holds the hook's private signing key when the broker has a
+/// hook, so the file is created with mode 0600 (owner only); the rename keeps that mode, also
+/// over a file an older version wrote more openly.
 fn save(data_dir: &Path, broker_id: &str, body: &[u8]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = state_path(data_dir, broker_id);
     let tmp = path.with_extension("tmp");
-    let result = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path));
+    // A leftover from an interrupted write may have another mode: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(body).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = result {
         warn!(path = %path.display(), error = %e, "cannot save the state");
     }
@@ -175,7 +316,7 @@ pub async fn follow(
             _ = stop.cancelled() => return,
         };
         let retry_after = match outcome {
-            Poll::State(state, body) => match directory.apply(id, &state.tenant_state()) {
+            Poll::State(state, body) => match directory.apply(id, &state.tenant_state(id)) {
                 Ok(()) => {
                     if version != Some(state.version) {
                         info!(
@@ -183,6 +324,7 @@ pub async fn follow(
                             version = state.version,
                             keys = state.jwks.keys.len(),
                             revoked = state.revocations.len(),
+                            hook = state.on_publish.as_ref().is_some_and(|h| h.url.is_some()),
                             "state from the control plane applied"
                         );
                     }
@@ -273,7 +415,7 @@ fn backoff(failures: u32) -> Duration {
 }
 
 enum Poll {
-    State(FeedState, Bytes),
+    State(Box<FeedState>, Bytes),
     Unchanged,
     Gone,
     Unauthorized,
@@ -322,7 +464,7 @@ async fn poll_once(
                 Err(e) => return Poll::Failed(format!("reading the state: {e}")),
             };
             match serde_json::from_slice::<FeedState>(&body) {
-                Ok(state) => Poll::State(state, body),
+                Ok(state) => Poll::State(Box::new(state), body),
                 Err(e) => Poll::Failed(format!("state is not valid: {e}")),
             }
         }
@@ -330,5 +472,124 @@ async fn poll_once(
         410 => Poll::Gone,
         401 | 403 => Poll::Unauthorized,
         other => Poll::Failed(format!("control plane answered {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use serde_json::json;
+    use starling_token::Verifier;
+
+    use super::*;
+
+    fn state(key: &SigningKey, extra: serde_json::Value) -> FeedState {
+        let mut doc = json!({
+            "version": 7,
+            "broker": {"id": "b-1", "name": "sensors", "namespace": "home"},
+            "jwks": {"keys": [key.public_jwk()]},
+            "revocations": [{"jti": "j1", "expiresAt": null}],
+            "limits": null,
+            "onPublish": null,
+            "signingKey": null,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        serde_json::from_value(doc).unwrap()
+    }
+
+    fn private(key: &SigningKey) -> serde_json::Value {
+        json!({"kid": key.kid(), "d": URL_SAFE_NO_PAD.encode(key.seed())})
+    }
+
+    #[test]
+    fn hook_url_and_key_become_a_target_that_signs_for_the_published_kid() {
+        let key = SigningKey::generate().unwrap();
+        let s = state(
+            &key,
+            json!({"onPublish": {"url": "https://hook.example/in"}, "signingKey": private(&key)}),
+        );
+        let t = s.tenant_state("b-1");
+        let hook = t.hook.expect("a hook");
+        assert_eq!(hook.url, "https://hook.example/in");
+        assert_eq!(hook.broker, "sensors", "the broker's name, not its id");
+        assert_eq!(hook.kid(), Some(key.kid()));
+        let signer = hook.key.expect("a key");
+        let signature = signer.sign_bytes(b"1700000000[]");
+        Verifier::new(&t.jwks)
+            .unwrap()
+            .verify_bytes(key.kid(), b"1700000000[]", &signature)
+            .expect("verifies with the public key of the same kid");
+        assert!(t.revoked.contains("j1"));
+    }
+
+    #[test]
+    fn no_url_means_no_hook_even_with_a_key() {
+        let key = SigningKey::generate().unwrap();
+        for extra in [
+            json!({}),
+            json!({"onPublish": null, "signingKey": private(&key)}),
+            json!({"onPublish": {"url": null}}),
+            json!({"onPublish": {"url": ""}, "signingKey": private(&key)}),
+        ] {
+            assert!(
+                state(&key, extra.clone())
+                    .tenant_state("b-1")
+                    .hook
+                    .is_none(),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_without_a_usable_key_gives_a_target_without_a_key() {
+        let key = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        let url = json!({"url": "https://hook.example/in"});
+        for signing_key in [
+            serde_json::Value::Null,
+            json!({"kid": key.kid(), "d": "not base64 !"}),
+            json!({"kid": key.kid(), "d": URL_SAFE_NO_PAD.encode([1u8; 31])}),
+            // The seed of another key under this key's kid.
+            json!({"kid": key.kid(), "d": URL_SAFE_NO_PAD.encode(other.seed())}),
+        ] {
+            let s = state(&key, json!({"onPublish": url, "signingKey": signing_key}));
+            let hook = s.tenant_state("b-1").hook.expect("still a hook");
+            assert!(hook.key.is_none(), "{signing_key}");
+            assert_eq!(hook.url, "https://hook.example/in");
+        }
+        // No broker name: the tenant id stands in.
+        let mut s = state(&key, json!({"onPublish": url}));
+        s.broker = None;
+        assert_eq!(s.tenant_state("b-1").hook.unwrap().broker, "b-1");
+    }
+
+    #[test]
+    fn the_signing_key_seed_is_not_in_debug_output() {
+        let key = SigningKey::generate().unwrap();
+        let s = state(
+            &key,
+            json!({"onPublish": {"url": "https://h.example/"}, "signingKey": private(&key)}),
+        );
+        let seed = URL_SAFE_NO_PAD.encode(key.seed());
+        assert!(!format!("{s:?}").contains(&seed));
+        assert!(!format!("{:?}", s.tenant_state("b-1")).contains(&seed));
+    }
+
+    #[test]
+    fn saved_state_is_owner_only_also_over_an_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path(), "b-1");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(path.with_extension("tmp"), b"leftover").unwrap();
+        save(dir.path(), "b-1", br#"{"version":1}"#);
+        assert_eq!(std::fs::read(&path).unwrap(), br#"{"version":1}"#);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!path.with_extension("tmp").exists());
     }
 }

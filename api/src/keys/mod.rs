@@ -105,6 +105,21 @@ impl Kek {
     }
 }
 
+impl Kek {
+    /// Opens the broker's current signing key (the one that signs new tokens and the on-publish
+    /// hook's requests); `None` when the broker has none.
+    pub fn open_current(
+        &self,
+        broker_id: &str,
+        keys: &[KeyRecord],
+    ) -> Result<Option<SigningKey>, KeyError> {
+        keys.iter()
+            .find(|k| k.status == KeyStatus::Current)
+            .map(|k| self.open(&k.sealed_seed, broker_id, &k.kid))
+            .transpose()
+    }
+}
+
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Kek(<redacted>)")

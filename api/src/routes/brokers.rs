@@ -14,7 +14,7 @@ use super::{
     Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
     validate_description, validate_label,
 };
-use crate::error::{ApiError, Problem, Result, code};
+use crate::error::{ApiError, Problem, Result};
 use crate::keys::{hash_secret, new_id, new_key_record, new_secret};
 use crate::state::AppState;
 use crate::store::{Broker, KeyStatus, Role, StoreError};
@@ -159,7 +159,7 @@ pub struct BrokerCreate {
     #[serde(default, deserialize_with = "whole_seconds")]
     #[schema(minimum = -1, maximum = 315360000)]
     pub expiration: Option<i64>,
-    /// The on-publish hook (a non-null URL is refused with 501 until the hook ships).
+    /// The on-publish hook: every message goes to `url` first; `null` or an empty URL for none.
     #[serde(default)]
     pub on_publish: Option<OnPublish>,
     /// Broker limits (a JSON object).
@@ -261,32 +261,42 @@ pub(crate) fn parse_expiration(field: &str, v: Option<i64>) -> Result<Option<i64
     }
 }
 
-/// `on_publish.url`: `null` or empty means no hook; anything else must be an absolute http(s)
-/// URL (400 otherwise), and a well-formed one gets 501 until the hook ships in the broker.
-fn check_hook(hook: Option<&OnPublish>) -> Result<()> {
+/// The longest hook URL accepted.
+const MAX_HOOK_URL_LEN: usize = 2048;
+
+/// `on_publish.url`: `null` or empty means no hook (`Ok(None)`); anything else must be an
+/// absolute http(s) URL with a host (400 otherwise) and is returned to be stored. Whether the
+/// broker may reach it (https only, no private addresses) is the broker's `[hook]` policy, checked
+/// where the request is made.
+fn check_hook(hook: Option<&OnPublish>) -> Result<Option<String>> {
     let Some(url) = hook
         .and_then(|h| h.url.as_deref())
         .filter(|u| !u.is_empty())
     else {
-        return Ok(());
+        return Ok(None);
     };
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
-    let host_ok = rest.is_some_and(|r| {
-        let host = r.split(['/', '?', '#']).next().unwrap_or("");
-        !host.is_empty() && !r.chars().any(|c| c.is_whitespace() || c.is_control())
-    });
-    if !host_ok {
+    let authority = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if authority.is_some_and(|a| a.contains('@')) {
+        // Credentials in the URL would show in every response and log line that shows the URL;
+        // the hook authenticates the broker by the request signature instead.
         return Err(ApiError::invalid(
-            "`on_publish.url` must be an absolute https:// (or http://) URL, or null",
+            "`on_publish.url` must not contain credentials (user:password@); verify the X-Signature-Ed25519 header instead",
         ));
     }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        code::NOT_IMPLEMENTED,
-        "the on-publish hook is not yet available in the broker; create the broker without on_publish.url",
-    ))
+    let host_ok = rest.zip(authority).is_some_and(|(r, a)| {
+        !a.is_empty()
+            && !a.starts_with(':')
+            && !r.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    if !host_ok || url.len() > MAX_HOOK_URL_LEN {
+        return Err(ApiError::invalid(format!(
+            "`on_publish.url` must be an absolute https:// (or http://) URL of at most {MAX_HOOK_URL_LEN} characters, or null"
+        )));
+    }
+    Ok(Some(url.to_string()))
 }
 
 fn check_limits(limits: Option<&serde_json::Value>) -> Result<Option<String>> {
@@ -343,7 +353,7 @@ async fn create(
         return Err(ApiError::invalid("`authType` must be TOKEN"));
     }
     let expiration = parse_expiration("expiration", body.expiration)?;
-    check_hook(body.on_publish.as_ref())?;
+    let on_publish_url = check_hook(body.on_publish.as_ref())?;
     let limits = check_limits(body.limits.as_ref())?;
     if let Some(m) = &body.managed_by {
         m.validate()?;
@@ -360,7 +370,7 @@ async fn create(
         description,
         auth_type,
         expiration,
-        on_publish_url: None,
+        on_publish_url,
         limits,
         managed_by: body.managed_by.as_ref().map(ManagedBy::marker),
         version: 1,
@@ -456,8 +466,7 @@ async fn patch(
         b.expiration = parse_expiration("expiration", e)?;
     }
     if let Some(hook) = body.on_publish {
-        check_hook(hook.as_ref())?;
-        b.on_publish_url = None;
+        b.on_publish_url = check_hook(hook.as_ref())?;
     }
     if let Some(limits) = body.limits {
         b.limits = check_limits(limits.as_ref())?;
@@ -550,7 +559,6 @@ pub async fn native_list(
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "on_publish.url given: the hook is not yet available", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn native_create(
@@ -603,7 +611,6 @@ pub async fn native_get(
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "on_publish.url given: the hook is not yet available", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn native_patch(
@@ -724,7 +731,6 @@ pub async fn compat_list(
         (status = 413, description = "body too large", body = super::EnvelopeError),
         (status = 415, description = "not JSON", body = super::EnvelopeError),
         (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
-        (status = 501, description = "on_publish.url given: the hook is not yet available", body = super::EnvelopeError),
     ),
     security(("bearer" = [])))]
 pub async fn compat_create(
@@ -771,7 +777,6 @@ pub async fn compat_get(
         (status = 413, description = "body too large", body = super::EnvelopeError),
         (status = 415, description = "not JSON", body = super::EnvelopeError),
         (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
-        (status = 501, description = "on_publish.url given: the hook is not yet available", body = super::EnvelopeError),
     ),
     security(("bearer" = [])))]
 pub async fn compat_patch(

@@ -18,7 +18,7 @@ use super::{Auth, Envelope, PathParams, QueryPairs};
 use crate::error::{ApiError, Problem, Result};
 use crate::keys::new_id;
 use crate::state::AppState;
-use crate::store::{IssuedCredential, KeyStatus, Role};
+use crate::store::{IssuedCredential, Role};
 
 /// Tokens per request, at most.
 pub const MAX_NUMBER: u32 = 100;
@@ -115,13 +115,10 @@ async fn issue(
     };
     let broker = super::brokers::find(state, auth, ns, name).await?;
     let keys = state.store.list_keys(&broker.id).await?;
-    let record = keys
-        .iter()
-        .find(|k| k.status == KeyStatus::Current)
-        .ok_or_else(|| ApiError::conflict("the broker has no current signing key"))?;
     let key = state
         .kek
-        .open(&record.sealed_seed, &broker.id, &record.kid)?;
+        .open_current(&broker.id, &keys)?
+        .ok_or_else(|| ApiError::conflict("the broker has no current signing key"))?;
     let now = state.clock.now_secs();
     let exp = token_exp(now, broker.expiration, requested);
     let mut tokens = BTreeMap::new();
@@ -144,7 +141,7 @@ async fn issue(
         issued.push(IssuedCredential {
             jti,
             client_id: sub,
-            kid: record.kid.clone(),
+            kid: key.kid().to_string(),
             issued_at: now,
             expires_at: exp,
         });

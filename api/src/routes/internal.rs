@@ -6,21 +6,28 @@
 //! the store's feed and answers 304 when nothing changed. A deleted broker answers 410 Gone (so
 //! its pods disconnect its clients); a wrong secret 401. The broker's managed mode is written
 //! against exactly this contract.
+//!
+//! A broker with an on-publish hook also gets its current private signing key (`signingKey`),
+//! which signs the hook's requests; without a hook the field is `null`, so private key material
+//! leaves the api only when a broker needs it. The answer is marked `Cache-Control: no-store`.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use starling_token::Jwks;
 use tokio::sync::broadcast::error::RecvError;
+use tracing::warn;
 
 use super::{PathParams, QueryPairs, bearer};
 use crate::error::{ApiError, code};
-use crate::keys::{hash_secret, hashes_equal};
+use crate::keys::{Kek, hash_secret, hashes_equal};
 use crate::state::AppState;
 use crate::store::{BrokerState, Revocation};
 
@@ -60,13 +67,59 @@ pub struct StateView {
     pub limits: Option<serde_json::Value>,
     /// The on-publish hook.
     pub on_publish: Option<HookRef>,
-    /// Reserved for handing the broker its webhook signing key; always `null` for now.
-    #[schema(value_type = Option<Object>)]
-    pub signing_key: Option<serde_json::Value>,
+    /// The broker's current private signing key, which signs the on-publish hook's requests;
+    /// present only while the broker has `onPublish`, `null` otherwise.
+    pub signing_key: Option<PrivateKey>,
 }
 
-fn view(s: BrokerState, now: i64) -> StateView {
+/// A private Ed25519 signing key in the state (the JWK members that matter). The private part is
+/// never shown by `Debug`.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PrivateKey {
+    /// The key id (RFC 7638 thumbprint), as in `jwks` and `/publickeys`.
+    pub kid: String,
+    /// The 32-byte Ed25519 seed, base64url without padding (the JWK `d` member).
+    pub d: String,
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("kid", &self.kid)
+            .field("d", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The current key of a broker that has a hook; `None` without a hook (private material leaves
+/// the api only when the broker needs it). A key that does not open is logged and left out: the
+/// broker then drops the tenant's messages rather than deliver them unchecked, and keys and
+/// revocations still reach it.
+fn hook_key(kek: &Kek, s: &BrokerState) -> Option<PrivateKey> {
+    s.broker.on_publish_url.as_ref()?;
+    match kek.open_current(&s.broker.id, &s.keys) {
+        Ok(Some(key)) => Some(PrivateKey {
+            kid: key.kid().to_string(),
+            d: URL_SAFE_NO_PAD.encode(key.seed()),
+        }),
+        Ok(None) => {
+            warn!(
+                broker_id = s.broker.id.as_str(),
+                "the broker has a hook but no current signing key"
+            );
+            None
+        }
+        Err(e) => {
+            warn!(broker_id = s.broker.id.as_str(), error = %e, "the hook's signing key did not open");
+            None
+        }
+    }
+}
+
+fn view(kek: &Kek, s: BrokerState, now: i64) -> StateView {
+    let signing_key = hook_key(kek, &s);
     StateView {
+        signing_key,
         version: u64::try_from(s.broker.version).unwrap_or(0),
         jwks: super::keys::live(&s.keys, now),
         broker: BrokerRef {
@@ -77,7 +130,6 @@ fn view(s: BrokerState, now: i64) -> StateView {
         revocations: s.revocations,
         limits: s.broker.limits.and_then(|l| serde_json::from_str(&l).ok()),
         on_publish: s.broker.on_publish_url.map(|url| HookRef { url }),
-        signing_key: None,
     }
 }
 
@@ -118,7 +170,7 @@ fn gone() -> ApiError {
         ("wait" = Option<String>, Query, description = "how long to wait for a change, like `30s` (at most 60 s)"),
     ),
     responses(
-        (status = 200, description = "the state", body = StateView),
+        (status = 200, description = "the state (with the hook's private signing key when the broker has a hook)", body = StateView, headers(("Cache-Control" = String, description = "no-store"))),
         (status = 304, description = "no change within `wait`"),
         (status = 400, description = "invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "wrong or missing broker secret", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -171,7 +223,12 @@ pub async fn state(
             };
             let version = u64::try_from(current.broker.version).unwrap_or(0);
             if since.is_none_or(|s| version > s) {
-                return Ok(Json(view(current, now)).into_response());
+                // The state may carry a private key: never cached.
+                return Ok((
+                    [(header::CACHE_CONTROL, "no-store")],
+                    Json(view(&state.kek, current, now)),
+                )
+                    .into_response());
             }
             // Wait for an announcement about this broker (or a possible miss), or the deadline.
             loop {
