@@ -38,10 +38,21 @@ pub struct OnPublish {
 #[serde(deny_unknown_fields)]
 pub struct ManagedBy {
     /// Always `Broker`.
+    #[schema(pattern = "^Broker$")]
     pub kind: String,
     /// The Kubernetes namespace of the resource.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
+    )]
     pub namespace: String,
     /// The resource's name.
+    #[schema(
+        min_length = 1,
+        max_length = 253,
+        pattern = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
+    )]
     pub name: String,
 }
 
@@ -147,13 +158,18 @@ pub struct BrokerCreate {
     pub name: String,
     /// Free text.
     #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub description: Option<String>,
     /// `TOKEN` (the default).
     #[serde(rename = "authType", default)]
+    #[schema(pattern = "^TOKEN$")]
     pub auth_type: Option<String>,
     /// `TOKEN` (the form some clients sent).
     #[serde(rename = "auth_type", default)]
+    #[schema(pattern = "^TOKEN$")]
     pub auth_type_snake: Option<String>,
     /// Token lifetime ceiling in seconds; `-1` or `null` for none.
     #[serde(default, deserialize_with = "whole_seconds")]
@@ -208,7 +224,10 @@ fn whole_seconds_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Optio
 pub struct BrokerPatch {
     /// Free text.
     #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub description: Option<String>,
     /// Token lifetime ceiling in seconds; `-1` or `null` for none.
     #[serde(default, deserialize_with = "whole_seconds_or_null")]

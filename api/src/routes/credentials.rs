@@ -162,10 +162,10 @@ async fn issue(
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
-        ("type" = Option<String>, Query, description = "`TOKEN`"),
-        ("topicAcl" = String, Query, description = "`#` (URL-encoded `%23`) or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#"),
+        ("type" = Option<String>, Query, description = "`TOKEN` (empty means the same)", pattern = "^(TOKEN)?$"),
+        ("topicAcl" = String, Query, description = "`#` (URL-encoded `%23`) or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#", min_length = 1),
         ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable); ULIDs are generated otherwise"),
-        ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none (the broker's expiration stays a ceiling)"),
+        ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none (the broker's expiration stays a ceiling)", minimum = -1, maximum = 315360000),
     ),
     responses(
         (status = 200, description = "`{clientId: jwt}`", body = BTreeMap<String, String>, headers(("Cache-Control" = String, description = "no-store"))),
@@ -193,10 +193,10 @@ pub async fn native_issue(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"),
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
-        ("type" = Option<String>, Query, description = "`TOKEN`"),
+        ("type" = Option<String>, Query, description = "`TOKEN` (empty means the same)", pattern = "^(TOKEN)?$"),
         ("topicAcl" = Option<String>, Query, description = "`#`, empty, or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#"),
         ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable)"),
-        ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none"),
+        ("expiration" = Option<i64>, Query, description = "seconds; `-1` for none", minimum = -1, maximum = 315360000),
     ),
     responses(
         (status = 200, description = "`{clientId: jwt}`", body = Envelope<BTreeMap<String, String>>, headers(("Cache-Control" = String, description = "no-store"))),

@@ -53,7 +53,10 @@ pub struct NamespaceCreate {
     pub name: String,
     /// Free text, at most 1024 characters.
     #[serde(default)]
-    #[schema(max_length = 1024)]
+    #[schema(
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub description: Option<String>,
 }
 
