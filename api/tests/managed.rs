@@ -397,6 +397,11 @@ async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_o
             Some(current.as_str()),
             "the key tokens are signed with"
         );
+        // The running broker's tenant has that hook installed.
+        let tenant = broker.directory.tenant(&created.id).expect("the tenant");
+        let installed = tenant.tenant.hook().expect("a hook installed");
+        assert_eq!(installed.target(), &hook);
+        assert!(installed.target().key.is_some(), "a key to sign with");
         broker.shutdown().await;
         drop(api);
     })
