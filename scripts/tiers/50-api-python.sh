@@ -63,15 +63,20 @@ python3 -m pytest -q -p no:cacheprovider tests/python/test_api_*.py || status=1
 #   api/tests/routes.rs (admin_only_routes_refuse_read_and_write_roles) checks.
 # Each pass writes schemathesis's NDJSON event report; the verdict needs, per operation, at least
 # one 2xx and 100 examples (fewer only for operations without parameters or a body), and over
-# all of them no 5xx and no failed check. Runs from the temporary directory, so that
-# schemathesis's own files stay out of the tree.
+# all of them no 5xx and no failed check. Every check runs (5xx, status codes, content types,
+# response schemas and headers, schema-invalid input refused, authentication not ignored,
+# deleted objects gone) but `positive_data_acceptance`: some schema-valid requests are refused
+# by design in ways a schema does not express (the compatible routes answer a name conflict with
+# 400 as Cloudflare did; a page size above the configured maximum and a cursor this api did not
+# issue are 400s). Runs from the temporary directory, so that schemathesis's own files stay out
+# of the tree.
 write=$(python3 tests/python/api_schemathesis.py setup)
 admin_only='^/v1/(accounts|tokens|audit)'
 st_run() {
   (cd "$work" && timeout 600 schemathesis --config-file "$STARLING_ROOT/tests/python/schemathesis.toml" \
     run "$url/openapi.json" \
     --max-examples 100 \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --checks all --exclude-checks positive_data_acceptance \
     --phases examples,coverage,fuzzing \
     --generation-database none \
     --request-timeout 30 \
