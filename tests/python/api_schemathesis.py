@@ -53,6 +53,7 @@ class Operation:
         self.examples = 0
         self.by_class = defaultdict(int)
         self.success_codes = set()
+        self.by_phase = defaultdict(int)
         self.failures = []
 
     @property
@@ -96,6 +97,7 @@ def read_events(ops, pass_name, path):
                 continue
             if kind != "ScenarioFinished":
                 continue
+            phase = data.get("phase", "")
             recorder = data.get("recorder") or {}
             op = ops.get(recorder.get("label"))
             interactions = recorder.get("interactions") or {}
@@ -111,6 +113,7 @@ def read_events(ops, pass_name, path):
                     continue
                 op.passes.add(pass_name)
                 op.examples += 1
+                op.by_phase[phase] += 1
                 code = (interaction.get("response") or {}).get("status_code")
                 op.by_class[f"{code // 100}xx" if code else "none"] += 1
                 if code and 200 <= code < 300:
@@ -147,8 +150,14 @@ def report(openapi, passes):
             if op.has_inputs:
                 problems.append(f"{op.label}: {op.examples} examples, fewer than {MIN_EXAMPLES}")
                 note += f"   <-- fewer than {MIN_EXAMPLES} examples"
+            elif op.by_phase["fuzzing"] == 0:
+                problems.append(f"{op.label}: not fuzzed")
+                note += "   <-- not fuzzed"
             else:
-                note += "   (no parameters, no body: every distinct input was tried)"
+                # Without parameters or a body there is one valid input: fuzzing stops after
+                # it (the space is exhausted); coverage adds the few header variants.
+                phases = ", ".join(f"{k} {v}" for k, v in sorted(op.by_phase.items()))
+                note += f"   (no parameters, no body: one input, all tried; {phases})"
         problems += [f"{op.label}: {f}" for f in op.failures]
         print(
             f"{op.examples:>8} {op.by_class['2xx']:>5} {','.join(map(str, sorted(op.success_codes))):<9} "
