@@ -591,6 +591,32 @@ async fn admin_only_routes_refuse_read_and_write_roles() {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
+/// The bootstrap token is the configuration's: an admin of its account (or the token itself)
+/// cannot delete it through the API, where it would only vanish until the next start.
+async fn the_bootstrap_token_cannot_be_deleted_through_the_api() {
+    let api = api().await;
+    let admin = api.token("admin").await;
+    let uri = format!("/v1/tokens/{}", starling_api::server::BOOTSTRAP_TOKEN_ID);
+    for token in [admin.as_str(), BOOTSTRAP] {
+        let r = api.call(Method::DELETE, &uri, token, None).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("configuration"),
+            "{:?}",
+            r.body
+        );
+    }
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            BOOTSTRAP,
+            Some(json!({"name": "still works"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
 async fn another_accounts_objects_are_404() {
     let api = api().await;
     api.broker(json!({"name": "b1"})).await;
@@ -1789,6 +1815,7 @@ tests!(
     compat_routes_use_the_envelope_and_400_on_name_conflict,
     every_route_requires_a_token_and_roles_are_enforced,
     admin_only_routes_refuse_read_and_write_roles,
+    the_bootstrap_token_cannot_be_deleted_through_the_api,
     another_accounts_objects_are_404,
     broker_create_shows_the_secret_once_and_rotates_it,
     on_publish_url_is_stored_cleared_and_malformed_is_400,

@@ -223,6 +223,7 @@ pub async fn create_token(
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such token in this account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the bootstrap token, which the api's configuration sets", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn delete_token(
@@ -231,6 +232,14 @@ pub async fn delete_token(
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode> {
     auth.require(Role::Admin)?;
+    // The bootstrap token comes from the configuration and is stored again at every start, so
+    // deleting it here would only lock the accounts route until the next restart.
+    let tokens = state.store.list_api_tokens(&auth.account_id).await?;
+    if tokens.iter().any(|t| t.id == id && t.system) {
+        return Err(ApiError::conflict(
+            "the bootstrap token is set by the api's configuration (STARLING_API__BOOTSTRAP_TOKEN or its file) and cannot be deleted here; change it there and restart",
+        ));
+    }
     match state.store.delete_api_token(&auth.account_id, &id).await {
         Err(StoreError::NotFound) => return Err(ApiError::not_found("token")),
         other => other?,
