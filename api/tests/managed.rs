@@ -1,7 +1,9 @@
 //! The broker's managed mode against real `starling-api serve` processes: two replicas on one
 //! Postgres (a change through one reaches a broker polling the other within a second), and an
 //! outage of the api (the broker keeps serving, also across its own restart with a data
-//! directory, and follows again once the api is back).
+//! directory, and follows again once the api is back). A hook set through the api reaches the
+//! broker with the current signing key; the broker's requests verify with `/publickeys`, and the
+//! saved state, which then holds that private key, is owner-only.
 
 mod common;
 #[path = "../../broker/tests/common/mod.rs"]
@@ -402,6 +404,166 @@ async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_o
         let installed = tenant.tenant.hook().expect("a hook installed");
         assert_eq!(installed.target(), &hook);
         assert!(installed.target().key.is_some(), "a key to sign with");
+        broker.shutdown().await;
+        drop(api);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// What the test's webhook saw of one request.
+struct HookRequest {
+    kid: String,
+    verified: bool,
+    topics: Vec<String>,
+}
+
+/// A webhook on loopback (axum, in the test) that verifies each request's signature against
+/// the broker's `/publickeys` as fetched from the api, answers with every message except those on
+/// `t/drop`, and reports what it saw.
+async fn verifying_hook(
+    jwks: starling_token::Jwks,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<HookRequest>) {
+    use base64::Engine as _;
+    let verifier = std::sync::Arc::new(starling_token::Verifier::new(&jwks).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |headers: axum::http::HeaderMap, body: Bytes| {
+        let (verifier, tx) = (verifier.clone(), tx.clone());
+        async move {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let kid = header("x-signature-key-id");
+            let signature = base64::engine::general_purpose::STANDARD
+                .decode(header("x-signature-ed25519"))
+                .unwrap_or_default();
+            let mut signed = header("x-signature-timestamp").into_bytes();
+            signed.extend_from_slice(&body);
+            let verified = verifier.verify_bytes(&kid, &signed, &signature).is_ok();
+            let messages: Vec<serde_json::Value> =
+                serde_json::from_slice(&body).unwrap_or_default();
+            let topics = messages
+                .iter()
+                .map(|m| m["topic"].as_str().unwrap_or_default().to_string())
+                .collect();
+            let _ = tx.send(HookRequest {
+                kid,
+                verified,
+                topics,
+            });
+            let kept: Vec<_> = messages
+                .into_iter()
+                .filter(|m| m["topic"] != "t/drop")
+                .collect();
+            axum::Json(kept)
+        }
+    };
+    let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), rx)
+}
+
+/// A managed broker signs its hook's requests with the key from the state feed: they verify with
+/// the broker's `/publickeys`, a message the hook keeps is delivered, one it leaves out is refused
+/// with PUBACK 0x87 and never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_broker_sends_hook_requests_that_verify_with_publickeys() {
+    use starling_codec::QoS;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("api.db").display());
+        let (public, internal) = (free_addr(), free_addr());
+        let api = Api::start(&db, public, internal).await;
+        let created = create_broker(public, dir.path()).await;
+        let (s, jwks) = http(
+            public,
+            "GET",
+            "/v1/namespaces/ns/brokers/b/publickeys",
+            Some(BOOTSTRAP),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{jwks}");
+        let (url, mut seen) = verifying_hook(serde_json::from_value(jwks).unwrap()).await;
+        let (s, body) = http(
+            public,
+            "PATCH",
+            "/v1/namespaces/ns/brokers/b",
+            Some(BOOTSTRAP),
+            Some(serde_json::json!({"on_publish": {"url": url}})),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let (s, creds) = http(
+            public,
+            "GET",
+            "/v1/namespaces/ns/brokers/b/credentials?number=2&type=TOKEN&topicAcl=%23&clientid=c-pub&clientid=c-sub",
+            Some(BOOTSTRAP),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{creds}");
+
+        let mut config = BrokerConfig::default();
+        config.listeners.push(ListenerConfig::new(
+            ListenerKind::Mqtt,
+            "127.0.0.1:0".parse().unwrap(),
+        ));
+        config.http.bind = "127.0.0.1:0".parse().unwrap();
+        config.auth.mode = starling_broker::config::AuthMode::Token;
+        config.control_plane.push(ManagedTenant {
+            url: format!("http://{internal}"),
+            broker_id: created.id.clone(),
+            secret_file: dir.path().join("secret"),
+        });
+        // The hook is on loopback over http.
+        config.hook = starling_broker::hook::HookSettings::local();
+        let broker = starling_broker::start(config).await.expect("broker starts");
+        wait_ready(&broker).await;
+
+        let (mut sub, reason) = connect(&broker, "c-sub", creds["c-sub"].as_str().unwrap()).await;
+        assert_eq!(reason, ReasonCode::SUCCESS);
+        sub.subscribe("t/#", mqtt::sub_opts(QoS::AtLeastOnce)).await;
+        let (mut publisher, reason) =
+            connect(&broker, "c-pub", creds["c-pub"].as_str().unwrap()).await;
+        assert_eq!(reason, ReasonCode::SUCCESS);
+
+        assert_eq!(
+            publisher.publish("t/keep", QoS::AtLeastOnce, b"one").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        assert_eq!(
+            publisher.publish("t/drop", QoS::AtLeastOnce, b"two").await,
+            Some(ReasonCode::NOT_AUTHORIZED)
+        );
+        assert_eq!(
+            publisher.publish("t/keep", QoS::AtLeastOnce, b"three").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        // In order, so the dropped message would have come between the two.
+        for payload in [&b"one"[..], b"three"] {
+            let p = sub.recv_publish().await;
+            assert_eq!((p.topic.as_str(), &p.payload[..]), ("t/keep", payload));
+        }
+
+        let current = starling_token::peek_kid(&created.token).unwrap();
+        let mut topics = Vec::new();
+        while topics.len() < 3 {
+            let r = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .expect("the hook's requests in time")
+                .expect("hook running");
+            assert!(r.verified, "a request that does not verify with /publickeys");
+            assert_eq!(r.kid, current, "signed with the current key");
+            topics.extend(r.topics);
+        }
+        assert_eq!(topics, ["t/keep", "t/drop", "t/keep"]);
         broker.shutdown().await;
         drop(api);
     })

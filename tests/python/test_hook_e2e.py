@@ -328,6 +328,28 @@ def tokens(dev, *client_ids):
     return [body[c] for c in client_ids]
 
 
+def until_uppercased(pub, sub, prefix, done=lambda: True):
+    """Publishes `t/upper` probes until one comes back uppercased and `done()` holds; returns
+    every message the subscriber got meanwhile. Probes before the hook takes effect pass
+    unchanged, in order."""
+    got = []
+    deadline = time.monotonic() + 30
+    for i in range(10_000):
+        assert time.monotonic() < deadline, f"{prefix}: the hook never took effect"
+        assert pub.publish("t/upper", f"{prefix}-{i}") == 0
+        m = sub.messages.get(timeout=TIMEOUT)
+        got.append(m)
+        assert m.topic == "t/upper"
+        if m.payload == f"{prefix}-{i}".upper().encode() and done():
+            return got
+        assert m.payload.lower() == f"{prefix}-{i}".encode(), m.payload
+    raise AssertionError(f"{prefix}: the hook never took effect")
+
+
+def token_kid(token):
+    return json.loads(b64url_decode(token.split(".")[0]))["kid"]
+
+
 def test_messages_go_through_a_verified_hook_that_changes_and_drops_them(dev, hook):
     sub_token, pub_token = tokens(dev, "hook-sub", "hook-pub")
     sub = Client(dev.mqtt, "hook-sub", sub_token)
@@ -348,15 +370,7 @@ def test_messages_go_through_a_verified_hook_that_changes_and_drops_them(dev, ho
 
         # The broker picks the hook up from the store's change feed: probe until a message comes
         # back uppercased (until then probes pass unchanged, in order).
-        deadline = time.monotonic() + 30
-        for i in range(1000):
-            assert time.monotonic() < deadline, "the hook never took effect"
-            assert pub.publish("t/upper", f"probe-{i}") == 0
-            m = next_message()
-            assert m.topic == "t/upper"
-            if m.payload == f"PROBE-{i}".encode():
-                break
-            assert m.payload == f"probe-{i}".encode(), m.payload
+        received += until_uppercased(pub, sub, "probe")
 
         assert pub.publish("t/upper", "hello hook") == 0
         assert pub.publish("t/drop", "must never arrive") == NOT_AUTHORIZED
@@ -415,3 +429,40 @@ def test_messages_go_through_a_verified_hook_that_changes_and_drops_them(dev, ho
                     sample_body) == "bad signature"
     assert "not in /publickeys" in v.verify(
         {**sample_headers, "X-Signature-Key-Id": "unknown-kid"}, sample_body)
+
+
+def test_after_a_key_rotation_the_hook_is_signed_with_the_new_current_key(dev, hook):
+    account = "00000000000000000000000000000001"
+    compat = f"/client/v4/accounts/{account}/pubsub/namespaces/{NS}/brokers/{BROKER}"
+    sub_token, pub_token = tokens(dev, "rot-sub", "rot-pub")
+    old_kid = token_kid(pub_token)
+    sub = Client(dev.mqtt, "rot-sub", sub_token)
+    pub = Client(dev.mqtt, "rot-pub", pub_token)
+
+    def last_kid():
+        with hook.lock:
+            return hook.requests[-1][0]["X-Signature-Key-Id"] if hook.requests else None
+
+    try:
+        sub.subscribe("t/#")
+        # Set through the Cloudflare-compatible route this time.
+        status, body = dev.call("PATCH", compat, {"on_publish": {"url": hook.url}})
+        assert status == 200 and body["success"], body
+        until_uppercased(pub, sub, "before")
+        assert last_kid() == old_kid, "signed with the current key"
+
+        status, body = dev.call("POST", f"/v1/namespaces/{NS}/brokers/{BROKER}/keys/rotate")
+        assert status == 200, body
+        (new_token,) = tokens(dev, "rot-new")
+        new_kid = token_kid(new_token)
+        assert new_kid != old_kid
+        # The connected clients stay (the old key verifies until it retires); the hook's
+        # requests move to the new current key, which the verifier fetches from /publickeys.
+        until_uppercased(pub, sub, "after", done=lambda: last_kid() == new_kid)
+        with hook.lock:
+            failures = list(hook.failures)
+        assert failures == [], failures
+    finally:
+        pub.close()
+        sub.close()
+        dev.call("PATCH", compat, {"on_publish": {"url": None}})
