@@ -1487,6 +1487,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             "disconnected"
         );
         let tenant = self.tenant().clone();
+        if let Some(pending) = self.hook.take() {
+            finish_hook_verdicts(&tenant, pending);
+        }
         let will = if close.will { self.will.take() } else { None };
         let session = self.session.clone();
         session.detach(self.generation);
@@ -1619,6 +1622,28 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Delivers what the on-publish hook lets through of the messages a closed connection left
+/// waiting: what a client sent before it went is not lost for want of a PUBACK. QoS 2 messages
+/// are left to the client's resend (it never got PUBREC), so they are delivered exactly once.
+/// The task ends with the last verdict (at most the hook's timeout).
+fn finish_hook_verdicts(tenant: &Arc<Tenant>, pending: Box<HookPending>) {
+    if pending.verdicts.is_empty() {
+        return;
+    }
+    let tenant = tenant.clone();
+    let mut verdicts = pending.verdicts;
+    tokio::spawn(async move {
+        let mut scratch = Vec::new();
+        while let Some(done) = verdicts.next().await {
+            if let (Verdict::Deliver(message), QoS::AtMostOnce | QoS::AtLeastOnce) =
+                (done.verdict, done.qos)
+            {
+                tenant.publish(message, &mut scratch);
+            }
+        }
+    });
 }
 
 /// Publishes a will; with an on-publish hook, once the hook lets it through.

@@ -756,3 +756,50 @@ async fn a_hook_key_file_without_a_private_part_stops_the_start_with_its_name() 
     assert!(text.contains("public-only.json"), "{text}");
     assert!(text.contains("private part"), "{text}");
 }
+
+/// A publisher that sends and disconnects at once: its QoS 0 and 1 messages still waiting for
+/// the hook are delivered when the verdict comes (QoS 2 waits for the client's resend).
+#[tokio::test]
+async fn messages_waiting_for_the_hook_when_the_publisher_leaves_are_still_delivered() {
+    let hook = HookServer::start_with(echo(), true, 0).await;
+    let b = broker_with_hook(hook.url(), &key(), HookSettings::local()).await;
+    let mut sub = b.client("sub").await;
+    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
+    let mut publ = b.client("pub").await;
+    publ.send(Packet::Publish(publish("t/0", QoS::AtMostOnce, b"0", None)))
+        .await;
+    publ.send(Packet::Publish(publish(
+        "t/1",
+        QoS::AtLeastOnce,
+        b"1",
+        Some(1),
+    )))
+    .await;
+    publ.send(Packet::Publish(publish(
+        "t/2",
+        QoS::ExactlyOnce,
+        b"2",
+        Some(2),
+    )))
+    .await;
+    wait_for_metric(&b, "starling_messages_in_total{qos=\"2\"}", 1.0).await;
+    publ.disconnect().await;
+    tokio::time::timeout(WAIT, async {
+        while metric(&b.metrics().await, "starling_connections") > 1.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the publisher's connection closes");
+    hook.open(100);
+    assert_eq!(sub.recv_publish().await.topic.as_str(), "t/0");
+    let got = sub.recv_publish().await;
+    assert_eq!(got.topic.as_str(), "t/1");
+    sub.send(Packet::PubAck(PubAck {
+        packet_id: got.packet_id.unwrap(),
+        reason: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    }))
+    .await;
+    sub.expect_silence(Duration::from_millis(200)).await;
+}
