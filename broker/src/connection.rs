@@ -1488,7 +1488,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         );
         let tenant = self.tenant().clone();
         if let Some(pending) = self.hook.take() {
-            finish_hook_verdicts(&tenant, pending);
+            finish_hook_verdicts(&tenant, *pending);
         }
         let will = if close.will { self.will.take() } else { None };
         let session = self.session.clone();
@@ -1628,7 +1628,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// waiting: what a client sent before it went is not lost for want of a PUBACK. QoS 2 messages
 /// are left to the client's resend (it never got PUBREC), so they are delivered exactly once.
 /// The task ends with the last verdict (at most the hook's timeout).
-fn finish_hook_verdicts(tenant: &Arc<Tenant>, pending: Box<HookPending>) {
+fn finish_hook_verdicts(tenant: &Arc<Tenant>, pending: HookPending) {
     if pending.verdicts.is_empty() {
         return;
     }
