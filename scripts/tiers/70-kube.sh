@@ -153,8 +153,8 @@ curl -sf "http://127.0.0.1:$standby_http/healthz" >/dev/null || fail "the standb
   || fail "the standby replica says it is ready"
 
 echo "--- an example Broker"
-# Without onPublish: the pod's broker would send every message to hooks.example.com, which this
-# machine cannot reach, and the message exchange below would be dropped.
+# Without onPublish for now: the pod's broker would send every message to hooks.example.com, which
+# this machine cannot reach, and the message exchange below would be dropped. It is added after.
 sed -e 's/namespace: default/namespace: iot/' -e '/^  onPublish:/,+1d' examples/broker-hook-and-limits.yaml | kubectl apply -f - >/dev/null
 has_id() { [ -n "$(kubectl -n iot get broker orders -o jsonpath='{.status.brokerId}')" ]; }
 wait_for 60 has_id || fail "the Broker got no status.brokerId"
@@ -254,6 +254,13 @@ mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C
 grep -qx "hello over tls" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message"; }
 echo "the pod's broker served a token client over TLS"
 kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""
+
+echo "--- spec.onPublish reaches the api"
+hook_url=$(awk '/^  onPublish:/ { getline; print $2 }' examples/broker-hook-and-limits.yaml)
+case "$hook_url" in https://*) ;; *) fail "no onPublish.url in the example: '$hook_url'" ;; esac
+kubectl -n iot patch broker orders --type=merge -p "{\"spec\":{\"onPublish\":{\"url\":\"$hook_url\"}}}" >/dev/null
+has_hook() { api GET /v1/namespaces/iot/brokers/orders | grep -qF "\"on_publish\":{\"url\":\"$hook_url\"}"; }
+wait_for 60 has_hook || fail "spec.onPublish.url did not reach the api: $(api GET /v1/namespaces/iot/brokers/orders)"
 
 echo "--- an unreachable api: Degraded, a Warning event, the pods left alone"
 condition_reason() {
