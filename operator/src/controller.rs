@@ -383,7 +383,7 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
             ssa(&secrets, &credentials).await?;
         }
         broker_id = Some(reg.credentials.broker_id.clone());
-        let config = desired_config_map(b)?;
+        let config = desired_config_map(b, &ctx.settings.broker_hook)?;
         let checksum = config_checksum(&config, &credentials);
         ssa(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &config).await?;
         ssa(

@@ -12,7 +12,7 @@ use starling_operator::{
     controller::{self, Context},
     leader::LeaseLock,
     metrics::Metrics,
-    resources::Settings,
+    resources::{BrokerHook, Settings, allowed_host},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -60,6 +60,25 @@ struct RunArgs {
     /// Image of starling-broker for Brokers that name none.
     #[arg(long, env = "STARLING_OPERATOR_BROKER_IMAGE", default_value = concat!("ghcr.io/starling-mqtt/starling-broker:", env!("CARGO_PKG_VERSION")))]
     broker_image: String,
+    /// Let every broker's on-publish hook use http:// URLs (brokers allow only https:// by default).
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    broker_hook_allow_http: bool,
+    /// Let every broker's on-publish hook reach loopback, private and other non-public addresses.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_ALLOW_PRIVATE_ADDRESSES", default_value_t = false, action = clap::ArgAction::Set)]
+    broker_hook_allow_private_addresses: bool,
+    /// Hook hosts exempt from both rules above, comma-separated DNS names or IP addresses
+    /// (for example moderation.default.svc).
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_BROKER_HOOK_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    broker_hook_allowed_hosts: Vec<String>,
+    /// Timeout of one on-publish hook request of every broker, in milliseconds; the broker's
+    /// default when unset.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    broker_hook_timeout_ms: Option<u64>,
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(
         long,
@@ -204,7 +223,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .control_plane_url
             .clone()
             .unwrap_or_else(|| args.api_url.clone()),
+        broker_hook: BrokerHook {
+            allow_http: args.broker_hook_allow_http,
+            allow_private_addresses: args.broker_hook_allow_private_addresses,
+            allowed_hosts: args
+                .broker_hook_allowed_hosts
+                .iter()
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| allowed_host(h))
+                .collect::<Result<_, _>>()
+                .context("--broker-hook-allowed-hosts")?,
+            timeout_ms: args.broker_hook_timeout_ms,
+        },
     };
+    info!(broker_hook = ?settings.broker_hook, "hook address rules for every broker");
     let namespaces: Vec<String> = args
         .watch_namespaces
         .iter()

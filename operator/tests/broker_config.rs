@@ -1,9 +1,13 @@
 //! The `broker.toml` the operator renders is read by the broker's own configuration loader, with
-//! every limit the CRD can set and the listeners the pod's flags add, so the two cannot drift
-//! apart silently.
+//! every limit the CRD can set, every hook rule the operator's settings can set and the listeners
+//! the pod's flags add, so the two cannot drift apart silently.
 
 use starling_broker::config::{Config, Overrides};
-use starling_operator::{certs, crd::Broker, resources::render_config};
+use starling_operator::{
+    certs,
+    crd::Broker,
+    resources::{BrokerHook, render_config},
+};
 
 fn broker(spec: serde_json::Value) -> Broker {
     serde_json::from_value(serde_json::json!({
@@ -34,8 +38,8 @@ fn pod_flags(dir: &std::path::Path) -> Overrides {
     }
 }
 
-fn load(b: &Broker, name: &str) -> Result<Config, String> {
-    let text = render_config(b).map_err(|e| e.to_string())?;
+fn load(b: &Broker, hook: &BrokerHook, name: &str) -> Result<Config, String> {
+    let text = render_config(b, hook).map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("starling-operator-{name}-{}", std::process::id()));
     let result = Config::load(
         Some(&text),
@@ -62,7 +66,7 @@ fn the_broker_accepts_every_limit_the_crd_can_set() {
         "maxSubscribersPerTopic": 1000,
         "maxConnections": 5000
     }}));
-    let config = load(&b, "limits")
+    let config = load(&b, &BrokerHook::default(), "limits")
         .unwrap_or_else(|e| panic!("the broker rejected the rendered config: {e}"));
     assert_eq!(config.limits.max_packet_size, Some(65536));
     assert_eq!(config.limits.max_connections, Some(5000));
@@ -71,6 +75,59 @@ fn the_broker_accepts_every_limit_the_crd_can_set() {
 
 #[test]
 fn the_broker_accepts_the_config_of_a_broker_without_limits() {
-    load(&broker(serde_json::json!({})), "empty")
+    let config = load(
+        &broker(serde_json::json!({})),
+        &BrokerHook::default(),
+        "empty",
+    )
+    .unwrap_or_else(|e| panic!("the broker rejected the rendered config: {e}"));
+    assert_eq!(
+        config.hook,
+        starling_broker::hook::HookSettings::default(),
+        "without operator settings the broker keeps https-only, public-only"
+    );
+}
+
+#[test]
+fn the_broker_reads_every_hook_rule_the_operator_can_set() {
+    let hook = BrokerHook {
+        allow_http: true,
+        allow_private_addresses: true,
+        allowed_hosts: vec!["moderation.default.svc".to_owned(), "fd00::7".to_owned()],
+        timeout_ms: Some(2500),
+    };
+    let b = broker(serde_json::json!({"limits": {"maxConnections": 5000}}));
+    let config = load(&b, &hook, "hook")
         .unwrap_or_else(|e| panic!("the broker rejected the rendered config: {e}"));
+    assert!(config.hook.allow_http);
+    assert!(config.hook.allow_private_addresses);
+    assert_eq!(
+        config.hook.allowed_hosts,
+        ["moderation.default.svc", "fd00::7"]
+    );
+    assert_eq!(config.hook.timeout_ms, 2500);
+    assert_eq!(config.limits.max_connections, Some(5000));
+    let defaults = starling_broker::hook::HookSettings::default();
+    assert_eq!(
+        config.hook.max_batch_messages, defaults.max_batch_messages,
+        "what the operator does not set stays the broker's default"
+    );
+    assert_eq!(config.hook.url, None);
+}
+
+#[test]
+fn the_broker_reads_a_single_hook_rule_and_keeps_its_defaults_for_the_rest() {
+    let hook = BrokerHook {
+        allowed_hosts: vec!["moderation.default.svc".to_owned()],
+        ..BrokerHook::default()
+    };
+    let config = load(&broker(serde_json::json!({})), &hook, "one-rule")
+        .unwrap_or_else(|e| panic!("the broker rejected the rendered config: {e}"));
+    assert_eq!(
+        config.hook,
+        starling_broker::hook::HookSettings {
+            allowed_hosts: vec!["moderation.default.svc".to_owned()],
+            ..starling_broker::hook::HookSettings::default()
+        }
+    );
 }

@@ -20,7 +20,10 @@ echo "--- the chart carries the committed CRD"
 cmp crds/broker.yaml "$chart/files/broker-crd.yaml" || fail "charts/starling/files/broker-crd.yaml differs from crds/broker.yaml: copy it"
 
 all_on=(--set operator.watchNamespaces='{iot,factory}' --set metrics.serviceMonitor.enabled=true
-  --set api.ingress.enabled=true --set postgresql.persistence.enabled=true)
+  --set api.ingress.enabled=true --set postgresql.persistence.enabled=true
+  --set operator.brokerHook.allowedHosts='{moderation.default.svc,10.0.0.7,fd00::7}'
+  --set operator.brokerHook.allowHttp=true --set operator.brokerHook.allowPrivateAddresses=true
+  --set operator.brokerHook.timeoutMs=2500)
 external_db=(--set postgresql.enabled=false --set api.database.url=postgres://starling:pw@db.example.com:5432/starling
   --set api.adminToken.existingSecret=admin --set api.keyEncryptionKey.existingSecret=kek)
 
@@ -30,7 +33,11 @@ helm lint --strict "$chart" "${all_on[@]}"
 helm lint --strict "$chart" "${external_db[@]}"
 
 echo "--- values.schema.json rejects bad values"
-for bad in operator.replicas=-1 api.service.port=70000 operator.watchNamespaces='{Not_A_Namespace}' api.service.type=Public; do
+for bad in operator.replicas=-1 api.service.port=70000 operator.watchNamespaces='{Not_A_Namespace}' api.service.type=Public \
+  operator.brokerHook.allowedHosts='{http://moderation.default.svc}' operator.brokerHook.allowedHosts='{moderation.default.svc:8080}' \
+  operator.brokerHook.allowedHosts='{10.0.0.7:8080}' operator.brokerHook.allowedHosts='{*.default.svc}' \
+  operator.brokerHook.allowHttp=yes operator.brokerHook.timeoutMs=0 operator.brokerHook.timeoutMs=600001 \
+  operator.brokerHook.allowAll=true; do
   if helm lint --strict "$chart" --set "$bad" >"$work/lint.out" 2>&1; then
     fail "helm lint accepted --set $bad"
   fi
@@ -74,6 +81,34 @@ for d in docs:
         if "secrets" in rule["resources"]:
             assert not {"list", "watch"} & set(rule["verbs"]), "no list/watch on secrets"
 print("ingress and RBAC shape ok")
+PY
+
+# The operator's broker-hook rules: its env only when set, with names the operator reads; a
+# values file's numbers (floats to Helm) render as integers.
+printf 'operator:\n  brokerHook:\n    timeoutMs: 600000\n' >"$work/hook-values.yaml"
+helm template starling "$chart" -n starling-system -f "$work/hook-values.yaml" >"$work/hook-file.yaml"
+python3 - "$work/default.yaml" "$work/all-on.yaml" "$work/hook-file.yaml" operator/src/main.rs <<'PY'
+import sys, yaml
+def operator_env(path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")]
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in c["env"]}
+default, all_on, from_file = (operator_env(p) for p in sys.argv[1:4])
+hook = lambda env: {k: v for k, v in env.items() if k.startswith("STARLING_OPERATOR_BROKER_HOOK_")}
+assert hook(default) == {}, hook(default)
+assert hook(all_on) == {
+    "STARLING_OPERATOR_BROKER_HOOK_ALLOWED_HOSTS": "moderation.default.svc,10.0.0.7,fd00::7",
+    "STARLING_OPERATOR_BROKER_HOOK_ALLOW_HTTP": "true",
+    "STARLING_OPERATOR_BROKER_HOOK_ALLOW_PRIVATE_ADDRESSES": "true",
+    "STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS": "2500",
+}, hook(all_on)
+assert hook(from_file) == {"STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS": "600000"}, hook(from_file)
+main_rs = open(sys.argv[4]).read()
+for name in all_on:
+    if name.startswith("STARLING_OPERATOR_"):
+        assert f'env = "{name}"' in main_rs, f"the operator reads no {name}"
+print("operator broker-hook env ok")
 PY
 
 echo "--- examples against the CRD"

@@ -291,13 +291,17 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_settings(settings())
+    }
+
+    fn with_settings(settings: resources::Settings) -> Self {
         let kube = MockKube::default();
         let api = FakeControlPlane::default();
         let (client, server) = kube.client();
         let ctx = Arc::new(Context::new(
             client,
             Arc::new(api.clone()),
-            settings(),
+            settings,
             Arc::default(),
         ));
         Self {
@@ -527,6 +531,54 @@ async fn a_config_change_rolls_the_pods_and_an_unchanged_spec_does_not() {
             .as_str()
             .expect("toml")
             .contains("max_connections = 100")
+    );
+}
+
+#[tokio::test]
+async fn the_operators_hook_rules_reach_every_brokers_config_and_roll_its_pods() {
+    let plain = World::new();
+    plain
+        .reconcile(&finalized(json!({})))
+        .await
+        .expect("reconcile");
+    let plain_reqs = plain.kube.take_requests();
+    let plain_toml = find(
+        &plain_reqs,
+        "PATCH /api/v1/namespaces/iot/configmaps/sensors-config",
+    )
+    .body["data"]["broker.toml"]
+        .as_str()
+        .expect("toml")
+        .to_owned();
+    assert!(!plain_toml.contains("[hook]"), "{plain_toml}");
+
+    let w = World::with_settings(resources::Settings {
+        broker_hook: resources::BrokerHook {
+            allowed_hosts: vec!["moderation.default.svc".to_owned()],
+            ..resources::BrokerHook::default()
+        },
+        ..settings()
+    });
+    w.reconcile(&finalized(json!({}))).await.expect("reconcile");
+    let reqs = w.kube.take_requests();
+    let text = find(
+        &reqs,
+        "PATCH /api/v1/namespaces/iot/configmaps/sensors-config",
+    )
+    .body["data"]["broker.toml"]
+        .as_str()
+        .expect("toml")
+        .to_owned();
+    let parsed: toml::Table = toml::from_str(&text).expect("valid TOML");
+    assert_eq!(
+        parsed["hook"]["allowed_hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{text}"
+    );
+    assert_ne!(
+        checksum_of(&reqs),
+        checksum_of(&plain_reqs),
+        "the pods roll onto the new rules"
     );
 }
 

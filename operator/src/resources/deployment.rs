@@ -322,7 +322,7 @@ mod tests {
             secret: secret.to_owned(),
         };
         config_checksum(
-            &desired_config_map(b).expect("renders"),
+            &desired_config_map(b, &settings().broker_hook).expect("renders"),
             &desired_credentials_secret(b, &creds),
         )
     }

@@ -15,7 +15,10 @@ mod deployment;
 mod secrets;
 mod service;
 
-pub use config::{CONFIG_KEY, desired_config_map, limits_json, render_config};
+pub use config::{
+    BrokerHook, CONFIG_KEY, InvalidHost, allowed_host, desired_config_map, limits_json,
+    render_config,
+};
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
 pub use secrets::{
     BROKER_ID_KEY, BROKER_SECRET_KEY, CA_CERT_KEY, CA_KEY_KEY, Credentials, ca_from_secret,
@@ -37,6 +40,8 @@ pub struct Settings {
     pub default_image: String,
     /// The api's internal URL, given to brokers as `--control-plane`.
     pub control_plane_url: String,
+    /// The hook address rules of every broker (`[hook]` in `broker.toml`).
+    pub broker_hook: BrokerHook,
 }
 
 /// Object names derived from the Broker's name.
@@ -167,6 +172,7 @@ pub(crate) mod fixtures {
         super::Settings {
             default_image: "ghcr.io/starling-mqtt/starling-broker:0.1.0".to_owned(),
             control_plane_url: "http://starling-api-internal.starling-system.svc:8081".to_owned(),
+            broker_hook: super::BrokerHook::default(),
         }
     }
 }
