@@ -267,6 +267,7 @@ pub struct LimitsConfig {
     pub max_retained_messages: Option<usize>,
     pub max_publish_rate: Option<f64>,
     pub publish_burst: Option<u32>,
+    pub slow_consumer_grace_ms: Option<u64>,
 }
 
 /// Effective limits after the profile and explicit values are combined.
@@ -314,6 +315,9 @@ pub struct Limits {
     pub max_publish_rate: f64,
     /// Burst allowed above the rate.
     pub publish_burst: u32,
+    /// How long a QoS 1/2 publisher waits for a congested subscriber's outbox to drain before
+    /// that subscriber is disconnected (0x97) as a slow consumer.
+    pub slow_consumer_grace: Duration,
 }
 
 impl Limits {
@@ -342,6 +346,7 @@ impl Limits {
                 max_retained_messages: 1_000_000,
                 max_publish_rate: 0.0,
                 publish_burst: 0,
+                slow_consumer_grace: Duration::from_secs(5),
             },
             Profile::Cloudflare => Limits {
                 max_packet_size: 64 * 1024,
@@ -365,6 +370,7 @@ impl Limits {
                 max_retained_messages: 100_000,
                 max_publish_rate: 10.0,
                 publish_burst: 10,
+                slow_consumer_grace: Duration::from_secs(5),
             },
         }
     }
@@ -405,7 +411,8 @@ impl LimitsConfig {
             max_connections,
             max_retained_messages,
             max_publish_rate,
-            publish_burst
+            publish_burst,
+            slow_consumer_grace_ms
         );
         l
     }
@@ -440,6 +447,9 @@ impl LimitsConfig {
         );
         if let Some(s) = self.connect_timeout_secs {
             l.connect_timeout = Duration::from_secs(s);
+        }
+        if let Some(ms) = self.slow_consumer_grace_ms {
+            l.slow_consumer_grace = Duration::from_millis(ms);
         }
         l
     }
@@ -621,6 +631,9 @@ impl Config {
         }
         if l.connect_timeout.is_zero() {
             problems.push("limits.connect_timeout_secs must be at least 1".into());
+        }
+        if l.slow_consumer_grace.is_zero() {
+            problems.push("limits.slow_consumer_grace_ms must be at least 1".into());
         }
         let token_listeners = self
             .listeners
@@ -810,6 +823,28 @@ mod tests {
         let c = Config::load(Some(file), [], &flags).unwrap();
         assert_eq!(c.http.bind, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(c.auth.mode, AuthMode::Token);
+    }
+
+    #[test]
+    fn slow_consumer_grace_defaults_to_five_seconds_and_is_configurable() {
+        let c = Config::load(None, [], &flags_with_listener()).unwrap();
+        assert_eq!(c.limits().slow_consumer_grace, Duration::from_secs(5));
+        let file = "[limits]\nslow_consumer_grace_ms = 250\n";
+        let c = Config::load(Some(file), [], &flags_with_listener()).unwrap();
+        assert_eq!(c.limits().slow_consumer_grace, Duration::from_millis(250));
+        let env = [(
+            "STARLING_BROKER__LIMITS__SLOW_CONSUMER_GRACE_MS".to_string(),
+            "30000".to_string(),
+        )];
+        let c = Config::load(Some(file), env, &flags_with_listener()).unwrap();
+        assert_eq!(c.limits().slow_consumer_grace, Duration::from_secs(30));
+        let err = Config::load(
+            Some("[limits]\nslow_consumer_grace_ms = 0\n"),
+            [],
+            &flags_with_listener(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("slow_consumer_grace_ms"), "{err}");
     }
 
     #[test]

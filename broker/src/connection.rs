@@ -13,12 +13,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use bytes::BytesMut;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use starling_codec::{
     AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
     Direction, Disconnect, DisconnectProperties, MqttString, Packet, ProtocolVersion, PubAck,
@@ -41,17 +42,17 @@ use crate::tenant::{Tenant, split_shared};
 
 /// Flush the write buffer once it holds this much, even in the middle of a wake-up.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// A read needs at least this much room in the read buffer; below it, the buffer grows.
-const READ_MIN_ROOM: usize = 256;
-/// How much the read buffer grows by at a time.
-const READ_CHUNK: usize = 8 * 1024;
-/// Deliveries taken from the outbox at once.
-const TAKE_BATCH: usize = 256;
+/// Room for CONNECT in a new connection's read buffer (a larger CONNECT gets what it needs).
+const CONNECT_READ: usize = 512;
+/// The smallest read: what an idle connection's read buffer holds while it waits.
+const READ_MIN: usize = 256;
+/// The largest read. Reads that fill their room double the next one's, up to this; small
+/// reads halve it again (see `next_read_size`).
+const READ_MAX: usize = 8 * 1024;
+/// Deliveries taken from the outbox at once (into a batch on the stack).
+const TAKE_BATCH: usize = 64;
 /// How often a takeover repeats its request while the old connection is still closing.
 const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
-/// How long a QoS 1/2 publisher waits for a congested subscriber's outbox to drain before that
-/// subscriber is disconnected (0x97) as a slow consumer.
-const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
 
 /// What every connection of a listener shares.
 #[derive(Debug, Clone)]
@@ -97,21 +98,42 @@ impl Close {
 }
 
 /// Serves one connection until it ends. Never panics on client input.
-pub async fn serve<IO>(mut io: IO, remote: SocketAddr, ctx: ConnectionContext)
+///
+/// The task of an idle connection is mostly this future, so it stays small: the handshake
+/// (CONNECT with its timeout, authentication, a session takeover, a refusal's CONNACK) and the
+/// closing writes run in futures of their own on the heap, which exist only while they run.
+pub async fn serve<IO>(io: IO, remote: SocketAddr, ctx: ConnectionContext)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // Small to start with: an idle connection keeps only what it needs; a busy one grows in
-    // READ_CHUNK steps (see `Connection::run`).
-    let mut rbuf = BytesMut::with_capacity(1024);
+    let Some(mut conn) = Box::pin(handshake(io, remote, ctx)).await else {
+        return;
+    };
+    let close = conn.run().await;
+    let tenant = conn.tenant().clone();
+    Box::pin(conn.finish(close)).await;
+    tenant.close_connection();
+}
+
+/// Reads and answers CONNECT; the connection, ready to run, when it was accepted.
+async fn handshake<IO>(
+    mut io: IO,
+    remote: SocketAddr,
+    ctx: ConnectionContext,
+) -> Option<Connection<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Room for a typical CONNECT; the decoder reserves more for a larger one.
+    let mut rbuf = BytesMut::with_capacity(CONNECT_READ);
     let mut decoder = Decoder::new(Direction::ToServer, ctx.limits.max_packet_size);
     let read = tokio::select! {
         r = tokio::time::timeout(ctx.limits.connect_timeout, read_connect(&mut io, &mut decoder, &mut rbuf, &ctx.metrics)) => r,
-        _ = ctx.shutdown.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return None,
     };
     let connect = match read {
         Ok(Ok(c)) => c,
-        Ok(Err(ReadConnectError::Io)) => return,
+        Ok(Err(ReadConnectError::Io)) => return None,
         Ok(Err(ReadConnectError::Decode(e, level))) => {
             ctx.metrics
                 .connects_refused
@@ -143,7 +165,7 @@ where
                 )
                 .await;
             }
-            return;
+            return None;
         }
         Err(_elapsed) => {
             ctx.metrics
@@ -153,7 +175,7 @@ where
                 })
                 .inc();
             debug!(%remote, "no CONNECT within the connect timeout");
-            return;
+            return None;
         }
     };
     let version = connect.protocol;
@@ -178,15 +200,20 @@ where
                 props.reason_string = Some(MqttString::from(refusal.1));
             }
             let _ = write_connack(&mut io, &ctx.metrics, version, refusal.0, props).await;
-            return;
+            return None;
         }
     };
-    let tenant = started.auth.tenant.clone();
+    // The CONNECT is done with: its buffer goes back with it unless more bytes came behind it.
+    drop(connect);
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     let ctx_limits = ctx.limits.clone();
     let mut conn = Connection {
         io,
         remote,
         rbuf,
+        read_size: READ_MIN,
         // Grows on demand and keeps its size while the connection is busy.
         wbuf: BytesMut::new(),
         decoder,
@@ -213,17 +240,15 @@ where
         credential_deadline: None,
         rate: RateLimiter::new(&ctx_limits),
         scratch: Vec::new(),
-        batch: Vec::with_capacity(TAKE_BATCH),
         more_queued: true,
         pressure: None,
         hook: None,
+        timer: Box::pin(tokio::time::sleep_until(Instant::now())),
     };
     conn.credential_deadline = credential_deadline(&conn.auth);
     conn.wbuf.extend_from_slice(&started.connack);
     conn.resend_inflight();
-    let close = conn.run().await;
-    conn.finish(close).await;
-    tenant.close_connection();
+    Some(conn)
 }
 
 #[derive(Debug)]
@@ -248,7 +273,7 @@ async fn read_connect<IO: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(ReadConnectError::Decode(e, level)),
         }
-        rbuf.reserve(1024);
+        rbuf.reserve(CONNECT_READ);
         match io.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(ReadConnectError::Io),
             Ok(n) => {
@@ -397,7 +422,8 @@ async fn accept_connect(
     let expiry = asked_expiry.min(limits.max_session_expiry_secs);
 
     // Take the session over, or start one.
-    let cancel = CancellationToken::new();
+    // A child of the broker's shutdown token, so the connection waits on one token for both.
+    let cancel = ctx.shutdown.child_token();
     let kick_reason = Arc::new(Mutex::new(ReasonCode::SESSION_TAKEN_OVER));
     let (session, mut state, present) = loop {
         let (session, existed) = tenant.session_or_insert(&client_id);
@@ -524,7 +550,12 @@ async fn accept_connect(
         will,
         will_delay,
         connect_expiry_was_zero: asked_expiry == 0,
-        auth_method: connect.properties.authentication_method.clone(),
+        // A copy: a slice would keep the whole CONNECT buffer for the life of the connection.
+        auth_method: connect
+            .properties
+            .authentication_method
+            .as_ref()
+            .map(|m| MqttString::from(m.as_str().to_string())),
         connack,
     })
 }
@@ -556,7 +587,11 @@ fn topic_within_limits(topic: &str, limits: &Limits) -> bool {
 struct Connection<IO> {
     io: IO,
     remote: SocketAddr,
+    /// Bytes read and not yet decoded. Sized by `read_size`, and given back when it is empty and
+    /// larger than reads need: an idle connection holds `READ_MIN` bytes.
     rbuf: BytesMut,
+    /// Room the next read gets (`READ_MIN..=READ_MAX`).
+    read_size: usize,
     wbuf: BytesMut,
     decoder: Decoder,
     version: ProtocolVersion,
@@ -587,7 +622,6 @@ struct Connection<IO> {
     credential_deadline: Option<Instant>,
     rate: RateLimiter,
     scratch: Vec<Routed>,
-    batch: Vec<Delivery>,
     /// The outbox may hold deliveries this connection has not taken yet.
     more_queued: bool,
     /// A subscriber's outbox this connection filled to three quarters with QoS 1/2 messages,
@@ -595,6 +629,18 @@ struct Connection<IO> {
     pressure: Option<(Arc<Session>, Instant)>,
     /// Messages awaiting the on-publish hook's verdict; allocated with the first one.
     hook: Option<Box<HookPending>>,
+    /// The next deadline: keep-alive or the credential's expiry, whichever comes first. One
+    /// timer for the connection's life, moved rather than re-created on every wake-up.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// What the connection's timer is set for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// [MQTT-3.1.2-22] one and a half keep-alive periods without a packet.
+    KeepAlive,
+    /// The credential expires.
+    Credential,
 }
 
 /// The verdict on one message, with what its acknowledgement needs.
@@ -647,26 +693,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     return close;
                 }
             }
-            let keep_alive_deadline =
-                (!self.keep_alive.is_zero()).then(|| self.last_read + self.keep_alive.mul_f32(1.5));
             let ready_to_send = self.more_queued && self.window() > 0;
-            if self.rbuf.capacity() - self.rbuf.len() < READ_MIN_ROOM {
-                self.rbuf.reserve(READ_CHUNK);
-            }
             let pressure = self.pressure.clone();
             let hook_full = self.hook_full();
             let hook_busy = self.hook.as_ref().is_some_and(|h| !h.verdicts.is_empty());
+            let reading = pressure.is_none() && !hook_full;
+            let room = if reading { self.prepare_read() } else { 0 };
+            let due = self.set_timer(reading);
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => {
-                    let reason = *self.kick_reason.lock();
-                    // The will of a session ended by revocation is discarded.
-                    let will = reason != ReasonCode::NOT_AUTHORIZED;
-                    return Close { reason, send: true, will, what: "closed by the broker" };
-                }
-                _ = self.ctx.shutdown.cancelled() => {
-                    return Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: true, will: true, what: "server shutting down" };
-                }
+                // A child of the broker's shutdown token: cancelled by either.
+                _ = self.cancel.cancelled() => return self.closed_by_broker(false),
                 done = next_verdict(&mut self.hook), if hook_busy => {
                     if let Some(done) = done {
                         self.on_verdict(done);
@@ -687,28 +724,102 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     // The client's packets waited in the socket, not the client.
                     self.last_read = Instant::now();
                 }
-                r = self.io.read_buf(&mut self.rbuf), if pressure.is_none() && !hook_full => match r {
+                r = self.io.read_buf(&mut self.rbuf), if reading => match r {
                     Ok(0) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "connection closed by the client" },
                     Ok(n) => {
                         self.ctx.metrics.bytes_in.inc_by(n as u64);
+                        self.size_next_read(n, room);
                         if let Err(close) = self.process_input() {
                             return close;
+                        }
+                        if n >= room {
+                            // The socket may hold more: the tasks this read's messages went to
+                            // run before the next read, so publishers do not outrun the
+                            // deliveries to their subscribers.
+                            tokio::task::yield_now().await;
                         }
                     }
                     Err(_) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "read error" },
                 },
                 _ = std::future::ready(()), if ready_to_send => {}
                 _ = self.session.notified(), if !ready_to_send => { self.more_queued = true; }
-                _ = sleep_until_opt(self.credential_deadline) => {
-                    // The token expired: 0xA0, and its will is discarded.
-                    self.ctx.metrics.auth_failures.get_or_create(&CodeLabels { reason: "expired_while_connected" }).inc();
-                    return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, will: false, what: "credential expired" };
-                }
-                _ = sleep_until_opt(keep_alive_deadline), if pressure.is_none() && !hook_full => {
-                    // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
-                    return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
+                _ = self.timer.as_mut(), if due.is_some() => match due {
+                    Some(Due::Credential) => {
+                        // The token expired: 0xA0, and its will is discarded.
+                        self.ctx.metrics.auth_failures.get_or_create(&CodeLabels { reason: "expired_while_connected" }).inc();
+                        return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, will: false, what: "credential expired" };
+                    }
+                    _ => {
+                        // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
+                        return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
+                    }
+                },
+            }
+        }
+    }
+
+    /// Makes room for the next read and returns it.
+    fn prepare_read(&mut self) -> usize {
+        prepare_read(&mut self.rbuf, self.read_size)
+    }
+
+    /// Adapts the next read's size to this one: `n` bytes came into `room`.
+    fn size_next_read(&mut self, n: usize, room: usize) {
+        self.read_size = next_read_size(self.read_size, n, room);
+    }
+
+    /// Sets the timer to the next deadline and says which one it is; keep-alive only counts
+    /// while the connection reads from its client.
+    fn set_timer(&mut self, reading: bool) -> Option<Due> {
+        let keep_alive = (reading && !self.keep_alive.is_zero()).then(|| {
+            (
+                self.last_read + self.keep_alive.mul_f32(1.5),
+                Due::KeepAlive,
+            )
+        });
+        let credential = self.credential_deadline.map(|at| (at, Due::Credential));
+        let (at, due) = match (keep_alive, credential) {
+            (Some(k), Some(c)) => {
+                if c.0 <= k.0 {
+                    c
+                } else {
+                    k
                 }
             }
+            (k, c) => k.or(c)?,
+        };
+        if self.timer.deadline() != at {
+            self.timer.as_mut().reset(at);
+        }
+        Some(due)
+    }
+
+    /// How the connection ends when its token is cancelled: the broker shuts down (the token's
+    /// parent), or a takeover or revocation kicked it (the reason is in `kick_reason`).
+    fn closed_by_broker(&self, writing: bool) -> Close {
+        if self.ctx.shutdown.is_cancelled() {
+            return Close {
+                reason: ReasonCode::SERVER_SHUTTING_DOWN,
+                send: !writing,
+                will: true,
+                what: "server shutting down",
+            };
+        }
+        let reason = *self.kick_reason.lock();
+        if writing {
+            return Close {
+                reason,
+                send: false,
+                will: true,
+                what: "closed by the broker while writing",
+            };
+        }
+        Close {
+            reason,
+            send: true,
+            // The will of a session ended by revocation is discarded.
+            will: reason != ReasonCode::NOT_AUTHORIZED,
+            what: "closed by the broker",
         }
     }
 
@@ -720,13 +831,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         };
         let result = tokio::select! {
             r = write => r,
-            _ = self.cancel.cancelled() => {
-                let reason = *self.kick_reason.lock();
-                return Err(Close { reason, send: false, will: true, what: "closed by the broker while writing" });
-            }
-            _ = self.ctx.shutdown.cancelled() => {
-                return Err(Close { reason: ReasonCode::SERVER_SHUTTING_DOWN, send: false, will: true, what: "server shutting down" });
-            }
+            // A child of the broker's shutdown token: cancelled by either.
+            _ = self.cancel.cancelled() => return Err(self.closed_by_broker(true)),
         };
         match result {
             Ok(()) => {
@@ -856,7 +962,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, p.topic.clone());
+                    // A copy: a slice would keep the read buffer it came in for as long as the
+                    // alias lives.
+                    self.inbound_aliases
+                        .insert(alias, MqttString::from(p.topic.as_str().to_string()));
                     p.topic.clone()
                 }
             }
@@ -1029,7 +1138,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         if let Some(slow) = congested {
             // Our own outbox drains only through our own reads: never wait on it.
             if slow.id != self.session.id && self.pressure.is_none() {
-                self.pressure = Some((slow, Instant::now() + SLOW_CONSUMER_GRACE));
+                self.pressure = Some((slow, Instant::now() + self.ctx.limits.slow_consumer_grace));
             }
         }
         match qos {
@@ -1330,7 +1439,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     /// Takes deliveries from the outbox while the in-flight window allows and the write buffer
     /// is below its high-water mark.
     fn pump_outbox(&mut self) {
-        let mut batch = std::mem::take(&mut self.batch);
+        // On the stack: an idle connection keeps no batch.
+        let mut batch = SmallVec::<[Delivery; TAKE_BATCH]>::new();
         loop {
             if self.wbuf.len() >= WRITE_HIGH_WATER {
                 self.more_queued = true;
@@ -1338,7 +1448,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             }
             batch.clear();
             let window = self.window();
-            let more = self.session.take(&mut batch, TAKE_BATCH, window);
+            let more = self.session.take(&mut batch, window);
             let taken = batch.len();
             for d in batch.drain(..) {
                 self.send_delivery(d, false, None);
@@ -1353,7 +1463,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 break;
             }
         }
-        self.batch = batch;
     }
 
     /// Encodes one delivery. `resend` carries the packet id of a redelivery (DUP).
@@ -1538,6 +1647,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 }
 
+/// Makes room in `rbuf` for a read of about `read_size` bytes and returns the room. At a packet
+/// boundary, a buffer with more room than that is given back first: a `BytesMut` keeps its
+/// capacity, and a buffer grown from it inherits that capacity as its minimum.
+fn prepare_read(rbuf: &mut BytesMut, read_size: usize) -> usize {
+    if rbuf.is_empty() && rbuf.capacity() > 2 * read_size {
+        *rbuf = BytesMut::new();
+    }
+    if rbuf.capacity() - rbuf.len() < read_size / 2 {
+        rbuf.reserve(read_size);
+    }
+    rbuf.capacity() - rbuf.len()
+}
+
+/// The size of the read after one of `n` bytes into `room` with `read_size`: double after a read
+/// that filled its room (more may be waiting in the socket), half after a small one.
+fn next_read_size(read_size: usize, n: usize, room: usize) -> usize {
+    if n >= room {
+        (read_size * 2).min(READ_MAX)
+    } else if n < read_size / 4 {
+        (read_size / 2).max(READ_MIN)
+    } else {
+        read_size
+    }
+}
+
 /// When a connection's credential stops being valid.
 fn credential_deadline(auth: &Authenticated) -> Option<Instant> {
     let ends_at = auth.credential.as_ref()?.ends_at?;
@@ -1608,19 +1742,13 @@ async fn wait_for_drain(pressure: &Option<(Arc<Session>, Instant)>) {
     let Some((session, deadline)) = pressure else {
         return std::future::pending().await;
     };
-    if tokio::time::timeout_at(*deadline, session.drained())
+    // Boxed: this wait is rare, and its timer would make every connection's task larger.
+    if Box::pin(tokio::time::timeout_at(*deadline, session.drained()))
         .await
         .is_err()
     {
         info!(client_id = %session.client_id, "slow consumer: outbox full for too long");
         session.kick(ReasonCode::QUOTA_EXCEEDED);
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -1707,4 +1835,72 @@ pub(crate) fn end_session(
     tenant
         .metrics
         .count_drops(DropReason::session_ended, dropped);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_that_fill_their_room_double_the_next_up_to_the_maximum() {
+        assert_eq!(next_read_size(READ_MIN, READ_MIN, READ_MIN), 2 * READ_MIN);
+        assert_eq!(next_read_size(READ_MAX, READ_MAX, READ_MAX), READ_MAX);
+        let mut size = READ_MIN;
+        for _ in 0..20 {
+            size = next_read_size(size, size, size);
+        }
+        assert_eq!(size, READ_MAX);
+    }
+
+    #[test]
+    fn small_reads_halve_the_next_down_to_the_minimum() {
+        assert_eq!(next_read_size(READ_MAX, 2, READ_MAX), READ_MAX / 2);
+        assert_eq!(next_read_size(READ_MIN, 2, READ_MIN), READ_MIN);
+        // A read that used a fair part of its room keeps the size.
+        assert_eq!(next_read_size(4096, 2048, 4096), 4096);
+    }
+
+    #[test]
+    fn an_emptied_large_read_buffer_is_given_back() {
+        let mut rbuf = BytesMut::new();
+        assert!(prepare_read(&mut rbuf, READ_MAX) >= READ_MAX);
+        rbuf.extend_from_slice(&[0u8; 1000]);
+        let frame = rbuf.split_to(1000);
+        drop(frame);
+        // Busy at READ_MIN now: the large buffer goes, and the next read gets a small one.
+        let room = prepare_read(&mut rbuf, READ_MIN);
+        assert!((READ_MIN / 2..=2 * READ_MIN).contains(&room), "room {room}");
+        assert!(rbuf.capacity() <= 2 * READ_MIN, "{}", rbuf.capacity());
+    }
+
+    #[test]
+    fn a_read_buffer_holding_part_of_a_packet_is_kept() {
+        let mut rbuf = BytesMut::new();
+        prepare_read(&mut rbuf, READ_MAX);
+        rbuf.extend_from_slice(b"\x30\x0a partial");
+        prepare_read(&mut rbuf, READ_MIN);
+        assert_eq!(&rbuf[..], b"\x30\x0a partial");
+    }
+
+    /// The task of every connection holds this future for the connection's life; the handshake
+    /// and the closing writes are boxed so they do not add to it. The bound is in a debug
+    /// build (release builds lay the future out smaller).
+    #[test]
+    fn the_connection_future_stays_small() {
+        let limits = Arc::new(Limits::default());
+        let metrics = Arc::new(Metrics::new());
+        let tenant = Tenant::new("t", (*limits).clone(), metrics.clone());
+        let ctx = ConnectionContext {
+            limits,
+            metrics,
+            auth: Arc::new(crate::auth::NoAuth::new(tenant)),
+            shutdown: CancellationToken::new(),
+            listener: ListenerKind::Mqtt,
+        };
+        let (io, _client) = tokio::io::duplex(64);
+        let remote = SocketAddr::from(([127, 0, 0, 1], 0));
+        let future = serve(io, remote, ctx);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1280, "the connection future is {size} bytes");
+    }
 }

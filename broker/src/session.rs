@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use starling_codec::{MqttString, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -209,11 +210,16 @@ impl Session {
         }
     }
 
-    /// Takes up to `max` deliveries from the front of the outbox, QoS 0 ones and up to
-    /// `window` QoS 1/2 ones, into `out`. Returns whether more remain.
-    pub fn take(&self, out: &mut Vec<Delivery>, max: usize, mut window: usize) -> bool {
+    /// Takes deliveries from the front of the outbox into `out` until it is full (its inline
+    /// capacity of `N`), QoS 0 ones and up to `window` QoS 1/2 ones. Returns whether more
+    /// remain.
+    pub fn take<const N: usize>(
+        &self,
+        out: &mut SmallVec<[Delivery; N]>,
+        mut window: usize,
+    ) -> bool {
         let mut outbox = self.outbox.lock();
-        while out.len() < max {
+        while out.len() < N {
             let Some(front) = outbox.items.front() else {
                 break;
             };

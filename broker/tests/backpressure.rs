@@ -115,3 +115,69 @@ async fn subscriber_that_never_drains_is_disconnected_and_the_publisher_goes_on(
     .await
     .expect("test timed out");
 }
+
+/// The grace before a congested subscriber is disconnected is `limits.slow_consumer_grace_ms`:
+/// with 12 s configured (the default is 5 s), a subscriber that never acknowledges gets 0x97
+/// 12 s after the publisher filled its outbox. Paused clock over duplex transports, so the 12 s
+/// are virtual and the measured wait is exact.
+#[tokio::test(start_paused = true)]
+async fn slow_consumer_grace_is_the_configured_one() {
+    tokio::time::timeout(Duration::from_secs(3600), async {
+        let b = TestBroker::with(|c| {
+            c.limits.max_queued_messages = Some(8);
+            c.limits.slow_consumer_grace_ms = Some(12_000);
+        })
+        .await;
+        let duplex = |b: &TestBroker| {
+            let mut c = RawClient::new(
+                b.broker.connect_duplex(64 * 1024),
+                starling_codec::ProtocolVersion::V5,
+            );
+            // Virtual time: the waits must outlast the grace.
+            c.wait = Duration::from_secs(600);
+            c
+        };
+        let mut stuck = duplex(&b);
+        let mut connect = connect_v5("grace-stuck");
+        connect.properties = ConnectProperties {
+            receive_maximum: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(stuck.connect(connect).await.reason, ReasonCode::SUCCESS);
+        stuck
+            .subscribe("bp/topic", sub_opts(QoS::AtLeastOnce))
+            .await;
+        let mut publisher = duplex(&b);
+        assert_eq!(
+            publisher.connect(connect_v5("grace-pub")).await.reason,
+            ReasonCode::SUCCESS
+        );
+        let start = tokio::time::Instant::now();
+        let publishing = tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                let r = publisher.publish("bp/topic", QoS::AtLeastOnce, &[i]).await;
+                assert_eq!(r, Some(ReasonCode::SUCCESS), "message {i}");
+            }
+        });
+        // The stuck subscriber gets what fits its window of one, then DISCONNECT 0x97.
+        loop {
+            match stuck.recv_opt().await {
+                Some(Packet::Publish(_)) => {}
+                Some(Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason, ReasonCode::QUOTA_EXCEEDED);
+                    break;
+                }
+                other => panic!("expected DISCONNECT 0x97, got {other:?}"),
+            }
+        }
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(12) && waited < Duration::from_secs(13),
+            "disconnected after {waited:?}"
+        );
+        // The publisher goes on and gets every PUBACK.
+        publishing.await.expect("the publisher finished");
+    })
+    .await
+    .expect("test timed out");
+}
