@@ -50,7 +50,7 @@ const READ_MIN: usize = 256;
 /// reads halve it again (see `next_read_size`).
 const READ_MAX: usize = 8 * 1024;
 /// Deliveries taken from the outbox at once (into a batch on the stack).
-const TAKE_BATCH: usize = 64;
+const TAKE_BATCH: usize = 256;
 /// How often a takeover repeats its request while the old connection is still closing.
 const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
 
@@ -241,6 +241,7 @@ where
         rate: RateLimiter::new(&ctx_limits),
         scratch: Vec::new(),
         more_queued: true,
+        fed_filling_outbox: false,
         pressure: None,
         hook: None,
         timer: Box::pin(tokio::time::sleep_until(Instant::now())),
@@ -624,6 +625,9 @@ struct Connection<IO> {
     scratch: Vec<Routed>,
     /// The outbox may hold deliveries this connection has not taken yet.
     more_queued: bool,
+    /// A message this connection published went to an outbox that is half full or more: the
+    /// task yields before its next read.
+    fed_filling_outbox: bool,
     /// A subscriber's outbox this connection filled to three quarters with QoS 1/2 messages,
     /// and when its grace ends: reading from the client pauses until it drains.
     pressure: Option<(Arc<Session>, Instant)>,
@@ -732,10 +736,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                         if let Err(close) = self.process_input() {
                             return close;
                         }
-                        if n >= room {
-                            // The socket may hold more: the tasks this read's messages went to
-                            // run before the next read, so publishers do not outrun the
-                            // deliveries to their subscribers.
+                        if std::mem::take(&mut self.fed_filling_outbox) {
+                            // An outbox this read fed is half full: the tasks draining it run
+                            // before the next read, so publishers do not outrun the deliveries
+                            // to their subscribers.
                             tokio::task::yield_now().await;
                         }
                     }
@@ -1134,7 +1138,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     fn deliver(&mut self, message: Arc<Message>, qos: QoS, packet_id: u16) {
         let tenant = self.auth.tenant.clone();
         let mut congested = None;
-        tenant.publish_noting_congestion(message, &mut self.scratch, &mut congested);
+        tenant.publish_noting_congestion(
+            message,
+            &mut self.scratch,
+            &mut congested,
+            &mut self.fed_filling_outbox,
+        );
         if let Some(slow) = congested {
             // Our own outbox drains only through our own reads: never wait on it.
             if slow.id != self.session.id && self.pressure.is_none() {

@@ -54,6 +54,9 @@ pub struct Session {
     space: Notify,
     /// Set while a publisher may be waiting on `space`.
     awaited: AtomicBool,
+    /// Set while the outbox is half full or more (messages or bytes): publishers that feed it
+    /// yield before they read more, so the connection draining it gets to run.
+    filling: AtomicBool,
     /// Set while a connection serves the session.
     connected: AtomicBool,
     /// Bumped on every connection and on the end of the session; timers compare it.
@@ -157,6 +160,7 @@ impl Session {
             notify: Notify::new(),
             space: Notify::new(),
             awaited: AtomicBool::new(false),
+            filling: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             kick: Mutex::new(None),
@@ -195,6 +199,9 @@ impl Session {
             }
             outbox.bytes += weight;
             outbox.items.push_back(delivery);
+            if !self.is_drained(&outbox) && !self.filling.load(Ordering::Relaxed) {
+                self.filling.store(true, Ordering::Relaxed);
+            }
         }
         self.notify.notify_one();
         true
@@ -235,11 +242,19 @@ impl Session {
             outbox.bytes = outbox.bytes.saturating_sub(d.message.weight());
             out.push(d);
         }
+        if self.filling.load(Ordering::Relaxed) && self.is_drained(&outbox) {
+            self.filling.store(false, Ordering::Relaxed);
+        }
         if self.awaited.load(Ordering::Acquire) && self.is_drained(&outbox) {
             self.awaited.store(false, Ordering::Release);
             self.space.notify_waiters();
         }
         !outbox.items.is_empty()
+    }
+
+    /// Whether the outbox is more than half full, by messages or bytes (see the field `filling`).
+    pub fn is_filling(&self) -> bool {
+        self.filling.load(Ordering::Relaxed)
     }
 
     /// Whether the outbox is three quarters full, by messages or bytes. A connection that
@@ -326,5 +341,55 @@ impl Session {
             *slot.lock() = reason;
             cancel.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+
+    fn delivery() -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: MqttString::from("t"),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            subscription_ids: Default::default(),
+            shared: None,
+        }
+    }
+
+    #[test]
+    fn an_outbox_is_filling_above_half_its_bound_until_it_drains_to_half() {
+        let metrics = Metrics::new();
+        let session = Session::new(
+            Arc::from("c"),
+            OutboxLimits {
+                max_messages: 8,
+                max_bytes: 1 << 20,
+            },
+        );
+        session.attach(
+            CancellationToken::new(),
+            Arc::new(Mutex::new(ReasonCode::SUCCESS)),
+        );
+        for _ in 0..4 {
+            assert!(session.push(delivery(), &metrics));
+        }
+        assert!(!session.is_filling(), "4 of 8 is not above half");
+        assert!(session.push(delivery(), &metrics));
+        assert!(session.is_filling(), "5 of 8 is");
+        let mut out = SmallVec::<[Delivery; 1]>::new();
+        assert!(session.take(&mut out, 0));
+        assert!(!session.is_filling(), "back to 4 of 8");
     }
 }

@@ -66,16 +66,19 @@ impl Tenant {
     /// Delivers `message` to every matching subscription and updates the retained store when
     /// the message is retained. `scratch` is reused between calls. Returns the deliveries queued.
     pub fn publish(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) -> usize {
-        self.publish_noting_congestion(message, scratch, &mut None)
+        self.publish_noting_congestion(message, scratch, &mut None, &mut false)
     }
 
     /// [`Tenant::publish`], and sets `congested` to a connected session whose outbox got a QoS 1
-    /// or 2 delivery and is now three quarters full (see [`Session::is_congested`]).
+    /// or 2 delivery and is now three quarters full (see [`Session::is_congested`]), and
+    /// `filling` when an outbox that got a delivery is half full or more
+    /// ([`Session::is_filling`]).
     pub fn publish_noting_congestion(
         &self,
         message: Arc<Message>,
         scratch: &mut Vec<Routed>,
         congested: &mut Option<Arc<Session>>,
+        filling: &mut bool,
     ) -> usize {
         if message.retain {
             match self.retained.set(&message) {
@@ -92,6 +95,7 @@ impl Tenant {
             if session.push(delivery, &self.metrics) {
                 queued += 1;
             }
+            *filling |= session.is_filling();
             if reliable && congested.is_none() && session.is_connected() && session.is_congested() {
                 *congested = Some(session);
             }
