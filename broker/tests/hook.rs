@@ -15,13 +15,14 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{TestBroker, WAIT, metric, publish, sub_opts};
+use common::{RawClient, TestBroker, WAIT, metric, publish, sub_opts};
 use serde_json::{Value, json};
 use starling_broker::hook::{Hook, HookSettings, HookTarget};
 use starling_codec::{
     Packet, ProtocolVersion, PubAck, PublishProperties, QoS, ReasonCode, Will, WillProperties,
 };
 use starling_token::SigningKey;
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
 /// What the hook answers for a batch: (status, body).
@@ -147,6 +148,13 @@ async fn broker_with_hook(
     b
 }
 
+/// A subscriber on `t/#` at QoS 1, and a publisher.
+async fn clients(b: &TestBroker) -> (RawClient<TcpStream>, RawClient<TcpStream>) {
+    let mut sub = b.client("sub").await;
+    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
+    (sub, b.client("pub").await)
+}
+
 fn key() -> Arc<SigningKey> {
     Arc::new(SigningKey::generate().unwrap())
 }
@@ -178,9 +186,7 @@ async fn a_message_reaches_the_hook_signed_with_cloudflares_fields_before_any_su
     let mut hook = HookServer::start(echo()).await;
     let key = key();
     let b = broker_with_hook(hook.url(), &key, HookSettings::local()).await;
-    let mut sub = b.client("sub").await;
-    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-    let mut publ = b.client("pub").await;
+    let (mut sub, mut publ) = clients(&b).await;
 
     let mut p = publish("t/text", QoS::AtLeastOnce, b"hello", Some(1));
     p.properties = PublishProperties {
@@ -262,9 +268,7 @@ async fn a_message_left_out_is_dropped_and_its_puback_says_not_authorized() {
     }))
     .await;
     let b = broker_with_hook(hook.url(), &key(), HookSettings::local()).await;
-    let mut sub = b.client("sub").await;
-    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-    let mut publ = b.client("pub").await;
+    let (mut sub, mut publ) = clients(&b).await;
 
     assert_eq!(
         publ.publish("t/drop", QoS::AtLeastOnce, b"no").await,
@@ -330,9 +334,7 @@ async fn a_changed_payload_content_type_and_user_properties_are_delivered_change
     }))
     .await;
     let b = broker_with_hook(_hook.url(), &key(), HookSettings::local()).await;
-    let mut sub = b.client("sub").await;
-    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-    let mut publ = b.client("pub").await;
+    let (mut sub, mut publ) = clients(&b).await;
     let mut p = publish("t/a", QoS::AtLeastOnce, b"shout", Some(7));
     p.properties.payload_format_indicator = Some(1);
     p.retain = true;
@@ -426,9 +428,7 @@ async fn a_failing_hook_drops_the_batch_and_the_puback_says_unspecified_error() 
             ..HookSettings::local()
         };
         let b = broker_with_hook(hook.url(), &key(), settings).await;
-        let mut sub = b.client("sub").await;
-        sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-        let mut publ = b.client("pub").await;
+        let (mut sub, mut publ) = clients(&b).await;
         assert_eq!(
             publ.publish("t/a", QoS::AtLeastOnce, b"x").await,
             Some(ReasonCode::UNSPECIFIED_ERROR),
@@ -495,9 +495,7 @@ async fn messages_of_one_publisher_keep_their_order_with_several_requests_in_fli
         ..HookSettings::local()
     };
     let b = broker_with_hook(_hook.url(), &key(), settings).await;
-    let mut sub = b.client("sub").await;
-    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-    let mut publ = b.client("pub").await;
+    let (mut sub, mut publ) = clients(&b).await;
     const N: u16 = 60;
     for id in 1..=N {
         publ.send(Packet::Publish(publish(
@@ -629,9 +627,7 @@ async fn a_hook_on_a_private_address_or_plain_http_is_refused_by_default() {
             ..HookSettings::default()
         };
         let b = broker_with_hook(url.clone(), &key(), settings).await;
-        let mut sub = b.client("sub").await;
-        sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-        let mut publ = b.client("pub").await;
+        let (mut sub, mut publ) = clients(&b).await;
         assert_eq!(
             publ.publish("t/a", QoS::AtLeastOnce, b"x").await,
             Some(ReasonCode::UNSPECIFIED_ERROR),
@@ -763,9 +759,7 @@ async fn a_hook_key_file_without_a_private_part_stops_the_start_with_its_name() 
 async fn messages_waiting_for_the_hook_when_the_publisher_leaves_are_still_delivered() {
     let hook = HookServer::start_with(echo(), true, 0).await;
     let b = broker_with_hook(hook.url(), &key(), HookSettings::local()).await;
-    let mut sub = b.client("sub").await;
-    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
-    let mut publ = b.client("pub").await;
+    let (mut sub, mut publ) = clients(&b).await;
     publ.send(Packet::Publish(publish("t/0", QoS::AtMostOnce, b"0", None)))
         .await;
     publ.send(Packet::Publish(publish(
