@@ -452,8 +452,8 @@ async fn every_route_requires_a_token_and_roles_are_enforced() {
         !listed.contains(&read) && !listed.contains(&write),
         "tokens are never shown again"
     );
-    let id = r
-        .body
+    assert_eq!(r.body["nextCursor"], Value::Null, "{listed}");
+    let id = r.body["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -501,8 +501,7 @@ async fn admin_only_routes_refuse_read_and_write_roles() {
     let admin = api.token("admin").await;
     let before = api.call(Method::GET, "/v1/tokens", BOOTSTRAP, None).await;
     assert_eq!(before.status, StatusCode::OK);
-    let read_id = before
-        .body
+    let read_id = before.body["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -1669,6 +1668,88 @@ async fn lists_page_with_cursors_on_both_route_sets() {
     );
 }
 
+/// `GET /v1/tokens` pages by id like the other native lists: following `nextCursor` with a
+/// small limit yields every token of the account exactly once and none of another account's;
+/// bad limits and cursors are 400.
+async fn token_list_pages_through_every_token_exactly_once() {
+    let api = api().await;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let r = api
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                BOOTSTRAP,
+                Some(json!({"name": format!("t{i}"), "role": "read"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        created.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let other = api
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            BOOTSTRAP,
+            Some(json!({"name": "other"})),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::CREATED, "{:?}", other.body);
+    let other_admin = other.body["adminToken"].as_str().unwrap().to_string();
+    let other_admin_id = other.body["adminTokenId"].as_str().unwrap().to_string();
+
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut uri = "/v1/tokens?limit=3".to_string();
+    loop {
+        let r = api.call(Method::GET, &uri, BOOTSTRAP, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        pages += 1;
+        assert!(pages <= 3, "more pages than tokens allow: {:?}", r.body);
+        let items = r.body["items"].as_array().unwrap();
+        assert!(!items.is_empty() && items.len() <= 3, "{:?}", r.body);
+        seen.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        match r.body["nextCursor"].as_str() {
+            Some(c) => uri = format!("/v1/tokens?limit=3&cursor={c}"),
+            None => {
+                assert_eq!(r.body["nextCursor"], Value::Null);
+                break;
+            }
+        }
+    }
+    // Seven created plus the bootstrap token: pages of 3, 3 and 2, in id order.
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "each token once, by id");
+    for id in &created {
+        assert!(seen.contains(id), "{id} missing from {seen:?}");
+    }
+    assert!(seen.contains(&starling_api::server::BOOTSTRAP_TOKEN_ID.to_string()));
+    assert!(!seen.contains(&other_admin_id));
+
+    let r = api
+        .call(Method::GET, "/v1/tokens", &other_admin, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["items"][0]["id"], json!(other_admin_id));
+    assert_eq!(r.body["nextCursor"], Value::Null);
+
+    for bad in [
+        "/v1/tokens?cursor=!!",
+        "/v1/tokens?limit=0",
+        "/v1/tokens?limit=101",
+        "/v1/tokens?limit=x",
+    ] {
+        let r = api.call(Method::GET, bad, BOOTSTRAP, None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
+        assert!(r.body["detail"].is_string(), "{bad}: {:?}", r.body);
+    }
+}
+
 async fn oversized_and_malformed_bodies_get_4xx() {
     let api = api_with(Config {
         max_body_bytes: 2048,
@@ -1829,6 +1910,7 @@ tests!(
     internal_state_long_polls_and_answers_304_410_401,
     state_carries_the_current_signing_key_only_while_a_hook_is_set,
     lists_page_with_cursors_on_both_route_sets,
+    token_list_pages_through_every_token_exactly_once,
     oversized_and_malformed_bodies_get_4xx,
     health_readiness_metrics_and_openapi_answer,
     committed_openapi_document_is_current,

@@ -397,7 +397,70 @@ async fn api_tokens_are_found_by_hash_and_scoped_to_their_account(store: Arc<dyn
         Err(StoreError::NotFound)
     ));
     store.delete_api_token("acct1", "t1").await.unwrap();
-    assert!(store.list_api_tokens("acct1").await.unwrap().is_empty());
+    let left = store.list_api_tokens("acct1", None, 10).await.unwrap();
+    assert!(left.items.is_empty());
+    assert_eq!(left.next_after, None);
+}
+
+async fn api_token_pages_follow_the_id_cursor(store: Arc<dyn Store>) {
+    account(&*store, "acct1").await;
+    account(&*store, "acct2").await;
+    let token = |account_id: &str, id: &str| ApiTokenRecord {
+        id: id.into(),
+        account_id: account_id.into(),
+        name: format!("t-{id}"),
+        role: Role::Read,
+        token_hash: format!("hash-{account_id}-{id}"),
+        system: false,
+        created_at: T,
+    };
+    // ULIDs, stored out of order; the other account's token sorts between them.
+    let ids = [
+        "01HZZZZZZZZZZZZZZZZZZZZZZ5",
+        "01HZZZZZZZZZZZZZZZZZZZZZZ2",
+        "01HZZZZZZZZZZZZZZZZZZZZZZ4",
+        "01HZZZZZZZZZZZZZZZZZZZZZZ1",
+        "01HZZZZZZZZZZZZZZZZZZZZZZ3",
+    ];
+    for id in ids {
+        store
+            .put_api_token(&token("acct1", id), false)
+            .await
+            .unwrap();
+    }
+    store
+        .put_api_token(&token("acct2", "01HZZZZZZZZZZZZZZZZZZZZZZ25"), false)
+        .await
+        .unwrap();
+    let ids_of = |p: &starling_api::store::Page<ApiTokenRecord>| {
+        p.items.iter().map(|t| t.id.clone()).collect::<Vec<_>>()
+    };
+    let p1 = store.list_api_tokens("acct1", None, 2).await.unwrap();
+    assert_eq!(
+        ids_of(&p1),
+        ["01HZZZZZZZZZZZZZZZZZZZZZZ1", "01HZZZZZZZZZZZZZZZZZZZZZZ2"]
+    );
+    assert_eq!(p1.next_after.as_deref(), Some("01HZZZZZZZZZZZZZZZZZZZZZZ2"));
+    let p2 = store
+        .list_api_tokens("acct1", p1.next_after.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_of(&p2),
+        ["01HZZZZZZZZZZZZZZZZZZZZZZ3", "01HZZZZZZZZZZZZZZZZZZZZZZ4"]
+    );
+    let p3 = store
+        .list_api_tokens("acct1", p2.next_after.as_deref(), 2)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&p3), ["01HZZZZZZZZZZZZZZZZZZZZZZ5"]);
+    assert_eq!(p3.next_after, None);
+    // A page exactly as long as what is left says there is no more.
+    let all = store.list_api_tokens("acct1", None, 5).await.unwrap();
+    assert_eq!(all.items.len(), 5);
+    assert_eq!(all.next_after, None);
+    let other = store.list_api_tokens("acct2", None, 10).await.unwrap();
+    assert_eq!(ids_of(&other), ["01HZZZZZZZZZZZZZZZZZZZZZZ25"]);
 }
 
 async fn twenty_concurrent_identical_creates_give_one_success(store: Arc<dyn Store>) {
@@ -476,6 +539,7 @@ conformance!(
     revocations_are_bounded_and_expired_ones_collected,
     deleted_broker_leaves_a_tombstone_and_is_announced,
     api_tokens_are_found_by_hash_and_scoped_to_their_account,
+    api_token_pages_follow_the_id_cursor,
     twenty_concurrent_identical_creates_give_one_success,
     audit_log_lists_newest_first,
 );

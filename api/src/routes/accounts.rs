@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{Auth, Body, PathParams, QueryPairs, rfc3339_micros};
+use super::{Auth, Body, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros};
 use crate::error::{ApiError, Problem, Result};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::state::AppState;
@@ -145,10 +145,25 @@ pub async fn create_account(
     ))
 }
 
+/// A page of API tokens.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenList {
+    /// The tokens, by id (so by creation time).
+    pub items: Vec<TokenView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// The account's API tokens (admin).
 #[utoipa::path(get, path = "/v1/tokens", tag = "accounts",
+    params(
+        ("limit" = Option<u32>, Query, description = "page size (1 to the configured maximum)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+    ),
     responses(
-        (status = 200, description = "tokens", body = Vec<TokenView>),
+        (status = 200, description = "a page of tokens", body = TokenList),
+        (status = 400, description = "invalid query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
     ),
@@ -156,11 +171,17 @@ pub async fn create_account(
 pub async fn list_tokens(
     State(state): State<AppState>,
     auth: Auth,
-) -> Result<Json<Vec<TokenView>>> {
+    q: QueryPairs,
+) -> Result<Json<TokenList>> {
     auth.require(Role::Admin)?;
-    let tokens = state.store.list_api_tokens(&auth.account_id).await?;
-    Ok(Json(
-        tokens
+    let (limit, after) = page_params(&q, state.config.max_page_size)?;
+    let page = state
+        .store
+        .list_api_tokens(&auth.account_id, after.as_deref(), limit)
+        .await?;
+    Ok(Json(TokenList {
+        items: page
+            .items
             .into_iter()
             .map(|t| TokenView {
                 id: t.id,
@@ -169,7 +190,8 @@ pub async fn list_tokens(
                 created_on: rfc3339_micros(t.created_at),
             })
             .collect(),
-    ))
+        next_cursor: page.next_after.as_deref().map(encode_cursor),
+    }))
 }
 
 /// Create an API token (admin); the token is shown only in this response.
@@ -234,8 +256,7 @@ pub async fn delete_token(
     auth.require(Role::Admin)?;
     // The bootstrap token comes from the configuration and is stored again at every start, so
     // deleting it here would only lock the accounts route until the next restart.
-    let tokens = state.store.list_api_tokens(&auth.account_id).await?;
-    if tokens.iter().any(|t| t.id == id && t.system) {
+    if is_system_token(&state, &auth.account_id, &id).await? {
         return Err(ApiError::conflict(
             "the bootstrap token is set by the api's configuration (STARLING_API__BOOTSTRAP_TOKEN or its file) and cannot be deleted here; change it there and restart",
         ));
@@ -246,6 +267,24 @@ pub async fn delete_token(
     }
     auth.audit(&state, "token.delete", &id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether the account's token with this id is the bootstrap token (walks the account's pages).
+async fn is_system_token(state: &AppState, account_id: &str, id: &str) -> Result<bool> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = state
+            .store
+            .list_api_tokens(account_id, after.as_deref(), 1000)
+            .await?;
+        if page.items.iter().any(|t| t.id == id && t.system) {
+            return Ok(true);
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(false),
+        }
+    }
 }
 
 /// The account's audit log, newest first (admin).

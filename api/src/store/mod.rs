@@ -274,9 +274,9 @@ pub struct AuditEntry {
 /// A page of a list: the items and, when there may be more, the cursor for the next page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
-    /// The items, ordered by lowercase name.
+    /// The items, ordered by the list's key (lowercase name, or id for API tokens).
     pub items: Vec<T>,
-    /// The last name of this page when more may follow.
+    /// The last key of this page when more may follow.
     pub next_after: Option<String>,
 }
 
@@ -320,11 +320,14 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         token_hash: &'a str,
     ) -> BoxFut<'a, Result<Option<ApiTokenRecord>>>;
-    /// An account's API tokens.
+    /// An account's API tokens with id after `after`, at most `limit`, ordered by id (a ULID,
+    /// so by creation time); the page's cursor is the last id.
     fn list_api_tokens<'a>(
         &'a self,
         account_id: &'a str,
-    ) -> BoxFut<'a, Result<Vec<ApiTokenRecord>>>;
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFut<'a, Result<Page<ApiTokenRecord>>>;
     /// Deletes an account's API token; `NotFound` when it has none with this id.
     fn delete_api_token<'a>(&'a self, account_id: &'a str, id: &'a str) -> BoxFut<'a, Result<()>>;
 

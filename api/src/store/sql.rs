@@ -149,11 +149,13 @@ macro_rules! impl_store {
                 })
             }
 
-            fn list_api_tokens<'a>(&'a self, account_id: &'a str) -> BoxFut<'a, Result<Vec<ApiTokenRecord>>> {
+            fn list_api_tokens<'a>(&'a self, account_id: &'a str, after: Option<&'a str>, limit: u32) -> BoxFut<'a, Result<Page<ApiTokenRecord>>> {
                 Box::pin(async move {
-                    let rows = sqlx::query("SELECT id, account_id, name, role, token_hash, system, created_at FROM api_tokens WHERE account_id = $1 ORDER BY id")
-                        .bind(account_id).fetch_all(&self.pool).await?;
-                    rows.iter().map(token_from_row).collect()
+                    let rows = sqlx::query("SELECT id, account_id, name, role, token_hash, system, created_at FROM api_tokens WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                        .bind(account_id).bind(after.unwrap_or("")).bind(i64::from(limit) + 1)
+                        .fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(token_from_row).collect::<Result<Vec<_>>>()?;
+                    Ok(page(items, limit, |t| t.id.clone()))
                 })
             }
 
