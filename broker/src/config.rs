@@ -682,6 +682,7 @@ impl Config {
             || self.hook.max_requests_in_flight == 0
             || self.hook.queue_capacity == 0
             || self.hook.max_pending_per_connection == 0
+            || self.hook.max_pending_bytes_per_connection == 0
             || self.hook.timeout_ms == 0
         {
             problems.push(

@@ -652,6 +652,8 @@ struct HookDone {
     verdict: Verdict,
     qos: QoS,
     packet_id: u16,
+    /// What the message counted in [`HookPending::bytes`].
+    weight: usize,
 }
 
 /// A connection's messages awaiting the on-publish hook, in the order they were published.
@@ -661,11 +663,15 @@ struct HookPending {
     qos2: HashSet<u16>,
     /// Reading from the client pauses while this many are pending.
     cap: usize,
+    /// Their weight ([`Message::weight`]).
+    bytes: usize,
+    /// Reading from the client pauses while they weigh this much.
+    max_bytes: usize,
 }
 
 impl HookPending {
     fn is_full(&self) -> bool {
-        self.verdicts.len() >= self.cap
+        self.verdicts.len() >= self.cap || self.bytes >= self.max_bytes
     }
 }
 
@@ -1055,6 +1061,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         });
         if let Some(hook) = self.auth.tenant.hook() {
             // Nothing is delivered, retained or acknowledged before the hook's verdict.
+            let weight = message.weight();
             let verdict = hook.check(
                 message,
                 self.session.client_id.clone(),
@@ -1066,9 +1073,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     verdicts: FuturesOrdered::new(),
                     qos2: HashSet::new(),
                     cap: 1,
+                    bytes: 0,
+                    max_bytes: 1,
                 })
             });
             pending.cap = hook.max_pending_per_connection();
+            pending.max_bytes = hook.max_pending_bytes_per_connection();
+            pending.bytes += weight;
             if qos == QoS::ExactlyOnce {
                 pending.qos2.insert(packet_id);
             }
@@ -1077,6 +1088,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     verdict: verdict.await,
                     qos,
                     packet_id,
+                    weight,
                 }
             }));
             return Ok(());
@@ -1097,9 +1109,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             verdict,
             qos,
             packet_id,
+            weight,
         } = done;
-        if qos == QoS::ExactlyOnce {
-            if let Some(h) = self.hook.as_mut() {
+        if let Some(h) = self.hook.as_mut() {
+            h.bytes = h.bytes.saturating_sub(weight);
+            if qos == QoS::ExactlyOnce {
                 h.qos2.remove(&packet_id);
             }
         }

@@ -100,6 +100,8 @@ pub struct HookSettings {
     pub queue_capacity: usize,
     /// Messages of one connection awaiting the verdict; reading from that client pauses at this.
     pub max_pending_per_connection: usize,
+    /// Bytes of those messages (payload, topic and 64 per message); reading pauses at this too.
+    pub max_pending_bytes_per_connection: usize,
     /// A response body larger than this drops the batch.
     pub max_response_bytes: usize,
     /// Allow `http://` URLs (otherwise only `https://`).
@@ -124,6 +126,7 @@ impl Default for HookSettings {
             max_requests_in_flight: 4,
             queue_capacity: 1024,
             max_pending_per_connection: 64,
+            max_pending_bytes_per_connection: 1024 * 1024,
             max_response_bytes: 8 * 1024 * 1024,
             allow_http: false,
             allow_private_addresses: false,
@@ -336,6 +339,12 @@ impl Hook {
     /// Messages of one connection that may await their verdict at once.
     pub fn max_pending_per_connection(&self) -> usize {
         self.settings.max_pending_per_connection.max(1)
+    }
+
+    /// Bytes of one connection's messages that may await their verdict at once (one message
+    /// always may, whatever its size).
+    pub fn max_pending_bytes_per_connection(&self) -> usize {
+        self.settings.max_pending_bytes_per_connection.max(1)
     }
 
     /// Hands `message` to the hook. The future waits for room in the queue (that wait is what

@@ -530,13 +530,33 @@ async fn messages_of_one_publisher_keep_their_order_with_several_requests_in_fli
 /// everything flows.
 #[tokio::test]
 async fn a_slow_hook_slows_the_publisher_and_holds_a_bounded_number_of_messages() {
-    let mut hook = HookServer::start_with(echo(), true, 0).await;
-    let settings = HookSettings {
+    slow_hook_holds_eight_messages(HookSettings {
         max_pending_per_connection: 8,
         queue_capacity: 4,
         max_requests_in_flight: 1,
         ..HookSettings::local()
-    };
+    })
+    .await;
+}
+
+/// The same with the bound in bytes: 8 messages of 8 KiB (8,263 B each as counted) reach
+/// 64 KiB.
+#[tokio::test]
+async fn a_slow_hook_holds_a_bounded_number_of_bytes_per_connection() {
+    slow_hook_holds_eight_messages(HookSettings {
+        max_pending_per_connection: 10_000,
+        max_pending_bytes_per_connection: 64 * 1024,
+        queue_capacity: 4,
+        max_requests_in_flight: 1,
+        ..HookSettings::local()
+    })
+    .await;
+}
+
+/// Floods a hook that answers nothing with 8 KiB messages; the settings must stop the
+/// connection at 8 of them.
+async fn slow_hook_holds_eight_messages(settings: HookSettings) {
+    let mut hook = HookServer::start_with(echo(), true, 0).await;
     let b = broker_with_hook(hook.url(), &key(), settings).await;
     let mut publ = b.client("pub").await;
     const COUNT: usize = 5_000;
