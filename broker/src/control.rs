@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -111,11 +109,8 @@ impl std::fmt::Debug for FeedSigningKey {
 /// Why a signing key from the state is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningKeyError {
-    /// `d` is not base64url of 32 bytes.
-    #[error("the signing key's `d` is not a base64url Ed25519 seed of 32 bytes")]
-    Seed,
-    /// The seed was refused.
-    #[error("the signing key's seed was refused: {0}")]
+    /// `d` is not a base64url Ed25519 seed of 32 bytes, or the seed was refused.
+    #[error("the signing key is unusable: {0}")]
     Key(#[from] starling_token::TokenError),
     /// The seed's key id is not the `kid` sent with it.
     #[error("the signing key's seed belongs to key {actual}, not to the {claimed} sent with it")]
@@ -130,14 +125,7 @@ pub enum SigningKeyError {
 impl FeedSigningKey {
     /// The signing key, checked against its `kid`.
     pub fn key(&self) -> Result<SigningKey, SigningKeyError> {
-        let raw = URL_SAFE_NO_PAD
-            .decode(self.d.trim_end_matches('=').as_bytes())
-            .map_err(|_| SigningKeyError::Seed)?;
-        let seed: &[u8; 32] = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| SigningKeyError::Seed)?;
-        let key = SigningKey::from_seed(seed)?;
+        let key = SigningKey::from_d(&self.d)?;
         if key.kid() != self.kid {
             return Err(SigningKeyError::KidMismatch {
                 claimed: self.kid.clone(),
@@ -477,6 +465,8 @@ async fn poll_once(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use std::os::unix::fs::PermissionsExt as _;
 
     use serde_json::json;

@@ -163,17 +163,7 @@ pub fn load_key_file(path: &Path) -> Result<SigningKey, String> {
             path.display()
         )
     })?;
-    let seed: [u8; 32] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(jwk.d.trim_end_matches('='))
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            format!(
-                "hook.key_file {}: `d` is not 32 bytes of base64url",
-                path.display()
-            )
-        })?;
-    SigningKey::from_seed(&seed).map_err(|e| format!("hook.key_file {}: {e}", path.display()))
+    SigningKey::from_d(&jwk.d).map_err(|e| format!("hook.key_file {}: {e}", path.display()))
 }
 
 // === the engine ===
@@ -286,9 +276,6 @@ impl fmt::Debug for Hook {
     }
 }
 
-/// A verdict on its way.
-pub type PendingVerdict = Pin<Box<dyn Future<Output = Verdict> + Send>>;
-
 impl Hook {
     /// Starts the hook of tenant `tenant` for `target` on the current runtime. The task ends
     /// when the returned hook and every pending verdict of it are dropped.
@@ -354,13 +341,13 @@ impl Hook {
         message: Arc<Message>,
         client_id: Arc<str>,
         jti: Option<Arc<str>>,
-    ) -> PendingVerdict {
+    ) -> impl Future<Output = Verdict> + Send + 'static {
         let tx = self.tx.clone();
         let metrics = self.metrics.clone();
-        let job_parts = (self.next_mid.fetch_add(1, Ordering::Relaxed), unix_now());
-        Box::pin(async move {
+        let mid = self.next_mid.fetch_add(1, Ordering::Relaxed);
+        let received_at = unix_now();
+        async move {
             let (reply, verdict) = oneshot::channel();
-            let (mid, received_at) = job_parts;
             let job = Job {
                 mid,
                 message,
@@ -376,7 +363,7 @@ impl Hook {
             verdict
                 .await
                 .unwrap_or(Verdict::Drop(HookDrop::Failed(HookFailure::Closed)))
-        })
+        }
     }
 }
 

@@ -41,6 +41,19 @@ impl SigningKey {
         })
     }
 
+    /// The key for a JWK's private part `d`: the 32-byte seed in base64url (RFC 8037 section 2).
+    pub fn from_d(d: &str) -> Result<Self, TokenError> {
+        let raw = Zeroizing::new(
+            b64::decode(d.trim_end_matches('='))
+                .ok_or(TokenError::InvalidKey("`d` is not base64url"))?,
+        );
+        let seed: &[u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| TokenError::InvalidKey("`d` is not a 32-byte Ed25519 seed"))?;
+        Self::from_seed(seed)
+    }
+
     /// The seed, to be encrypted before it is stored. Never log or return it.
     pub fn seed(&self) -> &[u8; 32] {
         &self.seed
@@ -104,6 +117,22 @@ mod tests {
     use super::*;
 
     const RFC8037_SEED: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+
+    #[test]
+    fn a_jwk_private_part_gives_the_key_of_its_seed() {
+        let key = SigningKey::from_d(RFC8037_SEED).unwrap();
+        assert_eq!(
+            key.public_jwk().x,
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        assert_eq!(b64::encode(key.seed()), RFC8037_SEED);
+        for bad in ["***", "AAEC", ""] {
+            assert!(
+                matches!(SigningKey::from_d(bad), Err(TokenError::InvalidKey(_))),
+                "{bad}"
+            );
+        }
+    }
 
     fn rfc_key() -> SigningKey {
         let seed: [u8; 32] = b64::decode(RFC8037_SEED).unwrap().try_into().unwrap();
