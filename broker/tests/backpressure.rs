@@ -12,6 +12,24 @@ use tokio::sync::mpsc;
 
 const MESSAGES: u8 = 30;
 
+/// Reads what the broker still sends a stuck subscriber (PUBLISHes) until its DISCONNECT,
+/// which must be 0x97 (slow consumer).
+async fn expect_publishes_then_slow_consumer_disconnect<S>(stuck: &mut RawClient<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match stuck.recv_opt().await {
+            Some(Packet::Publish(_)) => {}
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, ReasonCode::QUOTA_EXCEEDED);
+                return;
+            }
+            other => panic!("expected DISCONNECT 0x97, got {other:?}"),
+        }
+    }
+}
+
 /// Publishes `MESSAGES` QoS 1 messages one after the other, each after the PUBACK of the one
 /// before, and reports every PUBACK.
 fn spawn_publisher(mut publisher: RawClient<tokio::net::TcpStream>) -> mpsc::UnboundedReceiver<u8> {
@@ -101,16 +119,7 @@ async fn subscriber_that_never_drains_is_disconnected_and_the_publisher_goes_on(
         assert_eq!(last, Some(MESSAGES - 1), "the publisher finished");
         // The stuck subscriber got what fitted its window, then DISCONNECT 0x97.
         stuck.wait = Duration::from_secs(5);
-        loop {
-            match stuck.recv_opt().await {
-                Some(Packet::Publish(_)) => {}
-                Some(Packet::Disconnect(d)) => {
-                    assert_eq!(d.reason, ReasonCode::QUOTA_EXCEEDED);
-                    break;
-                }
-                other => panic!("expected DISCONNECT 0x97, got {other:?}"),
-            }
-        }
+        expect_publishes_then_slow_consumer_disconnect(&mut stuck).await;
     })
     .await
     .expect("test timed out");
@@ -160,16 +169,7 @@ async fn slow_consumer_grace_is_the_configured_one() {
             }
         });
         // The stuck subscriber gets what fits its window of one, then DISCONNECT 0x97.
-        loop {
-            match stuck.recv_opt().await {
-                Some(Packet::Publish(_)) => {}
-                Some(Packet::Disconnect(d)) => {
-                    assert_eq!(d.reason, ReasonCode::QUOTA_EXCEEDED);
-                    break;
-                }
-                other => panic!("expected DISCONNECT 0x97, got {other:?}"),
-            }
-        }
+        expect_publishes_then_slow_consumer_disconnect(&mut stuck).await;
         let waited = start.elapsed();
         assert!(
             waited >= Duration::from_secs(12) && waited < Duration::from_secs(13),
