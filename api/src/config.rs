@@ -32,8 +32,12 @@ pub struct Config {
     pub public_addr: SocketAddr,
     /// The internal listener (`/internal/v1/...`, `/metrics`); never exposed by an Ingress.
     pub internal_addr: SocketAddr,
-    /// Brokers' endpoints are `mqtts://<broker>.<namespace>.<domain>:8883`.
+    /// Brokers' endpoints are `mqtts://<broker>.<namespace>.<domain>:8883`, and the on-publish
+    /// hook's `broker` field is `<broker>.<namespace>.<domain>`.
     pub domain: String,
+    /// When set, every broker's `endpoint` is this URL: one listener serves every broker and the
+    /// token's key picks the broker (as `starling-api dev` runs).
+    pub endpoint: Option<String>,
     /// Key-encryption key: 32 bytes, base64 or hex.
     pub kek: Option<Secret>,
     /// A file holding the key-encryption key.
@@ -66,6 +70,7 @@ impl Default for Config {
             public_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             domain: "starling.localhost".into(),
+            endpoint: None,
             kek: None,
             kek_file: None,
             bootstrap_token: None,
@@ -120,6 +125,7 @@ impl Config {
             "bootstrap_account",
             "database_url",
             "domain",
+            "endpoint",
         ] {
             if let Some(toml::Value::Integer(n)) = table.get(field) {
                 let s = n.to_string();
@@ -187,6 +193,11 @@ impl Config {
         }
         if self.domain.is_empty() {
             problems.push("domain must not be empty".into());
+        }
+        if let Some(e) = &self.endpoint {
+            if !e.contains("://") || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                problems.push("endpoint must be a URL such as mqtts://localhost:8883".into());
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -1,13 +1,16 @@
 //! `starling-api dev`: the whole product on one machine, with no Postgres and no configuration.
 //!
 //! It keeps a SQLite database, the key-encryption key, the admin API token (mode 0600) and the
-//! dev CA (`ca.pem`) in a data directory; on first start it creates a namespace `demo` with a
-//! broker `demo` through the API's own handlers; it then runs the API and an embedded broker that
-//! serves every broker in the database from one set of listeners (the token's `kid` picks the
-//! tenant). The embedded broker follows the store's change feed in-process, so a revocation, a key
-//! rotation or a deletion made through the API reaches connected clients at once. A broker's
-//! `on_publish.url` reaches it the same way, with the broker's current signing key; the embedded
-//! broker allows http and loopback hook URLs, so a hook on the same machine works.
+//! dev CA (`ca.pem`) in a data directory. It starts an embedded broker that serves every broker in
+//! the database from one set of listeners (the token's `kid` picks the tenant), then the API,
+//! whose brokers all show that one listener as their `endpoint` (`mqtts://localhost:<port>`,
+//! which the dev certificate names); on first start it creates a namespace `demo` with a broker
+//! `demo` through the API's own handlers. The embedded broker follows the store's change feed
+//! in-process, so a revocation, a key rotation or a deletion made through the API reaches
+//! connected clients at once. A broker's `on_publish.url` reaches it the same way, with the
+//! broker's current signing key and its hostname `<broker>.<namespace>.localhost` as the hook's
+//! `broker` field; the embedded broker allows http and loopback hook URLs, so a hook on the same
+//! machine works. The banner prints the account id and the environment for Cloudflare's CLI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -106,6 +109,8 @@ pub struct DevInfo {
     pub api_url: String,
     /// The admin API token.
     pub admin_token: String,
+    /// The account the admin token acts for (`CLOUDFLARE_ACCOUNT_ID` for Cloudflare's CLI).
+    pub account_id: String,
     /// A client token for broker `demo`, client id `demo-client`, topic ACL `#`.
     pub client_token: String,
     /// The dev CA.
@@ -193,14 +198,128 @@ pub async fn start(options: DevOptions, shutdown: CancellationToken) -> Result<D
         reason: e.to_string(),
     })?;
 
-    // The api.
+    // The embedded broker first: every broker's `endpoint` names its one mqtts listener.
+    let broker = start_broker(&options, &dir)
+        .await
+        .inspect_err(|_| shutdown.cancel())?;
+    let mqtts_port = broker
+        .addr(ListenerKind::Mqtts)
+        .map_or(options.mqtts.port(), |a| a.port());
+    let api = start_api(
+        &options,
+        &dir,
+        kek,
+        &kek_text,
+        &admin_token,
+        mqtts_port,
+        &shutdown,
+    )
+    .await;
+    let (running, client_token) = match api {
+        Ok(started) => started,
+        Err(e) => {
+            broker.shutdown().await;
+            shutdown.cancel();
+            return Err(e);
+        }
+    };
+    let state = running.state.clone();
+
+    // Port 0 picks a free port: report what was bound.
+    let mut options = options;
+    options.api = running.public_addr;
+    options.internal = running.internal_addr;
+    for (kind, slot) in [
+        (ListenerKind::Mqtt, &mut options.mqtt),
+        (ListenerKind::Ws, &mut options.ws),
+        (ListenerKind::Mqtts, &mut options.mqtts),
+        (ListenerKind::Wss, &mut options.wss),
+    ] {
+        if let Some(addr) = broker.addr(kind) {
+            *slot = addr;
+        }
+    }
+    options.broker_http = broker.http;
+    sync_all(&state, &broker.directory).await;
+    tokio::spawn(follow_changes(
+        state.clone(),
+        broker.directory.clone(),
+        shutdown.clone(),
+    ));
+
+    Ok(Dev {
+        info: DevInfo {
+            api_url: format!("http://{}", running.public_addr),
+            admin_token,
+            account_id: state.config.bootstrap_account.clone(),
+            client_token,
+            ca_path: dir.join("ca.pem"),
+            options,
+        },
+        state,
+        broker,
+        api_task: running.task,
+    })
+}
+
+/// The embedded broker: every broker in the database on one set of listeners, TLS from the dev
+/// CA in `dir`.
+async fn start_broker(
+    options: &DevOptions,
+    dir: &Path,
+) -> Result<starling_broker::RunningBroker, DevError> {
+    let mut bc = BrokerConfig::default();
+    bc.auth.mode = AuthMode::Token;
+    bc.embedded_tenants = true;
+    bc.http.bind = options.broker_http;
+    bc.tls.dev_tls = Some(dir.to_path_buf());
+    // A hook on the same laptop: http and loopback addresses allowed.
+    bc.hook = HookSettings::local();
+    for (kind, addr) in [
+        (ListenerKind::Mqtt, options.mqtt),
+        (ListenerKind::Ws, options.ws),
+        (ListenerKind::Mqtts, options.mqtts),
+        (ListenerKind::Wss, options.wss),
+    ] {
+        bc.listeners.push(ListenerConfig::new(kind, addr));
+    }
+    match starling_broker::start(bc).await {
+        Ok(b) => Ok(b),
+        Err(starling_broker::Error::Bind { kind, addr, source }) => {
+            let flag = match kind {
+                "mqtt" => "--mqtt",
+                "ws" => "--ws",
+                "mqtts" => "--mqtts",
+                "wss" => "--wss",
+                _ => "--broker-http",
+            };
+            Err(bind_error(flag, addr, source))
+        }
+        Err(e) => Err(DevError::Other(format!("broker: {e}"))),
+    }
+}
+
+/// The api on SQLite, with brokers' endpoints at the embedded broker's mqtts port; on the first
+/// start it makes namespace `demo` with broker `demo`. Returns the api and a client token for
+/// `demo-client`.
+async fn start_api(
+    options: &DevOptions,
+    dir: &Path,
+    kek: Kek,
+    kek_text: &str,
+    admin_token: &str,
+    mqtts_port: u16,
+    shutdown: &CancellationToken,
+) -> Result<(crate::server::Running, String), DevError> {
     let config = Config {
         database_url: format!("sqlite://{}", dir.join("starling.db").display()),
         public_addr: options.api,
         internal_addr: options.internal,
         domain: "localhost".into(),
-        bootstrap_token: Some(Secret(admin_token.clone())),
-        kek: Some(Secret(kek_text.clone())),
+        // One listener serves every broker, and the dev certificate names localhost.
+        endpoint: Some(format!("mqtts://localhost:{mqtts_port}")),
+        bootstrap_token: Some(Secret(admin_token.to_string())),
+        kek: Some(Secret(kek_text.to_string())),
         ..Config::default()
     };
     config
@@ -221,14 +340,12 @@ pub async fn start(options: DevOptions, shutdown: CancellationToken) -> Result<D
         }
         Err(e) => return Err(DevError::Other(e.to_string())),
     };
-    let state = running.state.clone();
-    let api_url = format!("http://{}", running.public_addr);
 
     // The first start makes a namespace and a broker to connect to.
-    let app = crate::routes::app(state.clone());
+    let app = crate::routes::app(running.state.clone());
     let call = |method: &'static str, uri: String, body: Option<serde_json::Value>| {
         let app = app.clone();
-        let token = admin_token.clone();
+        let token = admin_token.to_string();
         async move {
             let mut req = axum::http::Request::builder()
                 .method(method)
@@ -292,75 +409,7 @@ pub async fn start(options: DevOptions, shutdown: CancellationToken) -> Result<D
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .ok_or_else(|| DevError::Other(format!("issuing a client token: {s} {creds}")))?;
-
-    // The embedded broker.
-    let mut bc = BrokerConfig::default();
-    bc.auth.mode = AuthMode::Token;
-    bc.embedded_tenants = true;
-    bc.http.bind = options.broker_http;
-    bc.tls.dev_tls = Some(dir.clone());
-    // A hook on the same laptop: http and loopback addresses allowed.
-    bc.hook = HookSettings::local();
-    for (kind, addr) in [
-        (ListenerKind::Mqtt, options.mqtt),
-        (ListenerKind::Ws, options.ws),
-        (ListenerKind::Mqtts, options.mqtts),
-        (ListenerKind::Wss, options.wss),
-    ] {
-        bc.listeners.push(ListenerConfig::new(kind, addr));
-    }
-    let broker = match starling_broker::start(bc).await {
-        Ok(b) => b,
-        Err(starling_broker::Error::Bind { kind, addr, source }) => {
-            let flag = match kind {
-                "mqtt" => "--mqtt",
-                "ws" => "--ws",
-                "mqtts" => "--mqtts",
-                "wss" => "--wss",
-                _ => "--broker-http",
-            };
-            shutdown.cancel();
-            return Err(bind_error(flag, addr, source));
-        }
-        Err(e) => {
-            shutdown.cancel();
-            return Err(DevError::Other(format!("broker: {e}")));
-        }
-    };
-    // Port 0 picks a free port: report what was bound.
-    let mut options = options;
-    options.api = running.public_addr;
-    options.internal = running.internal_addr;
-    for (kind, slot) in [
-        (ListenerKind::Mqtt, &mut options.mqtt),
-        (ListenerKind::Ws, &mut options.ws),
-        (ListenerKind::Mqtts, &mut options.mqtts),
-        (ListenerKind::Wss, &mut options.wss),
-    ] {
-        if let Some(addr) = broker.addr(kind) {
-            *slot = addr;
-        }
-    }
-    options.broker_http = broker.http;
-    sync_all(&state, &broker.directory).await;
-    tokio::spawn(follow_changes(
-        state.clone(),
-        broker.directory.clone(),
-        shutdown.clone(),
-    ));
-
-    Ok(Dev {
-        info: DevInfo {
-            api_url,
-            admin_token,
-            client_token,
-            ca_path: dir.join("ca.pem"),
-            options,
-        },
-        state,
-        broker,
-        api_task: running.task,
-    })
+    Ok((running, client_token))
 }
 
 /// Applies the state of one broker to the embedded broker's directory.
@@ -407,7 +456,11 @@ fn hook_target(state: &AppState, s: &crate::store::BrokerState) -> Option<HookTa
     Some(HookTarget {
         url,
         key,
-        broker: s.broker.name.clone(),
+        broker: crate::routes::brokers::hostname(
+            &s.broker.name,
+            &s.broker.namespace_name,
+            &state.config.domain,
+        ),
     })
 }
 
@@ -481,6 +534,7 @@ pub fn banner(info: &DevInfo) -> String {
 
   API            {api}   (OpenAPI: {api}/openapi.json)
   admin token    {admin}
+  account        {account}
   client token   {client}
                  (client id demo-client, broker demo in namespace demo, topicAcl "#")
   CA             {ca}
@@ -499,12 +553,18 @@ MQTT.js (Node or a browser):
     protocolVersion: 5, clientId: 'demo-client', username: 'demo', password: '{client}',
   }}); // Node: add ca: fs.readFileSync('{ca}')
 
+Cloudflare's CLI (wrangler 3.x: `wrangler pubsub ...`), with this environment:
+  export CLOUDFLARE_API_BASE_URL={api}/client/v4
+  export CLOUDFLARE_API_TOKEN={admin}
+  export CLOUDFLARE_ACCOUNT_ID={account}
+
 More tokens:
   curl -H 'Authorization: Bearer {admin}' '{api}/v1/namespaces/demo/brokers/demo/credentials?number=1&type=TOKEN&topicAcl=%23'
 "##,
         data = o.data_dir.display(),
         api = info.api_url,
         admin = info.admin_token,
+        account = info.account_id,
         client = info.client_token,
         mqtt = o.mqtt,
         ws = o.ws,

@@ -2,7 +2,8 @@
 //!
 //! Every error renders as `application/problem+json`. The Cloudflare-compatible routes pass
 //! through a layer ([`crate::routes::compat_envelope`]) that turns problems into the v4 envelope
-//! (`success: false, errors: [{code, message}]`), and name conflicts into 400 as Cloudflare did.
+//! (`success: false, errors: [{code, message}]`) with Cloudflare's conventions: name conflicts
+//! become 400 and failed authentication 403 "Authentication error".
 //! A 5xx is logged with its cause chain and never echoes it to the caller.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,12 +13,17 @@ use serde::Serialize;
 use crate::keys::KeyError;
 use crate::store::StoreError;
 
-/// Stable error codes (the `code` member of problems, and `errors[].code` in the envelope).
+/// Stable error codes (the `code` member of problems, and `errors[].code` in the envelope). The
+/// same condition has the same code on both route sets; `docs/cloudflare-compatibility.md` lists
+/// them with their HTTP statuses.
 pub mod code {
+    /// No API token, or one this api does not know (Cloudflare's "Authentication error"; 401
+    /// natively, 403 on the compatible routes, as Cloudflare answered).
+    pub const UNAUTHENTICATED: u32 = 10_000;
     /// The request is malformed or a field is invalid.
     pub const INVALID: u32 = 10_001;
-    /// No or an unknown API token.
-    pub const UNAUTHENTICATED: u32 = 10_002;
+    /// Something failed on our side.
+    pub const INTERNAL: u32 = 10_002;
     /// The token's role does not allow this.
     pub const FORBIDDEN: u32 = 10_003;
     /// No such object (in this account).
@@ -34,8 +40,13 @@ pub mod code {
     pub const TOO_LARGE: u32 = 10_009;
     /// The method is not allowed on this path.
     pub const METHOD: u32 = 10_010;
-    /// Something failed on our side.
-    pub const INTERNAL: u32 = 10_000;
+    /// The body is not sent as JSON (native routes; the compatible ones read any body as JSON).
+    pub const MEDIA_TYPE: u32 = 10_011;
+    /// No route for this path under `/client/v4` (Cloudflare's "No route for that URI").
+    pub const NO_ROUTE: u32 = 7_000;
+    /// The token may not read this (Cloudflare's "Unauthorized to access requested resource",
+    /// which its CLI expects from `/user` for a token without user details).
+    pub const UNAUTHORIZED_RESOURCE: u32 = 9_109;
 }
 
 /// An API error: status, stable code, and a message safe to show the caller.
@@ -86,7 +97,7 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code::NAME_TAKEN, detail)
     }
 
-    /// 401.
+    /// 401 (403 on the compatible routes, whose layer changes it).
     pub fn unauthenticated() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -133,6 +144,9 @@ impl ApiError {
             code::NOT_IMPLEMENTED => "not-implemented",
             code::TOO_LARGE => "too-large",
             code::METHOD => "method-not-allowed",
+            code::MEDIA_TYPE => "unsupported-media-type",
+            code::NO_ROUTE => "no-route",
+            code::UNAUTHORIZED_RESOURCE => "unauthorized-resource",
             _ => "internal",
         }
     }

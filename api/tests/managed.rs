@@ -392,7 +392,10 @@ async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_o
         assert_eq!(mode, 0o600, "the saved state holds a private key");
         let hook = state.tenant_state(&created.id).hook.expect("a hook");
         assert_eq!(hook.url, "http://127.0.0.1:9/hook");
-        assert_eq!(hook.broker, "b");
+        assert_eq!(
+            hook.broker, "b.ns.starling.localhost",
+            "the broker's hostname"
+        );
         let current = starling_token::peek_kid(&created.token).unwrap();
         assert_eq!(
             hook.kid(),

@@ -55,7 +55,7 @@ pub struct FeedState {
     /// Live revocations.
     #[serde(default)]
     pub revocations: Vec<FeedRevocation>,
-    /// Which broker this is; its name is the `broker` field of every hook message.
+    /// Which broker this is; its hostname is the `broker` field of every hook message.
     #[serde(default)]
     pub broker: Option<FeedBroker>,
     /// The on-publish hook, when the broker has one.
@@ -78,6 +78,9 @@ pub struct FeedBroker {
     /// Broker name.
     #[serde(default)]
     pub name: Option<String>,
+    /// `<broker>.<namespace>.<domain>`, as Cloudflare's hook messages named the broker.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// The on-publish hook in the state.
@@ -182,10 +185,11 @@ impl FeedState {
                 None
             }
         };
+        // The hostname; from an api that does not send one, the name, else the tenant id.
         let broker = self
             .broker
             .as_ref()
-            .and_then(|b| b.name.clone())
+            .and_then(|b| b.hostname.clone().or_else(|| b.name.clone()))
             .unwrap_or_else(|| broker_id.to_string());
         Some(HookTarget {
             url: url.to_string(),
@@ -477,7 +481,7 @@ mod tests {
     fn state(key: &SigningKey, extra: serde_json::Value) -> FeedState {
         let mut doc = json!({
             "version": 7,
-            "broker": {"id": "b-1", "name": "sensors", "namespace": "home"},
+            "broker": {"id": "b-1", "name": "sensors", "namespace": "home", "hostname": "sensors.home.example.com"},
             "jwks": {"keys": [key.public_jwk()]},
             "revocations": [{"jti": "j1", "expiresAt": null}],
             "limits": null,
@@ -504,7 +508,10 @@ mod tests {
         let t = s.tenant_state("b-1");
         let hook = t.hook.expect("a hook");
         assert_eq!(hook.url, "https://hook.example/in");
-        assert_eq!(hook.broker, "sensors", "the broker's name, not its id");
+        assert_eq!(
+            hook.broker, "sensors.home.example.com",
+            "the broker's hostname, not its id"
+        );
         assert_eq!(hook.kid(), Some(key.kid()));
         let signer = hook.key.expect("a key");
         let signature = signer.sign_bytes(b"1700000000[]");
@@ -551,8 +558,10 @@ mod tests {
             assert!(hook.key.is_none(), "{signing_key}");
             assert_eq!(hook.url, "https://hook.example/in");
         }
-        // No broker name: the tenant id stands in.
+        // No hostname (an older api): the name stands in; no broker at all: the tenant id.
         let mut s = state(&key, json!({"onPublish": url}));
+        s.broker.as_mut().unwrap().hostname = None;
+        assert_eq!(s.tenant_state("b-1").hook.unwrap().broker, "sensors");
         s.broker = None;
         assert_eq!(s.tenant_state("b-1").hook.unwrap().broker, "b-1");
     }

@@ -57,7 +57,8 @@ pub struct HookTarget {
     /// The tenant's current signing key. Without one no request can be signed, and every
     /// message is dropped (never delivered unchecked).
     pub key: Option<Arc<SigningKey>>,
-    /// The `broker` field of every message: the broker's name.
+    /// The `broker` field of every message: the broker's hostname
+    /// (`<broker>.<namespace>.<domain>`, as in Cloudflare's examples).
     pub broker: String,
 }
 

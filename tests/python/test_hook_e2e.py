@@ -398,7 +398,7 @@ def test_messages_go_through_a_verified_hook_that_changes_and_drops_them(dev, ho
         assert isinstance(hello["mid"], int)
         assert (hello["broker"], hello["topic"], hello["clientId"], hello["qos"],
                 hello["retain"], hello["contentType"], hello["payloadFormatIndicator"]) == (
-            BROKER, "t/upper", "hook-pub", 1, False, "text/plain", 1)
+            f"{BROKER}.{NS}.localhost", "t/upper", "hook-pub", 1, False, "text/plain", 1)
         assert hello["jti"] and "payloadEncoding" not in hello
         assert abs(hello["receivedAt"] - time.time()) < MAX_SKEW_SECS
         assert {"key": "origin", "value": "paho"} in hello["userProperties"]

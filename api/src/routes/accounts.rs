@@ -1,15 +1,25 @@
-//! Accounts, API tokens and the audit log (native routes only).
+//! Accounts, API tokens and the audit log.
 //!
 //! The bootstrap token (a system admin) creates accounts, each with a first admin token; an
 //! admin manages its account's tokens. Tokens are random, shown once, stored as SHA-256.
+//!
+//! Account discovery: every token acts for exactly one account. `GET /v1/account` shows it with
+//! the token; on the compatible routes `GET /client/v4/accounts`, `/accounts/{account}`,
+//! `/memberships` and `/user/tokens/verify` answer in Cloudflare's shapes, enough for its CLI to
+//! find the account without `CLOUDFLARE_ACCOUNT_ID`. `/client/v4/user` answers 403 with code
+//! 9109, as Cloudflare did for a token without user details (its CLI's `whoami` reads that as
+//! "no e-mail").
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::{Auth, Body, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros};
-use crate::error::{ApiError, Problem, Result};
+use super::{
+    Auth, Body, Envelope, EnvelopeMessage, PathParams, QueryPairs, encode_cursor, page_params,
+    rfc3339_micros,
+};
+use crate::error::{ApiError, Problem, Result, code};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::state::AppState;
 use crate::store::{Account, ApiTokenRecord, Role, StoreError};
@@ -102,7 +112,7 @@ fn check_name(name: &str) -> Result<()> {
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not the bootstrap token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not sent as `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -202,7 +212,7 @@ pub async fn list_tokens(
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not sent as `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -316,4 +326,231 @@ pub async fn list_audit(
             })
             .collect(),
     ))
+}
+
+// === account discovery ===
+
+/// The token making a request, as `GET /v1/account` shows it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CallerToken {
+    /// Token id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The role: what the token may do in its account.
+    pub role: Role,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+    /// The bootstrap token (set by the api's configuration), which may also create accounts.
+    pub bootstrap: bool,
+}
+
+/// The account an API token acts for, with the token.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AccountView {
+    /// Account id (32 lowercase hex characters): the `{account}` of the compatible routes, and
+    /// `CLOUDFLARE_ACCOUNT_ID` for Cloudflare's CLI.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+    /// The token that asked.
+    pub token: CallerToken,
+}
+
+/// An account in Cloudflare's shape.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CompatAccount {
+    /// Account id (32 lowercase hex characters).
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// Always `standard`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+}
+
+/// A membership in Cloudflare's shape: the token's access to its one account.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Membership {
+    /// The API token's id (a token is a member of exactly one account).
+    pub id: String,
+    /// Always `accepted`.
+    pub status: String,
+    /// The account.
+    pub account: CompatAccount,
+    /// The token's role (`read`, `write` or `admin`).
+    pub roles: Vec<String>,
+}
+
+/// The outcome of `GET /client/v4/user/tokens/verify`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenStatus {
+    /// The API token's id.
+    pub id: String,
+    /// Always `active` (API tokens do not expire; a deleted one fails authentication).
+    pub status: String,
+}
+
+async fn caller_account(state: &AppState, auth: &Auth) -> Result<Account> {
+    state
+        .store
+        .get_account(&auth.account_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account"))
+}
+
+fn compat_account(account: Account) -> CompatAccount {
+    CompatAccount {
+        id: account.id,
+        name: account.name,
+        type_: "standard".into(),
+        created_on: rfc3339_micros(account.created_at),
+    }
+}
+
+/// `page` (from 1) and `per_page` (1 to 1000, default 20), as Cloudflare paged by number.
+fn page_number(q: &QueryPairs) -> Result<(u32, u32)> {
+    let page = q.number::<u32>("page", 1..=1_000_000)?.unwrap_or(1);
+    let per_page = q.number::<u32>("per_page", 1..=1000)?.unwrap_or(20);
+    Ok((page, per_page))
+}
+
+/// The one account of a token, as page `page` of a list.
+fn one_item_page<T: Serialize>(item: T, page: u32, per_page: u32) -> Envelope<Vec<T>> {
+    let items: Vec<T> = if page == 1 { vec![item] } else { Vec::new() };
+    let count = items.len();
+    Envelope::numbered_page(items, count, page, per_page, 1)
+}
+
+/// The token's account and the token itself (any role).
+#[utoipa::path(get, path = "/v1/account", tag = "accounts",
+    responses(
+        (status = 200, description = "the account this token acts for", body = AccountView),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_account(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<AccountView>> {
+    let account = caller_account(&state, &auth).await?;
+    Ok(Json(AccountView {
+        id: account.id,
+        name: account.name,
+        created_on: rfc3339_micros(account.created_at),
+        token: CallerToken {
+            id: auth.token_id,
+            name: auth.token_name,
+            role: auth.role,
+            created_on: rfc3339_micros(auth.token_created_at),
+            bootstrap: auth.system,
+        },
+    }))
+}
+
+/// The accounts this token may act for (Cloudflare-compatible: exactly one).
+#[utoipa::path(get, path = "/client/v4/accounts", tag = "compat",
+    params(
+        ("page" = Option<u32>, Query, description = "page number, from 1", minimum = 1, maximum = 1000000),
+        ("per_page" = Option<u32>, Query, description = "page size (default 20)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "the token's account", body = Envelope<Vec<CompatAccount>>),
+        (status = 400, description = "invalid query", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000)", body = super::EnvelopeError),
+    ),
+    security(("bearer" = []), ("x_auth_key" = [])))]
+pub async fn compat_list_accounts(
+    State(state): State<AppState>,
+    auth: Auth,
+    q: QueryPairs,
+) -> Result<Envelope<Vec<CompatAccount>>> {
+    let (page, per_page) = page_number(&q)?;
+    let account = caller_account(&state, &auth).await?;
+    Ok(one_item_page(compat_account(account), page, per_page))
+}
+
+/// One account (Cloudflare-compatible; another account is 404).
+#[utoipa::path(get, path = "/client/v4/accounts/{account}", tag = "compat",
+    params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001")),
+    responses(
+        (status = 200, description = "the account", body = Envelope<CompatAccount>),
+        (status = 400, description = "invalid path", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000)", body = super::EnvelopeError),
+        (status = 404, description = "not this token's account", body = super::EnvelopeError),
+    ),
+    security(("bearer" = []), ("x_auth_key" = [])))]
+pub async fn compat_get_account(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams(account): PathParams<String>,
+) -> Result<Envelope<CompatAccount>> {
+    auth.check_account(&account)?;
+    Ok(Envelope::ok(compat_account(
+        caller_account(&state, &auth).await?,
+    )))
+}
+
+/// The token's memberships (Cloudflare-compatible: one, in its one account). Cloudflare's CLI
+/// picks the account from here when `CLOUDFLARE_ACCOUNT_ID` is not set.
+#[utoipa::path(get, path = "/client/v4/memberships", tag = "compat",
+    params(
+        ("page" = Option<u32>, Query, description = "page number, from 1", minimum = 1, maximum = 1000000),
+        ("per_page" = Option<u32>, Query, description = "page size (default 20)", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "the token's membership", body = Envelope<Vec<Membership>>),
+        (status = 400, description = "invalid query", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000)", body = super::EnvelopeError),
+    ),
+    security(("bearer" = []), ("x_auth_key" = [])))]
+pub async fn compat_memberships(
+    State(state): State<AppState>,
+    auth: Auth,
+    q: QueryPairs,
+) -> Result<Envelope<Vec<Membership>>> {
+    let (page, per_page) = page_number(&q)?;
+    let account = caller_account(&state, &auth).await?;
+    let membership = Membership {
+        id: auth.token_id.clone(),
+        status: "accepted".into(),
+        account: compat_account(account),
+        roles: vec![auth.role.as_str().to_string()],
+    };
+    Ok(one_item_page(membership, page, per_page))
+}
+
+/// Whether the token is valid (Cloudflare-compatible).
+#[utoipa::path(get, path = "/client/v4/user/tokens/verify", tag = "compat",
+    responses(
+        (status = 200, description = "the token is valid and active", body = Envelope<TokenStatus>),
+        (status = 403, description = "authentication failed (10000)", body = super::EnvelopeError),
+    ),
+    security(("bearer" = []), ("x_auth_key" = [])))]
+pub async fn compat_verify_token(auth: Auth) -> Envelope<TokenStatus> {
+    Envelope {
+        messages: vec![EnvelopeMessage::new(
+            code::UNAUTHENTICATED,
+            "This API Token is valid and active",
+        )],
+        ..Envelope::ok(TokenStatus {
+            id: auth.token_id,
+            status: "active".into(),
+        })
+    }
+}
+
+/// `GET /client/v4/user`: API tokens here have no user details, so a valid token gets 403 with
+/// Cloudflare's code 9109 (an invalid one 403 with 10000). Not in the OpenAPI document: it has
+/// no successful answer.
+pub async fn compat_user(_auth: Auth) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        code::UNAUTHORIZED_RESOURCE,
+        "Unauthorized to access requested resource",
+    )
 }

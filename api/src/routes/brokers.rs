@@ -97,6 +97,10 @@ pub struct BrokerView {
     /// `TOKEN`.
     #[serde(rename = "authType")]
     pub auth_type: String,
+    /// `TOKEN`: `authType` again, under the name Cloudflare's CLI and other clients written
+    /// against the live service read.
+    #[serde(rename = "auth_type")]
+    pub auth_type_snake: String,
     /// Free text.
     pub description: String,
     /// RFC 3339 with microseconds.
@@ -105,9 +109,11 @@ pub struct BrokerView {
     pub modified_on: String,
     /// Token lifetime ceiling in seconds; `null` for none.
     pub expiration: Option<i64>,
-    /// `mqtts://<broker>.<namespace>.<domain>:8883`.
+    /// Where MQTT clients connect: `mqtts://<broker>.<namespace>.<domain>:8883`, or the api's
+    /// configured `endpoint` when one listener serves every broker (`starling-api dev`).
     pub endpoint: String,
-    /// The on-publish hook; `null` when none.
+    /// The on-publish hook; left out when there is none, as in Cloudflare's examples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_publish: Option<OnPublish>,
     /// Broker limits, passed to the broker as they are.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,6 +228,10 @@ fn whole_seconds_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Optio
 /// The body of a broker change: absent fields stay, `null` clears.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BrokerPatch {
+    /// Brokers cannot be renamed: a name other than the broker's own is refused (400); its own
+    /// name is accepted and changes nothing.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Free text.
     #[serde(default)]
     #[schema(
@@ -245,16 +255,29 @@ pub struct BrokerPatch {
 
 // === operations ===
 
+/// A broker's hostname, `<broker>.<namespace>.<domain>` in lowercase, as in its endpoint at
+/// Cloudflare; also the `broker` field of its on-publish hook's messages.
+pub fn hostname(broker: &str, namespace: &str, domain: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        broker.to_ascii_lowercase(),
+        namespace.to_ascii_lowercase(),
+        domain.to_ascii_lowercase()
+    )
+}
+
 fn view(state: &AppState, b: Broker) -> BrokerView {
     BrokerView {
-        endpoint: format!(
-            "mqtts://{}.{}.{}:8883",
-            b.name.to_lowercase(),
-            b.namespace_name.to_lowercase(),
-            state.config.domain
-        ),
+        endpoint: match &state.config.endpoint {
+            Some(shared) => shared.clone(),
+            None => format!(
+                "mqtts://{}:8883",
+                hostname(&b.name, &b.namespace_name, &state.config.domain)
+            ),
+        },
         id: b.id,
         name: b.name,
+        auth_type_snake: b.auth_type.clone(),
         auth_type: b.auth_type,
         description: b.description,
         created_on: rfc3339_micros(b.created_at),
@@ -473,6 +496,13 @@ async fn patch(
     body: BrokerPatch,
 ) -> Result<BrokerView> {
     auth.require(Role::Write)?;
+    if let Some(new_name) = &body.name {
+        if !new_name.eq_ignore_ascii_case(name) {
+            return Err(ApiError::invalid(format!(
+                "brokers cannot be renamed: `name` {new_name:?} is not this broker's name {name:?}; leave `name` out, or create a new broker and move its clients"
+            )));
+        }
+    }
     let mut b = find(state, auth, ns, name).await?;
     if body.expiration.is_some() || body.on_publish.is_some() || body.limits.is_some() {
         managed_refusal(&b, headers, "change expiration, limits and onPublish of")?;
@@ -576,7 +606,7 @@ pub async fn native_list(
         (status = 404, description = "no such namespace", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "name taken", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not sent as `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -628,7 +658,7 @@ pub async fn native_get(
         (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "operator-managed field", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not sent as `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -721,11 +751,10 @@ pub async fn native_rotate_secret(
     responses(
         (status = 200, description = "brokers", body = Envelope<Vec<BrokerView>>),
         (status = 400, description = P400, body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such namespace", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_list(
     State(state): State<AppState>,
     auth: Auth,
@@ -744,14 +773,12 @@ pub async fn compat_list(
     responses(
         (status = 200, description = "created", body = Envelope<BrokerView>),
         (status = 400, description = "invalid body or name taken", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such namespace", body = super::EnvelopeError),
         (status = 413, description = "body too large", body = super::EnvelopeError),
-        (status = 415, description = "not JSON", body = super::EnvelopeError),
-        (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
+        (status = 422, description = "JSON of the wrong shape (the body is read as JSON whatever its Content-Type; not JSON is 400)", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_create(
     State(state): State<AppState>,
     auth: Auth,
@@ -769,11 +796,10 @@ pub async fn compat_create(
     responses(
         (status = 200, description = "the broker", body = Envelope<BrokerView>),
         (status = 400, description = P400, body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_get(
     State(state): State<AppState>,
     auth: Auth,
@@ -789,15 +815,13 @@ pub async fn compat_get(
     responses(
         (status = 200, description = "the changed broker", body = Envelope<BrokerView>),
         (status = 400, description = P400, body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
         (status = 409, description = "operator-managed field", body = super::EnvelopeError),
         (status = 413, description = "body too large", body = super::EnvelopeError),
-        (status = 415, description = "not JSON", body = super::EnvelopeError),
-        (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
+        (status = 422, description = "JSON of the wrong shape (the body is read as JSON whatever its Content-Type; not JSON is 400)", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_patch(
     State(state): State<AppState>,
     auth: Auth,
@@ -817,12 +841,11 @@ pub async fn compat_patch(
     responses(
         (status = 200, description = "deleted", body = Envelope<Option<String>>),
         (status = 400, description = P400, body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
         (status = 409, description = "operator-managed broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_delete(
     State(state): State<AppState>,
     auth: Auth,

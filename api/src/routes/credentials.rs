@@ -1,8 +1,8 @@
 //! Credentials: `GET .../credentials` issues signed client tokens (both route sets).
 //!
 //! `number` 1–100, `type=TOKEN`, `topicAcl` (`#` or `{"pub":[...],"sub":[...]}`; required on
-//! native routes, missing or empty means `#` on compatible ones), `clientid` (repeatable; ULIDs
-//! otherwise), `expiration` (seconds, `-1`). The broker's `expiration` is a ceiling: a token
+//! native routes, missing or empty means `#` on compatible ones), `clientid` (repeatable, one
+//! token each; ULIDs otherwise), `expiration` (seconds, `-1`). The broker's `expiration` is a ceiling: a token
 //! expires at the shorter of broker and request, and `-1` gives no `exp` only when the broker
 //! has none (a deliberate difference from Cloudflare, where `-1` overrode the broker). Issuance
 //! is recorded (jti, client id, kid, expiry), never the token.
@@ -59,6 +59,25 @@ fn parse_client_ids(q: &QueryPairs) -> Result<Vec<String>> {
     Ok(ids)
 }
 
+/// How many tokens a request gets. Without `clientid`: `number` (default 1). With `clientid`
+/// values: one token per id. A `number` smaller than their count is ignored, as Cloudflare
+/// ignored the mismatch (its CLI always sends `number=1`); a larger one is refused, since the
+/// extra tokens would have no client id to go to.
+fn token_count(number: Option<u32>, ids: usize) -> Result<usize> {
+    if ids > MAX_NUMBER as usize {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_NUMBER} `clientid` values"
+        )));
+    }
+    match number {
+        Some(n) if ids > 0 && n as usize > ids => Err(ApiError::invalid(format!(
+            "`number` ({n}) is larger than the count of `clientid` values ({ids}): give one `clientid` per token, or leave `clientid` out for generated ids"
+        ))),
+        _ if ids > 0 => Ok(ids),
+        n => Ok(n.unwrap_or(1) as usize),
+    }
+}
+
 /// The `exp` of a token: the shorter of the broker's ceiling and the request.
 pub(crate) fn token_exp(
     now: i64,
@@ -89,21 +108,7 @@ async fn issue(
     let acl = parse_acl(q.get("topicAcl"), compat)?;
     let client_ids = parse_client_ids(q)?;
     let number = q.number::<u32>("number", 1..=MAX_NUMBER)?;
-    let count = match (number, client_ids.len()) {
-        (n, 0) => n.unwrap_or(1) as usize,
-        (None, k) if k <= MAX_NUMBER as usize => k,
-        (Some(n), k) if n as usize == k => k,
-        (None, _) => {
-            return Err(ApiError::invalid(format!(
-                "at most {MAX_NUMBER} `clientid` values"
-            )));
-        }
-        (Some(_), _) => {
-            return Err(ApiError::invalid(
-                "`number` must equal the count of `clientid` values when both are given",
-            ));
-        }
-    };
+    let count = token_count(number, client_ids.len())?;
     let requested = match q.get("expiration") {
         None | Some("") => None,
         Some(v) => {
@@ -161,7 +166,7 @@ async fn issue(
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/credentials", tag = "credentials",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
-        ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
+        ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1); with `clientid` values one token per id, and a larger `number` is 400", minimum = 1, maximum = 100),
         ("type" = Option<String>, Query, description = "`TOKEN` (empty means the same)", pattern = "^(TOKEN)?$"),
         ("topicAcl" = String, Query, description = "`#` (URL-encoded `%23`) or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#", min_length = 1),
         ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable); ULIDs are generated otherwise"),
@@ -192,7 +197,7 @@ pub async fn native_issue(
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"),
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
-        ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1)", minimum = 1, maximum = 100),
+        ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1); with `clientid` values one token per id, and a larger `number` is 400", minimum = 1, maximum = 100),
         ("type" = Option<String>, Query, description = "`TOKEN` (empty means the same)", pattern = "^(TOKEN)?$"),
         ("topicAcl" = Option<String>, Query, description = "`#`, empty, or `{\"pub\":[filters],\"sub\":[filters]}`", example = "#"),
         ("clientid" = Option<Vec<String>>, Query, description = "client ids (repeatable)"),
@@ -201,11 +206,10 @@ pub async fn native_issue(
     responses(
         (status = 200, description = "`{clientId: jwt}`", body = Envelope<BTreeMap<String, String>>, headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_issue(
     State(state): State<AppState>,
     auth: Auth,
@@ -234,6 +238,21 @@ mod tests {
         );
         assert_eq!(token_exp(100, None, None), None);
         assert_eq!(token_exp(100, None, Some(5)), Some(105));
+    }
+
+    #[test]
+    fn client_ids_decide_the_count_unless_number_asks_for_more() {
+        assert_eq!(token_count(None, 0).unwrap(), 1);
+        assert_eq!(token_count(Some(7), 0).unwrap(), 7);
+        assert_eq!(token_count(None, 3).unwrap(), 3);
+        assert_eq!(
+            token_count(Some(1), 3).unwrap(),
+            3,
+            "Cloudflare's CLI sends number=1"
+        );
+        assert_eq!(token_count(Some(3), 3).unwrap(), 3);
+        assert!(token_count(Some(4), 3).is_err());
+        assert!(token_count(None, 101).is_err());
     }
 
     #[test]

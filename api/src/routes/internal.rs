@@ -40,6 +40,8 @@ pub struct BrokerRef {
     pub name: String,
     /// Namespace name.
     pub namespace: String,
+    /// `<broker>.<namespace>.<domain>`: the `broker` field of the on-publish hook's messages.
+    pub hostname: String,
 }
 
 /// The hook settings in the state.
@@ -116,8 +118,9 @@ fn hook_key(kek: &Kek, s: &BrokerState) -> Option<PrivateKey> {
     }
 }
 
-fn view(kek: &Kek, s: BrokerState, now: i64) -> StateView {
+fn view(kek: &Kek, domain: &str, s: BrokerState, now: i64) -> StateView {
     let signing_key = hook_key(kek, &s);
+    let hostname = super::brokers::hostname(&s.broker.name, &s.broker.namespace_name, domain);
     StateView {
         signing_key,
         version: u64::try_from(s.broker.version).unwrap_or(0),
@@ -126,6 +129,7 @@ fn view(kek: &Kek, s: BrokerState, now: i64) -> StateView {
             id: s.broker.id,
             name: s.broker.name,
             namespace: s.broker.namespace_name,
+            hostname,
         },
         revocations: s.revocations,
         limits: s.broker.limits.and_then(|l| serde_json::from_str(&l).ok()),
@@ -226,7 +230,7 @@ pub async fn state(
                 // The state may carry a private key: never cached.
                 return Ok((
                     [(header::CACHE_CONTROL, "no-store")],
-                    Json(view(&state.kek, current, now)),
+                    Json(view(&state.kek, &state.config.domain, current, now)),
                 )
                     .into_response());
             }

@@ -199,11 +199,10 @@ pub async fn native_rotate(
     responses(
         (status = 200, description = "JWKS", body = Envelope<JwksDoc>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_public_keys(
     State(state): State<AppState>,
     auth: Auth,
@@ -222,11 +221,10 @@ pub async fn compat_public_keys(
     responses(
         (status = 200, description = "rotated", body = Envelope<Rotation>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_rotate(
     State(state): State<AppState>,
     auth: Auth,

@@ -1,10 +1,11 @@
-//! The HTTP routes: native `/v1/...` (plain JSON, RFC 9457 problems), Cloudflare-compatible
-//! `/client/v4/accounts/{account}/pubsub/...` (the v4 envelope) over the same operations, the
-//! health routes, `/openapi.json`, and the internal listener's routes.
+//! The HTTP routes: native `/v1/...` (JSON, RFC 9457 problems), Cloudflare-compatible
+//! `/client/v4/...` (pub/sub under `accounts/{account}/pubsub`, and account discovery; the v4
+//! envelope on every answer) over the same operations, the health routes, `/openapi.json`, and
+//! the internal listener's routes.
 //!
 //! One file per resource holds its operations and both route sets' handlers with their OpenAPI
 //! annotations. Shared here: authentication, request extractors that turn rejections into
-//! problems, the envelope, name validation, times.
+//! problems, the envelope and the compatible routes' conventions, name validation, times.
 
 use std::time::Instant;
 
@@ -78,8 +79,9 @@ pub fn app(state: AppState) -> Router {
             "/tokens/{token_id}",
             axum::routing::delete(accounts::delete_token),
         )
-        .route("/audit", get(accounts::list_audit));
-    let compat = Router::new()
+        .route("/audit", get(accounts::list_audit))
+        .route("/account", get(accounts::native_account));
+    let pubsub = Router::new()
         .route(
             "/namespaces",
             get(namespaces::compat_list).post(namespaces::compat_create),
@@ -107,15 +109,30 @@ pub fn app(state: AppState) -> Router {
                 .post(revocations::compat_add)
                 .delete(revocations::compat_delete),
         )
-        .fallback(fallback)
+        .fallback(compat_fallback)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Everything under /client/v4 answers with the envelope, unknown routes included.
+    let compat = Router::new()
+        .route("/accounts", get(accounts::compat_list_accounts))
+        .route("/accounts/{account}", get(accounts::compat_get_account))
+        .route("/memberships", get(accounts::compat_memberships))
+        .route("/user", get(accounts::compat_user))
+        .route("/user/tokens/verify", get(accounts::compat_verify_token))
+        .nest("/accounts/{account}/pubsub", pubsub)
+        .fallback(compat_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(compat_envelope));
+    let compat_root =
+        axum::routing::any(compat_fallback).layer(middleware::from_fn(compat_envelope));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::serve))
         .nest("/v1", native)
-        .nest("/client/v4/accounts/{account}/pubsub", compat)
+        .nest("/client/v4", compat)
+        // The nested router does not see its own root.
+        .route("/client/v4", compat_root.clone())
+        .route("/client/v4/", compat_root)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -142,6 +159,15 @@ pub fn internal_app(state: AppState) -> Router {
 
 async fn fallback() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, "no such route")
+}
+
+/// Unknown routes under `/client/v4`, as Cloudflare answered them.
+async fn compat_fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        code::NO_ROUTE,
+        "No route for that URI",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -196,7 +222,8 @@ pub struct Envelope<T> {
     pub result_info: Option<ResultInfo>,
 }
 
-/// Paging of a list result in the envelope.
+/// Paging of a list result in the envelope: a `cursor` (pub/sub lists), or `page`, `per_page`,
+/// `total_pages` and `total_count` (accounts and memberships, paged by number as at Cloudflare).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResultInfo {
     /// Items in this page.
@@ -204,6 +231,18 @@ pub struct ResultInfo {
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// This page's number, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// The page size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_page: Option<u32>,
+    /// How many pages there are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_pages: Option<u32>,
+    /// How many items there are over all pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_count: Option<usize>,
 }
 
 /// An error or message of the envelope.
@@ -213,6 +252,21 @@ pub struct EnvelopeMessage {
     pub code: u32,
     /// Text.
     pub message: String,
+    /// What lies behind this error, in more detail (Cloudflare's `error_chain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
+    pub error_chain: Vec<EnvelopeMessage>,
+}
+
+impl EnvelopeMessage {
+    /// A message without a chain.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            error_chain: Vec::new(),
+        }
+    }
 }
 
 /// A failed v4 envelope.
@@ -241,10 +295,40 @@ impl<T: Serialize> Envelope<T> {
         }
     }
 
-    /// Wraps a page of a list.
+    /// Wraps a page of a list paged by cursor.
     pub fn page(result: T, count: usize, cursor: Option<String>) -> Self {
         Self {
-            result_info: Some(ResultInfo { count, cursor }),
+            result_info: Some(ResultInfo {
+                count,
+                cursor,
+                page: None,
+                per_page: None,
+                total_pages: None,
+                total_count: None,
+            }),
+            ..Self::ok(result)
+        }
+    }
+
+    /// Wraps page `page` (from 1) of `per_page` items, of `total_count` in all.
+    pub fn numbered_page(
+        result: T,
+        count: usize,
+        page: u32,
+        per_page: u32,
+        total_count: usize,
+    ) -> Self {
+        let total_pages =
+            u32::try_from(total_count.div_ceil(per_page.max(1) as usize)).unwrap_or(u32::MAX);
+        Self {
+            result_info: Some(ResultInfo {
+                count,
+                cursor: None,
+                page: Some(page),
+                per_page: Some(per_page),
+                total_pages: Some(total_pages),
+                total_count: Some(total_count),
+            }),
             ..Self::ok(result)
         }
     }
@@ -256,9 +340,18 @@ impl<T: Serialize> IntoResponse for Envelope<T> {
     }
 }
 
-/// Turns problem responses of the compatible routes into v4 envelopes; name conflicts become
-/// 400 there, as at Cloudflare.
-async fn compat_envelope(req: Request, next: Next) -> Response {
+/// Marks a request to the Cloudflare-compatible routes (set by [`compat_envelope`]): their
+/// bodies are read as JSON whatever the `Content-Type`, and `X-Auth-Key` is taken as an API
+/// token, as Cloudflare's API did.
+#[derive(Debug, Clone, Copy)]
+pub struct CompatRequest;
+
+/// The compatible routes' conventions: marks the request ([`CompatRequest`]) and turns problem
+/// responses into v4 envelopes, with Cloudflare's answers where they differ from ours: a name
+/// conflict is 400, and failed authentication 403 "Authentication error" (our explanation
+/// follows in `error_chain`).
+async fn compat_envelope(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(CompatRequest);
     let resp = next.run(req).await;
     let is_problem = resp
         .headers()
@@ -275,13 +368,27 @@ async fn compat_envelope(req: Request, next: Next) -> Response {
         Ok(p) => (p.code, p.detail),
         Err(_) => (code::INTERNAL, "internal error".to_string()),
     };
-    if code == code::NAME_TAKEN {
-        parts.status = StatusCode::BAD_REQUEST;
-    }
+    let error = match code {
+        code::NAME_TAKEN => {
+            parts.status = StatusCode::BAD_REQUEST;
+            EnvelopeMessage::new(code, message)
+        }
+        code::UNAUTHENTICATED => {
+            parts.status = StatusCode::FORBIDDEN;
+            EnvelopeMessage {
+                error_chain: vec![EnvelopeMessage::new(
+                    code,
+                    "no API token, or one this api does not know: send Authorization: Bearer <token> (or X-Auth-Key: <token>)",
+                )],
+                ..EnvelopeMessage::new(code, "Authentication error")
+            }
+        }
+        _ => EnvelopeMessage::new(code, message),
+    };
     let envelope = EnvelopeError {
         result: None,
         success: false,
-        errors: vec![EnvelopeMessage { code, message }],
+        errors: vec![error],
         messages: Vec::new(),
     };
     parts.headers.insert(
@@ -295,11 +402,16 @@ async fn compat_envelope(req: Request, next: Next) -> Response {
 
 // === authentication ===
 
-/// The caller, from `Authorization: Bearer <API token>`.
+/// The caller, from `Authorization: Bearer <API token>` (or, on the compatible routes only,
+/// `X-Auth-Key: <API token>`, with or without `X-Auth-Email`, as in Cloudflare's first examples).
 #[derive(Debug, Clone)]
 pub struct Auth {
     /// The API token's id (the audit log's actor).
     pub token_id: String,
+    /// The API token's name.
+    pub token_name: String,
+    /// When the API token was made (unix microseconds).
+    pub token_created_at: i64,
     /// The account the token acts for.
     pub account_id: String,
     /// What it may do.
@@ -312,7 +424,10 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthenticated)?;
+        let compat = parts.extensions.get::<CompatRequest>().is_some();
+        let token = bearer(parts)
+            .or_else(|| compat.then(|| x_auth_key(parts)).flatten())
+            .ok_or_else(ApiError::unauthenticated)?;
         let record = state
             .store
             .find_api_token(&hash_secret(token))
@@ -320,6 +435,8 @@ impl FromRequestParts<AppState> for Auth {
             .ok_or_else(ApiError::unauthenticated)?;
         Ok(Auth {
             token_id: record.id,
+            token_name: record.name,
+            token_created_at: record.created_at,
             account_id: record.account_id,
             role: record.role,
             system: record.system,
@@ -334,6 +451,18 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The `X-Auth-Key` header, which Cloudflare's first examples sent (with `X-Auth-Email`, which
+/// is not needed here: the key alone names the token).
+fn x_auth_key(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get("x-auth-key")?
+        .to_str()
+        .ok()
+        .map(str::trim)
         .filter(|t| !t.is_empty())
 }
 
@@ -375,26 +504,85 @@ impl Auth {
 
 // === extractors ===
 
-/// A JSON body whose rejections become problems (400, 413, 415).
+/// A JSON body whose rejections become problems: 400 (not JSON), 413 (too large), 415 (native
+/// routes: not sent as `application/json`), 422 (JSON of the wrong shape). On the compatible
+/// routes the body is read as JSON whatever its `Content-Type`, as Cloudflare's API did (its CLI
+/// sends `text/plain;charset=UTF-8`, `curl -d` sends `application/x-www-form-urlencoded`).
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(rejection) => {
-                let status = rejection.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    code::TOO_LARGE
-                } else {
-                    code::INVALID
-                };
-                Err(ApiError::new(status, code, rejection.body_text()))
-            }
+        if req.extensions().get::<CompatRequest>().is_none() {
+            check_json_content_type(req.headers())?;
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        code::TOO_LARGE,
+                        "the request body is larger than this api accepts (max_body_bytes)",
+                    )
+                } else {
+                    ApiError::invalid(rejection.body_text())
+                }
+            })?;
+        parse_json(&bytes).map(Body)
     }
+}
+
+/// Native routes take `application/json` (or another `application/*+json`); anything else is
+/// 415 naming what to send.
+fn check_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let essence = value
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    let got = match value {
+        Some(v) if v.len() <= 100 => format!("`{v}`"),
+        Some(_) => "a longer one".to_string(),
+        None => "none".to_string(),
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code::MEDIA_TYPE,
+        format!(
+            "the request body must be JSON sent with `Content-Type: application/json` (this request's Content-Type: {got})"
+        ),
+    ))
+}
+
+/// The body as JSON: 400 when it is not JSON (or empty), 422 when it is JSON of the wrong shape.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code::INVALID,
+            format!("the JSON body does not have the expected shape: {e}"),
+        ),
+        _ => ApiError::invalid(format!("the request body is not JSON: {e}")),
+    })
 }
 
 /// Path parameters whose rejections become problems.

@@ -180,7 +180,7 @@ pub async fn native_list(
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "name taken", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not sent as `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "JSON of the wrong shape", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -247,11 +247,10 @@ pub async fn native_delete(
     responses(
         (status = 200, description = "namespaces", body = Envelope<Vec<NamespaceView>>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "not this token's account", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_list(
     State(state): State<AppState>,
     auth: Auth,
@@ -270,14 +269,12 @@ pub async fn compat_list(
     responses(
         (status = 200, description = "created", body = Envelope<NamespaceView>),
         (status = 400, description = "invalid body or name taken", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "not this token's account", body = super::EnvelopeError),
         (status = 413, description = "body too large", body = super::EnvelopeError),
-        (status = 415, description = "not JSON", body = super::EnvelopeError),
-        (status = 422, description = "JSON of the wrong shape", body = super::EnvelopeError),
+        (status = 422, description = "JSON of the wrong shape (the body is read as JSON whatever its Content-Type; not JSON is 400)", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_create(
     State(state): State<AppState>,
     auth: Auth,
@@ -294,11 +291,10 @@ pub async fn compat_create(
     responses(
         (status = 200, description = "the namespace", body = Envelope<NamespaceView>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such namespace", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_get(
     State(state): State<AppState>,
     auth: Auth,
@@ -314,12 +310,11 @@ pub async fn compat_get(
     responses(
         (status = 200, description = "deleted", body = Envelope<Option<String>>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such namespace", body = super::EnvelopeError),
         (status = 409, description = "the namespace still has brokers", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_delete(
     State(state): State<AppState>,
     auth: Auth,

@@ -2,7 +2,7 @@
 //! `/openapi.json`; `api/openapi.json` is the committed copy (a test fails when it is stale).
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{accounts, brokers, credentials, health, internal, keys, namespaces, revocations};
@@ -20,6 +20,13 @@ impl Modify for Security {
                     .description(Some("API token"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "x_auth_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Auth-Key",
+                "API token (compatible routes only; X-Auth-Email may come with it and is not needed)",
+            ))),
         );
         components.add_security_scheme(
             "broker_secret",
@@ -60,7 +67,10 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Starling control plane", description = "Namespaces, brokers, client credentials, keys and revocations; \
-        native routes under /v1 and Cloudflare Pub/Sub-compatible routes under /client/v4."),
+        native routes under /v1 (JSON bodies sent as application/json, errors as RFC 9457 problems with a stable `code`) and \
+        Cloudflare Pub/Sub-compatible routes under /client/v4 (the {result, success, errors, messages} envelope on every answer, \
+        bodies read as JSON whatever their Content-Type, failed authentication 403 with code 10000). \
+        GET /v1/account (or /client/v4/accounts) tells a token its account. The error codes are listed in docs/cloudflare-compatibility.md."),
     paths(
         health::healthz, health::readyz,
         namespaces::native_list, namespaces::native_create, namespaces::native_get, namespaces::native_delete,
@@ -69,6 +79,8 @@ impl Modify for Security {
         credentials::native_issue, keys::native_public_keys, keys::native_rotate,
         revocations::native_list, revocations::native_add, revocations::native_delete,
         accounts::create_account, accounts::list_tokens, accounts::create_token, accounts::delete_token, accounts::list_audit,
+        accounts::native_account,
+        accounts::compat_list_accounts, accounts::compat_get_account, accounts::compat_memberships, accounts::compat_verify_token,
         namespaces::compat_list, namespaces::compat_create, namespaces::compat_get, namespaces::compat_delete,
         brokers::compat_list, brokers::compat_create, brokers::compat_get, brokers::compat_patch, brokers::compat_delete,
         credentials::compat_issue, keys::compat_public_keys, keys::compat_rotate,

@@ -167,11 +167,10 @@ pub async fn native_delete(
     responses(
         (status = 200, description = "revoked jtis", body = Envelope<Vec<String>>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_list(
     State(state): State<AppState>,
     auth: Auth,
@@ -196,11 +195,10 @@ pub async fn compat_list(
     responses(
         (status = 200, description = "revoked", body = Envelope<Option<String>>),
         (status = 400, description = "invalid request or too many", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_add(
     State(state): State<AppState>,
     auth: Auth,
@@ -221,11 +219,10 @@ pub async fn compat_add(
     responses(
         (status = 200, description = "lifted", body = Envelope<Option<String>>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
-        (status = 401, description = "no valid API token", body = super::EnvelopeError),
-        (status = 403, description = "role too low", body = super::EnvelopeError),
+        (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ("x_auth_key" = [])))]
 pub async fn compat_delete(
     State(state): State<AppState>,
     auth: Auth,
