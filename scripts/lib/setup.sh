@@ -28,5 +28,10 @@ install_prerequisites() {
   if [ -f tests/node/package-lock.json ]; then
     (cd tests/node && npm ci --no-audit --no-fund --silent)
   fi
+  # Cloudflare's CLI, pinned; no install scripts (its commands used here need none, and so
+  # nothing is fetched outside the npm registry).
+  if [ -f tests/wrangler/package-lock.json ]; then
+    (cd tests/wrangler && npm ci --ignore-scripts --no-audit --no-fund --silent)
+  fi
   command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 }
