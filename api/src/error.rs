@@ -164,7 +164,12 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong with this request.
     pub detail: String,
-    /// Stable numeric code (the same as in the v4 envelope).
+    /// Stable numeric code, the same for the same condition on both route sets: 10000
+    /// authentication failed, 10001 invalid request, 10002 internal error, 10003 the token's role
+    /// does not allow this, 10004 not found, 10005 name taken, 10006 conflicting state, 10007 a
+    /// configured bound, 10008 not implemented, 10009 body too large, 10010 method not allowed,
+    /// 10011 body not sent as JSON; under /client/v4 also 7000 (no such route) and 9109 (no user
+    /// details behind an API token).
     pub code: u32,
 }
 

@@ -270,6 +270,47 @@ async fn compat_bodies_are_json_whatever_the_content_type() {
     let (status, code, message) = envelope_error(&r);
     assert_eq!((status, code), (StatusCode::UNPROCESSABLE_ENTITY, 10_001));
     assert!(message.contains("shape"), "{message}");
+    // JSON that is not an object (serde would read an array into the fields in order): 422 on
+    // both route sets.
+    for body in ["[null, null]", "[\"x\"]", "\"name\"", "5", "null"] {
+        let r = api
+            .call(
+                Method::POST,
+                &format!("{C}/namespaces"),
+                Some(JSON),
+                Some(body),
+            )
+            .await;
+        let (status, code, message) = envelope_error(&r);
+        assert_eq!(
+            (status, code),
+            (StatusCode::UNPROCESSABLE_ENTITY, 10_001),
+            "{body}"
+        );
+        assert!(message.contains("JSON object"), "{message}");
+        let r = api
+            .call(
+                Method::PATCH,
+                &format!("{C}/namespaces/ns0/brokers/b"),
+                Some(WRANGLER),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            envelope_error(&r).0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}"
+        );
+        let r = api
+            .call(
+                Method::PATCH,
+                "/v1/namespaces/ns0/brokers/b",
+                Some(JSON),
+                Some(body),
+            )
+            .await;
+        assert_eq!(problem(&r).0, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
     let listed = api.get(&format!("{C}/namespaces")).await;
     assert_eq!(
         listed.body["result"].as_array().unwrap().len(),

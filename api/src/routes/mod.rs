@@ -248,7 +248,7 @@ pub struct ResultInfo {
 /// An error or message of the envelope.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct EnvelopeMessage {
-    /// Stable code.
+    /// Stable code: the same codes as the native routes' problems (see `Problem.code`).
     pub code: u32,
     /// Text.
     pub message: String,
@@ -568,11 +568,22 @@ fn check_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiErr
     ))
 }
 
-/// The body as JSON: 400 when it is not JSON (or empty), 422 when it is JSON of the wrong shape.
+/// The body as a JSON object: 400 when it is not JSON (or empty), 422 when it is JSON of another
+/// shape (serde would read an array into a struct's fields in order: that is refused too).
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(ApiError::invalid(
             "the request body is empty; send a JSON object",
+        ));
+    };
+    let not_json =
+        |e: serde_json::Error| ApiError::invalid(format!("the request body is not JSON: {e}"));
+    if *first != b'{' {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(not_json)?;
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code::INVALID,
+            "the request body must be a JSON object",
         ));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
@@ -581,7 +592,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             code::INVALID,
             format!("the JSON body does not have the expected shape: {e}"),
         ),
-        _ => ApiError::invalid(format!("the request body is not JSON: {e}")),
+        _ => not_json(e),
     })
 }
 
