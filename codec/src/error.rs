@@ -83,6 +83,15 @@ pub enum EncodeError {
     /// MQTT 3.1 has no SUBACK failure return code: refuse the subscription by closing instead.
     #[error("mqtt 3.1 suback cannot express a failure")]
     SubAckFailureInV3_1,
+    /// The packet is larger than the receiver's Maximum Packet Size even without its Reason
+    /// String and User Properties; the sender discards it [MQTT-3.1.2-25].
+    #[error("packet of {size} bytes exceeds the receiver's maximum packet size of {max}")]
+    ExceedsMaximumPacketSize {
+        /// The packet's size with everything it carries.
+        size: usize,
+        /// The receiver's Maximum Packet Size.
+        max: usize,
+    },
 }
 
 /// Normative statements whose id differs between 5.0 and 3.1.1: the decoder cites the 5.0 id

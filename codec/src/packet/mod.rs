@@ -279,28 +279,126 @@ impl Packet {
     ) -> Result<usize, EncodeError> {
         let sizes = self.sizes(version)?;
         let total = wire::total_len(sizes.remaining)?;
+        self.write(version, &sizes, total, out);
+        Ok(total)
+    }
+
+    /// Encodes the packet like [`Packet::encode`] for a receiver whose Maximum Packet Size is
+    /// `max`. A packet that would exceed it loses its Reason String, then its User Properties:
+    /// on CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, DISCONNECT and AUTH they
+    /// are diagnostics that the sender must leave out rather than exceed the limit
+    /// ([MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.4.2-2], [MQTT-3.4.2-3], [MQTT-3.5.2-2],
+    /// [MQTT-3.5.2-3], [MQTT-3.6.2-2], [MQTT-3.6.2-3], [MQTT-3.7.2-2], [MQTT-3.7.2-3],
+    /// [MQTT-3.9.2-1], [MQTT-3.9.2-2], [MQTT-3.11.2-1], [MQTT-3.11.2-2], [MQTT-3.14.2-3],
+    /// [MQTT-3.14.2-4], [MQTT-3.15.2-2], [MQTT-3.15.2-3]). A PUBLISH keeps its User Properties
+    /// (they belong to the Application Message). A packet that does not fit even then is not
+    /// written: [`EncodeError::ExceedsMaximumPacketSize`], and the sender discards it
+    /// [MQTT-3.1.2-25]. Only a packet over the limit is copied.
+    pub fn encode_within(
+        &self,
+        version: ProtocolVersion,
+        max: u32,
+        out: &mut BytesMut,
+    ) -> Result<usize, EncodeError> {
+        let sizes = self.sizes(version)?;
+        let total = wire::total_len(sizes.remaining)?;
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        if total <= max {
+            self.write(version, &sizes, total, out);
+            return Ok(total);
+        }
+        let mut slim = self.clone();
+        for drop in [Diagnostic::ReasonString, Diagnostic::UserProperties] {
+            if !slim.leave_out(drop) {
+                continue;
+            }
+            let sizes = slim.sizes(version)?;
+            let total = wire::total_len(sizes.remaining)?;
+            if total <= max {
+                slim.write(version, &sizes, total, out);
+                return Ok(total);
+            }
+        }
+        Err(EncodeError::ExceedsMaximumPacketSize { size: total, max })
+    }
+
+    /// Removes one kind of diagnostic property; whether the packet had it.
+    fn leave_out(&mut self, what: Diagnostic) -> bool {
+        let (reason, user) = match self {
+            Self::ConnAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::PubAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::PubRec(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::PubRel(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::PubComp(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::SubAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::UnsubAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::Disconnect(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::Auth(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            _ => return false,
+        };
+        match what {
+            Diagnostic::ReasonString => reason.take().is_some(),
+            Diagnostic::UserProperties => !std::mem::take(user).is_empty(),
+        }
+    }
+
+    /// Writes the packet whose sizes were computed; `total` bytes.
+    fn write(&self, version: ProtocolVersion, sizes: &Sizes, total: usize, out: &mut BytesMut) {
         out.reserve(total);
         let start = out.len();
         match self {
-            Self::Connect(p) => p.write(version, &sizes, out),
-            Self::ConnAck(p) => p.write(version, &sizes, out),
-            Self::Publish(p) => p.write(version, &sizes, out),
-            Self::PubAck(p) => p.write(version, &sizes, out),
-            Self::PubRec(p) => p.write(version, &sizes, out),
-            Self::PubRel(p) => p.write(version, &sizes, out),
-            Self::PubComp(p) => p.write(version, &sizes, out),
-            Self::Subscribe(p) => p.write(version, &sizes, out),
-            Self::SubAck(p) => p.write(version, &sizes, out),
-            Self::Unsubscribe(p) => p.write(version, &sizes, out),
-            Self::UnsubAck(p) => p.write(version, &sizes, out),
+            Self::Connect(p) => p.write(version, sizes, out),
+            Self::ConnAck(p) => p.write(version, sizes, out),
+            Self::Publish(p) => p.write(version, sizes, out),
+            Self::PubAck(p) => p.write(version, sizes, out),
+            Self::PubRec(p) => p.write(version, sizes, out),
+            Self::PubRel(p) => p.write(version, sizes, out),
+            Self::PubComp(p) => p.write(version, sizes, out),
+            Self::Subscribe(p) => p.write(version, sizes, out),
+            Self::SubAck(p) => p.write(version, sizes, out),
+            Self::Unsubscribe(p) => p.write(version, sizes, out),
+            Self::UnsubAck(p) => p.write(version, sizes, out),
             Self::PingReq => wire::put_header(out, 0xC0, 0),
             Self::PingResp => wire::put_header(out, 0xD0, 0),
-            Self::Disconnect(p) => p.write(version, &sizes, out),
-            Self::Auth(p) => p.write(version, &sizes, out),
+            Self::Disconnect(p) => p.write(version, sizes, out),
+            Self::Auth(p) => p.write(version, sizes, out),
         }
         debug_assert_eq!(out.len() - start, total);
-        Ok(out.len() - start)
     }
+}
+
+/// The properties a sender leaves out to respect the receiver's Maximum Packet Size, in order.
+#[derive(Debug, Clone, Copy)]
+enum Diagnostic {
+    ReasonString,
+    UserProperties,
 }
 
 /// Reads a packet identifier that must not be 0 [MQTT-2.2.1-3] (3.1.1: [MQTT-2.3.1-1]).
