@@ -135,8 +135,9 @@ pub fn topic_matches_filter(topic: &str, filter: &str) -> bool {
     }
 }
 
-/// Whether every topic matched by `filter` is also matched by `allowed` (both assumed valid).
-fn filter_covers(allowed: &str, filter: &str) -> bool {
+/// Whether every topic matched by `filter` is also matched by `allowed` (both assumed valid;
+/// `allowed` is checked, and an invalid one covers nothing).
+pub fn filter_covers(allowed: &str, filter: &str) -> bool {
     if validate_filter(allowed).is_err() {
         return false;
     }
@@ -160,6 +161,30 @@ fn filter_covers(allowed: &str, filter: &str) -> bool {
             (Some("+"), Some(_)) => {}
             (Some(_), Some("+")) => return false,
             (Some(al), Some(fl)) if al == fl => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some topic is matched by both filters (both assumed valid): a subscription to one
+/// could receive a message published to a topic the other names.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    // [MQTT-4.7.2-1] a first-level wildcard never matches a `$` topic.
+    let dollar_against_wildcard =
+        |x: &str, y: &str| x.starts_with('$') && y.starts_with(['+', '#']);
+    if dollar_against_wildcard(a, b) || dollar_against_wildcard(b, a) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            // `x/#` matches `x` and everything below it.
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
             _ => return false,
         }
     }
@@ -306,6 +331,33 @@ mod tests {
         assert!(!acl.may_subscribe("$SYS/#"));
         assert!(!acl.may_subscribe("$SYS/x"));
         assert!(acl.may_subscribe("a/x"));
+    }
+
+    #[test]
+    fn filters_overlap_when_some_topic_matches_both() {
+        for (a, b) in [
+            ("#", "a/b"),
+            ("a/#", "a"),
+            ("a/+", "a/b"),
+            ("+/b", "a/+"),
+            ("a/+/c", "a/b/#"),
+            ("$SYS/#", "$SYS/x"),
+            ("a/b", "a/b"),
+        ] {
+            assert!(filters_overlap(a, b), "{a} and {b}");
+            assert!(filters_overlap(b, a), "{b} and {a}");
+        }
+        for (a, b) in [
+            ("a/b", "a/c"),
+            ("a/+", "a"),
+            ("a/+", "a/b/c"),
+            ("#", "$SYS/x"),
+            ("+/x", "$SYS/x"),
+            ("a/b/c", "a/b"),
+        ] {
+            assert!(!filters_overlap(a, b), "{a} and {b}");
+            assert!(!filters_overlap(b, a), "{b} and {a}");
+        }
     }
 
     #[test]

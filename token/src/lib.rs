@@ -14,7 +14,9 @@ mod jwk;
 mod signing;
 mod verify;
 
-pub use acl::{TopicAcl, topic_matches_filter, validate_filter, validate_topic};
+pub use acl::{
+    TopicAcl, filter_covers, filters_overlap, topic_matches_filter, validate_filter, validate_topic,
+};
 pub use claims::Claims;
 pub use error::TokenError;
 pub use jwk::{Jwk, Jwks};
