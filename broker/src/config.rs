@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::auth::files::TenantFiles;
+pub use crate::auth::rules::{AccessRule, Action, Permission};
 pub use crate::control::ManagedTenant;
 use crate::transport::config::{ListenerTlsSettings, TlsSettings, WsSettings};
 
@@ -102,6 +103,9 @@ pub struct ListenerConfig {
     /// connections per tenant, retained messages) stay those of `[limits]`.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// Access rules of this `--auth none` listener, instead of `[auth] rules`.
+    #[serde(default)]
+    pub rules: Option<Vec<AccessRule>>,
 }
 
 fn default_listener_max_connections() -> usize {
@@ -120,6 +124,7 @@ impl ListenerConfig {
             tls: None,
             ws: WsSettings::default(),
             limits: None,
+            rules: None,
         }
     }
 }
@@ -165,6 +170,9 @@ pub struct AuthConfig {
     pub tenants: Vec<TenantFiles>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub clock_skew_secs: u64,
+    /// Access rules of `--auth none` listeners (see [`crate::auth::rules`]); none allows
+    /// everything.
+    pub rules: Vec<AccessRule>,
 }
 
 impl Default for AuthConfig {
@@ -175,6 +183,7 @@ impl Default for AuthConfig {
             revocations: None,
             tenants: Vec::new(),
             clock_skew_secs: 30,
+            rules: Vec::new(),
         }
     }
 }
@@ -699,7 +708,20 @@ impl Config {
                 problems.push(format!("auth: tenant `{}` is configured twice", t.name));
             }
         }
+        for p in crate::auth::rules::problems(&self.auth.rules) {
+            problems.push(format!("auth.{p}"));
+        }
         for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(rules) = &listener.rules {
+                if listener.auth.unwrap_or(self.auth.mode) != AuthMode::None {
+                    problems.push(format!(
+                        "listeners[{i}].rules apply to listeners without authentication (auth = \"none\"); a token carries its own topic ACL"
+                    ));
+                }
+                for p in crate::auth::rules::problems(rules) {
+                    problems.push(format!("listeners[{i}].{p}"));
+                }
+            }
             if listener.max_connections == 0 {
                 problems.push(format!("listeners[{i}].max_connections must be at least 1"));
             }

@@ -58,7 +58,10 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ready = Arc::new(Readiness::default());
-    let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::new(default_tenant.clone()));
+    let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::with_rules(
+        default_tenant.clone(),
+        config.auth.rules.clone(),
+    ));
     let directory = Arc::new(Directory::new(
         (*limits).clone(),
         config.hook.clone(),
@@ -120,9 +123,13 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     let mut loops = Vec::new();
     for listener in &config.listeners {
         let mode = listener.auth.unwrap_or(config.auth.mode);
-        let auth = match mode {
-            AuthMode::None => no_auth.clone(),
-            AuthMode::Token => token_auth.clone(),
+        let auth = match (mode, &listener.rules) {
+            (AuthMode::None, None) => no_auth.clone(),
+            (AuthMode::None, Some(rules)) => {
+                Arc::new(NoAuth::with_rules(default_tenant.clone(), rules.clone()))
+                    as Arc<dyn Authenticator>
+            }
+            (AuthMode::Token, _) => token_auth.clone(),
         };
         let transport = Arc::new(tls.transport_config(
             listener.kind,

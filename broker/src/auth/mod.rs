@@ -1,7 +1,8 @@
 //! The authentication step of CONNECT (and of AUTH re-authentication), behind a trait so the
 //! connection code does not know where credentials come from.
 //!
-//! - [`NoAuth`]: `--auth none`, one tenant, everything allowed.
+//! - [`NoAuth`]: `--auth none`, one tenant, everything allowed unless access [`rules`] say
+//!   otherwise.
 //! - [`token::TokenAuth`]: Starling tokens (Ed25519 JWTs); the token's `kid` picks the tenant in a
 //!   [`directory::Directory`] that files ([`files`]) or the control plane keep up to date.
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 pub mod directory;
 pub mod files;
+pub mod rules;
 pub mod token;
 
 use starling_codec::{Connect, ReasonCode};
@@ -112,16 +114,31 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// `--auth none`: everyone into one tenant, everything allowed.
+/// `--auth none`: everyone into one tenant, with what the listener's access rules allow.
 #[derive(Debug, Clone)]
 pub struct NoAuth {
     tenant: Arc<Tenant>,
+    permissions: Arc<dyn Permissions>,
 }
 
 impl NoAuth {
-    /// Lets everyone into `tenant`.
+    /// Lets everyone into `tenant`, everything allowed.
     pub fn new(tenant: Arc<Tenant>) -> Self {
-        NoAuth { tenant }
+        NoAuth {
+            tenant,
+            permissions: Arc::new(AllowAll),
+        }
+    }
+
+    /// Lets everyone into `tenant`, with what `rules` allow (everything when there are none).
+    pub fn with_rules(tenant: Arc<Tenant>, rules: Vec<rules::AccessRule>) -> Self {
+        if rules.is_empty() {
+            return NoAuth::new(tenant);
+        }
+        NoAuth {
+            tenant,
+            permissions: Arc::new(rules::AccessRules::new(rules)),
+        }
     }
 }
 
@@ -130,7 +147,7 @@ impl Authenticator for NoAuth {
         Ok(Authenticated {
             tenant: self.tenant.clone(),
             bound_client_id: None,
-            permissions: Arc::new(AllowAll),
+            permissions: self.permissions.clone(),
             credential: None,
         })
     }
