@@ -277,6 +277,8 @@ pub struct LimitsConfig {
     pub max_publish_rate: Option<f64>,
     pub publish_burst: Option<u32>,
     pub slow_consumer_grace_ms: Option<u64>,
+    pub close_linger_ms: Option<u64>,
+    pub max_lingering: Option<usize>,
 }
 
 /// Effective limits after the profile and explicit values are combined.
@@ -327,6 +329,12 @@ pub struct Limits {
     /// How long a QoS 1/2 publisher waits for a congested subscriber's outbox to drain before
     /// that subscriber is disconnected (0x97) as a slow consumer.
     pub slow_consumer_grace: Duration,
+    /// How long a connection the broker closed keeps reading what its client still sends, so
+    /// the client reads the last packets before the socket goes (0 = close at once).
+    pub close_linger: Duration,
+    /// Most closed connections lingering at once, across every listener; beyond it a socket
+    /// closes at once.
+    pub max_lingering: usize,
 }
 
 impl Limits {
@@ -356,6 +364,8 @@ impl Limits {
                 max_publish_rate: 0.0,
                 publish_burst: 0,
                 slow_consumer_grace: Duration::from_secs(5),
+                close_linger: Duration::from_secs(2),
+                max_lingering: 10_000,
             },
             Profile::Cloudflare => Limits {
                 max_packet_size: 64 * 1024,
@@ -380,6 +390,8 @@ impl Limits {
                 max_publish_rate: 10.0,
                 publish_burst: 10,
                 slow_consumer_grace: Duration::from_secs(5),
+                close_linger: Duration::from_secs(2),
+                max_lingering: 10_000,
             },
         }
     }
@@ -421,7 +433,9 @@ impl LimitsConfig {
             max_retained_messages,
             max_publish_rate,
             publish_burst,
-            slow_consumer_grace_ms
+            slow_consumer_grace_ms,
+            close_linger_ms,
+            max_lingering
         );
         l
     }
@@ -452,13 +466,17 @@ impl LimitsConfig {
             max_connections,
             max_retained_messages,
             max_publish_rate,
-            publish_burst
+            publish_burst,
+            max_lingering
         );
         if let Some(s) = self.connect_timeout_secs {
             l.connect_timeout = Duration::from_secs(s);
         }
         if let Some(ms) = self.slow_consumer_grace_ms {
             l.slow_consumer_grace = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.close_linger_ms {
+            l.close_linger = Duration::from_millis(ms);
         }
         l
     }

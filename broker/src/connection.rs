@@ -26,7 +26,7 @@ use starling_codec::{
     PubComp, PubRec, PubRel, Publish, PublishProperties, QoS, ReasonCode, RetainHandling, SubAck,
     Subscribe, UnsubAck, Unsubscribe, topic,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -39,6 +39,8 @@ use crate::metrics::{CodeLabels, DropReason, Metrics, QosLabels};
 use crate::router::{Routed, SubscribeError};
 use crate::session::{Inflight, PendingWill, Session, SessionState, SubscriptionRecord};
 use crate::tenant::{Tenant, split_shared};
+use crate::transport::close::{Ending, Linger};
+use crate::transport::{self, AsyncIo};
 
 /// Flush the write buffer once it holds this much, even in the middle of a wake-up.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -95,6 +97,18 @@ impl Close {
     fn from_decode(e: &DecodeError) -> Self {
         Close::protocol(e.reason_code(), e.rule())
     }
+
+    /// How the socket ends (a WebSocket's close code): by the reason of a close the broker
+    /// decided; normally when the client ended it.
+    fn ending(&self) -> Ending {
+        if self.reason == ReasonCode::SERVER_SHUTTING_DOWN {
+            Ending::GoingAway
+        } else if self.send {
+            Ending::for_reason(self.reason)
+        } else {
+            Ending::Normal
+        }
+    }
 }
 
 /// Serves one connection until it ends. Never panics on client input.
@@ -102,17 +116,20 @@ impl Close {
 /// The task of an idle connection is mostly this future, so it stays small: the handshake
 /// (CONNECT with its timeout, authentication, a session takeover, a refusal's CONNACK) and the
 /// closing writes run in futures of their own on the heap, which exist only while they run.
+/// The socket's close and linger ([`transport::close`]) come last, once the session is released
+/// and the will decided, so they delay nothing else.
 pub async fn serve<IO>(io: IO, remote: SocketAddr, ctx: ConnectionContext)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    IO: AsyncIo,
 {
     let Some(mut conn) = Box::pin(handshake(io, remote, ctx)).await else {
         return;
     };
     let close = conn.run().await;
     let tenant = conn.tenant().clone();
-    Box::pin(conn.finish(close)).await;
+    let closing = conn.finish(close);
     tenant.close_connection();
+    Box::pin(closing.close()).await;
 }
 
 /// Reads and answers CONNECT; the connection, ready to run, when it was accepted.
@@ -122,7 +139,7 @@ async fn handshake<IO>(
     ctx: ConnectionContext,
 ) -> Option<Connection<IO>>
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    IO: AsyncIo,
 {
     // Room for a typical CONNECT; the decoder reserves more for a larger one.
     let mut rbuf = BytesMut::with_capacity(CONNECT_READ);
@@ -142,29 +159,11 @@ where
                 })
                 .inc();
             debug!(%remote, reason = e.reason_code().0, rule = e.rule(), "invalid CONNECT");
-            // [MQTT-3.1.2-2] an unsupported protocol level gets CONNACK 0x01 (3.1.1 form); a v5
-            // CONNECT gets the reason code; 3.1.1 has return codes only for some refusals
-            // ([MQTT-3.1.3-8] identifier rejected), otherwise the connection just closes.
             let reason = e.reason_code();
-            let version = match level {
-                _ if reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => {
-                    Some(ProtocolVersion::V3_1_1)
-                }
-                Some(5) => Some(ProtocolVersion::V5),
-                Some(4) if matches!(reason.0, 0x85..=0x87) => Some(ProtocolVersion::V3_1_1),
-                Some(3) if matches!(reason.0, 0x85..=0x87) => Some(ProtocolVersion::V3_1),
-                _ => None,
-            };
-            if let Some(version) = version {
-                let _ = write_connack(
-                    &mut io,
-                    &ctx.metrics,
-                    version,
-                    reason,
-                    ConnAckProperties::default(),
-                )
-                .await;
-            }
+            let connack = refusal_connack_version(level, reason).map(|version| {
+                encode_connack(version, reason, ConnAckProperties::default(), u32::MAX)
+            });
+            Box::pin(close_refused(io, connack.unwrap_or_default(), reason, &ctx)).await;
             return None;
         }
         Err(_elapsed) => {
@@ -175,6 +174,13 @@ where
                 })
                 .inc();
             debug!(%remote, "no CONNECT within the connect timeout");
+            Box::pin(close_refused(
+                io,
+                BytesMut::new(),
+                ReasonCode::PROTOCOL_ERROR,
+                &ctx,
+            ))
+            .await;
             return None;
         }
     };
@@ -199,7 +205,11 @@ where
             if connect.properties.request_problem_information != Some(0) {
                 props.reason_string = Some(MqttString::from(refusal.1));
             }
-            let _ = write_connack(&mut io, &ctx.metrics, version, refusal.0, props).await;
+            // Without the reason string when it would not fit the client's limit [MQTT-3.2.2-19].
+            let max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+            let connack = encode_connack(version, refusal.0, props, max);
+            drop(connect);
+            Box::pin(close_refused(io, connack, refusal.0, &ctx)).await;
             return None;
         }
     };
@@ -299,26 +309,58 @@ fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 2 + name_len).copied()
 }
 
-async fn write_connack<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    metrics: &Metrics,
+/// The form of the CONNACK refusing an invalid CONNECT whose protocol level byte is `level`, or
+/// none when the connection just closes.
+fn refusal_connack_version(level: Option<u8>, reason: ReasonCode) -> Option<ProtocolVersion> {
+    match level {
+        // [MQTT-3.1.2-2] an unsupported protocol level gets CONNACK 0x01 (3.1.1 form).
+        _ if reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => Some(ProtocolVersion::V3_1_1),
+        Some(5) => Some(ProtocolVersion::V5),
+        // 3.1.1 has return codes only for some refusals ([MQTT-3.1.3-8] identifier rejected),
+        // otherwise the connection just closes.
+        Some(4) if matches!(reason.0, 0x85..=0x87) => Some(ProtocolVersion::V3_1_1),
+        Some(3) if matches!(reason.0, 0x85..=0x87) => Some(ProtocolVersion::V3_1),
+        _ => None,
+    }
+}
+
+/// A refusing CONNACK, encoded within the client's Maximum Packet Size `max`.
+fn encode_connack(
     version: ProtocolVersion,
     reason: ReasonCode,
     properties: ConnAckProperties,
-) -> std::io::Result<()> {
+    max: u32,
+) -> BytesMut {
     let mut buf = BytesMut::new();
     let packet = Packet::ConnAck(ConnAck {
         session_present: false,
         reason,
         properties,
     });
-    if packet.encode(version, &mut buf).is_ok() {
-        io.write_all(&buf).await?;
-        io.flush().await?;
-        metrics.bytes_out.inc_by(buf.len() as u64);
+    if let Err(e) = packet.encode_within(version, max, &mut buf) {
+        debug!(error = %e, "refusing CONNACK not sent");
     }
-    let _ = io.shutdown().await;
-    Ok(())
+    buf
+}
+
+/// Ends a connection refused before it was accepted: `pending` (its CONNACK, if any) is written
+/// and the socket closed with a linger ([`transport::close`]).
+async fn close_refused<IO: AsyncIo>(
+    io: IO,
+    pending: BytesMut,
+    reason: ReasonCode,
+    ctx: &ConnectionContext,
+) {
+    let ending = Ending::for_reason(reason);
+    transport::close::close(io, pending, ending, linger(&ctx.limits), &ctx.metrics).await;
+}
+
+/// The linger of a closing connection of a listener with `limits`.
+fn linger(limits: &Limits) -> Linger {
+    Linger {
+        duration: limits.close_linger,
+        max_sockets: limits.max_lingering,
+    }
 }
 
 /// A CONNECT that was accepted: the session is attached and the CONNACK is encoded.
@@ -522,7 +564,12 @@ async fn accept_connect(
         reason: ReasonCode::SUCCESS,
         properties: props,
     });
-    let _ = packet.encode(version, &mut connack);
+    // Within the client's Maximum Packet Size [MQTT-3.1.2-24]; a CONNACK that cannot fit it is
+    // not sent [MQTT-3.1.2-25].
+    let max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
+    if let Err(e) = packet.encode_within(version, max, &mut connack) {
+        debug!(error = %e, "CONNACK not sent");
+    }
 
     ctx.metrics.connects.inc();
     ctx.metrics.connections.inc();
@@ -683,7 +730,7 @@ async fn next_verdict(hook: &mut Option<Box<HookPending>>) -> Option<HookDone> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
+impl<IO: AsyncIo> Connection<IO> {
     fn tenant(&self) -> &Arc<Tenant> {
         &self.auth.tenant
     }
@@ -931,10 +978,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 
     fn send(&mut self, packet: &Packet) {
-        // Encoding into a BytesMut only fails for values the codec cannot represent, which the
-        // broker never builds; such a packet is skipped rather than crashing the connection.
-        if let Err(e) = packet.encode(self.version, &mut self.wbuf) {
-            debug!(error = %e, "packet not encodable");
+        // Within the client's Maximum Packet Size: the codec leaves out the Reason String and
+        // User Properties of a packet that would exceed it [MQTT-3.1.2-24], and a packet too
+        // large even then is skipped [MQTT-3.1.2-25]. Other failures are for values the codec
+        // cannot represent, which the broker never builds; such a packet is skipped rather than
+        // crashing the connection.
+        if let Err(e) = packet.encode_within(self.version, self.client_max_packet, &mut self.wbuf) {
+            debug!(error = %e, "packet not sent");
         }
     }
 
@@ -1569,38 +1619,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
     }
 
-    /// Ends the connection: DISCONNECT if due, will, session expiry or end.
-    async fn finish(mut self, close: Close) {
+    /// Ends the connection: DISCONNECT if due, will, session expiry or end. The socket is
+    /// closed after, by what this returns, so its linger delays none of it.
+    fn finish(mut self, close: Close) -> Closing<IO> {
         if close.send && self.version == ProtocolVersion::V5 && close.reason.0 >= 0x80 {
             let mut properties = DisconnectProperties::default();
             if self.problem_info {
                 properties.reason_string = Some(MqttString::from(close.what));
             }
-            let packet = Packet::Disconnect(Disconnect {
+            // [MQTT-3.14.2-3] the reason string goes only when it fits the client's limit.
+            self.send(&Packet::Disconnect(Disconnect {
                 reason: close.reason,
                 properties,
-            });
-            // [MQTT-3.1.2-24] the reason string goes only when it fits the client's limit.
-            if packet.encoded_len(self.version) > self.client_max_packet as usize {
-                self.send(&Packet::Disconnect(Disconnect {
-                    reason: close.reason,
-                    properties: DisconnectProperties::default(),
-                }));
-            } else {
-                self.send(&packet);
-            }
+            }));
         }
-        if !self.wbuf.is_empty() {
-            let written = tokio::time::timeout(Duration::from_secs(1), async {
-                self.io.write_all(&self.wbuf).await?;
-                self.io.flush().await
-            })
-            .await;
-            if let Ok(Ok(())) = written {
-                self.ctx.metrics.bytes_out.inc_by(self.wbuf.len() as u64);
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        // Written by `Closing::close`, with the socket's close.
+        let pending = std::mem::take(&mut self.wbuf);
+        let ending = close.ending();
         self.ctx.metrics.connections.dec();
         if close.reason.0 >= 0x80 && close.reason != ReasonCode::SESSION_TAKEN_OVER && close.send {
             self.ctx
@@ -1631,7 +1666,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 publish_will(&tenant, w);
             }
             end_session(&tenant, &session, self.state);
-            return;
+            return Closing::new(self.io, pending, ending, &self.ctx);
         }
         // The will waits for its delay, or for the end of the session if that comes first
         // [MQTT-3.1.2-8].
@@ -1667,6 +1702,40 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             });
         }
         drop(self.state);
+        Closing::new(self.io, pending, ending, &self.ctx)
+    }
+}
+
+/// The last step of a connection: what is still to be written, and how the socket ends.
+struct Closing<IO> {
+    io: IO,
+    pending: BytesMut,
+    ending: Ending,
+    linger: Linger,
+    metrics: Arc<Metrics>,
+}
+
+impl<IO: AsyncIo> Closing<IO> {
+    fn new(io: IO, pending: BytesMut, ending: Ending, ctx: &ConnectionContext) -> Self {
+        Closing {
+            io,
+            pending,
+            ending,
+            linger: linger(&ctx.limits),
+            metrics: ctx.metrics.clone(),
+        }
+    }
+
+    /// Writes what is pending, closes the write side and lingers ([`transport::close`]).
+    async fn close(self) {
+        transport::close::close(
+            self.io,
+            self.pending,
+            self.ending,
+            self.linger,
+            &self.metrics,
+        )
+        .await;
     }
 }
 

@@ -105,6 +105,10 @@ pub struct Metrics {
     pub hook_latency: Histogram,
     /// Messages waiting in the hooks' queues for a request.
     pub hook_queue: Gauge,
+    /// Sockets the broker closed that linger, reading what their client still sends.
+    pub lingering: Gauge,
+    /// Sockets closed at once because `limits.max_lingering` sockets were lingering.
+    pub linger_skipped: Counter,
     registry: Registry,
 }
 
@@ -131,6 +135,8 @@ impl Metrics {
             hook_requests: Family::default(),
             hook_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             hook_queue: Gauge::default(),
+            lingering: Gauge::default(),
+            linger_skipped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -210,6 +216,16 @@ impl Metrics {
             "hook_queue",
             "Messages waiting for an on-publish hook request",
             m.hook_queue.clone(),
+        );
+        registry.register(
+            "lingering_sockets",
+            "Closed connections still reading what their client sends, before the socket is dropped",
+            m.lingering.clone(),
+        );
+        registry.register(
+            "linger_skipped",
+            "Connections closed without lingering because too many sockets were lingering",
+            m.linger_skipped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -21,8 +21,9 @@
 //! must run in the connection's own task, never in the accept loop itself, so one slow
 //! handshake never delays another. The result is an [`Accepted`] whose `io` is a boxed
 //! [`AsyncIo`]: read MQTT bytes from it, write packets to it and call `flush` once per batch (on
-//! WebSockets each flush sends one binary message), `shutdown` at the end (on WebSockets: close
-//! 1000). The MQTT CONNECT timeout starts after `accept` returns.
+//! WebSockets each flush sends one binary message), and end it with [`close::close`], which says
+//! why it ends (on WebSockets the close code), closes the write side and lingers until the client
+//! closes too. The MQTT CONNECT timeout starts after `accept` returns.
 //!
 //! A refusal is a [`TransportError`]: `accept` has already answered the client where the
 //! protocol allows (a TLS alert, an HTTP 400/426/431) and logged it at debug; the caller counts it
@@ -42,15 +43,48 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+pub use close::Ending;
+
+pub mod close;
 pub mod config;
 pub mod dev_tls;
 pub mod tls;
 pub mod ws;
 
 /// A transport's byte stream, as the connection task sees it.
-pub trait AsyncIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub trait AsyncIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// Says why the connection ends, before `shutdown`: a WebSocket sends it as the close
+    /// frame's code. TCP and TLS have no such field and ignore it.
+    fn set_ending(&mut self, ending: Ending) {
+        let _ = ending;
+    }
+}
 
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AsyncIo for T {}
+impl AsyncIo for TcpStream {}
+
+impl AsyncIo for tokio::io::DuplexStream {}
+
+impl<S: AsyncIo> AsyncIo for tokio_rustls::server::TlsStream<S> {}
+
+impl<S: AsyncIo> AsyncIo for tokio_rustls::client::TlsStream<S> {}
+
+impl<S: AsyncIo> AsyncIo for Rewind<S> {
+    fn set_ending(&mut self, ending: Ending) {
+        self.inner.set_ending(ending);
+    }
+}
+
+impl<S: AsyncIo> AsyncIo for ws::WsStream<S> {
+    fn set_ending(&mut self, ending: Ending) {
+        ws::WsStream::set_ending(self, ending);
+    }
+}
+
+impl AsyncIo for Box<dyn AsyncIo> {
+    fn set_ending(&mut self, ending: Ending) {
+        (**self).set_ending(ending);
+    }
+}
 
 pub use crate::config::ListenerKind;
 

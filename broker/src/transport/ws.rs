@@ -16,6 +16,11 @@
 //! [MQTT-6.0.0-1]; a frame or message above the limits with 1009; a protocol violation with 1002.
 //! Pings are answered by tungstenite. Writes are gathered and each flush sends them as one binary
 //! message.
+//!
+//! The end follows RFC 6455 section 7.1: `shutdown` sends the close frame with the code
+//! [`WsStream::set_ending`] chose (1000 by default), reads go on until the client's close frame
+//! (and return end of stream then), and only a `shutdown` after that closes the TCP connection,
+//! the server first. [`super::close::close`] does exactly that.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +34,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
+
+use super::Ending;
 
 /// The subprotocols we speak, in order of preference.
 pub const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -343,10 +350,17 @@ enum State {
     Closed,
 }
 
+/// The close code for an ending.
+fn close_code(ending: Ending) -> CloseCode {
+    CloseCode::from(ending.close_code())
+}
+
 /// A WebSocket connection as a byte stream (`AsyncRead + AsyncWrite`).
 ///
 /// Reads return the payload of binary messages in order, regardless of frame boundaries. Writes
-/// are gathered; `flush` sends them as one binary message. `shutdown` sends close 1000.
+/// are gathered; `flush` sends them as one binary message. `shutdown` sends the close frame
+/// (1000 unless [`WsStream::set_ending`] said otherwise), and closes the TCP connection once the
+/// client's close frame is in.
 pub struct WsStream<S> {
     inner: WebSocketStream<S>,
     /// The unread rest of the last binary message.
@@ -356,6 +370,10 @@ pub struct WsStream<S> {
     max_write_message: usize,
     state: State,
     close_sent: bool,
+    /// The client's close frame is in, or the connection is gone: the TCP connection may close.
+    peer_closed: bool,
+    /// The code of the close frame `shutdown` sends.
+    ending: CloseCode,
 }
 
 impl<S> std::fmt::Debug for WsStream<S> {
@@ -398,7 +416,14 @@ where
             max_write_message: max_write_message.max(1),
             state: State::Open,
             close_sent: false,
+            peer_closed: false,
+            ending: CloseCode::Normal,
         }
+    }
+
+    /// The close code `shutdown` sends; no effect once a close frame went out.
+    pub fn set_ending(&mut self, ending: Ending) {
+        self.ending = close_code(ending);
     }
 
     /// The transport below the WebSocket framing.
@@ -468,8 +493,11 @@ where
                 State::Failing { frame, .. } => {
                     let frame = frame.clone();
                     // Best effort: the close frame may not get out when the peer is gone.
-                    let _ = ready!(this.poll_send_close(cx, frame));
-                    let err = match std::mem::replace(&mut this.state, State::Closed) {
+                    if ready!(this.poll_send_close(cx, frame)).is_err() {
+                        this.peer_closed = true;
+                    }
+                    // Reads go on until the client's close frame (the linger reads them).
+                    let err = match std::mem::replace(&mut this.state, State::Open) {
                         State::Failing { error: Some(e), .. } => e,
                         _ => io::Error::new(io::ErrorKind::InvalidData, "websocket failed"),
                     };
@@ -486,8 +514,12 @@ where
                     "binary frames only",
                     io::Error::new(io::ErrorKind::InvalidData, "websocket text frame"),
                 ),
-                // tungstenite queued the reply; the next poll flushes it and ends the stream.
-                Some(Ok(Message::Close(_))) => this.close_sent = true,
+                // tungstenite queued the reply (unless the close was ours); the next poll flushes
+                // it and ends the stream.
+                Some(Ok(Message::Close(_))) => {
+                    this.close_sent = true;
+                    this.peer_closed = true;
+                }
                 // Pongs are queued by tungstenite and flushed on the next read or write.
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Err(WsProtoError::Capacity(e))) => this.fail(
@@ -510,9 +542,13 @@ where
                 ),
                 Some(Err(e)) => {
                     this.state = State::Closed;
+                    this.peer_closed = true;
                     return Poll::Ready(Err(into_io(e)));
                 }
-                None => this.state = State::Closed,
+                None => {
+                    this.state = State::Closed;
+                    this.peer_closed = true;
+                }
             }
         }
     }
@@ -582,11 +618,17 @@ where
         let this = &mut *self;
         if !this.close_sent && matches!(this.state, State::Open) {
             ready!(this.poll_send_buffered(cx))?;
-            // RFC 6455 section 7.4.1: 1000, normal closure.
-            ready!(this.poll_send_close(cx, close_frame(CloseCode::Normal, "")))?;
+            // RFC 6455 section 7.4.1: 1000 normal, 1001 going away, 1002 protocol error, 1008
+            // policy violation, 1009 too big.
+            ready!(this.poll_send_close(cx, close_frame(this.ending, "")))?;
         } else {
             // Already closing: finish flushing what is queued; the peer may be gone.
             let _ = ready!(Pin::new(&mut this.inner).poll_flush(cx));
+        }
+        if !this.peer_closed {
+            // RFC 6455 section 7.1.1: the server closes the TCP connection after the close
+            // handshake; reads return end of stream once the client's close frame is in.
+            return Poll::Ready(Ok(()));
         }
         Pin::new(this.inner.get_mut()).poll_shutdown(cx)
     }
