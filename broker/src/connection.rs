@@ -313,7 +313,13 @@ fn peek_protocol_level(buf: &[u8]) -> Option<u8> {
 /// none when the connection just closes.
 fn refusal_connack_version(level: Option<u8>, reason: ReasonCode) -> Option<ProtocolVersion> {
     match level {
-        // [MQTT-3.1.2-2] an unsupported protocol level gets CONNACK 0x01 (3.1.1 form).
+        // [MQTT-3.1.2-2] an unsupported protocol version gets 0x84 and the connection closes,
+        // in the form the client reads: the 5.0 CONNACK for level 5 and later, the 3.1.1 one
+        // (return code 0x01, unacceptable protocol level) for earlier and unknown levels. The
+        // high bit (Mosquitto's bridge flag) is not part of the level.
+        Some(l) if reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION && l & 0x7F >= 5 => {
+            Some(ProtocolVersion::V5)
+        }
         _ if reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => Some(ProtocolVersion::V3_1_1),
         Some(5) => Some(ProtocolVersion::V5),
         // 3.1.1 has return codes only for some refusals ([MQTT-3.1.3-8] identifier rejected),

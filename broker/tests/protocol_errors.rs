@@ -169,32 +169,6 @@ async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
 }
 
 #[tokio::test]
-async fn unsupported_protocol_level_gets_connack_0x01() {
-    timed!(async {
-        let b = TestBroker::start().await;
-        let mut c = b.raw_v3().await;
-        // CONNECT "MQTT" level 6.
-        c.send_bytes(&[
-            0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x01,
-            b'x',
-        ])
-        .await;
-        let mut buf = [0u8; 4];
-        use tokio::io::AsyncReadExt;
-        tokio::time::timeout(WAIT, c.stream.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            buf,
-            [0x20, 0x02, 0x00, 0x01],
-            "3.1.1 CONNACK, refused: protocol version"
-        );
-        broker_still_serves(&b).await;
-    })
-}
-
-#[tokio::test]
 async fn session_expiry_on_disconnect_after_zero_is_a_protocol_error() {
     timed!(async {
         let b = TestBroker::start().await;

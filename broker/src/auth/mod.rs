@@ -143,21 +143,20 @@ impl NoAuth {
 }
 
 impl Authenticator for NoAuth {
-    fn authenticate(&self, _info: &ConnectInfo<'_>) -> Result<Authenticated, Refusal> {
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> Result<Authenticated, Refusal> {
+        if info.connect.properties.authentication_method.is_some() {
+            // [MQTT-4.12.0-1] no extended authentication here: a method the server does not
+            // support gets 0x8C and the connection closes.
+            return Err(Refusal::new(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "bad_authentication_method",
+            ));
+        }
         Ok(Authenticated {
             tenant: self.tenant.clone(),
             bound_client_id: None,
             permissions: self.permissions.clone(),
             credential: None,
         })
-    }
-
-    fn reauthenticate(
-        &self,
-        current: &Authenticated,
-        _method: &str,
-        _data: &[u8],
-    ) -> Result<Authenticated, Refusal> {
-        Ok(current.clone())
     }
 }
