@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MQTT.js in Node against the starling-broker binary: ws://, wss:// trusting the --dev-tls CA,
-# mqtts:// and raw MQTT on the wss port, messages crossing transports (node's test runner).
+# mqtts:// and raw MQTT on the wss port, messages crossing transports, and 200 clean ends in a
+# row over ws:// and wss:// (node's test runner).
 # The tests start the broker on loopback port 0 and stop it themselves.
 set -euo pipefail
 cd "$STARLING_ROOT"
@@ -9,4 +10,4 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directo
 export STARLING_BROKER_BIN="$target_dir/debug/starling-broker"
 [ -d tests/node/node_modules ] || (cd tests/node && npm ci --no-audit --no-fund --silent)
 cd tests/node
-timeout 600 node --test --test-concurrency=1 transport.test.mjs
+timeout 600 node --test --test-concurrency=1 transport.test.mjs close.test.mjs
