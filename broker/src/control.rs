@@ -8,6 +8,10 @@
 //! hold that private key) so a restart during an outage of the api still serves. 304 means no
 //! change; 410 means the broker was deleted: its clients are disconnected and its saved state
 //! removed. Any failure keeps the last state and retries with exponential backoff and jitter.
+//!
+//! Every poll also reports the process's counters ([`StatsReport`]: connections, messages in and
+//! out, drops; counts only) in the [`STATS_HEADER`] header, which the control plane keeps for its
+//! health view.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,11 +30,74 @@ use tracing::{info, warn};
 use crate::auth::directory::{Directory, TenantState};
 use crate::hook::HookTarget;
 use crate::http::Readiness;
+use crate::metrics::Metrics;
 
 /// How long one long-poll may wait at the api.
 const WAIT_SECS: u64 = 30;
 /// A state document larger than this is refused.
 const MAX_STATE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The request header of a state-feed poll that carries the broker's [`StatsReport`].
+pub const STATS_HEADER: &str = "x-starling-broker-stats";
+
+/// The longest [`STATS_HEADER`] value read.
+const MAX_STATS_LEN: usize = 256;
+
+/// A small summary of a broker process's counters, sent with every state-feed poll:
+/// `instance=<id>; connections=N; messages_in=N; messages_out=N; dropped=N`. Counts only (never
+/// a topic, a client id or a secret); the counters are the process's since it started (a process
+/// serving several tenants reports the same figures for each).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatsReport {
+    /// Which process reports (random per process and tenant; 1 to 64 of `[A-Za-z0-9_-]`).
+    pub instance: String,
+    /// Connections open now.
+    pub connections: u64,
+    /// PUBLISH packets received since start.
+    pub messages_in: u64,
+    /// PUBLISH packets sent since start.
+    pub messages_out: u64,
+    /// Messages dropped since start, for any reason.
+    pub dropped: u64,
+}
+
+impl StatsReport {
+    /// The header value.
+    pub fn to_header(&self) -> String {
+        format!(
+            "instance={}; connections={}; messages_in={}; messages_out={}; dropped={}",
+            self.instance, self.connections, self.messages_in, self.messages_out, self.dropped
+        )
+    }
+
+    /// Reads a header value; `None` when it is longer than 256 bytes, has no valid `instance`,
+    /// or a known key with a value that is not a count. Unknown keys are skipped, so a newer
+    /// broker can add figures.
+    pub fn parse(text: &str) -> Option<StatsReport> {
+        if text.len() > MAX_STATS_LEN {
+            return None;
+        }
+        let mut report = StatsReport::default();
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=')?;
+            let count = || value.trim().parse::<u64>().ok();
+            match key.trim() {
+                "instance" => report.instance = value.trim().to_string(),
+                "connections" => report.connections = count()?,
+                "messages_in" => report.messages_in = count()?,
+                "messages_out" => report.messages_out = count()?,
+                "dropped" => report.dropped = count()?,
+                _ => {}
+            }
+        }
+        let id_ok = (1..=64).contains(&report.instance.len())
+            && report
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        id_ok.then_some(report)
+    }
+}
 
 /// One tenant served in managed mode.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -282,15 +349,17 @@ fn save(data_dir: &Path, broker_id: &str, body: &[u8]) {
     }
 }
 
-/// Follows the feed of one tenant until `stop`.
+/// Follows the feed of one tenant until `stop`, reporting `metrics` with every poll.
 pub async fn follow(
     tenant: ManagedTenant,
     directory: Arc<Directory>,
     readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
     data_dir: Option<PathBuf>,
     mut has_state: bool,
     stop: CancellationToken,
 ) {
+    let instance = format!("{:016x}", rand::rng().random::<u64>());
     let client = match http_client() {
         Ok(c) => c,
         Err(e) => {
@@ -303,8 +372,12 @@ pub async fn follow(
     let mut failures: u32 = 0;
     let id = tenant.broker_id.as_str();
     loop {
+        let stats = StatsReport {
+            instance: instance.clone(),
+            ..metrics.summary()
+        };
         let outcome = tokio::select! {
-            o = poll_once(&client, &tenant, secret.as_deref(), version) => o,
+            o = poll_once(&client, &tenant, secret.as_deref(), version, &stats) => o,
             _ = stop.cancelled() => return,
         };
         let retry_after = match outcome {
@@ -419,6 +492,7 @@ async fn poll_once(
     tenant: &ManagedTenant,
     secret: Option<&str>,
     since: Option<u64>,
+    stats: &StatsReport,
 ) -> Poll {
     let mut uri = format!(
         "{}/internal/v1/brokers/{}/state?wait={WAIT_SECS}s",
@@ -428,7 +502,7 @@ async fn poll_once(
     if let Some(v) = since {
         uri.push_str(&format!("&since={v}"));
     }
-    let mut req = http::Request::get(&uri);
+    let mut req = http::Request::get(&uri).header(STATS_HEADER, stats.to_header());
     if let Some(s) = secret {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {s}"));
     }
@@ -576,6 +650,34 @@ mod tests {
         let seed = URL_SAFE_NO_PAD.encode(key.seed());
         assert!(!format!("{s:?}").contains(&seed));
         assert!(!format!("{:?}", s.tenant_state("b-1")).contains(&seed));
+    }
+
+    #[test]
+    fn stats_reports_read_back_and_bad_ones_are_refused() {
+        let r = StatsReport {
+            instance: "0123abcd".into(),
+            connections: 3,
+            messages_in: 10,
+            messages_out: 20,
+            dropped: 1,
+        };
+        assert_eq!(StatsReport::parse(&r.to_header()), Some(r.clone()));
+        assert_eq!(
+            StatsReport::parse(&format!("{}; newer=7", r.to_header())),
+            Some(r),
+            "unknown keys are skipped"
+        );
+        for bad in [
+            "connections=3",
+            "instance=; connections=3",
+            "instance=a b; connections=3",
+            "instance=p; connections=-1",
+            "instance=p; dropped=x",
+            "instance=p; novalue",
+            &format!("instance=p; x={}", "1".repeat(300)),
+        ] {
+            assert_eq!(StatsReport::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
                 tenant.clone(),
                 directory.clone(),
                 ready.clone(),
+                metrics.clone(),
                 config.data_dir.clone(),
                 has_state,
                 stop.clone(),
