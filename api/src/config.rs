@@ -38,6 +38,16 @@ pub struct Config {
     /// When set, every broker's `endpoint` is this URL: one listener serves every broker and the
     /// token's key picks the broker (as `starling-api dev` runs).
     pub endpoint: Option<String>,
+    /// When set, every broker's `wsEndpoint` (where browsers connect over secure WebSockets) is
+    /// this URL; otherwise `wss://<broker>.<namespace>.<domain>/mqtt`. The console's
+    /// Content-Security-Policy allows connections to its origin (otherwise to `wss://*.<domain>`).
+    pub ws_endpoint: Option<String>,
+    /// Serve the web console at `/console/`.
+    pub console: bool,
+    /// Set by `starling-api dev` only (never read from a file): its plain `ws://` listener, which
+    /// the console offers beside wss and its Content-Security-Policy allows.
+    #[serde(skip)]
+    pub dev_plain_ws: Option<String>,
     /// Key-encryption key: 32 bytes, base64 or hex.
     pub kek: Option<Secret>,
     /// A file holding the key-encryption key.
@@ -71,6 +81,9 @@ impl Default for Config {
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             domain: "starling.localhost".into(),
             endpoint: None,
+            ws_endpoint: None,
+            console: true,
+            dev_plain_ws: None,
             kek: None,
             kek_file: None,
             bootstrap_token: None,
@@ -112,9 +125,11 @@ impl Config {
             let Some(field) = k.strip_prefix("STARLING_API__") else {
                 continue;
             };
-            let value = match v.parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                Err(_) => toml::Value::String(v.clone()),
+            let value = match (v.parse::<i64>(), v.as_str()) {
+                (Ok(n), _) => toml::Value::Integer(n),
+                (_, "true") => toml::Value::Boolean(true),
+                (_, "false") => toml::Value::Boolean(false),
+                _ => toml::Value::String(v.clone()),
             };
             table.insert(field.to_ascii_lowercase(), value);
         }
@@ -126,6 +141,7 @@ impl Config {
             "database_url",
             "domain",
             "endpoint",
+            "ws_endpoint",
         ] {
             if let Some(toml::Value::Integer(n)) = table.get(field) {
                 let s = n.to_string();
@@ -199,6 +215,14 @@ impl Config {
                 problems.push("endpoint must be a URL such as mqtts://localhost:8883".into());
             }
         }
+        if let Some(e) = &self.ws_endpoint {
+            if crate::console::origin(e).is_none_or(|o| !o.starts_with("ws")) {
+                problems.push(
+                    "ws_endpoint must be a ws:// or wss:// URL such as wss://localhost:8884/mqtt"
+                        .into(),
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -227,6 +251,32 @@ mod tests {
         assert_eq!(c.kek, Some(Secret("1234".into())));
         assert_eq!(c.database_url, "sqlite::memory:");
         assert!(!format!("{c:?}").contains("1234"), "secrets are redacted");
+    }
+
+    #[test]
+    fn the_console_can_be_switched_off_and_ws_endpoint_must_be_a_websocket_url() {
+        let env = BTreeMap::from([("STARLING_API__CONSOLE".to_string(), "false".to_string())]);
+        assert!(!Config::load(None, &env).unwrap().console);
+        assert!(Config::default().console);
+        for (url, ok) in [
+            ("wss://mqtt.example.com/mqtt", true),
+            ("ws://127.0.0.1:8080/mqtt", true),
+            ("mqtts://localhost:8883", false),
+            ("wss://", false),
+        ] {
+            let c = Config {
+                ws_endpoint: Some(url.into()),
+                ..Config::default()
+            };
+            let Err(ConfigError::Invalid(problems)) = c.validate() else {
+                panic!("a default config lacks a database");
+            };
+            assert_eq!(
+                !problems.iter().any(|p| p.contains("ws_endpoint")),
+                ok,
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! connected clients at once. A broker's `on_publish.url` reaches it the same way, with the
 //! broker's current signing key and its hostname `<broker>.<namespace>.localhost` as the hook's
 //! `broker` field; the embedded broker allows http and loopback hook URLs, so a hook on the same
-//! machine works. The banner prints the account id and the environment for Cloudflare's CLI.
+//! machine works. The banner prints the console's URL, the account id and the environment for
+//! Cloudflare's CLI; the console's health charts show the embedded broker's counters, sampled
+//! every 2 s.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -202,16 +204,22 @@ pub async fn start(options: DevOptions, shutdown: CancellationToken) -> Result<D
     let broker = start_broker(&options, &dir)
         .await
         .inspect_err(|_| shutdown.cancel())?;
-    let mqtts_port = broker
-        .addr(ListenerKind::Mqtts)
-        .map_or(options.mqtts.port(), |a| a.port());
+    let listeners = BrokerListeners {
+        mqtts_port: broker
+            .addr(ListenerKind::Mqtts)
+            .map_or(options.mqtts.port(), |a| a.port()),
+        wss_port: broker
+            .addr(ListenerKind::Wss)
+            .map_or(options.wss.port(), |a| a.port()),
+        ws: broker.addr(ListenerKind::Ws).unwrap_or(options.ws),
+    };
     let api = start_api(
         &options,
         &dir,
         kek,
         &kek_text,
         &admin_token,
-        mqtts_port,
+        &listeners,
         &shutdown,
     )
     .await;
@@ -244,6 +252,11 @@ pub async fn start(options: DevOptions, shutdown: CancellationToken) -> Result<D
     tokio::spawn(follow_changes(
         state.clone(),
         broker.directory.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(sample_stats(
+        state.clone(),
+        broker.metrics.clone(),
         shutdown.clone(),
     ));
 
@@ -299,6 +312,13 @@ async fn start_broker(
     }
 }
 
+/// Where the embedded broker listens, as the api shows it.
+struct BrokerListeners {
+    mqtts_port: u16,
+    wss_port: u16,
+    ws: SocketAddr,
+}
+
 /// The api on SQLite, with brokers' endpoints at the embedded broker's mqtts port; on the first
 /// start it makes namespace `demo` with broker `demo`. Returns the api and a client token for
 /// `demo-client`.
@@ -308,7 +328,7 @@ async fn start_api(
     kek: Kek,
     kek_text: &str,
     admin_token: &str,
-    mqtts_port: u16,
+    listeners: &BrokerListeners,
     shutdown: &CancellationToken,
 ) -> Result<(crate::server::Running, String), DevError> {
     let config = Config {
@@ -317,7 +337,9 @@ async fn start_api(
         internal_addr: options.internal,
         domain: "localhost".into(),
         // One listener serves every broker, and the dev certificate names localhost.
-        endpoint: Some(format!("mqtts://localhost:{mqtts_port}")),
+        endpoint: Some(format!("mqtts://localhost:{}", listeners.mqtts_port)),
+        ws_endpoint: Some(format!("wss://localhost:{}/mqtt", listeners.wss_port)),
+        dev_plain_ws: Some(format!("ws://{}/mqtt", listeners.ws)),
         bootstrap_token: Some(Secret(admin_token.to_string())),
         kek: Some(Secret(kek_text.to_string())),
         ..Config::default()
@@ -525,6 +547,26 @@ async fn follow_changes(state: AppState, directory: Arc<Directory>, shutdown: Ca
     }
 }
 
+/// Samples the embedded broker's counters for the console's health charts, for every broker at
+/// once (see [`crate::stats::EMBEDDED`]).
+async fn sample_stats(
+    state: AppState,
+    metrics: Arc<starling_broker::metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(crate::stats::DEV_SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = crate::stats::Sample::new(state.clock.now_micros() / 1000, &metrics.summary());
+        state
+            .stats
+            .record(crate::stats::EMBEDDED, "embedded", sample);
+    }
+}
+
 /// The text `dev` prints: where everything is and what to paste.
 pub fn banner(info: &DevInfo) -> String {
     let o = &info.options;
@@ -532,6 +574,7 @@ pub fn banner(info: &DevInfo) -> String {
     format!(
         r##"Starling is running (data in {data}).
 
+  Console        {api}/console/   (sign in with the admin token)
   API            {api}   (OpenAPI: {api}/openapi.json)
   admin token    {admin}
   account        {account}

@@ -5,6 +5,7 @@
 //! serves until the shutdown token is cancelled. See `ARCHITECTURE.md`.
 
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod error;
 pub mod keys;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod store;
 
 pub use routes::{app, internal_app};

@@ -56,6 +56,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// The clock.
     pub clock: Clock,
+    /// The brokers' latest counter reports (the console's health charts).
+    pub stats: crate::stats::StatsBoard,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             config,
             metrics: Metrics::new(),
             clock: Clock::default(),
+            stats: crate::stats::StatsBoard::default(),
         }))
     }
 }

@@ -1898,7 +1898,451 @@ fn hex_key() -> String {
     "ab".repeat(32)
 }
 
+/// The console: `/console` redirects to `/console/`; every file is compiled in and served with
+/// the security headers (a strict CSP naming the brokers' WebSocket origins), revalidated by
+/// ETag; an unknown file is 404 with the same headers; `console = false` leaves it out.
+async fn console_is_served_with_a_strict_policy_and_etags() {
+    let api = api_with(Config {
+        ws_endpoint: Some("wss://localhost:8884/mqtt".into()),
+        ..Config::default()
+    })
+    .await;
+    let r = send(&api.app, Method::GET, "/console", None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(r.headers["location"], "/console/");
+    let r = send(&api.app, Method::GET, "/console/", None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self';"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("connect-src 'self' wss://localhost:8884;"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    let html = r.body.as_str().unwrap();
+    assert!(html.contains(r#"<script type="module" src="js/app.js">"#));
+    assert!(!html.contains("<script>"), "no inline script");
+    for (path, kind) in [
+        ("/console/js/app.js", "text/javascript; charset=utf-8"),
+        (
+            "/console/vendor/mqtt.esm.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/console/console.css", "text/css; charset=utf-8"),
+    ] {
+        let r = send(&api.app, Method::GET, path, None, None, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.headers["content-type"], kind, "{path}");
+        assert!(r.headers.contains_key("content-security-policy"), "{path}");
+        let etag = r.headers["etag"].to_str().unwrap().to_string();
+        let again = send(
+            &api.app,
+            Method::GET,
+            path,
+            None,
+            None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
+    }
+    let r = send(
+        &api.app,
+        Method::GET,
+        "/console/../Cargo.toml",
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(
+        &api.app,
+        Method::GET,
+        "/console/js/nope.js",
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.headers.contains_key("content-security-policy"));
+    let r = send(
+        &api.app,
+        Method::GET,
+        "/console/config.json",
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.body, json!({"devPlainWs": null}));
+
+    let off = api_with(Config {
+        console: false,
+        ..Config::default()
+    })
+    .await;
+    let r = send(&off.app, Method::GET, "/console/", None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// Brokers show where browsers connect: `wss://<broker>.<namespace>.<domain>/mqtt`, or the
+/// configured `ws_endpoint`, on both route sets.
+async fn brokers_show_their_websocket_endpoint() {
+    let api = api().await;
+    let (created, _) = api.broker(json!({"name": "b1"})).await;
+    assert_eq!(created["wsEndpoint"], "wss://b1.home.example.test/mqtt");
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{C}/namespaces/home/brokers/b1"),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["result"]["wsEndpoint"],
+        "wss://b1.home.example.test/mqtt"
+    );
+    let shared = api_with(Config {
+        ws_endpoint: Some("wss://localhost:8884/mqtt".into()),
+        ..Config::default()
+    })
+    .await;
+    let (created, _) = shared.broker(json!({"name": "b1"})).await;
+    assert_eq!(created["wsEndpoint"], "wss://localhost:8884/mqtt");
+}
+
+/// `GET .../credentials/issued`: every issued token's record (never the token), newest first,
+/// paged by cursor, filtered by client id, with whether its jti is revoked; read role suffices.
+async fn issued_token_records_page_newest_first_with_their_revocation() {
+    let api = api().await;
+    api.broker(json!({"name": "b1", "expiration": 600})).await;
+    let read = api.token("read").await;
+    let base = "/v1/namespaces/home/brokers/b1";
+    let mut issued = Vec::new();
+    for round in 0..3 {
+        let r = api
+            .call(
+                Method::GET,
+                &format!("{base}/credentials?topicAcl=%23&clientid=a{round}&clientid=b{round}"),
+                BOOTSTRAP,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        issued.extend(
+            r.body
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|t| t.as_str().unwrap().to_string()),
+        );
+        api.state.clock.advance(1);
+    }
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{base}/credentials/issued"),
+            &read,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let items = r.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 6);
+    assert_eq!(r.body["nextCursor"], Value::Null);
+    let times: Vec<i64> = items
+        .iter()
+        .map(|i| i["issuedAt"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    assert!(items[0]["clientId"].as_str().unwrap().ends_with('2'));
+    let listed = r.body.to_string();
+    assert!(
+        issued.iter().all(|t| !listed.contains(t.as_str())),
+        "never the token"
+    );
+    for i in &items {
+        assert_eq!(
+            i["expiresAt"].as_i64().unwrap(),
+            i["issuedAt"].as_i64().unwrap() + 600
+        );
+        assert_eq!(i["revoked"], false);
+        assert_eq!(i["jti"].as_str().unwrap().len(), 32);
+    }
+
+    // Pages of 4 and 2, each record once.
+    let r1 = api
+        .call(
+            Method::GET,
+            &format!("{base}/credentials/issued?limit=4"),
+            &read,
+            None,
+        )
+        .await;
+    assert_eq!(r1.body["items"].as_array().unwrap().len(), 4);
+    let cursor = r1.body["nextCursor"].as_str().unwrap().to_string();
+    let r2 = api
+        .call(
+            Method::GET,
+            &format!("{base}/credentials/issued?limit=4&cursor={cursor}"),
+            &read,
+            None,
+        )
+        .await;
+    let mut jtis: Vec<&str> = r1.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(r2.body["items"].as_array().unwrap())
+        .map(|i| i["jti"].as_str().unwrap())
+        .collect();
+    assert_eq!(r2.body["nextCursor"], Value::Null);
+    jtis.sort_unstable();
+    jtis.dedup();
+    assert_eq!(jtis.len(), 6);
+
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{base}/credentials/issued?clientid=b1"),
+            &read,
+            None,
+        )
+        .await;
+    let only: Vec<&Value> = r.body["items"].as_array().unwrap().iter().collect();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["clientId"], "b1");
+    let jti = only[0]["jti"].as_str().unwrap().to_string();
+    let r = api
+        .call(
+            Method::POST,
+            &format!("{base}/revocations?jti={jti}"),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{base}/credentials/issued?clientid=b1"),
+            &read,
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"][0]["revoked"], true);
+
+    for bad in ["cursor=nope", "cursor=YWJj", "limit=0", "limit=1001"] {
+        let r = api
+            .call(
+                Method::GET,
+                &format!("{base}/credentials/issued?{bad}"),
+                &read,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let r = api
+        .call(
+            Method::GET,
+            "/v1/namespaces/home/brokers/nope/credentials/issued",
+            &read,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(
+        &api.app,
+        Method::GET,
+        &format!("{base}/credentials/issued"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+/// `GET .../keys`: next and current keys, and after a rotation the retiring one with its retire
+/// time; public parts only.
+async fn keys_show_their_state_and_retire_time() {
+    let api = api().await;
+    api.broker(json!({"name": "b1"})).await;
+    let read = api.token("read").await;
+    let base = "/v1/namespaces/home/brokers/b1";
+    let r = api
+        .call(Method::GET, &format!("{base}/keys"), &read, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let states: Vec<&str> = r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2);
+    assert!(
+        states.contains(&"current") && states.contains(&"next"),
+        "{states:?}"
+    );
+    assert!(
+        r.body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["retireAt"].is_null())
+    );
+    let rotated = api
+        .call(
+            Method::POST,
+            &format!("{base}/keys/rotate?retire_after=60"),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let r = api
+        .call(Method::GET, &format!("{base}/keys"), &read, None)
+        .await;
+    let keys = r.body["keys"].as_array().unwrap();
+    let retiring = keys.iter().find(|k| k["status"] == "retiring").unwrap();
+    assert_eq!(retiring["kid"], rotated.body["retiringKid"]);
+    assert_eq!(retiring["retireAt"], rotated.body["retireAt"]);
+    let current = keys.iter().find(|k| k["status"] == "current").unwrap();
+    assert_eq!(current["kid"], rotated.body["currentKid"]);
+    assert!(!r.body.to_string().contains("sealed") && !r.body.to_string().contains("\"d\""));
+    // Past its retire time the key is gone from the list.
+    api.state.clock.advance(61);
+    let r = api
+        .call(Method::GET, &format!("{base}/keys"), &read, None)
+        .await;
+    assert!(
+        r.body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["status"] != "retiring")
+    );
+}
+
+/// A broker's counters arrive with its state-feed polls (`X-Starling-Broker-Stats`) and show at
+/// `GET .../stats` as chart points; a malformed report or a wrong secret records nothing and the
+/// poll is answered as usual; `dev`'s embedded broker stands for every broker.
+async fn stats_show_what_brokers_report_with_their_polls() {
+    let api = api().await;
+    let (created, secret) = api.broker(json!({"name": "b1"})).await;
+    let read = api.token("read").await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let stats = "/v1/namespaces/home/brokers/b1/stats";
+    let r = api.call(Method::GET, stats, &read, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.body["source"].clone(), r.body["points"].clone()),
+        (json!("none"), json!([]))
+    );
+
+    let poll = |secret: String, header: String| {
+        let internal = api.internal.clone();
+        let uri = format!("/internal/v1/brokers/{id}/state");
+        async move {
+            send(
+                &internal,
+                Method::GET,
+                &uri,
+                Some(&secret),
+                None,
+                &[("x-starling-broker-stats", &header)],
+            )
+            .await
+            .status
+        }
+    };
+    let report = |n: u64| {
+        format!(
+            "instance=pod-a; connections=3; messages_in={}; messages_out={}; dropped=0",
+            n,
+            2 * n
+        )
+    };
+    assert_eq!(poll(secret.clone(), report(10)).await, StatusCode::OK);
+    api.state.clock.advance(10);
+    assert_eq!(poll(secret.clone(), report(110)).await, StatusCode::OK);
+    assert_eq!(
+        poll(secret.clone(), "connections=9".into()).await,
+        StatusCode::OK,
+        "a bad report is ignored"
+    );
+    assert_eq!(
+        poll("sbs_wrong".into(), "instance=evil; connections=999".into()).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let r = api.call(Method::GET, stats, &read, None).await;
+    assert_eq!(r.body["source"], "reported");
+    let instances = r.body["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{:?}", r.body);
+    assert_eq!(instances[0]["instance"], "pod-a");
+    assert_eq!(instances[0]["messagesIn"], 110);
+    let points = r.body["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0]["connections"], 3);
+    // 100 and 200 more over the 10 s the clock moved (and the few milliseconds the test took).
+    let rate = |k: &str| points[0][k].as_f64().unwrap();
+    assert!(
+        (9.9..=10.0).contains(&rate("messagesInPerSec")),
+        "{:?}",
+        points[0]
+    );
+    assert!(
+        (19.8..=20.0).contains(&rate("messagesOutPerSec")),
+        "{:?}",
+        points[0]
+    );
+
+    api.state.stats.record(
+        starling_api::stats::EMBEDDED,
+        "embedded",
+        starling_api::stats::Sample {
+            at_ms: api.state.clock.now_micros() / 1000,
+            connections: 1,
+            messages_in: 0,
+            messages_out: 0,
+            dropped: 0,
+        },
+    );
+    let r = api.call(Method::GET, stats, &read, None).await;
+    assert_eq!(r.body["source"], "embedded");
+
+    let r = api
+        .call(
+            Method::GET,
+            "/v1/namespaces/home/brokers/nope/stats",
+            &read,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
 tests!(
+    console_is_served_with_a_strict_policy_and_etags,
+    brokers_show_their_websocket_endpoint,
+    issued_token_records_page_newest_first_with_their_revocation,
+    keys_show_their_state_and_retire_time,
+    stats_show_what_brokers_report_with_their_polls,
     start_refuses_without_a_key_encryption_key_and_serves_with_one_from_a_file,
     namespaces_native_crud_and_409_on_name_conflict,
     compat_routes_use_the_envelope_and_400_on_name_conflict,

@@ -505,6 +505,91 @@ async fn audit_log_lists_newest_first(store: Arc<dyn Store>) {
     assert!(store.list_audit("acct2", 10).await.unwrap().is_empty());
 }
 
+async fn issued_records_page_newest_first_and_show_revocations(store: Arc<dyn Store>) {
+    let (ns, b) = setup(&*store).await;
+    let other = broker_in(&*store, &ns, "other").await;
+    let record = |jti: &str, client: &str, at: i64| IssuedCredential {
+        jti: jti.into(),
+        client_id: client.into(),
+        kid: "k".into(),
+        issued_at: at,
+        expires_at: Some(at + 100),
+    };
+    // Two records share an issue time: the jti orders them.
+    let records = vec![
+        record("j1", "a", T),
+        record("j2", "b", T + 1),
+        record("j3", "a", T + 1),
+        record("j4", "b", T + 2),
+        record("j5", "a", T + 3),
+    ];
+    store.record_credentials(&b.id, &records).await.unwrap();
+    store
+        .record_credentials(&other.id, &[record("x1", "a", T + 9)])
+        .await
+        .unwrap();
+    store
+        .add_revocations(&b.id, &["j3".into()], 10, T)
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut before: Option<(i64, String)> = None;
+    loop {
+        let page = store
+            .list_issued(
+                &b.id,
+                None,
+                before.as_ref().map(|(a, j)| (*a, j.as_str())),
+                2,
+            )
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(
+            page.items
+                .iter()
+                .map(|r| (r.credential.jti.clone(), r.revoked)),
+        );
+        match page.next_after {
+            Some(c) => {
+                let (at, jti) = c.split_once(':').unwrap();
+                before = Some((at.parse().unwrap(), jti.to_string()));
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("j5".to_string(), false),
+            ("j4".into(), false),
+            ("j3".into(), true),
+            ("j2".into(), false),
+            ("j1".into(), false),
+        ],
+        "newest first, each once, another broker's left out"
+    );
+    let only_a = store.list_issued(&b.id, Some("a"), None, 10).await.unwrap();
+    let jtis: Vec<&str> = only_a
+        .items
+        .iter()
+        .map(|r| r.credential.jti.as_str())
+        .collect();
+    assert_eq!(jtis, vec!["j5", "j3", "j1"]);
+    assert_eq!(only_a.next_after, None);
+    assert_eq!(only_a.items[0].credential, record("j5", "a", T + 3));
+    // Expired records are collected with their revocations.
+    store.collect_expired(T + 101).await.unwrap();
+    let left = store.list_issued(&b.id, None, None, 10).await.unwrap();
+    let jtis: Vec<&str> = left
+        .items
+        .iter()
+        .map(|r| r.credential.jti.as_str())
+        .collect();
+    assert_eq!(jtis, vec!["j5", "j4"]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -542,4 +627,5 @@ conformance!(
     api_token_pages_follow_the_id_cursor,
     twenty_concurrent_identical_creates_give_one_success,
     audit_log_lists_newest_first,
+    issued_records_page_newest_first_and_show_revocations,
 );

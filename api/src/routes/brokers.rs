@@ -112,6 +112,10 @@ pub struct BrokerView {
     /// Where MQTT clients connect: `mqtts://<broker>.<namespace>.<domain>:8883`, or the api's
     /// configured `endpoint` when one listener serves every broker (`starling-api dev`).
     pub endpoint: String,
+    /// Where browsers connect (MQTT over secure WebSockets): `wss://<broker>.<namespace>.<domain>/mqtt`,
+    /// or the api's configured `ws_endpoint` when one listener serves every broker.
+    #[serde(rename = "wsEndpoint")]
+    pub ws_endpoint: String,
     /// The on-publish hook; left out when there is none, as in Cloudflare's examples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_publish: Option<OnPublish>,
@@ -268,6 +272,13 @@ pub fn hostname(broker: &str, namespace: &str, domain: &str) -> String {
 
 fn view(state: &AppState, b: Broker) -> BrokerView {
     BrokerView {
+        ws_endpoint: match &state.config.ws_endpoint {
+            Some(shared) => shared.clone(),
+            None => format!(
+                "wss://{}/mqtt",
+                hostname(&b.name, &b.namespace_name, &state.config.domain)
+            ),
+        },
         endpoint: match &state.config.endpoint {
             Some(shared) => shared.clone(),
             None => format!(
@@ -555,6 +566,7 @@ async fn delete(
         Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
         other => other?,
     }
+    state.stats.forget(&b.id);
     auth.audit(
         state,
         "broker.delete",

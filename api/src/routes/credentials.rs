@@ -5,7 +5,8 @@
 //! token each; ULIDs otherwise), `expiration` (seconds, `-1`). The broker's `expiration` is a ceiling: a token
 //! expires at the shorter of broker and request, and `-1` gives no `exp` only when the broker
 //! has none (a deliberate difference from Cloudflare, where `-1` overrode the broker). Issuance
-//! is recorded (jti, client id, kid, expiry), never the token.
+//! is recorded (jti, client id, kid, expiry), never the token; `GET .../credentials/issued` lists
+//! those records (native only), newest first, with whether each `jti` is revoked.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,9 @@ use axum::extract::State;
 use axum::http::header;
 use starling_token::{Claims, TopicAcl};
 
-use super::{Auth, Envelope, PathParams, QueryPairs};
+use serde::{Deserialize, Serialize};
+
+use super::{Auth, Envelope, PathParams, QueryPairs, decode_cursor, encode_cursor};
 use crate::error::{ApiError, Problem, Result};
 use crate::keys::new_id;
 use crate::state::AppState;
@@ -221,6 +224,104 @@ pub async fn compat_issue(
         NO_STORE,
         Envelope::ok(issue(&state, &auth, &ns, &b, &q, true).await?),
     ))
+}
+
+// === issuance records ===
+
+/// A record of an issued token (never the token).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedView {
+    /// The token's `jti` (what revocation names).
+    pub jti: String,
+    /// The client id (`sub`).
+    pub client_id: String,
+    /// The key that signed it.
+    pub kid: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds; `null` for a token without `exp`.
+    pub expires_at: Option<i64>,
+    /// The `jti` is revoked now.
+    pub revoked: bool,
+}
+
+/// A page of issuance records.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedList {
+    /// Newest first.
+    pub items: Vec<IssuedView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The `(issued_at, jti)` a cursor names, or 400.
+fn issued_cursor(raw: Option<&str>) -> Result<Option<(i64, String)>> {
+    let bad = || ApiError::invalid("`cursor` is not a cursor this api returned");
+    match decode_cursor(raw)? {
+        None => Ok(None),
+        Some(c) => {
+            let (at, jti) = c.split_once(':').ok_or_else(bad)?;
+            Ok(Some((at.parse().map_err(|_| bad())?, jti.to_string())))
+        }
+    }
+}
+
+/// The tokens issued for a broker (their records: jti, client id, key, expiry, revoked), newest
+/// first. Records leave with their token's expiry.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/credentials/issued", tag = "credentials",
+    params(
+        ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
+        ("limit" = Option<u32>, Query, description = "page size (1 to the configured maximum)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+        ("clientid" = Option<String>, Query, description = "only the tokens of this client id"),
+    ),
+    responses(
+        (status = 200, description = "a page of issuance records", body = IssuedList),
+        (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_issued(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+    q: QueryPairs,
+) -> Result<Json<IssuedList>> {
+    auth.require(Role::Read)?;
+    let limit = q
+        .number::<u32>("limit", 1..=state.config.max_page_size)?
+        .unwrap_or(state.config.max_page_size);
+    let before = issued_cursor(q.get("cursor"))?;
+    let client_id = q.get("clientid").filter(|c| !c.is_empty());
+    let broker = super::brokers::find(&state, &auth, &ns, &b).await?;
+    let page = state
+        .store
+        .list_issued(
+            &broker.id,
+            client_id,
+            before.as_ref().map(|(at, jti)| (*at, jti.as_str())),
+            limit,
+        )
+        .await?;
+    Ok(Json(IssuedList {
+        items: page
+            .items
+            .into_iter()
+            .map(|r| IssuedView {
+                jti: r.credential.jti,
+                client_id: r.credential.client_id,
+                kid: r.credential.kid,
+                issued_at: r.credential.issued_at,
+                expires_at: r.credential.expires_at,
+                revoked: r.revoked,
+            })
+            .collect(),
+        next_cursor: page.next_after.as_deref().map(encode_cursor),
+    }))
 }
 
 #[cfg(test)]

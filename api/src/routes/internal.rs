@@ -10,6 +10,10 @@
 //! A broker with an on-publish hook also gets its current private signing key (`signingKey`),
 //! which signs the hook's requests; without a hook the field is `null`, so private key material
 //! leaves the api only when a broker needs it. The answer is marked `Cache-Control: no-store`.
+//!
+//! A poll may carry the broker's counters in `X-Starling-Broker-Stats` (see
+//! [`crate::stats`]); they are recorded once the secret checked out, and a malformed value is
+//! ignored (the poll is answered all the same).
 
 use std::time::Duration;
 
@@ -166,12 +170,32 @@ fn gone() -> ApiError {
     )
 }
 
+/// Records the counters a poll reports, if it carries a readable report.
+fn record_stats(state: &AppState, broker_id: &str, headers: &axum::http::HeaderMap) {
+    let Some(value) = headers.get(crate::stats::STATS_HEADER) else {
+        return;
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(crate::stats::StatsReport::parse)
+    {
+        Some(report) => state.stats.record(
+            broker_id,
+            &report.instance,
+            crate::stats::Sample::new(state.clock.now_micros() / 1000, &report),
+        ),
+        None => tracing::debug!(broker_id, "unreadable broker stats header ignored"),
+    }
+}
+
 /// The broker's state (long-poll).
 #[utoipa::path(get, path = "/internal/v1/brokers/{broker_id}/state", tag = "internal",
     params(
         ("broker_id" = String, Path, description = "broker id"),
         ("since" = Option<u64>, Query, description = "the version the caller has"),
         ("wait" = Option<String>, Query, description = "how long to wait for a change, like `30s` (at most 60 s)"),
+        ("X-Starling-Broker-Stats" = Option<String>, Header, description = "the broker's counters: `instance=<id>; connections=N; messages_in=N; messages_out=N; dropped=N`"),
     ),
     responses(
         (status = 200, description = "the state (with the hook's private signing key when the broker has a hook)", body = StateView, headers(("Cache-Control" = String, description = "no-store"))),
@@ -186,6 +210,7 @@ pub async fn state(
     PathParams(broker_id): PathParams<String>,
     BrokerSecret(secret): BrokerSecret,
     q: QueryPairs,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let unauthorized = || {
         ApiError::new(
@@ -214,6 +239,7 @@ pub async fn state(
     if deleted {
         return Err(gone());
     }
+    record_stats(&state, &broker_id, &headers);
 
     // Subscribe before the first read so that no change slips between read and wait.
     let mut feed = state.store.changes();

@@ -1,4 +1,5 @@
-//! Signing keys: `GET .../publickeys` (next, current and retiring keys, public parts only) and
+//! Signing keys: `GET .../publickeys` (next, current and retiring keys, public parts only),
+//! `GET .../keys` (native only: the same keys with their state and retire time) and
 //! `POST .../keys/rotate` (next → current, current → retiring until `retire_at`).
 
 use axum::Json;
@@ -53,6 +54,31 @@ pub struct Rotation {
     pub retire_at_rfc3339: String,
     /// What this means for existing tokens.
     pub message: String,
+}
+
+/// A signing key's public part with where it is in its life.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    /// RFC 7638 thumbprint (the `kid` of tokens it signs).
+    pub kid: String,
+    /// `next` (published ahead of the next rotation), `current` (signs new tokens) or
+    /// `retiring` (verifies until `retireAt`, then leaves).
+    #[schema(pattern = "^(next|current|retiring)$")]
+    pub status: String,
+    /// The public key, base64url.
+    pub x: String,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+    /// Unix seconds when a retiring key leaves; `null` for the others.
+    pub retire_at: Option<i64>,
+}
+
+/// A broker's keys.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct KeyList {
+    /// Next, current and retiring keys still verifying, oldest first.
+    pub keys: Vec<KeyView>,
 }
 
 /// The public JWK of a stored key.
@@ -168,6 +194,42 @@ pub async fn native_public_keys(
     PathParams((ns, b)): PathParams<(String, String)>,
 ) -> Result<Json<Jwks>> {
     Ok(Json(public_keys(&state, &auth, &ns, &b).await?))
+}
+
+/// The broker's keys with their state (next, current, retiring) and retire time; public parts
+/// only.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys", tag = "keys",
+    params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
+    responses(
+        (status = 200, description = "the keys", body = KeyList),
+        (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn native_keys(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParams((ns, b)): PathParams<(String, String)>,
+) -> Result<Json<KeyList>> {
+    auth.require(Role::Read)?;
+    let broker = super::brokers::find(&state, &auth, &ns, &b).await?;
+    let now = state.clock.now_secs();
+    let keys = state.store.list_keys(&broker.id).await?;
+    Ok(Json(KeyList {
+        keys: keys
+            .into_iter()
+            .filter(|k| k.status != KeyStatus::Retiring || k.retire_at.is_some_and(|r| r > now))
+            .map(|k| KeyView {
+                status: k.status.as_str().to_string(),
+                kid: k.kid,
+                x: k.x,
+                created_on: rfc3339_micros(k.created_at),
+                retire_at: k.retire_at.filter(|_| k.status == KeyStatus::Retiring),
+            })
+            .collect(),
+    }))
 }
 
 /// Rotate the broker's signing keys.

@@ -1,7 +1,7 @@
 //! The HTTP routes: native `/v1/...` (JSON, RFC 9457 problems), Cloudflare-compatible
 //! `/client/v4/...` (pub/sub under `accounts/{account}/pubsub`, and account discovery; the v4
-//! envelope on every answer) over the same operations, the health routes, `/openapi.json`, and
-//! the internal listener's routes.
+//! envelope on every answer) over the same operations, the health routes, `/openapi.json`, the
+//! web console (`/console/`, see [`crate::console`]), and the internal listener's routes.
 //!
 //! One file per resource holds its operations and both route sets' handlers with their OpenAPI
 //! annotations. Shared here: authentication, request extractors that turn rejections into
@@ -33,6 +33,7 @@ pub mod keys;
 pub mod namespaces;
 pub mod openapi;
 pub mod revocations;
+pub mod stats;
 
 /// The public router: REST (both route sets), `/openapi.json`, `/healthz`, `/readyz`.
 pub fn app(state: AppState) -> Router {
@@ -62,7 +63,13 @@ pub fn app(state: AppState) -> Router {
             post(brokers::native_rotate_secret),
         )
         .route(&format!("{b}/credentials"), get(credentials::native_issue))
+        .route(
+            &format!("{b}/credentials/issued"),
+            get(credentials::native_issued),
+        )
+        .route(&format!("{b}/stats"), get(stats::native_stats))
         .route(&format!("{b}/publickeys"), get(keys::native_public_keys))
+        .route(&format!("{b}/keys"), get(keys::native_keys))
         .route(&format!("{b}/keys/rotate"), post(keys::native_rotate))
         .route(
             &format!("{b}/revocations"),
@@ -124,6 +131,11 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(compat_envelope));
     let compat_root =
         axum::routing::any(compat_fallback).layer(middleware::from_fn(compat_envelope));
+    let console = if state.config.console {
+        crate::console::router(&state.config)
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -133,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         // The nested router does not see its own root.
         .route("/client/v4", compat_root.clone())
         .route("/client/v4/", compat_root)
+        .merge(console)
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -5,7 +5,9 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, brokers, credentials, health, internal, keys, namespaces, revocations};
+use super::{
+    accounts, brokers, credentials, health, internal, keys, namespaces, revocations, stats,
+};
 
 struct Security;
 
@@ -76,7 +78,8 @@ impl Modify for Security {
         namespaces::native_list, namespaces::native_create, namespaces::native_get, namespaces::native_delete,
         brokers::native_list, brokers::native_create, brokers::native_get, brokers::native_patch, brokers::native_delete,
         brokers::native_rotate_secret,
-        credentials::native_issue, keys::native_public_keys, keys::native_rotate,
+        credentials::native_issue, credentials::native_issued, stats::native_stats,
+        keys::native_public_keys, keys::native_keys, keys::native_rotate,
         revocations::native_list, revocations::native_add, revocations::native_delete,
         accounts::create_account, accounts::list_tokens, accounts::create_token, accounts::delete_token, accounts::list_audit,
         accounts::native_account,

@@ -244,6 +244,15 @@ pub struct IssuedCredential {
     pub expires_at: Option<i64>,
 }
 
+/// An issuance record as listed: what was issued, and whether its `jti` is revoked now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedRecord {
+    /// What was issued.
+    pub credential: IssuedCredential,
+    /// The `jti` is on the broker's revocation list.
+    pub revoked: bool,
+}
+
 /// A revoked `jti`, kept until the token would have expired anyway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -414,6 +423,16 @@ pub trait Store: Send + Sync + 'static {
         broker_id: &'a str,
         issued: &'a [IssuedCredential],
     ) -> BoxFut<'a, Result<()>>;
+    /// A broker's issuance records, newest first (by issue time, then `jti`, both descending),
+    /// only those of `client_id` when given, strictly before `before` (`(issued_at, jti)` of the
+    /// previous page's last record), at most `limit`; the page's cursor is `issued_at:jti`.
+    fn list_issued<'a>(
+        &'a self,
+        broker_id: &'a str,
+        client_id: Option<&'a str>,
+        before: Option<(i64, &'a str)>,
+        limit: u32,
+    ) -> BoxFut<'a, Result<Page<IssuedRecord>>>;
     /// Revokes `jtis` (expiry taken from the issuance record when there is one); `Limit` when
     /// more than `max_live` would be live. Bumps the version.
     fn add_revocations<'a>(

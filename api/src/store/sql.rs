@@ -19,7 +19,7 @@ macro_rules! impl_store {
         use $crate::store::sql::BROKER_COLUMNS;
         use $crate::store::{
             Account, ApiTokenRecord, AuditEntry, BoxFut, Broker, BrokerState, Change, IssuedCredential,
-            KeyRecord, Namespace, Page, Result, Revocation, Store, StoreError,
+            IssuedRecord, KeyRecord, Namespace, Page, Result, Revocation, Store, StoreError,
         };
 
         fn ns_from_row(r: &$row) -> Result<Namespace> {
@@ -408,6 +408,29 @@ macro_rules! impl_store {
                     }
                     tx.commit().await?;
                     Ok(())
+                })
+            }
+
+            fn list_issued<'a>(&'a self, broker_id: &'a str, client_id: Option<&'a str>, before: Option<(i64, &'a str)>, limit: u32) -> BoxFut<'a, Result<Page<IssuedRecord>>> {
+                Box::pin(async move {
+                    let (before_at, before_jti) = before.unwrap_or((i64::MAX, ""));
+                    // Without a cursor every record is before (i64::MAX, ''): issue times are
+                    // unix seconds.
+                    let rows = sqlx::query("SELECT c.jti, c.client_id, c.kid, c.issued_at, c.expires_at, (r.jti IS NOT NULL) AS revoked \
+                                            FROM issued_credentials c LEFT JOIN revocations r ON r.broker_id = c.broker_id AND r.jti = c.jti \
+                                            WHERE c.broker_id = $1 AND ($2 = '' OR c.client_id = $2) \
+                                              AND (c.issued_at < $3 OR (c.issued_at = $3 AND c.jti < $4)) \
+                                            ORDER BY c.issued_at DESC, c.jti DESC LIMIT $5")
+                        .bind(broker_id).bind(client_id.unwrap_or("")).bind(before_at).bind(before_jti).bind(i64::from(limit) + 1)
+                        .fetch_all(&self.pool).await?;
+                    let items = rows.iter().map(|r| Ok(IssuedRecord {
+                        credential: IssuedCredential {
+                            jti: r.try_get("jti")?, client_id: r.try_get("client_id")?, kid: r.try_get("kid")?,
+                            issued_at: r.try_get("issued_at")?, expires_at: r.try_get("expires_at")?,
+                        },
+                        revoked: r.try_get("revoked")?,
+                    })).collect::<Result<Vec<_>>>()?;
+                    Ok(page(items, limit, |r| format!("{}:{}", r.credential.issued_at, r.credential.jti)))
                 })
             }
 
