@@ -240,6 +240,9 @@ test('the in-page client connects over wss with a token issued on the spot, publ
   await page.locator('.message', { hasText: '68 65 6c 6c 6f 20 66 72 6f 6d' }).first().waitFor();
   await page.getByLabel('Show payloads as hex').uncheck();
   await screen(page, '05-live-client');
+  // The top of the screen alone, the size the README shows.
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(ARTIFACTS, '05-live-client-top.png') });
 });
 
 test('a message mosquitto_pub sends over mqtts with the dev CA arrives in the page', async () => {
