@@ -3,7 +3,8 @@
 //! outage of the api (the broker keeps serving, also across its own restart with a data
 //! directory, and follows again once the api is back). A hook set through the api reaches the
 //! broker with the current signing key; the broker's requests verify with `/publickeys`, and the
-//! saved state, which then holds that private key, is owner-only.
+//! saved state, which then holds that private key, is owner-only. The counters the broker reports
+//! with its polls reach the api's health view.
 
 mod common;
 #[path = "../../broker/tests/common/mod.rs"]
@@ -267,6 +268,63 @@ async fn a_change_through_one_replica_reaches_a_broker_polling_the_other() {
         );
         broker.shutdown().await;
         drop((one, two));
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The counters a managed broker reports with its polls reach the api's health view: a client
+/// connects, a change (a key rotation) answers the broker's long-poll, and its next poll carries
+/// the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_broker_reports_its_counters_with_its_polls() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let url = common::fresh_pg_url().await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = Api::start(&url, free_addr(), free_addr()).await;
+        let created = create_broker(api.public, dir.path()).await;
+        let broker = managed_broker(api.internal, &created, dir.path(), None).await;
+        wait_ready(&broker).await;
+        let (_c, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(reason, ReasonCode::SUCCESS);
+        let (status, _) = http(
+            api.public,
+            "POST",
+            "/v1/namespaces/ns/brokers/b/keys/rotate?retire_after=3600",
+            Some(BOOTSTRAP),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stats = loop {
+            let (status, stats) = http(
+                api.public,
+                "GET",
+                "/v1/namespaces/ns/brokers/b/stats",
+                Some(BOOTSTRAP),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{stats}");
+            if stats["instances"][0]["connections"] == 1 {
+                break stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no report with the connection: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(stats["source"], "reported");
+        assert_eq!(stats["instances"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            stats["instances"][0]["instance"].as_str().unwrap().len(),
+            16,
+            "a random id per process, nothing about the pod"
+        );
+        broker.shutdown().await;
+        drop(api);
     })
     .await
     .expect("test timed out");
