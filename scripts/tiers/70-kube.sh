@@ -22,10 +22,7 @@ set -euo pipefail
 cd "$STARLING_ROOT"
 source scripts/lib/k8s-tools.sh
 k8s_tools_helm
-
-K8S_BIN="$HOME/.cache/starling-k8s/bin"
-bash "$K8S_TOOLS/build-kube-apiserver.sh" >/tmp/starling-build-kube-apiserver.log 2>&1 \
-  || { tail -30 /tmp/starling-build-kube-apiserver.log; echo "building kube-apiserver failed" >&2; exit 1; }
+k8s_tools_apiserver
 cargo build -q --locked -p starling-operator -p starling-broker -p starling-api
 OPERATOR="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-operator"
 BROKER="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-broker"
@@ -42,16 +39,7 @@ cleanup() {
   if [ -n "$op_pid" ]; then kill "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null; fi
   if [ -n "$standby_pid" ]; then kill "$standby_pid" 2>/dev/null; wait "$standby_pid" 2>/dev/null; fi
   if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null; wait "$api_pid" 2>/dev/null; fi
-  local pids
-  pids=$(cat "$work"/cp/*.pid 2>/dev/null)
   bash "$K8S_TOOLS/control-plane.sh" stop "$work/cp"
-  # kube-apiserver can hang on SIGTERM once etcd is gone: give both 10 s, then end them.
-  for _ in $(seq 1 20); do
-    # shellcheck disable=SC2086
-    kill -0 $pids 2>/dev/null || break
-    sleep 0.5
-  done
-  for p in $pids; do kill -9 "$p" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -67,13 +55,10 @@ wait_for() {
   return 1
 }
 
-APISERVER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ETCD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export APISERVER_PORT ETCD_PORT
 bash "$K8S_TOOLS/control-plane.sh" start "$K8S_BIN" "$work/cp"
 export KUBECONFIG="$work/cp/kubeconfig"
-SERVER="https://127.0.0.1:$APISERVER_PORT"
-ADMIN_TOKEN=$(awk -F, '{print $1}' "$work/cp/certs/tokens.csv")
+SERVER=$(cat "$work/cp/server")
+ADMIN_TOKEN=$(cat "$work/cp/admin-token")
 SA=system:serviceaccount:starling-system:starling-operator
 
 echo "--- helm install"
