@@ -1,32 +1,71 @@
 #!/usr/bin/env bash
-# Throughput, latency, idle-connection memory and connection rate of starling-broker next to
-# Mosquitto in the same run, with the shared mqttbench tool (see its README).
+# Throughput, latency, memory per idle connection and connection rate of starling-broker next to
+# Mosquitto (Debian's, with bench/mosquitto.conf) in the same run, measured with starling-bench
+# (bench/).
 #
 #   scripts/bench-broker.sh [OUT.jsonl] [REPS] [CASE-REGEX]
 #
-# Builds the release broker and mqttbench, runs every case REPS times (default 3) alternating
-# the brokers, then prints the summary table (median [min-max] and ratio of medians).
-# Not part of CI: it takes about 3 minutes per repetition and wants an otherwise idle machine.
-# Environment: MQTTBENCH_DIR (default ../shared/tools/mqttbench), BROKER_ENV, STARLING_ARGS.
+# Builds the release broker and generator, then runs every case REPS times (default 3): within a
+# repetition each case runs against Mosquitto, then Starling, each time on a fresh broker process
+# on a free loopback port. One JSON line per run goes to OUT; at the end a Markdown table per case
+# shows median [min-max] per broker and the ratio starling/mosquitto (of the medians; with several
+# repetitions, the bracket holds the lowest and highest ratio of the paired runs). Exits 1 when a
+# run failed or a broker died.
+#
+# Not part of CI: about 2.5 minutes per repetition, and it wants an otherwise idle machine (the
+# `other CPU` row tells how idle it was).
+# Environment: CASES_FILE (one `name|starling-bench arguments` per line instead of the cases
+# below), STARLING_ARGS (more starling-broker flags), NICE (see scripts/lib/bench.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+export STARLING_ROOT="$root"
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+
 out=${1:-/tmp/starling-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 reps=${2:-3}
 only=${3:-.}
-bench_dir=${MQTTBENCH_DIR:-$root/../shared/tools/mqttbench}
 
-cargo build --release -q -p starling-broker --bin starling-broker
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-starling_bin="$target_dir/release/starling-broker"
-MQTTBENCH=$("$bench_dir/build.sh")
-export MQTTBENCH
+cases=(
+  "fanin-q0|--scenario fanin --qos 0 --publishers 8 --duration 10"
+  "fanin-q1|--scenario fanin --qos 1 --publishers 8 --duration 10"
+  "fanin-q0-v311|--scenario fanin --qos 0 --publishers 8 --duration 10 --mqtt-version 3"
+  "fanout-q0|--scenario fanout --qos 0 --subscribers 100 --duration 10"
+  "latency-q0|--scenario latency --qos 0 --rate 5000 --duration 10 --warmup 1"
+  "latency-q1|--scenario latency --qos 1 --rate 5000 --duration 10 --warmup 1"
+  "conns|--scenario conns --conns 10000 --duration 5"
+)
+if [ -n "${CASES_FILE:-}" ]; then
+  mapfile -t cases < <(grep -v '^[[:space:]]*\(#\|$\)' "$CASES_FILE")
+fi
 
-# The HTTP listener on an ephemeral port, so a busy 9090 cannot stop a run; one log line per
-# connection is the broker's default, but Mosquitto's benchmark config logs only warnings.
-BROKERS="mosquitto starling" STARLING_BIN="$starling_bin" \
-  STARLING_ARGS="${STARLING_ARGS:---http 127.0.0.1:0}" \
-  BROKER_ENV="${BROKER_ENV:-RUST_LOG=warn}" \
-  "$bench_dir/scripts/run-anchors.sh" "$out" "$reps" "$only"
-python3 "$bench_dir/scripts/summarize.py" "$out" mosquitto starling
-echo "raw results: $out"
+# shellcheck disable=SC2119 # no further cargo arguments
+bench_build
+logs=$(mktemp -d)
+trap 'bench_stop_broker; rm -rf "$logs"' EXIT
+read -ra starling_args <<<"${STARLING_ARGS:-}"
+: >"$out"
+for rep in $(seq 1 "$reps"); do
+  for c in "${cases[@]}"; do
+    name=${c%%|*}
+    read -ra args <<<"${c#*|}"
+    [[ $name =~ $only ]] || continue
+    for broker in mosquitto starling; do
+      port=$(bench_free_port)
+      log="$logs/$name-$broker-$rep.log"
+      if [ "$broker" = mosquitto ]; then
+        bench_start_mosquitto "$port" "$log"
+      else
+        bench_start_starling "$port" "$log" "${starling_args[@]}"
+      fi
+      bench_run "$out" "$name" "$broker" "$rep" "$log" "${args[@]}" --port "$port"
+      bench_stop_broker
+    done
+  done
+done
+
+echo
+echo "$(mosquitto -h 2>&1 | head -1); starling-broker $("$STARLING_BROKER" --version 2>&1 | awk '{print $NF}')" \
+  "(release); $(nproc) cores; raw results: $out"
+python3 scripts/lib/bench_summary.py "$out" mosquitto,starling

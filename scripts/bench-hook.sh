@@ -1,49 +1,47 @@
 #!/usr/bin/env bash
-# Throughput of starling-broker with an on-publish hook that returns its input unchanged, next
-# to the same broker without a hook, in the same run (mqttbench fan-in, QoS 0 and QoS 1).
+# What the on-publish hook costs: fan-in throughput (starling-bench, 8 publishers, QoS 0 and QoS 1)
+# of starling-broker with a hook that returns its input unchanged (broker/examples/echo_hook.rs),
+# of the same broker without a hook, and of Mosquitto (Debian's, with bench/mosquitto.conf) as
+# the reference, all in the same run.
 #
 #   scripts/bench-hook.sh [OUT.jsonl] [REPS] [DURATION]
 #
-# Not part of CI: it wants an otherwise idle machine.
-# Environment: MQTTBENCH_DIR (default ../shared/tools/mqttbench).
+# Within a repetition every case runs against Mosquitto, Starling without a hook and Starling with
+# the echo hook, each on a fresh broker process on a free loopback port; the hook server runs for
+# the whole script. Prints a Markdown table per case: median [min-max] per broker and the ratios
+# starling/mosquitto, starling-hook/mosquitto and starling-hook/starling. Exits 1 when a run
+# failed or a broker died.
+#
+# Not part of CI: it wants an otherwise idle machine. REPS defaults to 3, DURATION to 10 s.
+# Environment: NICE (see scripts/lib/bench.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+export STARLING_ROOT="$root"
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+
 out=${1:-/tmp/starling-bench-hook-$(date +%Y%m%d-%H%M%S).jsonl}
 reps=${2:-3}
 duration=${3:-10}
-bench_dir=${MQTTBENCH_DIR:-$root/../shared/tools/mqttbench}
 
-cargo build --release -q -p starling-broker --bin starling-broker --example echo_hook
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-broker="$target_dir/release/starling-broker"
-echo_hook="$target_dir/release/examples/echo_hook"
-MQTTBENCH=$("$bench_dir/build.sh")
+bench_build --example echo_hook
+echo_hook="$TARGET_DIR/release/examples/echo_hook"
 
 work=$(mktemp -d)
-pids=()
+hook_pid=""
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  bench_stop_broker
+  if [ -n "$hook_pid" ]; then kill "$hook_pid" 2>/dev/null || true; wait "$hook_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
-
 "$echo_hook" --write-key "$work/key.json"
-hook_port=$(free_port)
-"$echo_hook" "127.0.0.1:$hook_port" >/dev/null &
-pids+=($!)
-wait_port "$hook_port"
+hook_port=$(bench_free_port)
+"$echo_hook" "127.0.0.1:$hook_port" >"$work/echo-hook.log" 2>&1 &
+hook_pid=$!
+bench_wait_port "$hook_port" "$hook_pid"
 cat >"$work/hook.toml" <<TOML
 [hook]
 url = "http://127.0.0.1:$hook_port/"
@@ -51,39 +49,28 @@ key_file = "$work/key.json"
 allow_http = true
 allow_private_addresses = true
 TOML
-echo "" >"$work/none.toml"
 
 : >"$out"
-for rep in $(seq "$reps"); do
+for rep in $(seq 1 "$reps"); do
   for qos in 0 1; do
-    for mode in none hook; do
-      port=$(free_port)
-      RUST_LOG=warn "$broker" --config "$work/$mode.toml" --mqtt "127.0.0.1:$port" \
-        --http 127.0.0.1:0 --auth none >/dev/null 2>"$work/broker.log" &
-      bpid=$!
-      wait_port "$port"
-      "$MQTTBENCH" --port "$port" --scenario fanin --qos "$qos" --duration "$duration" \
-        --broker-pid "$bpid" --label "$mode" >>"$out"
-      kill "$bpid"
-      wait "$bpid" 2>/dev/null || true
-      echo "rep $rep qos $qos $mode: $(tail -n1 "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["delivered_per_s"]), "msg/s, lost", r["lost"])')"
+    name="fanin-q$qos"
+    for broker in mosquitto starling starling-hook; do
+      port=$(bench_free_port)
+      log="$work/$name-$broker-$rep.log"
+      case $broker in
+        mosquitto) bench_start_mosquitto "$port" "$log" ;;
+        starling) bench_start_starling "$port" "$log" ;;
+        starling-hook) bench_start_starling "$port" "$log" --config "$work/hook.toml" ;;
+      esac
+      bench_run "$out" "$name" "$broker" "$rep" "$log" --scenario fanin --qos "$qos" --publishers 8 \
+        --duration "$duration" --port "$port"
+      bench_stop_broker
     done
   done
 done
 
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| QoS | no hook (msg/s) | echo hook (msg/s) | hook / no hook | lost with hook |")
-print("|---|---|---|---|---|")
-for qos in (0, 1):
-    med = {}
-    lost = 0
-    for mode in ("none", "hook"):
-        v = [r["delivered_per_s"] for r in rows if r["label"] == mode and r["qos"] == qos]
-        med[mode] = statistics.median(v)
-        if mode == "hook":
-            lost = sum(r["lost"] for r in rows if r["label"] == mode and r["qos"] == qos)
-    print(f"| {qos} | {med['none']:,.0f} | {med['hook']:,.0f} | {med['hook']/med['none']:.2f} | {lost} |")
-PY
-echo "raw results: $out"
+echo
+echo "$(mosquitto -h 2>&1 | head -1); starling-broker $("$STARLING_BROKER" --version 2>&1 | awk '{print $NF}')" \
+  "(release); $(nproc) cores; raw results: $out"
+python3 scripts/lib/bench_summary.py "$out" mosquitto,starling,starling-hook \
+  starling/mosquitto starling-hook/mosquitto starling-hook/starling
