@@ -31,6 +31,12 @@ pub enum TopicError {
     /// `$share/{ShareName}` is followed by `/` and a topic filter [MQTT-4.8.2-2].
     #[error("shared subscription has no topic filter")]
     ShareFilter,
+    /// The filter of a shared subscription is itself a shared subscription
+    /// (`$share/g/$share/h/x`). The specification does not forbid it; a server refuses it,
+    /// because the filter routed (`$share/h/x`, a literal) would not be the one a reader of it
+    /// takes it for (`x`).
+    #[error("shared subscription inside a shared subscription")]
+    NestedShare,
 }
 
 impl TopicError {
@@ -46,6 +52,7 @@ impl TopicError {
             Self::ShareNameEmpty => "shared subscription group name is empty",
             Self::ShareName => "shared subscription group name contains a wildcard",
             Self::ShareFilter => "shared subscription has no topic filter",
+            Self::NestedShare => "shared subscription inside a shared subscription",
         }
     }
 
@@ -62,6 +69,8 @@ impl TopicError {
             Self::ShareNameEmpty => "MQTT-4.8.2-1",
             Self::ShareName => "MQTT-4.8.2-2",
             Self::ShareFilter => "MQTT-4.8.2-2",
+            // Not a rule of the specification: section 4.8.2, and CONFORMANCE.md.
+            Self::NestedShare => "4.8.2",
         }
     }
 }
@@ -136,6 +145,25 @@ pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
         return Err(TopicError::ShareFilter);
     }
     Ok(Some((group, inner)))
+}
+
+/// What a SUBSCRIBE or UNSUBSCRIBE filter names: the group of a shared subscription (`None`
+/// for an ordinary one) and the filter that is routed, which is also the one access control
+/// must check (`$share/{group}/` removed, nothing else). A shared subscription whose filter is
+/// itself shared is refused ([`TopicError::NestedShare`]).
+pub fn subscription(full: &str) -> Result<(Option<&str>, &str), TopicError> {
+    match parse_shared(full)? {
+        Some((_, filter)) if filter.starts_with(SHARE_PREFIX) => Err(TopicError::NestedShare),
+        Some((group, filter)) => Ok((Some(group), filter)),
+        None => Ok((None, full)),
+    }
+}
+
+/// Whether a topic name lies in the namespace of shared subscriptions (`$share/...`). Servers
+/// should keep clients from exchanging messages on `$` topics (section 4.7.2); a PUBLISH or a
+/// will to one of these is refused, so that no filter can be routed to them.
+pub fn is_share_namespace(topic: &str) -> bool {
+    topic.starts_with(SHARE_PREFIX)
 }
 
 /// True when `topic` matches `filter`. A shared filter matches as its inner filter. Topics that
@@ -237,6 +265,34 @@ mod tests {
             Err(TopicError::MultiLevelWildcard)
         );
         assert_eq!(validate_topic_filter("$share/g/+/x"), Ok(()));
+    }
+
+    #[test]
+    fn a_shared_subscription_inside_a_shared_subscription_is_refused() {
+        assert_eq!(subscription("a/b"), Ok((None, "a/b")));
+        assert_eq!(subscription("$share/g/a/#"), Ok((Some("g"), "a/#")));
+        assert_eq!(
+            subscription("$share/g/$share/h/x"),
+            Err(TopicError::NestedShare)
+        );
+        assert_eq!(
+            subscription("$share/g/$share/"),
+            Err(TopicError::NestedShare)
+        );
+        // `$share` alone is an ordinary level, not a shared subscription.
+        assert_eq!(subscription("$share/g/$share"), Ok((Some("g"), "$share")));
+        assert_eq!(subscription("$share/g"), Err(TopicError::ShareFilter));
+        // Still valid syntax: a SUBACK refuses it, the decoder does not.
+        assert_eq!(validate_topic_filter("$share/g/$share/h/x"), Ok(()));
+    }
+
+    #[test]
+    fn topics_in_the_share_namespace_are_recognised() {
+        assert!(is_share_namespace("$share/g/x"));
+        assert!(is_share_namespace("$share/"));
+        assert!(!is_share_namespace("$share"));
+        assert!(!is_share_namespace("$shared/x"));
+        assert!(!is_share_namespace("a/$share/x"));
     }
 
     #[test]

@@ -38,6 +38,18 @@ impl TopicAcl {
         }
     }
 
+    /// Whether a message on `topic` may be delivered: one of the `sub` filters matches it. A
+    /// session keeps only what its current token may read (messages queued under an earlier,
+    /// wider token are dropped).
+    pub fn may_read(&self, topic: &str) -> bool {
+        match self {
+            TopicAcl::All => true,
+            TopicAcl::Lists { subscribe, .. } => subscribe
+                .iter()
+                .any(|allowed| topic_matches_filter(topic, allowed)),
+        }
+    }
+
     /// Whether a SUBSCRIBE to `filter` is allowed: the filter must be covered by one allowed
     /// filter. `$share/{group}/{f}` is checked against `f`. Invalid filters never are.
     pub fn may_subscribe(&self, filter: &str) -> bool {
@@ -56,7 +68,7 @@ impl TopicAcl {
     }
 }
 
-/// `$share/{group}/{filter}` → `Some(filter)`; a plain filter → itself; a malformed shared
+/// `$share/{group}/{filter}` → `Some(filter)` (`None` when `filter` is itself shared); a plain filter → itself; a malformed shared
 /// subscription → `None`.
 fn strip_share(filter: &str) -> Option<&str> {
     match filter.strip_prefix("$share/") {
@@ -66,6 +78,11 @@ fn strip_share(filter: &str) -> Option<&str> {
             // followed by `/` and a topic filter.
             let (group, inner) = rest.split_once('/')?;
             if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+                return None;
+            }
+            // A shared subscription inside a shared one is refused: the filter routed would be
+            // the literal `$share/...`, not the one this check would see.
+            if inner.starts_with("$share/") {
                 return None;
             }
             Some(inner)
@@ -280,6 +297,23 @@ mod tests {
         assert!(TopicAcl::All.may_subscribe("$share/g/#"));
         assert!(!TopicAcl::All.may_publish("a/+"));
         assert!(!TopicAcl::All.may_subscribe("a/#/b"));
+    }
+
+    #[test]
+    fn reading_needs_a_sub_filter_that_matches_the_topic() {
+        let acl = lists(&["secret/#"], &["public/#", "sensors/+/temp"]);
+        assert!(acl.may_read("public/a/b"));
+        assert!(acl.may_read("sensors/k1/temp"));
+        assert!(!acl.may_read("secret/a"), "publishing is not reading");
+        assert!(!acl.may_read("sensors/k1/humidity"));
+        assert!(TopicAcl::All.may_read("anything/at/all"));
+    }
+
+    #[test]
+    fn a_shared_subscription_inside_a_shared_one_is_refused() {
+        assert!(!TopicAcl::All.may_subscribe("$share/g/$share/h/x"));
+        assert!(!lists(&[], &["x", "#"]).may_subscribe("$share/g/$share/h/x"));
+        assert!(lists(&[], &["x"]).may_subscribe("$share/g/x"));
     }
 
     #[test]
