@@ -274,6 +274,7 @@ pub struct LimitsConfig {
     pub max_subscribers_per_topic: Option<usize>,
     pub max_connections: Option<usize>,
     pub max_retained_messages: Option<usize>,
+    pub max_retained_bytes: Option<usize>,
     pub max_publish_rate: Option<f64>,
     pub publish_burst: Option<u32>,
     pub slow_consumer_grace_ms: Option<u64>,
@@ -312,7 +313,8 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued for one session beyond its in-flight window.
     pub max_queued_messages: usize,
-    /// Payload bytes queued for one session beyond its in-flight window.
+    /// Bytes queued for one session beyond its in-flight window: each message's weight (topic,
+    /// payload, every property and its bookkeeping).
     pub max_queued_bytes: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_client: usize,
@@ -322,6 +324,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Retained messages a tenant may hold.
     pub max_retained_messages: usize,
+    /// Bytes of retained messages a tenant may hold (their weights, as for `max_queued_bytes`).
+    /// A retained message that does not fit is refused as a whole: PUBACK/PUBREC 0x97.
+    pub max_retained_bytes: usize,
     /// PUBLISH, SUBSCRIBE and UNSUBSCRIBE packets per second per client (0 = unlimited).
     pub max_publish_rate: f64,
     /// Burst allowed above the rate.
@@ -361,6 +366,7 @@ impl Limits {
                 max_subscribers_per_topic: 100_000,
                 max_connections: 1_000_000,
                 max_retained_messages: 1_000_000,
+                max_retained_bytes: 1024 * 1024 * 1024,
                 max_publish_rate: 0.0,
                 publish_burst: 0,
                 slow_consumer_grace: Duration::from_secs(5),
@@ -387,6 +393,7 @@ impl Limits {
                 max_subscribers_per_topic: 1000,
                 max_connections: 100_000,
                 max_retained_messages: 100_000,
+                max_retained_bytes: 100 * 1024 * 1024,
                 max_publish_rate: 10.0,
                 publish_burst: 10,
                 slow_consumer_grace: Duration::from_secs(5),
@@ -431,6 +438,7 @@ impl LimitsConfig {
             max_subscribers_per_topic,
             max_connections,
             max_retained_messages,
+            max_retained_bytes,
             max_publish_rate,
             publish_burst,
             slow_consumer_grace_ms,
@@ -465,6 +473,7 @@ impl LimitsConfig {
             max_subscribers_per_topic,
             max_connections,
             max_retained_messages,
+            max_retained_bytes,
             max_publish_rate,
             publish_burst,
             max_lingering

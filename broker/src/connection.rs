@@ -29,16 +29,20 @@ use starling_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::auth::{Authenticated, Authenticator, ConnectInfo};
+use crate::auth::{Authenticated, Authenticator, ConnectInfo, Credential, Permissions};
 use crate::config::{Limits, ListenerKind};
 use crate::hook::Verdict;
-use crate::message::{Delivery, Message, SubscriptionIds};
+use crate::message::{Delivery, Message};
 use crate::metrics::{CodeLabels, DropReason, Metrics, QosLabels};
+use crate::retained::RetainedCursor;
 use crate::router::{Routed, SubscribeError};
-use crate::session::{Inflight, PendingWill, Session, SessionState, SubscriptionRecord};
-use crate::tenant::{Tenant, split_shared};
+use crate::session::{
+    Inflight, Kick, Offered, PendingRetained, PendingWill, Session, SessionState,
+    SubscriptionRecord,
+};
+use crate::tenant::{RetainedFull, Tenant, split_shared};
 use crate::transport::close::{Ending, Linger};
 use crate::transport::{self, AsyncIo};
 
@@ -55,6 +59,12 @@ const READ_MAX: usize = 8 * 1024;
 const TAKE_BATCH: usize = 256;
 /// How often a takeover repeats its request while the old connection is still closing.
 const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
+/// Retained messages read from the store at once for one subscription (they wait in the
+/// session's state until the outbox has room).
+const RETAINED_BATCH: usize = 64;
+/// Retained topics looked at per wake-up, over every subscription owed retained messages:
+/// a wildcard filter over a large store is read in slices, with other tasks running between.
+const RETAINED_BUDGET: usize = 1024;
 
 /// What every connection of a listener shares.
 #[derive(Debug, Clone)]
@@ -78,10 +88,27 @@ struct Close {
     reason: ReasonCode,
     /// Send a DISCONNECT packet (v5 only).
     send: bool,
-    /// Publish the will.
-    will: bool,
+    /// What it means for the will and the session.
+    outcome: Outcome,
     /// What happened, for the log line.
     what: &'static str,
+}
+
+/// What the end of a connection means for its will and its session. Every way a connection
+/// ends maps to one of these, and the will follows from it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A normal DISCONNECT (any reason but 0x04) [MQTT-3.1.2-10], or a re-authentication the
+    /// broker refused: the will is discarded, the session stays for its expiry.
+    WithoutWill,
+    /// Anything that is no fault of the credential: the network, a protocol error, keep alive,
+    /// a takeover, a slow consumer, shutdown, DISCONNECT 0x04. The will is published
+    /// [MQTT-3.1.2-8] (after its delay), the session stays for its expiry.
+    WithWill,
+    /// The credential no longer holds: it expired, was revoked, its signing key left the key
+    /// set, its tenant was removed. The will is discarded, the session ends with the
+    /// connection, and the messages it waits on the on-publish hook for are dropped.
+    CredentialEnded,
 }
 
 impl Close {
@@ -89,7 +116,7 @@ impl Close {
         Close {
             reason,
             send: true,
-            will: true,
+            outcome: Outcome::WithWill,
             what,
         }
     }
@@ -376,7 +403,7 @@ struct Started {
     state: OwnedMutexGuard<SessionState>,
     generation: u64,
     cancel: CancellationToken,
-    kick_reason: Arc<Mutex<ReasonCode>>,
+    kick_reason: Arc<Mutex<Kick>>,
     keep_alive: Duration,
     client_receive_max: u16,
     client_max_packet: u32,
@@ -450,6 +477,9 @@ async fn accept_connect(
         (_, given) => given.to_string(),
     };
     if let Some(will) = &connect.will {
+        if topic::is_share_namespace(will.topic.as_str()) {
+            return Err((ReasonCode::TOPIC_NAME_INVALID, "will_topic_invalid"));
+        }
         if !auth.permissions.may_publish(will.topic.as_str()) {
             return Err((ReasonCode::NOT_AUTHORIZED, "will_not_authorized"));
         }
@@ -473,7 +503,7 @@ async fn accept_connect(
     // Take the session over, or start one.
     // A child of the broker's shutdown token, so the connection waits on one token for both.
     let cancel = ctx.shutdown.child_token();
-    let kick_reason = Arc::new(Mutex::new(ReasonCode::SESSION_TAKEN_OVER));
+    let kick_reason = Arc::new(Mutex::new(Kick::TakenOver));
     let (session, mut state, present) = loop {
         let (session, existed) = tenant.session_or_insert(&client_id);
         let state = if existed {
@@ -487,7 +517,7 @@ async fn accept_connect(
         }
         if connect.clean_start && existed {
             // [MQTT-3.1.2-4] Clean Start discards the existing session.
-            end_session(&tenant, &session, state);
+            end_session(&tenant, &session, state, SessionEnd::Closed);
             continue;
         }
         break (session, state, existed);
@@ -496,9 +526,18 @@ async fn accept_connect(
     if let Some(pending) = state.pending_will.take() {
         pending.cancel.cancel();
     }
+    if present {
+        // Before anything is sent: the session keeps only what this credential allows.
+        recheck_session(&tenant, &session, &mut state, &*auth.permissions);
+    }
     state.expiry_interval = expiry;
     let generation = session.attach(cancel.clone(), kick_reason.clone());
-    session.set_credential_jti(auth.credential.as_ref().map(|c| c.jti.clone()));
+    session.set_credential(auth.credential.clone());
+    if !ctx.auth.holds(&auth) {
+        // Revoked (or its key retired) since it was checked: the sweep that came with that
+        // change may have missed this session, which was not attached yet. It ends now.
+        session.kick(Kick::Revoked);
+    }
 
     // Keep alive, with Server Keep Alive in v5 [MQTT-3.1.2-21].
     let mut keep_alive = connect.keep_alive;
@@ -532,17 +571,18 @@ async fn accept_connect(
             content_type: w.properties.content_type.clone(),
             ..PublishProperties::default()
         };
-        Arc::new(Message {
-            topic: w.topic.clone(),
-            payload: w.payload.clone(),
-            qos: w.qos,
-            retain: w.retain,
-            expires_at: props
+        // A copy: the CONNECT's buffer goes when the handshake is done.
+        Arc::new(Message::new(
+            w.topic.as_str(),
+            &w.payload,
+            w.qos,
+            w.retain,
+            &props,
+            props
                 .message_expiry_interval
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
-            properties: props,
-            publisher: Some(session.client_id.clone()),
-        })
+            Some(session.client_id.clone()),
+        ))
     });
     let will_delay = connect
         .will
@@ -617,7 +657,7 @@ async fn accept_connect(
 /// Waits for the connection serving `session` to close, asking it again and again.
 async fn acquire_taking_over(session: &Arc<Session>) -> OwnedMutexGuard<SessionState> {
     loop {
-        session.kick(ReasonCode::SESSION_TAKEN_OVER);
+        session.kick(Kick::TakenOver);
         tokio::select! {
             guard = session.state.clone().lock_owned() => return guard,
             _ = tokio::time::sleep(TAKEOVER_RETRY) => {}
@@ -655,9 +695,9 @@ struct Connection<IO> {
     /// Held for the whole connection (see the module documentation of `session`).
     state: OwnedMutexGuard<SessionState>,
     generation: u64,
-    /// Cancelled to close this connection (takeover, revocation); the reason is in `kick_reason`.
+    /// Cancelled to close this connection (takeover, revocation); why is in `kick_reason`.
     cancel: CancellationToken,
-    kick_reason: Arc<Mutex<ReasonCode>>,
+    kick_reason: Arc<Mutex<Kick>>,
     keep_alive: Duration,
     last_read: Instant,
     client_receive_max: u16,
@@ -666,7 +706,8 @@ struct Connection<IO> {
     /// Request Problem Information [MQTT-3.1.2-29].
     problem_info: bool,
     inbound_aliases: HashMap<u16, MqttString>,
-    outbound_aliases: HashMap<MqttString, u16>,
+    /// Copies of the topics: a message's topic would keep the message alive with its alias.
+    outbound_aliases: HashMap<Box<str>, u16>,
     will: Option<Arc<Message>>,
     will_delay: u32,
     connect_expiry_was_zero: bool,
@@ -748,6 +789,8 @@ impl<IO: AsyncIo> Connection<IO> {
 
     async fn run(&mut self) -> Close {
         loop {
+            // Retained messages owed to new subscriptions go in as the outbox has room.
+            let retained_due = !self.state.retained.is_empty() && self.pump_retained();
             if self.more_queued {
                 self.pump_outbox();
             }
@@ -756,7 +799,11 @@ impl<IO: AsyncIo> Connection<IO> {
                     return close;
                 }
             }
-            let ready_to_send = self.more_queued && self.window() > 0;
+            if retained_due {
+                // The read stopped at its budget: other tasks run before it goes on.
+                tokio::task::yield_now().await;
+            }
+            let ready_to_send = (self.more_queued && self.window() > 0) || retained_due;
             let pressure = self.pressure.clone();
             let hook_full = self.hook_full();
             let hook_busy = self.hook.as_ref().is_some_and(|h| !h.verdicts.is_empty());
@@ -788,7 +835,7 @@ impl<IO: AsyncIo> Connection<IO> {
                     self.last_read = Instant::now();
                 }
                 r = self.io.read_buf(&mut self.rbuf), if reading => match r {
-                    Ok(0) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "connection closed by the client" },
+                    Ok(0) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, outcome: Outcome::WithWill, what: "connection closed by the client" },
                     Ok(n) => {
                         self.ctx.metrics.bytes_in.inc_by(n as u64);
                         self.size_next_read(n, room);
@@ -802,19 +849,19 @@ impl<IO: AsyncIo> Connection<IO> {
                             tokio::task::yield_now().await;
                         }
                     }
-                    Err(_) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, will: true, what: "read error" },
+                    Err(_) => return Close { reason: ReasonCode::UNSPECIFIED_ERROR, send: false, outcome: Outcome::WithWill, what: "read error" },
                 },
                 _ = std::future::ready(()), if ready_to_send => {}
                 _ = self.session.notified(), if !ready_to_send => { self.more_queued = true; }
                 _ = self.timer.as_mut(), if due.is_some() => match due {
                     Some(Due::Credential) => {
-                        // The token expired: 0xA0, and its will is discarded.
+                        // The token expired: 0xA0, its will is discarded and its session ends.
                         self.ctx.metrics.auth_failures.get_or_create(&CodeLabels { reason: "expired_while_connected" }).inc();
-                        return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, will: false, what: "credential expired" };
+                        return Close { reason: ReasonCode::MAXIMUM_CONNECT_TIME, send: true, outcome: Outcome::CredentialEnded, what: "credential expired" };
                     }
                     _ => {
                         // [MQTT-3.1.2-22] nothing within one and a half keep-alive periods.
-                        return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, will: true, what: "keep alive timeout" };
+                        return Close { reason: ReasonCode::KEEP_ALIVE_TIMEOUT, send: true, outcome: Outcome::WithWill, what: "keep alive timeout" };
                     }
                 },
             }
@@ -858,31 +905,43 @@ impl<IO: AsyncIo> Connection<IO> {
     }
 
     /// How the connection ends when its token is cancelled: the broker shuts down (the token's
-    /// parent), or a takeover or revocation kicked it (the reason is in `kick_reason`).
+    /// parent), or a takeover, a slow-consumer verdict or the end of its credential kicked it
+    /// (why is in `kick_reason`). The same whether or not the broker was writing to the client
+    /// then; only the DISCONNECT packet is left out mid-write.
     fn closed_by_broker(&self, writing: bool) -> Close {
-        if self.ctx.shutdown.is_cancelled() {
+        let kick = *self.kick_reason.lock();
+        if self.ctx.shutdown.is_cancelled() && !kick.ends_credential() {
             return Close {
                 reason: ReasonCode::SERVER_SHUTTING_DOWN,
                 send: !writing,
-                will: true,
+                outcome: Outcome::WithWill,
                 what: "server shutting down",
             };
         }
-        let reason = *self.kick_reason.lock();
-        if writing {
-            return Close {
-                reason,
-                send: false,
-                will: true,
-                what: "closed by the broker while writing",
-            };
-        }
         Close {
-            reason,
-            send: true,
-            // The will of a session ended by revocation is discarded.
-            will: reason != ReasonCode::NOT_AUTHORIZED,
-            what: "closed by the broker",
+            reason: kick.reason(),
+            send: !writing,
+            outcome: if kick.ends_credential() {
+                Outcome::CredentialEnded
+            } else {
+                Outcome::WithWill
+            },
+            what: kick.describe(),
+        }
+    }
+
+    /// What the end of the connection means, decided once the session is detached from it:
+    /// a kick that ended the credential while the connection was closing for another reason,
+    /// and a credential that expired meanwhile, count too.
+    fn outcome(&self, outcome: Outcome) -> Outcome {
+        let kicked = self.cancel.is_cancelled() && self.kick_reason.lock().ends_credential();
+        let expired = self
+            .credential_deadline
+            .is_some_and(|at| at <= Instant::now());
+        if kicked || expired {
+            Outcome::CredentialEnded
+        } else {
+            outcome
         }
     }
 
@@ -906,7 +965,7 @@ impl<IO: AsyncIo> Connection<IO> {
             Err(_) => Err(Close {
                 reason: ReasonCode::UNSPECIFIED_ERROR,
                 send: false,
-                will: true,
+                outcome: Outcome::WithWill,
                 what: "write error",
             }),
         }
@@ -1075,6 +1134,12 @@ impl<IO: AsyncIo> Connection<IO> {
                 ReasonCode::TOPIC_NAME_INVALID,
                 "topic exceeds the length or depth limit",
             ))
+        } else if topic::is_share_namespace(topic.as_str()) {
+            // No filter may be routed to these (a shared subscription cannot nest).
+            Some((
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic names starting with $share/ are reserved for shared subscriptions",
+            ))
         } else if !self.auth.permissions.may_publish(topic.as_str()) {
             Some((
                 ReasonCode::NOT_AUTHORIZED,
@@ -1101,20 +1166,18 @@ impl<IO: AsyncIo> Connection<IO> {
             }
             return Ok(());
         }
-        let mut properties = p.properties;
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
-        let message = Arc::new(Message {
-            topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            expires_at: properties
+        // Copied out of the read buffer once, here; every delivery shares the copy.
+        let message = Arc::new(Message::new(
+            topic.as_str(),
+            &p.payload,
+            p.qos,
+            p.retain,
+            &p.properties,
+            p.properties
                 .message_expiry_interval
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
-            properties,
-            publisher: Some(self.session.client_id.clone()),
-        });
+            Some(self.session.client_id.clone()),
+        ));
         if let Some(hook) = self.auth.tenant.hook() {
             // Nothing is delivered, retained or acknowledged before the hook's verdict.
             let weight = message.weight();
@@ -1204,16 +1267,45 @@ impl<IO: AsyncIo> Connection<IO> {
         }
     }
 
-    /// Routes an accepted message to its subscribers and acknowledges it to the publisher.
+    /// Routes an accepted message to its subscribers and acknowledges it to the publisher. A
+    /// retained message the tenant's store has no room for is refused as a whole: 0x97 in
+    /// PUBACK/PUBREC (v5; 3.1.1 has no refusal codes and gets a plain acknowledgement).
     fn deliver(&mut self, message: Arc<Message>, qos: QoS, packet_id: u16) {
         let tenant = self.auth.tenant.clone();
         let mut congested = None;
-        tenant.publish_noting_congestion(
+        let reason = match tenant.publish_noting_congestion(
             message,
             &mut self.scratch,
             &mut congested,
             &mut self.fed_filling_outbox,
-        );
+        ) {
+            Ok(_) => ReasonCode::SUCCESS,
+            Err(RetainedFull) => ReasonCode::QUOTA_EXCEEDED,
+        };
+        if reason != ReasonCode::SUCCESS {
+            let reason = v5_or_success(self.version, reason);
+            let properties = self.ack_props("the tenant's retained messages are at their limit");
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
+                    packet_id,
+                    reason,
+                    properties,
+                })),
+                QoS::ExactlyOnce => {
+                    // 3.1.1 cannot refuse: the exchange completes, and nothing is delivered.
+                    if reason == ReasonCode::SUCCESS {
+                        self.state.incoming_qos2.insert(packet_id);
+                    }
+                    self.send(&Packet::PubRec(PubRec {
+                        packet_id,
+                        reason,
+                        properties,
+                    }));
+                }
+            }
+            return;
+        }
         if let Some(slow) = congested {
             // Our own outbox drains only through our own reads: never wait on it.
             if slow.id != self.session.id && self.pressure.is_none() {
@@ -1275,16 +1367,33 @@ impl<IO: AsyncIo> Connection<IO> {
                 return Err(Close {
                     reason: ReasonCode::NOT_AUTHORIZED,
                     send: true,
-                    will: false,
+                    outcome: Outcome::WithoutWill,
                     what: r.label,
                 });
             }
         };
         self.auth = next;
-        self.session
-            .set_credential_jti(self.auth.credential.as_ref().map(|c| c.jti.clone()));
+        self.session.set_credential(self.auth.credential.clone());
         self.credential_deadline = credential_deadline(&self.auth);
-        self.drop_forbidden_subscriptions();
+        // The session keeps only what the new token allows, its will included.
+        let tenant = self.auth.tenant.clone();
+        recheck_session(
+            &tenant,
+            &self.session,
+            &mut self.state,
+            &*self.auth.permissions,
+        );
+        if self
+            .will
+            .as_ref()
+            .is_some_and(|w| !self.auth.permissions.may_publish(w.topic.as_str()))
+        {
+            info!(
+                client_id = %self.session.client_id,
+                "will discarded: the new token may not publish to its topic"
+            );
+            self.will = None;
+        }
         self.send(&Packet::Auth(Auth {
             reason: ReasonCode::SUCCESS,
             properties: AuthProperties {
@@ -1293,27 +1402,6 @@ impl<IO: AsyncIo> Connection<IO> {
             },
         }));
         Ok(())
-    }
-
-    /// Removes the subscriptions the current permissions no longer allow.
-    fn drop_forbidden_subscriptions(&mut self) {
-        let tenant = self.auth.tenant.clone();
-        let forbidden: Vec<MqttString> = self
-            .state
-            .subscriptions
-            .keys()
-            .filter(|full| {
-                !self
-                    .auth
-                    .permissions
-                    .may_subscribe(split_shared(full.as_str()).1)
-            })
-            .cloned()
-            .collect();
-        for full in forbidden {
-            tenant.unsubscribe(self.session.id, full.as_str());
-            self.state.subscriptions.remove(&full);
-        }
     }
 
     fn on_pubrel(&mut self, r: PubRel) {
@@ -1377,14 +1465,17 @@ impl<IO: AsyncIo> Connection<IO> {
         let limits = self.ctx.limits.clone();
         let sub_id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.subscriptions.len());
-        let mut retained_to_send: Vec<(Arc<Message>, QoS, Option<u32>)> = Vec::new();
-        let now = Instant::now();
+        // Subscriptions owed retained messages, one per distinct filter: identical filters in
+        // one SUBSCRIBE are one subscription, replaced in turn [MQTT-3.8.4-3], and get the
+        // retained messages once, with the options of the last. Different filters that overlap
+        // each get theirs [MQTT-3.8.4-5].
+        let mut owed: Vec<(&str, QoS)> = Vec::new();
+        let mut owed_at: HashMap<&str, usize> = HashMap::new();
         for sub in &s.subscriptions {
             let full = sub.filter.as_str();
-            let (group, filter) = match topic::parse_shared(full) {
-                Ok(Some((g, f))) => (Some(g), f),
-                Ok(None) => (None, full),
-                // The decoder validated the syntax; a backstop.
+            let (group, filter) = match topic::subscription(full) {
+                Ok(target) => target,
+                // A shared subscription inside a shared one; the decoder checked the rest.
                 Err(_) => {
                     reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                     continue;
@@ -1398,11 +1489,12 @@ impl<IO: AsyncIo> Connection<IO> {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
+            // The filter that is routed, and nothing else.
             if !self.auth.permissions.may_subscribe(filter) {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
-            let exists = self.state.subscriptions.contains_key(&sub.filter);
+            let exists = self.state.subscriptions.contains_key(full);
             if !exists && self.state.subscriptions.len() >= limits.max_subscriptions_per_client {
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
@@ -1419,13 +1511,19 @@ impl<IO: AsyncIo> Connection<IO> {
                     if !existed {
                         self.ctx.metrics.subscriptions.inc();
                     }
-                    self.state.subscriptions.insert(
-                        sub.filter.clone(),
-                        SubscriptionRecord {
-                            options: sub.options,
-                            id: sub_id,
-                        },
-                    );
+                    let record = SubscriptionRecord {
+                        options: sub.options,
+                        id: sub_id,
+                    };
+                    match self.state.subscriptions.get_mut(full) {
+                        Some(r) => *r = record,
+                        // A copy: the packet's buffer may be large (user properties).
+                        None => {
+                            self.state
+                                .subscriptions
+                                .insert(MqttString::from(full.to_string()), record);
+                        }
+                    }
                     // [MQTT-3.3.1-9..11] retained messages per Retain Handling; none for shared
                     // subscriptions [MQTT-3.8.4-?].
                     let send_retained = group.is_none()
@@ -1434,10 +1532,12 @@ impl<IO: AsyncIo> Connection<IO> {
                             RetainHandling::SendAtSubscribeIfNew => !existed,
                             RetainHandling::DoNotSend => false,
                         };
-                    if send_retained {
-                        for m in tenant.retained.matching(filter, now) {
-                            retained_to_send.push((m, sub.options.qos, sub_id));
-                        }
+                    if let Some(&i) = owed_at.get(full) {
+                        // The last identical filter's options stand.
+                        owed[i].1 = sub.options.qos;
+                    } else if send_retained {
+                        owed_at.insert(full, owed.len());
+                        owed.push((filter, sub.options.qos));
                     }
                     reasons.push(granted(sub.options.qos));
                 }
@@ -1459,19 +1559,33 @@ impl<IO: AsyncIo> Connection<IO> {
             reasons,
             properties: AckProperties::default(),
         }));
-        for (message, qos, id) in retained_to_send {
-            let mut ids = SubscriptionIds::new();
-            ids.extend(id);
-            let delivery = Delivery {
-                qos: message.qos.min(qos),
-                // [MQTT-3.3.1-8] retained messages sent on subscribe carry RETAIN 1.
-                retain: true,
-                subscription_ids: ids,
-                shared: None,
-                message,
+        if owed.is_empty() {
+            return Ok(());
+        }
+        // A subscription still owed retained messages from an earlier SUBSCRIBE starts over
+        // [MQTT-3.8.4-4]: one reading per subscription at most.
+        let retained = &mut self.state.retained;
+        let waiting: HashMap<&str, usize> = retained
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.cursor.filter(), i))
+            .collect();
+        let places: Vec<Option<usize>> = owed
+            .iter()
+            .map(|(filter, _)| waiting.get(filter).copied())
+            .collect();
+        drop(waiting);
+        for ((filter, qos), place) in owed.into_iter().zip(places) {
+            let pending = PendingRetained {
+                cursor: RetainedCursor::new(filter),
+                qos,
+                id: sub_id,
+                ready: Default::default(),
             };
-            self.session.push(delivery, &self.ctx.metrics);
-            self.more_queued = true;
+            match place {
+                Some(i) => retained[i] = pending,
+                None => retained.push_back(pending),
+            }
         }
         Ok(())
     }
@@ -1483,7 +1597,7 @@ impl<IO: AsyncIo> Connection<IO> {
             .iter()
             .map(|full| {
                 let removed = tenant.unsubscribe(self.session.id, full.as_str());
-                let had = self.state.subscriptions.remove(full).is_some();
+                let had = self.state.subscriptions.remove(full.as_str()).is_some();
                 if had || removed {
                     ReasonCode::SUCCESS
                 } else {
@@ -1491,6 +1605,15 @@ impl<IO: AsyncIo> Connection<IO> {
                 }
             })
             .collect();
+        if !self.state.retained.is_empty() {
+            // [MQTT-3.10.4-2] no new messages for a subscription that is gone, retained ones
+            // included.
+            let state = &mut *self.state;
+            let subscriptions = &state.subscriptions;
+            state
+                .retained
+                .retain(|p| subscriptions.contains_key(p.cursor.filter()));
+        }
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
@@ -1510,7 +1633,11 @@ impl<IO: AsyncIo> Connection<IO> {
             reason: d.reason,
             send: false,
             // [MQTT-3.1.2-10] a normal DISCONNECT deletes the will; 0x04 publishes it.
-            will: d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE,
+            outcome: if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
+                Outcome::WithWill
+            } else {
+                Outcome::WithoutWill
+            },
             what: "disconnected by the client",
         }
     }
@@ -1544,6 +1671,57 @@ impl<IO: AsyncIo> Connection<IO> {
         }
     }
 
+    /// Queues retained messages owed to subscriptions while the outbox has room for them,
+    /// reading the store in slices (at most [`RETAINED_BUDGET`] topics per call). Returns
+    /// whether it stopped at its budget with room left, so the caller yields and calls again;
+    /// otherwise it waits for the outbox to drain, or nothing is owed any more.
+    fn pump_retained(&mut self) -> bool {
+        let now = Instant::now();
+        let tenant = self.auth.tenant.clone();
+        let metrics = self.ctx.metrics.clone();
+        let mut looked = 0;
+        let mut read = Vec::new();
+        while let Some(front) = self.state.retained.front_mut() {
+            while let Some(message) = front.ready.pop_front() {
+                let delivery = Delivery {
+                    qos: message.qos.min(front.qos),
+                    // [MQTT-3.3.1-8] retained messages sent on subscribe carry RETAIN 1.
+                    retain: true,
+                    subscription_ids: front.id.into_iter().collect(),
+                    shared: None,
+                    message,
+                };
+                match self.session.offer(delivery, &metrics) {
+                    Offered::Queued => self.more_queued = true,
+                    Offered::Dropped => {}
+                    Offered::Later(delivery) => {
+                        front.ready.push_front(delivery.message);
+                        return false;
+                    }
+                }
+            }
+            if front.cursor.is_done() {
+                self.state.retained.pop_front();
+                continue;
+            }
+            if looked >= RETAINED_BUDGET {
+                return true;
+            }
+            if !self.session.has_room_for_offers() {
+                return false;
+            }
+            looked += tenant.retained.read(
+                &mut front.cursor,
+                now,
+                RETAINED_BATCH,
+                RETAINED_BUDGET - looked,
+                &mut read,
+            );
+            front.ready.extend(read.drain(..));
+        }
+        false
+    }
+
     /// Encodes one delivery. `resend` carries the packet id of a redelivery (DUP).
     fn send_delivery(&mut self, d: Delivery, dup: bool, resend: Option<u16>) {
         let now = Instant::now();
@@ -1551,6 +1729,13 @@ impl<IO: AsyncIo> Connection<IO> {
         if d.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
             metrics.count_drop(DropReason::expired);
+            return;
+        }
+        if !self.auth.permissions.may_read(d.message.topic.as_str()) {
+            // Queued under an earlier credential that allowed more: what was queued or in
+            // flight then is dropped when the session resumes or re-authenticates, and this
+            // catches what a publisher routed meanwhile.
+            metrics.count_drop(DropReason::not_readable);
             return;
         }
         let packet_id = match (d.qos, resend) {
@@ -1570,7 +1755,7 @@ impl<IO: AsyncIo> Connection<IO> {
         let mut topic = d.message.topic.clone();
         let mut new_alias = None;
         if self.version == ProtocolVersion::V5 && self.client_topic_alias_max > 0 && !dup {
-            if let Some(alias) = self.outbound_aliases.get(&topic) {
+            if let Some(alias) = self.outbound_aliases.get(topic.as_str()) {
                 properties.topic_alias = Some(*alias);
                 topic = MqttString::from("");
             } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_max) {
@@ -1594,7 +1779,8 @@ impl<IO: AsyncIo> Connection<IO> {
             return;
         }
         if let Some(alias) = new_alias {
-            self.outbound_aliases.insert(d.message.topic.clone(), alias);
+            self.outbound_aliases
+                .insert(d.message.topic.as_str().into(), alias);
         }
         self.send(&packet);
         metrics
@@ -1659,19 +1845,42 @@ impl<IO: AsyncIo> Connection<IO> {
             why = close.what,
             "disconnected"
         );
+        self.leave_session(close.outcome, pending, ending)
+    }
+
+    /// What becomes of the session and the will when the connection has ended: the session
+    /// stays for its expiry (bounded by the credential's: no session outlives its token), the
+    /// will goes now, after its delay or never, and messages waiting for the on-publish hook
+    /// are delivered on their verdicts. A session whose credential no longer holds ends here,
+    /// and with it all of that.
+    /// The socket is closed after, by what this returns ([`Closing`]).
+    fn leave_session(mut self, outcome: Outcome, pending: BytesMut, ending: Ending) -> Closing<IO> {
         let tenant = self.tenant().clone();
-        if let Some(pending) = self.hook.take() {
-            finish_hook_verdicts(&tenant, *pending);
-        }
-        let will = if close.will { self.will.take() } else { None };
         let session = self.session.clone();
         session.detach(self.generation);
+        // After the detach no kick can come any more: one that ended the credential while the
+        // connection was closing for another reason counts too.
+        let outcome = self.outcome(outcome);
+        let verdicts = self.hook.take();
+        if outcome == Outcome::CredentialEnded {
+            // The verdicts go with `verdicts`, the will with the connection.
+            drop(verdicts);
+            end_session(&tenant, &session, self.state, SessionEnd::Credential);
+            return Closing::new(self.io, pending, ending, &self.ctx);
+        }
+        if let Some(verdicts) = verdicts {
+            finish_hook_verdicts(&tenant, &session, *verdicts);
+        }
+        let will = match outcome {
+            Outcome::WithWill => self.will.take(),
+            Outcome::WithoutWill | Outcome::CredentialEnded => None,
+        };
         let expiry = self.state.expiry_interval;
         if expiry == 0 {
             if let Some(w) = will {
-                publish_will(&tenant, w);
+                publish_will(&tenant, &session, w);
             }
-            end_session(&tenant, &session, self.state);
+            end_session(&tenant, &session, self.state, SessionEnd::Closed);
             return Closing::new(self.io, pending, ending, &self.ctx);
         }
         // The will waits for its delay, or for the end of the session if that comes first
@@ -1679,7 +1888,7 @@ impl<IO: AsyncIo> Connection<IO> {
         if let Some(w) = will {
             let delay = self.will_delay.min(expiry);
             if delay == 0 {
-                publish_will(&tenant, w);
+                publish_will(&tenant, &session, w);
             } else {
                 let cancel = CancellationToken::new();
                 self.state.pending_will = Some(PendingWill {
@@ -1687,23 +1896,33 @@ impl<IO: AsyncIo> Connection<IO> {
                     message: w.clone(),
                 });
                 let t = tenant.clone();
+                let s = session.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => publish_will(&t, w),
+                        _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => publish_will(&t, &s, w),
                         _ = cancel.cancelled() => {}
                     }
                 });
             }
         }
-        if expiry != u32::MAX {
+        // The session ends at its expiry, or when its credential expires if that is sooner.
+        let expires =
+            (expiry != u32::MAX).then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+        let end = match (expires, self.credential_deadline) {
+            (Some(e), Some(c)) if c < e => Some((c, SessionEnd::Credential)),
+            (Some(e), _) => Some((e, SessionEnd::Closed)),
+            (None, Some(c)) => Some((c, SessionEnd::Credential)),
+            (None, None) => None,
+        };
+        if let Some((at, why)) = end {
             let generation = session.generation();
             let t = tenant.clone();
             let s = session.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                tokio::time::sleep_until(at).await;
                 let state = s.state.clone().lock_owned().await;
                 if s.generation() == generation && !s.is_connected() && !state.ended {
-                    end_session(&t, &s, state);
+                    end_session(&t, &s, state, why);
                 }
             });
         }
@@ -1846,67 +2065,191 @@ async fn wait_for_drain(pressure: &Option<(Arc<Session>, Instant)>) {
         .is_err()
     {
         info!(client_id = %session.client_id, "slow consumer: outbox full for too long");
-        session.kick(ReasonCode::QUOTA_EXCEEDED);
+        session.kick(Kick::SlowConsumer);
+    }
+}
+
+/// Makes what a session carries fit `permissions`, before anything more is sent: the
+/// subscriptions it no longer allows are removed (with the retained messages they were still
+/// owed), and queued and in-flight messages on topics it may not read are dropped and counted
+/// (`not_readable`). For a resumption with another credential, and for re-authentication.
+fn recheck_session(
+    tenant: &Tenant,
+    session: &Session,
+    state: &mut SessionState,
+    permissions: &dyn Permissions,
+) {
+    let forbidden: Vec<MqttString> = state
+        .subscriptions
+        .keys()
+        .filter(|full| !permissions.may_subscribe(split_shared(full.as_str()).1))
+        .cloned()
+        .collect();
+    for full in forbidden {
+        tenant.unsubscribe(session.id, full.as_str());
+        state.subscriptions.remove(&full);
+    }
+    let subscriptions = &state.subscriptions;
+    state
+        .retained
+        .retain(|p| subscriptions.contains_key(p.cursor.filter()));
+    let mut dropped = session.retain_outbox(|d| permissions.may_read(d.message.topic.as_str()));
+    let unreadable: Vec<u16> = state
+        .inflight
+        .iter()
+        .filter_map(|(id, entry)| match entry {
+            Inflight::Published(d) if !permissions.may_read(d.message.topic.as_str()) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    for id in unreadable {
+        state.complete(id);
+        dropped += 1;
+    }
+    tenant
+        .metrics
+        .count_drops(DropReason::not_readable, dropped);
+}
+
+/// Ends `session` because the credential it was let in with no longer holds (`kick` says
+/// why): the connection serving it, if any, is closed with the kick's reason and ends the
+/// session as it goes; an offline session ends now, or as soon as whoever holds its state
+/// lets go. `still` asks whether the session's credential still is one that ended, then: a
+/// resumption with a fresh token may have come first. The will, delayed or not, is discarded.
+pub(crate) fn end_for_credential(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    kick: Kick,
+    still: impl Fn(&Credential) -> bool + Send + 'static,
+) {
+    if session.kick(kick) {
+        return;
+    }
+    let end = {
+        let tenant = tenant.clone();
+        let session = session.clone();
+        move |state: OwnedMutexGuard<SessionState>| {
+            if state.ended
+                || session.is_connected()
+                || !session.credential().is_some_and(|c| still(&c))
+            {
+                return;
+            }
+            info!(client_id = %session.client_id, why = kick.describe(), "session ended");
+            end_session(&tenant, &session, state, SessionEnd::Credential);
+        }
+    };
+    match session.state.clone().try_lock_owned() {
+        Ok(state) => end(state),
+        Err(_) => {
+            // A connection is closing or being let in, or a timer runs.
+            let state = session.state.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let state = state.lock_owned().await;
+                        end(state);
+                    });
+                }
+                Err(_) => warn!(client_id = %session.client_id, "no runtime to end a session"),
+            }
+        }
     }
 }
 
 /// Delivers what the on-publish hook lets through of the messages a closed connection left
 /// waiting: what a client sent before it went is not lost for want of a PUBACK. QoS 2 messages
 /// are left to the client's resend (it never got PUBREC), so they are delivered exactly once.
-/// The task ends with the last verdict (at most the hook's timeout).
-fn finish_hook_verdicts(tenant: &Arc<Tenant>, pending: HookPending) {
+/// The task ends with the last verdict (at most the hook's timeout), or when the session ends
+/// because its credential no longer holds: then the rest is dropped.
+fn finish_hook_verdicts(tenant: &Arc<Tenant>, session: &Session, pending: HookPending) {
     if pending.verdicts.is_empty() {
         return;
     }
     let tenant = tenant.clone();
+    let ended = session.credential_ended().clone();
     let mut verdicts = pending.verdicts;
     tokio::spawn(async move {
         let mut scratch = Vec::new();
-        while let Some(done) = verdicts.next().await {
+        loop {
+            let done = tokio::select! {
+                biased;
+                _ = ended.cancelled() => return,
+                done = verdicts.next() => done,
+            };
+            let Some(done) = done else { return };
             if let (Verdict::Deliver(message), QoS::AtMostOnce | QoS::AtLeastOnce) =
                 (done.verdict, done.qos)
             {
-                tenant.publish(message, &mut scratch);
+                // A retained message the store refuses is counted and logged by the tenant.
+                let _ = tenant.publish(message, &mut scratch);
             }
         }
     });
 }
 
-/// Publishes a will; with an on-publish hook, once the hook lets it through.
-fn publish_will(tenant: &Arc<Tenant>, will: Arc<Message>) {
+/// Publishes the will of `session`; with an on-publish hook, once the hook lets it through
+/// (unless the session's credential has ended meanwhile).
+fn publish_will(tenant: &Arc<Tenant>, session: &Session, will: Arc<Message>) {
     if let Some(hook) = tenant.hook() {
         let client_id = will.publisher.clone().unwrap_or_else(|| Arc::from(""));
         let verdict = hook.check(will, client_id, None);
         let tenant = tenant.clone();
+        let ended = session.credential_ended().clone();
         tokio::spawn(async move {
-            if let Verdict::Deliver(will) = verdict.await {
-                tenant.publish(will, &mut Vec::new());
+            let verdict = tokio::select! {
+                biased;
+                _ = ended.cancelled() => return,
+                v = verdict => v,
+            };
+            if let Verdict::Deliver(will) = verdict {
+                let _ = tenant.publish(will, &mut Vec::new());
             }
         });
         return;
     }
     let mut scratch = Vec::new();
-    tenant.publish(will, &mut scratch);
+    // A retained will the store refuses is counted and logged by the tenant.
+    let _ = tenant.publish(will, &mut scratch);
 }
 
-/// Ends a session: unregisters it, removes its subscriptions, publishes a pending will and hands
-/// unacknowledged shared QoS 1 messages to another member of their group [MQTT-4.8.2-?].
+/// Why a session ends, for what becomes of its pending will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// Its expiry, a Clean Start, or its connection without a session expiry: a will still
+    /// waiting for its delay is published now [MQTT-3.1.2-8].
+    Closed,
+    /// Its credential no longer holds (expired, revoked, key retired, tenant removed): the
+    /// will is discarded, and what the session started and did not finish is dropped.
+    Credential,
+}
+
+/// Ends a session: unregisters it, removes its subscriptions, publishes a pending will (unless
+/// the credential ended) and hands unacknowledged shared QoS 1 messages to another member of
+/// their group [MQTT-4.8.2-?].
 pub(crate) fn end_session(
     tenant: &Arc<Tenant>,
     session: &Arc<Session>,
     mut state: OwnedMutexGuard<SessionState>,
+    why: SessionEnd,
 ) {
     state.ended = true;
     session.bump_generation();
+    if why == SessionEnd::Credential {
+        session.credential_ended().cancel();
+    }
     tenant.remove_session(session);
     for (full, _) in state.subscriptions.drain() {
         tenant.unsubscribe(session.id, full.as_str());
     }
+    state.retained.clear();
     if let Some(pending) = state.pending_will.take() {
         pending.cancel.cancel();
         // The session ends before the will delay: publish now [MQTT-3.1.2-8]. A Clean Start
         // that replaces the session also ends it.
-        publish_will(tenant, pending.message);
+        if why == SessionEnd::Closed {
+            publish_will(tenant, session, pending.message);
+        }
     }
     let mut left = session.drain_outbox();
     for (_, entry) in std::mem::take(&mut state.inflight) {

@@ -10,7 +10,8 @@
 //! nothing waits for a batch to fill. The answer is matched by `mid`.
 //!
 //! Back-pressure: a connection stops reading from its client while it has
-//! `max_pending_per_connection` verdicts outstanding, and the queue is bounded, so a hook slower
+//! `max_pending_per_connection` verdicts (or `max_pending_bytes_per_connection` bytes of
+//! messages, by their weight) outstanding, and the queue is bounded, so a hook slower
 //! than the publishers slows the publishers down (TCP, then Receive Maximum) instead of
 //! growing memory.
 //!
@@ -93,7 +94,8 @@ pub struct HookSettings {
     pub timeout_ms: u64,
     /// At most this many messages per request.
     pub max_batch_messages: usize,
-    /// At most this many payload bytes per request (a single larger message goes alone).
+    /// At most this many bytes of messages per request, by their weight (topic, payload and
+    /// every property); a single larger message goes alone.
     pub max_batch_bytes: usize,
     /// Requests in flight at once, per tenant.
     pub max_requests_in_flight: usize,
@@ -101,7 +103,8 @@ pub struct HookSettings {
     pub queue_capacity: usize,
     /// Messages of one connection awaiting the verdict; reading from that client pauses at this.
     pub max_pending_per_connection: usize,
-    /// Bytes of those messages (payload, topic and 64 per message); reading pauses at this too.
+    /// Bytes of those messages, by their weight (topic, payload, every property and their
+    /// bookkeeping); reading pauses at this too.
     pub max_pending_bytes_per_connection: usize,
     /// A response body larger than this drops the batch.
     pub max_response_bytes: usize,
@@ -806,40 +809,49 @@ impl Reply {
         if unchanged {
             return Ok(original.clone());
         }
-        let mut message = Message::clone(original);
-        if let Some(payload) = self.payload {
-            message.payload = match self.payload_encoding.as_deref() {
+        let mut payload = original.payload.clone();
+        let mut properties = original.properties.clone();
+        if let Some(text) = self.payload {
+            payload = match self.payload_encoding.as_deref() {
                 Some("base64") => Bytes::from(
                     STANDARD
-                        .decode(payload.as_bytes())
+                        .decode(text.as_bytes())
                         .map_err(|_| ReplyError::Invalid)?,
                 ),
-                None | Some("utf8") | Some("utf-8") => Bytes::from(payload),
+                None | Some("utf8") | Some("utf-8") => Bytes::from(text),
                 Some(_) => return Err(ReplyError::Invalid),
             };
         }
         if let Some(content_type) = self.content_type {
-            message.properties.content_type = content_type.map(mqtt_string).transpose()?;
+            properties.content_type = content_type.map(mqtt_string).transpose()?;
         }
         if let Some(indicator) = self.payload_format_indicator {
             if indicator > 1 {
                 return Err(ReplyError::Invalid);
             }
-            message.properties.payload_format_indicator = Some(indicator);
+            properties.payload_format_indicator = Some(indicator);
         }
         // [MQTT-3.3.2-4] a payload announced as UTF-8 must be UTF-8.
-        if message.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&message.payload).is_err()
+        if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err()
         {
             return Err(ReplyError::Invalid);
         }
         if let Some(props) = self.user_properties {
-            message.properties.user_properties = props
+            properties.user_properties = props
                 .into_iter()
                 .map(|p| Ok((mqtt_string(p.key)?, mqtt_string(p.value)?)))
                 .collect::<Result<_, ReplyError>>()?;
         }
-        Ok(Arc::new(message))
+        // A new message, weighed and in one allocation like every other.
+        Ok(Arc::new(Message::new(
+            original.topic.as_str(),
+            &payload,
+            original.qos,
+            original.retain,
+            &properties,
+            original.expires_at,
+            original.publisher.clone(),
+        )))
     }
 }
 
@@ -896,15 +908,15 @@ mod tests {
     }
 
     fn original() -> Arc<Message> {
-        Arc::new(Message {
-            topic: "t/a".into(),
-            payload: Bytes::from_static(b"hi"),
-            qos: starling_codec::QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-            expires_at: None,
-            publisher: None,
-        })
+        Arc::new(Message::new(
+            "t/a",
+            b"hi",
+            starling_codec::QoS::AtLeastOnce,
+            false,
+            &Default::default(),
+            None,
+            None,
+        ))
     }
 
     fn reply(json: &str) -> Reply {

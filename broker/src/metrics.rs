@@ -34,6 +34,13 @@ pub enum DropReason {
     hook_topic_changed,
     /// The on-publish hook's request failed (timeout, status, malformed answer, unreachable).
     hook_failed,
+    /// The subscriber's current token may not read the topic: the message was queued or in
+    /// flight under an earlier token with a wider ACL, and the session resumed or
+    /// re-authenticated with a narrower one.
+    not_readable,
+    /// A retained message the tenant's retained store has no room for
+    /// (`limits.max_retained_messages`, `limits.max_retained_bytes`): refused as a whole.
+    retained_full,
 }
 
 impl DropReason {

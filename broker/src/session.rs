@@ -18,8 +18,10 @@ use starling_codec::{MqttString, QoS, ReasonCode, SubscriptionOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::message::Delivery;
+use crate::auth::Credential;
+use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
+use crate::retained::RetainedCursor;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -36,6 +38,61 @@ pub struct OutboxLimits {
 struct Outbox {
     items: VecDeque<Delivery>,
     bytes: usize,
+}
+
+/// Why the broker closes the connection serving a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection took the session over (0x8E).
+    TakenOver,
+    /// Its outbox stayed congested past the grace (0x97).
+    SlowConsumer,
+    /// Its token was revoked (0x87).
+    Revoked,
+    /// The key that signed its token left the tenant's key set (0x87).
+    KeyRetired,
+    /// Its tenant was removed (0x87).
+    TenantRemoved,
+}
+
+impl Kick {
+    /// The DISCONNECT reason code.
+    pub fn reason(self) -> ReasonCode {
+        match self {
+            Kick::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
+            Kick::SlowConsumer => ReasonCode::QUOTA_EXCEEDED,
+            Kick::Revoked | Kick::KeyRetired | Kick::TenantRemoved => ReasonCode::NOT_AUTHORIZED,
+        }
+    }
+
+    /// Whether the credential the session was let in with no longer holds. Then the session
+    /// ends with the connection, and its will (delayed or not) and the messages it still
+    /// waits on the on-publish hook for are discarded.
+    pub fn ends_credential(self) -> bool {
+        matches!(self, Kick::Revoked | Kick::KeyRetired | Kick::TenantRemoved)
+    }
+
+    /// For the log line and the reason string.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kick::TakenOver => "session taken over",
+            Kick::SlowConsumer => "slow consumer",
+            Kick::Revoked => "token revoked",
+            Kick::KeyRetired => "the token's signing key was retired",
+            Kick::TenantRemoved => "tenant removed",
+        }
+    }
+}
+
+/// What [`Session::offer`] did with a delivery.
+#[derive(Debug)]
+pub enum Offered {
+    /// Queued.
+    Queued,
+    /// No room now; offer it again once the outbox has drained.
+    Later(Delivery),
+    /// It can never fit the outbox: dropped and counted (`queue_full`).
+    Dropped,
 }
 
 /// One session.
@@ -61,10 +118,15 @@ pub struct Session {
     connected: AtomicBool,
     /// Bumped on every connection and on the end of the session; timers compare it.
     generation: AtomicU64,
-    /// Cancels the connection currently serving the session (takeover, revocation).
-    kick: Mutex<Option<(CancellationToken, Arc<Mutex<ReasonCode>>)>>,
-    /// The token id of the serving connection's credential, for revocation sweeps.
-    credential_jti: Mutex<Option<Arc<str>>>,
+    /// Cancels the connection currently serving the session (takeover, revocation), saying
+    /// why in the slot.
+    kick: Mutex<Option<(CancellationToken, Arc<Mutex<Kick>>)>>,
+    /// The credential of the last connection, for revocation and key retirement sweeps.
+    credential: Mutex<Option<Credential>>,
+    /// Cancelled when the session ends because its credential no longer holds: what it had
+    /// started and not finished (a will waiting for the on-publish hook, the hook's verdicts
+    /// on its messages) is dropped.
+    credential_ended: CancellationToken,
     /// The state a connection owns while it serves the session.
     pub state: Arc<tokio::sync::Mutex<SessionState>>,
 }
@@ -96,11 +158,27 @@ pub struct PendingWill {
     pub message: Arc<crate::message::Message>,
 }
 
+/// Retained messages a subscription is owed, read from the store as the outbox has room.
+#[derive(Debug)]
+pub struct PendingRetained {
+    /// Where the reading stands.
+    pub cursor: RetainedCursor,
+    /// The subscription's granted QoS.
+    pub qos: QoS,
+    /// The subscription's identifier.
+    pub id: Option<u32>,
+    /// Read from the store and not queued yet: at most one read's worth.
+    pub ready: VecDeque<Arc<Message>>,
+}
+
 /// What a connection owns while serving the session.
 #[derive(Debug, Default)]
 pub struct SessionState {
-    /// Subscriptions by filter as the client wrote it (including `$share/g/`).
+    /// Subscriptions by filter as the client wrote it (including `$share/g/`). The keys are
+    /// copies: a slice would keep the whole SUBSCRIBE packet alive.
     pub subscriptions: HashMap<MqttString, SubscriptionRecord>,
+    /// Subscriptions still owed retained messages, oldest first.
+    pub retained: VecDeque<PendingRetained>,
     /// Outgoing QoS 1/2 messages by packet id, in the order they were sent.
     pub inflight: BTreeMap<u16, Inflight>,
     /// Order of `inflight` by send time (packet ids wrap, so the map's order is not it).
@@ -164,7 +242,8 @@ impl Session {
             connected: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             kick: Mutex::new(None),
-            credential_jti: Mutex::new(None),
+            credential: Mutex::new(None),
+            credential_ended: CancellationToken::new(),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
         })
     }
@@ -187,7 +266,7 @@ impl Session {
             metrics.count_drop(DropReason::offline_qos0);
             return false;
         }
-        let weight = delivery.message.weight();
+        let weight = delivery.weight();
         {
             let mut outbox = self.outbox.lock();
             if outbox.items.len() >= self.limits.max_messages
@@ -207,12 +286,66 @@ impl Session {
         true
     }
 
+    /// Queues a delivery only while the outbox is below half its bounds (so that live messages
+    /// keep room): for retained messages streamed on subscribe. Not counted as a drop when it
+    /// has to wait.
+    pub fn offer(&self, delivery: Delivery, metrics: &Metrics) -> Offered {
+        let weight = delivery.weight();
+        {
+            let mut outbox = self.outbox.lock();
+            if weight > self.limits.max_bytes {
+                drop(outbox);
+                metrics.count_drop(DropReason::queue_full);
+                return Offered::Dropped;
+            }
+            if !self.is_drained(&outbox)
+                || outbox.items.len() >= self.limits.max_messages
+                || outbox.bytes + weight > self.limits.max_bytes
+            {
+                return Offered::Later(delivery);
+            }
+            outbox.bytes += weight;
+            outbox.items.push_back(delivery);
+            if !self.is_drained(&outbox) && !self.filling.load(Ordering::Relaxed) {
+                self.filling.store(true, Ordering::Relaxed);
+            }
+        }
+        self.notify.notify_one();
+        Offered::Queued
+    }
+
+    /// Whether [`Session::offer`] would take a small delivery now.
+    pub fn has_room_for_offers(&self) -> bool {
+        let outbox = self.outbox.lock();
+        self.is_drained(&outbox) && outbox.items.len() < self.limits.max_messages
+    }
+
+    /// Removes the queued deliveries `keep` refuses; returns how many.
+    pub fn retain_outbox(&self, mut keep: impl FnMut(&Delivery) -> bool) -> u64 {
+        let mut outbox = self.outbox.lock();
+        let mut removed = 0;
+        let mut bytes = outbox.bytes;
+        outbox.items.retain(|d| {
+            let k = keep(d);
+            if !k {
+                removed += 1;
+                bytes = bytes.saturating_sub(d.weight());
+            }
+            k
+        });
+        outbox.bytes = bytes;
+        if self.filling.load(Ordering::Relaxed) && self.is_drained(&outbox) {
+            self.filling.store(false, Ordering::Relaxed);
+        }
+        removed
+    }
+
     /// Puts deliveries back at the front of the outbox (messages that were in flight on a
     /// connection that ended), ignoring the bounds: they were accounted for before.
     pub fn requeue_front(&self, deliveries: impl DoubleEndedIterator<Item = Delivery>) {
         let mut outbox = self.outbox.lock();
         for d in deliveries.rev() {
-            outbox.bytes += d.message.weight();
+            outbox.bytes += d.weight();
             outbox.items.push_front(d);
         }
     }
@@ -239,7 +372,7 @@ impl Session {
             let Some(d) = outbox.items.pop_front() else {
                 break;
             };
-            outbox.bytes = outbox.bytes.saturating_sub(d.message.weight());
+            outbox.bytes = outbox.bytes.saturating_sub(d.weight());
             out.push(d);
         }
         if self.filling.load(Ordering::Relaxed) && self.is_drained(&outbox) {
@@ -303,9 +436,10 @@ impl Session {
         self.notify.notified().await;
     }
 
-    /// Marks the session served by a connection that `cancel` stops; returns the generation.
-    pub fn attach(&self, cancel: CancellationToken, reason: Arc<Mutex<ReasonCode>>) -> u64 {
-        *self.kick.lock() = Some((cancel, reason));
+    /// Marks the session served by a connection that `cancel` stops (saying why in `slot`);
+    /// returns the generation.
+    pub fn attach(&self, cancel: CancellationToken, slot: Arc<Mutex<Kick>>) -> u64 {
+        *self.kick.lock() = Some((cancel, slot));
         self.connected.store(true, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -325,21 +459,34 @@ impl Session {
         self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Records the token id of the serving connection's credential.
-    pub fn set_credential_jti(&self, jti: Option<Arc<str>>) {
-        *self.credential_jti.lock() = jti;
+    /// Records the credential of the connection serving the session.
+    pub fn set_credential(&self, credential: Option<Credential>) {
+        *self.credential.lock() = credential;
     }
 
-    /// The token id of the serving connection's credential.
-    pub fn credential_jti(&self) -> Option<Arc<str>> {
-        self.credential_jti.lock().clone()
+    /// The credential of the connection serving (or that last served) the session.
+    pub fn credential(&self) -> Option<Credential> {
+        self.credential.lock().clone()
     }
 
-    /// Asks the connection serving the session (if any) to close with `reason`.
-    pub fn kick(&self, reason: ReasonCode) {
-        if let Some((cancel, slot)) = self.kick.lock().as_ref() {
-            *slot.lock() = reason;
-            cancel.cancel();
+    /// Cancelled when the session ends because its credential no longer holds.
+    pub fn credential_ended(&self) -> &CancellationToken {
+        &self.credential_ended
+    }
+
+    /// Asks the connection serving the session, if any, to close for `kick`. Returns whether
+    /// one was serving it. A kick that ends the credential wins over one that does not.
+    pub fn kick(&self, kick: Kick) -> bool {
+        match self.kick.lock().as_ref() {
+            Some((cancel, slot)) => {
+                let mut why = slot.lock();
+                if !why.ends_credential() || !cancel.is_cancelled() {
+                    *why = kick;
+                }
+                cancel.cancel();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -347,20 +494,18 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
-    use bytes::Bytes;
 
     fn delivery() -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: MqttString::from("t"),
-                payload: Bytes::from_static(b"x"),
-                qos: QoS::AtMostOnce,
-                retain: false,
-                properties: Default::default(),
-                expires_at: None,
-                publisher: None,
-            }),
+            message: Arc::new(Message::new(
+                "t",
+                b"x",
+                QoS::AtMostOnce,
+                false,
+                &Default::default(),
+                None,
+                None,
+            )),
             qos: QoS::AtMostOnce,
             retain: false,
             subscription_ids: Default::default(),
@@ -380,7 +525,7 @@ mod tests {
         );
         session.attach(
             CancellationToken::new(),
-            Arc::new(Mutex::new(ReasonCode::SUCCESS)),
+            Arc::new(Mutex::new(Kick::TakenOver)),
         );
         for _ in 0..4 {
             assert!(session.push(delivery(), &metrics));

@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use starling_codec::QoS;
+use tracing::warn;
 
 use crate::config::Limits;
 use crate::hook::Hook;
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::retained::{RetainOutcome, Retained};
 use crate::router::{Routed, Router};
 use crate::session::{OutboxLimits, Session};
@@ -35,7 +37,19 @@ pub struct Tenant {
     connections: AtomicUsize,
     /// The on-publish hook, when the tenant has one.
     hook: RwLock<Option<Arc<Hook>>>,
+    /// Retained messages refused for want of room since the last log line about it, and when
+    /// that line was written (ms since `started`): one line per [`FULL_LOG_INTERVAL`] at most.
+    retained_refused: AtomicU64,
+    retained_logged_at: AtomicU64,
+    started: Instant,
 }
+
+/// A retained message the store has no room for: refused as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainedFull;
+
+/// At most one log line per tenant per this interval about refused retained messages.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Tenant {
     /// A new, empty tenant.
@@ -43,12 +57,15 @@ impl Tenant {
         Arc::new(Tenant {
             name: name.into(),
             router: Router::default(),
-            retained: Retained::new(limits.max_retained_messages),
+            retained: Retained::new(limits.max_retained_messages, limits.max_retained_bytes),
             limits,
             metrics,
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             hook: RwLock::new(None),
+            retained_refused: AtomicU64::new(0),
+            retained_logged_at: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -64,8 +81,14 @@ impl Tenant {
     }
 
     /// Delivers `message` to every matching subscription and updates the retained store when
-    /// the message is retained. `scratch` is reused between calls. Returns the deliveries queued.
-    pub fn publish(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) -> usize {
+    /// the message is retained. `scratch` is reused between calls. Returns the deliveries
+    /// queued, or [`RetainedFull`] for a retained message the store has no room for, which is
+    /// then neither retained nor delivered (counted as `retained_full` and logged).
+    pub fn publish(
+        &self,
+        message: Arc<Message>,
+        scratch: &mut Vec<Routed>,
+    ) -> Result<usize, RetainedFull> {
         self.publish_noting_congestion(message, scratch, &mut None, &mut false)
     }
 
@@ -79,13 +102,16 @@ impl Tenant {
         scratch: &mut Vec<Routed>,
         congested: &mut Option<Arc<Session>>,
         filling: &mut bool,
-    ) -> usize {
+    ) -> Result<usize, RetainedFull> {
         if message.retain {
             match self.retained.set(&message) {
                 RetainOutcome::Stored | RetainOutcome::Cleared => {
                     self.metrics.retained.set(self.retained.len() as i64);
                 }
-                RetainOutcome::Full => {}
+                RetainOutcome::Full => {
+                    self.refuse_retained(&message);
+                    return Err(RetainedFull);
+                }
             }
         }
         self.router.route(&message, scratch);
@@ -100,7 +126,36 @@ impl Tenant {
                 *congested = Some(session);
             }
         }
-        queued
+        Ok(queued)
+    }
+
+    /// Counts a retained message refused for want of room, and logs it (at most one line per
+    /// [`FULL_LOG_INTERVAL`], with the number refused since the last one).
+    fn refuse_retained(&self, message: &Message) {
+        self.metrics.count_drop(DropReason::retained_full);
+        let refused = self.retained_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.retained_logged_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= FULL_LOG_INTERVAL.as_millis() as u64;
+        if due
+            && self
+                .retained_logged_at
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.retained_refused.fetch_sub(refused, Ordering::Relaxed);
+            warn!(
+                tenant = %self.name,
+                client_id = message.publisher.as_deref().unwrap_or(""),
+                weight = message.weight(),
+                retained = self.retained.len(),
+                retained_bytes = self.retained.bytes(),
+                max_retained_messages = self.limits.max_retained_messages,
+                max_retained_bytes = self.limits.max_retained_bytes,
+                refused,
+                "retained message refused: the tenant's retained store is full"
+            );
+        }
     }
 
     /// Removes the subscription of session `session_id` to `full_filter` (as the client wrote
@@ -172,10 +227,9 @@ impl Tenant {
     }
 }
 
-/// `$share/{group}/{filter}` split into the group and the filter; other filters unchanged.
+/// `$share/{group}/{filter}` split into the group and the filter that is routed; other
+/// filters unchanged. Filters are checked when subscribed; one that is not a valid
+/// subscription is returned as it is (and matches no subscription).
 pub fn split_shared(full: &str) -> (Option<&str>, &str) {
-    match starling_codec::topic::parse_shared(full) {
-        Ok(Some((g, f))) => (Some(g), f),
-        _ => (None, full),
-    }
+    starling_codec::topic::subscription(full).unwrap_or((None, full))
 }

@@ -602,3 +602,145 @@ async fn shutdown_sends_0x8b_and_readiness_goes_false() {
         stop.await.unwrap();
     })
 }
+
+#[tokio::test]
+async fn a_shared_subscription_inside_a_shared_subscription_is_refused_with_0x8f() {
+    timed!(async {
+        let b = TestBroker::start().await;
+        let mut s = b.client("nest").await;
+        let ack = s
+            .subscribe("$share/g/$share/h/x", sub_opts(QoS::AtMostOnce))
+            .await;
+        assert_eq!(ack.reasons, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+        // The connection goes on, and a plain shared subscription is fine.
+        let ack = s.subscribe("$share/g/x", sub_opts(QoS::AtMostOnce)).await;
+        assert_eq!(ack.reasons, vec![ReasonCode::GRANTED_QOS_0]);
+    })
+}
+
+#[tokio::test]
+async fn a_publish_to_a_topic_in_the_share_namespace_is_refused_with_0x90() {
+    timed!(async {
+        let b = TestBroker::start().await;
+        let mut s = b.client("share-sub").await;
+        s.subscribe("$share/g/$share/h/x", sub_opts(QoS::AtMostOnce))
+            .await;
+        let mut p = b.client("share-pub").await;
+        assert_eq!(
+            p.publish("$share/h/x", QoS::AtLeastOnce, b"x").await,
+            Some(ReasonCode::TOPIC_NAME_INVALID)
+        );
+        p.publish("$share/h/x", QoS::AtMostOnce, b"x").await;
+        p.publish("$share/h/x", QoS::AtLeastOnce, b"x").await;
+        s.expect_silence(Duration::from_millis(200)).await;
+    })
+}
+
+/// Retains `n` messages `prefix/0..n` from `p` (QoS 1, so each is stored when acknowledged).
+async fn retain_many(p: &mut RawClient<tokio::net::TcpStream>, prefix: &str, n: usize) {
+    for i in 0..n {
+        let id = p.next_id();
+        let mut m = publish(&format!("{prefix}/{i}"), QoS::AtLeastOnce, b"r", Some(id));
+        m.retain = true;
+        p.send(Packet::Publish(m)).await;
+        match p.recv().await {
+            Packet::PubAck(a) => assert_eq!(a.reason, ReasonCode::SUCCESS),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn identical_filters_in_one_subscribe_get_the_retained_messages_once() {
+    timed!(async {
+        let b = TestBroker::start().await;
+        let mut p = b.client("ret-pub").await;
+        retain_many(&mut p, "r", 3).await;
+        let mut s = b.client("ret-sub").await;
+        let filters = ["r/#", "r/#", "r/#", "r/+", "r/#"];
+        let id = s.next_id();
+        s.send(Packet::Subscribe(starling_codec::Subscribe {
+            packet_id: id,
+            subscriptions: filters
+                .iter()
+                .map(|f| starling_codec::Subscription {
+                    filter: MqttString::from(f.to_string()),
+                    options: sub_opts(QoS::AtMostOnce),
+                })
+                .collect(),
+            properties: Default::default(),
+        }))
+        .await;
+        match s.recv().await {
+            Packet::SubAck(a) => assert_eq!(a.reasons, vec![ReasonCode::GRANTED_QOS_0; 5]),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        // `r/#` and `r/+` are different subscriptions and each is entitled to the retained
+        // messages [MQTT-3.8.4-5]; the three copies of `r/#` are one.
+        let mut retained = 0;
+        p.publish("r/end", QoS::AtLeastOnce, b"end").await;
+        loop {
+            let m = s.recv_publish().await;
+            if m.topic.as_str() == "r/end" {
+                break;
+            }
+            assert!(m.retain);
+            retained += 1;
+        }
+        assert_eq!(retained, 6, "3 for r/# and 3 for r/+");
+    })
+}
+
+#[tokio::test]
+async fn a_retained_message_over_max_retained_bytes_is_refused_with_0x97() {
+    timed!(async {
+        let b = TestBroker::with(|c| c.limits.max_retained_bytes = Some(8 * 1024)).await;
+        let mut watcher = b.client("rb-watch").await;
+        watcher.subscribe("rb/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut p = b.client("rb-pub").await;
+        let retained = |topic: &str, qos, payload: &[u8], id| {
+            let mut m = publish(topic, qos, payload, id);
+            m.retain = true;
+            Packet::Publish(m)
+        };
+        p.send(retained("rb/small", QoS::AtLeastOnce, &[1; 1000], Some(1)))
+            .await;
+        assert_eq!(puback_reason(p.recv().await), ReasonCode::SUCCESS);
+        // Over the tenant's bytes: refused as a whole, neither retained nor delivered.
+        p.send(retained("rb/big", QoS::AtLeastOnce, &[2; 7000], Some(2)))
+            .await;
+        assert_eq!(puback_reason(p.recv().await), ReasonCode::QUOTA_EXCEEDED);
+        p.send(retained("rb/big0", QoS::AtMostOnce, &[3; 7000], None))
+            .await;
+        // Replacing a retained message with a smaller one and clearing are always allowed.
+        p.send(retained("rb/small", QoS::AtLeastOnce, &[4; 10], Some(3)))
+            .await;
+        assert_eq!(puback_reason(p.recv().await), ReasonCode::SUCCESS);
+        let got: Vec<(String, usize)> =
+            [watcher.recv_publish().await, watcher.recv_publish().await]
+                .iter()
+                .map(|m| (m.topic.as_str().to_string(), m.payload.len()))
+                .collect();
+        assert_eq!(
+            got,
+            vec![("rb/small".to_string(), 1000), ("rb/small".to_string(), 10)]
+        );
+        let mut late = b.client("rb-late").await;
+        late.subscribe("rb/#", sub_opts(QoS::AtMostOnce)).await;
+        let m = late.recv_publish().await;
+        assert_eq!((m.topic.as_str(), m.payload.len()), ("rb/small", 10));
+        late.expect_silence(Duration::from_millis(200)).await;
+        let m = b.metrics().await;
+        assert_eq!(
+            metric(&m, "starling_dropped_total{reason=\"retained_full\"}"),
+            2.0
+        );
+    })
+}
+
+fn puback_reason(p: Packet) -> ReasonCode {
+    match p {
+        Packet::PubAck(a) => a.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}

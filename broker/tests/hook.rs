@@ -817,3 +817,83 @@ async fn messages_waiting_for_the_hook_when_the_publisher_leaves_are_still_deliv
     .await;
     sub.expect_silence(Duration::from_millis(200)).await;
 }
+
+/// Revocation ends the session with everything it had started: messages of the revoked
+/// client still waiting for the hook are not delivered when the verdict comes.
+#[tokio::test]
+async fn revocation_cancels_the_verdicts_the_session_is_waiting_for() {
+    let hook = HookServer::start_with(echo(), true, 0).await;
+    // The hook client of token tenants follows the broker's `[hook]` settings.
+    let b = TestBroker::with(|c| {
+        c.auth.mode = starling_broker::config::AuthMode::Token;
+        c.embedded_tenants = true;
+        c.hook = HookSettings::local();
+    })
+    .await;
+    let tokens = SigningKey::generate().unwrap();
+    let mut state = starling_broker::auth::directory::TenantState {
+        jwks: starling_token::Jwks {
+            keys: vec![tokens.public_jwk()],
+        },
+        revoked: Default::default(),
+        hook: Some(HookTarget {
+            url: hook.url(),
+            key: Some(key()),
+            broker: "acme".into(),
+        }),
+    };
+    b.broker.directory.apply("acme", &state).unwrap();
+    let connect = |id: &str| {
+        let token = tokens.sign_claims(&starling_token::Claims {
+            sub: id.to_string(),
+            jti: format!("j-{id}"),
+            iat: common::tokens::now(),
+            exp: None,
+            nbf: None,
+            topic_acl: starling_token::TopicAcl::All,
+        });
+        common::tokens::with_password(id, &token)
+    };
+    let mut sub = b.raw().await;
+    assert_eq!(
+        sub.connect(connect("sub")).await.reason,
+        ReasonCode::SUCCESS
+    );
+    sub.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
+    let mut victim = b.raw().await;
+    assert_eq!(
+        victim.connect(connect("victim")).await.reason,
+        ReasonCode::SUCCESS
+    );
+    victim
+        .send(Packet::Publish(publish("t/0", QoS::AtMostOnce, b"0", None)))
+        .await;
+    victim
+        .send(Packet::Publish(publish(
+            "t/1",
+            QoS::AtLeastOnce,
+            b"1",
+            Some(1),
+        )))
+        .await;
+    wait_for_metric(&b, "starling_messages_in_total{qos=\"1\"}", 1.0).await;
+    state.revoked.insert("j-victim".into());
+    b.broker.directory.apply("acme", &state).unwrap();
+    victim.expect_disconnect(ReasonCode::NOT_AUTHORIZED).await;
+    // The hook answers now, and would let both through.
+    hook.open(100);
+    let mut marker = b.raw().await;
+    assert_eq!(
+        marker.connect(connect("marker")).await.reason,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        marker.publish("t/end", QoS::AtLeastOnce, b"end").await,
+        Some(ReasonCode::SUCCESS)
+    );
+    assert_eq!(
+        sub.recv_publish().await.topic.as_str(),
+        "t/end",
+        "a message of the revoked session was delivered"
+    );
+}

@@ -336,6 +336,31 @@ async fn acl_on_publish_subscribe_shared_and_wildcards() {
     })
 }
 
+/// The ACL sees the filter that is routed. `$share/g/$share/h/x` used to be checked as `x` (the
+/// ACL took the `$share/h/` off again) and routed as the literal filter `$share/h/x`, which a
+/// publisher allowed `$share/#` could then reach.
+#[tokio::test]
+async fn a_nested_shared_subscription_cannot_reach_past_the_acl() {
+    timed!(async {
+        let f = fixture(|_| {}).await;
+        let mut c = f.client("nested", acl(&[], &["x"])).await;
+        assert_eq!(
+            c.subscribe("$share/g/$share/h/x", sub_opts(QoS::AtMostOnce))
+                .await
+                .reasons,
+            vec![ReasonCode::TOPIC_FILTER_INVALID]
+        );
+        let mut p = f.client("share-writer", acl(&["$share/#", "x"], &[])).await;
+        assert_eq!(
+            p.publish("$share/h/x", QoS::AtLeastOnce, b"in").await,
+            Some(ReasonCode::TOPIC_NAME_INVALID)
+        );
+        c.subscribe("x", sub_opts(QoS::AtMostOnce)).await;
+        p.publish("x", QoS::AtLeastOnce, b"end").await;
+        assert_eq!(&c.recv_publish().await.payload[..], b"end");
+    })
+}
+
 #[tokio::test]
 async fn will_on_a_forbidden_topic_gets_0x87() {
     timed!(async {

@@ -3,7 +3,10 @@
 //! One interface for every source of that data: files ([`super::files`]) today, the control
 //! plane's state feed in managed mode. A source calls [`Directory::apply`] with a tenant's
 //! complete state whenever it changes; the directory swaps the tenant's key set and revocation
-//! list in place and disconnects live sessions whose token was revoked (0x87).
+//! list in place, then ends the sessions whose token was revoked or whose token's key left
+//! the key set (rotation with `retire_after=0`, a retiring key past `retire_at`): a
+//! connected session is disconnected (0x87) and ends with its connection, an offline one ends
+//! at once. Their wills are discarded.
 //!
 //! Concurrency: lookups (every CONNECT) take a read lock on a small map and clone `Arc`s; a
 //! change takes the write lock for the swap only.
@@ -12,13 +15,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use starling_codec::ReasonCode;
 use starling_token::{Jwks, TokenError, Verifier};
 use tracing::{info, warn};
 
+use crate::auth::Credential;
 use crate::config::Limits;
+use crate::connection::end_for_credential;
 use crate::hook::{Hook, HookSettings, HookTarget};
 use crate::metrics::Metrics;
+use crate::session::Kick;
 use crate::tenant::Tenant;
 
 /// Everything a source knows about one tenant.
@@ -80,16 +85,18 @@ impl Directory {
         }
     }
 
-    /// Sets the complete state of tenant `name` (creating it when new) and disconnects its live
-    /// sessions whose token id is now revoked, with reason 0x87.
+    /// Sets the complete state of tenant `name` (creating it when new) and ends its sessions
+    /// whose token id is now revoked or whose token's key is no longer in the key set.
     pub fn apply(&self, name: &str, state: &TenantState) -> Result<(), TokenError> {
         let verifier = Arc::new(Verifier::new(&state.jwks)?);
         let revoked = Arc::new(state.revoked.clone());
         let kids: Vec<String> = state.jwks.keys.iter().map(|k| k.kid.clone()).collect();
+        let mut retired = false;
         let entry = {
             let mut inner = self.inner.write();
             let entry = match inner.tenants.get(name) {
                 Some(e) => {
+                    retired = e.kids.read().iter().any(|k| !verifier.has_kid(k));
                     *e.verifier.write() = verifier;
                     *e.kids.write() = kids;
                     *e.revoked.write() = revoked.clone();
@@ -111,11 +118,13 @@ impl Directory {
             entry
         };
         self.update_hook(name, &entry.tenant, state.hook.as_ref());
-        self.disconnect_revoked(&entry, &revoked);
+        if retired || !revoked.is_empty() {
+            end_sessions(&entry);
+        }
         Ok(())
     }
 
-    /// Removes tenant `name` and disconnects every client of it (0x87).
+    /// Removes tenant `name`, disconnects every client of it (0x87) and ends its sessions.
     pub fn remove(&self, name: &str) -> bool {
         let removed = {
             let mut inner = self.inner.write();
@@ -126,7 +135,7 @@ impl Directory {
         match removed {
             Some(entry) => {
                 for session in entry.tenant.sessions() {
-                    session.kick(ReasonCode::NOT_AUTHORIZED);
+                    end_for_credential(&entry.tenant, &session, Kick::TenantRemoved, |_| true);
                 }
                 info!(tenant = name, "tenant removed");
                 true
@@ -178,18 +187,31 @@ impl Directory {
             }
         }
     }
+}
 
-    fn disconnect_revoked(&self, entry: &TenantAuth, revoked: &HashSet<String>) {
-        if revoked.is_empty() {
-            return;
-        }
-        for session in entry.tenant.sessions() {
-            if let Some(jti) = session.credential_jti() {
-                if revoked.contains(&*jti) {
-                    session.kick(ReasonCode::NOT_AUTHORIZED);
-                }
-            }
-        }
+/// Why `credential` no longer holds in `entry`, if it does not.
+fn ended(entry: &TenantAuth, credential: &Credential) -> Option<Kick> {
+    if entry.is_revoked(&credential.jti) {
+        Some(Kick::Revoked)
+    } else if !entry.verifier().has_kid(&credential.kid) {
+        Some(Kick::KeyRetired)
+    } else {
+        None
+    }
+}
+
+/// Ends the sessions of `entry`'s tenant whose credential no longer holds. Whether it holds is
+/// asked again when an offline session's state is taken (a resumption with a fresh token may
+/// have come first).
+fn end_sessions(entry: &Arc<TenantAuth>) {
+    for session in entry.tenant.sessions() {
+        let Some(kick) = session.credential().and_then(|c| ended(entry, &c)) else {
+            continue;
+        };
+        let e = entry.clone();
+        end_for_credential(&entry.tenant, &session, kick, move |c| {
+            ended(&e, c).is_some()
+        });
     }
 }
 

@@ -34,8 +34,13 @@ pub struct ConnectInfo<'a> {
 pub trait Permissions: Send + Sync + std::fmt::Debug {
     /// Whether the client may publish to `topic`.
     fn may_publish(&self, topic: &str) -> bool;
-    /// Whether the client may subscribe to `filter` (without any `$share/group/` prefix).
+    /// Whether the client may subscribe to `filter`: the filter that is routed, without any
+    /// `$share/group/` prefix.
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// Whether a message on `topic` may be delivered to the client. A session delivers only
+    /// what its current credential may read: what was queued under an earlier, wider one is
+    /// dropped.
+    fn may_read(&self, topic: &str) -> bool;
 }
 
 /// Everything allowed.
@@ -47,6 +52,9 @@ impl Permissions for AllowAll {
         true
     }
     fn may_subscribe(&self, _filter: &str) -> bool {
+        true
+    }
+    fn may_read(&self, _topic: &str) -> bool {
         true
     }
 }
@@ -70,6 +78,9 @@ pub struct Authenticated {
 pub struct Credential {
     /// The token id, for revocation.
     pub jti: Arc<str>,
+    /// The id of the key that signed it: when the key leaves the tenant's key set, the
+    /// sessions it let in end.
+    pub kid: Arc<str>,
     /// The client id the token is bound to.
     pub sub: String,
     /// When the connection must end, unix seconds (the token's `exp` plus the clock skew).
@@ -111,6 +122,14 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
             ReasonCode::BAD_AUTHENTICATION_METHOD,
             "reauthentication_unsupported",
         ))
+    }
+
+    /// Whether the credential `auth` was let in with still holds (not revoked, its key still
+    /// in the key set, its tenant still served). Checked once more after a connection has
+    /// attached to its session, so a revocation applied meanwhile is not missed.
+    fn holds(&self, auth: &Authenticated) -> bool {
+        let _ = auth;
+        true
     }
 }
 

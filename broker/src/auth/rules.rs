@@ -146,6 +146,15 @@ impl Permissions for AccessRules {
                 filter_covers(allowed, filter)
             }))
     }
+
+    /// As a subscription to the topic itself would be: no subscribe rule denies it and one
+    /// allows it (a session resumed through a listener with other rules keeps only this).
+    fn may_read(&self, topic: &str) -> bool {
+        let matches = |filter: &str| topic_matches_filter(topic, filter);
+        self.rules.is_empty()
+            || (!self.any(Permission::Deny, Action::subscribe, matches)
+                && self.any(Permission::Allow, Action::subscribe, matches))
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +176,18 @@ mod tests {
         let r = rules(&[]);
         assert!(r.may_publish("a/b"));
         assert!(r.may_subscribe("#"));
+    }
+
+    #[test]
+    fn a_topic_may_be_read_as_a_subscription_to_it_would_be_allowed() {
+        let r = rules(&[(Allow, Subscribe, "#"), (Deny, Subscribe, "secret/#")]);
+        assert!(r.may_read("public/a"));
+        assert!(!r.may_read("secret/a"));
+        assert!(
+            !rules(&[(Allow, Publish, "#")]).may_read("a"),
+            "publishing is not reading"
+        );
+        assert!(rules(&[]).may_read("anything"));
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //!
 //! Each refusal is counted in `starling_auth_failures_total{reason}`; the token never appears in
 //! a log line, an error or a metric.
+//!
+//! A fresh token by AUTH (or a resumed session with another token) replaces what the
+//! connection may do, and the session keeps only what the new token allows: subscriptions it
+//! forbids are removed, queued and in-flight messages it may not read are dropped, and a will
+//! whose topic it may not publish to is discarded (the connection's close then publishes
+//! nothing).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,6 +40,9 @@ impl Permissions for AclPermissions {
     }
     fn may_subscribe(&self, filter: &str) -> bool {
         self.0.may_subscribe(filter)
+    }
+    fn may_read(&self, topic: &str) -> bool {
+        self.0.may_read(topic)
     }
 }
 
@@ -102,6 +111,7 @@ impl TokenAuth {
             permissions: Arc::new(AclPermissions(claims.topic_acl)),
             credential: Some(Credential {
                 jti: claims.jti.into(),
+                kid: kid.into(),
                 sub: claims.sub,
                 ends_at: claims.exp.map(|e| e.saturating_add(skew)),
             }),
@@ -150,6 +160,15 @@ impl Authenticator for TokenAuth {
             return Err(self.refuse(ReasonCode::NOT_AUTHORIZED, "reauth_other_client"));
         }
         Ok(next)
+    }
+
+    fn holds(&self, auth: &Authenticated) -> bool {
+        let Some(credential) = &auth.credential else {
+            return true;
+        };
+        self.directory.by_kid(&credential.kid).is_some_and(|entry| {
+            Arc::ptr_eq(&entry.tenant, &auth.tenant) && !entry.is_revoked(&credential.jti)
+        })
     }
 }
 

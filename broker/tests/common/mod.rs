@@ -341,3 +341,19 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Polls `/metrics` until `series` satisfies `done`, for at most [`WAIT`]; returns its value.
+pub async fn wait_for_series(http: SocketAddr, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = metric(&http_get(http, "/metrics").await.1, series);
+        if done(value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is still {value} after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -101,3 +101,20 @@ pub fn b64(data: &[u8]) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A CONNECT (v5, clean start) carrying `token` as its password.
+pub fn with_password(id: &str, token: &str) -> starling_codec::Connect {
+    starling_codec::Connect {
+        username: Some("anything".into()),
+        password: Some(bytes::Bytes::from(token.to_string())),
+        ..super::connect_v5(id)
+    }
+}
+
+/// A topic ACL with these `pub` and `sub` filters.
+pub fn acl(publish: &[&str], subscribe: &[&str]) -> TopicAcl {
+    TopicAcl::Lists {
+        publish: publish.iter().map(|s| s.to_string()).collect(),
+        subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+    }
+}
