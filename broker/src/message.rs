@@ -9,12 +9,16 @@ use std::mem::size_of;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use smallvec::SmallVec;
 use starling_codec::{MqttString, PublishProperties, QoS};
 
 /// What an `Arc` and the allocator add to a message, and the header of its shared buffer.
 const OVERHEAD: usize = 64;
+/// A message whose topic, payload and properties fit in this many bytes keeps them in the
+/// allocation that shares them (one allocation besides the message's own); a larger one has a
+/// second allocation of its size. Most messages of devices fit.
+const INLINE: usize = 128;
 
 /// One application message. Built by [`Message::new`]; a changed topic, payload or properties
 /// needs a new message (the weight is computed once).
@@ -61,7 +65,7 @@ impl Message {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
-        let mut buf = BytesMut::with_capacity(size);
+        let mut buf = SmallVec::<[u8; INLINE]>::with_capacity(size);
         buf.extend_from_slice(topic.as_bytes());
         buf.extend_from_slice(payload);
         for s in [&p.response_topic, &p.content_type].into_iter().flatten() {
@@ -74,8 +78,8 @@ impl Message {
             buf.extend_from_slice(k.as_bytes());
             buf.extend_from_slice(v.as_bytes());
         }
-        // The same walk again, now slicing the copy.
-        let all = buf.freeze();
+        // The same walk again, now slicing the copy (which slices share without allocating).
+        let all = Bytes::from_owner(buf);
         let mut at = 0;
         let mut take = |n: usize| {
             let b = all.slice(at..at + n);
@@ -105,6 +109,7 @@ impl Message {
         };
         let weight = size
             + size_of::<Message>()
+            + size_of::<SmallVec<[u8; INLINE]>>()
             + properties.user_properties.capacity() * size_of::<(MqttString, MqttString)>()
             + OVERHEAD;
         Message {
@@ -172,6 +177,7 @@ pub struct Delivery {
 impl Delivery {
     /// The bytes a queue holding this delivery holds: its message (shared, but kept alive by
     /// the queue) and the delivery itself with its subscription identifiers.
+    #[inline]
     pub fn weight(&self) -> usize {
         let ids = if self.subscription_ids.spilled() {
             self.subscription_ids.capacity() * size_of::<u32>()
