@@ -8,8 +8,8 @@
 // tokens issued for it; a message from mosquitto_pub reaching the page; tenant isolation between
 // the new broker and `demo`; a revoked jti disconnected within 1 s and refused, then let back in
 // after the revocation is lifted; a key rotation keeping old tokens working until the old key
-// retires while new tokens work at once, and old tokens refused after retirement; a deleted
-// broker's clients disconnected. Every step runs under a deadline; the only bounded wait is the
+// retires while new tokens work at once, and old tokens refused after retirement, their
+// connections closed (0x87); a deleted broker's clients disconnected. Every step runs under a deadline; the only bounded wait is the
 // isolation check, which must see nothing arrive.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -358,7 +358,17 @@ test('after a key rotation old tokens work until the old key retires and new tok
   assert.ok(!kidsLater.includes(oldKid), 'the retired key is still published');
   assert.ok(kidsLater.includes(rotation.currentKid));
 
-  // The new key keeps working.
+  // The page was let in by the old key: its connection is closed (0x87) when the key retires,
+  // and its session ends, so a retired key lets nothing through any more.
+  const pageClosed = await until(async () => (await pageState()).closedAt, 'the old-key page is disconnected', STEP_MS, 20);
+  t.diagnostic(`old-key page disconnected ${pageClosed - retireAtMs} ms after retireAt`);
+  assert.equal((await pageState()).disconnectReason, NOT_AUTHORIZED);
+
+  // The new key keeps working: for the Node client, and for the page back with a new token.
+  const [newSubToken] = await issue(subId);
+  assert.equal(claims(newSubToken).kid, rotation.currentKid);
+  const back = await pageConnect(newSubToken);
+  assert.ok(back.ok, `the page with a new token: ${JSON.stringify(back)}`);
   const later = `new key after retirement ${Date.now()}`;
   await within(fresh.client.publishAsync(topic, later, { qos: 1 }), 'publish with the new token', STEP_MS);
   await pageGot(later);
