@@ -45,7 +45,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::queue_full,
         DropReason::packet_too_large,
         DropReason::expired,
@@ -56,6 +56,8 @@ impl DropReason {
         DropReason::hook_rejected,
         DropReason::hook_topic_changed,
         DropReason::hook_failed,
+        DropReason::not_readable,
+        DropReason::retained_full,
     ];
 }
 
@@ -340,9 +342,11 @@ mod tests {
             DropReason::hook_rejected => 7,
             DropReason::hook_topic_changed => 8,
             DropReason::hook_failed => 9,
+            DropReason::not_readable => 10,
+            DropReason::retained_full => 11,
         };
         let mut seen: Vec<usize> = DropReason::ALL.iter().map(|&r| index(r)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(seen, (0..12).collect::<Vec<_>>());
     }
 }
