@@ -444,6 +444,8 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
                 jwks: crate::routes::keys::live(&s.keys, now),
                 revoked: s.revocations.into_iter().map(|r| r.jti).collect(),
                 hook,
+                limits: crate::routes::brokers::stored_limits(s.broker.limits.as_deref())
+                    .unwrap_or_default(),
             };
             if let Err(e) = directory.apply(id, &tenant) {
                 tracing::warn!(broker_id = id, error = %e, "broker state not applied");

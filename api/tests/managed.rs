@@ -182,6 +182,16 @@ async fn managed_broker(
     dir: &Path,
     data_dir: Option<&Path>,
 ) -> starling_broker::RunningBroker {
+    managed_broker_with(internal, c, dir, data_dir, |_| {}).await
+}
+
+async fn managed_broker_with(
+    internal: SocketAddr,
+    c: &Created,
+    dir: &Path,
+    data_dir: Option<&Path>,
+    edit: impl FnOnce(&mut BrokerConfig),
+) -> starling_broker::RunningBroker {
     let mut config = BrokerConfig::default();
     config.listeners.push(ListenerConfig::new(
         ListenerKind::Mqtt,
@@ -197,6 +207,7 @@ async fn managed_broker(
     });
     config.data_dir = data_dir.map(Path::to_path_buf);
     let _ = &c.secret;
+    edit(&mut config);
     starling_broker::start(config).await.expect("broker starts")
 }
 
@@ -393,6 +404,137 @@ async fn the_broker_serves_through_an_api_outage_and_its_own_restart() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         revoke_and_expect_cut(public, &mut live, &created.jti).await;
+        broker.shutdown().await;
+        drop(api);
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Tokens for `ids` of broker `ns/b`.
+async fn tokens(api: SocketAddr, ids: &[&str]) -> Vec<String> {
+    let query: String = ids.iter().map(|id| format!("&clientid={id}")).collect();
+    let (s, creds) = http(
+        api,
+        "GET",
+        &format!("/v1/namespaces/ns/brokers/b/credentials?type=TOKEN&topicAcl=%23{query}"),
+        Some(BOOTSTRAP),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{creds}");
+    ids.iter()
+        .map(|id| creds[*id].as_str().expect("a token").to_string())
+        .collect()
+}
+
+/// Sets the broker's limits through the api and waits until the managed broker's tenant has
+/// `max_connections` (a condition, not a sleep).
+async fn set_limits(
+    api: SocketAddr,
+    broker: &starling_broker::RunningBroker,
+    id: &str,
+    limits: serde_json::Value,
+    expect_max_connections: usize,
+) {
+    let (s, body) = http(
+        api,
+        "PATCH",
+        "/v1/namespaces/ns/brokers/b",
+        Some(BOOTSTRAP),
+        Some(serde_json::json!({ "limits": limits })),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tenant = broker.directory.tenant(id).expect("the tenant");
+        if tenant.tenant.limits.current().max_connections == expect_max_connections {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the limits never reached the broker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Limits set through the api reach the managed broker and apply to its tenant, within the
+/// broker's own: a tenant-wide one (connections), a per-connection one (the packet size, as
+/// advertised in CONNACK), and one asked above the broker's configured value, which is clamped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_through_the_api_apply_to_the_tenant_within_the_brokers_own() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("api.db").display());
+        let (public, internal) = (free_addr(), free_addr());
+        let api = Api::start(&db, public, internal).await;
+        let created = create_broker(public, dir.path()).await;
+        let broker = managed_broker_with(internal, &created, dir.path(), None, |c| {
+            c.limits.max_connections = Some(2);
+        })
+        .await;
+        wait_ready(&broker).await;
+        let t = tokens(public, &["c1", "c2", "c3"]).await;
+
+        set_limits(
+            public,
+            &broker,
+            &created.id,
+            serde_json::json!({"maxConnections": 1}),
+            1,
+        )
+        .await;
+        let (_c1, reason) = connect(&broker, "c1", &t[0]).await;
+        assert_eq!(reason, ReasonCode::SUCCESS);
+        let (_c2, reason) = connect(&broker, "c2", &t[1]).await;
+        assert_eq!(
+            reason,
+            ReasonCode::QUOTA_EXCEEDED,
+            "the tenant's one connection is taken"
+        );
+
+        // Above the broker's own 2: clamped to 2.
+        set_limits(
+            public,
+            &broker,
+            &created.id,
+            serde_json::json!({"maxConnections": 1000, "maxPacketSize": 2048}),
+            2,
+        )
+        .await;
+        let s = TcpStream::connect(broker.addr(ListenerKind::Mqtt).unwrap())
+            .await
+            .unwrap();
+        let mut c2 = RawClient::new(s, ProtocolVersion::V5);
+        let ack = c2
+            .connect(Connect {
+                password: Some(Bytes::from(t[1].clone())),
+                ..mqtt::connect_v5("c2")
+            })
+            .await;
+        assert_eq!(ack.reason, ReasonCode::SUCCESS);
+        assert_eq!(
+            ack.properties.maximum_packet_size,
+            Some(2048),
+            "the tenant's packet size, not the broker's 1 MiB"
+        );
+        let (_c3, reason) = connect(&broker, "c3", &t[2]).await;
+        assert_eq!(
+            reason,
+            ReasonCode::QUOTA_EXCEEDED,
+            "the broker's 2 connections, whatever the tenant asked"
+        );
+        // A packet over the tenant's size ends the connection with 0x95.
+        c2.send(Packet::Publish(mqtt::publish(
+            "t",
+            starling_codec::QoS::AtMostOnce,
+            &[0u8; 4096],
+            None,
+        )))
+        .await;
+        c2.expect_disconnect(ReasonCode::PACKET_TOO_LARGE).await;
         broker.shutdown().await;
         drop(api);
     })

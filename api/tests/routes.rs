@@ -1676,6 +1676,99 @@ async fn lists_page_with_cursors_on_both_route_sets() {
     );
 }
 
+/// Limits are one schema (the broker's limits table): either spelling of a key is accepted and
+/// stored as camelCase, an unknown key, a value out of bounds or an operator-only limit is a 400
+/// that names it (on both route sets), and the state feed carries what was stored.
+async fn broker_limits_are_validated_against_the_table_and_carried_by_the_state() {
+    let api = api().await;
+    let (created, secret) = api
+        .broker(json!({"name": "b1", "limits": {"max_connections": 10, "maxPacketSize": 2048}}))
+        .await;
+    assert_eq!(
+        created["limits"],
+        json!({"maxConnections": 10, "maxPacketSize": 2048})
+    );
+    let native = "/v1/namespaces/home/brokers/b1";
+    let compat = format!("{C}/namespaces/home/brokers/b1");
+    for (limits, says) in [
+        (json!({"maxConections": 1}), "unknown limit `maxConections`"),
+        (
+            json!({"maxPacketSize": 10}),
+            "maxPacketSize 10 is outside 64..=268435455",
+        ),
+        (json!({"maxConnections": -1}), "maxConnections"),
+        (
+            json!({"connectTimeoutSecs": 5, "maxTopicDepth": 4}),
+            "connectTimeoutSecs only the broker's operator sets",
+        ),
+        (json!([1, 2]), "limits"),
+    ] {
+        let r = api
+            .call(
+                Method::PATCH,
+                native,
+                BOOTSTRAP,
+                Some(json!({ "limits": limits })),
+            )
+            .await;
+        // 422 when the body does not fit the schema (as for every body), 400 for a value.
+        assert!(
+            matches!(
+                r.status,
+                StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+            ),
+            "{limits}: {:?}",
+            r.body
+        );
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{limits}: {detail}");
+        let r = api
+            .call(
+                Method::PATCH,
+                &compat,
+                BOOTSTRAP,
+                Some(json!({ "limits": limits })),
+            )
+            .await;
+        assert!(
+            matches!(
+                r.status,
+                StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+            ),
+            "{limits}: {:?}",
+            r.body
+        );
+        let message = r.body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{limits}: {message}");
+    }
+    let r = api
+        .call(
+            Method::PATCH,
+            native,
+            BOOTSTRAP,
+            Some(json!({"limits": {"profile": "cloudflare", "max_retained_bytes": 1048576}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let stored = json!({"profile": "cloudflare", "maxRetainedBytes": 1048576});
+    assert_eq!(r.body["limits"], stored);
+    let id = created["id"].as_str().unwrap();
+    let uri = format!("/internal/v1/brokers/{id}/state");
+    let state = send(&api.internal, Method::GET, &uri, Some(&secret), None, &[]).await;
+    assert_eq!(state.status, StatusCode::OK);
+    assert_eq!(state.body["limits"], stored, "the feed carries them");
+    let r = api
+        .call(
+            Method::PATCH,
+            native,
+            BOOTSTRAP,
+            Some(json!({"limits": {}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.body.get("limits").is_none(), "{{}} clears: {:?}", r.body);
+}
+
 /// `GET /v1/tokens` pages by id like the other native lists: following `nextCursor` with a
 /// small limit yields every token of the account exactly once and none of another account's;
 /// bad limits and cursors are 400.
@@ -2359,6 +2452,7 @@ tests!(
     revocations_accept_repeated_and_comma_separated_jtis_within_the_bound,
     rotation_keeps_old_tokens_valid_until_retire_at_then_drops_the_key,
     operator_managed_brokers_refuse_changes_without_the_marker,
+    broker_limits_are_validated_against_the_table_and_carried_by_the_state,
     internal_state_long_polls_and_answers_304_410_401,
     state_carries_the_current_signing_key_only_while_a_hook_is_set,
     lists_page_with_cursors_on_both_route_sets,

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +14,8 @@ pub use crate::auth::files::TenantFiles;
 pub use crate::auth::rules::{AccessRule, Action, Permission};
 pub use crate::control::ManagedTenant;
 use crate::transport::config::{ListenerTlsSettings, TlsSettings, WsSettings};
+/// The limits table (one definition shared with the api and the operator).
+pub use starling_types::limits::{Limits, LimitsConfig, Profile};
 
 /// The prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "STARLING_BROKER__";
@@ -238,259 +239,6 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// A named set of limit defaults.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    /// Generous limits for a self-hosted broker.
-    #[default]
-    Default,
-    /// Cloudflare Pub/Sub's published limits.
-    Cloudflare,
-}
-
-/// Limits as written in the file: a profile plus explicit values that override it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// The profile whose values apply where no explicit value is given.
-    pub profile: Profile,
-    pub max_packet_size: Option<u32>,
-    pub connect_timeout_secs: Option<u64>,
-    pub min_keep_alive_secs: Option<u16>,
-    pub max_keep_alive_secs: Option<u16>,
-    pub max_session_expiry_secs: Option<u32>,
-    pub max_topic_length: Option<usize>,
-    pub max_topic_depth: Option<usize>,
-    pub max_client_id_length: Option<usize>,
-    pub max_username_length: Option<usize>,
-    pub max_password_length: Option<usize>,
-    pub receive_maximum: Option<u16>,
-    pub topic_alias_maximum: Option<u16>,
-    pub max_inflight: Option<u16>,
-    pub max_queued_messages: Option<usize>,
-    pub max_queued_bytes: Option<usize>,
-    pub max_subscriptions_per_client: Option<usize>,
-    pub max_subscribers_per_topic: Option<usize>,
-    pub max_connections: Option<usize>,
-    pub max_retained_messages: Option<usize>,
-    pub max_retained_bytes: Option<usize>,
-    pub max_publish_rate: Option<f64>,
-    pub publish_burst: Option<u32>,
-    pub slow_consumer_grace_ms: Option<u64>,
-    pub close_linger_ms: Option<u64>,
-    pub max_lingering: Option<usize>,
-}
-
-/// Effective limits after the profile and explicit values are combined.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Limits {
-    /// Largest packet accepted from a client, and advertised as Maximum Packet Size (bytes).
-    pub max_packet_size: u32,
-    /// A connection must send CONNECT within this time.
-    pub connect_timeout: Duration,
-    /// Keep-alive below this is raised through Server Keep Alive (v5; 0 = no minimum).
-    pub min_keep_alive_secs: u16,
-    /// Keep-alive above this (or 0, meaning none) is lowered through Server Keep Alive (v5).
-    pub max_keep_alive_secs: u16,
-    /// Session expiry above this is clamped and returned in CONNACK.
-    pub max_session_expiry_secs: u32,
-    /// Longest topic name or filter in bytes.
-    pub max_topic_length: usize,
-    /// Most levels in a topic name or filter.
-    pub max_topic_depth: usize,
-    /// Longest client id in bytes (0x85 beyond).
-    pub max_client_id_length: usize,
-    /// Longest user name in bytes (0x86 beyond).
-    pub max_username_length: usize,
-    /// Longest password in bytes (0x86 beyond).
-    pub max_password_length: usize,
-    /// Our Receive Maximum: unacknowledged QoS 2 PUBLISHes a client may have towards us.
-    pub receive_maximum: u16,
-    /// Topic aliases a client may use towards us (0 disables inbound aliases).
-    pub topic_alias_maximum: u16,
-    /// Unacknowledged QoS 1/2 deliveries towards a client, also bounded by its Receive Maximum.
-    pub max_inflight: u16,
-    /// Messages queued for one session beyond its in-flight window.
-    pub max_queued_messages: usize,
-    /// Bytes queued for one session beyond its in-flight window: each message's weight (topic,
-    /// payload, every property and its bookkeeping).
-    pub max_queued_bytes: usize,
-    /// Subscriptions one session may hold.
-    pub max_subscriptions_per_client: usize,
-    /// Subscribers one topic filter may have.
-    pub max_subscribers_per_topic: usize,
-    /// Connections a tenant may have open at once.
-    pub max_connections: usize,
-    /// Retained messages a tenant may hold.
-    pub max_retained_messages: usize,
-    /// Bytes of retained messages a tenant may hold (their weights, as for `max_queued_bytes`).
-    /// A retained message that does not fit is refused as a whole: PUBACK/PUBREC 0x97.
-    pub max_retained_bytes: usize,
-    /// PUBLISH, SUBSCRIBE and UNSUBSCRIBE packets per second per client (0 = unlimited).
-    pub max_publish_rate: f64,
-    /// Burst allowed above the rate.
-    pub publish_burst: u32,
-    /// How long a QoS 1/2 publisher waits for a congested subscriber's outbox to drain before
-    /// that subscriber is disconnected (0x97) as a slow consumer.
-    pub slow_consumer_grace: Duration,
-    /// How long a connection the broker closed keeps reading what its client still sends, so
-    /// the client reads the last packets before the socket goes (0 = close at once).
-    pub close_linger: Duration,
-    /// Most closed connections lingering at once, across every listener; beyond it a socket
-    /// closes at once.
-    pub max_lingering: usize,
-}
-
-impl Limits {
-    /// The values of a profile.
-    pub fn profile(profile: Profile) -> Self {
-        match profile {
-            Profile::Default => Limits {
-                max_packet_size: 1024 * 1024,
-                connect_timeout: Duration::from_secs(10),
-                min_keep_alive_secs: 0,
-                max_keep_alive_secs: 0,
-                max_session_expiry_secs: u32::MAX,
-                max_topic_length: 65_535,
-                max_topic_depth: 128,
-                max_client_id_length: 256,
-                max_username_length: 65_535,
-                max_password_length: 65_535,
-                receive_maximum: 1024,
-                topic_alias_maximum: 64,
-                max_inflight: 1024,
-                max_queued_messages: 10_000,
-                max_queued_bytes: 64 * 1024 * 1024,
-                max_subscriptions_per_client: 10_000,
-                max_subscribers_per_topic: 100_000,
-                max_connections: 1_000_000,
-                max_retained_messages: 1_000_000,
-                max_retained_bytes: 1024 * 1024 * 1024,
-                max_publish_rate: 0.0,
-                publish_burst: 0,
-                slow_consumer_grace: Duration::from_secs(5),
-                close_linger: Duration::from_secs(2),
-                max_lingering: 10_000,
-            },
-            Profile::Cloudflare => Limits {
-                max_packet_size: 64 * 1024,
-                connect_timeout: Duration::from_secs(10),
-                min_keep_alive_secs: 10,
-                max_keep_alive_secs: 0,
-                max_session_expiry_secs: 7 * 24 * 3600,
-                max_topic_length: 65_535,
-                max_topic_depth: 8,
-                max_client_id_length: 64,
-                max_username_length: 32,
-                max_password_length: 4096,
-                receive_maximum: 64,
-                topic_alias_maximum: 32,
-                max_inflight: 64,
-                max_queued_messages: 1000,
-                max_queued_bytes: 16 * 1024 * 1024,
-                max_subscriptions_per_client: 100,
-                max_subscribers_per_topic: 1000,
-                max_connections: 100_000,
-                max_retained_messages: 100_000,
-                max_retained_bytes: 100 * 1024 * 1024,
-                max_publish_rate: 10.0,
-                publish_burst: 10,
-                slow_consumer_grace: Duration::from_secs(5),
-                close_linger: Duration::from_secs(2),
-                max_lingering: 10_000,
-            },
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits::profile(Profile::Default)
-    }
-}
-
-impl LimitsConfig {
-    /// `self` with `over`'s profile and every value `over` sets.
-    pub fn overlay(&self, over: &LimitsConfig) -> LimitsConfig {
-        let mut l = self.clone();
-        l.profile = over.profile;
-        macro_rules! set {
-            ($($f:ident),*) => { $( if over.$f.is_some() { l.$f = over.$f; } )* };
-        }
-        set!(
-            max_packet_size,
-            connect_timeout_secs,
-            min_keep_alive_secs,
-            max_keep_alive_secs,
-            max_session_expiry_secs,
-            max_topic_length,
-            max_topic_depth,
-            max_client_id_length,
-            max_username_length,
-            max_password_length,
-            receive_maximum,
-            topic_alias_maximum,
-            max_inflight,
-            max_queued_messages,
-            max_queued_bytes,
-            max_subscriptions_per_client,
-            max_subscribers_per_topic,
-            max_connections,
-            max_retained_messages,
-            max_retained_bytes,
-            max_publish_rate,
-            publish_burst,
-            slow_consumer_grace_ms,
-            close_linger_ms,
-            max_lingering
-        );
-        l
-    }
-
-    /// Combines the profile with the explicit values.
-    pub fn resolve(&self) -> Limits {
-        let mut l = Limits::profile(self.profile);
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v; } )* };
-        }
-        set!(
-            max_packet_size,
-            min_keep_alive_secs,
-            max_keep_alive_secs,
-            max_session_expiry_secs,
-            max_topic_length,
-            max_topic_depth,
-            max_client_id_length,
-            max_username_length,
-            max_password_length,
-            receive_maximum,
-            topic_alias_maximum,
-            max_inflight,
-            max_queued_messages,
-            max_queued_bytes,
-            max_subscriptions_per_client,
-            max_subscribers_per_topic,
-            max_connections,
-            max_retained_messages,
-            max_retained_bytes,
-            max_publish_rate,
-            publish_burst,
-            max_lingering
-        );
-        if let Some(s) = self.connect_timeout_secs {
-            l.connect_timeout = Duration::from_secs(s);
-        }
-        if let Some(ms) = self.slow_consumer_grace_ms {
-            l.slow_consumer_grace = Duration::from_millis(ms);
-        }
-        if let Some(ms) = self.close_linger_ms {
-            l.close_linger = Duration::from_millis(ms);
-        }
-        l
-    }
-}
-
 /// Flags from the command line that override the file and environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -634,42 +382,15 @@ impl Config {
             problems
                 .push("no MQTT listener is configured (use --mqtt ADDR or [[listeners]])".into());
         }
+        problems.extend(self.limits.problems("limits."));
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if let Some(own) = &listener.limits {
+                problems.extend(own.problems(&format!("listeners[{i}].limits.")));
+            }
+        }
         let l = self.limits.resolve();
-        if l.max_packet_size < 64 {
-            problems.push(format!(
-                "limits.max_packet_size {} is below 64 bytes",
-                l.max_packet_size
-            ));
-        }
-        if l.max_packet_size > 268_435_455 {
-            problems.push(format!(
-                "limits.max_packet_size {} is above the protocol's 268435455 bytes",
-                l.max_packet_size
-            ));
-        }
-        if l.receive_maximum == 0 {
-            problems.push("limits.receive_maximum must be at least 1".into());
-        }
-        if l.max_inflight == 0 {
-            problems.push("limits.max_inflight must be at least 1".into());
-        }
-        if l.max_queued_messages == 0 {
-            problems.push("limits.max_queued_messages must be at least 1".into());
-        }
-        if l.max_topic_depth == 0 || l.max_topic_length == 0 {
-            problems.push("limits.max_topic_depth and max_topic_length must be at least 1".into());
-        }
         if l.max_keep_alive_secs != 0 && l.min_keep_alive_secs > l.max_keep_alive_secs {
             problems.push("limits.min_keep_alive_secs is above max_keep_alive_secs".into());
-        }
-        if l.max_publish_rate < 0.0 || !l.max_publish_rate.is_finite() {
-            problems.push("limits.max_publish_rate must be a finite number >= 0".into());
-        }
-        if l.connect_timeout.is_zero() {
-            problems.push("limits.connect_timeout_secs must be at least 1".into());
-        }
-        if l.slow_consumer_grace.is_zero() {
-            problems.push("limits.slow_consumer_grace_ms must be at least 1".into());
         }
         let token_listeners = self
             .listeners
@@ -823,6 +544,8 @@ fn apply_env(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn flags_with_listener() -> Overrides {
@@ -878,16 +601,16 @@ mod tests {
     #[test]
     fn slow_consumer_grace_defaults_to_five_seconds_and_is_configurable() {
         let c = Config::load(None, [], &flags_with_listener()).unwrap();
-        assert_eq!(c.limits().slow_consumer_grace, Duration::from_secs(5));
+        assert_eq!(c.limits().slow_consumer_grace(), Duration::from_secs(5));
         let file = "[limits]\nslow_consumer_grace_ms = 250\n";
         let c = Config::load(Some(file), [], &flags_with_listener()).unwrap();
-        assert_eq!(c.limits().slow_consumer_grace, Duration::from_millis(250));
+        assert_eq!(c.limits().slow_consumer_grace(), Duration::from_millis(250));
         let env = [(
             "STARLING_BROKER__LIMITS__SLOW_CONSUMER_GRACE_MS".to_string(),
             "30000".to_string(),
         )];
         let c = Config::load(Some(file), env, &flags_with_listener()).unwrap();
-        assert_eq!(c.limits().slow_consumer_grace, Duration::from_secs(30));
+        assert_eq!(c.limits().slow_consumer_grace(), Duration::from_secs(30));
         let err = Config::load(
             Some("[limits]\nslow_consumer_grace_ms = 0\n"),
             [],

@@ -172,7 +172,7 @@ where
     let mut rbuf = BytesMut::with_capacity(CONNECT_READ);
     let mut decoder = Decoder::new(Direction::ToServer, ctx.limits.max_packet_size);
     let read = tokio::select! {
-        r = tokio::time::timeout(ctx.limits.connect_timeout, read_connect(&mut io, &mut decoder, &mut rbuf, &ctx.metrics)) => r,
+        r = tokio::time::timeout(ctx.limits.connect_timeout(), read_connect(&mut io, &mut decoder, &mut rbuf, &ctx.metrics)) => r,
         _ = ctx.shutdown.cancelled() => return None,
     };
     let connect = match read {
@@ -245,6 +245,9 @@ where
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
     }
+    let mut ctx = ctx;
+    ctx.limits = started.limits;
+    decoder.set_max_packet_size(ctx.limits.max_packet_size);
     let ctx_limits = ctx.limits.clone();
     let mut conn = Connection {
         io,
@@ -391,13 +394,15 @@ async fn close_refused<IO: AsyncIo>(
 /// The linger of a closing connection of a listener with `limits`.
 fn linger(limits: &Limits) -> Linger {
     Linger {
-        duration: limits.close_linger,
+        duration: limits.close_linger(),
         max_sockets: limits.max_lingering,
     }
 }
 
 /// A CONNECT that was accepted: the session is attached and the CONNACK is encoded.
 struct Started {
+    /// The connection's limits: its listener's, tightened by its tenant's.
+    limits: Arc<Limits>,
     auth: Authenticated,
     session: Arc<Session>,
     state: OwnedMutexGuard<SessionState>,
@@ -451,6 +456,14 @@ async fn accept_connect(
             remote,
         })
         .map_err(|r| (r.reason, r.label))?;
+    // From here on the tenant's limits apply: the listener's, tightened by the tenant's own.
+    let limits = auth.tenant.limits.for_connection(&ctx.limits);
+    if connect.client_id.as_str().len() > limits.max_client_id_length {
+        return Err((
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client_id_too_long",
+        ));
+    }
 
     // Client identifier [MQTT-3.1.3-6] [MQTT-3.1.3-7] [MQTT-3.1.3-8].
     let mut assigned = None;
@@ -483,7 +496,7 @@ async fn accept_connect(
         if !auth.permissions.may_publish(will.topic.as_str()) {
             return Err((ReasonCode::NOT_AUTHORIZED, "will_not_authorized"));
         }
-        if !topic_within_limits(will.topic.as_str(), limits) {
+        if !topic_within_limits(will.topic.as_str(), &limits) {
             return Err((ReasonCode::TOPIC_NAME_INVALID, "will_topic_too_long"));
         }
     }
@@ -630,6 +643,7 @@ async fn accept_connect(
         "connected"
     );
     Ok(Started {
+        limits,
         auth,
         session,
         state,
@@ -1309,7 +1323,8 @@ impl<IO: AsyncIo> Connection<IO> {
         if let Some(slow) = congested {
             // Our own outbox drains only through our own reads: never wait on it.
             if slow.id != self.session.id && self.pressure.is_none() {
-                self.pressure = Some((slow, Instant::now() + self.ctx.limits.slow_consumer_grace));
+                self.pressure =
+                    Some((slow, Instant::now() + self.ctx.limits.slow_consumer_grace()));
             }
         }
         match qos {

@@ -4,7 +4,7 @@
 //! with the broker secret as a bearer token. A 200 carries the tenant's keys, revocations, limits
 //! and hook settings with a version (with a hook, also the private key that signs the hook's
 //! requests); it is applied to the [`Directory`] at once (which cuts sessions whose token was
-//! revoked) and, with a data directory, written to `DIR/state-{id}.json` (mode 0600, as it may
+//! revoked, and applies the tenant's limits within the broker's own) and, with a data directory, written to `DIR/state-{id}.json` (mode 0600, as it may
 //! hold that private key) so a restart during an outage of the api still serves. 304 means no
 //! change; 410 means the broker was deleted: its clients are disconnected and its saved state
 //! removed. Any failure keeps the last state and retries with exponential backoff and jitter.
@@ -24,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use starling_token::{Jwks, SigningKey};
+use starling_types::LimitsSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -131,9 +132,11 @@ pub struct FeedState {
     /// The broker's current private signing key; sent only while it has a hook.
     #[serde(default)]
     pub signing_key: Option<FeedSigningKey>,
-    /// Everything else (limits), kept as sent.
-    #[serde(flatten)]
-    pub rest: serde_json::Map<String, serde_json::Value>,
+    /// The tenant's own limits (a [`LimitsSpec`]), applied within the broker's. Read leniently
+    /// (see [`FeedState::limits`]), so that a limit this broker does not know yet never makes
+    /// it refuse a state, with its keys and revocations.
+    #[serde(default)]
+    pub limits: Option<serde_json::Value>,
 }
 
 /// The broker a state belongs to.
@@ -224,6 +227,26 @@ impl FeedState {
             jwks: self.jwks.clone(),
             revoked: self.revocations.iter().map(|r| r.jti.clone()).collect(),
             hook: self.hook_target(broker_id),
+            limits: self.limits(broker_id),
+        }
+    }
+
+    /// The tenant's limits: every limit this broker knows, with a value of the right type; the
+    /// rest is logged and left out.
+    pub fn limits(&self, broker_id: &str) -> LimitsSpec {
+        match &self.limits {
+            None | Some(serde_json::Value::Null) => LimitsSpec::default(),
+            Some(v) => {
+                let (spec, skipped) = LimitsSpec::lenient(v);
+                if !skipped.is_empty() {
+                    warn!(
+                        broker_id,
+                        ?skipped,
+                        "limits this broker does not know are left out"
+                    );
+                }
+                spec
+            }
         }
     }
 

@@ -18,6 +18,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod tenant;
+pub mod tenant_limits;
 pub mod transport;
 
 pub use config::Config;

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 use parking_lot::RwLock;
@@ -44,8 +45,10 @@ struct Store {
 #[derive(Debug)]
 pub struct Retained {
     store: RwLock<Store>,
-    max_messages: usize,
-    max_bytes: usize,
+    /// The tenant's bounds, which its limits may change ([`Retained::set_bounds`]); read under
+    /// the store's write lock.
+    max_messages: AtomicUsize,
+    max_bytes: AtomicUsize,
 }
 
 /// A position in the retained messages matching one filter. See the module documentation.
@@ -94,9 +97,16 @@ impl Retained {
     pub fn new(max_messages: usize, max_bytes: usize) -> Self {
         Retained {
             store: RwLock::new(Store::default()),
-            max_messages,
-            max_bytes,
+            max_messages: AtomicUsize::new(max_messages),
+            max_bytes: AtomicUsize::new(max_bytes),
         }
+    }
+
+    /// New bounds (the tenant's limits changed). Messages already held stay; a new or larger
+    /// one is refused while the store is over a bound.
+    pub fn set_bounds(&self, max_messages: usize, max_bytes: usize) {
+        self.max_messages.store(max_messages, Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
     }
 
     /// Stores, replaces [MQTT-3.3.1-5] or clears [MQTT-3.3.1-6] the retained message of the
@@ -114,9 +124,11 @@ impl Retained {
         let old = store.map.get(topic).map(|m| m.weight());
         let bytes = store.bytes - old.unwrap_or(0) + message.weight();
         let grows = old.is_none_or(|w| message.weight() > w);
-        if grows
-            && ((old.is_none() && store.map.len() >= self.max_messages) || bytes > self.max_bytes)
-        {
+        let (max_messages, max_bytes) = (
+            self.max_messages.load(Ordering::Relaxed),
+            self.max_bytes.load(Ordering::Relaxed),
+        );
+        if grows && ((old.is_none() && store.map.len() >= max_messages) || bytes > max_bytes) {
             return RetainOutcome::Full;
         }
         let mut stored = Message::clone(message);

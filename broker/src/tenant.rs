@@ -17,6 +17,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::retained::{RetainOutcome, Retained};
 use crate::router::{Routed, Router};
 use crate::session::{OutboxLimits, Session};
+use crate::tenant_limits::TenantLimits;
 
 /// One tenant.
 #[derive(Debug)]
@@ -27,8 +28,8 @@ pub struct Tenant {
     pub router: Router,
     /// Retained messages.
     pub retained: Retained,
-    /// Limits of this tenant.
-    pub limits: Limits,
+    /// Limits of this tenant: the broker's, tightened by the tenant's own.
+    pub limits: TenantLimits,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// Sessions by client id. Locked briefly to look up, insert or remove.
@@ -58,7 +59,7 @@ impl Tenant {
             name: name.into(),
             router: Router::default(),
             retained: Retained::new(limits.max_retained_messages, limits.max_retained_bytes),
-            limits,
+            limits: TenantLimits::new(limits),
             metrics,
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
@@ -67,6 +68,16 @@ impl Tenant {
             retained_logged_at: AtomicU64::new(0),
             started: Instant::now(),
         })
+    }
+
+    /// Sets the tenant's own limits (see [`crate::tenant_limits`]) and the retained store's
+    /// bounds with them. `None` when they did not change, else what did not apply as asked.
+    pub fn apply_limits(&self, spec: &starling_types::LimitsSpec) -> Option<Vec<String>> {
+        let notes = self.limits.set(spec)?;
+        let l = self.limits.current();
+        self.retained
+            .set_bounds(l.max_retained_messages, l.max_retained_bytes);
+        Some(notes)
     }
 
     /// The on-publish hook every PUBLISH goes through, if any.
@@ -150,8 +161,8 @@ impl Tenant {
                 weight = message.weight(),
                 retained = self.retained.len(),
                 retained_bytes = self.retained.bytes(),
-                max_retained_messages = self.limits.max_retained_messages,
-                max_retained_bytes = self.limits.max_retained_bytes,
+                max_retained_messages = self.limits.current().max_retained_messages,
+                max_retained_bytes = self.limits.current().max_retained_bytes,
                 refused,
                 "retained message refused: the tenant's retained store is full"
             );
@@ -180,11 +191,12 @@ impl Tenant {
         if let Some(s) = sessions.get(client_id) {
             return (s.clone(), true);
         }
+        let limits = self.limits.current();
         let s = Session::new(
             client_id.into(),
             OutboxLimits {
-                max_messages: self.limits.max_queued_messages,
-                max_bytes: self.limits.max_queued_bytes,
+                max_messages: limits.max_queued_messages,
+                max_bytes: limits.max_queued_bytes,
             },
         );
         sessions.insert(s.client_id.clone(), s.clone());
@@ -214,9 +226,10 @@ impl Tenant {
 
     /// Takes a connection slot; false when the tenant is at its limit.
     pub fn try_open_connection(&self) -> bool {
+        let max = self.limits.current().max_connections;
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limits.max_connections).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok()
     }

@@ -841,6 +841,7 @@ async fn revocation_cancels_the_verdicts_the_session_is_waiting_for() {
             key: Some(key()),
             broker: "acme".into(),
         }),
+        limits: Default::default(),
     };
     b.broker.directory.apply("acme", &state).unwrap();
     let connect = |id: &str| {

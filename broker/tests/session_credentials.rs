@@ -65,6 +65,7 @@ impl Fixture {
             },
             revoked: self.revoked.clone(),
             hook: None,
+            limits: Default::default(),
         };
         self.b.broker.directory.apply(TENANT, &state).unwrap();
     }

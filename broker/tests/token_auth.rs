@@ -610,7 +610,8 @@ async fn publish_rate_limit_gets_0x96_and_acks_do_not_count() {
 #[tokio::test]
 async fn cloudflare_profile_limits() {
     timed!(async {
-        let f = fixture(|c| c.limits.profile = starling_broker::config::Profile::Cloudflare).await;
+        let f = fixture(|c| c.limits.profile = Some(starling_broker::config::Profile::Cloudflare))
+            .await;
         let t = |id: &str| f.a.token(id, &format!("j-{id}"), TopicAcl::All, None);
         // Client id up to 64 bytes.
         let long_id = "x".repeat(65);
@@ -816,4 +817,44 @@ async fn a_new_key_in_the_jwks_file_is_picked_up_without_a_restart() {
         // Old tokens keep working.
         let _old = f.client("still-old", TopicAcl::All).await;
     })
+}
+
+/// A tenant's own retained limit (from its state, as the api's broker `limits` set it) bounds
+/// its retained store at once, within the broker's; clearing it gives the broker's back.
+#[tokio::test]
+async fn a_tenants_own_retained_limit_bounds_its_store() {
+    timed!(async {
+        use starling_broker::auth::directory::TenantState;
+        let f = fixture(|_| {}).await;
+        let key = starling_token::SigningKey::generate().unwrap();
+        let mut state = TenantState {
+            jwks: starling_token::Jwks {
+                keys: vec![key.public_jwk()],
+            },
+            limits: serde_json::from_value(serde_json::json!({"maxRetainedMessages": 1})).unwrap(),
+            ..TenantState::default()
+        };
+        f.b.broker.directory.apply("tenant-r", &state).unwrap();
+        let token = key.sign_claims(&f.a.claims("dev-r", "jr", TopicAcl::All, None));
+        let (mut c, ack) = f.connect_with(with_password("dev-r", &token)).await;
+        assert_eq!(ack.reason, ReasonCode::SUCCESS);
+        let ack_of = async |c: &mut RawClient<tokio::net::TcpStream>, topic| {
+            let mut p = publish(topic, QoS::AtLeastOnce, b"v", Some(c.next_id()));
+            p.retain = true;
+            c.send(Packet::Publish(p)).await;
+            match c.recv().await {
+                Packet::PubAck(a) => a.reason,
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        };
+        assert_eq!(ack_of(&mut c, "r/1").await, ReasonCode::SUCCESS);
+        assert_eq!(
+            ack_of(&mut c, "r/2").await,
+            ReasonCode::QUOTA_EXCEEDED,
+            "the tenant's one retained message is taken"
+        );
+        state.limits = Default::default();
+        f.b.broker.directory.apply("tenant-r", &state).unwrap();
+        assert_eq!(ack_of(&mut c, "r/2").await, ReasonCode::SUCCESS);
+    });
 }

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+/// The limits table, shared with the broker and the api.
+pub use starling_types::{LimitsSpec, Profile as LimitsProfile};
 
 /// The API group of Starling's custom resources.
 pub const GROUP: &str = "starling.dev";
@@ -112,9 +114,13 @@ pub struct BrokerSpec {
     #[serde(default)]
     pub tls: TlsSpec,
 
-    /// Broker limits, rendered into the broker's configuration file.
+    /// Broker limits: a profile and explicit values over it. All of them are rendered into the
+    /// broker's configuration file (`[limits]`); those a tenant may set also go to the api, which
+    /// shows them and sends them to the pods with the broker's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<Limits>,
+    #[x_kube(validation = Rule::new("!has(self.publishBurst) || !has(self.maxPublishRate) || double(self.publishBurst) >= self.maxPublishRate")
+        .message("publishBurst must be at least maxPublishRate"))]
+    pub limits: Option<LimitsSpec>,
 
     /// Default lifetime in seconds of the tokens the api issues for this broker; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,83 +333,6 @@ fn default_validity_days() -> i32 {
 
 fn default_renew_before_days() -> i32 {
     30
-}
-
-/// Limits of the broker, rendered into the `[limits]` table of its configuration file.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(
-    validation = Rule::new("!has(self.publishBurst) || !has(self.maxPublishRate) || self.publishBurst >= self.maxPublishRate")
-        .message("publishBurst must be at least maxPublishRate")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct Limits {
-    /// The base set of limits; the fields below override it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<LimitsProfile>,
-    /// Largest MQTT packet in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 64, max = 268_435_455))]
-    pub max_packet_size: Option<u32>,
-    /// PUBLISH packets per second per client.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
-    pub max_publish_rate: Option<u32>,
-    /// Burst of PUBLISH packets allowed above the rate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
-    pub publish_burst: Option<u32>,
-    /// Seconds a client has to send CONNECT.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 300))]
-    pub connect_timeout_secs: Option<u32>,
-    /// Smallest keep-alive a client may ask for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 65535))]
-    pub min_keep_alive_secs: Option<u32>,
-    /// Longest session expiry a client may ask for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 4_294_967_295u32))]
-    pub max_session_expiry_secs: Option<u32>,
-    /// Longest topic name in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub max_topic_length: Option<u32>,
-    /// Most levels in a topic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub max_topic_depth: Option<u32>,
-    /// Longest client id in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub max_client_id_length: Option<u32>,
-    /// Most subscribers of one topic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10_000_000))]
-    pub max_subscribers_per_topic: Option<u32>,
-    /// Most concurrent connections of one pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10_000_000))]
-    pub max_connections: Option<u32>,
-}
-
-/// A named base set of limits.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LimitsProfile {
-    /// The limits Cloudflare Pub/Sub enforced.
-    Cloudflare,
-    /// Starling's defaults.
-    Default,
-}
-
-impl LimitsProfile {
-    /// The spelling in the broker's configuration file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cloudflare => "cloudflare",
-            Self::Default => "default",
-        }
-    }
 }
 
 /// The on-publish hook.

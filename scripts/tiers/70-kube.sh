@@ -173,7 +173,7 @@ a = json.loads(body)
 assert a["id"] == s["brokerId"], (a, s)
 assert a["expiration"] == 86400, a
 assert a["managedBy"] == {"kind": "Broker", "namespace": "iot", "name": "orders"}, a
-assert a["limits"]["max_connections"] == 5000, a
+assert a["limits"]["maxConnections"] == 5000, a
 print("status and registration ok")
 PY
 args=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].args}')

@@ -190,7 +190,7 @@ test('editing a broker saves its fields, and a bad value shows the api\'s messag
     }
   })(), 'the description saved');
   const b = (await api('GET', `/namespaces/${ns}/brokers/${brokerName}`)).body;
-  assert.deepEqual(b.limits, { max_connections: 50 });
+  assert.deepEqual(b.limits, { maxConnections: 50 }, 'stored with the limits table\'s keys');
   assert.equal(b.on_publish, undefined);
 });
 

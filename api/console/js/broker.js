@@ -22,7 +22,7 @@ export function brokerForm(b, { managed = false } = {}) {
     field('Description', description),
     field('Token lifetime ceiling (seconds)', expiration, 'Empty for none. Tokens expire at the shorter of this and what they were issued with.'),
     field('On-publish hook URL', onPublish, 'Every message goes to this URL first (signed with the broker\'s key). Empty for none.'),
-    field('Limits (JSON object)', limits, 'Passed to the broker as they are. Empty for none.'),
+    field('Limits (JSON object)', limits, 'The broker\'s limits table, e.g. {"maxConnections": 100}; the broker applies each at or below its own configured value. Empty for none.'),
   ];
   return { description, expiration, onPublish, limits, fields };
 }

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};
+use starling_types::LimitsSpec;
 
 use super::{
     Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
@@ -119,10 +120,9 @@ pub struct BrokerView {
     /// The on-publish hook; left out when there is none, as in Cloudflare's examples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_publish: Option<OnPublish>,
-    /// Broker limits, passed to the broker as they are.
+    /// Broker limits; the broker applies each one within its own configured value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub limits: Option<serde_json::Value>,
+    pub limits: Option<LimitsSpec>,
     /// The Kubernetes resource managing this broker, if any.
     #[serde(rename = "managedBy", skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<ManagedBy>,
@@ -188,10 +188,9 @@ pub struct BrokerCreate {
     /// The on-publish hook: every message goes to `url` first; `null` or an empty URL for none.
     #[serde(default)]
     pub on_publish: Option<OnPublish>,
-    /// Broker limits (a JSON object).
+    /// Broker limits; the broker applies each one within its own configured value.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub limits: Option<serde_json::Value>,
+    pub limits: Option<LimitsSpec>,
     /// Set by the operator for brokers it manages.
     #[serde(rename = "managedBy", default)]
     pub managed_by: Option<ManagedBy>,
@@ -251,10 +250,10 @@ pub struct BrokerPatch {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<OnPublish>)]
     pub on_publish: Option<Option<OnPublish>>,
-    /// Broker limits (a JSON object); `null` clears them.
+    /// Broker limits, replacing the ones set before; `null` clears them.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Object>)]
-    pub limits: Option<Option<serde_json::Value>>,
+    #[schema(value_type = Option<LimitsSpec>)]
+    pub limits: Option<Option<LimitsSpec>>,
 }
 
 // === operations ===
@@ -295,7 +294,7 @@ fn view(state: &AppState, b: Broker) -> BrokerView {
         modified_on: rfc3339_micros(b.modified_at),
         expiration: b.expiration,
         on_publish: b.on_publish_url.map(|url| OnPublish { url: Some(url) }),
-        limits: b.limits.and_then(|l| serde_json::from_str(&l).ok()),
+        limits: stored_limits(b.limits.as_deref()),
         managed_by: b.managed_by.as_deref().and_then(ManagedBy::parse),
     }
 }
@@ -352,12 +351,37 @@ fn check_hook(hook: Option<&OnPublish>) -> Result<Option<String>> {
     Ok(Some(url.to_string()))
 }
 
-fn check_limits(limits: Option<&serde_json::Value>) -> Result<Option<String>> {
-    match limits {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v @ serde_json::Value::Object(_)) => Ok(Some(v.to_string())),
-        Some(_) => Err(ApiError::invalid("`limits` must be a JSON object")),
+/// Checks limits a caller set and returns what to store: every value within its bounds, none of
+/// the operator-only ones (400 naming them otherwise); no limits (`None`, `{}`) store nothing.
+fn check_limits(limits: Option<&LimitsSpec>) -> Result<Option<String>> {
+    let Some(spec) = limits.filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let mut problems = spec.problems();
+    let operator_only = spec.operator_only();
+    if !operator_only.is_empty() {
+        problems.push(format!(
+            "{} only the broker's operator sets (in the broker's own configuration, `[limits]`)",
+            operator_only.join(", ")
+        ));
     }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "`limits`: {}",
+            problems.join("; ")
+        )));
+    }
+    serde_json::to_string(spec)
+        .map(Some)
+        .map_err(|e| ApiError::internal(&e))
+}
+
+/// The limits of a stored broker. Rows written before limits had a schema may hold keys that
+/// are not limits: those are left out.
+pub(crate) fn stored_limits(stored: Option<&str>) -> Option<LimitsSpec> {
+    let value: serde_json::Value = serde_json::from_str(stored?).ok()?;
+    let (spec, _) = LimitsSpec::lenient(&value);
+    (!spec.is_empty()).then_some(spec)
 }
 
 /// The caller's broker, or 404.

@@ -68,9 +68,9 @@ pub struct StateView {
     pub jwks: Jwks,
     /// Live revocations.
     pub revocations: Vec<Revocation>,
-    /// Broker limits, as set.
-    #[schema(value_type = Option<Object>)]
-    pub limits: Option<serde_json::Value>,
+    /// The broker's limits, as set through the api; the broker applies each one within its own
+    /// configured value.
+    pub limits: Option<starling_types::LimitsSpec>,
     /// The on-publish hook.
     pub on_publish: Option<HookRef>,
     /// The broker's current private signing key, which signs the on-publish hook's requests;
@@ -136,7 +136,7 @@ fn view(kek: &Kek, domain: &str, s: BrokerState, now: i64) -> StateView {
             hostname,
         },
         revocations: s.revocations,
-        limits: s.broker.limits.and_then(|l| serde_json::from_str(&l).ok()),
+        limits: super::brokers::stored_limits(s.broker.limits.as_deref()),
         on_publish: s.broker.on_publish_url.map(|url| HookRef { url }),
     }
 }

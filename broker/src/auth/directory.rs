@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use starling_token::{Jwks, TokenError, Verifier};
+use starling_types::LimitsSpec;
 use tracing::{info, warn};
 
 use crate::auth::Credential;
@@ -35,6 +36,8 @@ pub struct TenantState {
     pub revoked: HashSet<String>,
     /// The on-publish hook, when the tenant has one.
     pub hook: Option<crate::hook::HookTarget>,
+    /// The tenant's own limits, applied within the broker's (see [`crate::tenant_limits`]).
+    pub limits: LimitsSpec,
 }
 
 /// One tenant's current keys and revocations.
@@ -117,6 +120,7 @@ impl Directory {
             rebuild_kids(&mut inner);
             entry
         };
+        self.update_limits(name, &entry.tenant, &state.limits);
         self.update_hook(name, &entry.tenant, state.hook.as_ref());
         if retired || !revoked.is_empty() {
             end_sessions(&entry);
@@ -157,6 +161,17 @@ impl Directory {
     /// Names of every tenant.
     pub fn names(&self) -> Vec<String> {
         self.inner.read().tenants.keys().cloned().collect()
+    }
+
+    /// Applies the tenant's own limits when they changed, and logs what did not apply as asked.
+    fn update_limits(&self, name: &str, tenant: &Tenant, spec: &LimitsSpec) {
+        let Some(notes) = tenant.apply_limits(spec) else {
+            return;
+        };
+        for note in &notes {
+            warn!(tenant = name, "tenant limits: {note}");
+        }
+        info!(tenant = name, limits = ?tenant.limits.current(), "tenant limits applied");
     }
 
     /// Starts, replaces or stops the tenant's hook when its target changed.

@@ -74,6 +74,7 @@ pub fn load(files: &TenantFiles) -> Result<TenantState, FileError> {
         jwks,
         revoked,
         hook: None,
+        limits: Default::default(),
     })
 }
 

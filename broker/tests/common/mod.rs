@@ -39,7 +39,7 @@ impl TestBroker {
             "127.0.0.1:0".parse().unwrap(),
         ));
         config.http.bind = "127.0.0.1:0".parse().unwrap();
-        config.limits.profile = Profile::Default;
+        config.limits.profile = Some(Profile::Default);
         edit(&mut config);
         let broker = start(config).await.expect("broker starts");
         TestBroker { broker }

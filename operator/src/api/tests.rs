@@ -140,7 +140,7 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             description: None,
             expiration: Some(3600),
             on_publish: None,
-            limits: Some(serde_json::json!({"max_connections": 10})),
+            limits: Some(serde_json::json!({"maxConnections": 10})),
             managed_by: managed(),
         };
         let CreateOutcome::Created(created) = api.create_broker("iot", &req).await.expect("create")

@@ -518,7 +518,7 @@ async fn a_config_change_rolls_the_pods_and_an_unchanged_spec_does_not() {
         .clone();
     assert_eq!(
         in_api.limits,
-        Some(json!({"max_connections": 100})),
+        Some(json!({"maxConnections": 100})),
         "the api gets the limits too"
     );
     let cm = &find(

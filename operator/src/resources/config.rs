@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 
 use super::{names, owned_meta};
-use crate::crd::{Broker, Limits};
+use starling_types::{LimitsConfig, LimitsSpec};
+
+use crate::crd::Broker;
 
 /// The key of `broker.toml` in the ConfigMap (and its file name in the pod).
 pub const CONFIG_KEY: &str = "broker.toml";
@@ -16,7 +18,7 @@ pub const CONFIG_KEY: &str = "broker.toml";
 #[derive(Serialize)]
 struct BrokerToml<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    limits: Option<LimitsToml<'a>>,
+    limits: Option<LimitsConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hook: Option<HookToml<'a>>,
 }
@@ -110,67 +112,20 @@ impl<'a> HookToml<'a> {
     }
 }
 
-/// `[limits]` with the broker's snake_case keys.
-#[derive(Serialize)]
-struct LimitsToml<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    profile: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_packet_size: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_publish_rate: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    publish_burst: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connect_timeout_secs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_keep_alive_secs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_session_expiry_secs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_topic_length: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_topic_depth: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_client_id_length: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_subscribers_per_topic: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_connections: Option<u32>,
-}
-
-impl<'a> From<&'a Limits> for LimitsToml<'a> {
-    fn from(l: &'a Limits) -> Self {
-        Self {
-            profile: l.profile.map(|p| p.as_str()),
-            max_packet_size: l.max_packet_size,
-            max_publish_rate: l.max_publish_rate,
-            publish_burst: l.publish_burst,
-            connect_timeout_secs: l.connect_timeout_secs,
-            min_keep_alive_secs: l.min_keep_alive_secs,
-            max_session_expiry_secs: l.max_session_expiry_secs,
-            max_topic_length: l.max_topic_length,
-            max_topic_depth: l.max_topic_depth,
-            max_client_id_length: l.max_client_id_length,
-            max_subscribers_per_topic: l.max_subscribers_per_topic,
-            max_connections: l.max_connections,
-        }
-    }
-}
-
-/// The spec's limits as a JSON object with the broker's `[limits]` keys (for the api), or
-/// `None` when the spec sets none.
+/// The spec's limits for the api (camelCase keys), without the operator-only ones, which only
+/// the broker's configuration file carries; `None` when the spec sets none of the others.
 pub fn limits_json(b: &Broker) -> Option<serde_json::Value> {
-    b.spec
-        .limits
-        .as_ref()
-        .and_then(|l| serde_json::to_value(LimitsToml::from(l)).ok())
+    let tenant = b.spec.limits.as_ref()?.tenant_part();
+    if tenant.is_empty() {
+        return None;
+    }
+    serde_json::to_value(tenant).ok()
 }
 
 /// Renders `broker.toml` for `b`, with the operator's hook rules `hook`.
 pub fn render_config(b: &Broker, hook: &BrokerHook) -> Result<String, toml::ser::Error> {
     let doc = BrokerToml {
-        limits: b.spec.limits.as_ref().map(LimitsToml::from),
+        limits: b.spec.limits.as_ref().map(LimitsSpec::to_config),
         hook: HookToml::from_settings(hook),
     };
     let body = toml::to_string(&doc)?;
@@ -209,7 +164,7 @@ mod tests {
         let limits = parsed["limits"].as_table().expect("[limits]");
         assert_eq!(limits["profile"].as_str(), Some("cloudflare"));
         assert_eq!(limits["max_packet_size"].as_integer(), Some(65536));
-        assert_eq!(limits["max_publish_rate"].as_integer(), Some(10));
+        assert_eq!(limits["max_publish_rate"].as_float(), Some(10.0));
         assert_eq!(limits["publish_burst"].as_integer(), Some(20));
         assert_eq!(limits["max_connections"].as_integer(), Some(1000));
         assert_eq!(
@@ -221,14 +176,22 @@ mod tests {
     }
 
     #[test]
-    fn limits_for_the_api_use_the_same_keys_as_the_file() {
-        let b =
-            broker(serde_json::json!({"limits": {"profile": "cloudflare", "maxConnections": 10}}));
+    fn limits_for_the_api_leave_out_the_operator_only_ones() {
+        let b = broker(serde_json::json!({"limits": {
+            "profile": "cloudflare", "maxConnections": 10, "connectTimeoutSecs": 5
+        }}));
         assert_eq!(
             limits_json(&b),
-            Some(serde_json::json!({"profile": "cloudflare", "max_connections": 10}))
+            Some(serde_json::json!({"profile": "cloudflare", "maxConnections": 10}))
+        );
+        let text = render_config(&b, &BrokerHook::default()).expect("renders");
+        assert!(
+            text.contains("connect_timeout_secs = 5"),
+            "the file has them: {text}"
         );
         assert_eq!(limits_json(&broker(serde_json::json!({}))), None);
+        let operator_only = broker(serde_json::json!({"limits": {"connectTimeoutSecs": 5}}));
+        assert_eq!(limits_json(&operator_only), None);
     }
 
     #[test]
