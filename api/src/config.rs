@@ -58,7 +58,8 @@ pub struct Config {
     pub bootstrap_token_file: Option<String>,
     /// The account the bootstrap token belongs to (32 lowercase hex characters).
     pub bootstrap_account: String,
-    /// Live revocations allowed per broker.
+    /// Live revocations allowed per broker. A revocation lives until its token's `exp` plus
+    /// 300 s, or, for a token without `exp`, until the key that signed it is retired.
     pub max_revocations: u64,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,

@@ -205,6 +205,20 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("the namespace still has brokers; delete them first")
             }
             StoreError::Limit(what) => ApiError::new(StatusCode::BAD_REQUEST, code::LIMIT, what),
+            StoreError::RevocationCap(max) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code::LIMIT,
+                format!(
+                    "the broker already has {max} live revocations, the most it may hold \
+                     (max_revocations); nothing was revoked. A revocation is kept until its \
+                     token's exp plus {grace} s, and for a token without exp until the key that \
+                     signed it is retired. To make room: rotate the broker's keys (POST \
+                     .../keys/rotate; revocations of tokens signed by the old key go when it \
+                     retires, and so do those tokens), lift revocations no longer needed (DELETE \
+                     .../revocations), or issue tokens with an expiration",
+                    grace = crate::store::REVOCATION_GRACE_SECS
+                ),
+            ),
             other => ApiError::internal(&other),
         }
     }

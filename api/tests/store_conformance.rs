@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use starling_api::keys::{Kek, new_key_record};
 use starling_api::store::{
-    Account, ApiTokenRecord, AuditEntry, Broker, IssuedCredential, KeyStatus, Namespace, Role,
-    Store, StoreError,
+    Account, ApiTokenRecord, AuditEntry, Broker, IssuedCredential, KeyStatus, Namespace,
+    REVOCATION_GRACE_SECS, Role, Store, StoreError,
 };
 
 const T: i64 = 1_800_000_000;
@@ -318,30 +318,143 @@ async fn revocations_are_bounded_and_expired_ones_collected(store: Arc<dyn Store
         .add_revocations(&b.id, &["x".into(), "y".into()], 3, T)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Limit(_)), "{err:?}");
+    assert!(matches!(err, StoreError::RevocationCap(3)), "{err:?}");
     assert_eq!(
         store.list_revocations(&b.id, T).await.unwrap().len(),
         2,
         "a refused batch adds nothing"
     );
-    // After `short` expires it no longer counts, and is collected.
+    // Once no broker can accept `short` (its exp plus the largest clock skew) it no longer
+    // counts, and is collected.
+    let gone = T + 10 + REVOCATION_GRACE_SECS;
     store
-        .add_revocations(&b.id, &["x".into(), "y".into()], 3, T + 10)
+        .add_revocations(&b.id, &["x".into(), "y".into()], 3, gone)
         .await
         .unwrap();
-    assert_eq!(
-        store.list_revocations(&b.id, T + 10).await.unwrap().len(),
-        3
-    );
+    assert_eq!(store.list_revocations(&b.id, gone).await.unwrap().len(), 3);
     store
         .delete_revocations(&b.id, &["x".into()])
         .await
         .unwrap();
+    assert_eq!(store.list_revocations(&b.id, gone).await.unwrap().len(), 2);
+    store.collect_expired(gone).await.unwrap();
+}
+
+/// A broker accepts a token until its `exp` plus its clock skew, so the revocation stays in the
+/// broker's state (and in the store) until `exp` plus the largest skew any broker accepts.
+async fn a_revocation_stays_in_the_state_until_exp_plus_the_largest_clock_skew(
+    store: Arc<dyn Store>,
+) {
+    let (_, b) = setup(&*store).await;
+    let exp = T + 60;
+    store
+        .record_credentials(&b.id, &[issued("j1", "k", Some(exp))])
+        .await
+        .unwrap();
+    store
+        .add_revocations(&b.id, &["j1".into()], 10, T)
+        .await
+        .unwrap();
+    let in_state = |now| {
+        let store = store.clone();
+        let id = b.id.clone();
+        async move {
+            let s = store.broker_state(&id, now).await.unwrap().unwrap();
+            s.revocations.iter().any(|r| r.jti == "j1")
+        }
+    };
+    // A broker with the default 30 s skew still takes the token 30 s after exp.
+    assert!(in_state(exp + 30).await, "revoked token accepted again");
+    assert!(in_state(exp + REVOCATION_GRACE_SECS - 1).await);
+    store
+        .collect_expired(exp + REVOCATION_GRACE_SECS - 1)
+        .await
+        .unwrap();
+    assert!(
+        in_state(exp + REVOCATION_GRACE_SECS - 1).await,
+        "collected early"
+    );
+    assert!(!in_state(exp + REVOCATION_GRACE_SECS).await);
     assert_eq!(
-        store.list_revocations(&b.id, T + 10).await.unwrap().len(),
+        store
+            .collect_expired(exp + REVOCATION_GRACE_SECS)
+            .await
+            .unwrap(),
+        2,
+        "the revocation and the issuance record"
+    );
+}
+
+/// A revocation of a token without `exp` lasts as long as the token could verify: until the key
+/// that signed it leaves the key set. A `jti` this api never issued goes once every key the
+/// broker had when it was revoked is gone. So no revocation fills the cap forever.
+async fn a_revocation_of_a_token_without_exp_goes_when_its_key_is_retired(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    let keys = store.list_keys(&b.id).await.unwrap();
+    let current = keys
+        .iter()
+        .find(|k| k.status == KeyStatus::Current)
+        .unwrap()
+        .kid
+        .clone();
+    store
+        .record_credentials(&b.id, &[issued("forever", &current, None)])
+        .await
+        .unwrap();
+    store
+        .add_revocations(&b.id, &["forever".into(), "unknown".into()], 10, T)
+        .await
+        .unwrap();
+    let live = store.list_revocations(&b.id, T).await.unwrap();
+    assert_eq!(live.len(), 2);
+    let forever = live.iter().find(|r| r.jti == "forever").unwrap();
+    assert_eq!(forever.kid.as_deref(), Some(current.as_str()));
+    assert_eq!(forever.expires_at, None);
+    assert_eq!(store.collect_expired(T + 1_000_000).await.unwrap(), 0);
+
+    // Rotation: the signing key retires at T + 100; the revocation stays while it verifies.
+    let next = new_key_record(&kek(), &b.id, KeyStatus::Next, (T + 10) * 1_000_000).unwrap();
+    store
+        .rotate_keys(&b.id, &next, T + 100, T + 10)
+        .await
+        .unwrap();
+    store.collect_retired_keys(T + 99).await.unwrap();
+    assert_eq!(
+        store.list_revocations(&b.id, T + 99).await.unwrap().len(),
         2
     );
-    store.collect_expired(T + 10).await.unwrap();
+    store.collect_retired_keys(T + 100).await.unwrap();
+    let live = store.list_revocations(&b.id, T + 100).await.unwrap();
+    assert_eq!(
+        live.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
+        ["unknown"],
+        "the token can no longer verify, so its revocation went with its key"
+    );
+    // The key that was next at the revocation retires with the second rotation: no key the
+    // broker had then is left, so the unknown `jti` goes too.
+    let next = new_key_record(&kek(), &b.id, KeyStatus::Next, (T + 200) * 1_000_000).unwrap();
+    store
+        .rotate_keys(&b.id, &next, T + 300, T + 200)
+        .await
+        .unwrap();
+    store.collect_retired_keys(T + 300).await.unwrap();
+    assert!(
+        store
+            .list_revocations(&b.id, T + 300)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn issued(jti: &str, kid: &str, expires_at: Option<i64>) -> IssuedCredential {
+    IssuedCredential {
+        jti: jti.into(),
+        client_id: "c".into(),
+        kid: kid.into(),
+        issued_at: T,
+        expires_at,
+    }
 }
 
 async fn deleted_broker_leaves_a_tombstone_and_is_announced(store: Arc<dyn Store>) {
@@ -579,8 +692,15 @@ async fn issued_records_page_newest_first_and_show_revocations(store: Arc<dyn St
     assert_eq!(jtis, vec!["j5", "j3", "j1"]);
     assert_eq!(only_a.next_after, None);
     assert_eq!(only_a.items[0].credential, record("j5", "a", T + 3));
-    // Expired records are collected with their revocations.
+    // Expired records are collected with their revocations once no broker can accept their
+    // tokens: past `exp` plus the largest clock skew a broker accepts.
     store.collect_expired(T + 101).await.unwrap();
+    let kept = store.list_issued(&b.id, None, None, 10).await.unwrap();
+    assert_eq!(kept.items.len(), 5, "a broker may still take them");
+    store
+        .collect_expired(T + 101 + REVOCATION_GRACE_SECS)
+        .await
+        .unwrap();
     let left = store.list_issued(&b.id, None, None, 10).await.unwrap();
     let jtis: Vec<&str> = left
         .items
@@ -622,6 +742,8 @@ conformance!(
     rotation_moves_next_to_current_and_current_to_retiring,
     retired_keys_leave_the_state_and_are_collected,
     revocations_are_bounded_and_expired_ones_collected,
+    a_revocation_stays_in_the_state_until_exp_plus_the_largest_clock_skew,
+    a_revocation_of_a_token_without_exp_goes_when_its_key_is_retired,
     deleted_broker_leaves_a_tombstone_and_is_announced,
     api_tokens_are_found_by_hash_and_scoped_to_their_account,
     api_token_pages_follow_the_id_cursor,

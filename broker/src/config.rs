@@ -169,7 +169,9 @@ pub struct AuthConfig {
     pub revocations: Option<PathBuf>,
     /// Tenants from files, each with its own key set (the token's `kid` picks the tenant).
     pub tenants: Vec<TenantFiles>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most
+    /// [`starling_token::MAX_CLOCK_SKEW_SECS`], how long past `exp` the control plane keeps a
+    /// revocation).
     pub clock_skew_secs: u64,
     /// Access rules of `--auth none` listeners (see [`crate::auth::rules`]); none allows
     /// everything.
@@ -391,6 +393,15 @@ impl Config {
         let l = self.limits.resolve();
         if l.max_keep_alive_secs != 0 && l.min_keep_alive_secs > l.max_keep_alive_secs {
             problems.push("limits.min_keep_alive_secs is above max_keep_alive_secs".into());
+        }
+        if self.auth.clock_skew_secs > starling_token::MAX_CLOCK_SKEW_SECS {
+            // The control plane keeps a revocation until `exp` plus this much; a larger skew
+            // would let a revoked token in again after its revocation is gone.
+            problems.push(format!(
+                "auth.clock_skew_secs {} is above the largest allowed, {}",
+                self.auth.clock_skew_secs,
+                starling_token::MAX_CLOCK_SKEW_SECS
+            ));
         }
         let token_listeners = self
             .listeners
@@ -618,6 +629,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("slow_consumer_grace_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_clock_skew_beyond_how_long_revocations_outlive_exp_is_refused() {
+        let ok = format!(
+            "[auth]\nclock_skew_secs = {}\n",
+            starling_token::MAX_CLOCK_SKEW_SECS
+        );
+        assert!(Config::load(Some(&ok), [], &flags_with_listener()).is_ok());
+        let too_much = format!(
+            "[auth]\nclock_skew_secs = {}\n",
+            starling_token::MAX_CLOCK_SKEW_SECS + 1
+        );
+        let err = Config::load(Some(&too_much), [], &flags_with_listener()).unwrap_err();
+        assert!(
+            err.to_string().contains("auth.clock_skew_secs 301"),
+            "{err}"
+        );
     }
 
     #[test]

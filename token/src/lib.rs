@@ -21,7 +21,7 @@ pub use claims::Claims;
 pub use error::TokenError;
 pub use jwk::{Jwk, Jwks};
 pub use signing::SigningKey;
-pub use verify::{MAX_TOKEN_LEN, Verifier, peek_kid};
+pub use verify::{MAX_CLOCK_SKEW_SECS, MAX_TOKEN_LEN, Verifier, peek_kid};
 
 /// `pub type Result<T, E = TokenError>` for this crate.
 pub type Result<T, E = TokenError> = std::result::Result<T, E>;

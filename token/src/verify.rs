@@ -10,6 +10,11 @@ use crate::{Claims, Jwk, Jwks, TokenError, TopicAcl, b64};
 /// The longest token accepted, in bytes (the MQTT password limit of Cloudflare's profile).
 pub const MAX_TOKEN_LEN: usize = 4096;
 
+/// The largest clock skew a broker may allow on `exp` and `nbf`, in seconds. A broker accepts a
+/// token until `exp` plus its own skew (at most this), so the control plane keeps a revocation
+/// until `exp` plus this: no broker can accept a revoked token again.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
 /// Verifies tokens against one tenant's public keys (next, current and retiring).
 #[derive(Debug, Clone)]
 pub struct Verifier {

@@ -1,5 +1,11 @@
 //! Revocations: `POST|GET|DELETE .../revocations` with `jti` repeated or comma-separated.
-//! At most `max_revocations` live per broker; expired ones are collected.
+//!
+//! A revocation is kept, and sent to the brokers, while a broker could still accept its token:
+//! until the token's `exp` plus the largest clock skew a broker accepts
+//! ([`crate::store::REVOCATION_GRACE_SECS`]), and for a token without `exp` until the key that
+//! signed it leaves the key set (after a rotation, at its `retire_at`); a `jti` this api did not
+//! issue until every key the broker had when it was revoked is gone. At most `max_revocations`
+//! are live per broker; beyond, the request is a 400 that says how to make room.
 
 use axum::Json;
 use axum::extract::State;
@@ -94,7 +100,8 @@ async fn list(state: &AppState, auth: &Auth, ns: &str, b: &str) -> Result<Vec<Re
         .await?)
 }
 
-/// Live revocations with their tokens' expiry.
+/// Live revocations with their tokens' expiry and signing key: each is kept until `expiresAt`
+/// plus 300 s, or, without `expiresAt`, until the key `kid` is retired.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
@@ -114,6 +121,14 @@ pub async fn native_list(
 }
 
 /// Revoke tokens by `jti`.
+///
+/// Brokers cut the tokens' connections at once and refuse them from then on. A revocation is kept
+/// while a broker could still accept its token: until the token's `exp` plus 300 s (the largest
+/// clock skew a broker accepts), and for a token without `exp` until the key that signed it is
+/// retired (rotate the keys with `POST .../keys/rotate`; the old key retires at `retireAt`). At
+/// most `max_revocations` (10,000 by default) are live per broker: beyond that the request is a
+/// 400 that revokes nothing and says how to make room (rotate the keys, lift revocations, or issue
+/// tokens with an expiration).
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
@@ -121,7 +136,7 @@ pub async fn native_list(
     ),
     responses(
         (status = 204, description = "revoked"),
-        (status = 400, description = "invalid request or too many live revocations", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "invalid request, or the broker's cap of live revocations (`max_revocations`) reached: nothing was revoked, and the detail says how to make room", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
@@ -187,6 +202,10 @@ pub async fn compat_list(
 }
 
 /// Revoke tokens (Cloudflare-compatible; result `null`).
+///
+/// A revocation is kept until the token's `exp` plus 300 s, and for a token without `exp` until
+/// the key that signed it is retired; at most `max_revocations` are live per broker (beyond, a
+/// 400 that revokes nothing and says how to make room).
 #[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
@@ -194,7 +213,7 @@ pub async fn compat_list(
     ),
     responses(
         (status = 200, description = "revoked", body = Envelope<Option<String>>),
-        (status = 400, description = "invalid request or too many", body = super::EnvelopeError),
+        (status = 400, description = "invalid request, or the broker's cap of live revocations (`max_revocations`) reached: nothing was revoked, and the message says how to make room", body = super::EnvelopeError),
         (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),

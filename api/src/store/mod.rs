@@ -37,6 +37,9 @@ pub enum StoreError {
     /// A configured bound would be exceeded.
     #[error("limit exceeded: {0}")]
     Limit(String),
+    /// The broker would hold more live revocations than `max_revocations` (the value).
+    #[error("the broker has {0} live revocations, its most")]
+    RevocationCap(u64),
     /// A row holds a value the code cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -253,14 +256,32 @@ pub struct IssuedRecord {
     pub revoked: bool,
 }
 
-/// A revoked `jti`, kept until the token would have expired anyway.
+
+/// How long past a token's `exp` its revocation is kept: the largest clock skew any broker
+/// accepts, so no broker can take the token again once the revocation is gone.
+pub const REVOCATION_GRACE_SECS: i64 = starling_token::MAX_CLOCK_SKEW_SECS as i64;
+
+/// The revocations of tokens that expired before this instant (`now` less
+/// [`REVOCATION_GRACE_SECS`]) are no longer needed.
+pub fn revocation_horizon(now_secs: i64) -> i64 {
+    now_secs.saturating_sub(REVOCATION_GRACE_SECS)
+}
+
+/// A revoked `jti`. It is kept while a broker could still accept the token: until the token's
+/// `exp` plus [`REVOCATION_GRACE_SECS`], or, for a token without `exp`, until the key that
+/// signed it leaves the broker's key set (a rotation, then its `retire_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Revocation {
     /// The revoked token id.
     pub jti: String,
-    /// Unix seconds when the token expires (and the revocation can go); `null` for never.
+    /// Unix seconds when the token expires; the revocation is kept 300 s longer (the largest
+    /// clock skew a broker accepts). `null` for a token without `exp`, or a `jti` this api did
+    /// not issue: then it is kept until the key that signed the token is retired.
     pub expires_at: Option<i64>,
+    /// The key that signed the token, when this api issued it; `null` otherwise.
+    #[serde(default)]
+    pub kid: Option<String>,
 }
 
 /// One line of the audit log.

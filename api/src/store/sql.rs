@@ -7,6 +7,17 @@
 //! there, so it is delivered exactly on commit) and `announce_committed` (called after commit;
 //! SQLite broadcasts in-process there).
 
+/// Removes, for broker `$1`, the revocations and issuance records of tokens that can no longer
+/// verify because the key that signed them left the key set; a revocation whose key is unknown
+/// (a `jti` this api did not issue, or whose record was collected) goes once every key the
+/// broker had when it was made is gone (key times are microseconds, revocation times seconds).
+pub(crate) const SWEEP_GONE_KEYS: [&str; 2] = [
+    "DELETE FROM revocations WHERE broker_id = $1 AND (\
+       (kid IS NOT NULL AND kid NOT IN (SELECT kid FROM signing_keys WHERE broker_id = $1)) \
+       OR (kid IS NULL AND created_at * 1000000 < (SELECT MIN(created_at) FROM signing_keys WHERE broker_id = $1)))",
+    "DELETE FROM issued_credentials WHERE broker_id = $1 AND kid NOT IN (SELECT kid FROM signing_keys WHERE broker_id = $1)",
+];
+
 /// Columns of a broker read, joined with its namespace's name.
 pub(crate) const BROKER_COLUMNS: &str = "b.id, b.account_id, b.namespace_id, n.name AS namespace_name, \
      b.name, b.description, b.auth_type, b.expiration, b.on_publish_url, b.limits, b.managed_by, \
@@ -16,7 +27,8 @@ pub(crate) const BROKER_COLUMNS: &str = "b.id, b.account_id, b.namespace_id, n.n
 macro_rules! impl_store {
     ($store:ty, $row:ty) => {
         use sqlx::Row as _;
-        use $crate::store::sql::BROKER_COLUMNS;
+        use $crate::store::sql::{BROKER_COLUMNS, SWEEP_GONE_KEYS};
+        use $crate::store::revocation_horizon;
         use $crate::store::{
             Account, ApiTokenRecord, AuditEntry, BoxFut, Broker, BrokerState, Change, IssuedCredential,
             IssuedRecord, KeyRecord, Namespace, Page, Result, Revocation, Store, StoreError,
@@ -64,6 +76,10 @@ macro_rules! impl_store {
                 created_at: r.try_get("created_at")?,
                 retire_at: r.try_get("retire_at")?,
             })
+        }
+
+        fn revocation_from_row(r: &$row) -> Result<Revocation> {
+            Ok(Revocation { jti: r.try_get("jti")?, expires_at: r.try_get("expires_at")?, kid: r.try_get("kid")? })
         }
 
         fn token_from_row(r: &$row) -> Result<ApiTokenRecord> {
@@ -359,6 +375,9 @@ macro_rules! impl_store {
                     }
                     sqlx::query("DELETE FROM signing_keys WHERE broker_id = $1 AND status = 'retiring' AND retire_at <= $2")
                         .bind(broker_id).bind(now_secs).execute(&mut *tx).await?;
+                    for q in SWEEP_GONE_KEYS {
+                        sqlx::query(q).bind(broker_id).execute(&mut *tx).await?;
+                    }
                     sqlx::query("UPDATE signing_keys SET status = 'retiring', retire_at = $2 WHERE broker_id = $1 AND status = 'current'")
                         .bind(broker_id).bind(retire_at).execute(&mut *tx).await?;
                     sqlx::query("UPDATE signing_keys SET status = 'current' WHERE broker_id = $1 AND status = 'next'")
@@ -382,6 +401,9 @@ macro_rules! impl_store {
                         sqlx::query("UPDATE brokers SET version = version + 1 WHERE id = $1").bind(&broker_id).execute(&mut *tx).await?;
                         let done = sqlx::query("DELETE FROM signing_keys WHERE broker_id = $1 AND status = 'retiring' AND retire_at <= $2")
                             .bind(&broker_id).bind(now_secs).execute(&mut *tx).await?;
+                        for q in SWEEP_GONE_KEYS {
+                            sqlx::query(q).bind(&broker_id).execute(&mut *tx).await?;
+                        }
                         self.announce_in_tx(&mut tx, &broker_id).await?;
                         tx.commit().await?;
                         self.announce_committed(&broker_id);
@@ -442,16 +464,17 @@ macro_rules! impl_store {
                         return Err(StoreError::NotFound);
                     }
                     sqlx::query("DELETE FROM revocations WHERE broker_id = $1 AND expires_at IS NOT NULL AND expires_at <= $2")
-                        .bind(broker_id).bind(now_secs).execute(&mut *tx).await?;
+                        .bind(broker_id).bind(revocation_horizon(now_secs)).execute(&mut *tx).await?;
                     for jti in jtis {
-                        sqlx::query("INSERT INTO revocations (broker_id, jti, expires_at, created_at) \
-                                     VALUES ($1, $2, (SELECT expires_at FROM issued_credentials WHERE jti = $2 AND broker_id = $1), $3) ON CONFLICT DO NOTHING")
+                        sqlx::query("INSERT INTO revocations (broker_id, jti, expires_at, kid, created_at) \
+                                     VALUES ($1, $2, (SELECT expires_at FROM issued_credentials WHERE jti = $2 AND broker_id = $1), \
+                                             (SELECT kid FROM issued_credentials WHERE jti = $2 AND broker_id = $1), $3) ON CONFLICT DO NOTHING")
                             .bind(broker_id).bind(jti).bind(now_secs).execute(&mut *tx).await?;
                     }
                     let live: i64 = sqlx::query("SELECT COUNT(*) AS n FROM revocations WHERE broker_id = $1")
                         .bind(broker_id).fetch_one(&mut *tx).await?.try_get("n")?;
                     if u64::try_from(live).unwrap_or(u64::MAX) > max_live {
-                        return Err(StoreError::Limit(format!("at most {max_live} live revocations per broker")));
+                        return Err(StoreError::RevocationCap(max_live));
                     }
                     self.announce_in_tx(&mut tx, broker_id).await?;
                     tx.commit().await?;
@@ -462,9 +485,9 @@ macro_rules! impl_store {
 
             fn list_revocations<'a>(&'a self, broker_id: &'a str, now_secs: i64) -> BoxFut<'a, Result<Vec<Revocation>>> {
                 Box::pin(async move {
-                    let rows = sqlx::query("SELECT jti, expires_at FROM revocations WHERE broker_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at, jti")
-                        .bind(broker_id).bind(now_secs).fetch_all(&self.pool).await?;
-                    rows.iter().map(|r| Ok(Revocation { jti: r.try_get("jti")?, expires_at: r.try_get("expires_at")? })).collect()
+                    let rows = sqlx::query("SELECT jti, expires_at, kid FROM revocations WHERE broker_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at, jti")
+                        .bind(broker_id).bind(revocation_horizon(now_secs)).fetch_all(&self.pool).await?;
+                    rows.iter().map(revocation_from_row).collect()
                 })
             }
 
@@ -487,8 +510,9 @@ macro_rules! impl_store {
 
             fn collect_expired<'a>(&'a self, now_secs: i64) -> BoxFut<'a, Result<u64>> {
                 Box::pin(async move {
-                    let a = sqlx::query("DELETE FROM revocations WHERE expires_at IS NOT NULL AND expires_at <= $1").bind(now_secs).execute(&self.pool).await?;
-                    let b = sqlx::query("DELETE FROM issued_credentials WHERE expires_at IS NOT NULL AND expires_at <= $1").bind(now_secs).execute(&self.pool).await?;
+                    let horizon = revocation_horizon(now_secs);
+                    let a = sqlx::query("DELETE FROM revocations WHERE expires_at IS NOT NULL AND expires_at <= $1").bind(horizon).execute(&self.pool).await?;
+                    let b = sqlx::query("DELETE FROM issued_credentials WHERE expires_at IS NOT NULL AND expires_at <= $1").bind(horizon).execute(&self.pool).await?;
                     Ok(a.rows_affected() + b.rows_affected())
                 })
             }
@@ -505,9 +529,9 @@ macro_rules! impl_store {
                                             WHERE broker_id = $1 AND (status <> 'retiring' OR retire_at > $2) ORDER BY created_at, id")
                         .bind(broker_id).bind(now_secs).fetch_all(&mut *tx).await?
                         .iter().map(key_from_row).collect::<Result<Vec<_>>>()?;
-                    let revocations = sqlx::query("SELECT jti, expires_at FROM revocations WHERE broker_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at, jti")
-                        .bind(broker_id).bind(now_secs).fetch_all(&mut *tx).await?
-                        .iter().map(|r| Ok(Revocation { jti: r.try_get("jti")?, expires_at: r.try_get("expires_at")? }))
+                    let revocations = sqlx::query("SELECT jti, expires_at, kid FROM revocations WHERE broker_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at, jti")
+                        .bind(broker_id).bind(revocation_horizon(now_secs)).fetch_all(&mut *tx).await?
+                        .iter().map(revocation_from_row)
                         .collect::<Result<Vec<_>>>()?;
                     tx.commit().await?;
                     Ok(Some(BrokerState { broker, keys, revocations }))
