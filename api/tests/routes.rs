@@ -1136,6 +1136,66 @@ async fn credentials_are_signed_verifiable_and_never_stored() {
     }
 }
 
+/// A broker refuses a token over 4096 bytes, so the api never issues one: a `topicAcl` that
+/// would make it longer is a 400 that says so, on both route sets; one that fits is issued.
+async fn a_token_longer_than_a_broker_accepts_is_a_400_on_both_route_sets() {
+    let api = api().await;
+    api.broker(json!({"name": "b1"})).await;
+    let acl = |n: usize| {
+        let filters: Vec<String> = (0..n)
+            .map(|i| format!("sensors/{i:04}/temperature/+"))
+            .collect();
+        let json = json!({"pub": filters, "sub": ["sensors/#"]}).to_string();
+        json.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'+' | b'-' | b'_' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let native = "/v1/namespaces/home/brokers/b1/credentials";
+    let compat = format!("{C}/namespaces/home/brokers/b1/credentials");
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{native}?topicAcl={}", acl(20)),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let token = r.body.as_object().unwrap().values().next().unwrap();
+    assert!(token.as_str().unwrap().len() <= starling_token::MAX_TOKEN_LEN);
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{native}?topicAcl={}", acl(150)),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("above the 4096 bytes a broker accepts"),
+        "{detail}"
+    );
+    assert!(detail.contains("topicAcl"), "{detail}");
+    let r = api
+        .call(
+            Method::GET,
+            &format!("{compat}?topicAcl={}", acl(150)),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    let message = r.body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("above the 4096 bytes"), "{message}");
+}
+
 async fn publickeys_never_contain_a_private_part() {
     let api = api().await;
     api.broker(json!({"name": "b1"})).await;
@@ -2571,6 +2631,7 @@ tests!(
     whole_number_expirations_written_as_floats_are_accepted,
     credentials_are_signed_verifiable_and_never_stored,
     publickeys_never_contain_a_private_part,
+    a_token_longer_than_a_broker_accepts_is_a_400_on_both_route_sets,
     revocations_accept_repeated_and_comma_separated_jtis_within_the_bound,
     the_revocation_cap_is_a_400_that_names_it_and_says_how_to_make_room,
     a_revoked_token_stays_in_the_state_feed_until_exp_plus_the_largest_clock_skew,

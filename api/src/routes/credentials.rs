@@ -6,14 +6,15 @@
 //! expires at the shorter of broker and request, and `-1` gives no `exp` only when the broker
 //! has none (a deliberate difference from Cloudflare, where `-1` overrode the broker). Issuance
 //! is recorded (jti, client id, kid, expiry), never the token; `GET .../credentials/issued` lists
-//! those records (native only), newest first, with whether each `jti` is revoked.
+//! those records (native only), newest first, with whether each `jti` is revoked. A token longer
+//! than a broker accepts ([`MAX_TOKEN_LEN`], 4096 bytes) is never issued: the request is a 400.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
-use starling_token::{Claims, TopicAcl};
+use starling_token::{Claims, MAX_TOKEN_LEN, TopicAcl};
 
 use serde::{Deserialize, Serialize};
 
@@ -145,7 +146,16 @@ async fn issue(
             nbf: None,
             topic_acl: acl.clone(),
         };
-        tokens.insert(sub.clone(), key.sign_claims(&claims));
+        let token = key.sign_claims(&claims);
+        if token.len() > MAX_TOKEN_LEN {
+            // The broker refuses a longer token (CONNACK 0x86): never issue one.
+            return Err(ApiError::invalid(format!(
+                "the token would be {} bytes, above the {MAX_TOKEN_LEN} bytes a broker accepts; \
+                 use a shorter `topicAcl` (fewer or shorter filters, or a wildcard) or `clientid`",
+                token.len()
+            )));
+        }
+        tokens.insert(sub.clone(), token);
         issued.push(IssuedCredential {
             jti,
             client_id: sub,
@@ -177,7 +187,7 @@ async fn issue(
     ),
     responses(
         (status = 200, description = "`{clientId: jwt}`", body = BTreeMap<String, String>, headers(("Cache-Control" = String, description = "no-store"))),
-        (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "invalid request, or a token that would be longer than the 4096 bytes a broker accepts (a long `topicAcl` or `clientid`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such broker", body = Problem, content_type = "application/problem+json"),
@@ -208,7 +218,7 @@ pub async fn native_issue(
     ),
     responses(
         (status = 200, description = "`{clientId: jwt}`", body = Envelope<BTreeMap<String, String>>, headers(("Cache-Control" = String, description = "no-store"))),
-        (status = 400, description = "invalid request", body = super::EnvelopeError),
+        (status = 400, description = "invalid request, or a token that would be longer than the 4096 bytes a broker accepts (a long `topicAcl` or `clientid`)", body = super::EnvelopeError),
         (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),
     ),
