@@ -197,22 +197,22 @@ async fn track(
     req: Request,
     next: Next,
 ) -> Response {
-    let method = req.method().as_str().to_string();
+    // Labels from fixed sets only: a made-up method is `OTHER`, whatever its name.
+    let method = crate::metrics::method_label(req.method());
     let start = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
     state
         .metrics
         .requests
-        .get_or_create(&vec![
-            ("method".into(), method.clone()),
-            ("status".into(), status),
-        ])
+        .get_or_create(&crate::metrics::RequestLabels {
+            method,
+            status: resp.status().as_u16(),
+        })
         .inc();
     state
         .metrics
         .latency
-        .get_or_create(&vec![("method".into(), method)])
+        .get_or_create(&crate::metrics::MethodLabels { method })
         .observe(start.elapsed().as_secs_f64());
     resp
 }
