@@ -71,6 +71,14 @@ pub struct Config {
     pub janitor_interval_secs: u64,
     /// The shortest time a retiring key keeps verifying after a rotation, in seconds.
     pub min_retire_secs: i64,
+    /// Seconds a client of either listener has to send a request's headers, from the
+    /// connection's start or the previous response; then the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once on the public listener; further ones wait in the backlog.
+    pub public_max_connections: usize,
+    /// Connections open at once on the internal listener (each broker pod holds one long-poll
+    /// per broker it serves); further ones wait in the backlog.
+    pub internal_max_connections: usize,
 }
 
 impl Default for Config {
@@ -96,6 +104,27 @@ impl Default for Config {
             max_wait_secs: 60,
             janitor_interval_secs: 5,
             min_retire_secs: 86_400,
+            header_read_timeout_secs: 10,
+            public_max_connections: 1024,
+            internal_max_connections: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// What the public listener lets its clients hold.
+    pub fn public_http_limits(&self) -> starling_broker::http::HttpLimits {
+        starling_broker::http::HttpLimits {
+            header_read_timeout_secs: self.header_read_timeout_secs,
+            max_connections: self.public_max_connections,
+        }
+    }
+
+    /// What the internal listener lets its clients hold.
+    pub fn internal_http_limits(&self) -> starling_broker::http::HttpLimits {
+        starling_broker::http::HttpLimits {
+            header_read_timeout_secs: self.header_read_timeout_secs,
+            max_connections: self.internal_max_connections,
         }
     }
 }
@@ -208,6 +237,8 @@ impl Config {
         if self.min_retire_secs < 0 {
             problems.push("min_retire_secs must not be negative".into());
         }
+        problems.extend(self.public_http_limits().problems("public"));
+        problems.extend(self.internal_http_limits().problems("internal"));
         if self.domain.is_empty() {
             problems.push("domain must not be empty".into());
         }

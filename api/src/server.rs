@@ -150,23 +150,22 @@ pub async fn start_with(
     let janitor = tokio::spawn(janitor(state.clone(), shutdown.clone()));
     let public_app = crate::routes::app(state.clone());
     let internal_app = crate::routes::internal_app(state.clone());
-    let s1 = shutdown.clone();
-    let s2 = shutdown.clone();
+    // Both listeners bound what a client can hold: a header-read timeout and a connection cap.
+    let a = starling_broker::http::serve(
+        public,
+        public_app,
+        state.config.public_http_limits(),
+        shutdown.clone(),
+    );
+    let b = starling_broker::http::serve(
+        internal,
+        internal_app,
+        state.config.internal_http_limits(),
+        shutdown.clone(),
+    );
     let task = tokio::spawn(async move {
-        let a = axum::serve(public, public_app)
-            .with_graceful_shutdown(async move { s1.cancelled().await });
-        let b = axum::serve(internal, internal_app)
-            .with_graceful_shutdown(async move { s2.cancelled().await });
-        let (ra, rb) = tokio::join!(a, b);
+        tokio::join!(a, b);
         janitor.abort();
-        ra.map_err(|source| ServerError::Listen {
-            addr: public_addr,
-            source,
-        })?;
-        rb.map_err(|source| ServerError::Listen {
-            addr: internal_addr,
-            source,
-        })?;
         Ok(())
     });
     Ok(Running {

@@ -136,12 +136,29 @@ impl ListenerConfig {
 pub struct HttpConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub bind: SocketAddr,
+    /// Seconds a client has to send a request's headers (then the connection is closed).
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let limits = crate::http::HttpLimits::default();
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            header_read_timeout_secs: limits.header_read_timeout_secs,
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// What the listener lets its clients hold.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_read_timeout_secs: self.header_read_timeout_secs,
+            max_connections: self.max_connections,
         }
     }
 }
@@ -384,6 +401,7 @@ impl Config {
             problems
                 .push("no MQTT listener is configured (use --mqtt ADDR or [[listeners]])".into());
         }
+        problems.extend(self.http.limits().problems("http"));
         problems.extend(self.limits.problems("limits."));
         for (i, listener) in self.listeners.iter().enumerate() {
             if let Some(own) = &listener.limits {

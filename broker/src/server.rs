@@ -185,14 +185,12 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         ready: ready.clone(),
         metrics: metrics.clone(),
     });
-    let http_stop = stop.clone();
-    tokio::spawn(async move {
-        let serve = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await });
-        if let Err(e) = serve.await {
-            warn!(error = %e, "http listener failed");
-        }
-    });
+    tokio::spawn(http::serve(
+        http_listener,
+        app,
+        config.http.limits(),
+        stop.clone(),
+    ));
     for (kind, addr) in &bound {
         info!(listener = kind.as_str(), %addr, "listening");
     }

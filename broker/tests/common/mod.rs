@@ -3,6 +3,7 @@
 //! answers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod slow_http;
 pub mod tokens;
 
 use std::net::SocketAddr;

@@ -1,0 +1,103 @@
+//! Both api listeners (public REST, internal state feed and metrics) bound what a client can
+//! hold: a client that sends half a request, or nothing, is cut off after
+//! `header_read_timeout_secs`, and at most `public_max_connections` / `internal_max_connections`
+//! connections are served at once. Real sockets against `server::start_with` on loopback.
+
+mod common;
+#[path = "../../broker/tests/common/mod.rs"]
+mod mqtt;
+
+use std::time::Duration;
+
+use mqtt::slow_http;
+use starling_api::config::{Config, Secret};
+use starling_api::keys::Kek;
+use tokio_util::sync::CancellationToken;
+
+async fn start(
+    max_connections: usize,
+) -> (
+    starling_api::server::Running,
+    CancellationToken,
+    Box<dyn std::any::Any + Send>,
+) {
+    let (store, guard) = common::sqlite().await;
+    let config = Config {
+        database_url: "sqlite::memory:".into(),
+        kek: Some(Secret("ab".repeat(32))),
+        public_addr: "127.0.0.1:0".parse().unwrap(),
+        internal_addr: "127.0.0.1:0".parse().unwrap(),
+        header_read_timeout_secs: 1,
+        public_max_connections: max_connections,
+        internal_max_connections: max_connections,
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = starling_api::server::start_with(
+        store,
+        Kek::from_bytes(&[3u8; 32]).unwrap(),
+        config,
+        shutdown.clone(),
+    )
+    .await
+    .expect("api starts");
+    (running, shutdown, guard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_half_a_request_is_cut_off_on_both_listeners() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (running, shutdown, _guard) = start(8).await;
+        for addr in [running.public_addr, running.internal_addr] {
+            slow_http::assert_half_requests_are_cut_off(addr, Duration::from_secs(1)).await;
+            let (status, _) = mqtt::http_get(addr, "/healthz").await;
+            assert_eq!(status, 200, "a whole request is still served on {addr}");
+        }
+        shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_on_both_listeners() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (running, shutdown, _guard) = start(2).await;
+        for (addr, path) in [
+            (running.public_addr, "/healthz"),
+            (running.internal_addr, "/metrics"),
+        ] {
+            let status = slow_http::assert_the_cap_holds_one_more_connection(
+                addr,
+                2,
+                Duration::from_secs(1),
+                path,
+            )
+            .await;
+            assert_eq!(status, 200, "{addr}{path}");
+        }
+        shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+    })
+    .await
+    .expect("timed out");
+}
+
+#[test]
+fn http_limits_are_validated() {
+    let config = Config {
+        header_read_timeout_secs: 0,
+        public_max_connections: 0,
+        internal_max_connections: 0,
+        ..Config::default()
+    };
+    let err = config.validate().unwrap_err().to_string();
+    for key in [
+        "public.header_read_timeout_secs",
+        "public.max_connections",
+        "internal.max_connections",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
