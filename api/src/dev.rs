@@ -8,7 +8,7 @@
 //! `demo` through the API's own handlers. The embedded broker follows the store's change feed
 //! in-process, so a revocation, a key rotation or a deletion made through the API reaches
 //! connected clients at once. A broker's `on_publish.url` reaches it the same way, with the
-//! broker's current signing key and its hostname `<broker>.<namespace>.localhost` as the hook's
+//! broker's current hook key and its hostname `<broker>.<namespace>.localhost` as the hook's
 //! `broker` field; the embedded broker allows http and loopback hook URLs, so a hook on the same
 //! machine works. The banner prints the console's URL, the account id and the environment for
 //! Cloudflare's CLI; the console's health charts show the embedded broker's counters, sampled
@@ -458,22 +458,22 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
     }
 }
 
-/// The on-publish hook of a broker, signed with its current key (opened in-process). A key that
-/// does not open leaves the target without one, and the broker then drops the tenant's messages
-/// rather than deliver them unchecked.
+/// The on-publish hook of a broker, signed with its current hook key (opened in-process). A key
+/// that does not open leaves the target without one, and the broker then drops the tenant's
+/// messages rather than deliver them unchecked.
 fn hook_target(state: &AppState, s: &crate::store::BrokerState) -> Option<HookTarget> {
     let url = s.broker.on_publish_url.clone()?;
-    let key = match state.kek.open_current(&s.broker.id, &s.keys) {
+    let key = match state.kek.open_hook_current(&s.broker.id, &s.hook_keys) {
         Ok(Some(key)) => Some(Arc::new(key)),
         Ok(None) => {
             tracing::warn!(
                 broker_id = s.broker.id.as_str(),
-                "the broker has a hook but no current signing key"
+                "the broker has a hook but no current hook key"
             );
             None
         }
         Err(e) => {
-            tracing::warn!(broker_id = s.broker.id.as_str(), error = %e, "the hook's signing key did not open");
+            tracing::warn!(broker_id = s.broker.id.as_str(), error = %e, "the hook key did not open");
             None
         }
     };

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::keys::{Kek, KeyError, hash_secret};
+use crate::keys::{Kek, KeyError, hash_secret, new_hook_key_record};
 use crate::state::AppState;
 use crate::store::{Account, ApiTokenRecord, Role, Store, StoreError};
 
@@ -111,6 +111,28 @@ pub async fn ensure_bootstrap(
     Ok(())
 }
 
+/// Gives every broker created before hook keys existed its own hook key; returns how many got
+/// one. Safe to run on several replicas at once (a broker gets one key).
+pub async fn backfill_hook_keys(state: &AppState) -> Result<u64, ServerError> {
+    const BATCH: u32 = 100;
+    let mut added = 0;
+    loop {
+        let ids = state.store.brokers_without_hook_key(BATCH).await?;
+        for id in &ids {
+            let key = new_hook_key_record(&state.kek, id, state.clock.now_micros())?;
+            match state.store.ensure_hook_key(id, &key).await {
+                Ok(true) => added += 1,
+                // Another replica was first, or the broker was deleted meanwhile.
+                Ok(false) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if ids.len() < BATCH as usize {
+            return Ok(added);
+        }
+    }
+}
+
 /// A started api: its bound addresses and the task serving it.
 pub struct Running {
     /// Where the public listener is bound.
@@ -141,6 +163,13 @@ pub async fn start_with(
 ) -> Result<Running, ServerError> {
     let state = AppState::new(store, kek, config);
     ensure_bootstrap(&*state.store, &state.config, state.clock.now_micros()).await?;
+    let added = backfill_hook_keys(&state).await?;
+    if added > 0 {
+        tracing::info!(
+            brokers = added,
+            "hook keys created for brokers that had none"
+        );
+    }
     let public = bind(state.config.public_addr).await?;
     let internal = bind(state.config.internal_addr).await?;
     let public_addr = local(&public, state.config.public_addr)?;

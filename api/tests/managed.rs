@@ -2,9 +2,9 @@
 //! Postgres (a change through one reaches a broker polling the other within a second), and an
 //! outage of the api (the broker keeps serving, also across its own restart with a data
 //! directory, and follows again once the api is back). A hook set through the api reaches the
-//! broker with the current signing key; the broker's requests verify with `/publickeys`, and the
-//! saved state, which then holds that private key, is owner-only. The counters the broker reports
-//! with its polls reach the api's health view.
+//! broker with the broker's hook key; the broker's requests verify with `/publickeys`, the saved
+//! state, which then holds that private key, is owner-only, and the key signs no client token.
+//! The counters the broker reports with its polls reach the api's health view.
 
 mod common;
 #[path = "../../broker/tests/common/mod.rs"]
@@ -542,10 +542,12 @@ async fn limits_set_through_the_api_apply_to_the_tenant_within_the_brokers_own()
     .expect("test timed out");
 }
 
-/// A hook set through the api reaches the managed broker with the current signing key, and the
-/// state the broker saves (which then holds that private key) is readable by its owner only.
+/// A hook set through the api reaches the managed broker with the broker's hook key, and the
+/// state the broker saves (which then holds that private key) is readable by its owner only. The
+/// hook key is not a token key: a client token signed with it (as whoever holds the broker
+/// secret could sign) is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_owner_only() {
+async fn a_hook_reaches_the_managed_broker_with_a_hook_key_that_signs_no_client_token() {
     use std::os::unix::fs::PermissionsExt as _;
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().unwrap();
@@ -564,7 +566,7 @@ async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_o
         };
         let state = read_saved().expect("state saved");
         assert!(
-            state.signing_key.is_none() && state.tenant_state(&created.id).hook.is_none(),
+            state.hook_key.is_none() && state.tenant_state(&created.id).hook.is_none(),
             "no hook, no private key"
         );
 
@@ -579,7 +581,7 @@ async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_o
         assert_eq!(s, 200, "{body}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let state = loop {
-            if let Some(state) = read_saved().filter(|s| s.signing_key.is_some()) {
+            if let Some(state) = read_saved().filter(|s| s.hook_key.is_some()) {
                 break state;
             }
             assert!(
@@ -597,16 +599,47 @@ async fn a_hook_reaches_the_managed_broker_with_its_key_and_the_saved_state_is_o
             "the broker's hostname"
         );
         let current = starling_token::peek_kid(&created.token).unwrap();
-        assert_eq!(
-            hook.kid(),
-            Some(current.as_str()),
-            "the key tokens are signed with"
+        let hook_kid = hook.kid().expect("a hook key").to_string();
+        assert_ne!(hook_kid, current, "not the key tokens are signed with");
+        assert!(
+            state.jwks.keys.iter().all(|k| k.kid != hook_kid),
+            "not among the keys the broker accepts for tokens"
         );
         // The running broker's tenant has that hook installed.
         let tenant = broker.directory.tenant(&created.id).expect("the tenant");
         let installed = tenant.tenant.hook().expect("a hook installed");
         assert_eq!(installed.target(), &hook);
         assert!(installed.target().key.is_some(), "a key to sign with");
+
+        // Whoever holds the broker secret can read that key, and cannot sign a client token
+        // with it: the broker refuses the token.
+        let (s, feed) = http(
+            internal,
+            "GET",
+            &format!("/internal/v1/brokers/{}/state", created.id),
+            Some(&created.secret),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{feed}");
+        let feed: starling_broker::control::FeedState = serde_json::from_value(feed).unwrap();
+        let stolen = feed.hook_key.expect("the hook key").key().unwrap();
+        let forged = stolen.sign_claims(&starling_token::Claims {
+            sub: "c1".into(),
+            jti: "forged".into(),
+            iat: 1_700_000_000,
+            exp: None,
+            nbf: None,
+            topic_acl: starling_token::TopicAcl::All,
+        });
+        let (_c, reason) = connect(&broker, "c1", &forged).await;
+        assert_eq!(
+            reason,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            "a token signed with the hook key"
+        );
+        let (_c, reason) = connect(&broker, "c1", &created.token).await;
+        assert_eq!(reason, ReasonCode::SUCCESS, "the issued token still works");
         broker.shutdown().await;
         drop(api);
     })
@@ -756,6 +789,13 @@ async fn a_managed_broker_sends_hook_requests_that_verify_with_publickeys() {
         }
 
         let current = starling_token::peek_kid(&created.token).unwrap();
+        let hook_kid = broker
+            .directory
+            .tenant(&created.id)
+            .and_then(|t| t.tenant.hook())
+            .and_then(|h| h.target().kid().map(str::to_owned))
+            .expect("the hook's key");
+        assert_ne!(hook_kid, current, "the hook key is not the token key");
         let mut topics = Vec::new();
         while topics.len() < 3 {
             let r = tokio::time::timeout(Duration::from_secs(10), seen.recv())
@@ -763,7 +803,7 @@ async fn a_managed_broker_sends_hook_requests_that_verify_with_publickeys() {
                 .expect("the hook's requests in time")
                 .expect("hook running");
             assert!(r.verified, "a request that does not verify with /publickeys");
-            assert_eq!(r.kid, current, "signed with the current key");
+            assert_eq!(r.kid, hook_kid, "signed with the hook key");
             topics.extend(r.topics);
         }
         assert_eq!(topics, ["t/keep", "t/drop", "t/keep"]);

@@ -1210,7 +1210,11 @@ async fn publickeys_never_contain_a_private_part() {
             r.body["keys"].clone()
         };
         let keys = keys.as_array().unwrap().clone();
-        assert_eq!(keys.len(), 2, "current and next");
+        assert_eq!(
+            keys.len(),
+            3,
+            "the current and next token keys, and the hook key"
+        );
         for k in keys {
             assert!(k.get("d").is_none());
             assert_eq!(
@@ -1449,7 +1453,11 @@ async fn rotation_keeps_old_tokens_valid_until_retire_at_then_drops_the_key() {
     let now = api.state.clock.now_secs();
     let v = api.verifier().await;
     assert!(v.verify(&old, now, 0).is_ok() && v.verify(&new, now, 0).is_ok());
-    assert_eq!(v.len(), 3);
+    assert_eq!(
+        v.len(),
+        5,
+        "next, current and retiring token keys; current and retiring hook keys"
+    );
     api.state.clock.advance(retire_at - now);
     let v = api.verifier().await;
     assert_eq!(
@@ -1574,7 +1582,11 @@ async fn current_kid(api: &Api) -> String {
     starling_token::peek_kid(token.as_str().unwrap()).unwrap()
 }
 
-async fn state_carries_the_current_signing_key_only_while_a_hook_is_set() {
+/// The state feed gives a broker with a hook the private part of its hook key, a key of its own
+/// that signs the hook's requests (published in `/publickeys`, so receivers verify as before)
+/// and is never one of the keys brokers accept for client tokens: whoever holds the broker
+/// secret, or a Write-role token that can set a hook, cannot sign a client token with it.
+async fn state_carries_the_hook_key_only_while_a_hook_is_set_and_never_a_token_key() {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let api = api().await;
@@ -1618,18 +1630,24 @@ async fn state_carries_the_current_signing_key_only_while_a_hook_is_set() {
     .unwrap();
     let schemas = &doc["components"]["schemas"];
     assert_eq!(
-        schemas["StateView"]["properties"]["signingKey"]["oneOf"][1]["$ref"],
+        schemas["StateView"]["properties"]["hookKey"]["oneOf"][1]["$ref"],
         "#/components/schemas/PrivateKey",
         "{}",
         schemas["StateView"]
     );
     assert!(schemas["PrivateKey"]["properties"]["d"].is_object());
+    assert!(
+        schemas["StateView"]["properties"]
+            .get("signingKey")
+            .is_none()
+    );
 
     let r = state().await;
-    assert_eq!(r.body["signingKey"], Value::Null, "no hook, no private key");
+    assert_eq!(r.body["hookKey"], Value::Null, "no hook, no private key");
     let v0 = r.body["version"].as_u64().unwrap();
 
     set_hook(json!("https://hook.example/in")).await;
+    let mut previous_hook_kid: Option<String> = None;
     for round in 0..2 {
         let r = state().await;
         assert!(r.body["version"].as_u64().unwrap() > v0);
@@ -1642,32 +1660,63 @@ async fn state_carries_the_current_signing_key_only_while_a_hook_is_set() {
             "no-store",
             "a private key is never cached"
         );
-        let sk = &r.body["signingKey"];
-        let kid = sk["kid"].as_str().unwrap();
-        assert_eq!(
+        let hk = &r.body["hookKey"];
+        let kid = hk["kid"].as_str().unwrap().to_string();
+        let token_jwks: Jwks = serde_json::from_value(r.body["jwks"].clone()).unwrap();
+        assert_ne!(
             kid,
             current_kid(&api).await,
-            "the current key (round {round})"
+            "not the token key (round {round})"
         );
-        let seed = URL_SAFE_NO_PAD.decode(sk["d"].as_str().unwrap()).unwrap();
+        assert!(
+            token_jwks.keys.iter().all(|k| k.kid != kid),
+            "the feed's token key set leaves the hook key out"
+        );
+        let seed = URL_SAFE_NO_PAD.decode(hk["d"].as_str().unwrap()).unwrap();
         let key = starling_token::SigningKey::from_seed(&seed.try_into().unwrap()).unwrap();
         assert_eq!(key.kid(), kid);
+        // It signs hook requests that verify with /publickeys, picked by kid...
         let message = b"1700000000[{\"mid\":1}]";
         let jwks = publickeys().await;
         assert!(jwks.keys.iter().any(|k| k.kid == kid), "published");
+        if let Some(old) = &previous_hook_kid {
+            assert!(
+                jwks.keys.iter().any(|k| &k.kid == old),
+                "the previous hook key stays published until retire_at"
+            );
+        }
         Verifier::new(&jwks)
             .unwrap()
-            .verify_bytes(kid, message, &key.sign_bytes(message))
-            .expect("what the key signs verifies with /publickeys");
+            .verify_bytes(&kid, message, &key.sign_bytes(message))
+            .expect("what the hook key signs verifies with /publickeys");
+        // ...and no client token: the keys brokers accept do not have it.
+        let forged = key.sign_claims(&starling_token::Claims {
+            sub: "c1".into(),
+            jti: "forged".into(),
+            iat: api.state.clock.now_secs(),
+            exp: None,
+            nbf: None,
+            topic_acl: starling_token::TopicAcl::All,
+        });
+        assert!(matches!(
+            Verifier::new(&token_jwks)
+                .unwrap()
+                .verify(&forged, api.state.clock.now_secs(), 0),
+            Err(TokenError::UnknownKeyId)
+        ));
         // The broker's managed mode reads the same document into a hook target with that key.
         let feed: starling_broker::control::FeedState =
             serde_json::from_value(r.body.clone()).unwrap();
         let hook = feed.tenant_state(&id).hook.unwrap();
         assert_eq!(
             (hook.url.as_str(), hook.broker.as_str(), hook.kid()),
-            ("https://hook.example/in", "b1.home.example.test", Some(kid))
+            (
+                "https://hook.example/in",
+                "b1.home.example.test",
+                Some(kid.as_str())
+            )
         );
-        // After a rotation the former next key signs.
+        // A rotation gives the hook a new key too.
         let r = api
             .call(
                 Method::POST,
@@ -1677,19 +1726,79 @@ async fn state_carries_the_current_signing_key_only_while_a_hook_is_set() {
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-        assert_ne!(current_kid(&api).await, kid);
+        let new_hook_kid = r.body["hookKid"].as_str().unwrap().to_string();
+        assert_ne!(new_hook_kid, kid);
+        assert_eq!(state().await.body["hookKey"]["kid"], new_hook_kid.as_str());
+        previous_hook_kid = Some(kid);
     }
 
     for clear in [Value::Null, json!("")] {
         set_hook(clear.clone()).await;
         let r = state().await;
         assert_eq!(
-            (r.body["onPublish"].clone(), r.body["signingKey"].clone()),
+            (r.body["onPublish"].clone(), r.body["hookKey"].clone()),
             (Value::Null, Value::Null),
             "cleared with {clear}"
         );
         set_hook(json!("https://hook.example/in")).await;
     }
+}
+
+/// A broker created before hook keys existed gets its own hook key when the api starts, and
+/// from then on its state carries that key for a hook, never a token key.
+async fn brokers_from_before_hook_keys_get_one_when_the_api_starts() {
+    let api = api().await;
+    let (created, secret) = api
+        .broker(json!({"name": "b1", "on_publish": {"url": "https://hook.example/in"}}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    // The same broker as an older api stored it: no hook key.
+    let b = api
+        .state
+        .store
+        .get_broker_by_id(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    let old = starling_api::store::Broker {
+        id: "0".repeat(32),
+        name: "old".into(),
+        ..b
+    };
+    let old_keys = [starling_api::keys::new_key_record(
+        &api.state.kek,
+        &old.id,
+        starling_api::store::KeyStatus::Current,
+        1,
+    )
+    .unwrap()];
+    api.state
+        .store
+        .create_broker(&old, "hash", &old_keys, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        starling_api::server::backfill_hook_keys(&api.state)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        starling_api::server::backfill_hook_keys(&api.state)
+            .await
+            .unwrap(),
+        0,
+        "once"
+    );
+    let hooks = api.state.store.list_hook_keys(&old.id).await.unwrap();
+    assert_eq!(hooks.len(), 1);
+    assert!(old_keys.iter().all(|k| k.kid != hooks[0].kid));
+    // The broker made by the api had its own from the start.
+    let uri = format!("/internal/v1/brokers/{id}/state");
+    let r = send(&api.internal, Method::GET, &uri, Some(&secret), None, &[]).await;
+    let hook_kid = r.body["hookKey"]["kid"].as_str().unwrap();
+    let own = api.state.store.list_hook_keys(&id).await.unwrap();
+    assert_eq!(own[0].kid, hook_kid);
 }
 
 async fn internal_state_long_polls_and_answers_304_410_401() {
@@ -1709,7 +1818,7 @@ async fn internal_state_long_polls_and_answers_304_410_401() {
         (
             r.body["revocations"].clone(),
             r.body["onPublish"].clone(),
-            r.body["signingKey"].clone()
+            r.body["hookKey"].clone()
         ),
         (json!([]), Value::Null, Value::Null)
     );
@@ -2659,7 +2768,8 @@ tests!(
     operator_managed_brokers_refuse_changes_without_the_marker,
     broker_limits_are_validated_against_the_table_and_carried_by_the_state,
     internal_state_long_polls_and_answers_304_410_401,
-    state_carries_the_current_signing_key_only_while_a_hook_is_set,
+    state_carries_the_hook_key_only_while_a_hook_is_set_and_never_a_token_key,
+    brokers_from_before_hook_keys_get_one_when_the_api_starts,
     lists_page_with_cursors_on_both_route_sets,
     token_list_pages_through_every_token_exactly_once,
     oversized_and_malformed_bodies_get_4xx,

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use starling_api::keys::{Kek, new_key_record};
+use starling_api::keys::{Kek, new_hook_key_record, new_key_record};
 use starling_api::store::{
     Account, ApiTokenRecord, AuditEntry, Broker, IssuedCredential, KeyStatus, Namespace,
     REVOCATION_GRACE_SECS, Role, Store, StoreError,
@@ -16,6 +16,10 @@ const T: i64 = 1_800_000_000;
 
 fn kek() -> Kek {
     Kek::from_bytes(&[9u8; 32]).unwrap()
+}
+
+fn hook_key(broker_id: &str) -> starling_api::store::KeyRecord {
+    new_hook_key_record(&kek(), broker_id, T).unwrap()
 }
 
 async fn account(store: &dyn Store, id: &str) {
@@ -62,7 +66,10 @@ async fn broker_in(store: &dyn Store, ns: &Namespace, name: &str) -> Broker {
         new_key_record(&kek(), &id, KeyStatus::Current, T).unwrap(),
         new_key_record(&kek(), &id, KeyStatus::Next, T + 1).unwrap(),
     ];
-    store.create_broker(&b, "hash", &keys).await.unwrap();
+    store
+        .create_broker(&b, "hash", &keys, Some(&hook_key(&id)))
+        .await
+        .unwrap();
     store.get_broker_by_id(&id).await.unwrap().unwrap()
 }
 
@@ -148,7 +155,7 @@ async fn broker_names_are_unique_per_namespace(store: Arc<dyn Store>) {
     let mut dup = b.clone();
     dup.id = "other".into();
     dup.name = "B1".into();
-    let err = store.create_broker(&dup, "h", &[]).await.unwrap_err();
+    let err = store.create_broker(&dup, "h", &[], None).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     let n2 = ns("acct1", "work");
     store.create_namespace(&n2).await.unwrap();
@@ -207,7 +214,7 @@ async fn rotation_moves_next_to_current_and_current_to_retiring(store: Arc<dyn S
         .clone();
     let new_next = new_key_record(&kek(), &b.id, KeyStatus::Next, T + 10).unwrap();
     store
-        .rotate_keys(&b.id, &new_next, T + 100, T)
+        .rotate_keys(&b.id, &new_next, &hook_key(&b.id), T + 100, T)
         .await
         .unwrap();
     let after = store.list_keys(&b.id).await.unwrap();
@@ -241,7 +248,7 @@ async fn retired_keys_leave_the_state_and_are_collected(store: Arc<dyn Store>) {
     let (_, b) = setup(&*store).await;
     let new_next = new_key_record(&kek(), &b.id, KeyStatus::Next, T + 10).unwrap();
     store
-        .rotate_keys(&b.id, &new_next, T + 100, T)
+        .rotate_keys(&b.id, &new_next, &hook_key(&b.id), T + 100, T)
         .await
         .unwrap();
     assert_eq!(
@@ -270,8 +277,13 @@ async fn retired_keys_leave_the_state_and_are_collected(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap()
         .version;
-    assert_eq!(store.collect_retired_keys(T + 100).await.unwrap(), 1);
+    assert_eq!(
+        store.collect_retired_keys(T + 100).await.unwrap(),
+        2,
+        "the retired token key and the retired hook key"
+    );
     assert_eq!(store.list_keys(&b.id).await.unwrap().len(), 2);
+    assert_eq!(store.list_hook_keys(&b.id).await.unwrap().len(), 1);
     assert_eq!(
         store
             .get_broker_by_id(&b.id)
@@ -282,6 +294,93 @@ async fn retired_keys_leave_the_state_and_are_collected(store: Arc<dyn Store>) {
         v + 1
     );
     assert_eq!(store.collect_retired_keys(T + 100).await.unwrap(), 0);
+}
+
+/// A broker's hook key lives apart from its token keys: created with the broker, in the state
+/// as a hook key only, rotated (the old one retiring), collected at `retire_at`, deleted with
+/// the broker; a broker from before hook keys gets exactly one.
+async fn hook_keys_are_apart_from_token_keys_and_given_once(store: Arc<dyn Store>) {
+    let (_, b) = setup(&*store).await;
+    let hooks = store.list_hook_keys(&b.id).await.unwrap();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].status, KeyStatus::Current);
+    let first = hooks[0].kid.clone();
+    let state = store.broker_state(&b.id, T).await.unwrap().unwrap();
+    assert_eq!(state.hook_keys.len(), 1);
+    assert!(state.keys.iter().all(|k| k.kid != first), "not a token key");
+    assert!(
+        kek()
+            .open_hook_current(&b.id, &state.hook_keys)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        !store
+            .ensure_hook_key(&b.id, &hook_key(&b.id))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.list_hook_keys(&b.id).await.unwrap().len(), 1);
+
+    // A broker created before hook keys existed.
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let old = Broker {
+        id: id.clone(),
+        name: "old".into(),
+        ..b.clone()
+    };
+    let keys = [new_key_record(&kek(), &id, KeyStatus::Current, T).unwrap()];
+    store.create_broker(&old, "h", &keys, None).await.unwrap();
+    assert!(
+        store
+            .brokers_without_hook_key(100)
+            .await
+            .unwrap()
+            .contains(&id)
+    );
+    let v = store.get_broker_by_id(&id).await.unwrap().unwrap().version;
+    assert!(store.ensure_hook_key(&id, &hook_key(&id)).await.unwrap());
+    assert!(!store.ensure_hook_key(&id, &hook_key(&id)).await.unwrap());
+    assert_eq!(store.list_hook_keys(&id).await.unwrap().len(), 1);
+    assert_eq!(
+        store.get_broker_by_id(&id).await.unwrap().unwrap().version,
+        v + 1,
+        "brokers learn of their hook key"
+    );
+    assert!(
+        store
+            .brokers_without_hook_key(100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Rotation: a new current hook key, the first retiring until retire_at.
+    let next = new_key_record(&kek(), &b.id, KeyStatus::Next, T + 5).unwrap();
+    let second = hook_key(&b.id);
+    store
+        .rotate_keys(&b.id, &next, &second, T + 100, T)
+        .await
+        .unwrap();
+    let state = store.broker_state(&b.id, T + 99).await.unwrap().unwrap();
+    let live: Vec<_> = state
+        .hook_keys
+        .iter()
+        .map(|k| (k.kid.clone(), k.status))
+        .collect();
+    assert_eq!(
+        live,
+        [
+            (first.clone(), KeyStatus::Retiring),
+            (second.kid.clone(), KeyStatus::Current)
+        ]
+    );
+    let state = store.broker_state(&b.id, T + 100).await.unwrap().unwrap();
+    assert_eq!(state.hook_keys.len(), 1, "gone from the state at retire_at");
+    store.collect_retired_keys(T + 100).await.unwrap();
+    assert_eq!(store.list_hook_keys(&b.id).await.unwrap().len(), 1);
+    store.delete_broker(&b.id, T).await.unwrap();
+    assert!(store.list_hook_keys(&b.id).await.unwrap().is_empty());
 }
 
 async fn revocations_are_bounded_and_expired_ones_collected(store: Arc<dyn Store>) {
@@ -415,7 +514,7 @@ async fn a_revocation_of_a_token_without_exp_goes_when_its_key_is_retired(store:
     // Rotation: the signing key retires at T + 100; the revocation stays while it verifies.
     let next = new_key_record(&kek(), &b.id, KeyStatus::Next, (T + 10) * 1_000_000).unwrap();
     store
-        .rotate_keys(&b.id, &next, T + 100, T + 10)
+        .rotate_keys(&b.id, &next, &hook_key(&b.id), T + 100, T + 10)
         .await
         .unwrap();
     store.collect_retired_keys(T + 99).await.unwrap();
@@ -434,7 +533,7 @@ async fn a_revocation_of_a_token_without_exp_goes_when_its_key_is_retired(store:
     // broker had then is left, so the unknown `jti` goes too.
     let next = new_key_record(&kek(), &b.id, KeyStatus::Next, (T + 200) * 1_000_000).unwrap();
     store
-        .rotate_keys(&b.id, &next, T + 300, T + 200)
+        .rotate_keys(&b.id, &next, &hook_key(&b.id), T + 300, T + 200)
         .await
         .unwrap();
     store.collect_retired_keys(T + 300).await.unwrap();
@@ -741,6 +840,7 @@ conformance!(
     broker_changes_bump_the_version_and_are_announced,
     rotation_moves_next_to_current_and_current_to_retiring,
     retired_keys_leave_the_state_and_are_collected,
+    hook_keys_are_apart_from_token_keys_and_given_once,
     revocations_are_bounded_and_expired_ones_collected,
     a_revocation_stays_in_the_state_until_exp_plus_the_largest_clock_skew,
     a_revocation_of_a_token_without_exp_goes_when_its_key_is_retired,

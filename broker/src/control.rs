@@ -2,8 +2,8 @@
 //!
 //! One task per tenant long-polls `GET {url}/internal/v1/brokers/{id}/state?since=V&wait=30s`
 //! with the broker secret as a bearer token. A 200 carries the tenant's keys, revocations, limits
-//! and hook settings with a version (with a hook, also the private key that signs the hook's
-//! requests); it is applied to the [`Directory`] at once (which cuts sessions whose token was
+//! and hook settings with a version (with a hook, also the private part of the hook key, which
+//! signs the hook's requests and never a client token); it is applied to the [`Directory`] at once (which cuts sessions whose token was
 //! revoked, and applies the tenant's limits within the broker's own) and, with a data directory, written to `DIR/state-{id}.json` (mode 0600, as it may
 //! hold that private key) so a restart during an outage of the api still serves. 304 means no
 //! change; 410 means the broker was deleted: its clients are disconnected and its saved state
@@ -129,9 +129,11 @@ pub struct FeedState {
     /// The on-publish hook, when the broker has one.
     #[serde(default)]
     pub on_publish: Option<FeedHook>,
-    /// The broker's current private signing key; sent only while it has a hook.
+    /// The private part of the broker's hook key, which signs the hook's requests and never a
+    /// client token (its `kid` is not in `jwks`, and the directory refuses tokens that name it);
+    /// sent only while the broker has a hook. A `signingKey` of an older api is not read.
     #[serde(default)]
-    pub signing_key: Option<FeedSigningKey>,
+    pub hook_key: Option<FeedSigningKey>,
     /// The tenant's own limits (a [`LimitsSpec`]), applied within the broker's. Read leniently
     /// (see [`FeedState::limits`]), so that a limit this broker does not know yet never makes
     /// it refuse a state, with its keys and revocations.
@@ -259,18 +261,18 @@ impl FeedState {
             .url
             .as_deref()
             .filter(|u| !u.is_empty())?;
-        let key = match &self.signing_key {
+        let key = match &self.hook_key {
             Some(k) => match k.key() {
                 Ok(key) => Some(Arc::new(key)),
                 Err(e) => {
-                    warn!(broker_id, error = %e, "the hook's signing key is unusable; the hook drops every message");
+                    warn!(broker_id, error = %e, "the hook key is unusable; the hook drops every message");
                     None
                 }
             },
             None => {
                 warn!(
                     broker_id,
-                    "the state has a hook but no signing key; the hook drops every message"
+                    "the state has a hook but no hook key; the hook drops every message"
                 );
                 None
             }
@@ -350,7 +352,7 @@ pub fn load_saved(
     loaded
 }
 
-/// Writes the state as it came. It holds the hook's private signing key when the broker has a
+/// Writes the state as it came. It holds the private part of the hook key when the broker has a
 /// hook, so the file is created with mode 0600 (owner only); the rename keeps that mode, also
 /// over a file an older version wrote more openly.
 fn save(data_dir: &Path, broker_id: &str, body: &[u8]) {
@@ -583,7 +585,7 @@ mod tests {
             "revocations": [{"jti": "j1", "expiresAt": null}],
             "limits": null,
             "onPublish": null,
-            "signingKey": null,
+            "hookKey": null,
         });
         for (k, v) in extra.as_object().unwrap() {
             doc[k] = v.clone();
@@ -600,7 +602,7 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         let s = state(
             &key,
-            json!({"onPublish": {"url": "https://hook.example/in"}, "signingKey": private(&key)}),
+            json!({"onPublish": {"url": "https://hook.example/in"}, "hookKey": private(&key)}),
         );
         let t = s.tenant_state("b-1");
         let hook = t.hook.expect("a hook");
@@ -624,9 +626,9 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         for extra in [
             json!({}),
-            json!({"onPublish": null, "signingKey": private(&key)}),
+            json!({"onPublish": null, "hookKey": private(&key)}),
             json!({"onPublish": {"url": null}}),
-            json!({"onPublish": {"url": ""}, "signingKey": private(&key)}),
+            json!({"onPublish": {"url": ""}, "hookKey": private(&key)}),
         ] {
             assert!(
                 state(&key, extra.clone())
@@ -650,7 +652,7 @@ mod tests {
             // The seed of another key under this key's kid.
             json!({"kid": key.kid(), "d": URL_SAFE_NO_PAD.encode(other.seed())}),
         ] {
-            let s = state(&key, json!({"onPublish": url, "signingKey": signing_key}));
+            let s = state(&key, json!({"onPublish": url, "hookKey": signing_key}));
             let hook = s.tenant_state("b-1").hook.expect("still a hook");
             assert!(hook.key.is_none(), "{signing_key}");
             assert_eq!(hook.url, "https://hook.example/in");
@@ -668,7 +670,7 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         let s = state(
             &key,
-            json!({"onPublish": {"url": "https://h.example/"}, "signingKey": private(&key)}),
+            json!({"onPublish": {"url": "https://h.example/"}, "hookKey": private(&key)}),
         );
         let seed = URL_SAFE_NO_PAD.encode(key.seed());
         assert!(!format!("{s:?}").contains(&seed));

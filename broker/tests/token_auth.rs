@@ -819,6 +819,50 @@ async fn a_new_key_in_the_jwks_file_is_picked_up_without_a_restart() {
     })
 }
 
+/// A hook key signs hook requests only. Whoever can read it (a managed broker's state holds it
+/// while the broker has a hook, so the broker secret's holder can) must not be able to sign a
+/// client token with it: the tenant refuses such a token (0x86) even when a state lists the hook
+/// key among its token keys, while its real token key still works.
+#[tokio::test]
+async fn a_token_signed_with_a_tenant_hook_key_is_refused_even_if_its_key_set_lists_it() {
+    timed!(async {
+        use starling_broker::auth::directory::TenantState;
+        use starling_broker::hook::HookTarget;
+        let f = fixture(|_| {}).await;
+        let token_key = starling_token::SigningKey::generate().unwrap();
+        let hook_key = std::sync::Arc::new(starling_token::SigningKey::generate().unwrap());
+        let state = TenantState {
+            jwks: starling_token::Jwks {
+                keys: vec![token_key.public_jwk(), hook_key.public_jwk()],
+            },
+            hook: Some(HookTarget {
+                url: "https://hook.example/in".into(),
+                key: Some(hook_key.clone()),
+                broker: "h".into(),
+            }),
+            ..TenantState::default()
+        };
+        f.b.broker.directory.apply("tenant-h", &state).unwrap();
+        let claims = f.a.claims("dev-h", "jh", TopicAcl::All, None);
+        let forged = hook_key.sign_claims(&claims);
+        assert_eq!(
+            f.refused("dev-h", &forged).await,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD
+        );
+        let text = f.b.metrics().await;
+        assert_eq!(
+            metric(&text, r#"starling_auth_failures_total{reason="hook_key"}"#),
+            1.0,
+            "{text}"
+        );
+        let genuine = token_key.sign_claims(&claims);
+        let (_c, ack) = f.connect_with(with_password("dev-h", &genuine)).await;
+        assert_eq!(ack.reason, ReasonCode::SUCCESS);
+        assert!(f.b.broker.directory.is_hook_kid(hook_key.kid()));
+        assert!(!f.b.broker.directory.is_hook_kid(token_key.kid()));
+    });
+}
+
 /// A tenant's own retained limit (from its state, as the api's broker `limits` set it) bounds
 /// its retained store at once, within the broker's; clearing it gives the broker's back.
 #[tokio::test]

@@ -1,5 +1,7 @@
 """Key rotation over real time: old tokens verify until retire_at, new tokens at once, and the
-old key leaves /publickeys (and the brokers' state) after retire_at."""
+old key leaves /publickeys (and the brokers' state) after retire_at. The hook key rotates with
+them: a new one at once, the previous one in /publickeys until retire_at, never in the brokers'
+token key set."""
 
 import json
 import time
@@ -30,17 +32,22 @@ def test_rotation_retires_the_old_key_at_retire_at():
     assert rotation["retiringKid"] == kid_of(old)
     new = issue(ns)
     assert kid_of(new) == rotation["currentKid"] != kid_of(old)
-    assert {kid_of(old), kid_of(new), rotation["nextKid"]} == kids(ns)
+    token_kids = {kid_of(old), kid_of(new), rotation["nextKid"]}
+    published = kids(ns)
+    # The token keys, the new hook key, and the hook key before the rotation.
+    assert token_kids | {rotation["hookKid"]} <= published and len(published) == 5, published
+    previous_hook = (published - token_kids - {rotation["hookKid"]}).pop()
     state_path = f"/internal/v1/brokers/{created['id']}/state"
     _, _, state = request("GET", state_path, secret, base=INTERNAL_URL)
-    assert kid_of(old) in {k["kid"] for k in state["jwks"]["keys"]}
+    assert {k["kid"] for k in state["jwks"]["keys"]} == token_kids, "never a hook key"
     # Wait (bounded) for the retirement to show, and check it is not before retire_at.
     deadline = time.time() + 30
     while kid_of(old) in kids(ns):
         assert time.time() < deadline, "the retiring key never left /publickeys"
         time.sleep(0.2)
     assert time.time() >= rotation["retireAt"] - 1
-    assert kid_of(new) in kids(ns)
+    assert kids(ns) == {kid_of(new), rotation["nextKid"], rotation["hookKid"]}, "both retired"
+    assert previous_hook not in kids(ns)
     # The brokers' state drops it too, with a higher version once the janitor has collected the
     # key (every second in this tier): a long-poll from the old version wakes for it.
     status, _, later = request("GET", f"{state_path}?since={state['version']}&wait=30s", secret, base=INTERNAL_URL)

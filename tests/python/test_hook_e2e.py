@@ -431,11 +431,11 @@ def test_messages_go_through_a_verified_hook_that_changes_and_drops_them(dev, ho
         {**sample_headers, "X-Signature-Key-Id": "unknown-kid"}, sample_body)
 
 
-def test_after_a_key_rotation_the_hook_is_signed_with_the_new_current_key(dev, hook):
+def test_after_a_key_rotation_the_hook_is_signed_with_the_new_hook_key(dev, hook):
     account = "00000000000000000000000000000001"
     compat = f"/client/v4/accounts/{account}/pubsub/namespaces/{NS}/brokers/{BROKER}"
     sub_token, pub_token = tokens(dev, "rot-sub", "rot-pub")
-    old_kid = token_kid(pub_token)
+    token_kid_before = token_kid(pub_token)
     sub = Client(dev.mqtt, "rot-sub", sub_token)
     pub = Client(dev.mqtt, "rot-pub", pub_token)
 
@@ -449,16 +449,20 @@ def test_after_a_key_rotation_the_hook_is_signed_with_the_new_current_key(dev, h
         status, body = dev.call("PATCH", compat, {"on_publish": {"url": hook.url}})
         assert status == 200 and body["success"], body
         until_uppercased(pub, sub, "before")
-        assert last_kid() == old_kid, "signed with the current key"
+        hook_kid_before = last_kid()
+        # The hook has a key of its own, published in /publickeys (the verifier found it there)
+        # and never the key that signs client tokens.
+        assert hook_kid_before and hook_kid_before != token_kid_before
 
         status, body = dev.call("POST", f"/v1/namespaces/{NS}/brokers/{BROKER}/keys/rotate")
         assert status == 200, body
+        new_hook_kid = body["hookKid"]
+        assert new_hook_kid != hook_kid_before
         (new_token,) = tokens(dev, "rot-new")
-        new_kid = token_kid(new_token)
-        assert new_kid != old_kid
+        assert token_kid(new_token) not in (token_kid_before, new_hook_kid)
         # The connected clients stay (the old key verifies until it retires); the hook's
-        # requests move to the new current key, which the verifier fetches from /publickeys.
-        until_uppercased(pub, sub, "after", done=lambda: last_kid() == new_kid)
+        # requests move to the new hook key, which the verifier fetches from /publickeys.
+        until_uppercased(pub, sub, "after", done=lambda: last_kid() == new_hook_kid)
         with hook.lock:
             failures = list(hook.failures)
         assert failures == [], failures

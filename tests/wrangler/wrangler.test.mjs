@@ -181,7 +181,7 @@ test('broker issue and public-keys: tokens for the given client ids, signed by a
   }
   out = await ok(['pubsub', 'broker', 'public-keys', BROKER, ...ns]);
   const { keys } = logged(out);
-  assert.equal(keys.length, 2, 'current and next');
+  assert.equal(keys.length, 3, 'the current and next token keys, and the hook key');
   for (const k of keys) {
     assert.deepEqual([k.kty, k.crv, k.alg, k.use], ['OKP', 'Ed25519', 'EdDSA', 'sig']);
     assert.equal(k.d, undefined, 'never a private part');

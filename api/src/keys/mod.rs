@@ -106,8 +106,22 @@ impl Kek {
 }
 
 impl Kek {
-    /// Opens the broker's current signing key (the one that signs new tokens and the on-publish
-    /// hook's requests); `None` when the broker has none.
+    /// Opens the broker's current hook key, which signs the on-publish hook's requests (never a
+    /// client token); `None` when the broker has none.
+    pub fn open_hook_current(
+        &self,
+        broker_id: &str,
+        hook_keys: &[KeyRecord],
+    ) -> Result<Option<SigningKey>, KeyError> {
+        hook_keys
+            .iter()
+            .find(|k| k.status == KeyStatus::Current)
+            .map(|k| self.open(&k.sealed_seed, &hook_scope(broker_id), &k.kid))
+            .transpose()
+    }
+
+    /// Opens the broker's current signing key (the one that signs new tokens); `None` when the
+    /// broker has none.
     pub fn open_current(
         &self,
         broker_id: &str,
@@ -142,6 +156,33 @@ pub fn new_key_record(
         x: key.public_jwk().x,
         sealed_seed: sealed,
         status,
+        created_at: now_micros,
+        retire_at: None,
+    })
+}
+
+/// What a hook key's sealed seed is bound to instead of the broker id, so that it never opens
+/// as one of the broker's token keys (and the other way round).
+fn hook_scope(broker_id: &str) -> String {
+    format!("{broker_id}/hook")
+}
+
+/// A new current hook key for `broker_id`, sealed, as a store record: an Ed25519 key of its own
+/// that signs the broker's on-publish hook requests and never a client token.
+pub fn new_hook_key_record(
+    kek: &Kek,
+    broker_id: &str,
+    now_micros: i64,
+) -> Result<KeyRecord, KeyError> {
+    let key = SigningKey::generate()?;
+    let sealed = kek.seal(key.seed(), &hook_scope(broker_id), key.kid())?;
+    Ok(KeyRecord {
+        id: ulid::Ulid::new().to_string(),
+        broker_id: broker_id.to_string(),
+        kid: key.kid().to_string(),
+        x: key.public_jwk().x,
+        sealed_seed: sealed,
+        status: KeyStatus::Current,
         created_at: now_micros,
         retire_at: None,
     })
@@ -211,6 +252,19 @@ mod tests {
         assert!(kek().open(&sealed, "b2", k.kid()).is_err());
         let other = Kek::parse(&hex::encode([8u8; 32])).unwrap();
         assert!(other.open(&sealed, "b1", k.kid()).is_err());
+    }
+
+    #[test]
+    fn a_sealed_hook_key_never_opens_as_a_token_key() {
+        let record = new_hook_key_record(&kek(), "b1", 1).unwrap();
+        assert!(
+            kek()
+                .open_hook_current("b1", std::slice::from_ref(&record))
+                .unwrap()
+                .is_some()
+        );
+        assert!(kek().open(&record.sealed_seed, "b1", &record.kid).is_err());
+        assert!(kek().open_current("b1", &[record]).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
     validate_description, validate_label,
 };
 use crate::error::{ApiError, Problem, Result};
-use crate::keys::{hash_secret, new_id, new_key_record, new_secret};
+use crate::keys::{hash_secret, new_hook_key_record, new_id, new_key_record, new_secret};
 use crate::state::AppState;
 use crate::store::{Broker, KeyStatus, Role, StoreError};
 
@@ -458,10 +458,11 @@ async fn create(
         new_key_record(&state.kek, &id, KeyStatus::Current, now)?,
         new_key_record(&state.kek, &id, KeyStatus::Next, now)?,
     ];
+    let hook_key = new_hook_key_record(&state.kek, &id, now)?;
     let secret = new_secret("sbs_")?;
     match state
         .store
-        .create_broker(&broker, &hash_secret(&secret), &keys)
+        .create_broker(&broker, &hash_secret(&secret), &keys, Some(&hook_key))
         .await
     {
         Ok(()) => {}

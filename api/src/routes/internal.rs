@@ -7,9 +7,11 @@
 //! its pods disconnect its clients); a wrong secret 401. The broker's managed mode is written
 //! against exactly this contract.
 //!
-//! A broker with an on-publish hook also gets its current private signing key (`signingKey`),
-//! which signs the hook's requests; without a hook the field is `null`, so private key material
-//! leaves the api only when a broker needs it. The answer is marked `Cache-Control: no-store`.
+//! A broker with an on-publish hook also gets the private part of its current hook key
+//! (`hookKey`), which signs the hook's requests and nothing else: `jwks`, the keys the broker
+//! accepts for client tokens, never holds a hook key, so the broker secret cannot mint client
+//! tokens. Without a hook the field is `null`, so private key material leaves the api only when
+//! a broker needs it. The answer is marked `Cache-Control: no-store`.
 //!
 //! A poll may carry the broker's counters in `X-Starling-Broker-Stats` (see
 //! [`crate::stats`]); they are recorded once the secret checked out, and a malformed value is
@@ -63,7 +65,7 @@ pub struct StateView {
     pub version: u64,
     /// The broker.
     pub broker: BrokerRef,
-    /// Next, current and retiring public keys.
+    /// Next, current and retiring public keys of client tokens (never a hook key).
     #[schema(value_type = super::keys::JwksDoc)]
     pub jwks: Jwks,
     /// Live revocations.
@@ -73,9 +75,10 @@ pub struct StateView {
     pub limits: Option<starling_types::LimitsSpec>,
     /// The on-publish hook.
     pub on_publish: Option<HookRef>,
-    /// The broker's current private signing key, which signs the on-publish hook's requests;
-    /// present only while the broker has `onPublish`, `null` otherwise.
-    pub signing_key: Option<PrivateKey>,
+    /// The private part of the broker's current hook key, which signs the on-publish hook's
+    /// requests (its `kid` is in `/publickeys`, never in `jwks`: brokers refuse it for client
+    /// tokens); present only while the broker has `onPublish`, `null` otherwise.
+    pub hook_key: Option<PrivateKey>,
 }
 
 /// A private Ed25519 signing key in the state (the JWK members that matter). The private part is
@@ -97,13 +100,13 @@ impl std::fmt::Debug for PrivateKey {
     }
 }
 
-/// The current key of a broker that has a hook; `None` without a hook (private material leaves
-/// the api only when the broker needs it). A key that does not open is logged and left out: the
-/// broker then drops the tenant's messages rather than deliver them unchecked, and keys and
-/// revocations still reach it.
+/// The current hook key of a broker that has a hook; `None` without a hook (private material
+/// leaves the api only when the broker needs it). A key that does not open is logged and left
+/// out: the broker then drops the tenant's messages rather than deliver them unchecked, and keys
+/// and revocations still reach it.
 fn hook_key(kek: &Kek, s: &BrokerState) -> Option<PrivateKey> {
     s.broker.on_publish_url.as_ref()?;
-    match kek.open_current(&s.broker.id, &s.keys) {
+    match kek.open_hook_current(&s.broker.id, &s.hook_keys) {
         Ok(Some(key)) => Some(PrivateKey {
             kid: key.kid().to_string(),
             d: URL_SAFE_NO_PAD.encode(key.seed()),
@@ -111,22 +114,22 @@ fn hook_key(kek: &Kek, s: &BrokerState) -> Option<PrivateKey> {
         Ok(None) => {
             warn!(
                 broker_id = s.broker.id.as_str(),
-                "the broker has a hook but no current signing key"
+                "the broker has a hook but no current hook key"
             );
             None
         }
         Err(e) => {
-            warn!(broker_id = s.broker.id.as_str(), error = %e, "the hook's signing key did not open");
+            warn!(broker_id = s.broker.id.as_str(), error = %e, "the hook key did not open");
             None
         }
     }
 }
 
 fn view(kek: &Kek, domain: &str, s: BrokerState, now: i64) -> StateView {
-    let signing_key = hook_key(kek, &s);
+    let hook_key = hook_key(kek, &s);
     let hostname = super::brokers::hostname(&s.broker.name, &s.broker.namespace_name, domain);
     StateView {
-        signing_key,
+        hook_key,
         version: u64::try_from(s.broker.version).unwrap_or(0),
         jwks: super::keys::live(&s.keys, now),
         broker: BrokerRef {
@@ -198,7 +201,7 @@ fn record_stats(state: &AppState, broker_id: &str, headers: &axum::http::HeaderM
         ("X-Starling-Broker-Stats" = Option<String>, Header, description = "the broker's counters: `instance=<id>; connections=N; messages_in=N; messages_out=N; dropped=N`"),
     ),
     responses(
-        (status = 200, description = "the state (with the hook's private signing key when the broker has a hook)", body = StateView, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 200, description = "the state (with the private part of the hook key when the broker has a hook)", body = StateView, headers(("Cache-Control" = String, description = "no-store"))),
         (status = 304, description = "no change within `wait`"),
         (status = 400, description = "invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "wrong or missing broker secret", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -1,6 +1,13 @@
-//! Signing keys: `GET .../publickeys` (next, current and retiring keys, public parts only),
-//! `GET .../keys` (native only: the same keys with their state and retire time) and
-//! `POST .../keys/rotate` (next → current, current → retiring until `retire_at`).
+//! Signing keys: `GET .../publickeys` (public parts only: the next, current and retiring keys
+//! that sign client tokens, and the current and retiring hook keys that sign the on-publish
+//! hook's requests, each with its own `kid`), `GET .../keys` (native only: the token keys with
+//! their state and retire time) and `POST .../keys/rotate` (next → current, current → retiring
+//! until `retire_at`; a new hook key, the old one retiring with the same `retire_at`).
+//!
+//! A hook key never signs a client token, and brokers never accept one for a client: the state
+//! feed's key set leaves hook keys out, and the feed gives a broker with a hook only its current
+//! hook key's private part. Whoever holds the broker secret can therefore sign hook requests,
+//! never client tokens.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +16,7 @@ use starling_token::{Jwk, Jwks};
 
 use super::{Auth, Envelope, PathParams, QueryPairs, rfc3339_micros};
 use crate::error::{ApiError, Problem, Result};
-use crate::keys::new_key_record;
+use crate::keys::{new_hook_key_record, new_key_record};
 use crate::state::AppState;
 use crate::store::{KeyRecord, KeyStatus, Role, StoreError};
 
@@ -48,6 +55,9 @@ pub struct Rotation {
     pub next_kid: String,
     /// The key that stopped signing and keeps verifying until `retireAt`.
     pub retiring_kid: Option<String>,
+    /// The key that now signs the on-publish hook's requests (`X-Signature-Key-Id`); the one
+    /// before stays in `/publickeys` until `retireAt`.
+    pub hook_kid: String,
     /// Unix seconds when the retiring key leaves `/publickeys` and the brokers.
     pub retire_at: i64,
     /// `retireAt` as RFC 3339.
@@ -108,7 +118,11 @@ async fn public_keys(state: &AppState, auth: &Auth, ns: &str, b: &str) -> Result
     auth.require(Role::Read)?;
     let broker = super::brokers::find(state, auth, ns, b).await?;
     let keys = state.store.list_keys(&broker.id).await?;
-    Ok(live(&keys, state.clock.now_secs()))
+    let hook_keys = state.store.list_hook_keys(&broker.id).await?;
+    let now = state.clock.now_secs();
+    let mut jwks = live(&keys, now);
+    jwks.keys.extend(live(&hook_keys, now).keys);
+    Ok(jwks)
 }
 
 async fn rotate(
@@ -138,9 +152,10 @@ async fn rotate(
         KeyStatus::Next,
         state.clock.now_micros(),
     )?;
+    let new_hook = new_hook_key_record(&state.kek, &broker.id, state.clock.now_micros())?;
     match state
         .store
-        .rotate_keys(&broker.id, &new_next, retire_at, now)
+        .rotate_keys(&broker.id, &new_next, &new_hook, retire_at, now)
         .await
     {
         Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
@@ -168,16 +183,21 @@ async fn rotate(
         current_kid: kid_of(KeyStatus::Current).unwrap_or_default(),
         next_kid: kid_of(KeyStatus::Next).unwrap_or_default(),
         retiring_kid: retiring,
+        hook_kid: new_hook.kid,
         retire_at,
         retire_at_rfc3339: when.clone(),
         message: format!(
             "new tokens are signed by the new current key now; the retiring key keeps verifying until {when} and is then removed, \
-             so tokens signed by it (including tokens without exp) stop working then"
+             so tokens signed by it (including tokens without exp) stop working then; the hook's requests are signed by a new hook key, \
+             and the previous hook key stays in /publickeys until then"
         ),
     })
 }
 
-/// The broker's public keys (next, current, retiring); never a private part.
+/// The broker's public keys, never a private part: the next, current and retiring keys that sign
+/// client tokens, and the current and retiring keys that sign the on-publish hook's requests
+/// (pick the one whose `kid` is the request's `X-Signature-Key-Id`). Brokers accept only the
+/// first kind for client tokens.
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "keys",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
@@ -196,8 +216,8 @@ pub async fn native_public_keys(
     Ok(Json(public_keys(&state, &auth, &ns, &b).await?))
 }
 
-/// The broker's keys with their state (next, current, retiring) and retire time; public parts
-/// only.
+/// The broker's token keys with their state (next, current, retiring) and retire time; public
+/// parts only (the hook key is in `/publickeys`).
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys", tag = "keys",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
@@ -232,7 +252,12 @@ pub async fn native_keys(
     }))
 }
 
-/// Rotate the broker's signing keys.
+/// Rotate the broker's signing keys and its hook key.
+///
+/// The next key signs new tokens from now on; the current one keeps verifying until `retireAt`,
+/// then goes, with every token it signed. A new hook key signs the hook's requests from now on;
+/// the previous one stays in `/publickeys` until `retireAt`. Rotate after a broker secret or an
+/// API token may have leaked: the hook key it could read stops signing.
 #[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "keys",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),

@@ -256,7 +256,6 @@ pub struct IssuedRecord {
     pub revoked: bool,
 }
 
-
 /// How long past a token's `exp` its revocation is kept: the largest clock skew any broker
 /// accepts, so no broker can take the token again once the revocation is gone.
 pub const REVOCATION_GRACE_SECS: i64 = starling_token::MAX_CLOCK_SKEW_SECS as i64;
@@ -317,6 +316,9 @@ pub struct BrokerState {
     pub broker: Broker,
     /// Next, current and retiring keys that have not reached `retire_at`.
     pub keys: Vec<KeyRecord>,
+    /// Current and retiring hook keys that have not reached `retire_at` (they sign the hook's
+    /// requests, never client tokens).
+    pub hook_keys: Vec<KeyRecord>,
     /// Live revocations.
     pub revocations: Vec<Revocation>,
 }
@@ -380,12 +382,14 @@ pub trait Store: Send + Sync + 'static {
     fn delete_namespace<'a>(&'a self, account_id: &'a str, name: &'a str)
     -> BoxFut<'a, Result<()>>;
 
-    /// Creates a broker with its secret hash and first keys; `Conflict` when the name is taken.
+    /// Creates a broker with its secret hash, first keys and hook key; `Conflict` when the name
+    /// is taken.
     fn create_broker<'a>(
         &'a self,
         broker: &'a Broker,
         secret_hash: &'a str,
         keys: &'a [KeyRecord],
+        hook_key: Option<&'a KeyRecord>,
     ) -> BoxFut<'a, Result<()>>;
     /// A broker by namespace and name (case-insensitive).
     fn get_broker<'a>(
@@ -427,16 +431,30 @@ pub trait Store: Send + Sync + 'static {
     /// A broker's keys (every status, including retired ones not yet collected).
     fn list_keys<'a>(&'a self, broker_id: &'a str) -> BoxFut<'a, Result<Vec<KeyRecord>>>;
     /// Rotates: drops retiring keys past `retire_at`, current → retiring (until `retire_at`),
-    /// next → current, and stores `new_next`. Bumps the version.
+    /// next → current, and stores `new_next`; the same for the hook key, whose `new_hook`
+    /// becomes current at once. Bumps the version.
     fn rotate_keys<'a>(
         &'a self,
         broker_id: &'a str,
         new_next: &'a KeyRecord,
+        new_hook: &'a KeyRecord,
         retire_at: i64,
         now_secs: i64,
     ) -> BoxFut<'a, Result<()>>;
-    /// Deletes retiring keys whose `retire_at` has passed (bumping the version when any did).
+    /// Deletes retiring keys and hook keys whose `retire_at` has passed (bumping the version
+    /// when any did).
     fn collect_retired_keys<'a>(&'a self, now_secs: i64) -> BoxFut<'a, Result<u64>>;
+    /// A broker's hook keys (current and retiring, including retired ones not yet collected).
+    fn list_hook_keys<'a>(&'a self, broker_id: &'a str) -> BoxFut<'a, Result<Vec<KeyRecord>>>;
+    /// Stores `candidate` as the broker's current hook key unless it has one; whether it was
+    /// stored (then the version is bumped). For brokers created before hook keys existed.
+    fn ensure_hook_key<'a>(
+        &'a self,
+        broker_id: &'a str,
+        candidate: &'a KeyRecord,
+    ) -> BoxFut<'a, Result<bool>>;
+    /// Ids of brokers without a current hook key, at most `limit`.
+    fn brokers_without_hook_key<'a>(&'a self, limit: u32) -> BoxFut<'a, Result<Vec<String>>>;
 
     /// Records issued tokens.
     fn record_credentials<'a>(

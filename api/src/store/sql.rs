@@ -240,7 +240,7 @@ macro_rules! impl_store {
                 })
             }
 
-            fn create_broker<'a>(&'a self, b: &'a Broker, secret_hash: &'a str, keys: &'a [KeyRecord]) -> BoxFut<'a, Result<()>> {
+            fn create_broker<'a>(&'a self, b: &'a Broker, secret_hash: &'a str, keys: &'a [KeyRecord], hook_key: Option<&'a KeyRecord>) -> BoxFut<'a, Result<()>> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     sqlx::query("INSERT INTO brokers (id, account_id, namespace_id, name, name_lower, description, auth_type, expiration, on_publish_url, limits, managed_by, secret_hash, version, created_at, modified_at) \
@@ -259,6 +259,9 @@ macro_rules! impl_store {
                         })?;
                     for k in keys {
                         insert_key(&mut *tx, k).await?;
+                    }
+                    if let Some(k) = hook_key {
+                        insert_hook_key(&mut *tx, k).await?;
                     }
                     self.announce_in_tx(&mut tx, &b.id).await?;
                     tx.commit().await?;
@@ -326,7 +329,7 @@ macro_rules! impl_store {
                     let hash: String = row.try_get("secret_hash")?;
                     sqlx::query("INSERT INTO broker_tombstones (id, secret_hash, deleted_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                         .bind(broker_id).bind(&hash).bind(now_micros).execute(&mut *tx).await?;
-                    for table in ["signing_keys", "issued_credentials", "revocations"] {
+                    for table in ["signing_keys", "hook_keys", "issued_credentials", "revocations"] {
                         sqlx::query(&format!("DELETE FROM {table} WHERE broker_id = $1")).bind(broker_id).execute(&mut *tx).await?;
                     }
                     sqlx::query("DELETE FROM brokers WHERE id = $1").bind(broker_id).execute(&mut *tx).await?;
@@ -365,7 +368,7 @@ macro_rules! impl_store {
                 })
             }
 
-            fn rotate_keys<'a>(&'a self, broker_id: &'a str, new_next: &'a KeyRecord, retire_at: i64, now_secs: i64) -> BoxFut<'a, Result<()>> {
+            fn rotate_keys<'a>(&'a self, broker_id: &'a str, new_next: &'a KeyRecord, new_hook: &'a KeyRecord, retire_at: i64, now_secs: i64) -> BoxFut<'a, Result<()>> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     // Locks the broker row first, so that concurrent rotations run one after the other.
@@ -383,6 +386,11 @@ macro_rules! impl_store {
                     sqlx::query("UPDATE signing_keys SET status = 'current' WHERE broker_id = $1 AND status = 'next'")
                         .bind(broker_id).execute(&mut *tx).await?;
                     insert_key(&mut *tx, new_next).await?;
+                    sqlx::query("DELETE FROM hook_keys WHERE broker_id = $1 AND status = 'retiring' AND retire_at <= $2")
+                        .bind(broker_id).bind(now_secs).execute(&mut *tx).await?;
+                    sqlx::query("UPDATE hook_keys SET status = 'retiring', retire_at = $2 WHERE broker_id = $1 AND status = 'current'")
+                        .bind(broker_id).bind(retire_at).execute(&mut *tx).await?;
+                    insert_hook_key(&mut *tx, new_hook).await?;
                     self.announce_in_tx(&mut tx, broker_id).await?;
                     tx.commit().await?;
                     self.announce_committed(broker_id);
@@ -392,7 +400,8 @@ macro_rules! impl_store {
 
             fn collect_retired_keys<'a>(&'a self, now_secs: i64) -> BoxFut<'a, Result<u64>> {
                 Box::pin(async move {
-                    let rows = sqlx::query("SELECT DISTINCT broker_id FROM signing_keys WHERE status = 'retiring' AND retire_at <= $1")
+                    let rows = sqlx::query("SELECT broker_id FROM signing_keys WHERE status = 'retiring' AND retire_at <= $1 \
+                                            UNION SELECT broker_id FROM hook_keys WHERE status = 'retiring' AND retire_at <= $1")
                         .bind(now_secs).fetch_all(&self.pool).await?;
                     let mut removed = 0;
                     for row in rows {
@@ -404,12 +413,52 @@ macro_rules! impl_store {
                         for q in SWEEP_GONE_KEYS {
                             sqlx::query(q).bind(&broker_id).execute(&mut *tx).await?;
                         }
+                        let hooks = sqlx::query("DELETE FROM hook_keys WHERE broker_id = $1 AND status = 'retiring' AND retire_at <= $2")
+                            .bind(&broker_id).bind(now_secs).execute(&mut *tx).await?;
                         self.announce_in_tx(&mut tx, &broker_id).await?;
                         tx.commit().await?;
                         self.announce_committed(&broker_id);
-                        removed += done.rows_affected();
+                        removed += done.rows_affected() + hooks.rows_affected();
                     }
                     Ok(removed)
+                })
+            }
+
+            fn list_hook_keys<'a>(&'a self, broker_id: &'a str) -> BoxFut<'a, Result<Vec<KeyRecord>>> {
+                Box::pin(async move {
+                    let rows = sqlx::query("SELECT id, broker_id, kid, x, sealed_seed, status, created_at, retire_at FROM hook_keys WHERE broker_id = $1 ORDER BY created_at, id")
+                        .bind(broker_id).fetch_all(&self.pool).await?;
+                    rows.iter().map(key_from_row).collect()
+                })
+            }
+
+            fn ensure_hook_key<'a>(&'a self, broker_id: &'a str, candidate: &'a KeyRecord) -> BoxFut<'a, Result<bool>> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    // Locks the broker row first, so that a rotation and this run one after the other.
+                    let done = sqlx::query("UPDATE brokers SET version = version + 1 WHERE id = $1").bind(broker_id).execute(&mut *tx).await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound);
+                    }
+                    let has: i64 = sqlx::query("SELECT COUNT(*) AS n FROM hook_keys WHERE broker_id = $1 AND status = 'current'")
+                        .bind(broker_id).fetch_one(&mut *tx).await?.try_get("n")?;
+                    if has > 0 {
+                        // Nothing changed: the version bump is rolled back with the transaction.
+                        return Ok(false);
+                    }
+                    insert_hook_key(&mut *tx, candidate).await?;
+                    self.announce_in_tx(&mut tx, broker_id).await?;
+                    tx.commit().await?;
+                    self.announce_committed(broker_id);
+                    Ok(true)
+                })
+            }
+
+            fn brokers_without_hook_key<'a>(&'a self, limit: u32) -> BoxFut<'a, Result<Vec<String>>> {
+                Box::pin(async move {
+                    let rows = sqlx::query("SELECT id FROM brokers WHERE id NOT IN (SELECT broker_id FROM hook_keys WHERE status = 'current') ORDER BY id LIMIT $1")
+                        .bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                    rows.iter().map(|r| Ok(r.try_get::<String, _>("id")?)).collect()
                 })
             }
 
@@ -529,12 +578,16 @@ macro_rules! impl_store {
                                             WHERE broker_id = $1 AND (status <> 'retiring' OR retire_at > $2) ORDER BY created_at, id")
                         .bind(broker_id).bind(now_secs).fetch_all(&mut *tx).await?
                         .iter().map(key_from_row).collect::<Result<Vec<_>>>()?;
+                    let hook_keys = sqlx::query("SELECT id, broker_id, kid, x, sealed_seed, status, created_at, retire_at FROM hook_keys \
+                                                 WHERE broker_id = $1 AND (status <> 'retiring' OR retire_at > $2) ORDER BY created_at, id")
+                        .bind(broker_id).bind(now_secs).fetch_all(&mut *tx).await?
+                        .iter().map(key_from_row).collect::<Result<Vec<_>>>()?;
                     let revocations = sqlx::query("SELECT jti, expires_at, kid FROM revocations WHERE broker_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at, jti")
                         .bind(broker_id).bind(revocation_horizon(now_secs)).fetch_all(&mut *tx).await?
                         .iter().map(revocation_from_row)
                         .collect::<Result<Vec<_>>>()?;
                     tx.commit().await?;
-                    Ok(Some(BrokerState { broker, keys, revocations }))
+                    Ok(Some(BrokerState { broker, keys, hook_keys, revocations }))
                 })
             }
 
@@ -557,6 +610,17 @@ macro_rules! impl_store {
                     })).collect()
                 })
             }
+        }
+
+        async fn insert_hook_key<'c, C>(conn: C, k: &KeyRecord) -> Result<()>
+        where
+            C: sqlx::Executor<'c, Database = <$row as sqlx::Row>::Database>,
+        {
+            sqlx::query("INSERT INTO hook_keys (id, broker_id, kid, x, sealed_seed, status, created_at, retire_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&k.id).bind(&k.broker_id).bind(&k.kid).bind(&k.x).bind(&k.sealed_seed)
+                .bind(k.status.as_str()).bind(k.created_at).bind(k.retire_at)
+                .execute(conn).await?;
+            Ok(())
         }
 
         async fn insert_key<'c, C>(conn: C, k: &KeyRecord) -> Result<()>

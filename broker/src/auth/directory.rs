@@ -8,6 +8,10 @@
 //! connected session is disconnected (0x87) and ends with its connection, an offline one ends
 //! at once. Their wills are discarded.
 //!
+//! A hook key (the key of a tenant's on-publish hook, or the standalone `[hook] key_file`) signs
+//! hook requests only: its `kid` never selects a tenant and is never in a verifier, even when a
+//! state's key set lists it, so a token signed with it is refused ([`Directory::is_hook_kid`]).
+//!
 //! Concurrency: lookups (every CONNECT) take a read lock on a small map and clone `Arc`s; a
 //! change takes the write lock for the swap only.
 
@@ -47,6 +51,8 @@ pub struct TenantAuth {
     pub tenant: Arc<Tenant>,
     verifier: RwLock<Arc<Verifier>>,
     kids: RwLock<Vec<String>>,
+    /// The `kid` of this tenant's hook key, if it has a hook.
+    hook_kid: RwLock<Option<String>>,
     revoked: RwLock<Arc<HashSet<String>>>,
 }
 
@@ -66,6 +72,10 @@ impl TenantAuth {
 struct Inner {
     tenants: HashMap<String, Arc<TenantAuth>>,
     by_kid: HashMap<String, Arc<TenantAuth>>,
+    /// Every hook key's `kid`: the tenants' hooks' and the reserved ones.
+    hook_kids: HashSet<String>,
+    /// Hook kids not of a tenant (the standalone `[hook] key_file`).
+    reserved_hook_kids: HashSet<String>,
 }
 
 /// The tenants of a token-authenticating broker.
@@ -91,9 +101,30 @@ impl Directory {
     /// Sets the complete state of tenant `name` (creating it when new) and ends its sessions
     /// whose token id is now revoked or whose token's key is no longer in the key set.
     pub fn apply(&self, name: &str, state: &TenantState) -> Result<(), TokenError> {
-        let verifier = Arc::new(Verifier::new(&state.jwks)?);
+        let hook_kid = state.hook.as_ref().and_then(|h| h.kid()).map(str::to_owned);
+        let jwks = {
+            let inner = self.inner.read();
+            let is_hook = |kid: &str| {
+                hook_kid.as_deref() == Some(kid) || inner.reserved_hook_kids.contains(kid)
+            };
+            let (hooks, tokens): (Vec<_>, Vec<_>) = state
+                .jwks
+                .keys
+                .iter()
+                .cloned()
+                .partition(|k| is_hook(&k.kid));
+            for k in &hooks {
+                warn!(
+                    tenant = name,
+                    kid = k.kid.as_str(),
+                    "a hook key is in the tenant's key set; it is left out and never verifies a token"
+                );
+            }
+            Jwks { keys: tokens }
+        };
+        let verifier = Arc::new(Verifier::new(&jwks)?);
         let revoked = Arc::new(state.revoked.clone());
-        let kids: Vec<String> = state.jwks.keys.iter().map(|k| k.kid.clone()).collect();
+        let kids: Vec<String> = jwks.keys.iter().map(|k| k.kid.clone()).collect();
         let mut retired = false;
         let entry = {
             let mut inner = self.inner.write();
@@ -102,6 +133,7 @@ impl Directory {
                     retired = e.kids.read().iter().any(|k| !verifier.has_kid(k));
                     *e.verifier.write() = verifier;
                     *e.kids.write() = kids;
+                    *e.hook_kid.write() = hook_kid;
                     *e.revoked.write() = revoked.clone();
                     e.clone()
                 }
@@ -110,6 +142,7 @@ impl Directory {
                         tenant: Tenant::new(name, self.limits.clone(), self.metrics.clone()),
                         verifier: RwLock::new(verifier),
                         kids: RwLock::new(kids),
+                        hook_kid: RwLock::new(hook_kid),
                         revoked: RwLock::new(revoked.clone()),
                     });
                     inner.tenants.insert(name.to_string(), e.clone());
@@ -151,6 +184,19 @@ impl Directory {
     /// The tenant whose key set has `kid`.
     pub fn by_kid(&self, kid: &str) -> Option<Arc<TenantAuth>> {
         self.inner.read().by_kid.get(kid).cloned()
+    }
+
+    /// Whether `kid` is a hook key's: it signs hook requests and never a client token.
+    pub fn is_hook_kid(&self, kid: &str) -> bool {
+        self.inner.read().hook_kids.contains(kid)
+    }
+
+    /// Marks `kid` as a hook key's that belongs to no tenant (the standalone `[hook] key_file`),
+    /// so no tenant's key set makes it verify a token.
+    pub fn reserve_hook_kid(&self, kid: &str) {
+        let mut inner = self.inner.write();
+        inner.reserved_hook_kids.insert(kid.to_owned());
+        rebuild_kids(&mut inner);
     }
 
     /// The tenant called `name`.
@@ -232,9 +278,24 @@ fn end_sessions(entry: &Arc<TenantAuth>) {
 
 fn rebuild_kids(inner: &mut Inner) {
     inner.by_kid.clear();
-    let Inner { tenants, by_kid } = inner;
+    inner.hook_kids.clone_from(&inner.reserved_hook_kids);
+    let Inner {
+        tenants,
+        by_kid,
+        hook_kids,
+        ..
+    } = inner;
+    for entry in tenants.values() {
+        if let Some(kid) = entry.hook_kid.read().as_ref() {
+            hook_kids.insert(kid.clone());
+        }
+    }
     for (name, entry) in tenants.iter() {
         for kid in entry.kids.read().iter() {
+            if hook_kids.contains(kid) {
+                // Another tenant's hook key: it never selects a tenant.
+                continue;
+            }
             if let Some(other) = by_kid.insert(kid.clone(), entry.clone()) {
                 if !Arc::ptr_eq(&other, entry) {
                     warn!(

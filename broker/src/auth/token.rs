@@ -4,7 +4,8 @@
 //!
 //! Refusals (CONNACK; 3.1.1 return codes in brackets):
 //! - 0x86 [4] bad user name or password: no token, not UTF-8, too long, malformed, an algorithm
-//!   other than EdDSA, unknown `kid`, bad signature, a missing or invalid claim;
+//!   other than EdDSA, unknown `kid`, a hook key's `kid`, bad signature, a missing or invalid
+//!   claim;
 //! - 0x87 [5] not authorized: expired, not yet valid (`nbf`), revoked;
 //! - 0x8C [4] bad authentication method: a method other than `starling-jwt`.
 //!
@@ -93,6 +94,11 @@ impl TokenAuth {
             return Err(self.refuse(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "malformed"));
         };
         let kid = peek_kid(token).map_err(|e| self.refuse_token(&e))?;
+        if self.directory.is_hook_kid(&kid) {
+            // A hook key signs hook requests only; whoever can read it (the broker secret's
+            // holder) must not be able to mint client tokens with it.
+            return Err(self.refuse(ReasonCode::BAD_USER_NAME_OR_PASSWORD, "hook_key"));
+        }
         let Some(entry) = self.directory.by_kid(&kid) else {
             return Err(self.refuse_token(&TokenError::UnknownKeyId));
         };
