@@ -1967,6 +1967,34 @@ async fn lists_page_with_cursors_on_both_route_sets() {
     );
 }
 
+/// `authType` and `auth_type` may both be given; each must say TOKEN (the second was ignored
+/// when the first was there, so `"auth_type": "TOKEN*"` was accepted).
+async fn either_spelling_of_the_auth_type_must_say_token() {
+    let api = api().await;
+    api.broker(json!({"name": "b0"})).await;
+    let uri = "/v1/namespaces/home/brokers";
+    for body in [
+        json!({"name": "b1", "authType": "TOKEN", "auth_type": "TOKEN*"}),
+        json!({"name": "b1", "authType": "JWT", "auth_type": "TOKEN"}),
+        json!({"name": "b1", "auth_type": "token"}),
+    ] {
+        let r = api
+            .call(Method::POST, uri, BOOTSTRAP, Some(body.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains("TOKEN"));
+    }
+    let r = api
+        .call(
+            Method::POST,
+            uri,
+            BOOTSTRAP,
+            Some(json!({"name": "b1", "authType": "TOKEN", "auth_type": "TOKEN"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
 /// Limits are one schema (the broker's limits table): either spelling of a key is accepted and
 /// stored as camelCase, an unknown key, a value out of bounds or an operator-only limit is a 400
 /// that names it (on both route sets), and the state feed carries what was stored.
@@ -2767,6 +2795,7 @@ tests!(
     rotation_keeps_old_tokens_valid_until_retire_at_then_drops_the_key,
     operator_managed_brokers_refuse_changes_without_the_marker,
     broker_limits_are_validated_against_the_table_and_carried_by_the_state,
+    either_spelling_of_the_auth_type_must_say_token,
     internal_state_long_polls_and_answers_304_410_401,
     state_carries_the_hook_key_only_while_a_hook_is_set_and_never_a_token_key,
     brokers_from_before_hook_keys_get_one_when_the_api_starts,

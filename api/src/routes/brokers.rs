@@ -422,13 +422,17 @@ async fn create(
     validate_label("broker", &body.name)?;
     let description = body.description.unwrap_or_default();
     validate_description(&description)?;
-    let auth_type = body
-        .auth_type
-        .or(body.auth_type_snake)
-        .unwrap_or_else(|| "TOKEN".into());
-    if auth_type != "TOKEN" {
-        return Err(ApiError::invalid("`authType` must be TOKEN"));
+    // Either spelling, or both, may be given; each one given must say TOKEN.
+    if [&body.auth_type, &body.auth_type_snake]
+        .into_iter()
+        .flatten()
+        .any(|t| t != "TOKEN")
+    {
+        return Err(ApiError::invalid(
+            "`authType` (and `auth_type`) must be TOKEN",
+        ));
     }
+    let auth_type = "TOKEN".to_string();
     let expiration = parse_expiration("expiration", body.expiration)?;
     let on_publish_url = check_hook(body.on_publish.as_ref())?;
     let limits = check_limits(body.limits.as_ref())?;
