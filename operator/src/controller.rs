@@ -14,6 +14,10 @@
 //!
 //! A failure of the api (unreachable, or the broker deleted there) leaves the running pods
 //! alone, marks the `Broker` `Degraded` and requeues with exponential backoff.
+//!
+//! Before all of that, the tenancy check (`crate::tenancy`): a `Broker` naming a pub/sub
+//! namespace its Kubernetes namespace may not use only gets a `Degraded` status
+//! (`NamespaceNotAllowed`) and a Warning event; nothing is created, claimed or deleted in the api.
 
 use std::{
     collections::HashMap,
@@ -358,7 +362,44 @@ async fn register(
     }
 }
 
+/// The tenancy check: `Err` when `b`'s Kubernetes namespace may not use its pub/sub namespace.
+fn check_tenancy(b: &Broker, ctx: &Context) -> Result<()> {
+    let k8s = b
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let pubsub = b.pubsub_namespace();
+    if ctx.settings.tenancy.allows(&k8s, &pubsub) {
+        return Ok(());
+    }
+    Err(Error::NamespaceNotAllowed {
+        allowed: ctx.settings.tenancy.allowed_for(&k8s),
+        k8s,
+        pubsub,
+    })
+}
+
+/// A `Broker` whose pub/sub namespace its Kubernetes namespace may not use: nothing happens in
+/// the api or to its workload, it turns `Degraded` with a Warning event.
+async fn refuse(b: &Broker, ctx: &Context, e: Error) -> Result<Action> {
+    let ns = b
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let broker_id = b.status.as_ref().and_then(|s| s.broker_id.clone());
+    let status = desired_status(b, 0, broker_id, None, Some(&e), Timestamp::now());
+    let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": status });
+    brokers
+        .patch_status(&b.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await?;
+    ctx.event(b, EventType::Warning, e.metric_label(), e.to_string())
+        .await;
+    Err(e)
+}
+
 async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
+    if let Err(e) = check_tenancy(b, ctx) {
+        return refuse(b, ctx, e).await;
+    }
     let ns = b
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -597,6 +638,18 @@ async fn cleanup(b: &Broker, ctx: &Context) -> Result<Action> {
             EventType::Normal,
             "DeregistrationSkipped",
             "released without deregistering from the api".to_owned(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    if let Err(e) = check_tenancy(b, ctx) {
+        // It never registered anything, and must not deregister another namespace's broker.
+        info!(broker = %Context::key(b), error = %e, "released without touching the api");
+        ctx.event(
+            b,
+            EventType::Normal,
+            "DeregistrationSkipped",
+            format!("released without deregistering: {e}"),
         )
         .await;
         return Ok(Action::await_change());

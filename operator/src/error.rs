@@ -37,6 +37,20 @@ pub enum Error {
     /// The object lacks a field the API server always sets.
     #[error("the Broker has no {0}")]
     MissingField(&'static str),
+    /// The `Broker` names a pub/sub namespace its Kubernetes namespace may not use; nothing is
+    /// created, claimed or deleted in the api.
+    #[error(
+        "a Broker in Kubernetes namespace {k8s} may not use the pub/sub namespace {pubsub}; allowed: {}",
+        allowed.join(", ")
+    )]
+    NamespaceNotAllowed {
+        /// The `Broker`'s Kubernetes namespace.
+        k8s: String,
+        /// The pub/sub namespace it names.
+        pubsub: String,
+        /// The pub/sub namespaces it may use.
+        allowed: Vec<String>,
+    },
     /// The API server lacks a resource the operator needs.
     #[error("the API server does not serve {0}")]
     MissingApi(String),
@@ -61,6 +75,7 @@ impl Error {
             Self::Config(_) => "ConfigError",
             Self::MissingField(_) => "InvalidObject",
             Self::MissingApi(_) => "MissingApi",
+            Self::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `crd` defines the resource, `resources` turns a `Broker` into the Kubernetes objects that
 //! run it, `certs` issues and renews operator-managed certificates, `api` talks to the Starling
-//! control plane and `controller` reconciles.
+//! control plane, `tenancy` says which pub/sub namespaces a Kubernetes namespace may use and
+//! `controller` reconciles.
 
 pub mod api;
 pub mod certs;
@@ -12,5 +13,6 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod resources;
+pub mod tenancy;
 
 pub use error::{Error, Result};

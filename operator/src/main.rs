@@ -13,6 +13,7 @@ use starling_operator::{
     leader::LeaseLock,
     metrics::Metrics,
     resources::{BrokerHook, Settings, allowed_host},
+    tenancy::Tenancy,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -79,6 +80,16 @@ struct RunArgs {
     /// default when unset.
     #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
     broker_hook_timeout_ms: Option<u64>,
+    /// Further pub/sub namespaces a Kubernetes namespace's Brokers may use, comma-separated
+    /// KUBERNETES_NAMESPACE=PUBSUB_NAMESPACE entries (for example team-a=shared); without an
+    /// entry a Broker may only use the pub/sub namespace named like its Kubernetes namespace.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_TENANCY_ALLOW",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    tenancy_allow: Vec<String>,
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(
         long,
@@ -235,8 +246,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .context("--broker-hook-allowed-hosts")?,
             timeout_ms: args.broker_hook_timeout_ms,
         },
+        tenancy: Tenancy::parse(&args.tenancy_allow).context("--tenancy-allow")?,
     };
     info!(broker_hook = ?settings.broker_hook, "hook address rules for every broker");
+    info!(tenancy_allow = ?settings.tenancy, "pub/sub namespaces beyond each Kubernetes namespace's own");
     let namespaces: Vec<String> = args
         .watch_namespaces
         .iter()

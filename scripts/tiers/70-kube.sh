@@ -17,7 +17,9 @@
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
 # - a second replica waits while the first holds the Lease and takes over when it shuts down;
-#   /metrics counts reconciles, errors by reason and durations.
+#   /metrics counts reconciles, errors by reason and durations;
+# - tenancy: a Broker in namespace iot naming the pub/sub namespace other turns Degraded
+#   (NamespaceNotAllowed) with a Warning event, and nothing exists in the api or the namespace.
 set -euo pipefail
 cd "$STARLING_ROOT"
 source scripts/lib/k8s-tools.sh
@@ -304,6 +306,30 @@ wait_for 60 gone sensors || fail "the second Broker was not released"
 out=$(api GET /v1/namespaces/iot/brokers/sensors)
 [ "${out##*$'\n'}" = 404 ] || fail "the finalizer did not deregister the broker: $out"
 echo "deregistered through the finalizer"
+
+echo "--- tenancy: a Broker in iot may not use the pub/sub namespace other"
+cat <<'YAML' | kubectl -n iot apply -f - >/dev/null
+apiVersion: starling.dev/v1alpha1
+kind: Broker
+metadata: {name: squatter}
+spec: {namespace: other}
+YAML
+squat_reason() { kubectl -n iot get broker squatter -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}'; }
+refused() { [ "$(squat_reason)" = NamespaceNotAllowed ]; }
+wait_for 60 refused || fail "the squatting Broker did not turn Degraded/NamespaceNotAllowed (reason: $(squat_reason))"
+kubectl -n iot get broker squatter -o jsonpath='{.status.conditions[?(@.type=="Degraded")].message}' | grep -q 'allowed: iot' \
+  || fail "the refusal does not say which pub/sub namespaces are allowed"
+squat_warned() { kubectl -n iot get events.events.k8s.io \
+  -o jsonpath='{range .items[?(@.regarding.name=="squatter")]}{.type}/{.reason} {end}' | grep -q 'Warning/NamespaceNotAllowed'; }
+wait_for 30 squat_warned || fail "no Warning event NamespaceNotAllowed for the squatting Broker"
+out=$(api GET /v1/namespaces/other/brokers/squatter)
+[ "${out##*$'\n'}" = 404 ] || fail "the api has a broker the tenancy refused: $out"
+kubectl -n iot get deploy,secret,configmap -o name | grep -q squatter && fail "the refused Broker got Kubernetes objects"
+kubectl -n iot delete broker squatter --wait=false >/dev/null
+wait_for 60 gone squatter || fail "the refused Broker was not released"
+out=$(api GET /v1/namespaces/other/brokers/squatter)
+[ "${out##*$'\n'}" = 404 ] || fail "deleting the refused Broker made a broker in the api: $out"
+echo "refused without touching the api"
 
 echo "--- metrics"
 curl -sf "http://127.0.0.1:$op_http/metrics" >"$work/metrics.txt" || fail "no /metrics"

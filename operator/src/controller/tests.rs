@@ -852,3 +852,65 @@ fn condition_times_survive_while_the_status_holds() {
         ("True", t1.to_string())
     );
 }
+
+#[tokio::test]
+async fn a_pubsub_namespace_outside_the_tenancy_is_refused_without_touching_the_api() {
+    let w = World::new();
+    let err = w
+        .reconcile(&finalized(json!({"namespace": "factory"})))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.metric_label(), "NamespaceNotAllowed");
+    assert!(w.api.calls().is_empty(), "{:?}", w.api.calls());
+    let reqs = w.kube.take_requests();
+    assert_eq!(
+        lines(&reqs),
+        [
+            format!("PATCH {BROKER_PATH}/status"),
+            "POST /apis/events.k8s.io/v1/namespaces/iot/events".to_owned(),
+        ],
+        "no Secret, ConfigMap, Service or Deployment"
+    );
+    let event = find(&reqs, "POST /apis/events.k8s.io/v1/namespaces/iot/events");
+    assert_eq!(event.body["reason"], "NamespaceNotAllowed");
+    assert_eq!(event.body["type"], "Warning");
+    let b = w.stored_broker();
+    let degraded = condition_of(&b, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "NamespaceNotAllowed")
+    );
+    assert!(
+        degraded.message.contains("factory") && degraded.message.contains("allowed: iot"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(b.status.and_then(|s| s.phase), Some(Phase::Degraded));
+
+    // Deleting it releases the finalizer without deregistering anything.
+    let mut b = w.stored_broker();
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    w.reconcile(&b).await.expect("released");
+    assert!(w.api.calls().is_empty(), "{:?}", w.api.calls());
+}
+
+#[tokio::test]
+async fn the_allow_list_lets_a_kubernetes_namespace_use_another_pubsub_namespace() {
+    let w = World::with_settings(resources::Settings {
+        tenancy: crate::tenancy::Tenancy::parse(&["iot=factory"]).expect("valid"),
+        ..settings()
+    });
+    w.reconcile(&finalized(json!({"namespace": "factory"})))
+        .await
+        .expect("allowed");
+    assert_eq!(
+        w.api.calls(),
+        [
+            "get factory/sensors",
+            "ensure_namespace factory",
+            "create factory/sensors managedBy=Broker/iot/sensors"
+        ]
+    );
+}

@@ -42,6 +42,8 @@ pub struct Settings {
     pub control_plane_url: String,
     /// The hook address rules of every broker (`[hook]` in `broker.toml`).
     pub broker_hook: BrokerHook,
+    /// Which pub/sub namespaces a Kubernetes namespace may use.
+    pub tenancy: crate::tenancy::Tenancy,
 }
 
 /// Object names derived from the Broker's name.
@@ -173,6 +175,7 @@ pub(crate) mod fixtures {
             default_image: "ghcr.io/starling-mqtt/starling-broker:0.1.0".to_owned(),
             control_plane_url: "http://starling-api-internal.starling-system.svc:8081".to_owned(),
             broker_hook: super::BrokerHook::default(),
+            tenancy: crate::tenancy::Tenancy::default(),
         }
     }
 }
