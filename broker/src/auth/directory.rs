@@ -25,10 +25,10 @@ use tracing::{info, warn};
 
 use crate::auth::Credential;
 use crate::config::Limits;
-use crate::connection::end_for_credential;
 use crate::hook::{Hook, HookSettings, HookTarget};
 use crate::metrics::Metrics;
 use crate::session::Kick;
+use crate::session::lifecycle::end_for_credential;
 use crate::tenant::Tenant;
 
 /// Everything a source knows about one tenant.

@@ -8,6 +8,8 @@
 //!   second connection with the same client id (takeover) kicks the first and then simply waits
 //!   for the guard; expiry and will timers take the same guard.
 
+pub mod lifecycle;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

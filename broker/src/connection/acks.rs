@@ -1,0 +1,69 @@
+//! Acknowledgements from the client: PUBACK and PUBCOMP complete an in-flight delivery,
+//! PUBREC moves a QoS 2 one on to PUBREL, PUBREL releases a QoS 2 message the broker received.
+
+use starling_codec::{
+    AckProperties, Packet, ProtocolVersion, PubComp, PubRec, PubRel, QoS, ReasonCode,
+};
+
+use super::{Connection, v5_or_success};
+use crate::metrics::DropReason;
+use crate::session::Inflight;
+use crate::transport::AsyncIo;
+
+impl<IO: AsyncIo> Connection<IO> {
+    pub(super) fn on_pubrel(&mut self, r: PubRel) {
+        let reason = if self.state.incoming_qos2.remove(&r.packet_id) {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(PubComp {
+            packet_id: r.packet_id,
+            reason: v5_or_success(self.negotiated.version, reason),
+            properties: AckProperties::default(),
+        }));
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client.
+    pub(super) fn on_ack(&mut self, packet_id: u16, _reason: ReasonCode, comp: bool) {
+        let matches = match self.state.inflight.get(&packet_id) {
+            Some(Inflight::Published(d)) => !comp && d.qos == QoS::AtLeastOnce,
+            Some(Inflight::Released) => comp,
+            None => false,
+        };
+        if matches {
+            // A PUBACK >= 0x80 on a shared subscription discards the message [MQTT-4.8.2-6].
+            self.state.complete(packet_id);
+            self.more_queued = true;
+        }
+    }
+
+    pub(super) fn on_pubrec(&mut self, r: PubRec) {
+        let ok = matches!(self.state.inflight.get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce);
+        if !ok {
+            // [MQTT-4.3.3-?] PUBREL for an unknown id answers PUBCOMP 0x92; a stray PUBREC is
+            // answered with PUBREL 0x92 so the client can free the id.
+            if self.negotiated.version == ProtocolVersion::V5 {
+                self.send(&Packet::PubRel(PubRel {
+                    packet_id: r.packet_id,
+                    reason: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    properties: AckProperties::default(),
+                }));
+            }
+            return;
+        }
+        if r.reason.0 >= 0x80 {
+            // [MQTT-4.3.3-?] an error PUBREC ends the exchange; [MQTT-4.8.2-6] for shared ones.
+            self.ctx.metrics.count_drop(DropReason::rejected_by_client);
+            self.state.complete(r.packet_id);
+            self.more_queued = true;
+            return;
+        }
+        self.state.insert_inflight(r.packet_id, Inflight::Released);
+        self.send(&Packet::PubRel(PubRel {
+            packet_id: r.packet_id,
+            reason: ReasonCode::SUCCESS,
+            properties: AckProperties::default(),
+        }));
+    }
+}

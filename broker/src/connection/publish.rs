@@ -1,0 +1,346 @@
+//! Inbound PUBLISH: the topic (a name or an alias) resolved, the QoS 2 receipts checked, the
+//! message authorized against the topic limits and the credential's permissions, then the
+//! decision: refused, held for the on-publish hook's verdict, or routed to the subscribers and
+//! acknowledged.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
+use starling_codec::{
+    AckProperties, MqttString, Packet, PubAck, PubRec, Publish, QoS, ReasonCode, topic,
+};
+use tokio::time::Instant;
+
+use super::close::Close;
+use super::{Connection, topic_within_limits, v5_or_success};
+use crate::hook::{Hook, Verdict};
+use crate::message::Message;
+use crate::metrics::{DropReason, QosLabels};
+use crate::session::Session;
+use crate::tenant::{RetainedFull, Tenant};
+use crate::transport::AsyncIo;
+
+/// The verdict on one message, with what its acknowledgement needs.
+pub(super) struct HookDone {
+    verdict: Verdict,
+    qos: QoS,
+    packet_id: u16,
+    /// What the message counted in [`HookPending::bytes`].
+    weight: usize,
+}
+
+/// A connection's messages awaiting the on-publish hook, in the order they were published.
+pub(super) struct HookPending {
+    pub(super) verdicts: FuturesOrdered<Pin<Box<dyn Future<Output = HookDone> + Send>>>,
+    /// Packet ids of QoS 2 messages among them: a resent PUBLISH waits for the same verdict.
+    qos2: HashSet<u16>,
+    /// Reading from the client pauses while this many are pending.
+    cap: usize,
+    /// Their weight ([`Message::weight`]).
+    bytes: usize,
+    /// Reading from the client pauses while they weigh this much.
+    max_bytes: usize,
+}
+
+impl HookPending {
+    fn is_full(&self) -> bool {
+        self.verdicts.len() >= self.cap || self.bytes >= self.max_bytes
+    }
+}
+
+/// The next verdict, or never when none is pending.
+pub(super) async fn next_verdict(hook: &mut Option<Box<HookPending>>) -> Option<HookDone> {
+    match hook {
+        Some(h) if !h.verdicts.is_empty() => h.verdicts.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+impl<IO: AsyncIo> Connection<IO> {
+    pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        self.ctx
+            .metrics
+            .messages_in
+            .get_or_create(&QosLabels { qos: p.qos as u8 })
+            .inc();
+        let topic = self.resolve_topic(&p)?;
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && self.receipt_known(packet_id)? {
+            return Ok(());
+        }
+        if let Some((reason, why)) = self.refusal(topic.as_str()) {
+            self.ctx.metrics.count_drop(DropReason::not_authorized);
+            self.acknowledge(p.qos, packet_id, reason, Some(why));
+            return Ok(());
+        }
+        // Copied out of the read buffer once, here; every delivery shares the copy.
+        let message = Arc::new(Message::new(
+            topic.as_str(),
+            &p.payload,
+            p.qos,
+            p.retain,
+            &p.properties,
+            p.properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+            Some(self.session.client_id.clone()),
+        ));
+        if let Some(hook) = self.auth.tenant.hook() {
+            // Nothing is delivered, retained or acknowledged before the hook's verdict.
+            self.await_verdict(&hook, message, p.qos, packet_id);
+            return Ok(());
+        }
+        self.deliver(message, p.qos, packet_id);
+        Ok(())
+    }
+
+    /// The PUBLISH's topic: its name, or the one its Topic Alias stands for [MQTT-3.3.2-7..12].
+    fn resolve_topic(&mut self, p: &Publish) -> Result<MqttString, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.as_str().is_empty() {
+                return Err(Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.3.2-1"));
+            }
+            return Ok(p.topic.clone());
+        };
+        if alias == 0 || alias > self.ctx.limits.topic_alias_maximum {
+            return Err(Close::protocol(
+                ReasonCode::TOPIC_ALIAS_INVALID,
+                "MQTT-3.3.2-9",
+            ));
+        }
+        if p.topic.as_str().is_empty() {
+            return match self.inbound_aliases.get(&alias) {
+                Some(t) => Ok(t.clone()),
+                None => Err(Close::protocol(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "unknown topic alias",
+                )),
+            };
+        }
+        // A copy: a slice would keep the read buffer it came in for as long as the alias lives.
+        self.inbound_aliases
+            .insert(alias, MqttString::from(p.topic.as_str().to_string()));
+        Ok(p.topic.clone())
+    }
+
+    /// For a QoS 2 PUBLISH: whether its packet id is one the broker already owns (a resend,
+    /// answered here), or an error when one more would exceed our Receive Maximum.
+    fn receipt_known(&mut self, packet_id: u16) -> Result<bool, Close> {
+        if self
+            .hook
+            .as_ref()
+            .is_some_and(|h| h.qos2.contains(&packet_id))
+        {
+            // Resent while the hook decides: the verdict answers both [MQTT-4.3.3-10].
+            return Ok(true);
+        }
+        if self.state.incoming_qos2.contains(&packet_id) {
+            // A resent QoS 2 PUBLISH we already own: acknowledge again, deliver once [MQTT-4.3.3-10].
+            self.send(&Packet::PubRec(PubRec {
+                packet_id,
+                reason: ReasonCode::SUCCESS,
+                properties: AckProperties::default(),
+            }));
+            return Ok(true);
+        }
+        let awaiting_hook = self.hook.as_ref().map_or(0, |h| h.qos2.len());
+        if self.state.incoming_qos2.len() + awaiting_hook
+            >= usize::from(self.ctx.limits.receive_maximum)
+        {
+            // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+            return Err(Close::protocol(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "MQTT-3.3.4-9",
+            ));
+        }
+        Ok(false)
+    }
+
+    /// Why a message to `topic` is refused (the acknowledgement's reason code and reason
+    /// string), or none when it may be published.
+    fn refusal(&self, topic: &str) -> Option<(ReasonCode, &'static str)> {
+        if !topic_within_limits(topic, &self.ctx.limits) {
+            Some((
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic exceeds the length or depth limit",
+            ))
+        } else if topic::is_share_namespace(topic) {
+            // No filter may be routed to these (a shared subscription cannot nest).
+            Some((
+                ReasonCode::TOPIC_NAME_INVALID,
+                "topic names starting with $share/ are reserved for shared subscriptions",
+            ))
+        } else if !self.auth.permissions.may_publish(topic) {
+            Some((
+                ReasonCode::NOT_AUTHORIZED,
+                "not authorized to publish to this topic",
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) with `reason` (SUCCESS in 3.1.1, which has no refusal
+    /// codes: there the exchange completes and the message is not delivered) and, for a
+    /// refusal, `why` as the reason string. A QoS 2 message acknowledged with SUCCESS is owned
+    /// until its PUBREL.
+    fn acknowledge(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        why: Option<&'static str>,
+    ) {
+        let reason = v5_or_success(self.negotiated.version, reason);
+        let properties = why.map(|w| self.ack_props(w)).unwrap_or_default();
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubAck {
+                packet_id,
+                reason,
+                properties,
+            })),
+            QoS::ExactlyOnce => {
+                if reason == ReasonCode::SUCCESS {
+                    self.state.incoming_qos2.insert(packet_id);
+                }
+                self.send(&Packet::PubRec(PubRec {
+                    packet_id,
+                    reason,
+                    properties,
+                }));
+            }
+        }
+    }
+
+    /// Holds `message` for the on-publish hook's verdict ([`Connection::on_verdict`]).
+    fn await_verdict(&mut self, hook: &Hook, message: Arc<Message>, qos: QoS, packet_id: u16) {
+        let weight = message.weight();
+        let verdict = hook.check(
+            message,
+            self.session.client_id.clone(),
+            self.auth.credential.as_ref().map(|c| c.jti.clone()),
+        );
+        let pending = self.hook.get_or_insert_with(|| {
+            Box::new(HookPending {
+                verdicts: FuturesOrdered::new(),
+                qos2: HashSet::new(),
+                cap: 1,
+                bytes: 0,
+                max_bytes: 1,
+            })
+        });
+        pending.cap = hook.max_pending_per_connection();
+        pending.max_bytes = hook.max_pending_bytes_per_connection();
+        pending.bytes += weight;
+        if qos == QoS::ExactlyOnce {
+            pending.qos2.insert(packet_id);
+        }
+        pending.verdicts.push_back(Box::pin(async move {
+            HookDone {
+                verdict: verdict.await,
+                qos,
+                packet_id,
+                weight,
+            }
+        }));
+    }
+
+    /// Whether reading from the client waits for the on-publish hook.
+    pub(super) fn hook_full(&self) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.is_full())
+    }
+
+    /// Applies the on-publish hook's verdict on one message: deliver and acknowledge it, or
+    /// acknowledge it with 0x87 (the hook refused it) or 0x80 (the hook failed).
+    pub(super) fn on_verdict(&mut self, done: HookDone) {
+        let HookDone {
+            verdict,
+            qos,
+            packet_id,
+            weight,
+        } = done;
+        if let Some(h) = self.hook.as_mut() {
+            h.bytes = h.bytes.saturating_sub(weight);
+            if qos == QoS::ExactlyOnce {
+                h.qos2.remove(&packet_id);
+            }
+        }
+        match verdict {
+            Verdict::Deliver(message) => self.deliver(message, qos, packet_id),
+            // Counted and logged by the hook.
+            Verdict::Drop(why) => {
+                self.acknowledge(qos, packet_id, why.reason_code(), Some(why.describe()));
+            }
+        }
+    }
+
+    /// Routes an accepted message to its subscribers and acknowledges it to the publisher. A
+    /// retained message the tenant's store has no room for is refused as a whole: 0x97 in
+    /// PUBACK/PUBREC (v5; 3.1.1 has no refusal codes and gets a plain acknowledgement).
+    fn deliver(&mut self, message: Arc<Message>, qos: QoS, packet_id: u16) {
+        let tenant = self.auth.tenant.clone();
+        let mut congested = None;
+        let routed = tenant.publish_noting_congestion(
+            message,
+            &mut self.scratch,
+            &mut congested,
+            &mut self.fed_filling_outbox,
+        );
+        if let Err(RetainedFull) = routed {
+            self.acknowledge(
+                qos,
+                packet_id,
+                ReasonCode::QUOTA_EXCEEDED,
+                Some("the tenant's retained messages are at their limit"),
+            );
+            return;
+        }
+        if let Some(slow) = congested {
+            // Our own outbox drains only through our own reads: never wait on it.
+            if slow.id != self.session.id && self.pressure.is_none() {
+                self.pressure =
+                    Some((slow, Instant::now() + self.ctx.limits.slow_consumer_grace()));
+            }
+        }
+        self.acknowledge(qos, packet_id, ReasonCode::SUCCESS, None);
+        // Our own outbox may have got something (a subscription matching our own publish).
+        self.more_queued = true;
+    }
+}
+
+/// Delivers what the on-publish hook lets through of the messages a closed connection left
+/// waiting: what a client sent before it went is not lost for want of a PUBACK. QoS 2 messages
+/// are left to the client's resend (it never got PUBREC), so they are delivered exactly once.
+/// The task ends with the last verdict (at most the hook's timeout), or when the session ends
+/// because its credential no longer holds: then the rest is dropped.
+pub(super) fn finish_hook_verdicts(tenant: &Arc<Tenant>, session: &Session, pending: HookPending) {
+    if pending.verdicts.is_empty() {
+        return;
+    }
+    let tenant = tenant.clone();
+    let ended = session.credential_ended().clone();
+    let mut verdicts = pending.verdicts;
+    tokio::spawn(async move {
+        let mut scratch = Vec::new();
+        loop {
+            let done = tokio::select! {
+                biased;
+                _ = ended.cancelled() => return,
+                done = verdicts.next() => done,
+            };
+            let Some(done) = done else { return };
+            if let (Verdict::Deliver(message), QoS::AtMostOnce | QoS::AtLeastOnce) =
+                (done.verdict, done.qos)
+            {
+                // A retained message the store refuses is counted and logged by the tenant.
+                let _ = tenant.publish(message, &mut scratch);
+            }
+        }
+    });
+}

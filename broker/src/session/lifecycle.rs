@@ -1,0 +1,277 @@
+//! A session's lifecycle apart from any one connection: a takeover, what a permission change
+//! leaves of it, going offline (its will, now or after the will delay, and its expiry timer),
+//! and its end (subscriptions removed, a pending will published, unacknowledged shared
+//! messages handed to another member of their group).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_codec::{MqttString, QoS};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Inflight, Kick, PendingWill, Session, SessionState};
+use crate::auth::{Credential, Permissions};
+use crate::hook::Verdict;
+use crate::message::Message;
+use crate::metrics::DropReason;
+use crate::tenant::{Tenant, split_shared};
+
+/// How often a takeover repeats its request while the old connection is still closing.
+const TAKEOVER_RETRY: Duration = Duration::from_millis(100);
+
+/// Waits for the connection serving `session` to close, asking it again and again.
+pub(crate) async fn take_over(session: &Arc<Session>) -> OwnedMutexGuard<SessionState> {
+    loop {
+        session.kick(Kick::TakenOver);
+        tokio::select! {
+            guard = session.state.clone().lock_owned() => return guard,
+            _ = tokio::time::sleep(TAKEOVER_RETRY) => {}
+        }
+    }
+}
+
+/// Makes what a session carries fit `permissions`, before anything more is sent: the
+/// subscriptions it no longer allows are removed (with the retained messages they were still
+/// owed), and queued and in-flight messages on topics it may not read are dropped and counted
+/// (`not_readable`). For a resumption with another credential, and for re-authentication.
+pub(crate) fn recheck_session(
+    tenant: &Tenant,
+    session: &Session,
+    state: &mut SessionState,
+    permissions: &dyn Permissions,
+) {
+    let forbidden: Vec<MqttString> = state
+        .subscriptions
+        .keys()
+        .filter(|full| !permissions.may_subscribe(split_shared(full.as_str()).1))
+        .cloned()
+        .collect();
+    for full in forbidden {
+        tenant.unsubscribe(session.id, full.as_str());
+        state.subscriptions.remove(&full);
+    }
+    let subscriptions = &state.subscriptions;
+    state
+        .retained
+        .retain(|p| subscriptions.contains_key(p.cursor.filter()));
+    let mut dropped = session.retain_outbox(|d| permissions.may_read(d.message.topic.as_str()));
+    let unreadable: Vec<u16> = state
+        .inflight
+        .iter()
+        .filter_map(|(id, entry)| match entry {
+            Inflight::Published(d) if !permissions.may_read(d.message.topic.as_str()) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    for id in unreadable {
+        state.complete(id);
+        dropped += 1;
+    }
+    tenant
+        .metrics
+        .count_drops(DropReason::not_readable, dropped);
+}
+
+/// Ends `session` because the credential it was let in with no longer holds (`kick` says
+/// why): the connection serving it, if any, is closed with the kick's reason and ends the
+/// session as it goes; an offline session ends now, or as soon as whoever holds its state
+/// lets go. `still` asks whether the session's credential still is one that ended, then: a
+/// resumption with a fresh token may have come first. The will, delayed or not, is discarded.
+pub(crate) fn end_for_credential(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    kick: Kick,
+    still: impl Fn(&Credential) -> bool + Send + 'static,
+) {
+    if session.kick(kick) {
+        return;
+    }
+    let end = {
+        let tenant = tenant.clone();
+        let session = session.clone();
+        move |state: OwnedMutexGuard<SessionState>| {
+            if state.ended
+                || session.is_connected()
+                || !session.credential().is_some_and(|c| still(&c))
+            {
+                return;
+            }
+            info!(client_id = %session.client_id, why = kick.describe(), "session ended");
+            end_session(&tenant, &session, state, SessionEnd::Credential);
+        }
+    };
+    match session.state.clone().try_lock_owned() {
+        Ok(state) => end(state),
+        Err(_) => {
+            // A connection is closing or being let in, or a timer runs.
+            let state = session.state.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let state = state.lock_owned().await;
+                        end(state);
+                    });
+                }
+                Err(_) => warn!(client_id = %session.client_id, "no runtime to end a session"),
+            }
+        }
+    }
+}
+
+/// Publishes the will of `session`; with an on-publish hook, once the hook lets it through
+/// (unless the session's credential has ended meanwhile).
+pub(crate) fn publish_will(tenant: &Arc<Tenant>, session: &Session, will: Arc<Message>) {
+    if let Some(hook) = tenant.hook() {
+        let client_id = will.publisher.clone().unwrap_or_else(|| Arc::from(""));
+        let verdict = hook.check(will, client_id, None);
+        let tenant = tenant.clone();
+        let ended = session.credential_ended().clone();
+        tokio::spawn(async move {
+            let verdict = tokio::select! {
+                biased;
+                _ = ended.cancelled() => return,
+                v = verdict => v,
+            };
+            if let Verdict::Deliver(will) = verdict {
+                let _ = tenant.publish(will, &mut Vec::new());
+            }
+        });
+        return;
+    }
+    let mut scratch = Vec::new();
+    // A retained will the store refuses is counted and logged by the tenant.
+    let _ = tenant.publish(will, &mut scratch);
+}
+
+/// Why a session ends, for what becomes of its pending will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// Its expiry, a Clean Start, or its connection without a session expiry: a will still
+    /// waiting for its delay is published now [MQTT-3.1.2-8].
+    Closed,
+    /// Its credential no longer holds (expired, revoked, key retired, tenant removed): the
+    /// will is discarded, and what the session started and did not finish is dropped.
+    Credential,
+}
+
+/// Ends a session: unregisters it, removes its subscriptions, publishes a pending will (unless
+/// the credential ended) and hands unacknowledged shared QoS 1 messages to another member of
+/// their group [MQTT-4.8.2-?].
+pub(crate) fn end_session(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    mut state: OwnedMutexGuard<SessionState>,
+    why: SessionEnd,
+) {
+    state.ended = true;
+    session.bump_generation();
+    if why == SessionEnd::Credential {
+        session.credential_ended().cancel();
+    }
+    tenant.remove_session(session);
+    for (full, _) in state.subscriptions.drain() {
+        tenant.unsubscribe(session.id, full.as_str());
+    }
+    state.retained.clear();
+    if let Some(pending) = state.pending_will.take() {
+        pending.cancel.cancel();
+        // The session ends before the will delay: publish now [MQTT-3.1.2-8]. A Clean Start
+        // that replaces the session also ends it.
+        if why == SessionEnd::Closed {
+            publish_will(tenant, session, pending.message);
+        }
+    }
+    let mut left = session.drain_outbox();
+    for (_, entry) in std::mem::take(&mut state.inflight) {
+        if let Inflight::Published(d) = entry {
+            left.push(d);
+        }
+    }
+    let mut dropped = 0u64;
+    for d in left {
+        // Unacknowledged QoS 1 of a shared subscription goes to another member; QoS 2 is never
+        // sent to another member [MQTT-4.8.2-5].
+        if let (Some(shared), QoS::AtLeastOnce) = (&d.shared, d.qos) {
+            if let Some((s, nd)) =
+                tenant
+                    .router
+                    .reroute_shared(&d.message, &shared.filter, &shared.group, session.id)
+            {
+                s.push(nd, &tenant.metrics);
+                continue;
+            }
+        }
+        dropped += 1;
+    }
+    tenant
+        .metrics
+        .count_drops(DropReason::session_ended, dropped);
+}
+
+/// A session whose connection ended without ending it (see `connection::close`): with no
+/// expiry it ends now, its will published first; otherwise the will (if any) goes now or after
+/// its delay [MQTT-3.1.2-8], and the session ends at its expiry or when its credential
+/// (`credential_deadline`) expires, whichever is sooner: no session outlives its token.
+pub(crate) fn go_offline(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    mut state: OwnedMutexGuard<SessionState>,
+    will: Option<Arc<Message>>,
+    will_delay: u32,
+    credential_deadline: Option<Instant>,
+) {
+    let expiry = state.expiry_interval;
+    if expiry == 0 {
+        if let Some(w) = will {
+            publish_will(tenant, session, w);
+        }
+        end_session(tenant, session, state, SessionEnd::Closed);
+        return;
+    }
+    // The will waits for its delay, or for the end of the session if that comes first
+    // [MQTT-3.1.2-8].
+    if let Some(w) = will {
+        let delay = will_delay.min(expiry);
+        if delay == 0 {
+            publish_will(tenant, session, w);
+        } else {
+            let cancel = CancellationToken::new();
+            state.pending_will = Some(PendingWill {
+                cancel: cancel.clone(),
+                message: w.clone(),
+            });
+            let t = tenant.clone();
+            let s = session.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => publish_will(&t, &s, w),
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+    // The session ends at its expiry, or when its credential expires if that is sooner.
+    let expires =
+        (expiry != u32::MAX).then(|| Instant::now() + Duration::from_secs(u64::from(expiry)));
+    let end = match (expires, credential_deadline) {
+        (Some(e), Some(c)) if c < e => Some((c, SessionEnd::Credential)),
+        (Some(e), _) => Some((e, SessionEnd::Closed)),
+        (None, Some(c)) => Some((c, SessionEnd::Credential)),
+        (None, None) => None,
+    };
+    if let Some((at, why)) = end {
+        let generation = session.generation();
+        let t = tenant.clone();
+        let s = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let state = s.state.clone().lock_owned().await;
+            if s.generation() == generation && !s.is_connected() && !state.ended {
+                end_session(&t, &s, state, why);
+            }
+        });
+    }
+}
