@@ -4,6 +4,12 @@
 # - helm lint --strict, with the default values and with every optional part switched on;
 # - helm template renders, and kubernetes-validate --strict accepts every rendered object;
 # - values.schema.json rejects bad values;
+# - every pod of every render is non-root, read-only, without privilege escalation, with seccomp
+#   RuntimeDefault and all capabilities dropped (scripts/lib/k8s/check_security.py, which is
+#   itself shown to fail on a pod that breaks each rule);
+# - NetworkPolicies (on by default, off with networkPolicy.enabled=false): the api's internal
+#   listener only from broker pods and the monitoring namespace, PostgreSQL only from the api,
+#   the operator's metrics only from monitoring; the `helm test` pod GETs the api's /readyz;
 # - validate_cr.py accepts every example Broker and rejects the deliberately invalid one.
 set -euo pipefail
 cd "$STARLING_ROOT"
@@ -65,6 +71,68 @@ done
 grep -q 'kind: CustomResourceDefinition' "$work/default.yaml" || fail "the CRD is not rendered"
 grep -q 'helm.sh/resource-policy: keep' "$work/default.yaml" || fail "the CRD is not kept on uninstall"
 helm template starling "$chart" --set crds.install=false | grep -q 'kind: CustomResourceDefinition' && fail "crds.install=false still renders the CRD"
+echo "--- security context of every pod (check_security.py)"
+for f in "$work"/default.yaml "$work"/all-on.yaml "$work"/external-db.yaml; do
+  python3 "$K8S_TOOLS/check_security.py" "$f" || fail "a pod in $(basename "$f") breaks the security rules"
+done
+cat >"$work/insecure.yaml" <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: insecure}
+spec:
+  hostNetwork: true
+  securityContext: {runAsUser: 0}
+  volumes: [{name: host, hostPath: {path: /}}]
+  containers:
+    - name: c
+      image: x
+      securityContext: {privileged: true, capabilities: {add: [NET_ADMIN]}}
+YAML
+if python3 "$K8S_TOOLS/check_security.py" "$work/insecure.yaml" >"$work/insecure.out" 2>&1; then
+  fail "check_security.py passed an insecure pod"
+fi
+for rule in hostNetwork hostPath "user 0" runAsNonRoot seccompProfile allowPrivilegeEscalation readOnlyRootFilesystem privileged "drop lacks ALL" "adds capabilities"; do
+  grep -q "$rule" "$work/insecure.out" || { cat "$work/insecure.out"; fail "check_security.py did not report $rule"; }
+done
+
+echo "--- NetworkPolicies and the helm test hook"
+helm template starling "$chart" -n starling-system --set networkPolicy.enabled=false >"$work/no-netpol.yaml"
+python3 - "$work/default.yaml" "$work/no-netpol.yaml" "$work/external-db.yaml" <<'PY'
+import sys, yaml
+load = lambda p: [d for d in yaml.safe_load_all(open(p)) if d]
+default, off, external = (load(p) for p in sys.argv[1:4])
+pols = {d["metadata"]["name"]: d["spec"] for d in default if d["kind"] == "NetworkPolicy"}
+assert set(pols) == {"starling-api", "starling-postgresql", "starling-operator"}, set(pols)
+assert not [d for d in off if d["kind"] == "NetworkPolicy"], "networkPolicy.enabled=false still renders policies"
+assert {d["metadata"]["name"] for d in external if d["kind"] == "NetworkPolicy"} == {"starling-api", "starling-operator"}
+monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+broker_pods = {"namespaceSelector": {}, "podSelector": {"matchLabels": {
+    "app.kubernetes.io/name": "starling-broker", "app.kubernetes.io/managed-by": "starling-operator"}}}
+by_port = lambda spec: {r["ports"][0]["port"]: r.get("from") for r in spec["ingress"]}
+for spec in pols.values():
+    assert spec["policyTypes"] == ["Ingress"], spec
+api = by_port(pols["starling-api"])
+assert api["internal"] == [broker_pods, monitoring], api["internal"]
+assert api["http"] is None, "the public api is open to every client by default"
+pg = by_port(pols["starling-postgresql"])
+assert pg == {"postgresql": [{"podSelector": {"matchLabels": {
+    "app.kubernetes.io/name": "starling-api", "app.kubernetes.io/instance": "starling"}}}]}, pg
+assert by_port(pols["starling-operator"]) == {"http": [monitoring]}
+# The policies select the pods they mean to.
+deployments = {d["metadata"]["name"]: d for d in default if d["kind"] == "Deployment"}
+for name, spec in pols.items():
+    labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items(), (name, labels)
+# The internal port the policy names is the one the api listens on.
+[api_c] = deployments["starling-api"]["spec"]["template"]["spec"]["containers"]
+assert {p["name"] for p in api_c["ports"]} == {"http", "internal"}
+[test] = [d for d in default if d["kind"] == "Pod"]
+assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+[c] = test["spec"]["containers"]
+assert c["args"] == ["http://starling-api.starling-system.svc:80/readyz"], c["args"]
+print("network policies and helm test ok")
+PY
+
 # An Ingress for the public api only.
 python3 - "$work/all-on.yaml" <<'PY'
 import sys, yaml

@@ -16,6 +16,12 @@
 # - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
+# - upgrade: the release is installed from the previous chart version (a packaged copy under
+#   scripts/tiers/kube/fixtures) and, with the Broker serving, `helm upgrade`d to this one: the
+#   Broker keeps its brokerId, Deployment (same generation, no rollout) and credential, and the
+#   same clients still exchange messages; the new NetworkPolicies are accepted by the server and
+#   select the chart's pods; `helm test` runs its pod (played by the test: busybox wget against
+#   the api's /readyz) and passes;
 # - a second replica waits while the first holds the Lease and takes over when it shuts down;
 #   /metrics counts reconciles, errors by reason and durations;
 # - tenancy: a Broker in namespace iot naming the pub/sub namespace other turns Degraded
@@ -26,6 +32,8 @@ source scripts/lib/k8s-tools.sh
 k8s_tools_helm
 k8s_tools_apiserver
 k8s_tools_python
+# The helm test pod's image is busybox: its wget, from Debian, runs the pod's command.
+apt_install_missing busybox
 cargo build -q --locked -p starling-operator -p starling-broker -p starling-api
 OPERATOR="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-operator"
 BROKER="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-broker"
@@ -64,21 +72,27 @@ SERVER=$(cat "$work/cp/server")
 ADMIN_TOKEN=$(cat "$work/cp/admin-token")
 SA=system:serviceaccount:starling-system:starling-operator
 
-echo "--- helm install"
+echo "--- helm install of the previous chart version (upgraded to this one below)"
+# scripts/tiers/kube/fixtures/starling-0.1.0.tgz is the chart as released before this version,
+# packaged with `helm package`, so a clone without history can test the upgrade.
+previous_chart=scripts/tiers/kube/fixtures/starling-0.1.0.tgz
 kubectl create namespace iot >/dev/null
 kubectl create namespace other >/dev/null
-helm install starling charts/starling -n starling-system --create-namespace --wait=hookOnly \
+helm install starling "$previous_chart" -n starling-system --create-namespace --wait=hookOnly \
   --set 'operator.watchNamespaces={iot}' >/dev/null
 kubectl get crd brokers.starling.dev >/dev/null || fail "the CRD was not installed"
 kubectl -n starling-system get deploy starling-operator starling-api starling-postgresql >/dev/null \
   || fail "the chart's Deployments are missing"
 
 echo "--- RBAC equals the committed list"
-{
-  kubectl get roles -A -l app.kubernetes.io/part-of=starling -o json
-  kubectl get clusterroles -l app.kubernetes.io/part-of=starling -o json
-} | python3 scripts/tiers/kube/rbac_rules.py >"$work/rbac.txt"
-diff -u scripts/tiers/kube/operator-rbac.txt "$work/rbac.txt" || fail "the operator's RBAC differs from scripts/tiers/kube/operator-rbac.txt"
+check_rbac() {
+  {
+    kubectl get roles -A -l app.kubernetes.io/part-of=starling -o json
+    kubectl get clusterroles -l app.kubernetes.io/part-of=starling -o json
+  } | python3 scripts/tiers/kube/rbac_rules.py >"$work/rbac.txt"
+  diff -u scripts/tiers/kube/operator-rbac.txt "$work/rbac.txt" || fail "the operator's RBAC differs from scripts/tiers/kube/operator-rbac.txt"
+}
+check_rbac
 
 echo "--- kubectl auth can-i as the operator"
 can() { [ "$(kubectl auth can-i "$@" --as="$SA")" = yes ]; }
@@ -241,6 +255,68 @@ mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C
   || { cat "$work/sub.out"; fail "the subscriber got nothing over TLS"; }
 grep -qx "hello over tls" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message"; }
 echo "the pod's broker served a token client over TLS"
+
+echo "--- helm upgrade to this chart version: the Broker keeps serving"
+before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.uid}/{.metadata.generation}/{.spec.template.metadata.annotations}')
+creds_before=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.metadata.uid}{.data}')
+helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' >/dev/null \
+  || fail "helm upgrade from the previous chart version failed"
+[ "$(helm -n starling-system history starling -o json | python3 -c 'import json,sys; print([r["chart"] for r in json.load(sys.stdin)])')" \
+  = "['starling-0.1.0', 'starling-$(awk '/^version:/ {print $2}' charts/starling/Chart.yaml)']" ] || fail "the release history is not previous, then this version"
+kubectl get crd brokers.starling.dev >/dev/null || fail "the upgrade lost the CRD"
+kubectl -n iot annotate broker orders starling.dev/poke=upgrade --overwrite >/dev/null
+reconciled_after_upgrade() {
+  [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}')" = Ready ] &&
+    kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.reason} {end}' | grep -q . &&
+    [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.observedGeneration}')" = "$(kubectl -n iot get broker orders -o jsonpath='{.metadata.generation}')" ]
+}
+wait_for 60 reconciled_after_upgrade || fail "the Broker is not Ready after the upgrade"
+[ "$(kubectl -n iot get broker orders -o jsonpath='{.status.brokerId}')" = "$broker_id" ] || fail "the upgrade changed the brokerId"
+after=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.uid}/{.metadata.generation}/{.spec.template.metadata.annotations}')
+[ "$before" = "$after" ] || fail "the upgrade rolled or replaced the Broker's pods: $before -> $after"
+[ "$creds_before" = "$(kubectl -n iot get secret orders-credentials -o jsonpath='{.metadata.uid}{.data}')" ] \
+  || fail "the upgrade replaced the broker's credential"
+mosquitto_pub "${mqtt_opts[@]}" -i kubelet-pub -P "$pub_token" -t orders/test -m "after the upgrade" -r -q 1 \
+  || { tail -20 "$work/broker.log"; fail "publishing after the upgrade failed"; }
+mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C 1 -W 20 >"$work/sub.out" 2>&1 \
+  || { cat "$work/sub.out"; fail "the subscriber got nothing after the upgrade"; }
+grep -qx "after the upgrade" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message after the upgrade"; }
+check_rbac
+echo "upgraded; the Broker kept its pods, credential and clients"
+
+echo "--- the NetworkPolicies are accepted and select the chart's pods"
+[ "$(kubectl -n starling-system get networkpolicy -o name | sort | tr '\n' ' ')" = \
+  "networkpolicy.networking.k8s.io/starling-api networkpolicy.networking.k8s.io/starling-operator networkpolicy.networking.k8s.io/starling-postgresql " ] \
+  || fail "the chart's NetworkPolicies are not all on the server: $(kubectl -n starling-system get networkpolicy -o name)"
+for p in api operator postgresql; do
+  sel=$(kubectl -n starling-system get networkpolicy "starling-$p" -o jsonpath='{.spec.podSelector.matchLabels}' \
+    | python3 -c 'import json,sys; print(",".join(f"{k}={v}" for k, v in json.load(sys.stdin).items()))')
+  [ "$(kubectl -n starling-system get deploy -l "$sel" -o name)" = "deployment.apps/starling-$p" ] \
+    || fail "the NetworkPolicy starling-$p does not select exactly the $p Deployment ($sel)"
+done
+
+echo "--- helm test: the api's /readyz (the test plays the kubelet for the test pod)"
+helm test starling -n starling-system --timeout 90s >"$work/helm-test.out" 2>&1 &
+helm_test_pid=$!
+test_pod=starling-test-api-readyz
+wait_for 30 kubectl -n starling-system get pod "$test_pod" || fail "helm test created no pod"
+kubectl -n starling-system get pod "$test_pod" -o json >"$work/test-pod.json"
+python3 scripts/lib/k8s/check_security.py "$work/test-pod.json" || fail "the test pod breaks the security rules"
+# Its command, with the Service URL (which resolves only inside a cluster) pointing at the api.
+mapfile -t test_cmd < <(python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))["spec"]["containers"][0]
+for a in c["command"] + c["args"]:
+    print(a.replace("http://starling-api.starling-system.svc:80", sys.argv[2]))
+' "$work/test-pod.json" "$api_url")
+[ "${test_cmd[0]}" = wget ] || fail "the test pod does not run wget: ${test_cmd[*]}"
+if timeout 60 busybox "${test_cmd[@]}" >"$work/test-pod.out" 2>&1; then phase=Succeeded; else phase=Failed; fi
+[ "$phase" = Failed ] || grep -qx ready "$work/test-pod.out" \
+  || { cat "$work/test-pod.out"; fail "the test pod's request printed no /readyz answer"; }
+kubectl -n starling-system patch pod "$test_pod" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"$phase\"}}" >/dev/null
+wait "$helm_test_pid" || { cat "$work/helm-test.out"; fail "helm test failed (the pod's /readyz request: $phase)"; }
+[ "$phase" = Succeeded ] || fail "helm test passed although /readyz failed"
+grep -q "Phase: *Succeeded" "$work/helm-test.out" || { cat "$work/helm-test.out"; fail "helm test did not report the pod's success"; }
 kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""
 
 echo "--- spec.onPublish reaches the api"
