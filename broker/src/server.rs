@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::tasks::Tasks;
 use tracing::{info, warn};
 
 use crate::auth::directory::Directory;
@@ -54,9 +56,11 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
     config.validate()?;
     let limits = Arc::new(config.limits());
     let metrics = Arc::new(Metrics::new());
-    let default_tenant = Tenant::new("default", (*limits).clone(), metrics.clone());
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Timers end when shutdown starts; the rest of the background work is waited for.
+    let tasks = Tasks::new(tracker.clone(), stop.clone());
+    let default_tenant = Tenant::new("default", (*limits).clone(), metrics.clone(), tasks.clone());
     let ready = Arc::new(Readiness::default());
     let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::with_rules(
         default_tenant.clone(),
@@ -66,6 +70,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         (*limits).clone(),
         config.hook.clone(),
         metrics.clone(),
+        tasks,
     ));
     if let (Some(url), Some(key_file)) = (&config.hook.url, &config.hook.key_file) {
         let key = crate::hook::load_key_file(key_file).map_err(crate::error::Error::HookKey)?;

@@ -16,7 +16,8 @@ use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::retained::{RetainOutcome, Retained};
 use crate::router::{Routed, Router};
-use crate::session::{OutboxLimits, Session};
+use crate::session::{MemoryStore, OutboxLimits, Session, SessionStore};
+use crate::tasks::Tasks;
 use crate::tenant_limits::TenantLimits;
 
 /// One tenant.
@@ -32,6 +33,10 @@ pub struct Tenant {
     pub limits: TenantLimits,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// Where its sessions' state is written through.
+    store: Arc<dyn SessionStore>,
+    /// The broker's background tasks: will delays, session expiry, the hook's verdicts.
+    pub tasks: Tasks,
     /// Sessions by client id. Locked briefly to look up, insert or remove.
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Connections open now.
@@ -54,13 +59,15 @@ const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Tenant {
     /// A new, empty tenant.
-    pub fn new(name: &str, limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(name: &str, limits: Limits, metrics: Arc<Metrics>, tasks: Tasks) -> Arc<Self> {
         Arc::new(Tenant {
             name: name.into(),
             router: Router::default(),
             retained: Retained::new(limits.max_retained_messages, limits.max_retained_bytes),
             limits: TenantLimits::new(limits),
             metrics,
+            store: Arc::new(MemoryStore),
+            tasks,
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             hook: RwLock::new(None),
@@ -198,6 +205,7 @@ impl Tenant {
                 max_messages: limits.max_queued_messages,
                 max_bytes: limits.max_queued_bytes,
             },
+            self.store.clone(),
         );
         sessions.insert(s.client_id.clone(), s.clone());
         self.metrics.sessions.inc();

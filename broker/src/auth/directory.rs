@@ -29,6 +29,7 @@ use crate::hook::{Hook, HookSettings, HookTarget};
 use crate::metrics::Metrics;
 use crate::session::Kick;
 use crate::session::lifecycle::end_for_credential;
+use crate::tasks::Tasks;
 use crate::tenant::Tenant;
 
 /// Everything a source knows about one tenant.
@@ -85,16 +86,23 @@ pub struct Directory {
     limits: Limits,
     hook_settings: Arc<HookSettings>,
     metrics: Arc<Metrics>,
+    tasks: Tasks,
 }
 
 impl Directory {
     /// An empty directory; tenants appear with their first [`Directory::apply`].
-    pub fn new(limits: Limits, hook_settings: HookSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        limits: Limits,
+        hook_settings: HookSettings,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Self {
         Directory {
             inner: RwLock::new(Inner::default()),
             limits,
             hook_settings: Arc::new(hook_settings),
             metrics,
+            tasks,
         }
     }
 
@@ -139,7 +147,12 @@ impl Directory {
                 }
                 None => {
                     let e = Arc::new(TenantAuth {
-                        tenant: Tenant::new(name, self.limits.clone(), self.metrics.clone()),
+                        tenant: Tenant::new(
+                            name,
+                            self.limits.clone(),
+                            self.metrics.clone(),
+                            self.tasks.clone(),
+                        ),
                         verifier: RwLock::new(verifier),
                         kids: RwLock::new(kids),
                         hook_kid: RwLock::new(hook_kid),

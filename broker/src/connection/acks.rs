@@ -12,7 +12,7 @@ use crate::transport::AsyncIo;
 
 impl<IO: AsyncIo> Connection<IO> {
     pub(super) fn on_pubrel(&mut self, r: PubRel) {
-        let reason = if self.state.incoming_qos2.remove(&r.packet_id) {
+        let reason = if self.state.release_receipt(r.packet_id) {
             ReasonCode::SUCCESS
         } else {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
@@ -26,7 +26,7 @@ impl<IO: AsyncIo> Connection<IO> {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client.
     pub(super) fn on_ack(&mut self, packet_id: u16, _reason: ReasonCode, comp: bool) {
-        let matches = match self.state.inflight.get(&packet_id) {
+        let matches = match self.state.inflight().get(packet_id) {
             Some(Inflight::Published(d)) => !comp && d.qos == QoS::AtLeastOnce,
             Some(Inflight::Released) => comp,
             None => false,
@@ -39,7 +39,7 @@ impl<IO: AsyncIo> Connection<IO> {
     }
 
     pub(super) fn on_pubrec(&mut self, r: PubRec) {
-        let ok = matches!(self.state.inflight.get(&r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce);
+        let ok = matches!(self.state.inflight().get(r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce);
         if !ok {
             // [MQTT-4.3.3-?] PUBREL for an unknown id answers PUBCOMP 0x92; a stray PUBREC is
             // answered with PUBREL 0x92 so the client can free the id.

@@ -151,7 +151,8 @@ impl<IO: AsyncIo> Connection<IO> {
                 // [MQTT-3.14.2-2] cannot set a session expiry on DISCONNECT after 0 in CONNECT.
                 return Close::protocol(ReasonCode::PROTOCOL_ERROR, "MQTT-3.14.2-2");
             }
-            self.state.expiry_interval = expiry.min(self.ctx.limits.max_session_expiry_secs);
+            self.state
+                .set_expiry_interval(expiry.min(self.ctx.limits.max_session_expiry_secs));
         }
         // [MQTT-3.1.2-10] a normal DISCONNECT deletes the will; 0x04 publishes it.
         let outcome = if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {

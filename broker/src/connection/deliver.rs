@@ -157,9 +157,8 @@ impl<IO: AsyncIo> Connection<IO> {
     /// On resumption, resends every unacknowledged PUBLISH with DUP and every PUBREL
     /// [MQTT-4.4.0-1].
     pub(super) fn resend_inflight(&mut self) {
-        let order: Vec<u16> = self.state.inflight_order.iter().copied().collect();
-        for id in order {
-            match self.state.inflight.get(&id).cloned() {
+        for id in self.state.inflight().ids_in_order() {
+            match self.state.inflight().get(id).cloned() {
                 Some(Inflight::Published(d)) => {
                     self.send_delivery(d, Attempt::Redelivery { packet_id: id });
                 }

@@ -378,7 +378,7 @@ async fn accept_connect(
         } else {
             session.state.clone().lock_owned().await
         };
-        if state.ended {
+        if state.is_ended() {
             // The session ended while we waited; it is gone from the registry: start again.
             continue;
         }
@@ -390,14 +390,12 @@ async fn accept_connect(
         break (session, state, existed);
     };
     // [MQTT-3.1.3-9] a new connection before the will delay passed cancels the will.
-    if let Some(pending) = state.pending_will.take() {
-        pending.cancel.cancel();
-    }
+    state.take_pending_will();
     if present {
         // Before anything is sent: the session keeps only what this credential allows.
         lifecycle::recheck_session(&tenant, &session, &mut state, &*auth.permissions);
     }
-    state.expiry_interval = expiry;
+    state.set_expiry_interval(expiry);
     let generation = session.attach(cancel.clone(), kick_reason.clone());
     session.set_credential(auth.credential.clone());
     if !ctx.auth.holds(&auth) {

@@ -185,7 +185,7 @@ impl<IO: AsyncIo> Connection<IO> {
                 .receive_max
                 .min(self.ctx.limits.max_inflight),
         );
-        max.saturating_sub(self.state.inflight.len())
+        max.saturating_sub(self.state.inflight().len())
     }
 
     fn send(&mut self, packet: &Packet) {
@@ -235,7 +235,12 @@ mod tests {
     fn the_connection_future_stays_small() {
         let limits = Arc::new(Limits::default());
         let metrics = Arc::new(Metrics::new());
-        let tenant = Tenant::new("t", (*limits).clone(), metrics.clone());
+        let tenant = Tenant::new(
+            "t",
+            (*limits).clone(),
+            metrics.clone(),
+            crate::tasks::Tasks::default(),
+        );
         let ctx = ConnectionContext {
             limits,
             metrics,

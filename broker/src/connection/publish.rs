@@ -139,7 +139,7 @@ impl<IO: AsyncIo> Connection<IO> {
             // Resent while the hook decides: the verdict answers both [MQTT-4.3.3-10].
             return Ok(true);
         }
-        if self.state.incoming_qos2.contains(&packet_id) {
+        if self.state.owns_receipt(packet_id) {
             // A resent QoS 2 PUBLISH we already own: acknowledge again, deliver once [MQTT-4.3.3-10].
             self.send(&Packet::PubRec(PubRec {
                 packet_id,
@@ -149,9 +149,7 @@ impl<IO: AsyncIo> Connection<IO> {
             return Ok(true);
         }
         let awaiting_hook = self.hook.as_ref().map_or(0, |h| h.qos2.len());
-        if self.state.incoming_qos2.len() + awaiting_hook
-            >= usize::from(self.ctx.limits.receive_maximum)
-        {
+        if self.state.receipts() + awaiting_hook >= usize::from(self.ctx.limits.receive_maximum) {
             // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
             return Err(Close::protocol(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
@@ -207,7 +205,7 @@ impl<IO: AsyncIo> Connection<IO> {
             })),
             QoS::ExactlyOnce => {
                 if reason == ReasonCode::SUCCESS {
-                    self.state.incoming_qos2.insert(packet_id);
+                    self.state.own_receipt(packet_id);
                 }
                 self.send(&Packet::PubRec(PubRec {
                     packet_id,
@@ -326,7 +324,7 @@ pub(super) fn finish_hook_verdicts(tenant: &Arc<Tenant>, session: &Session, pend
     let tenant = tenant.clone();
     let ended = session.credential_ended().clone();
     let mut verdicts = pending.verdicts;
-    tokio::spawn(async move {
+    tenant.clone().tasks.spawn(async move {
         let mut scratch = Vec::new();
         loop {
             let done = tokio::select! {

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use starling_codec::{
-    AckProperties, MqttString, Packet, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck,
-    Subscribe, UnsubAck, Unsubscribe, topic,
+    AckProperties, Packet, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, topic,
 };
 use tokio::time::Instant;
 
@@ -60,8 +60,8 @@ impl<IO: AsyncIo> Connection<IO> {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
-            let exists = self.state.subscriptions.contains_key(full);
-            if !exists && self.state.subscriptions.len() >= limits.max_subscriptions_per_client {
+            let exists = self.state.subscriptions().contains_key(full);
+            if !exists && self.state.subscriptions().len() >= limits.max_subscriptions_per_client {
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }
@@ -77,19 +77,13 @@ impl<IO: AsyncIo> Connection<IO> {
                     if !existed {
                         self.ctx.metrics.subscriptions.inc();
                     }
-                    let record = SubscriptionRecord {
-                        options: sub.options,
-                        id: sub_id,
-                    };
-                    match self.state.subscriptions.get_mut(full) {
-                        Some(r) => *r = record,
-                        // A copy: the packet's buffer may be large (user properties).
-                        None => {
-                            self.state
-                                .subscriptions
-                                .insert(MqttString::from(full.to_string()), record);
-                        }
-                    }
+                    self.state.subscribe(
+                        full,
+                        SubscriptionRecord {
+                            options: sub.options,
+                            id: sub_id,
+                        },
+                    );
                     // [MQTT-3.3.1-9..11] retained messages per Retain Handling; none for shared
                     // subscriptions [MQTT-3.8.4-?].
                     let send_retained = group.is_none()
@@ -163,7 +157,9 @@ impl<IO: AsyncIo> Connection<IO> {
             .iter()
             .map(|full| {
                 let removed = tenant.unsubscribe(self.session.id, full.as_str());
-                let had = self.state.subscriptions.remove(full.as_str()).is_some();
+                // [MQTT-3.10.4-2] no new messages for a subscription that is gone, retained
+                // ones included.
+                let had = self.state.unsubscribe(full.as_str());
                 if had || removed {
                     ReasonCode::SUCCESS
                 } else {
@@ -171,15 +167,6 @@ impl<IO: AsyncIo> Connection<IO> {
                 }
             })
             .collect();
-        if !self.state.retained.is_empty() {
-            // [MQTT-3.10.4-2] no new messages for a subscription that is gone, retained ones
-            // included.
-            let state = &mut *self.state;
-            let subscriptions = &state.subscriptions;
-            state
-                .retained
-                .retain(|p| subscriptions.contains_key(p.cursor.filter()));
-        }
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,

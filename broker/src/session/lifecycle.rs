@@ -44,25 +44,22 @@ pub(crate) fn recheck_session(
     permissions: &dyn Permissions,
 ) {
     let forbidden: Vec<MqttString> = state
-        .subscriptions
+        .subscriptions()
         .keys()
         .filter(|full| !permissions.may_subscribe(split_shared(full.as_str()).1))
         .cloned()
         .collect();
     for full in forbidden {
         tenant.unsubscribe(session.id, full.as_str());
-        state.subscriptions.remove(&full);
+        // The retained messages it was still owed go with it.
+        state.unsubscribe(full.as_str());
     }
-    let subscriptions = &state.subscriptions;
-    state
-        .retained
-        .retain(|p| subscriptions.contains_key(p.cursor.filter()));
     let mut dropped = session.retain_outbox(|d| permissions.may_read(d.message.topic.as_str()));
     let unreadable: Vec<u16> = state
-        .inflight
+        .inflight()
         .iter()
         .filter_map(|(id, entry)| match entry {
-            Inflight::Published(d) if !permissions.may_read(d.message.topic.as_str()) => Some(*id),
+            Inflight::Published(d) if !permissions.may_read(d.message.topic.as_str()) => Some(id),
             _ => None,
         })
         .collect();
@@ -89,11 +86,12 @@ pub(crate) fn end_for_credential(
     if session.kick(kick) {
         return;
     }
+    let tasks = tenant.tasks.clone();
     let end = {
         let tenant = tenant.clone();
         let session = session.clone();
         move |state: OwnedMutexGuard<SessionState>| {
-            if state.ended
+            if state.is_ended()
                 || session.is_connected()
                 || !session.credential().is_some_and(|c| still(&c))
             {
@@ -109,8 +107,8 @@ pub(crate) fn end_for_credential(
             // A connection is closing or being let in, or a timer runs.
             let state = session.state.clone();
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move {
+                Ok(_) => {
+                    tasks.spawn(async move {
                         let state = state.lock_owned().await;
                         end(state);
                     });
@@ -129,7 +127,7 @@ pub(crate) fn publish_will(tenant: &Arc<Tenant>, session: &Session, will: Arc<Me
         let verdict = hook.check(will, client_id, None);
         let tenant = tenant.clone();
         let ended = session.credential_ended().clone();
-        tokio::spawn(async move {
+        tenant.clone().tasks.spawn(async move {
             let verdict = tokio::select! {
                 biased;
                 _ = ended.cancelled() => return,
@@ -166,18 +164,17 @@ pub(crate) fn end_session(
     mut state: OwnedMutexGuard<SessionState>,
     why: SessionEnd,
 ) {
-    state.ended = true;
     session.bump_generation();
     if why == SessionEnd::Credential {
         session.credential_ended().cancel();
     }
     tenant.remove_session(session);
-    for (full, _) in state.subscriptions.drain() {
+    let pending_will = state.take_pending_will();
+    let inflight = state.take_inflight();
+    for full in state.end().keys() {
         tenant.unsubscribe(session.id, full.as_str());
     }
-    state.retained.clear();
-    if let Some(pending) = state.pending_will.take() {
-        pending.cancel.cancel();
+    if let Some(pending) = pending_will {
         // The session ends before the will delay: publish now [MQTT-3.1.2-8]. A Clean Start
         // that replaces the session also ends it.
         if why == SessionEnd::Closed {
@@ -185,7 +182,7 @@ pub(crate) fn end_session(
         }
     }
     let mut left = session.drain_outbox();
-    for (_, entry) in std::mem::take(&mut state.inflight) {
+    for (_, entry) in inflight {
         if let Inflight::Published(d) = entry {
             left.push(d);
         }
@@ -223,7 +220,7 @@ pub(crate) fn go_offline(
     will_delay: u32,
     credential_deadline: Option<Instant>,
 ) {
-    let expiry = state.expiry_interval;
+    let expiry = state.expiry_interval();
     if expiry == 0 {
         if let Some(w) = will {
             publish_will(tenant, session, w);
@@ -239,13 +236,13 @@ pub(crate) fn go_offline(
             publish_will(tenant, session, w);
         } else {
             let cancel = CancellationToken::new();
-            state.pending_will = Some(PendingWill {
+            state.set_pending_will(PendingWill {
                 cancel: cancel.clone(),
                 message: w.clone(),
             });
             let t = tenant.clone();
             let s = session.clone();
-            tokio::spawn(async move {
+            tenant.tasks.spawn_timer(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => publish_will(&t, &s, w),
                     _ = cancel.cancelled() => {}
@@ -266,10 +263,10 @@ pub(crate) fn go_offline(
         let generation = session.generation();
         let t = tenant.clone();
         let s = session.clone();
-        tokio::spawn(async move {
+        tenant.tasks.spawn_timer(async move {
             tokio::time::sleep_until(at).await;
             let state = s.state.clone().lock_owned().await;
-            if s.generation() == generation && !s.is_connected() && !state.ended {
+            if s.generation() == generation && !s.is_connected() && !state.is_ended() {
                 end_session(&t, &s, state, why);
             }
         });

@@ -8,9 +8,14 @@
 //!   second connection with the same client id (takeover) kicks the first and then simply waits
 //!   for the guard; expiry and will timers take the same guard.
 
+mod inflight;
 pub mod lifecycle;
+mod store;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+pub use inflight::{Inflight, InflightWindow};
+pub use store::{MemoryStore, SessionStore};
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -142,15 +147,6 @@ pub struct SubscriptionRecord {
     pub id: Option<u32>,
 }
 
-/// An outgoing QoS 1 or 2 message not yet completed by the client.
-#[derive(Debug, Clone)]
-pub enum Inflight {
-    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
-    Published(Delivery),
-    /// PUBREL sent, waiting for PUBCOMP.
-    Released,
-}
-
 /// A will waiting for its delay to pass.
 #[derive(Debug)]
 pub struct PendingWill {
@@ -173,62 +169,194 @@ pub struct PendingRetained {
     pub ready: VecDeque<Arc<Message>>,
 }
 
-/// What a connection owns while serving the session.
-#[derive(Debug, Default)]
+/// What a connection owns while serving the session (and timers while it has none). Every
+/// change to what the session keeps across its connections goes through these methods, which
+/// write it through to the tenant's [`SessionStore`].
+#[derive(Debug)]
 pub struct SessionState {
+    client_id: Arc<str>,
+    store: Arc<dyn SessionStore>,
     /// Subscriptions by filter as the client wrote it (including `$share/g/`). The keys are
     /// copies: a slice would keep the whole SUBSCRIBE packet alive.
-    pub subscriptions: HashMap<MqttString, SubscriptionRecord>,
-    /// Subscriptions still owed retained messages, oldest first.
+    subscriptions: HashMap<MqttString, SubscriptionRecord>,
+    /// Subscriptions still owed retained messages, oldest first: where the reading of the
+    /// retained store stands, which a new connection starts over.
     pub retained: VecDeque<PendingRetained>,
-    /// Outgoing QoS 1/2 messages by packet id, in the order they were sent.
-    pub inflight: BTreeMap<u16, Inflight>,
-    /// Order of `inflight` by send time (packet ids wrap, so the map's order is not it).
-    pub inflight_order: VecDeque<u16>,
+    /// Outgoing QoS 1/2 messages.
+    inflight: InflightWindow,
     /// Packet ids of QoS 2 PUBLISHes received and not yet released by PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    incoming_qos2: HashSet<u16>,
     /// Last packet id handed out.
-    pub last_packet_id: u16,
+    last_packet_id: u16,
     /// Session Expiry Interval in seconds (0: ends with the connection).
-    pub expiry_interval: u32,
+    expiry_interval: u32,
     /// A will whose delay is running.
-    pub pending_will: Option<PendingWill>,
+    pending_will: Option<PendingWill>,
     /// Set when the session has ended; a connection that finds it set starts afresh.
-    pub ended: bool,
+    ended: bool,
 }
 
 impl SessionState {
+    fn new(client_id: Arc<str>, store: Arc<dyn SessionStore>) -> Self {
+        SessionState {
+            client_id,
+            store,
+            subscriptions: HashMap::new(),
+            retained: VecDeque::new(),
+            inflight: InflightWindow::default(),
+            incoming_qos2: HashSet::new(),
+            last_packet_id: 0,
+            expiry_interval: 0,
+            pending_will: None,
+            ended: false,
+        }
+    }
+
     /// The next free packet id, or `None` when all 65535 are in use.
     pub fn next_packet_id(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains_key(&self.last_packet_id) {
+            if !self.inflight.contains(self.last_packet_id) {
                 return Some(self.last_packet_id);
             }
         }
         None
     }
 
+    /// The outgoing QoS 1/2 messages in flight.
+    pub fn inflight(&self) -> &InflightWindow {
+        &self.inflight
+    }
+
     /// Removes an in-flight entry.
     pub fn complete(&mut self, packet_id: u16) -> Option<Inflight> {
-        let entry = self.inflight.remove(&packet_id)?;
-        if let Some(pos) = self.inflight_order.iter().position(|p| *p == packet_id) {
-            self.inflight_order.remove(pos);
-        }
+        let entry = self.inflight.complete(packet_id)?;
+        self.store.completed(&self.client_id, packet_id);
         Some(entry)
     }
 
-    /// Records an in-flight entry sent last.
+    /// Records an in-flight entry: sent last, or in the place of the one it replaces.
     pub fn insert_inflight(&mut self, packet_id: u16, entry: Inflight) {
-        if self.inflight.insert(packet_id, entry).is_none() {
-            self.inflight_order.push_back(packet_id);
+        self.store.in_flight(&self.client_id, packet_id, &entry);
+        self.inflight.insert(packet_id, entry);
+    }
+
+    /// Empties the in-flight window, returning its messages in send order.
+    pub fn take_inflight(&mut self) -> Vec<(u16, Inflight)> {
+        let all = self.inflight.take_all();
+        for (id, _) in &all {
+            self.store.completed(&self.client_id, *id);
         }
+        all
+    }
+
+    /// Whether the QoS 2 message under `packet_id` was received and not yet released.
+    pub fn owns_receipt(&self, packet_id: u16) -> bool {
+        self.incoming_qos2.contains(&packet_id)
+    }
+
+    /// QoS 2 messages received and not yet released.
+    pub fn receipts(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// Owns the QoS 2 message under `packet_id` until its PUBREL.
+    pub fn own_receipt(&mut self, packet_id: u16) {
+        if self.incoming_qos2.insert(packet_id) {
+            self.store.received(&self.client_id, packet_id);
+        }
+    }
+
+    /// Releases the QoS 2 message under `packet_id`; whether it was owned.
+    pub fn release_receipt(&mut self, packet_id: u16) -> bool {
+        let owned = self.incoming_qos2.remove(&packet_id);
+        if owned {
+            self.store.released(&self.client_id, packet_id);
+        }
+        owned
+    }
+
+    /// The subscriptions, by filter as the client wrote it.
+    pub fn subscriptions(&self) -> &HashMap<MqttString, SubscriptionRecord> {
+        &self.subscriptions
+    }
+
+    /// Records a subscription to `filter` (as the client wrote it), or its new options.
+    pub fn subscribe(&mut self, filter: &str, record: SubscriptionRecord) {
+        self.store.subscribed(&self.client_id, filter, &record);
+        match self.subscriptions.get_mut(filter) {
+            Some(r) => *r = record,
+            // A copy: the packet's buffer may be large (user properties).
+            None => {
+                self.subscriptions
+                    .insert(MqttString::from(filter.to_string()), record);
+            }
+        }
+    }
+
+    /// Forgets the subscription to `filter`; whether there was one. Retained messages it was
+    /// still owed are not sent any more [MQTT-3.10.4-2].
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        if self.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        self.store.unsubscribed(&self.client_id, filter);
+        let subscriptions = &self.subscriptions;
+        self.retained
+            .retain(|p| subscriptions.contains_key(p.cursor.filter()));
+        true
+    }
+
+    /// The Session Expiry Interval in seconds.
+    pub fn expiry_interval(&self) -> u32 {
+        self.expiry_interval
+    }
+
+    /// Sets the Session Expiry Interval.
+    pub fn set_expiry_interval(&mut self, secs: u32) {
+        if self.expiry_interval != secs {
+            self.expiry_interval = secs;
+            self.store.expiry_set(&self.client_id, secs);
+        }
+    }
+
+    /// Records a will whose delay runs.
+    pub fn set_pending_will(&mut self, will: PendingWill) {
+        self.store
+            .will_pending(&self.client_id, Some(&will.message));
+        self.pending_will = Some(will);
+    }
+
+    /// Takes the will whose delay runs, if any: it is not the timer's to publish any more.
+    pub fn take_pending_will(&mut self) -> Option<PendingWill> {
+        let will = self.pending_will.take()?;
+        will.cancel.cancel();
+        self.store.will_pending(&self.client_id, None);
+        Some(will)
+    }
+
+    /// Whether the session has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Marks the session ended; returns its subscriptions (to remove from the router).
+    pub fn end(&mut self) -> HashMap<MqttString, SubscriptionRecord> {
+        self.ended = true;
+        self.retained.clear();
+        self.store.ended(&self.client_id);
+        std::mem::take(&mut self.subscriptions)
     }
 }
 
 impl Session {
     /// A new, empty session.
-    pub fn new(client_id: Arc<str>, limits: OutboxLimits) -> Arc<Self> {
+    pub fn new(
+        client_id: Arc<str>,
+        limits: OutboxLimits,
+        store: Arc<dyn SessionStore>,
+    ) -> Arc<Self> {
+        let state = SessionState::new(client_id.clone(), store);
         Arc::new(Session {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             client_id,
@@ -246,7 +374,7 @@ impl Session {
             kick: Mutex::new(None),
             credential: Mutex::new(None),
             credential_ended: CancellationToken::new(),
-            state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
+            state: Arc::new(tokio::sync::Mutex::new(state)),
         })
     }
 
@@ -524,6 +652,7 @@ mod tests {
                 max_messages: 8,
                 max_bytes: 1 << 20,
             },
+            Arc::new(MemoryStore),
         );
         session.attach(
             CancellationToken::new(),
@@ -538,5 +667,100 @@ mod tests {
         let mut out = SmallVec::<[Delivery; 1]>::new();
         assert!(session.take(&mut out, 0));
         assert!(!session.is_filling(), "back to 4 of 8");
+    }
+
+    /// A store that writes down what it is told, in order.
+    #[derive(Debug, Default)]
+    struct Journal(Mutex<Vec<String>>);
+
+    impl SessionStore for Journal {
+        fn subscribed(&self, c: &str, f: &str, r: &SubscriptionRecord) {
+            self.0.lock().push(format!("{c} sub {f} {:?}", r.id));
+        }
+        fn unsubscribed(&self, c: &str, f: &str) {
+            self.0.lock().push(format!("{c} unsub {f}"));
+        }
+        fn in_flight(&self, c: &str, id: u16, e: &Inflight) {
+            let what = match e {
+                Inflight::Published(_) => "published",
+                Inflight::Released => "released",
+            };
+            self.0.lock().push(format!("{c} inflight {id} {what}"));
+        }
+        fn completed(&self, c: &str, id: u16) {
+            self.0.lock().push(format!("{c} completed {id}"));
+        }
+        fn received(&self, c: &str, id: u16) {
+            self.0.lock().push(format!("{c} received {id}"));
+        }
+        fn released(&self, c: &str, id: u16) {
+            self.0.lock().push(format!("{c} released {id}"));
+        }
+        fn expiry_set(&self, c: &str, secs: u32) {
+            self.0.lock().push(format!("{c} expiry {secs}"));
+        }
+        fn will_pending(&self, c: &str, will: Option<&Message>) {
+            let topic = will.map(|w| w.topic.as_str().to_string());
+            self.0.lock().push(format!("{c} will {topic:?}"));
+        }
+        fn ended(&self, c: &str) {
+            self.0.lock().push(format!("{c} ended"));
+        }
+    }
+
+    #[test]
+    fn every_change_to_a_session_is_written_through_its_store_in_order() {
+        let journal = Arc::new(Journal::default());
+        let mut state = SessionState::new(Arc::from("c"), journal.clone());
+        let record = SubscriptionRecord {
+            options: SubscriptionOptions::default(),
+            id: Some(7),
+        };
+        state.subscribe("a/+", record.clone());
+        assert!(!state.unsubscribe("b"), "no such subscription");
+        assert!(state.unsubscribe("a/+"));
+        state.subscribe("x", record);
+        state.set_expiry_interval(60);
+        state.set_expiry_interval(60);
+        let id = state.next_packet_id().expect("a free packet id");
+        state.insert_inflight(id, Inflight::Published(delivery()));
+        state.insert_inflight(id, Inflight::Released);
+        assert!(state.complete(id).is_some());
+        assert!(state.complete(id).is_none(), "completed once");
+        state.own_receipt(9);
+        assert!(state.owns_receipt(9));
+        assert!(state.release_receipt(9));
+        assert!(!state.release_receipt(9));
+        state.set_pending_will(PendingWill {
+            cancel: CancellationToken::new(),
+            message: delivery().message,
+        });
+        let will = state.take_pending_will().expect("the will");
+        assert!(will.cancel.is_cancelled(), "its timer is told");
+        state.insert_inflight(2, Inflight::Released);
+        let left = state.take_inflight();
+        assert_eq!(left.len(), 1);
+        let subscriptions = state.end();
+        assert!(subscriptions.contains_key("x"));
+        assert!(state.is_ended());
+        assert_eq!(
+            *journal.0.lock(),
+            [
+                "c sub a/+ Some(7)",
+                "c unsub a/+",
+                "c sub x Some(7)",
+                "c expiry 60",
+                "c inflight 1 published",
+                "c inflight 1 released",
+                "c completed 1",
+                "c received 9",
+                "c released 9",
+                "c will Some(\"t\")",
+                "c will None",
+                "c inflight 2 released",
+                "c completed 2",
+                "c ended",
+            ]
+        );
     }
 }
