@@ -107,6 +107,18 @@ pub fn validate_topic_filter(s: &str) -> Result<(), TopicError> {
         Some((_, filter)) => filter,
         None => s,
     };
+    check_levels(filter)
+}
+
+/// Checks a topic filter as written, level by level, with no meaning given to `$share/`: not
+/// empty, `#` alone in the last level, `+` alone in its level. For filters that are not
+/// subscribed as such (access rules, token ACLs), where `$share/g/x` names the topics below it.
+pub fn validate_filter_levels(s: &str) -> Result<(), TopicError> {
+    check_common(s)?;
+    check_levels(s)
+}
+
+fn check_levels(filter: &str) -> Result<(), TopicError> {
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         if level.contains('#') && (level != "#" || levels.peek().is_some()) {
@@ -174,6 +186,13 @@ pub fn matches(filter: &str, topic: &str) -> bool {
         Ok(Some((_, inner))) => inner,
         _ => filter,
     };
+    matches_levels(filter, topic)
+}
+
+/// True when `topic` matches `filter` as written, with no meaning given to `$share/` (see
+/// [`validate_filter_levels`]). Topics that start with `$` are not matched by a filter
+/// starting with a wildcard [MQTT-4.7.2-1].
+pub fn matches_levels(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
@@ -185,6 +204,64 @@ pub fn matches(filter: &str, topic: &str) -> bool {
             (Some("+"), Some(_)) => {}
             (Some(fl), Some(tl)) if fl == tl => {}
             (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matched by `filter` is also matched by `allowed`, both taken as
+/// written (see [`validate_filter_levels`]; `filter` is assumed valid, `allowed` is checked,
+/// and an invalid one covers nothing). An access rule or token ACL that allows `allowed`
+/// allows a subscription to `filter` only when this holds: a wider filter is refused, never
+/// silently narrowed.
+pub fn covers(allowed: &str, filter: &str) -> bool {
+    if validate_filter_levels(allowed).is_err() {
+        return false;
+    }
+    // [MQTT-4.7.2-1] a first-level wildcard never matches `$` topics, so it cannot cover a filter
+    // that names one.
+    if filter.starts_with('$') && allowed.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut a = allowed.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (a.next(), f.next()) {
+            // `x/#` matches `x` and everything below it.
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            // The requested filter is longer, or shorter than the allowed one (and the allowed
+            // one does not continue with `#`, handled above).
+            (None, Some(_)) | (Some(_), None) => return false,
+            // Only `#` covers `#`.
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(_), Some("+")) => return false,
+            (Some(al), Some(fl)) if al == fl => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some topic is matched by both filters, taken as written (both assumed valid): a
+/// subscription to one could receive a message published to a topic the other names.
+pub fn overlap(a: &str, b: &str) -> bool {
+    // [MQTT-4.7.2-1] a first-level wildcard never matches a `$` topic.
+    let dollar_against_wildcard =
+        |x: &str, y: &str| x.starts_with('$') && y.starts_with(['+', '#']);
+    if dollar_against_wildcard(a, b) || dollar_against_wildcard(b, a) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            // `x/#` matches `x` and everything below it.
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
             _ => return false,
         }
     }

@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use starling_codec::topic::{self, TopicError};
 
 /// Which topics a token may publish to and subscribe to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,143 +69,49 @@ impl TopicAcl {
     }
 }
 
-/// `$share/{group}/{filter}` → `Some(filter)` (`None` when `filter` is itself shared); a plain filter → itself; a malformed shared
-/// subscription → `None`.
+/// `$share/{group}/{filter}` → `Some(filter)` (`None` when `filter` is itself shared); a
+/// plain filter → itself; a malformed shared subscription → `None` ([`topic::subscription`]:
+/// the filter checked is the one routed).
 fn strip_share(filter: &str) -> Option<&str> {
-    match filter.strip_prefix("$share/") {
-        None => Some(filter),
-        Some(rest) => {
-            // [MQTT-4.8.2-1] the ShareName is at least one character, with no `/`, `+` or `#`,
-            // followed by `/` and a topic filter.
-            let (group, inner) = rest.split_once('/')?;
-            if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
-                return None;
-            }
-            // A shared subscription inside a shared one is refused: the filter routed would be
-            // the literal `$share/...`, not the one this check would see.
-            if inner.starts_with("$share/") {
-                return None;
-            }
-            Some(inner)
-        }
-    }
+    topic::subscription(filter).ok().map(|(_, f)| f)
 }
 
 /// Checks an MQTT topic name: non-empty, no wildcards, no NUL, at most 65,535 bytes.
 pub fn validate_topic(topic: &str) -> Result<(), &'static str> {
-    // [MQTT-4.7.3-1] at least one character; [MQTT-4.7.3-2] no NUL; [MQTT-3.3.2-2] no wildcards.
-    if topic.is_empty() {
-        return Err("topic is empty");
-    }
-    if topic.len() > 65_535 {
-        return Err("topic longer than 65535 bytes");
-    }
-    if topic.contains('\0') {
-        return Err("topic contains NUL");
-    }
-    if topic.contains(['+', '#']) {
-        return Err("topic contains a wildcard");
-    }
-    Ok(())
+    topic::validate_topic_name(topic).map_err(|e| match e {
+        TopicError::Empty => "topic is empty",
+        TopicError::TooLong => "topic longer than 65535 bytes",
+        TopicError::NullCharacter => "topic contains NUL",
+        _ => "topic contains a wildcard",
+    })
 }
 
-/// Checks an MQTT topic filter: non-empty, `#` alone in the last level, `+` alone in its level.
+/// Checks an MQTT topic filter as written: non-empty, `#` alone in the last level, `+` alone
+/// in its level.
 pub fn validate_filter(filter: &str) -> Result<(), &'static str> {
-    if filter.is_empty() {
-        return Err("filter is empty");
-    }
-    if filter.len() > 65_535 {
-        return Err("filter longer than 65535 bytes");
-    }
-    if filter.contains('\0') {
-        return Err("filter contains NUL");
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        // [MQTT-4.7.1-1] `#` occupies a whole level and is the last character.
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err("`#` must be alone in the last level");
-        }
-        // [MQTT-4.7.1-2] `+` occupies a whole level.
-        if level.contains('+') && level != "+" {
-            return Err("`+` must be alone in its level");
-        }
-    }
-    Ok(())
+    topic::validate_filter_levels(filter).map_err(|e| match e {
+        TopicError::Empty => "filter is empty",
+        TopicError::TooLong => "filter longer than 65535 bytes",
+        TopicError::NullCharacter => "filter contains NUL",
+        TopicError::MultiLevelWildcard => "`#` must be alone in the last level",
+        _ => "`+` must be alone in its level",
+    })
 }
 
-/// Whether `topic` matches `filter` under MQTT rules (the filter is assumed valid).
+/// Whether `topic` matches `filter` under MQTT rules (the filter is assumed valid and taken as
+/// written).
 pub fn topic_matches_filter(topic: &str, filter: &str) -> bool {
-    // [MQTT-4.7.2-1] wildcards at the first level do not match topics starting with `$`.
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut t = topic.split('/');
-    let mut f = filter.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    topic::matches_levels(filter, topic)
 }
 
-/// Whether every topic matched by `filter` is also matched by `allowed` (both assumed valid;
-/// `allowed` is checked, and an invalid one covers nothing).
+/// Whether every topic matched by `filter` is also matched by `allowed` ([`topic::covers`]).
 pub fn filter_covers(allowed: &str, filter: &str) -> bool {
-    if validate_filter(allowed).is_err() {
-        return false;
-    }
-    // [MQTT-4.7.2-1] a first-level wildcard never matches `$` topics, so it cannot cover a filter
-    // that names one.
-    if filter.starts_with('$') && allowed.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut a = allowed.split('/');
-    let mut f = filter.split('/');
-    loop {
-        match (a.next(), f.next()) {
-            // `x/#` matches `x` and everything below it.
-            (Some("#"), _) => return true,
-            (None, None) => return true,
-            // The requested filter is longer, or shorter than the allowed one (and the allowed
-            // one does not continue with `#`, handled above).
-            (None, Some(_)) | (Some(_), None) => return false,
-            // Only `#` covers `#`.
-            (Some(_), Some("#")) => return false,
-            (Some("+"), Some(_)) => {}
-            (Some(_), Some("+")) => return false,
-            (Some(al), Some(fl)) if al == fl => {}
-            _ => return false,
-        }
-    }
+    topic::covers(allowed, filter)
 }
 
-/// Whether some topic is matched by both filters (both assumed valid): a subscription to one
-/// could receive a message published to a topic the other names.
+/// Whether some topic is matched by both filters ([`topic::overlap`]).
 pub fn filters_overlap(a: &str, b: &str) -> bool {
-    // [MQTT-4.7.2-1] a first-level wildcard never matches a `$` topic.
-    let dollar_against_wildcard =
-        |x: &str, y: &str| x.starts_with('$') && y.starts_with(['+', '#']);
-    if dollar_against_wildcard(a, b) || dollar_against_wildcard(b, a) {
-        return false;
-    }
-    let mut x = a.split('/');
-    let mut y = b.split('/');
-    loop {
-        match (x.next(), y.next()) {
-            // `x/#` matches `x` and everything below it.
-            (Some("#"), _) | (_, Some("#")) => return true,
-            (None, None) => return true,
-            (None, Some(_)) | (Some(_), None) => return false,
-            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
-            (Some(p), Some(q)) if p == q => {}
-            _ => return false,
-        }
-    }
+    topic::overlap(a, b)
 }
 
 // === impl Serialize / Deserialize ===
