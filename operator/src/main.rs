@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use starling_operator::{
     api::HttpControlPlane,
     controller::{self, Context},
-    leader::LeaseLock,
+    leader::{LeaseLock, Timing},
     metrics::Metrics,
     resources::{BrokerHook, Settings, allowed_host},
     tenancy::Tenancy,
@@ -304,9 +304,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Api::namespaced(client.clone(), &args.lease_namespace),
             &args.lease_name,
             &identity,
-            Duration::from_secs(15),
+            Timing::default(),
         )
     });
+    // Ready means "up and connected", never "leading": a standby replica must count as ready, or
+    // a rolling upgrade waits forever for a new pod that cannot lead until the old one is gone.
+    ready.cancel();
     let scope = match &lock {
         Some(lock) => match lock.lead(&shutdown).await {
             Some(lost) => lost,
@@ -315,7 +318,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => shutdown.child_token(),
     };
     metrics.leader.set(1);
-    ready.cancel();
 
     info!(namespaces = ?namespaces, "starting the controller");
     let ctx = Arc::new(Context::new(

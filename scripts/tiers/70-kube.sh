@@ -22,7 +22,8 @@
 #   same clients still exchange messages; the new NetworkPolicies are accepted by the server and
 #   select the chart's pods; `helm test` runs its pod (played by the test: busybox wget against
 #   the api's /readyz) and passes;
-# - a second replica waits while the first holds the Lease and takes over when it shuts down;
+# - a second replica waits while the first holds the Lease, is ready all the same (an operator
+#   upgrade never deadlocks), and takes over when the first shuts down;
 #   /metrics counts reconciles, errors by reason and durations;
 # - tenancy: a Broker in namespace iot naming the pub/sub namespace other turns Degraded
 #   (NamespaceNotAllowed) with a Warning event, and nothing exists in the api or the namespace.
@@ -151,8 +152,13 @@ standby_pid=$!
 wait_for 30 grep -q "standing by" "$work/standby.log" || fail "the second replica did not find the Lease held"
 grep -q "starting the controller" "$work/standby.log" && fail "two replicas lead at once"
 curl -sf "http://127.0.0.1:$standby_http/healthz" >/dev/null || fail "the standby replica is not live"
-[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$standby_http/readyz")" = 503 ] \
-  || fail "the standby replica says it is ready"
+# Ready is not leading: a rolling upgrade of the operator's Deployment (maxUnavailable 0) waits
+# for the new pod to be ready while the old one still holds the Lease; were a standby unready,
+# the upgrade would never finish and the old version would run forever.
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$standby_http/readyz")" = 200 ] \
+  || fail "the standby replica is not ready, so an operator upgrade would deadlock"
+grep -q '^starling_operator_leader 0' <(curl -s "http://127.0.0.1:$standby_http/metrics") \
+  || fail "the standby replica claims to lead"
 
 echo "--- an example Broker"
 # Without onPublish for now: the pod's broker would send every message to hooks.example.com, which
