@@ -1566,6 +1566,37 @@ async fn operator_managed_brokers_refuse_changes_without_the_marker() {
         .status,
         StatusCode::NO_CONTENT
     );
+    // A broker made through the API: the operator (which names itself in the marker) may not
+    // delete it, even one of the same name as its Broker.
+    api.broker(json!({"name": "b1"})).await;
+    let r = send(
+        &api.app,
+        Method::DELETE,
+        uri,
+        Some(BOOTSTRAP),
+        None,
+        &marker,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not managed by"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        api.call(Method::GET, uri, BOOTSTRAP, None).await.status,
+        StatusCode::OK,
+        "still there"
+    );
+    assert_eq!(
+        api.call(Method::DELETE, uri, BOOTSTRAP, None).await.status,
+        StatusCode::NO_CONTENT,
+        "its owner, through the API, still can"
+    );
 }
 
 /// The current key of broker b1 as the credentials route signs with it.

@@ -118,6 +118,9 @@ pub struct ApiBroker {
     pub id: String,
     /// The name.
     pub name: String,
+    /// The Kubernetes object that manages it; none for a broker made through the API.
+    #[serde(default, rename = "managedBy")]
+    pub managed_by: Option<ManagedBy>,
 }
 
 /// The answer to a create: the broker and its one-time secret.
@@ -180,6 +183,14 @@ pub trait ControlPlane: Send + Sync {
         name: &str,
         managed_by: &ManagedBy,
     ) -> Result<bool, ApiError>;
+    /// Replaces the broker secret and returns the new one (shown once). `Ok(None)` when the
+    /// broker is gone.
+    async fn rotate_secret(
+        &self,
+        ns: &str,
+        name: &str,
+        managed_by: &ManagedBy,
+    ) -> Result<Option<String>, ApiError>;
 }
 
 // === impl HttpControlPlane ===
@@ -377,6 +388,33 @@ impl ControlPlane for HttpControlPlane {
         match status {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
+            s => Err(Self::unexpected(s, &body)),
+        }
+    }
+
+    async fn rotate_secret(
+        &self,
+        ns: &str,
+        name: &str,
+        managed_by: &ManagedBy,
+    ) -> Result<Option<String>, ApiError> {
+        #[derive(Deserialize)]
+        struct Rotated {
+            secret: String,
+        }
+        let path = format!(
+            "/v1/namespaces/{}/brokers/{}/secret/rotate",
+            segment(ns)?,
+            segment(name)?
+        );
+        let (status, body) = self
+            .call(Method::POST, &path, None, Some(managed_by))
+            .await?;
+        match status {
+            s if s.is_success() => serde_json::from_slice::<Rotated>(&body)
+                .map(|r| Some(r.secret))
+                .map_err(|e| ApiError::Decode(e.to_string())),
+            StatusCode::NOT_FOUND => Ok(None),
             s => Err(Self::unexpected(s, &body)),
         }
     }

@@ -187,25 +187,90 @@ struct TlsOutcome {
 /// What the registration step found or did.
 struct Registration {
     credentials: Credentials,
+    /// Registered just now: the secret is new.
     created: bool,
+    /// The credential Secret was lost and the secret rotated: the secret is new.
+    rotated: bool,
 }
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K>
+/// Whether `obj` carries the controller owner reference to `b`.
+fn owned_by<K: Resource>(obj: &K, b: &Broker) -> bool {
+    let Some(uid) = b.meta().uid.as_deref() else {
+        return false;
+    };
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+fn describe<K: Resource<DynamicType = ()>>(name: &str) -> String {
+    format!("{} {name}", K::kind(&()))
+}
+
+/// Fails with [`Error::NotOwned`] when `existing` is there and is not `b`'s.
+fn check_owned<K: Resource<DynamicType = ()>>(existing: Option<&K>, b: &Broker) -> Result<()> {
+    match existing {
+        Some(obj) if !owned_by(obj, b) => Err(Error::NotOwned {
+            what: describe::<K>(&obj.name_any()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Server-side apply of an object `b` owns. An object of that name that `b` does not own (a
+/// cert-manager Secret, a user's Service) is never taken over: that is [`Error::NotOwned`].
+/// A failure of the apply itself is [`Error::Apply`], naming the object.
+async fn ssa<K>(api: &Api<K>, obj: &K, b: &Broker) -> Result<K>
 where
-    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     let name = obj
         .meta()
         .name
         .clone()
         .ok_or(Error::MissingField("metadata.name"))?;
-    Ok(api
-        .patch(&name, &apply_params(), &Patch::Apply(obj))
-        .await?)
+    let wrap = |source: kube::Error| Error::Apply {
+        what: describe::<K>(&name),
+        source,
+    };
+    let existing = api.get_opt(&name).await.map_err(wrap)?;
+    check_owned(existing.as_ref(), b)?;
+    api.patch(&name, &apply_params(), &Patch::Apply(obj))
+        .await
+        .map_err(wrap)
+}
+
+/// [`ssa`] of an object whose current copy the caller has just read and passed to
+/// [`check_owned`].
+async fn ssa_checked<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    api.patch(&name, &apply_params(), &Patch::Apply(obj))
+        .await
+        .map_err(|source| Error::Apply {
+            what: describe::<K>(&name),
+            source,
+        })
 }
 
 fn renew_window(b: &Broker) -> SignedDuration {
@@ -241,26 +306,21 @@ async fn ensure_tls(b: &Broker, secrets: &Api<Secret>) -> Result<TlsOutcome> {
         });
     }
 
-    let ca = match secrets
-        .get_opt(&names::ca(b))
-        .await?
-        .as_ref()
-        .and_then(ca_from_secret)
-    {
+    let ca_secret = secrets.get_opt(&names::ca(b)).await?;
+    check_owned(ca_secret.as_ref(), b)?;
+    let ca = match ca_secret.as_ref().and_then(ca_from_secret) {
         Some(ca) => ca,
         None => {
             let subject = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
             let ca = certs::issue_ca(&subject, now)?;
-            ssa(secrets, &desired_ca_secret(b, &ca)).await?;
+            ssa_checked(secrets, &desired_ca_secret(b, &ca)).await?;
             ca
         }
     };
     let hosts = resources::tls_hosts(b);
-    let current = secrets
-        .get_opt(&names::tls(b))
-        .await?
-        .as_ref()
-        .and_then(leaf_from_secret);
+    let tls_secret = secrets.get_opt(&names::tls(b)).await?;
+    check_owned(tls_secret.as_ref(), b)?;
+    let current = tls_secret.as_ref().and_then(leaf_from_secret);
     if let Some(leaf) = &current {
         if !certs::leaf_needs_renewal(leaf, &ca, &hosts, now, b.spec.tls.renew_before_days) {
             let info = certs::inspect(&leaf.cert_pem)?;
@@ -271,7 +331,7 @@ async fn ensure_tls(b: &Broker, secrets: &Api<Secret>) -> Result<TlsOutcome> {
         }
     }
     let leaf = certs::issue_leaf(&ca, &hosts, now, b.spec.tls.validity_days)?;
-    ssa(secrets, &desired_tls_secret(b, &leaf)).await?;
+    ssa_checked(secrets, &desired_tls_secret(b, &leaf)).await?;
     let info = certs::inspect(&leaf.cert_pem)?;
     Ok(TlsOutcome {
         not_after: info.not_after,
@@ -298,27 +358,43 @@ fn owned_fields(b: &Broker) -> BrokerPatch {
     }
 }
 
+/// The pub/sub namespace `b`'s broker lives in: the one recorded at registration, which
+/// `spec.namespace` cannot move (the CRD's CEL rule says so where the API server runs CEL; this
+/// check holds where it does not).
+fn registered_namespace(b: &Broker) -> Result<String> {
+    let wanted = b.pubsub_namespace();
+    match b.status.as_ref().and_then(|s| s.api_namespace.clone()) {
+        Some(registered) if registered != wanted => {
+            Err(Error::NamespaceChanged { registered, wanted })
+        }
+        _ => Ok(wanted),
+    }
+}
+
 async fn register(
     b: &Broker,
     ctx: &Context,
     existing: Option<Credentials>,
 ) -> Result<Registration> {
     let api = &ctx.control_plane;
-    let ns = b.pubsub_namespace();
+    let ns = registered_namespace(b)?;
     let name = b.name_any();
+    let status_id = b.status.as_ref().and_then(|s| s.broker_id.clone());
     let known_id = existing
         .as_ref()
         .map(|c| c.broker_id.clone())
-        .or_else(|| b.status.as_ref().and_then(|s| s.broker_id.clone()));
+        .or_else(|| status_id.clone());
 
     match api.get_broker(&ns, &name).await? {
         Some(found) => {
-            let Some(credentials) = existing else {
-                return Err(Error::CredentialsUnavailable(format!("{ns}/{name}")));
-            };
-            if found.id != credentials.broker_id {
-                // Someone deleted and re-created it: it is not ours.
-                return Err(Error::DeletedInApi(format!("{ns}/{name}")));
+            if found.managed_by.as_ref() != Some(&managed_by(b))
+                || known_id.as_ref().is_some_and(|id| *id != found.id)
+            {
+                // Made through the API, by another Broker, or deleted and re-created: not ours.
+                return Err(match known_id {
+                    Some(_) => Error::DeletedInApi(format!("{ns}/{name}")),
+                    None => Error::NotManaged(format!("{ns}/{name}")),
+                });
             }
             if !api
                 .patch_broker(&ns, &name, &owned_fields(b), &managed_by(b))
@@ -326,10 +402,26 @@ async fn register(
             {
                 return Err(Error::DeletedInApi(format!("{ns}/{name}")));
             }
-            Ok(Registration {
-                credentials,
-                created: false,
-            })
+            match existing {
+                Some(credentials) => Ok(Registration {
+                    credentials,
+                    created: false,
+                    rotated: false,
+                }),
+                // The credential Secret was lost or deleted: the api shows a secret only once,
+                // so get a new one by rotating it, and store it before anything else can fail.
+                None => match api.rotate_secret(&ns, &name, &managed_by(b)).await? {
+                    Some(secret) => Ok(Registration {
+                        credentials: Credentials {
+                            broker_id: found.id,
+                            secret,
+                        },
+                        created: false,
+                        rotated: true,
+                    }),
+                    None => Err(Error::DeletedInApi(format!("{ns}/{name}"))),
+                },
+            }
         }
         None if known_id.is_some() => Err(Error::DeletedInApi(format!("{ns}/{name}"))),
         None => {
@@ -353,6 +445,7 @@ async fn register(
                         secret: c.secret,
                     },
                     created: true,
+                    rotated: false,
                 }),
                 CreateOutcome::AlreadyExists => {
                     Err(Error::CredentialsUnavailable(format!("{ns}/{name}")))
@@ -385,7 +478,7 @@ async fn refuse(b: &Broker, ctx: &Context, e: Error) -> Result<Action> {
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let broker_id = b.status.as_ref().and_then(|s| s.broker_id.clone());
-    let status = desired_status(b, 0, broker_id, None, Some(&e), Timestamp::now());
+    let status = desired_status(b, None, broker_id, None, Some(&e), Timestamp::now());
     let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": status });
     brokers
@@ -394,6 +487,32 @@ async fn refuse(b: &Broker, ctx: &Context, e: Error) -> Result<Action> {
     ctx.event(b, EventType::Warning, e.metric_label(), e.to_string())
         .await;
     Err(e)
+}
+
+/// ConfigMap, Service and Deployment, in that order; the applied Deployment's rollout.
+async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result<Rollout> {
+    let ns = b
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let client = ctx.client.clone();
+    let credentials = desired_credentials_secret(b, &reg.credentials);
+    let config = desired_config_map(b, &ctx.settings.broker_hook)?;
+    let checksum = config_checksum(&config, &credentials);
+    ssa(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        &config,
+        b,
+    )
+    .await?;
+    ssa(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &desired_service(b),
+        b,
+    )
+    .await?;
+    let deployment = desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
+    let applied = ssa(&Api::<Deployment>::namespaced(client, &ns), &deployment, b).await?;
+    Ok(Rollout::of(&applied))
 }
 
 async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
@@ -408,53 +527,48 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
 
     let tls = ensure_tls(b, &secrets).await;
 
-    let existing = secrets
-        .get_opt(&names::credentials(b))
-        .await?
-        .as_ref()
-        .and_then(Credentials::from_secret);
-    let registration = register(b, ctx, existing).await;
+    let credentials_secret = secrets.get_opt(&names::credentials(b)).await?;
+    let registration = match check_owned(credentials_secret.as_ref(), b) {
+        Ok(()) => {
+            let existing = credentials_secret
+                .as_ref()
+                .and_then(Credentials::from_secret);
+            register(b, ctx, existing).await
+        }
+        Err(e) => Err(e),
+    };
 
-    let mut ready_replicas = 0;
+    let mut rollout = None;
     let mut broker_id = b.status.as_ref().and_then(|s| s.broker_id.clone());
+    let mut api_namespace = b.status.as_ref().and_then(|s| s.api_namespace.clone());
+    let mut workload = Ok(());
     if let Ok(reg) = &registration {
-        let credentials = desired_credentials_secret(b, &reg.credentials);
-        if reg.created {
+        if reg.created || reg.rotated {
             // The api shows the secret once: keep it before anything else can fail.
-            ssa(&secrets, &credentials).await?;
+            ssa_checked(&secrets, &desired_credentials_secret(b, &reg.credentials)).await?;
         }
         broker_id = Some(reg.credentials.broker_id.clone());
-        let config = desired_config_map(b, &ctx.settings.broker_hook)?;
-        let checksum = config_checksum(&config, &credentials);
-        ssa(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &config).await?;
-        ssa(
-            &Api::<Service>::namespaced(client.clone(), &ns),
-            &desired_service(b),
-        )
-        .await?;
-        let deployment =
-            desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
-        let applied = ssa(
-            &Api::<Deployment>::namespaced(client.clone(), &ns),
-            &deployment,
-        )
-        .await?;
-        ready_replicas = applied.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        api_namespace = Some(b.pubsub_namespace());
+        match apply_workload(b, ctx, reg).await {
+            Ok(r) => rollout = Some(r),
+            Err(e) => workload = Err(e),
+        }
     }
 
-    let problem = match (&tls, &registration) {
-        (Err(e), _) | (Ok(_), Err(e)) => Some(e),
+    let problem = match (&tls, &registration, &workload) {
+        (Err(e), _, _) | (Ok(_), Err(e), _) | (Ok(_), Ok(_), Err(e)) => Some(e),
         _ => None,
     };
     let tls_not_after = tls.as_ref().ok().map(|t| t.not_after);
-    let status = desired_status(
+    let mut status = desired_status(
         b,
-        ready_replicas,
+        rollout.as_ref(),
         broker_id,
         tls_not_after,
         problem,
         Timestamp::now(),
     );
+    status.api_namespace = api_namespace;
     let brokers: Api<Broker> = Api::namespaced(client, &ns);
     let patch = serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": status });
     brokers
@@ -465,6 +579,14 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
         if reg.created {
             let note = format!("registered with the api as {}", reg.credentials.broker_id);
             ctx.event(b, EventType::Normal, "Registered", note).await;
+        }
+        if reg.rotated {
+            let note = format!(
+                "the credential Secret {} was missing: rotated the broker secret through the api",
+                names::credentials(b)
+            );
+            ctx.event(b, EventType::Normal, "CredentialsRecovered", note)
+                .await;
         }
     }
     if let Ok(t) = &tls {
@@ -479,20 +601,32 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
         }
     }
 
-    match (tls, registration) {
-        (Err(e), _) | (Ok(_), Err(e)) => {
+    match (tls, registration, workload) {
+        (Err(e), _, _) | (Ok(_), Err(e), _) | (Ok(_), Ok(_), Err(e)) => {
             ctx.event(b, EventType::Warning, e.metric_label(), e.to_string())
                 .await;
             Err(e)
         }
-        (Ok(t), Ok(_)) => {
+        (Ok(t), Ok(_), Ok(())) => {
             ctx.reset_backoff(b);
             // Come back in time to renew an operator-issued certificate.
             let until_renewal = (t.not_after - renew_window(b)).duration_since(Timestamp::now());
             let until_renewal = Duration::try_from(until_renewal).unwrap_or(Duration::ZERO);
-            Ok(Action::requeue(RESYNC.min(until_renewal.max(BACKOFF_MIN))))
+            Ok(Action::requeue(
+                jittered(RESYNC).min(until_renewal.max(BACKOFF_MIN)),
+            ))
         }
     }
+}
+
+/// `d` plus up to a tenth more, so that Brokers created together do not resync together.
+pub fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let tenth = d.as_millis() / 10;
+    let extra = u128::from(h.finish()) % tenth.max(1);
+    d + Duration::from_millis(u64::try_from(extra).unwrap_or(0))
 }
 
 // === status ===
@@ -521,10 +655,48 @@ fn condition(
     }
 }
 
-/// The status the operator writes for `b`.
+/// Where the Deployment's rollout stands, from its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Rollout {
+    /// The Deployment controller has seen the current spec (`observedGeneration`).
+    pub observed: bool,
+    /// Pods of the current template (`updatedReplicas`).
+    pub updated: i32,
+    /// Pods that pass their readiness probe (`readyReplicas`).
+    pub ready: i32,
+    /// All pods, old template included (`replicas`).
+    pub total: i32,
+}
+
+impl Rollout {
+    /// The rollout of `d`, as the API server returned it.
+    pub fn of(d: &Deployment) -> Self {
+        let status = d.status.clone().unwrap_or_default();
+        let observed = match (d.metadata.generation, status.observed_generation) {
+            (Some(generation), Some(seen)) => seen >= generation,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        Self {
+            observed,
+            updated: status.updated_replicas.unwrap_or(0),
+            ready: status.ready_replicas.unwrap_or(0),
+            total: status.replicas.unwrap_or(0),
+        }
+    }
+
+    /// Every wanted pod runs the current template and is ready, and no old pod is left.
+    fn done(&self, want: i32) -> bool {
+        self.observed && self.updated >= want && self.ready >= want && self.total <= want
+    }
+}
+
+/// The status the operator writes for `b`. `rollout` is `None` when no Deployment was applied.
+/// Ready needs the rollout done (the Deployment controller has seen the current spec, and every
+/// wanted pod is updated and ready), at least one replica, the api's id and no problem.
 pub fn desired_status(
     b: &Broker,
-    ready_replicas: i32,
+    rollout: Option<&Rollout>,
     broker_id: Option<String>,
     tls_not_after: Option<Timestamp>,
     problem: Option<&Error>,
@@ -533,79 +705,43 @@ pub fn desired_status(
     let old = b.status.as_ref();
     let generation = b.metadata.generation;
     let want = b.spec.replicas;
-    let rolled_out = ready_replicas >= want;
+    let r = rollout.copied().unwrap_or_default();
+    let rolled_out = rollout.is_some() && r.done(want);
+    let progress = format!(
+        "{}/{want} replicas updated, {}/{want} ready",
+        r.updated, r.ready
+    );
+    let cond = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(old, generation, now, type_, status, reason, message)
+    };
     let degraded = match problem {
-        Some(e) => condition(
-            old,
-            generation,
-            now,
-            "Degraded",
-            true,
-            e.metric_label(),
-            e.to_string(),
-        ),
-        None => condition(
-            old,
-            generation,
-            now,
-            "Degraded",
-            false,
-            "AsExpected",
-            String::new(),
-        ),
+        Some(e) => cond("Degraded", true, e.metric_label(), e.to_string()),
+        None => cond("Degraded", false, "AsExpected", String::new()),
     };
     let progressing = if rolled_out {
-        condition(
-            old,
-            generation,
-            now,
-            "Progressing",
-            false,
-            "RolledOut",
-            format!("{ready_replicas}/{want} replicas ready"),
-        )
+        cond("Progressing", false, "RolledOut", progress.clone())
     } else {
-        condition(
-            old,
-            generation,
-            now,
-            "Progressing",
-            true,
-            "RollingOut",
-            format!("{ready_replicas}/{want} replicas ready"),
-        )
+        cond("Progressing", true, "RollingOut", progress.clone())
     };
-    let is_ready = problem.is_none() && rolled_out && broker_id.is_some();
+    let is_ready = problem.is_none() && rolled_out && want > 0 && broker_id.is_some();
     let ready = if is_ready {
-        condition(
-            old,
-            generation,
-            now,
+        cond(
             "Ready",
             true,
             "BrokerReady",
             "the broker serves clients".to_owned(),
         )
     } else if let Some(e) = problem {
-        condition(
-            old,
-            generation,
-            now,
+        cond("Ready", false, e.metric_label(), e.to_string())
+    } else if want == 0 {
+        cond(
             "Ready",
             false,
-            e.metric_label(),
-            e.to_string(),
+            "ScaledToZero",
+            "spec.replicas is 0: no pod serves clients".to_owned(),
         )
     } else {
-        condition(
-            old,
-            generation,
-            now,
-            "Ready",
-            false,
-            "RollingOut",
-            format!("{ready_replicas}/{want} replicas ready"),
-        )
+        cond("Ready", false, "RollingOut", progress)
     };
     let phase = if problem.is_some() {
         Phase::Degraded
@@ -618,8 +754,9 @@ pub fn desired_status(
         observed_generation: generation,
         conditions: vec![ready, progressing, degraded],
         phase: Some(phase),
-        ready_replicas,
+        ready_replicas: r.ready,
         broker_id,
+        api_namespace: old.and_then(|s| s.api_namespace.clone()),
         endpoints: Some(b.endpoints()),
         tls: Some(TlsStatus {
             secret_name: Some(names::tls(b)),
@@ -654,12 +791,46 @@ async fn cleanup(b: &Broker, ctx: &Context) -> Result<Action> {
         .await;
         return Ok(Action::await_change());
     }
-    let ns = b.pubsub_namespace();
-    match ctx
+    // The namespace it was registered in, whatever the spec says now.
+    let ns = b
+        .status
+        .as_ref()
+        .and_then(|s| s.api_namespace.clone())
+        .unwrap_or_else(|| b.pubsub_namespace());
+    let name = b.name_any();
+    // Only a broker this Broker registered is deleted: one made through the API, by another
+    // Broker, or re-created under the same name is left alone (the api refuses the DELETE too).
+    let found = ctx
         .control_plane
-        .delete_broker(&ns, &b.name_any(), &managed_by(b))
+        .get_broker(&ns, &name)
         .await
-    {
+        .map_err(Error::Api);
+    let status_id = b.status.as_ref().and_then(|s| s.broker_id.as_deref());
+    if let Ok(Some(found)) = &found {
+        if found.managed_by.as_ref() != Some(&managed_by(b))
+            || status_id.is_some_and(|id| id != found.id)
+        {
+            ctx.event(
+                b,
+                EventType::Warning,
+                "NotDeregistered",
+                format!("the api's broker {ns}/{name} is not the one this Broker registered; left in place"),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    }
+    let deleted = match found {
+        Ok(None) => Ok(false),
+        Ok(Some(_)) => {
+            ctx.control_plane
+                .delete_broker(&ns, &name, &managed_by(b))
+                .await
+        }
+        Err(Error::Api(e)) => Err(e),
+        Err(_) => Ok(false),
+    };
+    match deleted {
         Ok(existed) => {
             let note = if existed {
                 "deregistered from the api"

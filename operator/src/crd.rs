@@ -49,7 +49,9 @@ pub const SKIP_DEREGISTER_ANNOTATION: &str = "starling.dev/skip-deregister";
 )]
 #[x_kube(
     validation = Rule::new("!(has(self.hostname) && has(self.domain))")
-        .message("set either hostname or domain, not both")
+        .message("set either hostname or domain, not both"),
+    validation = Rule::new("(has(self.namespace) ? self.namespace : '') == (has(oldSelf.namespace) ? oldSelf.namespace : '')")
+        .message("namespace is immutable: it cannot be set, changed or removed after creation")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
@@ -72,7 +74,7 @@ pub struct BrokerSpec {
     pub resources: Option<BrokerResources>,
 
     /// The pub/sub namespace of the broker in the api; the Kubernetes namespace when unset.
-    /// It cannot change once set.
+    /// It cannot be set, changed or removed after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
@@ -365,6 +367,9 @@ pub struct BrokerStatus {
     /// The broker's id in the api.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_id: Option<String>,
+    /// The pub/sub namespace the broker is registered in (`spec.namespace` cannot move it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_namespace: Option<String>,
     /// Where clients connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,

@@ -51,6 +51,36 @@ pub enum Error {
         /// The pub/sub namespaces it may use.
         allowed: Vec<String>,
     },
+    /// Applying one of the Broker's objects failed.
+    #[error("applying {what}: {source}")]
+    Apply {
+        /// The kind and name of the object, for example `ConfigMap sensors-config`.
+        what: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// An object of the name the operator would use exists and is not this Broker's.
+    #[error(
+        "{what} exists and is not owned by this Broker; rename or delete it, the operator does not take it over"
+    )]
+    NotOwned {
+        /// The kind and name of the object.
+        what: String,
+    },
+    /// The api's broker of this name is not the one this Broker registered.
+    #[error("the api's broker {0} is not managed by this Broker")]
+    NotManaged(String),
+    /// `spec.namespace` differs from the pub/sub namespace the broker was registered in.
+    #[error(
+        "spec.namespace is immutable: the broker is registered in {registered:?}, the spec now says {wanted:?}"
+    )]
+    NamespaceChanged {
+        /// The pub/sub namespace of the registration.
+        registered: String,
+        /// The one the spec now names.
+        wanted: String,
+    },
     /// The API server lacks a resource the operator needs.
     #[error("the API server does not serve {0}")]
     MissingApi(String),
@@ -76,6 +106,10 @@ impl Error {
             Self::MissingField(_) => "InvalidObject",
             Self::MissingApi(_) => "MissingApi",
             Self::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
+            Self::Apply { .. } => "ApplyFailed",
+            Self::NotOwned { .. } => "OwnershipConflict",
+            Self::NotManaged(_) => "NotManaged",
+            Self::NamespaceChanged { .. } => "NamespaceImmutable",
         }
     }
 }

@@ -8,7 +8,11 @@
 #   (`starling-api dev`, on SQLite);
 # - an example Broker gets its Deployment, Service, ConfigMap and Secrets with owner references
 #   and the operator's field manager, a status with brokerId, endpoints and tls.notAfter, and
-#   turns Ready when the test, playing the kubelet, marks the Deployment's replica ready;
+#   turns Ready when the test, playing the kubelet, marks the Deployment's replica ready and
+#   rolled out; a spec change makes Ready drop (RollingOut) until the new template is rolled out;
+# - adding spec.namespace is refused by the operator (this server has no CEL) and nothing is
+#   registered elsewhere; a deleted credential Secret is recovered by rotating the broker secret
+#   through the api (the pod below then runs with the rotated secret);
 # - playing the kubelet further, the broker binary runs with exactly the pod template's arguments,
 #   environment and mounted ConfigMap and Secrets (managed mode, token auth), and MQTT clients with
 #   tokens from the api exchange a message over TLS, trusting the operator-issued CA;
@@ -135,7 +139,7 @@ op_http=$(free_port)
 start_operator() { # NAME HTTP_PORT LOG
   KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME="$1" "$OPERATOR" run \
     --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
-    --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
+    --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator --tenancy-allow iot=elsewhere \
     --http "127.0.0.1:$2" --log-format pretty >"$3" 2>&1 &
 }
 start_operator operator-a "$op_http" "$work/operator.log"
@@ -205,11 +209,54 @@ kubectl -n iot get configmap orders-config -o jsonpath='{.data.broker\.toml}' | 
   || fail "broker.toml lacks the limits"
 
 echo "--- playing the kubelet: the replica becomes ready"
-kubectl -n iot patch deployment orders --subresource=status --type=merge \
-  -p '{"status":{"replicas":1,"readyReplicas":1,"availableReplicas":1,"updatedReplicas":1}}' >/dev/null
+# Playing the Deployment controller too: it has seen the current generation and rolled it out.
+roll_out() {
+  local gen
+  gen=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')
+  kubectl -n iot patch deployment orders --subresource=status --type=merge \
+    -p "{\"status\":{\"observedGeneration\":$gen,\"replicas\":1,\"readyReplicas\":1,\"availableReplicas\":1,\"updatedReplicas\":1}}" >/dev/null
+}
+roll_out
 is_ready() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}')" = Ready ]; }
 wait_for 60 is_ready || fail "the Broker did not turn Ready"
 kubectl -n iot get broker orders | grep -q 'True' || fail "kubectl get brokers does not show Ready"
+
+echo "--- a spec change: Ready drops until the pods are updated"
+ready_status() { kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}'; }
+gen_before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')
+kubectl -n iot patch broker orders --type=merge -p '{"spec":{"limits":{"maxConnections":4000}}}' >/dev/null
+new_template() { [ "$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')" -gt "$gen_before" ]; }
+wait_for 60 new_template || fail "the spec change did not reach the Deployment"
+not_ready() { [ "$(ready_status)" = False/RollingOut ]; }
+wait_for 60 not_ready || fail "Ready did not drop while the new template rolls out ($(ready_status))"
+[ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Progressing")].status}')" = True ] \
+  || fail "Progressing is not True during the rollout"
+roll_out
+wait_for 60 is_ready || fail "the Broker did not turn Ready once the pods were updated ($(ready_status))"
+
+echo "--- spec.namespace cannot be added, even one the tenancy allows (no CEL on this API server: the operator refuses it)"
+kubectl -n iot patch broker orders --type=merge -p '{"spec":{"namespace":"elsewhere"}}' >/dev/null
+ns_refused() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}')" = NamespaceImmutable ]; }
+wait_for 60 ns_refused || fail "adding spec.namespace was not refused"
+out=$(api GET /v1/namespaces/elsewhere/brokers/orders)
+[ "${out##*$'\n'}" = 404 ] || fail "the operator registered the broker in the new namespace: $out"
+kubectl -n iot patch broker orders --type=json -p '[{"op":"remove","path":"/spec/namespace"}]' >/dev/null
+wait_for 60 is_ready || fail "removing the added spec.namespace did not bring the Broker back"
+
+echo "--- a deleted credential Secret is recovered by rotating the broker secret"
+old_secret=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.data.broker-secret}')
+kubectl -n iot delete secret orders-credentials >/dev/null
+kubectl -n iot annotate broker orders starling.dev/poke=0 --overwrite >/dev/null
+recovered_secret() {
+  local s
+  s=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.data.broker-secret}') && [ -n "$s" ] && [ "$s" != "$old_secret" ]
+}
+wait_for 60 recovered_secret || fail "the credential Secret was not recovered"
+events_seen() { kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.reason} {end}'; }
+wait_for 30 bash -c "kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.reason} {end}' | grep -q CredentialsRecovered" \
+  || fail "no CredentialsRecovered event: $(events_seen)"
+roll_out
+wait_for 60 is_ready || fail "the Broker is not Ready after the recovery ($(ready_status))"
 
 echo "--- playing the kubelet: the broker serves with exactly the pod's arguments, environment and files"
 # The pod template's broker container, run locally: every mounted ConfigMap and Secret is written

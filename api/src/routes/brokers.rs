@@ -527,6 +527,22 @@ fn managed_refusal(b: &Broker, headers: &HeaderMap, what: &str) -> Result<()> {
     )))
 }
 
+/// A DELETE that names a managing resource (the operator's) is refused for a broker that
+/// resource does not manage: made through the API, or managed by another resource. The
+/// operator deletes only what it registered.
+fn operator_refusal(b: &Broker, headers: &HeaderMap) -> Result<()> {
+    let Some(sent) = headers.get(MANAGED_BY_HEADER) else {
+        return Ok(());
+    };
+    if b.managed_by.as_deref().map(str::as_bytes) == Some(sent.as_bytes()) {
+        return Ok(());
+    }
+    Err(ApiError::conflict(format!(
+        "broker {:?} is not managed by the resource named in {MANAGED_BY_HEADER}; it is left in place",
+        b.name
+    )))
+}
+
 async fn patch(
     state: &AppState,
     auth: &Auth,
@@ -587,6 +603,7 @@ async fn delete(
     auth.require(Role::Write)?;
     let b = find(state, auth, ns, name).await?;
     managed_refusal(&b, headers, "delete")?;
+    operator_refusal(&b, headers)?;
     match state
         .store
         .delete_broker(&b.id, state.clock.now_micros())

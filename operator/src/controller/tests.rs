@@ -34,7 +34,7 @@ use crate::{
 
 #[derive(Default)]
 struct FakeState {
-    brokers: HashMap<(String, String), (String, BrokerPatch)>,
+    brokers: HashMap<(String, String), (String, BrokerPatch, Option<ManagedBy>)>,
     down: bool,
     calls: Vec<String>,
     next_id: u32,
@@ -71,9 +71,10 @@ impl ControlPlane for FakeControlPlane {
         let s = self.state();
         Ok(s.brokers
             .get(&(ns.to_owned(), name.to_owned()))
-            .map(|(id, _)| ApiBroker {
+            .map(|(id, _, managed_by)| ApiBroker {
                 id: id.clone(),
                 name: name.to_owned(),
+                managed_by: managed_by.clone(),
             }))
     }
     async fn create_broker(&self, ns: &str, req: &CreateBroker) -> Result<CreateOutcome, ApiError> {
@@ -95,7 +96,8 @@ impl ControlPlane for FakeControlPlane {
             on_publish: req.on_publish.clone().unwrap_or(OnPublishUrl { url: None }),
             limits: req.limits.clone(),
         };
-        s.brokers.insert(key, (id.clone(), fields));
+        s.brokers
+            .insert(key, (id.clone(), fields, Some(req.managed_by.clone())));
         Ok(CreateOutcome::Created(CreatedBroker {
             id,
             secret: format!("secret-{}", s.next_id),
@@ -111,12 +113,26 @@ impl ControlPlane for FakeControlPlane {
         self.check(format!("patch {ns}/{name} managedBy={}", m.header_value()))?;
         let mut s = self.state();
         match s.brokers.get_mut(&(ns.to_owned(), name.to_owned())) {
-            Some((_, fields)) => {
+            Some((_, fields, _)) => {
                 *fields = patch.clone();
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+    async fn rotate_secret(
+        &self,
+        ns: &str,
+        name: &str,
+        m: &ManagedBy,
+    ) -> Result<Option<String>, ApiError> {
+        self.check(format!("rotate {ns}/{name} managedBy={}", m.header_value()))?;
+        let mut s = self.state();
+        s.next_id += 1;
+        let secret = format!("rotated-{}", s.next_id);
+        Ok(s.brokers
+            .contains_key(&(ns.to_owned(), name.to_owned()))
+            .then_some(secret))
     }
     async fn delete_broker(&self, ns: &str, name: &str, m: &ManagedBy) -> Result<bool, ApiError> {
         self.check(format!("delete {ns}/{name} managedBy={}", m.header_value()))?;
@@ -150,6 +166,10 @@ struct KubeState {
     objects: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
     ready_replicas: i64,
+    /// The Deployment controller has not caught up with a new spec yet.
+    rollout_held: bool,
+    /// Paths whose server-side apply the server rejects.
+    failing: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -199,9 +219,34 @@ impl MockKube {
                     s.objects.insert(parent.to_owned(), obj.clone());
                     (StatusCode::OK, obj)
                 } else {
+                    if s.failing.contains(&r.path) {
+                        return (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": "admission webhook denied the request"}),
+                        );
+                    }
                     let mut obj = r.body.clone();
                     if r.path.contains("/deployments/") {
-                        obj["status"] = json!({"readyReplicas": s.ready_replicas});
+                        // Like the API server: the generation counts spec changes; the status
+                        // is the Deployment controller's, caught up unless the test holds it.
+                        let previous = s.objects.get(&r.path).cloned();
+                        let generation = match &previous {
+                            Some(p) if p["spec"] == obj["spec"] => {
+                                p["metadata"]["generation"].as_i64().unwrap_or(1)
+                            }
+                            Some(p) => p["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+                            None => 1,
+                        };
+                        obj["metadata"]["generation"] = json!(generation);
+                        obj["status"] = match (&previous, s.rollout_held) {
+                            (Some(p), true) => p["status"].clone(),
+                            _ => json!({
+                                "observedGeneration": generation,
+                                "replicas": s.ready_replicas,
+                                "updatedReplicas": s.ready_replicas,
+                                "readyReplicas": s.ready_replicas,
+                            }),
+                        };
                     }
                     s.objects.insert(r.path.clone(), obj.clone());
                     (StatusCode::OK, obj)
@@ -405,8 +450,11 @@ async fn create_registers_issues_tls_and_applies_every_object_with_owner_and_man
             format!("PATCH {S}/sensors-tls"),
             format!("GET {S}/sensors-credentials"),
             format!("PATCH {S}/sensors-credentials"),
+            "GET /api/v1/namespaces/iot/configmaps/sensors-config".to_owned(),
             "PATCH /api/v1/namespaces/iot/configmaps/sensors-config".to_owned(),
+            "GET /api/v1/namespaces/iot/services/sensors".to_owned(),
             "PATCH /api/v1/namespaces/iot/services/sensors".to_owned(),
+            "GET /apis/apps/v1/namespaces/iot/deployments/sensors".to_owned(),
             "PATCH /apis/apps/v1/namespaces/iot/deployments/sensors".to_owned(),
             format!("PATCH {BROKER_PATH}/status"),
             "POST /apis/events.k8s.io/v1/namespaces/iot/events".to_owned(),
@@ -833,15 +881,25 @@ fn backoff_doubles_from_five_seconds_to_five_minutes() {
 fn condition_times_survive_while_the_status_holds() {
     let mut b = broker(json!({}));
     let t0 = Timestamp::from_second(1_800_000_000).expect("t0");
-    let first = desired_status(&b, 0, Some("id".to_owned()), None, None, t0);
+    let none = Rollout {
+        observed: true,
+        ..Rollout::default()
+    };
+    let first = desired_status(&b, Some(&none), Some("id".to_owned()), None, None, t0);
     b.status = Some(first.clone());
     let t1 = t0 + SignedDuration::from_mins(5);
-    let second = desired_status(&b, 0, Some("id".to_owned()), None, None, t1);
+    let second = desired_status(&b, Some(&none), Some("id".to_owned()), None, None, t1);
     assert_eq!(
         second.conditions, first.conditions,
         "no change, no new transition time"
     );
-    let third = desired_status(&b, 1, Some("id".to_owned()), None, None, t1);
+    let one = Rollout {
+        observed: true,
+        updated: 1,
+        ready: 1,
+        total: 1,
+    };
+    let third = desired_status(&b, Some(&one), Some("id".to_owned()), None, None, t1);
     let ready = third
         .conditions
         .iter()
@@ -851,6 +909,354 @@ fn condition_times_survive_while_the_status_holds() {
         (ready.status.as_str(), ready.last_transition_time.clone()),
         ("True", t1.to_string())
     );
+}
+
+fn ready_of(s: &BrokerStatus) -> (String, String) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    (c.status.clone(), c.reason.clone())
+}
+
+fn progressing_of(s: &BrokerStatus) -> String {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("Progressing")
+        .status
+        .clone()
+}
+
+#[test]
+fn ready_waits_for_every_replica_of_the_current_template() {
+    let b = broker(json!({}));
+    let now = Timestamp::from_second(1_800_000_000).expect("now");
+    let id = || Some("id".to_owned());
+    let status = |r: Rollout| desired_status(&b, Some(&r), id(), None, None, now);
+    let done = Rollout {
+        observed: true,
+        updated: 1,
+        ready: 1,
+        total: 1,
+    };
+    assert_eq!(
+        ready_of(&status(done)),
+        ("True".into(), "BrokerReady".into())
+    );
+    assert_eq!(progressing_of(&status(done)), "False");
+    for (r, what) in [
+        (
+            Rollout {
+                observed: false,
+                ..done
+            },
+            "the Deployment controller has not seen the new spec",
+        ),
+        (
+            Rollout { updated: 0, ..done },
+            "the ready pod runs the old template",
+        ),
+        (Rollout { ready: 0, ..done }, "the new pod is not ready"),
+        (Rollout { total: 2, ..done }, "an old pod is still there"),
+    ] {
+        let s = status(r);
+        assert_eq!(
+            ready_of(&s),
+            ("False".into(), "RollingOut".into()),
+            "{what}"
+        );
+        assert_eq!(progressing_of(&s), "True", "{what}");
+        assert_eq!(s.phase, Some(Phase::Pending), "{what}");
+    }
+    let none = desired_status(&b, None, id(), None, None, now);
+    assert_eq!(ready_of(&none).0, "False", "no Deployment applied");
+}
+
+#[test]
+fn zero_replicas_is_not_ready() {
+    let b = broker(json!({"replicas": 0}));
+    let now = Timestamp::from_second(1_800_000_000).expect("now");
+    let scaled_down = Rollout {
+        observed: true,
+        ..Rollout::default()
+    };
+    let s = desired_status(&b, Some(&scaled_down), Some("id".into()), None, None, now);
+    assert_eq!(ready_of(&s), ("False".into(), "ScaledToZero".into()));
+    assert_eq!(progressing_of(&s), "False", "scaling to zero is done");
+    assert_ne!(s.phase, Some(Phase::Ready));
+}
+
+#[test]
+fn a_rollout_reads_the_deployment_status() {
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "sensors", "generation": 3},
+        "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1}
+    }))
+    .expect("deployment");
+    assert_eq!(
+        Rollout::of(&d),
+        Rollout {
+            observed: false,
+            updated: 1,
+            ready: 1,
+            total: 2
+        }
+    );
+}
+
+#[test]
+fn resync_is_jittered_by_up_to_a_tenth() {
+    let d = Duration::from_secs(300);
+    let all: Vec<Duration> = (0..50).map(|_| jittered(d)).collect();
+    assert!(all.iter().all(|j| *j >= d && *j < d + d / 10), "{all:?}");
+    assert!(
+        all.iter().any(|j| *j != all[0]),
+        "not all the same: {all:?}"
+    );
+}
+
+// === rollout, failures, ownership ===
+
+#[tokio::test]
+async fn a_spec_change_drops_ready_until_the_pods_are_updated() {
+    let w = World::new();
+    w.kube.state().ready_replicas = 1;
+    w.reconcile(&finalized(json!({}))).await.expect("first");
+    assert_eq!(condition_of(&w.stored_broker(), "Ready").status, "True");
+    w.kube.state().rollout_held = true;
+    let mut b = w.stored_broker();
+    b.spec.limits = Some(serde_json::from_value(json!({"maxConnections": 100})).expect("limits"));
+    b.metadata.generation = Some(2);
+    w.reconcile(&b).await.expect("changed");
+    let b = w.stored_broker();
+    let ready = condition_of(&b, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "RollingOut")
+    );
+    assert_eq!(condition_of(&b, "Progressing").status, "True");
+    assert_eq!(
+        b.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Pending)
+    );
+    w.kube.state().rollout_held = false;
+    w.reconcile(&b).await.expect("rolled out");
+    let b = w.stored_broker();
+    assert_eq!(condition_of(&b, "Ready").status, "True");
+    assert_eq!(condition_of(&b, "Progressing").reason, "RolledOut");
+}
+
+#[tokio::test]
+async fn a_failed_apply_is_degraded_with_the_reason_and_an_event() {
+    let w = World::new();
+    w.kube
+        .state()
+        .failing
+        .push("/api/v1/namespaces/iot/configmaps/sensors-config".to_owned());
+    let err = w
+        .reconcile(&finalized(json!({})))
+        .await
+        .expect_err("the ConfigMap is refused");
+    assert_eq!(err.metric_label(), "ApplyFailed");
+    let b = w.stored_broker();
+    let degraded = condition_of(&b, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ApplyFailed")
+    );
+    assert!(
+        degraded.message.contains("ConfigMap sensors-config")
+            && degraded.message.contains("admission webhook denied"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        b.status.as_ref().and_then(|s| s.broker_id.as_deref()),
+        Some("brk_1"),
+        "the registration is kept"
+    );
+    let reqs = w.kube.take_requests();
+    assert!(
+        !lines(&reqs).iter().any(|l| l.contains("deployments")),
+        "nothing after the failed step"
+    );
+    let event = reqs
+        .iter()
+        .find(|r| r.method == "POST" && r.body["type"] == "Warning")
+        .expect("a Warning event");
+    assert_eq!(event.body["reason"], "ApplyFailed");
+}
+
+#[tokio::test]
+async fn an_object_the_operator_did_not_create_is_never_taken_over() {
+    for (path, what) in [
+        ("/api/v1/namespaces/iot/services/sensors", "Service sensors"),
+        (&format!("{S}/sensors-tls") as &str, "Secret sensors-tls"),
+    ] {
+        let w = World::new();
+        // A user's Service, or cert-manager's Secret, of the name the operator would use.
+        w.kube.put(
+            path,
+            json!({"metadata": {"name": path.rsplit('/').next(), "namespace": "iot",
+                "labels": {"app": "mine"}}, "spec": {"ports": [{"port": 80}]}}),
+        );
+        let before = w.kube.get(path);
+        let err = w
+            .reconcile(&finalized(json!({})))
+            .await
+            .expect_err("a conflict");
+        assert_eq!(err.metric_label(), "OwnershipConflict", "{what}");
+        let reqs = w.kube.take_requests();
+        assert!(
+            !reqs.iter().any(|r| r.method == "PATCH" && r.path == path),
+            "{what} is not applied to"
+        );
+        assert_eq!(w.kube.get(path), before, "{what} is untouched");
+        let degraded = condition_of(&w.stored_broker(), "Degraded");
+        assert_eq!(degraded.reason, "OwnershipConflict");
+        assert!(degraded.message.contains(what), "{}", degraded.message);
+        assert!(
+            reqs.iter()
+                .any(|r| r.method == "POST" && r.body["reason"] == "OwnershipConflict")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_lost_credential_secret_is_recovered_by_rotating_the_broker_secret() {
+    let w = World::new();
+    w.reconcile(&finalized(json!({}))).await.expect("first");
+    let first = checksum_of(&w.kube.take_requests());
+    w.kube
+        .state()
+        .objects
+        .remove(&format!("{S}/sensors-credentials"));
+    let b = w.stored_broker();
+    w.reconcile(&b).await.expect("recovered");
+    assert!(
+        w.api
+            .calls()
+            .contains(&"rotate iot/sensors managedBy=Broker/iot/sensors".to_owned()),
+        "{:?}",
+        w.api.calls()
+    );
+    let reqs = w.kube.take_requests();
+    let creds = &find(&reqs, &format!("PATCH {S}/sensors-credentials")).body["data"];
+    assert_eq!(
+        creds["broker-secret"],
+        json!(k8s_openapi::ByteString(b"rotated-2".to_vec())),
+        "the new secret is stored"
+    );
+    assert_ne!(checksum_of(&reqs), first, "the pods roll to the new secret");
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "POST" && r.body["reason"] == "CredentialsRecovered")
+    );
+    assert_eq!(condition_of(&w.stored_broker(), "Degraded").status, "False");
+}
+
+#[tokio::test]
+async fn an_api_broker_this_broker_did_not_register_is_neither_adopted_nor_deleted() {
+    let w = World::new();
+    // Made through the API, with no managing resource.
+    w.api.state().brokers.insert(
+        ("iot".to_owned(), "sensors".to_owned()),
+        (
+            "brk_api".to_owned(),
+            BrokerPatch {
+                description: None,
+                expiration: None,
+                on_publish: OnPublishUrl { url: None },
+                limits: None,
+            },
+            None,
+        ),
+    );
+    let err = w
+        .reconcile(&finalized(json!({})))
+        .await
+        .expect_err("not ours");
+    assert_eq!(err.metric_label(), "NotManaged");
+    assert!(
+        !w.api
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("rotate") || c.starts_with("patch"))
+    );
+    let mut b = w.stored_broker();
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    w.kube.take_requests();
+    w.reconcile(&b).await.expect("released");
+    assert!(
+        !w.api.calls().iter().any(|c| c.starts_with("delete")),
+        "{:?}",
+        w.api.calls()
+    );
+    assert!(
+        w.api
+            .state()
+            .brokers
+            .contains_key(&("iot".to_owned(), "sensors".to_owned()))
+    );
+    let reqs = w.kube.take_requests();
+    assert_eq!(reqs[0].body["reason"], "NotDeregistered");
+    assert_eq!(w.stored_broker().metadata.finalizers, Some(vec![]));
+}
+
+#[tokio::test]
+async fn setting_changing_or_removing_spec_namespace_is_refused_by_the_operator() {
+    for (first, then) in [
+        (json!({}), json!({"namespace": "acme"})),
+        (json!({"namespace": "acme"}), json!({"namespace": "other"})),
+        (json!({"namespace": "acme"}), json!({})),
+    ] {
+        // The tenancy lets iot use acme and other: only the immutability stands in the way.
+        let w = World::with_settings(resources::Settings {
+            tenancy: crate::tenancy::Tenancy::parse(&["iot=acme", "iot=other"]).expect("valid"),
+            ..settings()
+        });
+        w.reconcile(&finalized(first.clone())).await.expect("first");
+        let registered = w.stored_broker();
+        let mut b = registered.clone();
+        b.spec = serde_json::from_value(then.clone()).expect("spec");
+        w.api.state().calls.clear();
+        let err = w.reconcile(&b).await.expect_err("immutable");
+        assert_eq!(
+            err.metric_label(),
+            "NamespaceImmutable",
+            "{first} -> {then}"
+        );
+        assert!(
+            w.api.calls().is_empty(),
+            "no api call for another namespace: {:?}",
+            w.api.calls()
+        );
+        let b = w.stored_broker();
+        assert_eq!(condition_of(&b, "Degraded").reason, "NamespaceImmutable");
+        assert_eq!(
+            b.status.as_ref().and_then(|s| s.api_namespace.clone()),
+            registered
+                .status
+                .as_ref()
+                .and_then(|s| s.api_namespace.clone()),
+            "the registration's namespace is kept"
+        );
+        // Deletion still deregisters where it was registered.
+        let mut b = b;
+        b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::now(),
+        ));
+        w.reconcile(&b).await.expect("cleanup");
+        let ns = first["namespace"].as_str().unwrap_or("iot");
+        assert_eq!(
+            w.api.calls().last().cloned(),
+            Some(format!("delete {ns}/sensors managedBy=Broker/iot/sensors"))
+        );
+    }
 }
 
 #[tokio::test]

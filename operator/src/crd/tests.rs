@@ -174,6 +174,9 @@ fn a_name_that_is_not_a_dns_label_breaks_a_cel_rule() {
     assert!(errors.iter().any(|e| e.contains("DNS label")), "{errors:?}");
 }
 
+/// Changing it is caught by the field's rule. Setting or removing it is the spec-level rule's
+/// job on API servers with CEL (the client-side evaluator here does not run it) and the
+/// operator's everywhere (`controller::tests`).
 #[test]
 fn changing_the_pubsub_namespace_breaks_a_transition_rule() {
     let old = broker(serde_json::json!({"namespace": "acme"}));
@@ -185,6 +188,18 @@ fn changing_the_pubsub_namespace_breaks_a_transition_rule() {
         .unwrap_or_default();
     assert!(errors.iter().any(|e| e.contains("immutable")), "{errors:?}");
     assert!(kube::core::cel::validate_cel_update(&old, &old).is_ok());
+    let crd = serde_json::to_value(Broker::crd()).expect("crd");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert!(
+        spec["x-kubernetes-validations"]
+            .as_array()
+            .expect("spec rules")
+            .iter()
+            .any(|r| r["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("has(oldSelf.namespace)"))),
+        "a spec-level rule covers setting and removing it"
+    );
 }
 
 #[test]
