@@ -489,6 +489,30 @@ async fn refuse(b: &Broker, ctx: &Context, e: Error) -> Result<Action> {
     Err(e)
 }
 
+/// Writes `status` by server-side apply. A CRD older than `status.apiNamespace` (the operator
+/// is upgraded a moment before the chart's CRD) refuses the field: the rest is written without
+/// it, and it is recorded once the CRD has it.
+async fn write_status(brokers: &Api<Broker>, b: &Broker, mut status: BrokerStatus) -> Result<()> {
+    let body = |s: &BrokerStatus| serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": s });
+    let name = b.name_any();
+    match brokers
+        .patch_status(&name, &apply_params(), &Patch::Apply(&body(&status)))
+        .await
+    {
+        Err(kube::Error::Api(e))
+            if status.api_namespace.is_some() && e.message.contains("apiNamespace") =>
+        {
+            warn!(broker = %Context::key(b), "the Broker CRD has no status.apiNamespace yet: apply the chart's CRD");
+            status.api_namespace = None;
+            brokers
+                .patch_status(&name, &apply_params(), &Patch::Apply(&body(&status)))
+                .await?;
+            Ok(())
+        }
+        other => other.map(drop).map_err(Error::from),
+    }
+}
+
 /// ConfigMap, Service and Deployment, in that order; the applied Deployment's rollout.
 async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result<Rollout> {
     let ns = b
@@ -569,11 +593,7 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
         Timestamp::now(),
     );
     status.api_namespace = api_namespace;
-    let brokers: Api<Broker> = Api::namespaced(client, &ns);
-    let patch = serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": status });
-    brokers
-        .patch_status(&b.name_any(), &apply_params(), &Patch::Apply(&patch))
-        .await?;
+    write_status(&Api::namespaced(client, &ns), b, status).await?;
 
     if let Ok(reg) = &registration {
         if reg.created {

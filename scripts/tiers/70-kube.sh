@@ -221,43 +221,6 @@ is_ready() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.phase}'
 wait_for 60 is_ready || fail "the Broker did not turn Ready"
 kubectl -n iot get broker orders | grep -q 'True' || fail "kubectl get brokers does not show Ready"
 
-echo "--- a spec change: Ready drops until the pods are updated"
-ready_status() { kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}'; }
-gen_before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')
-kubectl -n iot patch broker orders --type=merge -p '{"spec":{"limits":{"maxConnections":4000}}}' >/dev/null
-new_template() { [ "$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')" -gt "$gen_before" ]; }
-wait_for 60 new_template || fail "the spec change did not reach the Deployment"
-not_ready() { [ "$(ready_status)" = False/RollingOut ]; }
-wait_for 60 not_ready || fail "Ready did not drop while the new template rolls out ($(ready_status))"
-[ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Progressing")].status}')" = True ] \
-  || fail "Progressing is not True during the rollout"
-roll_out
-wait_for 60 is_ready || fail "the Broker did not turn Ready once the pods were updated ($(ready_status))"
-
-echo "--- spec.namespace cannot be added, even one the tenancy allows (no CEL on this API server: the operator refuses it)"
-kubectl -n iot patch broker orders --type=merge -p '{"spec":{"namespace":"elsewhere"}}' >/dev/null
-ns_refused() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}')" = NamespaceImmutable ]; }
-wait_for 60 ns_refused || fail "adding spec.namespace was not refused"
-out=$(api GET /v1/namespaces/elsewhere/brokers/orders)
-[ "${out##*$'\n'}" = 404 ] || fail "the operator registered the broker in the new namespace: $out"
-kubectl -n iot patch broker orders --type=json -p '[{"op":"remove","path":"/spec/namespace"}]' >/dev/null
-wait_for 60 is_ready || fail "removing the added spec.namespace did not bring the Broker back"
-
-echo "--- a deleted credential Secret is recovered by rotating the broker secret"
-old_secret=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.data.broker-secret}')
-kubectl -n iot delete secret orders-credentials >/dev/null
-kubectl -n iot annotate broker orders starling.dev/poke=0 --overwrite >/dev/null
-recovered_secret() {
-  local s
-  s=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.data.broker-secret}') && [ -n "$s" ] && [ "$s" != "$old_secret" ]
-}
-wait_for 60 recovered_secret || fail "the credential Secret was not recovered"
-events_seen() { kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.reason} {end}'; }
-wait_for 30 bash -c "kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.reason} {end}' | grep -q CredentialsRecovered" \
-  || fail "no CredentialsRecovered event: $(events_seen)"
-roll_out
-wait_for 60 is_ready || fail "the Broker is not Ready after the recovery ($(ready_status))"
-
 echo "--- playing the kubelet: the broker serves with exactly the pod's arguments, environment and files"
 # The pod template's broker container, run locally: every mounted ConfigMap and Secret is written
 # under a scratch root at its mountPath, the arguments and environment are the template's, and
@@ -371,6 +334,43 @@ wait "$helm_test_pid" || { cat "$work/helm-test.out"; fail "helm test failed (th
 [ "$phase" = Succeeded ] || fail "helm test passed although /readyz failed"
 grep -q "Phase: *Succeeded" "$work/helm-test.out" || { cat "$work/helm-test.out"; fail "helm test did not report the pod's success"; }
 kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""
+
+echo "--- a spec change: Ready drops until the pods are updated"
+ready_status() { kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}'; }
+gen_before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')
+kubectl -n iot patch broker orders --type=merge -p '{"spec":{"limits":{"maxConnections":4000}}}' >/dev/null
+new_template() { [ "$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')" -gt "$gen_before" ]; }
+wait_for 60 new_template || fail "the spec change did not reach the Deployment"
+not_ready() { [ "$(ready_status)" = False/RollingOut ]; }
+wait_for 60 not_ready || fail "Ready did not drop while the new template rolls out ($(ready_status))"
+[ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Progressing")].status}')" = True ] \
+  || fail "Progressing is not True during the rollout"
+roll_out
+wait_for 60 is_ready || fail "the Broker did not turn Ready once the pods were updated ($(ready_status))"
+
+echo "--- spec.namespace cannot be added, even one the tenancy allows (no CEL on this API server: the operator refuses it)"
+kubectl -n iot patch broker orders --type=merge -p '{"spec":{"namespace":"elsewhere"}}' >/dev/null
+ns_refused() { [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}')" = NamespaceImmutable ]; }
+wait_for 60 ns_refused || fail "adding spec.namespace was not refused"
+out=$(api GET /v1/namespaces/elsewhere/brokers/orders)
+[ "${out##*$'\n'}" = 404 ] || fail "the operator registered the broker in the new namespace: $out"
+kubectl -n iot patch broker orders --type=json -p '[{"op":"remove","path":"/spec/namespace"}]' >/dev/null
+wait_for 60 is_ready || fail "removing the added spec.namespace did not bring the Broker back"
+
+echo "--- a deleted credential Secret is recovered by rotating the broker secret"
+old_secret=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.data.broker-secret}')
+kubectl -n iot delete secret orders-credentials >/dev/null
+kubectl -n iot annotate broker orders starling.dev/poke=0 --overwrite >/dev/null
+recovered_secret() {
+  local s
+  s=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.data.broker-secret}') && [ -n "$s" ] && [ "$s" != "$old_secret" ]
+}
+wait_for 60 recovered_secret || fail "the credential Secret was not recovered"
+events_seen() { kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.reason} {end}'; }
+wait_for 30 bash -c "kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.reason} {end}' | grep -q CredentialsRecovered" \
+  || fail "no CredentialsRecovered event: $(events_seen)"
+roll_out
+wait_for 60 is_ready || fail "the Broker is not Ready after the recovery ($(ready_status))"
 
 echo "--- spec.onPublish reaches the api"
 hook_url=$(awk '/^  onPublish:/ { getline; print $2 }' examples/broker-hook-and-limits.yaml)
