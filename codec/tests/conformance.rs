@@ -1,5 +1,5 @@
-//! Keeps `codec/CONFORMANCE.md` honest: every test it names exists, and every rule id the code
-//! cites is listed in it.
+//! Keeps `codec/CONFORMANCE.md` honest: every test it names exists, every rule id the code (the
+//! codec's and the broker's) cites is listed in it, and no citation is a placeholder.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,11 +19,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The source of `codec/src` and `codec/tests`.
+/// The source of `codec/src`, `codec/tests`, `broker/src` and `broker/tests`.
 fn sources() -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     rust_files(&root().join("src"), &mut files);
     rust_files(&root().join("tests"), &mut files);
+    rust_files(&root().join("../broker/src"), &mut files);
+    rust_files(&root().join("../broker/tests"), &mut files);
     files
         .into_iter()
         .map(|p| {
@@ -114,7 +116,8 @@ fn conformance_md_covers_every_row_with_a_test_a_broker_file_or_a_client_rule() 
     }
 }
 
-/// Rule ids cited in the code: `[MQTT-x.y.z-n]` in comments and `"MQTT-x.y.z-n"` in errors.
+/// Rule ids cited in the code: `[MQTT-x.y.z-n]` in comments and `"MQTT-x.y.z-n"` in errors; a
+/// range `[MQTT-x.y.z-n..m]` cites each of them.
 fn cited_rules() -> BTreeSet<String> {
     let mut rules = BTreeSet::new();
     for (path, text) in sources() {
@@ -127,12 +130,58 @@ fn cited_rules() -> BTreeSet<String> {
                 .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
                 .collect();
             let id = id.trim_end_matches(['.', '-']);
-            if id.contains('-') && id.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-                rules.insert(format!("MQTT-{id}"));
+            if !id.contains('-') || !id.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            match id.split_once("..") {
+                Some((first, last)) => {
+                    let (section, from) = first.rsplit_once('-').expect("a rule number");
+                    let (from, to): (u32, u32) = (
+                        from.parse().expect("a rule number"),
+                        last.parse().expect("a rule number"),
+                    );
+                    for n in from..=to {
+                        rules.insert(format!("MQTT-{section}-{n}"));
+                    }
+                }
+                None => {
+                    rules.insert(format!("MQTT-{id}"));
+                }
             }
         }
     }
     rules
+}
+
+#[test]
+fn the_sources_scanned_include_the_broker() {
+    let sources = sources();
+    for file in ["broker/src/connection/publish.rs", "codec/src/topic.rs"] {
+        assert!(
+            sources.iter().any(|(p, _)| p.ends_with(file)),
+            "{file} is not scanned"
+        );
+    }
+}
+
+#[test]
+fn no_citation_is_a_placeholder() {
+    let mut found = Vec::new();
+    for (path, text) in sources() {
+        if path.ends_with("conformance.rs") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            if line.contains(concat!("-", "?]")) {
+                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "rule citations without a number:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

@@ -41,8 +41,10 @@ impl<IO: AsyncIo> Connection<IO> {
     pub(super) fn on_pubrec(&mut self, r: PubRec) {
         let ok = matches!(self.state.inflight().get(r.packet_id), Some(Inflight::Published(d)) if d.qos == QoS::ExactlyOnce);
         if !ok {
-            // [MQTT-4.3.3-?] PUBREL for an unknown id answers PUBCOMP 0x92; a stray PUBREC is
-            // answered with PUBREL 0x92 so the client can free the id.
+            // [MQTT-4.3.3-4] PUBREL answers the PUBREC of a QoS 2 PUBLISH in flight; a stray
+            // PUBREC is answered with PUBREL 0x92 (Packet Identifier not found, section
+            // 3.6.2.1) so the client can free the id, as PUBREL for an unknown id gets PUBCOMP
+            // 0x92 [MQTT-4.3.3-11].
             if self.negotiated.version == ProtocolVersion::V5 {
                 self.send(&Packet::PubRel(PubRel {
                     packet_id: r.packet_id,
@@ -53,7 +55,8 @@ impl<IO: AsyncIo> Connection<IO> {
             return;
         }
         if r.reason.0 >= 0x80 {
-            // [MQTT-4.3.3-?] an error PUBREC ends the exchange; [MQTT-4.8.2-6] for shared ones.
+            // [MQTT-4.3.3-4] PUBREL answers only a PUBREC below 0x80: an error PUBREC ends the
+            // exchange; [MQTT-4.8.2-6] for shared ones.
             self.ctx.metrics.count_drop(DropReason::rejected_by_client);
             self.state.complete(r.packet_id);
             self.more_queued = true;

@@ -14,7 +14,7 @@ impl<IO: AsyncIo> Connection<IO> {
     /// AUTH re-authentication with a fresh token [MQTT-4.12.1].
     pub(super) fn on_auth(&mut self, a: Auth) -> Result<(), Close> {
         let Some(method) = self.negotiated.auth_method.clone() else {
-            // [MQTT-4.12.0-?] AUTH on a connection whose CONNECT had no Authentication Method.
+            // [MQTT-4.12.0-7] AUTH on a connection whose CONNECT had no Authentication Method.
             return Err(Close::protocol(
                 ReasonCode::PROTOCOL_ERROR,
                 "AUTH without an authentication method in CONNECT",

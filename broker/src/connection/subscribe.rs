@@ -85,7 +85,7 @@ impl<IO: AsyncIo> Connection<IO> {
                         },
                     );
                     // [MQTT-3.3.1-9..11] retained messages per Retain Handling; none for shared
-                    // subscriptions [MQTT-3.8.4-?].
+                    // subscriptions (section 3.3.1.3: they go to a new non-shared subscription).
                     let send_retained = group.is_none()
                         && match sub.options.retain_handling {
                             RetainHandling::SendAtSubscribe => true,

@@ -157,7 +157,8 @@ pub(crate) enum SessionEnd {
 
 /// Ends a session: unregisters it, removes its subscriptions, publishes a pending will (unless
 /// the credential ended) and hands unacknowledged shared QoS 1 messages to another member of
-/// their group [MQTT-4.8.2-?].
+/// their group (what section 4.8.2 recommends; a QoS 2 one never goes to another member
+/// [MQTT-4.8.2-5]).
 pub(crate) fn end_session(
     tenant: &Arc<Tenant>,
     session: &Arc<Session>,
