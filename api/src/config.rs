@@ -36,7 +36,7 @@ pub struct Config {
     /// hook's `broker` field is `<broker>.<namespace>.<domain>`.
     pub domain: String,
     /// When set, every broker's `endpoint` is this URL: one listener serves every broker and the
-    /// token's key picks the broker (as `starling-api dev` runs).
+    /// token's key picks the broker (as `starling-dev` runs).
     pub endpoint: Option<String>,
     /// When set, every broker's `wsEndpoint` (where browsers connect over secure WebSockets) is
     /// this URL; otherwise `wss://<broker>.<namespace>.<domain>/mqtt`. The console's
@@ -44,7 +44,7 @@ pub struct Config {
     pub ws_endpoint: Option<String>,
     /// Serve the web console at `/console/`.
     pub console: bool,
-    /// Set by `starling-api dev` only (never read from a file): its plain `ws://` listener, which
+    /// Set by `starling-dev` only (never read from a file): its plain `ws://` listener, which
     /// the console offers beside wss and its Content-Security-Policy allows.
     #[serde(skip)]
     pub dev_plain_ws: Option<String>,
@@ -113,16 +113,16 @@ impl Default for Config {
 
 impl Config {
     /// What the public listener lets its clients hold.
-    pub fn public_http_limits(&self) -> starling_broker::http::HttpLimits {
-        starling_broker::http::HttpLimits {
+    pub fn public_http_limits(&self) -> starling_http::HttpLimits {
+        starling_http::HttpLimits {
             header_read_timeout_secs: self.header_read_timeout_secs,
             max_connections: self.public_max_connections,
         }
     }
 
     /// What the internal listener lets its clients hold.
-    pub fn internal_http_limits(&self) -> starling_broker::http::HttpLimits {
-        starling_broker::http::HttpLimits {
+    pub fn internal_http_limits(&self) -> starling_http::HttpLimits {
+        starling_http::HttpLimits {
             header_read_timeout_secs: self.header_read_timeout_secs,
             max_connections: self.internal_max_connections,
         }

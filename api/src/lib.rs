@@ -6,7 +6,6 @@
 
 pub mod config;
 pub mod console;
-pub mod dev;
 pub mod error;
 pub mod keys;
 pub mod metrics;

@@ -180,13 +180,13 @@ pub async fn start_with(
     let public_app = crate::routes::app(state.clone());
     let internal_app = crate::routes::internal_app(state.clone());
     // Both listeners bound what a client can hold: a header-read timeout and a connection cap.
-    let a = starling_broker::http::serve(
+    let a = starling_http::serve(
         public,
         public_app,
         state.config.public_http_limits(),
         shutdown.clone(),
     );
-    let b = starling_broker::http::serve(
+    let b = starling_http::serve(
         internal,
         internal_app,
         state.config.internal_http_limits(),
@@ -243,5 +243,28 @@ async fn janitor(state: AppState, shutdown: CancellationToken) {
         if let Err(e) = state.store.collect_expired(now).await {
             tracing::warn!(error = %e, "collecting expired revocations failed");
         }
+    }
+}
+
+/// Returns on SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

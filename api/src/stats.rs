@@ -4,7 +4,7 @@
 //! A managed broker reports a [`StatsReport`] (connections, messages in and out, drops: counts,
 //! never a topic, a client id or a secret) in a header of every state-feed long-poll, so a report
 //! arrives at least every 30 s and at once after each change; the internal route records it once
-//! the broker secret checked out. `starling-api dev` samples its embedded broker's metrics every
+//! the broker secret checked out. `starling-dev` samples its embedded broker's metrics every
 //! [`DEV_SAMPLE_EVERY`] under [`EMBEDDED`], which then stands for every broker (one process serves
 //! them all). Nothing here is persisted: after an api restart the charts start empty, and with
 //! several api replicas each keeps what reached it (a broker's polls go to one replica at a time).
@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use parking_lot::Mutex;
-pub use starling_broker::control::{STATS_HEADER, StatsReport};
+pub use starling_types::feed::{STATS_HEADER, StatsReport};
 
 /// The key under which `dev` records its embedded broker, which serves every broker.
 pub const EMBEDDED: &str = "*";

@@ -2,7 +2,7 @@
 //! Cloudflare's CLI (wrangler) and the curl lines of Cloudflare's docs send, and what scripts
 //! written against Cloudflare's answers read, on the compatible routes (`/client/v4/...`), with
 //! the native routes' answer to the same request beside it. `scripts/tiers/48-wrangler.sh` runs
-//! the CLI itself against `starling-api dev`.
+//! the CLI itself against `starling-dev`.
 
 mod common;
 

@@ -4,15 +4,45 @@
 //! connections are served at once. Real sockets against `server::start_with` on loopback.
 
 mod common;
-#[path = "../../broker/tests/common/mod.rs"]
-mod mqtt;
+
+/// The raw-socket checks of the broker's tests, without the rest of its helpers (which start
+/// brokers).
+#[path = "../../broker/tests/common/slow_http.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod slow_http;
 
 use std::time::Duration;
 
-use mqtt::slow_http;
 use starling_api::config::{Config, Secret};
 use starling_api::keys::Kek;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+/// How long one step may wait (as in the broker's tests).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `GET path` with `Connection: close`: the status and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status: u16 = text[9..12].parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (status, body)
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("http answer in time")
+}
 
 async fn start(
     max_connections: usize,
@@ -50,7 +80,7 @@ async fn a_client_that_sends_half_a_request_is_cut_off_on_both_listeners() {
         let (running, shutdown, _guard) = start(8).await;
         for addr in [running.public_addr, running.internal_addr] {
             slow_http::assert_half_requests_are_cut_off(addr, Duration::from_secs(1)).await;
-            let (status, _) = mqtt::http_get(addr, "/healthz").await;
+            let (status, _) = http_get(addr, "/healthz").await;
             assert_eq!(status, 200, "a whole request is still served on {addr}");
         }
         shutdown.cancel();

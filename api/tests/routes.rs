@@ -1735,18 +1735,26 @@ async fn state_carries_the_hook_key_only_while_a_hook_is_set_and_never_a_token_k
                 .verify(&forged, api.state.clock.now_secs(), 0),
             Err(TokenError::UnknownKeyId)
         ));
-        // The broker's managed mode reads the same document into a hook target with that key.
-        let feed: starling_broker::control::FeedState =
-            serde_json::from_value(r.body.clone()).unwrap();
-        let hook = feed.tenant_state(&id).hook.unwrap();
+        // The document the broker's managed mode reads into its hook target: the URL, the
+        // broker's hostname, and a hook key whose seed is the key of that kid.
+        let seed = r.body["hookKey"]["d"].as_str().unwrap();
+        let seed_kid = starling_token::SigningKey::from_d(seed)
+            .unwrap()
+            .kid()
+            .to_string();
         assert_eq!(
-            (hook.url.as_str(), hook.broker.as_str(), hook.kid()),
+            (
+                r.body["onPublish"]["url"].as_str().unwrap(),
+                r.body["broker"]["hostname"].as_str().unwrap(),
+                Some(seed_kid.as_str())
+            ),
             (
                 "https://hook.example/in",
                 "b1.home.example.test",
                 Some(kid.as_str())
             )
         );
+        assert_eq!(r.body["hookKey"]["kid"], kid.as_str());
         // A rotation gives the hook a new key too.
         let r = api
             .call(

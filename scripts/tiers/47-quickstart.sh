@@ -12,7 +12,7 @@ for tool in mosquitto_pub mosquitto_sub curl; do
 done
 
 cmd=$(awk '/^```sh$/{f=1;next} /^```$/{if(f)exit} f' README.md | head -1 | sed 's/ *#.*$//')
-if [ "$cmd" != "cargo run --release -p starling-api -- dev" ]; then
+if [ "$cmd" != "cargo run --release -p starling-dev" ]; then
   echo "the README's first command is not the quick start any more: '$cmd'"
   exit 1
 fi
@@ -27,7 +27,7 @@ work=$(mktemp -d)
 out="$work/dev.out"
 export XDG_DATA_HOME="$work/data"
 export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
-cargo build --release -q -p starling-api
+cargo build --release -q -p starling-dev
 setsid bash -c "$cmd" >"$out" 2>&1 &
 dev_pid=$!
 sub_pid=
@@ -42,7 +42,7 @@ trap cleanup EXIT
 deadline=$((SECONDS + 120))
 until grep -q '^More tokens:' "$out" 2>/dev/null; do
   if ! kill -0 "$dev_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-    echo "starling-api dev did not start:"; cat "$out"; exit 1
+    echo "starling-dev did not start:"; cat "$out"; exit 1
   fi
   sleep 0.2
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cloudflare's CLI, unchanged, against `starling-api dev` (debug build): a pinned wrangler 3.x
+# Cloudflare's CLI, unchanged, against `starling-dev` (debug build): a pinned wrangler 3.x
 # (tests/wrangler/package.json and its lock, installed from the npm registry by
 # scripts/lib/setup.sh) runs every `wrangler pubsub` subcommand with only the CLOUDFLARE_*
 # environment `dev` prints, once more without the account id and once with X-Auth-Key; the
@@ -12,9 +12,9 @@ cd "$STARLING_ROOT"
 for tool in mosquitto_pub mosquitto_sub node npm jq; do
   command -v "$tool" >/dev/null || { echo "missing $tool (scripts/lib/setup.sh installs it)"; exit 1; }
 done
-cargo build -q -p starling-api --bin starling-api
+cargo build -q -p starling-dev --bin starling-dev
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-export STARLING_API_BIN="$target_dir/debug/starling-api"
+export STARLING_DEV_BIN="$target_dir/debug/starling-dev"
 [ -d tests/wrangler/node_modules ] || (cd tests/wrangler && npm ci --ignore-scripts --no-audit --no-fund --silent)
 echo "wrangler $(node -p "require('./tests/wrangler/node_modules/wrangler/package.json').version")"
 cd tests/wrangler

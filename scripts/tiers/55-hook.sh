@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The on-publish hook end to end (tests/python/test_hook_e2e.py): `starling-api dev` (debug build)
+# The on-publish hook end to end (tests/python/test_hook_e2e.py): `starling-dev` (debug build)
 # with a webhook in Python on loopback that verifies every request with `cryptography` against
 # the broker's /publickeys, and paho-mqtt clients whose messages it changes and drops. The test
 # starts and stops dev itself (its own process group, a temporary data directory).
 set -euo pipefail
 root="${STARLING_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}"
 cd "$root"
-cargo build -q -p starling-api --bin starling-api
+cargo build -q -p starling-dev --bin starling-dev
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-export STARLING_API_BIN="$target_dir/debug/starling-api"
+export STARLING_DEV_BIN="$target_dir/debug/starling-dev"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/python/test_hook_e2e.py

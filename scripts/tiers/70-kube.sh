@@ -5,7 +5,7 @@
 # - the operator's RBAC rules equal scripts/tiers/kube/operator-rbac.txt, and `kubectl auth can-i`
 #   shows it can do its work and cannot read Secrets outside its namespaces;
 # - the operator runs out of cluster as its ServiceAccount (impersonated), against the real api
-#   (`starling-api dev`, on SQLite);
+#   (`starling-dev`, on SQLite);
 # - an example Broker gets its Deployment, Service, ConfigMap and Secrets with owner references
 #   and the operator's field manager, a status with brokerId, endpoints and tls.notAfter, and
 #   turns Ready when the test, playing the kubelet, marks the Deployment's replica ready and
@@ -39,10 +39,10 @@ k8s_tools_apiserver
 k8s_tools_python
 # The helm test pod's image is busybox: its wget, from Debian, runs the pod's command.
 apt_install_missing busybox
-cargo build -q --locked -p starling-operator -p starling-broker -p starling-api
+cargo build -q --locked -p starling-operator -p starling-broker -p starling-dev
 OPERATOR="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-operator"
 BROKER="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-broker"
-API="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-api"
+DEV="${CARGO_TARGET_DIR:-$STARLING_ROOT/target}/debug/starling-dev"
 
 work=$(mktemp -d)
 api_pid=""
@@ -114,14 +114,14 @@ for check in "get secrets -n other" "get secrets -n default" "list secrets -n io
   can $check && fail "the operator can, but must not: $check"
 done
 
-echo "--- the api (starling-api dev) and the operator (as its ServiceAccount)"
+echo "--- the api (starling-dev) and the operator (as its ServiceAccount)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port)
 api_internal="127.0.0.1:$(free_port)"
 api_ports=(--internal-addr "$api_internal" --mqtt "127.0.0.1:$(free_port)" --ws "127.0.0.1:$(free_port)"
   --mqtts "127.0.0.1:$(free_port)" --wss "127.0.0.1:$(free_port)" --broker-http "127.0.0.1:$(free_port)")
 start_api() { # the same data directory every time: the database survives a restart
-  "$API" dev --data-dir "$work/api-data" --api-addr "127.0.0.1:$api_port" "${api_ports[@]}" >>"$work/api.log" 2>&1 &
+  "$DEV" --data-dir "$work/api-data" --api-addr "127.0.0.1:$api_port" "${api_ports[@]}" >>"$work/api.log" 2>&1 &
   api_pid=$!
   wait_for 60 curl -sf "http://127.0.0.1:$api_port/healthz" || { tail -20 "$work/api.log"; fail "the api did not start"; }
 }

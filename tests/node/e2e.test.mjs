@@ -1,4 +1,4 @@
-// End to end through `starling-api dev`: the real api binary (SQLite, its embedded broker with the
+// End to end through `starling-dev`: the real api binary (SQLite, its embedded broker with the
 // mqtt/ws/mqtts/wss listeners and the dev CA), driven only through the Cloudflare-compatible REST
 // routes, with real MQTT clients: MQTT.js in headless Chromium over wss:// (trusting the dev CA
 // through an NSS database, certificate errors never ignored), mosquitto_pub over mqtts:// with

@@ -1,6 +1,6 @@
 """The on-publish hook end to end, checked by an independent verifier.
 
-`starling-api dev` (the real binary, SQLite, its embedded broker) runs with a fresh data
+`starling-dev` (the real binary, SQLite, its embedded broker) runs with a fresh data
 directory. A webhook server in this process, on loopback, verifies every request the way
 Cloudflare's published steps say a hook should: it reads `X-Signature-Ed25519` (standard base64),
 `X-Signature-Timestamp` and `X-Signature-Key-Id`, fetches the broker's JWKS from
@@ -15,7 +15,7 @@ The test asserts: subscribers get the hook's version of each message and never a
 the publisher's PUBACK for a dropped message carries 0x87 (Not authorized); every request the
 hook got verified, and the verifier refuses a tampered request. Every wait has a deadline.
 
-Started by scripts/tiers/55-hook.sh, which builds the binary and sets STARLING_API_BIN.
+Started by scripts/tiers/55-hook.sh, which builds the binary and sets STARLING_DEV_BIN.
 """
 
 import base64
@@ -39,10 +39,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-BIN = os.environ.get("STARLING_API_BIN")
+BIN = os.environ.get("STARLING_DEV_BIN")
 
 pytestmark = pytest.mark.skipif(
-    BIN is None, reason="needs starling-api: run scripts/tiers/55-hook.sh"
+    BIN is None, reason="needs starling-dev: run scripts/tiers/55-hook.sh"
 )
 
 TIMEOUT = 15
@@ -57,12 +57,12 @@ def b64url_decode(text):
 
 
 class Dev:
-    """`starling-api dev` on port 0 everywhere, in its own process group; reads its banner."""
+    """`starling-dev` on port 0 everywhere, in its own process group; reads its banner."""
 
     def __init__(self):
         self.dir = tempfile.TemporaryDirectory(prefix="starling-hook-")
         at = "127.0.0.1:0"
-        args = [BIN, "dev", "--data-dir", self.dir.name]
+        args = [BIN, "--data-dir", self.dir.name]
         for flag in ("--api-addr", "--internal-addr", "--mqtt", "--ws", "--mqtts", "--wss",
                      "--broker-http"):
             args += [flag, at]

@@ -1,4 +1,4 @@
-// Cloudflare's CLI, unchanged, against `starling-api dev`: every `wrangler pubsub` subcommand with
+// Cloudflare's CLI, unchanged, against `starling-dev`: every `wrangler pubsub` subcommand with
 // only the environment `dev` prints for it (CLOUDFLARE_API_BASE_URL, CLOUDFLARE_API_TOKEN,
 // CLOUDFLARE_ACCOUNT_ID), and again without the account id (the CLI then finds it through
 // /memberships) and with X-Auth-Key instead of a bearer token. Tokens the CLI issued publish and

@@ -9,6 +9,7 @@
 //! Features: `schemars` (a `JsonSchema` for the operator's CRD), `utoipa` (a `ToSchema` for the
 //! api's OpenAPI document).
 
+pub mod feed;
 pub mod limits;
 
 pub use limits::{LIMITS, LimitInfo, Limits, LimitsConfig, LimitsSpec, Profile, SetBy};

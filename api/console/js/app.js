@@ -52,7 +52,7 @@ function renderSignIn() {
   const input = h('input', { type: 'password', name: 'token', autocomplete: 'off', required: true, spellcheck: 'false' });
   const button = h('button', { type: 'submit', text: 'Sign in' });
   const form = h('form', { class: 'stack', 'aria-labelledby': 'signin-title' },
-    field('API token', input, 'Kept in this tab only (sessionStorage); closing the tab signs you out. `starling-api dev` prints its admin token.'),
+    field('API token', input, 'Kept in this tab only (sessionStorage); closing the tab signs you out. `starling-dev` prints its admin token.'),
     h('div', { class: 'actions' }, button));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();

@@ -264,7 +264,7 @@ export async function renderLive(page) {
     h('p', { role: 'status' }, 'Status: ', status));
   const dev = ctx.config.devPlainWs;
   const devNote = dev ? h('div', { class: 'note' },
-    h('p', { text: 'starling-api dev: wss:// needs this browser to trust the dev CA, ca.pem in dev\'s data directory (the banner prints its path under CA): import it as a certificate authority (Chrome: Settings → Privacy and security → Security → Manage certificates → Authorities; Firefox: Settings → Certificates → View Certificates → Authorities).' }),
+    h('p', { text: 'starling-dev: wss:// needs this browser to trust the dev CA, ca.pem in dev\'s data directory (the banner prints its path under CA): import it as a certificate authority (Chrome: Settings → Privacy and security → Security → Manage certificates → Authorities; Firefox: Settings → Certificates → View Certificates → Authorities).' }),
     h('p', {}, 'Or use the plain WebSocket listener on this machine: ',
       h('button', { type: 'button', class: 'secondary small', text: `Use ${dev}`, onclick: () => { url.value = dev; } }))) : null;
 

@@ -114,7 +114,7 @@ function issuedCard(b, t, subFilter, dev) {
       copyButton('Copy MQTT.js', s.js)),
     h('details', {},
       h('summary', { text: 'Snippets' }),
-      dev ? h('p', { class: 'hint', text: 'ca.pem is the dev CA in `starling-api dev`\'s data directory (its banner prints the path under CA).' }) : null,
+      dev ? h('p', { class: 'hint', text: 'ca.pem is the dev CA in `starling-dev`\'s data directory (its banner prints the path under CA).' }) : null,
       h('pre', { text: s.sub }),
       h('pre', { text: s.js })));
 }

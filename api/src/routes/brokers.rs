@@ -111,7 +111,7 @@ pub struct BrokerView {
     /// Token lifetime ceiling in seconds; `null` for none.
     pub expiration: Option<i64>,
     /// Where MQTT clients connect: `mqtts://<broker>.<namespace>.<domain>:8883`, or the api's
-    /// configured `endpoint` when one listener serves every broker (`starling-api dev`).
+    /// configured `endpoint` when one listener serves every broker (`starling-dev`).
     pub endpoint: String,
     /// Where browsers connect (MQTT over secure WebSockets): `wss://<broker>.<namespace>.<domain>/mqtt`,
     /// or the api's configured `ws_endpoint` when one listener serves every broker.
@@ -378,7 +378,7 @@ fn check_limits(limits: Option<&LimitsSpec>) -> Result<Option<String>> {
 
 /// The limits of a stored broker. Rows written before limits had a schema may hold keys that
 /// are not limits: those are left out.
-pub(crate) fn stored_limits(stored: Option<&str>) -> Option<LimitsSpec> {
+pub fn stored_limits(stored: Option<&str>) -> Option<LimitsSpec> {
     let value: serde_json::Value = serde_json::from_str(stored?).ok()?;
     let (spec, _) = LimitsSpec::lenient(&value);
     (!spec.is_empty()).then_some(spec)

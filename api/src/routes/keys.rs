@@ -104,7 +104,7 @@ pub(crate) fn jwk(k: &KeyRecord) -> Jwk {
 }
 
 /// Keys that still verify at `now`.
-pub(crate) fn live(keys: &[KeyRecord], now: i64) -> Jwks {
+pub fn live(keys: &[KeyRecord], now: i64) -> Jwks {
     Jwks {
         keys: keys
             .iter()

@@ -16,7 +16,7 @@ use crate::store::Role;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatsSource {
-    /// `starling-api dev`'s embedded broker, which serves every broker: the figures are theirs
+    /// `starling-dev`'s embedded broker, which serves every broker: the figures are theirs
     /// together.
     Embedded,
     /// The broker's own processes, with their state-feed polls.
@@ -77,7 +77,7 @@ fn view(series: Series) -> StatsView {
     let (source, note) = if series.embedded {
         (
             StatsSource::Embedded,
-            "starling-api dev: one embedded broker serves every broker, so these figures are all of theirs together, sampled every 2 s",
+            "starling-dev: one embedded broker serves every broker, so these figures are all of theirs together, sampled every 2 s",
         )
     } else if series.instances.is_empty() {
         (

@@ -1,4 +1,4 @@
-// Starts `starling-api dev` on free loopback ports with a fresh data directory, parses the banner
+// Starts `starling-dev` on free loopback ports with a fresh data directory, parses the banner
 // it prints (API URL, admin token, client token, CA path, listener ports), waits until the api
 // and the embedded broker answer /readyz, and stops the whole process group again.
 import { spawn } from 'node:child_process';
@@ -11,8 +11,8 @@ import { freePorts, until } from './util.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
-export function apiBinary() {
-  return process.env.STARLING_API_BIN ?? join(root, 'target/debug/starling-api');
+export function devBinary() {
+  return process.env.STARLING_DEV_BIN ?? join(root, 'target/debug/starling-dev');
 }
 
 /** Reads the values `dev` prints; throws naming what is missing. */
@@ -42,11 +42,11 @@ export async function startDev({ timeoutMs = 30000 } = {}) {
   const ports = { api, internal, mqtt, ws, mqtts, wss, brokerHttp };
   const at = (p) => `127.0.0.1:${p}`;
   const args = [
-    'dev', '--data-dir', dataDir, '--api-addr', at(api), '--internal-addr', at(internal),
+    '--data-dir', dataDir, '--api-addr', at(api), '--internal-addr', at(internal),
     '--mqtt', at(mqtt), '--ws', at(ws), '--mqtts', at(mqtts), '--wss', at(wss), '--broker-http', at(brokerHttp),
   ];
   // Its own process group, so stopping it stops everything it started.
-  const child = spawn(apiBinary(), args, {
+  const child = spawn(devBinary(), args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,

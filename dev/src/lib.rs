@@ -1,4 +1,4 @@
-//! `starling-api dev`: the whole product on one machine, with no Postgres and no configuration.
+//! `starling-dev`: the whole product on one machine, with no Postgres and no configuration.
 //!
 //! It keeps a SQLite database, the key-encryption key, the admin API token (mode 0600) and the
 //! dev CA (`ca.pem`) in a data directory. It starts an embedded broker that serves every broker in
@@ -27,9 +27,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::config::{Config, Secret};
-use crate::keys::{Kek, new_secret};
-use crate::state::AppState;
+use starling_api::config::{Config, Secret};
+use starling_api::keys::{Kek, new_secret};
+use starling_api::state::AppState;
 
 /// Everything `dev` can be told; every default is a loopback address.
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ pub struct Dev {
     pub state: AppState,
     /// The embedded broker.
     pub broker: starling_broker::RunningBroker,
-    api_task: tokio::task::JoinHandle<Result<(), crate::server::ServerError>>,
+    api_task: tokio::task::JoinHandle<Result<(), starling_api::server::ServerError>>,
 }
 
 impl Dev {
@@ -330,7 +330,7 @@ async fn start_api(
     admin_token: &str,
     listeners: &BrokerListeners,
     shutdown: &CancellationToken,
-) -> Result<(crate::server::Running, String), DevError> {
+) -> Result<(starling_api::server::Running, String), DevError> {
     let config = Config {
         database_url: format!("sqlite://{}", dir.join("starling.db").display()),
         public_addr: options.api,
@@ -347,12 +347,13 @@ async fn start_api(
     config
         .validate()
         .map_err(|e| DevError::Other(e.to_string()))?;
-    let store = crate::store::connect(&config.database_url, config.max_connections)
+    let store = starling_api::store::connect(&config.database_url, config.max_connections)
         .await
         .map_err(|e| DevError::Other(format!("database: {e}")))?;
-    let running = match crate::server::start_with(store, kek, config, shutdown.clone()).await {
+    let running = match starling_api::server::start_with(store, kek, config, shutdown.clone()).await
+    {
         Ok(r) => r,
-        Err(crate::server::ServerError::Listen { addr, source }) => {
+        Err(starling_api::server::ServerError::Listen { addr, source }) => {
             let flag = if addr == options.internal {
                 "--internal-addr"
             } else {
@@ -364,7 +365,7 @@ async fn start_api(
     };
 
     // The first start makes a namespace and a broker to connect to.
-    let app = crate::routes::app(running.state.clone());
+    let app = starling_api::routes::app(running.state.clone());
     let call = |method: &'static str, uri: String, body: Option<serde_json::Value>| {
         let app = app.clone();
         let token = admin_token.to_string();
@@ -441,10 +442,10 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
         Ok(Some(s)) => {
             let hook = hook_target(state, &s);
             let tenant = TenantState {
-                jwks: crate::routes::keys::live(&s.keys, now),
+                jwks: starling_api::routes::keys::live(&s.keys, now),
                 revoked: s.revocations.into_iter().map(|r| r.jti).collect(),
                 hook,
-                limits: crate::routes::brokers::stored_limits(s.broker.limits.as_deref())
+                limits: starling_api::routes::brokers::stored_limits(s.broker.limits.as_deref())
                     .unwrap_or_default(),
             };
             if let Err(e) = directory.apply(id, &tenant) {
@@ -461,7 +462,7 @@ async fn sync_one(state: &AppState, directory: &Directory, id: &str) {
 /// The on-publish hook of a broker, signed with its current hook key (opened in-process). A key
 /// that does not open leaves the target without one, and the broker then drops the tenant's
 /// messages rather than deliver them unchecked.
-fn hook_target(state: &AppState, s: &crate::store::BrokerState) -> Option<HookTarget> {
+fn hook_target(state: &AppState, s: &starling_api::store::BrokerState) -> Option<HookTarget> {
     let url = s.broker.on_publish_url.clone()?;
     let key = match state.kek.open_hook_current(&s.broker.id, &s.hook_keys) {
         Ok(Some(key)) => Some(Arc::new(key)),
@@ -480,7 +481,7 @@ fn hook_target(state: &AppState, s: &crate::store::BrokerState) -> Option<HookTa
     Some(HookTarget {
         url,
         key,
-        broker: crate::routes::brokers::hostname(
+        broker: starling_api::routes::brokers::hostname(
             &s.broker.name,
             &s.broker.namespace_name,
             &state.config.domain,
@@ -550,22 +551,23 @@ async fn follow_changes(state: AppState, directory: Arc<Directory>, shutdown: Ca
 }
 
 /// Samples the embedded broker's counters for the console's health charts, for every broker at
-/// once (see [`crate::stats::EMBEDDED`]).
+/// once (see [`starling_api::stats::EMBEDDED`]).
 async fn sample_stats(
     state: AppState,
     metrics: Arc<starling_broker::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(crate::stats::DEV_SAMPLE_EVERY);
+    let mut tick = tokio::time::interval(starling_api::stats::DEV_SAMPLE_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let sample = crate::stats::Sample::new(state.clock.now_micros() / 1000, &metrics.summary());
+        let sample =
+            starling_api::stats::Sample::new(state.clock.now_micros() / 1000, &metrics.summary());
         state
             .stats
-            .record(crate::stats::EMBEDDED, "embedded", sample);
+            .record(starling_api::stats::EMBEDDED, "embedded", sample);
     }
 }
 

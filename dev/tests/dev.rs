@@ -1,4 +1,4 @@
-//! `starling-api dev` in-process on free loopback ports: what it prints for Cloudflare's CLI, and
+//! `starling-dev` in-process on free loopback ports: what it prints for Cloudflare's CLI, and
 //! the broker `endpoint` its API shows, which an MQTT client reaches over TLS trusting only the
 //! CA `dev` printed.
 
@@ -14,7 +14,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use serde_json::Value;
-use starling_api::dev::{DevOptions, start};
+use starling_dev::{DevOptions, start};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -67,7 +67,7 @@ async fn the_printed_environment_and_the_broker_endpoint_work_as_shown() {
         // Cloudflare's CLI names this api.
         let account = get(&app, "/v1/account", &info.admin_token).await;
         assert_eq!(account["id"], info.account_id.as_str());
-        let banner = starling_api::dev::banner(&info);
+        let banner = starling_dev::banner(&info);
         for line in [
             format!("  account        {}", info.account_id),
             format!(

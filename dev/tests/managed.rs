@@ -1,4 +1,4 @@
-//! The broker's managed mode against real `starling-api serve` processes: two replicas on one
+//! The broker's managed mode against real `starling-api` servers: two replicas on one
 //! Postgres (a change through one reaches a broker polling the other within a second), and an
 //! outage of the api (the broker keeps serving, also across its own restart with a data
 //! directory, and follows again once the api is back). A hook set through the api reaches the
@@ -6,13 +6,13 @@
 //! state, which then holds that private key, is owner-only, and the key signs no client token.
 //! The counters the broker reports with its polls reach the api's health view.
 
+#[path = "../../api/tests/common/mod.rs"]
 mod common;
 #[path = "../../broker/tests/common/mod.rs"]
 mod mqtt;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,31 +32,42 @@ fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// One `starling-api serve` process, killed on drop.
+/// One api server (what `starling-api serve` runs), on a runtime of its own so that stopping it
+/// is like killing the process: every listener and connection closes at once, nothing drains.
 struct Api {
-    child: Child,
+    runtime: Option<tokio::runtime::Runtime>,
     public: SocketAddr,
     internal: SocketAddr,
 }
 
 impl Api {
     async fn start(database_url: &str, public: SocketAddr, internal: SocketAddr) -> Api {
-        let child = Command::new(env!("CARGO_BIN_EXE_starling-api"))
-            .args(["serve", "--database-url", database_url])
-            .args([
-                "--public-addr",
-                &public.to_string(),
-                "--internal-addr",
-                &internal.to_string(),
-            ])
-            .env("STARLING_API__KEK", KEK)
-            .env("STARLING_API__BOOTSTRAP_TOKEN", BOOTSTRAP)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
+        let env = std::collections::BTreeMap::from([
+            ("STARLING_API__KEK".to_string(), KEK.to_string()),
+            (
+                "STARLING_API__BOOTSTRAP_TOKEN".to_string(),
+                BOOTSTRAP.to_string(),
+            ),
+        ]);
+        let mut config = starling_api::config::Config::load(None, &env).expect("config");
+        config.database_url = database_url.to_string();
+        config.public_addr = public;
+        config.internal_addr = internal;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the api");
+        let started = runtime.spawn(starling_api::start(
+            config,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        started
+            .await
+            .expect("the api's start-up task")
             .expect("starling-api starts");
         let api = Api {
-            child,
+            runtime: Some(runtime),
             public,
             internal,
         };
@@ -72,15 +83,17 @@ impl Api {
     }
 
     fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
 impl Drop for Api {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
