@@ -367,16 +367,19 @@ pub async fn follow(
                         readiness.state_arrived();
                     }
                     failures = 0;
+                    metrics.control_plane_synced(id);
                     None
                 }
                 Err(e) => {
                     warn!(broker_id = id, error = %e, "state has unusable keys; keeping the last good state");
+                    metrics.control_plane_failed(id);
                     failures += 1;
                     Some(backoff(failures))
                 }
             },
             Poll::Unchanged => {
                 failures = 0;
+                metrics.control_plane_synced(id);
                 None
             }
             Poll::Gone => {
@@ -402,10 +405,12 @@ pub async fn follow(
                     "the control plane refused the broker secret"
                 );
                 secret = read_secret(&tenant.secret_file);
+                metrics.control_plane_failed(id);
                 failures += 1;
                 Some(backoff(failures))
             }
             Poll::Failed(why) => {
+                metrics.control_plane_failed(id);
                 failures += 1;
                 let wait = backoff(failures);
                 warn!(

@@ -91,6 +91,14 @@ pub struct ListenerReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label set: the broker id a managed tenant runs as (set by the operator or the command line,
+/// never by a client).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerIdLabels {
+    /// The api's broker id.
+    pub broker_id: String,
+}
+
 /// Every metric of the broker.
 #[derive(Debug)]
 pub struct Metrics {
@@ -134,6 +142,11 @@ pub struct Metrics {
     pub lingering: Gauge,
     /// Sockets closed at once because `limits.max_lingering` sockets were lingering.
     pub linger_skipped: Counter,
+    /// Unix time at which each managed tenant's state was last confirmed current by the control
+    /// plane (a new state applied, or a long-poll that found none); absent before the first.
+    pub control_plane_synced: Family<BrokerIdLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Control-plane polls that failed (unreachable, refused, or an unusable state).
+    pub control_plane_failures: Family<BrokerIdLabels, Counter>,
     registry: Registry,
 }
 
@@ -162,6 +175,8 @@ impl Metrics {
             hook_queue: Gauge::default(),
             lingering: Gauge::default(),
             linger_skipped: Counter::default(),
+            control_plane_synced: Family::default(),
+            control_plane_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -252,7 +267,38 @@ impl Metrics {
             "Connections closed without lingering because too many sockets were lingering",
             m.linger_skipped.clone(),
         );
+        registry.register(
+            "control_plane_synced_timestamp_seconds",
+            "Unix time at which the control plane last confirmed a managed tenant's state current",
+            m.control_plane_synced.clone(),
+        );
+        registry.register(
+            "control_plane_poll_failures",
+            "Control-plane polls that failed, by managed tenant",
+            m.control_plane_failures.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Records that the control plane confirmed `broker_id`'s state current now.
+    pub fn control_plane_synced(&self, broker_id: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.control_plane_synced
+            .get_or_create(&BrokerIdLabels {
+                broker_id: broker_id.to_owned(),
+            })
+            .set(now);
+    }
+
+    /// Counts a failed control-plane poll for `broker_id`.
+    pub fn control_plane_failed(&self, broker_id: &str) {
+        self.control_plane_failures
+            .get_or_create(&BrokerIdLabels {
+                broker_id: broker_id.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a dropped message.
@@ -326,6 +372,40 @@ mod tests {
             (7, 5, 5, 5)
         );
         assert_eq!(m.encode(), before, "reading creates no label sets");
+    }
+
+    #[test]
+    fn control_plane_sync_is_a_recent_timestamp_per_broker_id() {
+        let m = Metrics::new();
+        assert!(
+            !m.encode()
+                .contains("starling_control_plane_synced_timestamp_seconds{")
+        );
+        m.control_plane_synced("brk_1");
+        m.control_plane_failed("brk_2");
+        let text = m.encode();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "starling_control_plane_synced_timestamp_seconds{broker_id=\"brk_1\"}",
+                )
+            })
+            .unwrap_or_else(|| panic!("{text}"));
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        assert!((now - value).abs() < 60.0, "{value} vs {now}");
+        assert!(
+            text.contains("starling_control_plane_poll_failures_total{broker_id=\"brk_2\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -54,8 +55,8 @@ use crate::{
     metrics::Metrics,
     resources::{
         self, Credentials, Settings, ca_from_secret, config_checksum, desired_ca_secret,
-        desired_config_map, desired_credentials_secret, desired_deployment, desired_service,
-        desired_tls_secret, leaf_from_secret, names,
+        desired_config_map, desired_credentials_secret, desired_deployment, desired_network_policy,
+        desired_service, desired_tls_secret, leaf_from_secret, names,
     },
 };
 
@@ -479,6 +480,7 @@ async fn refuse(b: &Broker, ctx: &Context, e: Error) -> Result<Action> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let broker_id = b.status.as_ref().and_then(|s| s.broker_id.clone());
     let status = desired_status(b, None, broker_id, None, Some(&e), Timestamp::now());
+    ctx.metrics.set_broker_ready(&ns, &b.name_any(), false);
     let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": status });
     brokers
@@ -534,9 +536,38 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
         b,
     )
     .await?;
+    if let Some(monitoring) = &ctx.settings.network_policy {
+        apply_network_policy(b, ctx, &ns, monitoring).await?;
+    }
     let deployment = desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
     let applied = ssa(&Api::<Deployment>::namespaced(client, &ns), &deployment, b).await?;
     Ok(Rollout::of(&applied))
+}
+
+/// Applies `b`'s NetworkPolicy. Refused for lack of RBAC (an operator upgraded before its chart),
+/// it is a Warning event and the Broker keeps serving; the next reconcile tries again.
+async fn apply_network_policy(b: &Broker, ctx: &Context, ns: &str, monitoring: &str) -> Result<()> {
+    let api = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns);
+    match ssa(&api, &desired_network_policy(b, monitoring), b).await {
+        Err(Error::Apply {
+            source: kube::Error::Api(e),
+            ..
+        }) if e.code == 403 => {
+            warn!(broker = %Context::key(b), error = %e.message, "no permission to apply the NetworkPolicy");
+            ctx.event(
+                b,
+                EventType::Warning,
+                "NetworkPolicyForbidden",
+                format!(
+                    "the operator may not apply NetworkPolicies here (upgrade the chart): {}",
+                    e.message
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
@@ -592,6 +623,12 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
         problem,
         Timestamp::now(),
     );
+    ctx.metrics
+        .set_broker_ready(&ns, &b.name_any(), status.phase == Some(Phase::Ready));
+    if let Some(t) = tls_not_after {
+        ctx.metrics
+            .set_certificate_not_after(&ns, &b.name_any(), t.as_second());
+    }
     status.api_namespace = api_namespace;
     write_status(&Api::namespaced(client, &ns), b, status).await?;
 
@@ -788,6 +825,8 @@ pub fn desired_status(
 // === cleanup ===
 
 async fn cleanup(b: &Broker, ctx: &Context) -> Result<Action> {
+    ctx.metrics
+        .forget_broker(&b.namespace().unwrap_or_default(), &b.name_any());
     if b.skip_deregister() {
         info!(broker = %Context::key(b), "deregistration skipped on request");
         ctx.event(

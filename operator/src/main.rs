@@ -90,6 +90,17 @@ struct RunArgs {
         default_value = ""
     )]
     tenancy_allow: Vec<String>,
+    /// Give each Broker's pods a NetworkPolicy: MQTT from anywhere, the metrics port only from
+    /// --monitoring-namespace.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_NETWORK_POLICIES", default_value_t = false, action = clap::ArgAction::Set)]
+    broker_network_policies: bool,
+    /// The namespace of Prometheus, which alone reaches the brokers' metrics port.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_MONITORING_NAMESPACE",
+        default_value = "monitoring"
+    )]
+    monitoring_namespace: String,
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(
         long,
@@ -247,6 +258,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             timeout_ms: args.broker_hook_timeout_ms,
         },
         tenancy: Tenancy::parse(&args.tenancy_allow).context("--tenancy-allow")?,
+        network_policy: args
+            .broker_network_policies
+            .then(|| args.monitoring_namespace.clone()),
     };
     info!(broker_hook = ?settings.broker_hook, "hook address rules for every broker");
     info!(tenancy_allow = ?settings.tenancy, "pub/sub namespaces beyond each Kubernetes namespace's own");

@@ -26,6 +26,7 @@ echo "--- the chart carries the committed CRD"
 cmp crds/broker.yaml "$chart/files/broker-crd.yaml" || fail "charts/starling/files/broker-crd.yaml differs from crds/broker.yaml: copy it"
 
 all_on=(--set operator.watchNamespaces='{iot,factory}' --set metrics.serviceMonitor.enabled=true
+  --set metrics.prometheusRule.enabled=true --set metrics.dashboard.namespace=grafana
   --set api.ingress.enabled=true --set postgresql.persistence.enabled=true
   --set operator.brokerHook.allowedHosts='{moderation.default.svc,10.0.0.7,fd00::7}'
   --set operator.brokerHook.allowHttp=true --set operator.brokerHook.allowPrivateAddresses=true
@@ -59,10 +60,10 @@ helm template starling "$chart" -n starling-system >"$work/default.yaml"
 helm template starling "$chart" -n starling-system "${all_on[@]}" >"$work/all-on.yaml"
 helm template starling "$chart" -n starling-system "${external_db[@]}" >"$work/external-db.yaml"
 for f in "$work"/default.yaml "$work"/all-on.yaml "$work"/external-db.yaml; do
-  # ServiceMonitor is a Prometheus Operator CRD: no schema to validate it against.
+  # ServiceMonitor and PrometheusRule are Prometheus Operator CRDs: no schema to validate them.
   rc=0
   kubernetes-validate --strict --quiet -k 1.33.0 "$f" >"$work/kv.raw" 2>&1 || rc=$?
-  grep -v "Couldn't find schema for kind ServiceMonitor" "$work/kv.raw" >"$work/kv.out" || true
+  grep -Ev "Couldn't find schema for kind (ServiceMonitor|PrometheusRule)" "$work/kv.raw" >"$work/kv.out" || true
   if [ "$rc" -ne 0 ] || [ -s "$work/kv.out" ]; then
     cat "$work/kv.out"
     fail "kubernetes-validate found problems in $(basename "$f") (exit $rc)"
@@ -131,6 +132,34 @@ assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
 [c] = test["spec"]["containers"]
 assert c["args"] == ["http://starling-api.starling-system.svc:80/readyz"], c["args"]
 print("network policies and helm test ok")
+PY
+
+echo "--- the Grafana dashboard and the alerts"
+python3 - "$work/default.yaml" "$work/all-on.yaml" "$chart/dashboards/starling.json" <<'PY'
+import json, sys, yaml
+load = lambda p: [d for d in yaml.safe_load_all(open(p)) if d]
+default, all_on = load(sys.argv[1]), load(sys.argv[2])
+[cm] = [d for d in default if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-dashboard"]
+assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", cm["metadata"]
+dash = json.loads(cm["data"]["starling.json"])
+assert dash == json.load(open(sys.argv[3])), "the ConfigMap does not carry dashboards/starling.json as is"
+titles = {p["title"] for p in dash["panels"]}
+assert {"Brokers", "api", "operator"} <= titles, titles
+ids = [p["id"] for p in dash["panels"]]
+assert len(ids) == len(set(ids)), "panel ids repeat"
+assert not [d for d in default if d["kind"] == "PrometheusRule"], "the PrometheusRule needs its CRD: off by default"
+[cm] = [d for d in all_on if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-dashboard"]
+assert cm["metadata"]["namespace"] == "grafana", cm["metadata"]
+[rule] = [d for d in all_on if d["kind"] == "PrometheusRule"]
+alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+for a in ("StarlingBrokerNotReady", "StarlingCertificateExpiresSoon", "StarlingHookFailures",
+          "StarlingMessagesDropped", "StarlingControlPlaneSyncLag"):
+    assert a in alerts, (a, sorted(alerts))
+assert "604800" in alerts["StarlingCertificateExpiresSoon"]["expr"], "7 days by default"
+for r in alerts.values():
+    assert r["expr"].count("(") == r["expr"].count(")"), r["expr"]
+    assert "{{" not in r["expr"], r["expr"]
+print(f"dashboard with {len(dash['panels'])} panels, {len(alerts)} alerts")
 PY
 
 # An Ingress for the public api only.

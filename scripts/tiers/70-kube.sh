@@ -20,6 +20,8 @@
 # - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
+# - NetworkPolicies: the operator gives each Broker's pods one (MQTT from anywhere, metrics from
+#   the monitoring namespace) once its RBAC allows, and warns (NetworkPolicyForbidden) until then;
 # - upgrade: the release is installed from the previous chart version (a packaged copy under
 #   scripts/tiers/kube/fixtures) and, with the Broker serving, `helm upgrade`d to this one: the
 #   Broker keeps its brokerId, Deployment (same generation, no rollout) and credential, and the
@@ -28,7 +30,11 @@
 #   the api's /readyz) and passes;
 # - a second replica waits while the first holds the Lease, is ready all the same (an operator
 #   upgrade never deadlocks), and takes over when the first shuts down;
-#   /metrics counts reconciles, errors by reason and durations;
+#   /metrics counts reconciles, errors by reason and durations, and has the per-Broker readiness
+#   and certificate-expiry gauges; every metric the chart's PrometheusRule and Grafana dashboard
+#   name is in the real /metrics of the broker, the api or the operator
+#   (scripts/tiers/kube/check_metric_names.py); the broker reports when the api last confirmed
+#   its state;
 # - tenancy: a Broker in namespace iot naming the pub/sub namespace other turns Degraded
 #   (NamespaceNotAllowed) with a Warning event, and nothing exists in the api or the namespace.
 set -euo pipefail
@@ -89,7 +95,7 @@ kubectl get crd brokers.starling.dev >/dev/null || fail "the CRD was not install
 kubectl -n starling-system get deploy starling-operator starling-api starling-postgresql >/dev/null \
   || fail "the chart's Deployments are missing"
 
-echo "--- RBAC equals the committed list"
+# The RBAC of this chart version equals the committed list (checked after the upgrade below).
 check_rbac() {
   {
     kubectl get roles -A -l app.kubernetes.io/part-of=starling -o json
@@ -97,7 +103,6 @@ check_rbac() {
   } | python3 scripts/tiers/kube/rbac_rules.py >"$work/rbac.txt"
   diff -u scripts/tiers/kube/operator-rbac.txt "$work/rbac.txt" || fail "the operator's RBAC differs from scripts/tiers/kube/operator-rbac.txt"
 }
-check_rbac
 
 echo "--- kubectl auth can-i as the operator"
 can() { [ "$(kubectl auth can-i "$@" --as="$SA")" = yes ]; }
@@ -140,6 +145,7 @@ start_operator() { # NAME HTTP_PORT LOG
   KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME="$1" "$OPERATOR" run \
     --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
     --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator --tenancy-allow iot=elsewhere \
+    --broker-network-policies true --monitoring-namespace monitoring \
     --http "127.0.0.1:$2" --log-format pretty >"$3" 2>&1 &
 }
 start_operator operator-a "$op_http" "$work/operator.log"
@@ -271,8 +277,20 @@ mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C
   || { cat "$work/sub.out"; fail "the subscriber got nothing over TLS"; }
 grep -qx "hello over tls" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message"; }
 echo "the pod's broker served a token client over TLS"
+curl -sf "http://127.0.0.1:$broker_http/metrics" >"$work/metrics-broker.txt" || fail "the broker serves no /metrics"
+curl -sf "http://$api_internal/metrics" >"$work/metrics-api.txt" || fail "the api's internal listener serves no /metrics"
+python3 - "$work/metrics-broker.txt" "$broker_id" <<'PY' || fail "the broker does not report when the api last confirmed its state"
+import re, sys, time
+text = open(sys.argv[1]).read()
+m = re.search(r'^starling_control_plane_synced_timestamp_seconds\{broker_id="%s"\} (\S+)$' % re.escape(sys.argv[2]), text, re.M)
+assert m, text
+assert abs(time.time() - float(m.group(1))) < 120, m.group(0)
+PY
 
 echo "--- helm upgrade to this chart version: the Broker keeps serving"
+# The previous chart gave the operator no right to NetworkPolicies: a Warning, and it serves on.
+forbidden() { kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items[*]}{.type}/{.reason} {end}' | grep -q 'Warning/NetworkPolicyForbidden'; }
+wait_for 30 forbidden || fail "no Warning event NetworkPolicyForbidden under the previous chart's RBAC"
 before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.uid}/{.metadata.generation}/{.spec.template.metadata.annotations}')
 creds_before=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.metadata.uid}{.data}')
 helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' >/dev/null \
@@ -299,6 +317,31 @@ mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C
 grep -qx "after the upgrade" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message after the upgrade"; }
 check_rbac
 echo "upgraded; the Broker kept its pods, credential and clients"
+has_netpol() { kubectl -n iot get networkpolicy orders >/dev/null 2>&1; }
+kubectl -n iot annotate broker orders starling.dev/poke=netpol --overwrite >/dev/null
+wait_for 60 has_netpol || fail "the upgraded RBAC did not let the operator apply the Broker's NetworkPolicy"
+kubectl -n iot get deploy orders -o json >"$work/orders-deploy.json"
+kubectl -n iot get networkpolicy orders -o json | python3 -c '
+import json, sys
+p = json.load(sys.stdin); s = p["spec"]
+[c] = json.load(open(sys.argv[1]))["spec"]["template"]["spec"]["containers"]
+mqtt_ports = [x["containerPort"] for x in c["ports"] if x["name"] in ("mqtts", "wss")]
+assert [(r["kind"], r["name"]) for r in p["metadata"]["ownerReferences"]] == [("Broker", "orders")], p["metadata"]
+assert s["podSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "orders", "starling.dev/broker": "orders"}, s
+assert s["policyTypes"] == ["Ingress"], s
+mqtt, metrics = s["ingress"]
+assert [x["port"] for x in mqtt["ports"]] == mqtt_ports and "from" not in mqtt, (mqtt, mqtt_ports)
+assert [x["port"] for x in metrics["ports"]] == [9090], metrics
+assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}], metrics
+' "$work/orders-deploy.json" || fail "the Broker's NetworkPolicy is not MQTT from anywhere, metrics from monitoring"
+# Its pod selector selects the Broker's pods.
+[ "$(kubectl -n iot get deploy -l app.kubernetes.io/instance=orders,starling.dev/broker=orders -o name)" = deployment.apps/orders ] \
+  || fail "the NetworkPolicy's selector does not select the Broker's Deployment"
+curl -sf "http://127.0.0.1:$op_http/metrics" >"$work/metrics-operator-upgrade.txt" || fail "no operator /metrics"
+grep -q '^starling_operator_broker_ready{namespace="iot",broker="orders"} 1$' "$work/metrics-operator-upgrade.txt" \
+  || fail "the operator does not report the Ready Broker: $(grep broker_ready "$work/metrics-operator-upgrade.txt")"
+grep -Eq '^starling_operator_certificate_not_after_timestamp_seconds\{namespace="iot",broker="orders"\} [0-9]{10}$' "$work/metrics-operator-upgrade.txt" \
+  || fail "the operator does not report the Broker's certificate expiry"
 
 echo "--- the NetworkPolicies are accepted and select the chart's pods"
 [ "$(kubectl -n starling-system get networkpolicy -o name | sort | tr '\n' ' ')" = \
@@ -466,6 +509,11 @@ grep -Eq '^starling_operator_reconciles_total [1-9]' "$work/metrics.txt" || fail
 grep -q 'starling_operator_reconcile_errors_total{reason="ApiUnreachable"}' "$work/metrics.txt" || fail "no ApiUnreachable errors counted"
 grep -q 'starling_operator_reconcile_duration_seconds_count' "$work/metrics.txt" || fail "no reconcile durations"
 grep -q '^starling_operator_leader 1' "$work/metrics.txt" || fail "the leader does not say so"
+
+echo "--- every metric the chart's alerts and dashboard name is exposed"
+helm template starling charts/starling -n starling-system --set metrics.prometheusRule.enabled=true >"$work/monitoring.yaml"
+python3 scripts/tiers/kube/check_metric_names.py "$work/monitoring.yaml" \
+  "$work/metrics-broker.txt" "$work/metrics-api.txt" "$work/metrics.txt" "$work/metrics-operator-upgrade.txt" || fail "the alerts or the dashboard name metrics that do not exist"
 
 echo "--- on shutdown the leader releases the Lease and the standby takes over"
 kill "$op_pid"

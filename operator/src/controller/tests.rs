@@ -1320,3 +1320,35 @@ async fn the_allow_list_lets_a_kubernetes_namespace_use_another_pubsub_namespace
         ]
     );
 }
+
+#[tokio::test]
+async fn with_network_policies_each_broker_gets_one_owned_by_it() {
+    let w = World::with_settings(resources::Settings {
+        network_policy: Some("monitoring".to_owned()),
+        ..settings()
+    });
+    w.reconcile(&finalized(json!({})))
+        .await
+        .expect("reconciles");
+    let reqs = w.kube.take_requests();
+    let p = find(
+        &reqs,
+        "PATCH /apis/networking.k8s.io/v1/namespaces/iot/networkpolicies/sensors",
+    );
+    assert!(p.content_type.starts_with("application/apply-patch"));
+    assert_eq!(p.body["metadata"]["ownerReferences"][0]["name"], "sensors");
+    assert_eq!(
+        p.body["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    let w = World::new();
+    w.reconcile(&finalized(json!({})))
+        .await
+        .expect("reconciles");
+    assert!(
+        !lines(&w.kube.take_requests())
+            .iter()
+            .any(|l| l.contains("networkpolicies")),
+        "none without the setting"
+    );
+}

@@ -12,6 +12,7 @@ use crate::crd::Broker;
 
 mod config;
 mod deployment;
+mod network_policy;
 mod secrets;
 mod service;
 
@@ -20,6 +21,7 @@ pub use config::{
     render_config,
 };
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
+pub use network_policy::desired_network_policy;
 pub use secrets::{
     BROKER_ID_KEY, BROKER_SECRET_KEY, CA_CERT_KEY, CA_KEY_KEY, Credentials, ca_from_secret,
     desired_ca_secret, desired_credentials_secret, desired_tls_secret, leaf_from_secret,
@@ -44,6 +46,9 @@ pub struct Settings {
     pub broker_hook: BrokerHook,
     /// Which pub/sub namespaces a Kubernetes namespace may use.
     pub tenancy: crate::tenancy::Tenancy,
+    /// With `Some(monitoring namespace)`, each Broker gets a NetworkPolicy
+    /// ([`desired_network_policy`]) whose metrics port only that namespace reaches.
+    pub network_policy: Option<String>,
 }
 
 /// Object names derived from the Broker's name.
@@ -176,6 +181,7 @@ pub(crate) mod fixtures {
             control_plane_url: "http://starling-api-internal.starling-system.svc:8081".to_owned(),
             broker_hook: super::BrokerHook::default(),
             tenancy: crate::tenancy::Tenancy::default(),
+            network_policy: None,
         }
     }
 }
