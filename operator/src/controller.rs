@@ -945,8 +945,14 @@ pub async fn check_discovery(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Runs the controller over `namespaces` (all namespaces when empty) until `shutdown`.
-pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: CancellationToken) {
+/// Runs the controller over `namespaces` (all namespaces when empty) until `shutdown`, with at
+/// most `concurrency` reconciles at once in each (0 means 1).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: &[String],
+    concurrency: u16,
+    shutdown: CancellationToken,
+) {
     let selector =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=starling-operator");
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
@@ -970,6 +976,9 @@ pub async fn run(ctx: Arc<Context>, namespaces: &[String], shutdown: Cancellatio
         let ctx = ctx.clone();
         let fut = Controller::new(brokers, watcher::Config::default())
             .owns(deployments, selector.clone())
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(concurrency.max(1)),
+            )
             .graceful_shutdown_on(async move { token.cancelled().await })
             .run(reconcile, error_policy, ctx)
             .for_each(|res| async move {

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod generated;
 pub mod leader;
 pub mod metrics;
 pub mod resources;

@@ -128,6 +128,22 @@ struct RunArgs {
     /// Timeout of one call to the api, in seconds.
     #[arg(long, env = "STARLING_OPERATOR_API_TIMEOUT_SECS", default_value_t = 10)]
     api_timeout_secs: u64,
+    /// Most reconciles running at once, per watched namespace (or in all, when it watches all);
+    /// more Brokers wait in the queue.
+    #[arg(long, env = "STARLING_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_concurrent_reconciles: u16,
+    /// Secrets to create in the operator's namespace when missing, never changing one that
+    /// exists: a JSON list of {"name": ..., "data": {KEY: TEMPLATE}, "labels": {...}}, where
+    /// `{random}` in a template stands for one random value per Secret (set by the chart).
+    #[arg(long, env = "STARLING_OPERATOR_GENERATE_SECRETS", default_value = "")]
+    generate_secrets: String,
+    /// How long to wait for the api token file to appear, in seconds.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_API_TOKEN_WAIT_SECS",
+        default_value_t = 300
+    )]
+    api_token_wait_secs: u64,
     /// Log format.
     #[arg(
         long,
@@ -213,32 +229,37 @@ async fn readyz(State(s): State<HttpState>) -> StatusCode {
     }
 }
 
+/// Reads the api token file, waiting up to `wait` while it is missing or empty: a Secret the
+/// operator has just generated reaches its own optional volume only at the kubelet's next sync.
+async fn wait_for_token(path: &std::path::Path, wait: Duration) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let token = std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the api token file {} is missing or empty after {wait:?}",
+            path.display()
+        );
+        if !told {
+            info!(file = %path.display(), "waiting for the api token file");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
 
-    let token = std::fs::read_to_string(&args.api_token_file)
-        .with_context(|| {
-            format!(
-                "reading the api token from {}",
-                args.api_token_file.display()
-            )
-        })?
-        .trim()
-        .to_owned();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "the api token file {} is empty",
-        args.api_token_file.display()
-    );
-    let control_plane = HttpControlPlane::new(
-        &args.api_url,
-        token,
-        Duration::from_secs(args.api_timeout_secs),
-    )
-    .context("building the api client")?;
     let settings = Settings {
         default_image: args.broker_image.clone(),
         control_plane_url: args
@@ -274,6 +295,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API server")?;
+
+    // Secrets the chart leaves to the operator (admin token, KEK, database password): created
+    // once, never changed, so that no render of the chart regenerates them.
+    let generate = starling_operator::generated::parse(&args.generate_secrets)
+        .context("--generate-secrets")?;
+    if !generate.is_empty() {
+        let created = starling_operator::generated::ensure(
+            &Api::namespaced(client.clone(), &args.lease_namespace),
+            &generate,
+        )
+        .await
+        .context("generating the chart's Secrets")?;
+        for s in &created {
+            info!(secret = %s.metadata.name.as_deref().unwrap_or_default(), namespace = %args.lease_namespace, "generated");
+        }
+    }
+    let token = wait_for_token(
+        &args.api_token_file,
+        Duration::from_secs(args.api_token_wait_secs),
+    )
+    .await?;
+    let control_plane = HttpControlPlane::new(
+        &args.api_url,
+        token,
+        Duration::from_secs(args.api_timeout_secs),
+    )
+    .context("building the api client")?;
+
     let version = client
         .apiserver_version()
         .await
@@ -340,7 +389,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings,
         metrics.clone(),
     ));
-    controller::run(ctx, &namespaces, scope.clone()).await;
+    controller::run(
+        ctx,
+        &namespaces,
+        args.max_concurrent_reconciles,
+        scope.clone(),
+    )
+    .await;
     metrics.leader.set(0);
 
     if let Some(lock) = &lock {

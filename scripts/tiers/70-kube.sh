@@ -60,6 +60,7 @@ cleanup() {
   if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null; wait "$broker_pid" 2>/dev/null; fi
   if [ -n "$op_pid" ]; then kill "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null; fi
   if [ -n "$standby_pid" ]; then kill "$standby_pid" 2>/dev/null; wait "$standby_pid" 2>/dev/null; fi
+  if [ -n "${new_pid:-}" ]; then kill "$new_pid" 2>/dev/null; wait "$new_pid" 2>/dev/null; fi
   if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null; wait "$api_pid" 2>/dev/null; fi
   bash "$K8S_TOOLS/control-plane.sh" stop "$work/cp"
   rm -rf "$work"
@@ -293,8 +294,11 @@ forbidden() { kubectl -n iot get events.events.k8s.io -o jsonpath='{range .items
 wait_for 30 forbidden || fail "no Warning event NetworkPolicyForbidden under the previous chart's RBAC"
 before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.uid}/{.metadata.generation}/{.spec.template.metadata.annotations}')
 creds_before=$(kubectl -n iot get secret orders-credentials -o jsonpath='{.metadata.uid}{.data}')
+chart_secrets() { kubectl -n starling-system get secret starling-admin-token starling-kek starling-database -o jsonpath='{range .items[*]}{.metadata.uid}{.data}{"\n"}{end}'; }
+chart_secrets_before=$(chart_secrets) || fail "the previous chart version made no admin token, KEK or database Secret"
 helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' >/dev/null \
   || fail "helm upgrade from the previous chart version failed"
+[ "$(chart_secrets)" = "$chart_secrets_before" ] || fail "the upgrade replaced or changed the admin token, KEK or database Secret"
 [ "$(helm -n starling-system history starling -o json | python3 -c 'import json,sys; print([r["chart"] for r in json.load(sys.stdin)])')" \
   = "['starling-0.1.0', 'starling-$(awk '/^version:/ {print $2}' charts/starling/Chart.yaml)']" ] || fail "the release history is not previous, then this version"
 kubectl get crd brokers.starling.dev >/dev/null || fail "the upgrade lost the CRD"
@@ -342,6 +346,34 @@ grep -q '^starling_operator_broker_ready{namespace="iot",broker="orders"} 1$' "$
   || fail "the operator does not report the Ready Broker: $(grep broker_ready "$work/metrics-operator-upgrade.txt")"
 grep -Eq '^starling_operator_certificate_not_after_timestamp_seconds\{namespace="iot",broker="orders"\} [0-9]{10}$' "$work/metrics-operator-upgrade.txt" \
   || fail "the operator does not report the Broker's certificate expiry"
+helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' >/dev/null \
+  || fail "a second helm upgrade failed"
+[ "$(chart_secrets)" = "$chart_secrets_before" ] || fail "rendering the chart again changed its Secrets"
+
+echo "--- a rollout of the operator: a new replica is ready beside the leader and generates missing Secrets once"
+# What `helm upgrade` does to the operator's Deployment (two replicas, maxUnavailable 0): a new
+# pod starts while the old ones run. It must become ready without the Lease, and it creates the
+# chart's Secrets that do not exist yet (here a throwaway one) without touching existing ones.
+kubectl -n starling-system delete secret starling-generated-check --ignore-not-found >/dev/null
+generate='[{"name":"starling-generated-check","data":{"token":"stk_{random}"}},{"name":"starling-admin-token","data":{"token":"stk_{random}"}}]'
+new_http=$(free_port)
+STARLING_OPERATOR_GENERATE_SECRETS="$generate" start_operator operator-c "$new_http" "$work/operator-c.log"
+new_pid=$!
+new_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$new_http/readyz")" = 200 ]; }
+wait_for 30 new_ready || { tail -20 "$work/operator-c.log"; fail "the new operator replica is not ready while another leads"; }
+grep -q "starting the controller" "$work/operator-c.log" && fail "the new replica leads beside the old one"
+generated=$(kubectl -n starling-system get secret starling-generated-check -o jsonpath='{.data.token}' | base64 -d) \
+  || fail "the operator did not generate the missing Secret"
+[ "${generated#stk_}" != "$generated" ] && [ "${#generated}" = 68 ] || fail "the generated token has the wrong form"
+[ "$(chart_secrets)" = "$chart_secrets_before" ] || fail "the operator changed an existing chart Secret"
+kill "$new_pid"; wait "$new_pid" 2>/dev/null || true
+STARLING_OPERATOR_GENERATE_SECRETS="$generate" start_operator operator-c "$new_http" "$work/operator-c2.log"
+new_pid=$!
+wait_for 30 new_ready || fail "the restarted replica is not ready"
+[ "$(kubectl -n starling-system get secret starling-generated-check -o jsonpath='{.data.token}' | base64 -d)" = "$generated" ] \
+  || fail "a restart regenerated a Secret"
+kill "$new_pid"; wait "$new_pid" 2>/dev/null || true; new_pid=""
+kubectl -n starling-system delete secret starling-generated-check >/dev/null
 
 echo "--- the NetworkPolicies are accepted and select the chart's pods"
 [ "$(kubectl -n starling-system get networkpolicy -o name | sort | tr '\n' ' ')" = \

@@ -51,14 +51,22 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{ default (printf "ghcr.io/starling-mqtt/starling-broker:%s" .Chart.AppVersion) .Values.operator.brokerImage }}
 {{- end -}}
 
-{{/* An existing Secret's value for key, or a new random one (kept across upgrades). */}}
-{{- define "starling.keepOrGenerate" -}}
-{{- $existing := lookup "v1" "Secret" .namespace .name -}}
-{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
-{{- index $existing.data .key -}}
-{{- else -}}
-{{- .generate | b64enc -}}
-{{- end -}}
+{{/* The Secrets the operator generates once when missing (STARLING_OPERATOR_GENERATE_SECRETS):
+a JSON list of {name, data: {key: template with {random}}, labels}. */}}
+{{- define "starling.generatedSecrets" -}}
+{{- $list := list }}
+{{- $labels := dict "app.kubernetes.io/part-of" "starling" "app.kubernetes.io/managed-by" "starling-operator" }}
+{{- if not .Values.api.adminToken.existingSecret }}
+{{- $list = append $list (dict "name" (include "starling.adminToken.secret" .) "data" (dict .Values.api.adminToken.key "stk_{random}") "labels" $labels) }}
+{{- end }}
+{{- if not .Values.api.keyEncryptionKey.existingSecret }}
+{{- $list = append $list (dict "name" (include "starling.kek.secret" .) "data" (dict .Values.api.keyEncryptionKey.key "{random}") "labels" $labels) }}
+{{- end }}
+{{- if and .Values.postgresql.enabled (not .Values.api.database.existingSecret) }}
+{{- $url := printf "postgres://%s:{random}@%s:5432/%s" .Values.postgresql.username (include "starling.postgresql.name" .) .Values.postgresql.database }}
+{{- $list = append $list (dict "name" (include "starling.database.secret" .) "data" (dict "POSTGRES_PASSWORD" "{random}" .Values.api.database.key $url) "labels" $labels) }}
+{{- end }}
+{{- toJson $list }}
 {{- end -}}
 
 {{/* The rules the operator needs on Brokers and their objects. */}}
