@@ -748,6 +748,55 @@ impl Rollout {
     }
 }
 
+/// How close to its notAfter a serving certificate turns `CertificateExpiring` true.
+pub const CERTIFICATE_EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(24 * 7);
+
+/// `conditions` plus `CertificateExpiring` when the serving certificate's notAfter is known:
+/// true within [`CERTIFICATE_EXPIRY_WARNING`] of it (reason `ExpiresSoon`, or `Expired`), else
+/// false (`Valid`). An operator-issued certificate is renewed before that (`tls.renewBeforeDays`,
+/// 30 by default); one from `tls.secretName` is renewed by whoever owns that Secret.
+fn with_certificate_condition(
+    mut conditions: Vec<Condition>,
+    old: Option<&BrokerStatus>,
+    generation: Option<i64>,
+    now: Timestamp,
+    not_after: Option<Timestamp>,
+) -> Vec<Condition> {
+    let Some(not_after) = not_after else {
+        return conditions;
+    };
+    let left = not_after.duration_since(now);
+    let (status, reason, message) = if left <= SignedDuration::ZERO {
+        (
+            true,
+            "Expired",
+            format!("the certificate expired at {not_after}"),
+        )
+    } else if left < CERTIFICATE_EXPIRY_WARNING {
+        (
+            true,
+            "ExpiresSoon",
+            format!("the certificate expires at {not_after}"),
+        )
+    } else {
+        (
+            false,
+            "Valid",
+            format!("the certificate is valid until {not_after}"),
+        )
+    };
+    conditions.push(condition(
+        old,
+        generation,
+        now,
+        "CertificateExpiring",
+        status,
+        reason,
+        message,
+    ));
+    conditions
+}
+
 /// The status the operator writes for `b`. `rollout` is `None` when no Deployment was applied.
 /// Ready needs the rollout done (the Deployment controller has seen the current spec, and every
 /// wanted pod is updated and ready), at least one replica, the api's id and no problem.
@@ -809,7 +858,13 @@ pub fn desired_status(
     };
     BrokerStatus {
         observed_generation: generation,
-        conditions: vec![ready, progressing, degraded],
+        conditions: with_certificate_condition(
+            vec![ready, progressing, degraded],
+            old,
+            generation,
+            now,
+            tls_not_after,
+        ),
         phase: Some(phase),
         ready_replicas: r.ready,
         broker_id,

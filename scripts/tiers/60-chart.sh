@@ -244,6 +244,12 @@ for name in all_on:
 print("operator broker-hook env ok")
 PY
 
+echo "--- exposure examples"
+kubernetes-validate --strict --quiet -k 1.33.0 examples/exposure/ingress-nginx-wss.yaml || fail "the Ingress example is not valid"
+# Both examples reach ports the operator gives every Broker's Service (wss-443, 8883, 443).
+grep -q 'name: wss-443' examples/exposure/ingress-nginx-wss.yaml || fail "the Ingress example names no wss-443 port"
+grep -q '"wss-443".to_owned(), 443' operator/src/resources/service.rs || fail "the operator's Service no longer has wss-443"
+
 echo "--- examples against the CRD"
 python3 "$K8S_TOOLS/validate_cr.py" crds/broker.yaml examples/*.yaml
 if python3 "$K8S_TOOLS/validate_cr.py" crds/broker.yaml examples/invalid/*.yaml >"$work/invalid.out"; then

@@ -20,6 +20,9 @@
 # - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
+# - playing the kubelet's stop: SIGTERM to the pod's broker sends its connected MQTT 5 client
+#   DISCONNECT 0x8B (server shutting down) and the broker exits within the pod's
+#   terminationGracePeriodSeconds;
 # - NetworkPolicies: the operator gives each Broker's pods one (MQTT from anywhere, metrics from
 #   the monitoring namespace) once its RBAC allows, and warns (NetworkPolicyForbidden) until then;
 # - upgrade: the release is installed from the previous chart version (a packaged copy under
@@ -408,7 +411,25 @@ kubectl -n starling-system patch pod "$test_pod" --subresource=status --type=mer
 wait "$helm_test_pid" || { cat "$work/helm-test.out"; fail "helm test failed (the pod's /readyz request: $phase)"; }
 [ "$phase" = Succeeded ] || fail "helm test passed although /readyz failed"
 grep -q "Phase: *Succeeded" "$work/helm-test.out" || { cat "$work/helm-test.out"; fail "helm test did not report the pod's success"; }
-kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true; broker_pid=""
+
+echo "--- playing the kubelet: SIGTERM drains the pod's broker (DISCONNECT 0x8B) within its grace period"
+grace=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.terminationGracePeriodSeconds}')
+[ -n "$grace" ] && [ "$grace" -ge 15 ] || fail "the pod's terminationGracePeriodSeconds ($grace) leaves no time to drain"
+python3 scripts/tiers/kube/drain_client.py localhost "$mqtts_port" "$work/operator-ca.crt" orders kubelet-sub "$sub_token" \
+  >"$work/drain.out" 2>&1 &
+drain_pid=$!
+wait_for 20 grep -qx connected "$work/drain.out" || { cat "$work/drain.out"; fail "the draining client did not connect"; }
+kill -TERM "$broker_pid"
+exited=false
+for _ in $(seq 1 $((grace * 2))); do
+  if ! kill -0 "$broker_pid" 2>/dev/null; then exited=true; break; fi
+  sleep 0.5
+done
+$exited || fail "the broker did not exit within the pod's ${grace} s grace period after SIGTERM (the kubelet would kill it)"
+wait "$broker_pid" 2>/dev/null || true; broker_pid=""
+wait "$drain_pid" || { cat "$work/drain.out"; fail "the client saw no DISCONNECT before the broker stopped"; }
+grep -qx "disconnect 139" "$work/drain.out" || { cat "$work/drain.out"; fail "the client was not told 0x8B (server shutting down)"; }
+echo "the client got DISCONNECT 0x8B and the broker exited within the grace period"
 
 echo "--- a spec change: Ready drops until the pods are updated"
 ready_status() { kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}'; }

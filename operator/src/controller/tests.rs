@@ -1352,3 +1352,41 @@ async fn with_network_policies_each_broker_gets_one_owned_by_it() {
         "none without the setting"
     );
 }
+
+#[test]
+fn a_certificate_within_seven_days_of_expiry_sets_certificate_expiring() {
+    let b = broker(json!({}));
+    let now = Timestamp::now();
+    let cert = |days: i64| {
+        let s = desired_status(
+            &b,
+            None,
+            None,
+            Some(now + SignedDuration::from_hours(24 * days)),
+            None,
+            now,
+        );
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "CertificateExpiring")
+            .expect("the condition")
+    };
+    let c = cert(30);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Valid"));
+    let c = cert(6);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ExpiresSoon")
+    );
+    assert!(c.message.contains("expires at"), "{}", c.message);
+    let c = cert(-1);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Expired"));
+    let none = desired_status(&b, None, None, None, None, now);
+    assert!(
+        !none
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "CertificateExpiring"),
+        "no certificate known, no condition"
+    );
+}
