@@ -34,7 +34,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DynamicObject, Patch, PatchParams},
     runtime::{
         Controller,
         controller::Action,
@@ -58,6 +58,7 @@ use crate::{
         desired_config_map, desired_credentials_secret, desired_deployment, desired_network_policy,
         desired_service, desired_tls_secret, leaf_from_secret, names,
     },
+    resources::{certificate_resource, desired_certificate},
 };
 
 /// The field manager of everything the operator applies.
@@ -278,14 +279,15 @@ fn renew_window(b: &Broker) -> SignedDuration {
     SignedDuration::from_hours(24 * i64::from(b.spec.tls.renew_before_days))
 }
 
-async fn ensure_tls(b: &Broker, secrets: &Api<Secret>) -> Result<TlsOutcome> {
-    let now = Timestamp::now();
-    if let Some(name) = &b.spec.tls.secret_name {
+/// The certificate in a `kubernetes.io/tls` Secret someone else keeps (`tls.secretName`, or
+/// cert-manager's for `tls.issuerRef`).
+async fn external_tls(secrets: &Api<Secret>, name: &str) -> Result<TlsOutcome> {
+    {
         let secret = secrets
             .get_opt(name)
             .await?
             .ok_or_else(|| Error::TlsSecret {
-                name: name.clone(),
+                name: name.to_owned(),
                 reason: "not found".to_owned(),
             })?;
         let pem = secret
@@ -294,17 +296,69 @@ async fn ensure_tls(b: &Broker, secrets: &Api<Secret>) -> Result<TlsOutcome> {
             .and_then(|d| d.get("tls.crt"))
             .and_then(|c| String::from_utf8(c.0.clone()).ok())
             .ok_or_else(|| Error::TlsSecret {
-                name: name.clone(),
+                name: name.to_owned(),
                 reason: "has no tls.crt".to_owned(),
             })?;
         let info = certs::inspect(&pem).map_err(|e| Error::TlsSecret {
-            name: name.clone(),
+            name: name.to_owned(),
             reason: e.to_string(),
         })?;
-        return Ok(TlsOutcome {
+        Ok(TlsOutcome {
             not_after: info.not_after,
             renewed: false,
+        })
+    }
+}
+
+/// `tls.issuerRef`: applies the cert-manager Certificate, then reads the Secret cert-manager
+/// writes. Until it has issued one, that is a `TlsSecretInvalid` problem saying so.
+async fn ensure_cert_manager(
+    b: &Broker,
+    client: &Client,
+    secrets: &Api<Secret>,
+    issuer: &crate::crd::IssuerRef,
+) -> Result<TlsOutcome> {
+    let ns = b
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let resource = certificate_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let name = b.name_any();
+    let existing = api.get_opt(&name).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 404 => Error::TlsSecret {
+            name: names::tls(b),
+            reason: "cert-manager's Certificate resource (certificates.cert-manager.io/v1) is not installed".to_owned(),
+        },
+        other => Error::Kube(other),
+    })?;
+    if existing.as_ref().is_some_and(|c| !owned_by(c, b)) {
+        return Err(Error::NotOwned {
+            what: format!("Certificate {name}"),
         });
+    }
+    api.patch(
+        &name,
+        &apply_params(),
+        &Patch::Apply(&desired_certificate(b, issuer)),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        what: format!("Certificate {name}"),
+        source,
+    })?;
+    match secrets.get_opt(&names::tls(b)).await? {
+        Some(_) => external_tls(secrets, &names::tls(b)).await,
+        None => Err(Error::TlsSecret {
+            name: names::tls(b),
+            reason: format!("not issued yet: waiting for cert-manager (Certificate {name})"),
+        }),
+    }
+}
+
+async fn ensure_tls(b: &Broker, secrets: &Api<Secret>) -> Result<TlsOutcome> {
+    let now = Timestamp::now();
+    if let Some(name) = &b.spec.tls.secret_name {
+        return external_tls(secrets, name).await;
     }
 
     let ca_secret = secrets.get_opt(&names::ca(b)).await?;
@@ -580,7 +634,10 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
     let client = ctx.client.clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
-    let tls = ensure_tls(b, &secrets).await;
+    let tls = match &b.spec.tls.issuer_ref {
+        Some(issuer) => ensure_cert_manager(b, &client, &secrets, issuer).await,
+        None => ensure_tls(b, &secrets).await,
+    };
 
     let credentials_secret = secrets.get_opt(&names::credentials(b)).await?;
     let registration = match check_owned(credentials_secret.as_ref(), b) {

@@ -301,14 +301,22 @@ impl ServiceType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
     validation = Rule::new("self.renewBeforeDays < self.validityDays")
-        .message("renewBeforeDays must be less than validityDays")
+        .message("renewBeforeDays must be less than validityDays"),
+    validation = Rule::new("!(has(self.secretName) && has(self.issuerRef))")
+        .message("tls.secretName and tls.issuerRef exclude each other")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// An existing `kubernetes.io/tls` Secret in the Broker's namespace; operator-issued when unset.
+    /// An existing `kubernetes.io/tls` Secret in the Broker's namespace; operator-issued when
+    /// unset (and no `issuerRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,
+    /// A cert-manager issuer: the operator keeps a cert-manager `Certificate` named like the
+    /// Broker for its host names, cert-manager writes the Secret `<name>-tls`, and the broker
+    /// reloads renewed certificates in place. Not together with `secretName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
     /// Lifetime of an operator-issued leaf certificate, in days.
     #[serde(default = "default_validity_days")]
     #[schemars(range(min = 2, max = 397))]
@@ -319,10 +327,36 @@ pub struct TlsSpec {
     pub renew_before_days: i32,
 }
 
+/// A cert-manager `Issuer` or `ClusterIssuer`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the Broker's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(regex(pattern = r"^(Issuer|ClusterIssuer)$"))]
+    pub kind: String,
+    /// The issuer's API group.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_owned()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_owned()
+}
+
 impl Default for TlsSpec {
     fn default() -> Self {
         Self {
             secret_name: None,
+            issuer_ref: None,
             validity_days: default_validity_days(),
             renew_before_days: default_renew_before_days(),
         }

@@ -38,6 +38,10 @@
 #   name is in the real /metrics of the broker, the api or the operator
 #   (scripts/tiers/kube/check_metric_names.py); the broker reports when the api last confirmed
 #   its state;
+# - cert-manager: with the Certificate CRD from scripts/tiers/kube/fixtures, a Broker with
+#   spec.tls.issuerRef gets an owned Certificate for its hosts and Secret, says it waits for
+#   cert-manager until the Secret exists, then reports its notAfter and, 3 days from expiry,
+#   CertificateExpiring/ExpiresSoon;
 # - tenancy: a Broker in namespace iot naming the pub/sub namespace other turns Degraded
 #   (NamespaceNotAllowed) with a Warning event, and nothing exists in the api or the namespace.
 set -euo pipefail
@@ -555,6 +559,53 @@ wait_for 60 gone squatter || fail "the refused Broker was not released"
 out=$(api GET /v1/namespaces/other/brokers/squatter)
 [ "${out##*$'\n'}" = 404 ] || fail "deleting the refused Broker made a broker in the api: $out"
 echo "refused without touching the api"
+
+echo "--- cert-manager: a Broker with tls.issuerRef gets a Certificate; the Secret cert-manager writes is served"
+kubectl apply -f scripts/tiers/kube/fixtures/cert-manager-certificate-crd.yaml >/dev/null
+crd_ready() { [ "$(kubectl get crd certificates.cert-manager.io -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]; }
+wait_for 30 crd_ready || fail "the Certificate CRD fixture was not established"
+cat <<'YAML' | kubectl -n iot apply -f - >/dev/null
+apiVersion: starling.dev/v1alpha1
+kind: Broker
+metadata: {name: certs}
+spec:
+  hostname: certs.example.com
+  tls:
+    issuerRef: {name: letsencrypt, kind: ClusterIssuer}
+YAML
+has_cert() { kubectl -n iot get certificates.cert-manager.io certs >/dev/null 2>&1; }
+wait_for 60 has_cert || fail "the operator created no cert-manager Certificate (operator log above)"
+kubectl -n iot get certificates.cert-manager.io certs -o json | python3 -c '
+import json, sys
+c = json.load(sys.stdin); s = c["spec"]
+assert [(r["kind"], r["name"], r.get("controller")) for r in c["metadata"]["ownerReferences"]] == [("Broker", "certs", True)], c["metadata"]
+assert s["secretName"] == "certs-tls", s
+assert s["issuerRef"] == {"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"}, s
+assert s["dnsNames"][0] == "certs.example.com" and "certs.iot.svc" in s["dnsNames"], s
+' || fail "the Certificate does not carry the Broker's hosts, Secret and issuer"
+cert_reason() { kubectl -n iot get broker certs -o jsonpath='{.status.conditions[?(@.type=="Degraded")].message}'; }
+waiting() { cert_reason | grep -q "waiting for cert-manager"; }
+wait_for 60 waiting || fail "before issuance the Broker does not say it waits for cert-manager: $(cert_reason)"
+# Playing cert-manager: the Secret it would write, valid for 3 days (inside the 7-day warning).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3 -subj /CN=certs.example.com \
+  -addext subjectAltName=DNS:certs.example.com -keyout "$work/certs.key" -out "$work/certs.crt" 2>/dev/null
+kubectl -n iot create secret tls certs-tls --cert="$work/certs.crt" --key="$work/certs.key" >/dev/null
+not_after=$(python3 -c '
+import datetime, subprocess, sys
+out = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", sys.argv[1]], capture_output=True, text=True, check=True).stdout
+t = datetime.datetime.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
+print(t.strftime("%Y-%m-%dT%H:%M:%S"))
+' "$work/certs.crt")
+kubectl -n iot annotate broker certs starling.dev/poke=issued --overwrite >/dev/null
+issued() { kubectl -n iot get broker certs -o jsonpath='{.status.tls.notAfter}' | grep -q "^$not_after"; }
+wait_for 60 issued || fail "status.tls.notAfter ($(kubectl -n iot get broker certs -o jsonpath='{.status.tls.notAfter}')) is not the issued certificate's ($not_after)"
+expiring() { [ "$(kubectl -n iot get broker certs -o jsonpath='{.status.conditions[?(@.type=="CertificateExpiring")].reason}')" = ExpiresSoon ]; }
+wait_for 30 expiring || fail "a certificate 3 days from expiry did not set CertificateExpiring/ExpiresSoon"
+kubectl -n iot get deploy certs -o jsonpath='{.spec.template.spec.volumes[?(@.name=="tls")].secret.secretName}' | grep -qx certs-tls \
+  || fail "the pods do not mount cert-manager's Secret"
+kubectl -n iot delete broker certs --wait=false >/dev/null
+wait_for 60 gone certs || fail "the cert-manager Broker was not released"
+echo "Certificate created, cert-manager's Secret served, CertificateExpiring set"
 
 echo "--- metrics"
 curl -sf "http://127.0.0.1:$op_http/metrics" >"$work/metrics.txt" || fail "no /metrics"

@@ -10,12 +10,14 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::Broker;
 
+mod certificate;
 mod config;
 mod deployment;
 mod network_policy;
 mod secrets;
 mod service;
 
+pub use certificate::{certificate_resource, desired_certificate};
 pub use config::{
     BrokerHook, CONFIG_KEY, InvalidHost, allowed_host, desired_config_map, limits_json,
     render_config,
