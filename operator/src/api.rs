@@ -51,65 +51,7 @@ impl ApiError {
     }
 }
 
-/// Who manages a broker in the api.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ManagedBy {
-    /// Always `Broker`.
-    pub kind: String,
-    /// The Kubernetes namespace of the `Broker`.
-    pub namespace: String,
-    /// The `Broker`'s name.
-    pub name: String,
-}
-
-impl ManagedBy {
-    /// The value of [`MANAGED_BY_HEADER`].
-    pub fn header_value(&self) -> String {
-        format!("{}/{}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-/// The hook field of a broker.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct OnPublishUrl {
-    /// The hook URL; `null` clears it in a PATCH.
-    pub url: Option<String>,
-}
-
-/// `POST /v1/namespaces/{ns}/brokers`.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct CreateBroker {
-    /// The broker's name (the `Broker`'s name).
-    pub name: String,
-    /// Description.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Default token lifetime in seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expiration: Option<i64>,
-    /// The on-publish hook.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_publish: Option<OnPublishUrl>,
-    /// Broker limits, with the keys of the broker's `[limits]` table.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<serde_json::Value>,
-    /// The `Broker` that owns it.
-    #[serde(rename = "managedBy")]
-    pub managed_by: ManagedBy,
-}
-
-/// `PATCH /v1/namespaces/{ns}/brokers/{b}`: the fields the `Broker` spec owns. `None` clears.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct BrokerPatch {
-    /// Description (`null` clears).
-    pub description: Option<String>,
-    /// Default token lifetime (`null` means none).
-    pub expiration: Option<i64>,
-    /// The hook (`{"url": null}` clears).
-    pub on_publish: OnPublishUrl,
-    /// Broker limits (`null` clears), with the keys of the broker's `[limits]` table.
-    pub limits: Option<serde_json::Value>,
-}
+pub use starling_types::rest::{BrokerCreate, BrokerPatch, ManagedBy, NamespaceCreate, OnPublish};
 
 /// A broker as the api returns it (fields the operator reads).
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -132,8 +74,8 @@ pub struct CreatedBroker {
     pub secret: String,
 }
 
-/// A create answer as the api sends it: `secret` is `null` when the operator re-registers a
-/// broker it already manages (200 instead of 201).
+/// What the operator reads of a create answer (a `BrokerCreated`): `secret` is `null` when the
+/// operator re-registers a broker it already manages (200 instead of 201).
 #[derive(Deserialize)]
 struct CreateAnswer {
     id: String,
@@ -167,7 +109,7 @@ pub trait ControlPlane: Send + Sync {
     /// Reads a broker; `None` when the api has none of that name.
     async fn get_broker(&self, ns: &str, name: &str) -> Result<Option<ApiBroker>, ApiError>;
     /// Creates a broker.
-    async fn create_broker(&self, ns: &str, req: &CreateBroker) -> Result<CreateOutcome, ApiError>;
+    async fn create_broker(&self, ns: &str, req: &BrokerCreate) -> Result<CreateOutcome, ApiError>;
     /// Writes the fields the `Broker` owns. `Ok(false)` when the broker is gone.
     async fn patch_broker(
         &self,
@@ -258,7 +200,7 @@ impl HttpControlPlane {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
         if let Some(m) = managed_by {
-            req = req.header(MANAGED_BY_HEADER, m.header_value());
+            req = req.header(MANAGED_BY_HEADER, m.marker());
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -313,7 +255,10 @@ fn segment(s: &str) -> Result<&str, ApiError> {
 #[async_trait]
 impl ControlPlane for HttpControlPlane {
     async fn ensure_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        let body = encode(&serde_json::json!({ "name": segment(ns)? }))?;
+        let body = encode(&NamespaceCreate {
+            name: segment(ns)?.to_owned(),
+            description: None,
+        })?;
         let (status, body) = self
             .call(Method::POST, "/v1/namespaces", Some(body), None)
             .await?;
@@ -335,7 +280,7 @@ impl ControlPlane for HttpControlPlane {
         }
     }
 
-    async fn create_broker(&self, ns: &str, req: &CreateBroker) -> Result<CreateOutcome, ApiError> {
+    async fn create_broker(&self, ns: &str, req: &BrokerCreate) -> Result<CreateOutcome, ApiError> {
         let path = format!("/v1/namespaces/{}/brokers", segment(ns)?);
         let (status, body) = self
             .call(Method::POST, &path, Some(encode(req)?), None)

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    api::{BrokerPatch, ControlPlane, CreateBroker, CreateOutcome, ManagedBy, OnPublishUrl},
+    api::{BrokerCreate, BrokerPatch, ControlPlane, CreateOutcome, ManagedBy, OnPublish},
     certs,
     crd::{Broker, BrokerStatus, Condition, FINALIZER, Phase, TlsStatus},
     error::{Error, Result},
@@ -404,12 +404,13 @@ fn managed_by(b: &Broker) -> ManagedBy {
 
 fn owned_fields(b: &Broker) -> BrokerPatch {
     BrokerPatch {
+        name: None,
         description: b.spec.description.clone(),
-        expiration: b.spec.expiration,
-        on_publish: OnPublishUrl {
+        expiration: Some(b.spec.expiration),
+        on_publish: Some(Some(OnPublish {
             url: b.spec.on_publish.as_ref().map(|o| o.url.clone()),
-        },
-        limits: resources::limits_json(b),
+        })),
+        limits: Some(resources::tenant_limits(b)),
     }
 }
 
@@ -481,17 +482,16 @@ async fn register(
         None if known_id.is_some() => Err(Error::DeletedInApi(format!("{ns}/{name}"))),
         None => {
             api.ensure_namespace(&ns).await?;
-            let fields = owned_fields(b);
-            let req = CreateBroker {
+            let req = BrokerCreate {
                 name: name.clone(),
-                description: fields.description,
-                expiration: fields.expiration,
-                on_publish: fields
-                    .on_publish
-                    .url
-                    .map(|url| OnPublishUrl { url: Some(url) }),
-                limits: fields.limits,
-                managed_by: managed_by(b),
+                description: b.spec.description.clone(),
+                expiration: b.spec.expiration,
+                on_publish: b.spec.on_publish.as_ref().map(|o| OnPublish {
+                    url: Some(o.url.clone()),
+                }),
+                limits: resources::tenant_limits(b),
+                managed_by: Some(managed_by(b)),
+                ..BrokerCreate::default()
             };
             match api.create_broker(&ns, &req).await? {
                 CreateOutcome::Created(c) => Ok(Registration {

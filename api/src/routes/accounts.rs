@@ -23,77 +23,10 @@ use crate::error::{ApiError, Problem, Result, code};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::state::AppState;
 use crate::store::{Account, ApiTokenRecord, Role, StoreError};
-
-/// The body of an account creation.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct AccountCreate {
-    /// A human name.
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: String,
-}
-
-/// A new account with its first admin token (shown once).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AccountCreated {
-    /// Account id (32 lowercase hex characters).
-    pub id: String,
-    /// The name.
-    pub name: String,
-    /// The admin token's id.
-    pub admin_token_id: String,
-    /// The admin API token; shown only here.
-    pub admin_token: String,
-}
-
-/// The body of an API token creation.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct TokenCreate {
-    /// A human name.
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: String,
-    /// `read`, `write` or `admin`.
-    pub role: Role,
-}
-
-/// An API token (never the token itself, except once in [`TokenCreated`]).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TokenView {
-    /// Token id.
-    pub id: String,
-    /// The name.
-    pub name: String,
-    /// The role.
-    pub role: Role,
-    /// RFC 3339.
-    pub created_on: String,
-}
-
-/// A new API token (shown once).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TokenCreated {
-    /// Token id.
-    pub id: String,
-    /// The name.
-    pub name: String,
-    /// The role.
-    pub role: Role,
-    /// The token; shown only here.
-    pub token: String,
-}
-
-/// One audit log line.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditView {
-    /// The API token id that made the change.
-    pub actor: String,
-    /// What was done.
-    pub action: String,
-    /// What it was done to.
-    pub target: String,
-    /// RFC 3339 with microseconds.
-    pub at: String,
-}
+pub use starling_types::rest::{
+    AccountCreate, AccountCreated, AccountView, AuditView, CallerToken, TokenCreate, TokenCreated,
+    TokenList, TokenView,
+};
 
 fn check_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -153,16 +86,6 @@ pub async fn create_account(
             admin_token: token,
         }),
     ))
-}
-
-/// A page of API tokens.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenList {
-    /// The tokens, by id (so by creation time).
-    pub items: Vec<TokenView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// The account's API tokens (admin).
@@ -329,35 +252,6 @@ pub async fn list_audit(
 }
 
 // === account discovery ===
-
-/// The token making a request, as `GET /v1/account` shows it.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CallerToken {
-    /// Token id.
-    pub id: String,
-    /// The name.
-    pub name: String,
-    /// The role: what the token may do in its account.
-    pub role: Role,
-    /// RFC 3339 with microseconds.
-    pub created_on: String,
-    /// The bootstrap token (set by the api's configuration), which may also create accounts.
-    pub bootstrap: bool,
-}
-
-/// The account an API token acts for, with the token.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AccountView {
-    /// Account id (32 lowercase hex characters): the `{account}` of the compatible routes, and
-    /// `CLOUDFLARE_ACCOUNT_ID` for Cloudflare's CLI.
-    pub id: String,
-    /// The name.
-    pub name: String,
-    /// RFC 3339 with microseconds.
-    pub created_on: String,
-    /// The token that asked.
-    pub token: CallerToken,
-}
 
 /// An account in Cloudflare's shape.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

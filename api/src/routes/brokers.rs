@@ -8,8 +8,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Deserializer, Serialize};
 use starling_types::LimitsSpec;
+pub use starling_types::rest::{
+    BrokerCreate, BrokerCreated, BrokerList, BrokerPatch, BrokerSecret, BrokerView,
+    MAX_EXPIRATION_SECS, ManagedBy, OnPublish,
+};
 
 use super::{
     Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
@@ -23,237 +26,21 @@ use crate::store::{Broker, KeyStatus, Role, StoreError};
 /// The header the operator sends to change what its custom resource owns.
 pub const MANAGED_BY_HEADER: &str = "x-starling-managed-by";
 
-/// The longest token lifetime accepted, in seconds (10 years); larger values are refused as
-/// probably nanoseconds.
-pub const MAX_EXPIRATION_SECS: i64 = 315_360_000;
-
-/// The on-publish hook settings.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct OnPublish {
-    /// The hook URL; `null` clears it.
-    pub url: Option<String>,
-}
-
-/// The Kubernetes resource that manages a broker.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ManagedBy {
-    /// Always `Broker`.
-    #[schema(pattern = "^Broker$")]
-    pub kind: String,
-    /// The Kubernetes namespace of the resource.
-    #[schema(
-        min_length = 1,
-        max_length = 63,
-        pattern = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
-    )]
-    pub namespace: String,
-    /// The resource's name.
-    #[schema(
-        min_length = 1,
-        max_length = 253,
-        pattern = "^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
-    )]
-    pub name: String,
-}
-
-impl ManagedBy {
-    fn marker(&self) -> String {
-        format!("{}/{}/{}", self.kind, self.namespace, self.name)
-    }
-
-    fn parse(marker: &str) -> Option<ManagedBy> {
-        let mut it = marker.splitn(3, '/');
-        Some(ManagedBy {
-            kind: it.next()?.into(),
-            namespace: it.next()?.into(),
-            name: it.next()?.into(),
-        })
-    }
-
-    fn validate(&self) -> Result<()> {
-        let dns = |s: &str, max: usize| {
-            (1..=max).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-                && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-        };
-        if self.kind != "Broker" || !dns(&self.namespace, 63) || !dns(&self.name, 253) {
-            return Err(ApiError::invalid(
-                "managedBy must be {\"kind\":\"Broker\",\"namespace\":<Kubernetes namespace>,\"name\":<resource name>}",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A broker as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BrokerView {
-    /// 32 lowercase hex characters.
-    pub id: String,
-    /// RFC 1035 label, unique in its namespace.
-    pub name: String,
-    /// `TOKEN`.
-    #[serde(rename = "authType")]
-    pub auth_type: String,
-    /// `TOKEN`: `authType` again, under the name Cloudflare's CLI and other clients written
-    /// against the live service read.
-    #[serde(rename = "auth_type")]
-    pub auth_type_snake: String,
-    /// Free text.
-    pub description: String,
-    /// RFC 3339 with microseconds.
-    pub created_on: String,
-    /// RFC 3339 with microseconds.
-    pub modified_on: String,
-    /// Token lifetime ceiling in seconds; `null` for none.
-    pub expiration: Option<i64>,
-    /// Where MQTT clients connect: `mqtts://<broker>.<namespace>.<domain>:8883`, or the api's
-    /// configured `endpoint` when one listener serves every broker (`starling-dev`).
-    pub endpoint: String,
-    /// Where browsers connect (MQTT over secure WebSockets): `wss://<broker>.<namespace>.<domain>/mqtt`,
-    /// or the api's configured `ws_endpoint` when one listener serves every broker.
-    #[serde(rename = "wsEndpoint")]
-    pub ws_endpoint: String,
-    /// The on-publish hook; left out when there is none, as in Cloudflare's examples.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_publish: Option<OnPublish>,
-    /// Broker limits; the broker applies each one within its own configured value.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<LimitsSpec>,
-    /// The Kubernetes resource managing this broker, if any.
-    #[serde(rename = "managedBy", skip_serializing_if = "Option::is_none")]
-    pub managed_by: Option<ManagedBy>,
-}
-
-/// A broker just created, with its secret (shown this once).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BrokerCreated {
-    /// The broker.
-    #[serde(flatten)]
-    pub broker: BrokerView,
-    /// The broker secret for the internal state route; shown only here (`null` when an
-    /// operator re-registers an existing broker: rotate the secret to get a new one).
-    pub secret: Option<String>,
-}
-
-/// A new broker secret.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BrokerSecret {
-    /// The secret; shown only here.
-    pub secret: String,
-}
-
-/// A page of brokers.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BrokerList {
-    /// The brokers, by name.
-    pub items: Vec<BrokerView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// The body of a broker creation. Accepts `authType` and `auth_type`; both may be left out.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct BrokerCreate {
-    /// RFC 1035 label, unique in the namespace.
-    #[schema(
-        min_length = 1,
-        max_length = 63,
-        pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-    )]
-    pub name: String,
-    /// Free text.
-    #[serde(default)]
-    #[schema(
-        max_length = 1024,
-        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
-    )]
-    pub description: Option<String>,
-    /// `TOKEN` (the default).
-    #[serde(rename = "authType", default)]
-    #[schema(pattern = "^TOKEN$")]
-    pub auth_type: Option<String>,
-    /// `TOKEN` (the form some clients sent).
-    #[serde(rename = "auth_type", default)]
-    #[schema(pattern = "^TOKEN$")]
-    pub auth_type_snake: Option<String>,
-    /// Token lifetime ceiling in seconds; `-1` or `null` for none.
-    #[serde(default, deserialize_with = "whole_seconds")]
-    #[schema(minimum = -1, maximum = 315360000)]
-    pub expiration: Option<i64>,
-    /// The on-publish hook: every message goes to `url` first; `null` or an empty URL for none.
-    #[serde(default)]
-    pub on_publish: Option<OnPublish>,
-    /// Broker limits; the broker applies each one within its own configured value.
-    #[serde(default)]
-    pub limits: Option<LimitsSpec>,
-    /// Set by the operator for brokers it manages.
-    #[serde(rename = "managedBy", default)]
-    pub managed_by: Option<ManagedBy>,
-}
-
-fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// A whole number of seconds, or `null`. JSON has one number type and JSON Schema's `integer`
-/// is any number without a fraction, so `3600.0` is read as `3600`; a fraction, or a value
-/// beyond the 64-bit range, is refused.
-fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
+/// Checks a `managedBy` value: `Broker` and two DNS names.
+fn validate_managed_by(m: &ManagedBy) -> Result<()> {
+    let dns = |s: &str, max: usize| {
+        (1..=max).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
     };
-    if let Some(i) = n.as_i64() {
-        return Ok(Some(i));
+    if m.kind != "Broker" || !dns(&m.namespace, 63) || !dns(&m.name, 253) {
+        return Err(ApiError::invalid(
+            "managedBy must be {\"kind\":\"Broker\",\"namespace\":<Kubernetes namespace>,\"name\":<resource name>}",
+        ));
     }
-    match n.as_f64() {
-        // i64::MAX as f64 rounds up to 2^63, so the upper bound is exclusive.
-        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
-            Ok(Some(f as i64))
-        }
-        _ => Err(serde::de::Error::custom(format!(
-            "expected a whole number of seconds, got {n}"
-        ))),
-    }
-}
-
-/// [`whole_seconds`] for a change body, where `null` (clear) differs from absent (keep).
-fn whole_seconds_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    whole_seconds(d).map(Some)
-}
-
-/// The body of a broker change: absent fields stay, `null` clears.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct BrokerPatch {
-    /// Brokers cannot be renamed: a name other than the broker's own is refused (400); its own
-    /// name is accepted and changes nothing.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Free text.
-    #[serde(default)]
-    #[schema(
-        max_length = 1024,
-        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
-    )]
-    pub description: Option<String>,
-    /// Token lifetime ceiling in seconds; `-1` or `null` for none.
-    #[serde(default, deserialize_with = "whole_seconds_or_null")]
-    #[schema(value_type = Option<i64>, minimum = -1, maximum = 315360000)]
-    pub expiration: Option<Option<i64>>,
-    /// The on-publish hook; `{"url": null}` or `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<OnPublish>)]
-    pub on_publish: Option<Option<OnPublish>>,
-    /// Broker limits, replacing the ones set before; `null` clears them.
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<LimitsSpec>)]
-    pub limits: Option<Option<LimitsSpec>>,
+    Ok(())
 }
 
 // === operations ===
@@ -437,7 +224,7 @@ async fn create(
     let on_publish_url = check_hook(body.on_publish.as_ref())?;
     let limits = check_limits(body.limits.as_ref())?;
     if let Some(m) = &body.managed_by {
-        m.validate()?;
+        validate_managed_by(m)?;
     }
     let namespace = super::namespaces::find(state, auth, ns).await?;
     let now = state.clock.now_micros();

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::header;
 use starling_token::{Claims, MAX_TOKEN_LEN, TopicAcl};
 
-use serde::{Deserialize, Serialize};
+pub use starling_types::rest::{IssuedList, IssuedView};
 
 use super::{Auth, Envelope, PathParams, QueryPairs, decode_cursor, encode_cursor};
 use crate::error::{ApiError, Problem, Result};
@@ -237,34 +237,6 @@ pub async fn compat_issue(
 }
 
 // === issuance records ===
-
-/// A record of an issued token (never the token).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IssuedView {
-    /// The token's `jti` (what revocation names).
-    pub jti: String,
-    /// The client id (`sub`).
-    pub client_id: String,
-    /// The key that signed it.
-    pub kid: String,
-    /// Unix seconds.
-    pub issued_at: i64,
-    /// Unix seconds; `null` for a token without `exp`.
-    pub expires_at: Option<i64>,
-    /// The `jti` is revoked now.
-    pub revoked: bool,
-}
-
-/// A page of issuance records.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IssuedList {
-    /// Newest first.
-    pub items: Vec<IssuedView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
 
 /// The `(issued_at, jti)` a cursor names, or 400.
 fn issued_cursor(raw: Option<&str>) -> Result<Option<(i64, String)>> {

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+pub use starling_types::rest::{NamespaceCreate, NamespaceList, NamespaceView};
 
 use super::{
     Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
@@ -13,21 +13,6 @@ use crate::error::{ApiError, Problem, Result};
 use crate::keys::new_id;
 use crate::state::AppState;
 use crate::store::{Namespace, Role, StoreError};
-
-/// A namespace as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NamespaceView {
-    /// 32 lowercase hex characters.
-    pub id: String,
-    /// RFC 1035 label, globally unique (case-insensitive).
-    pub name: String,
-    /// Free text.
-    pub description: String,
-    /// RFC 3339 with microseconds.
-    pub created_on: String,
-    /// RFC 3339 with microseconds.
-    pub modified_on: String,
-}
 
 impl From<Namespace> for NamespaceView {
     fn from(n: Namespace) -> Self {
@@ -39,35 +24,6 @@ impl From<Namespace> for NamespaceView {
             modified_on: rfc3339_micros(n.modified_at),
         }
     }
-}
-
-/// The body of a namespace creation.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct NamespaceCreate {
-    /// RFC 1035 label (1–63 letters, digits or `-`), globally unique.
-    #[schema(
-        min_length = 1,
-        max_length = 63,
-        pattern = "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-    )]
-    pub name: String,
-    /// Free text, at most 1024 characters.
-    #[serde(default)]
-    #[schema(
-        max_length = 1024,
-        pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$"
-    )]
-    pub description: Option<String>,
-}
-
-/// A page of namespaces.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NamespaceList {
-    /// The namespaces, by name.
-    pub items: Vec<NamespaceView>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
 }
 
 // === operations ===

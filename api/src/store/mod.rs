@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 mod postgres;
@@ -65,40 +64,7 @@ impl From<sqlx::Error> for StoreError {
 /// `Result` with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// An API token's role. Each includes the ones before it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read objects.
-    Read,
-    /// Create, change and delete namespaces and brokers; issue and revoke credentials.
-    Write,
-    /// Manage the account's API tokens.
-    Admin,
-}
-
-impl Role {
-    /// The role's name in the database and in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Write => "write",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Parses a stored role.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "read" => Some(Role::Read),
-            "write" => Some(Role::Write),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
+pub use starling_types::rest::Role;
 
 /// An account: the owner of namespaces, brokers and API tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,22 +232,7 @@ pub fn revocation_horizon(now_secs: i64) -> i64 {
     now_secs.saturating_sub(REVOCATION_GRACE_SECS)
 }
 
-/// A revoked `jti`. It is kept while a broker could still accept the token: until the token's
-/// `exp` plus [`REVOCATION_GRACE_SECS`], or, for a token without `exp`, until the key that
-/// signed it leaves the broker's key set (a rotation, then its `retire_at`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Revocation {
-    /// The revoked token id.
-    pub jti: String,
-    /// Unix seconds when the token expires; the revocation is kept 300 s longer (the largest
-    /// clock skew a broker accepts). `null` for a token without `exp`, or a `jti` this api did
-    /// not issue: then it is kept until the key that signed the token is retired.
-    pub expires_at: Option<i64>,
-    /// The key that signed the token, when this api issued it; `null` otherwise.
-    #[serde(default)]
-    pub kid: Option<String>,
-}
+pub use starling_types::rest::Revocation;
 
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]

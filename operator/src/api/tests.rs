@@ -135,13 +135,14 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             .expect("client");
         api.ensure_namespace("iot").await.expect("namespace");
         assert_eq!(api.get_broker("iot", "sensors").await.expect("get"), None);
-        let req = CreateBroker {
+        let req = BrokerCreate {
             name: "sensors".to_owned(),
-            description: None,
             expiration: Some(3600),
-            on_publish: None,
-            limits: Some(serde_json::json!({"maxConnections": 10})),
-            managed_by: managed(),
+            limits: Some(
+                serde_json::from_value(serde_json::json!({"maxConnections": 10})).expect("limits"),
+            ),
+            managed_by: Some(managed()),
+            ..BrokerCreate::default()
         };
         let CreateOutcome::Created(created) = api.create_broker("iot", &req).await.expect("create")
         else {
@@ -156,11 +157,11 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
                 .expect("re-registration"),
             CreateOutcome::AlreadyExists
         );
-        let other = CreateBroker {
-            managed_by: ManagedBy {
+        let other = BrokerCreate {
+            managed_by: Some(ManagedBy {
                 name: "other".to_owned(),
                 ..managed()
-            },
+            }),
             ..req.clone()
         };
         assert_eq!(
@@ -174,12 +175,13 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             .expect("exists");
         assert_eq!(got.id, "id-sensors");
         let patch = BrokerPatch {
+            name: None,
             description: Some("d".to_owned()),
-            expiration: None,
-            on_publish: OnPublishUrl {
+            expiration: Some(None),
+            on_publish: Some(Some(OnPublish {
                 url: Some("https://hook.example.com/x".to_owned()),
-            },
-            limits: None,
+            })),
+            limits: Some(None),
         };
         assert!(
             api.patch_broker("iot", "sensors", &patch, &managed())

@@ -77,11 +77,14 @@ impl ControlPlane for FakeControlPlane {
                 managed_by: managed_by.clone(),
             }))
     }
-    async fn create_broker(&self, ns: &str, req: &CreateBroker) -> Result<CreateOutcome, ApiError> {
+    async fn create_broker(&self, ns: &str, req: &BrokerCreate) -> Result<CreateOutcome, ApiError> {
         self.check(format!(
             "create {ns}/{} managedBy={}",
             req.name,
-            req.managed_by.header_value()
+            req.managed_by
+                .as_ref()
+                .map(ManagedBy::marker)
+                .unwrap_or_default()
         ))?;
         let mut s = self.state();
         let key = (ns.to_owned(), req.name.clone());
@@ -91,10 +94,11 @@ impl ControlPlane for FakeControlPlane {
         s.next_id += 1;
         let id = format!("brk_{}", s.next_id);
         let fields = BrokerPatch {
+            name: None,
             description: req.description.clone(),
-            expiration: req.expiration,
-            on_publish: req.on_publish.clone().unwrap_or(OnPublishUrl { url: None }),
-            limits: req.limits.clone(),
+            expiration: Some(req.expiration),
+            on_publish: Some(req.on_publish.clone()),
+            limits: Some(req.limits.clone()),
         };
         s.brokers
             .insert(key, (id.clone(), fields, Some(req.managed_by.clone())));
@@ -110,7 +114,7 @@ impl ControlPlane for FakeControlPlane {
         patch: &BrokerPatch,
         m: &ManagedBy,
     ) -> Result<bool, ApiError> {
-        self.check(format!("patch {ns}/{name} managedBy={}", m.header_value()))?;
+        self.check(format!("patch {ns}/{name} managedBy={}", m.marker()))?;
         let mut s = self.state();
         match s.brokers.get_mut(&(ns.to_owned(), name.to_owned())) {
             Some((_, fields, _)) => {
@@ -135,7 +139,7 @@ impl ControlPlane for FakeControlPlane {
             .then_some(secret))
     }
     async fn delete_broker(&self, ns: &str, name: &str, m: &ManagedBy) -> Result<bool, ApiError> {
-        self.check(format!("delete {ns}/{name} managedBy={}", m.header_value()))?;
+        self.check(format!("delete {ns}/{name} managedBy={}", m.marker()))?;
         Ok(self
             .state()
             .brokers
@@ -565,7 +569,9 @@ async fn a_config_change_rolls_the_pods_and_an_unchanged_spec_does_not() {
         .1
         .clone();
     assert_eq!(
-        in_api.limits,
+        in_api
+            .limits
+            .map(|l| serde_json::to_value(l).expect("serializes")),
         Some(json!({"maxConnections": 100})),
         "the api gets the limits too"
     );

@@ -114,12 +114,9 @@ impl<'a> HookToml<'a> {
 
 /// The spec's limits for the api (camelCase keys), without the operator-only ones, which only
 /// the broker's configuration file carries; `None` when the spec sets none of the others.
-pub fn limits_json(b: &Broker) -> Option<serde_json::Value> {
+pub fn tenant_limits(b: &Broker) -> Option<LimitsSpec> {
     let tenant = b.spec.limits.as_ref()?.tenant_part();
-    if tenant.is_empty() {
-        return None;
-    }
-    serde_json::to_value(tenant).ok()
+    (!tenant.is_empty()).then_some(tenant)
 }
 
 /// Renders `broker.toml` for `b`, with the operator's hook rules `hook`.
@@ -181,7 +178,7 @@ mod tests {
             "profile": "cloudflare", "maxConnections": 10, "connectTimeoutSecs": 5
         }}));
         assert_eq!(
-            limits_json(&b),
+            tenant_limits(&b).map(|l| serde_json::to_value(l).expect("serializes")),
             Some(serde_json::json!({"profile": "cloudflare", "maxConnections": 10}))
         );
         let text = render_config(&b, &BrokerHook::default()).expect("renders");
@@ -189,9 +186,9 @@ mod tests {
             text.contains("connect_timeout_secs = 5"),
             "the file has them: {text}"
         );
-        assert_eq!(limits_json(&broker(serde_json::json!({}))), None);
+        assert_eq!(tenant_limits(&broker(serde_json::json!({}))), None);
         let operator_only = broker(serde_json::json!({"limits": {"connectTimeoutSecs": 5}}));
-        assert_eq!(limits_json(&operator_only), None);
+        assert_eq!(tenant_limits(&operator_only), None);
     }
 
     #[test]

@@ -19,8 +19,8 @@ mod service;
 
 pub use certificate::{certificate_resource, desired_certificate};
 pub use config::{
-    BrokerHook, CONFIG_KEY, InvalidHost, allowed_host, desired_config_map, limits_json,
-    render_config,
+    BrokerHook, CONFIG_KEY, InvalidHost, allowed_host, desired_config_map, render_config,
+    tenant_limits,
 };
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
 pub use network_policy::desired_network_policy;

@@ -1,0 +1,184 @@
+//! Accounts, API tokens and account discovery.
+
+use serde::{Deserialize, Serialize};
+
+/// What an API token may do in its account. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read objects.
+    Read,
+    /// Create, change and delete namespaces and brokers; issue and revoke credentials.
+    Write,
+    /// Manage the account's API tokens.
+    Admin,
+}
+
+impl Role {
+    /// The role's name in the database and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role's name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of an account creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct AccountCreate {
+    /// A human name.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 200))]
+    pub name: String,
+}
+
+/// A new account with its first admin token (shown once).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AccountCreated {
+    /// Account id (32 lowercase hex characters).
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The admin token's id.
+    pub admin_token_id: String,
+    /// The admin API token; shown only here.
+    pub admin_token: String,
+}
+
+impl std::fmt::Debug for AccountCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountCreated")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("admin_token_id", &self.admin_token_id)
+            .field("admin_token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The body of an API token creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct TokenCreate {
+    /// A human name.
+    #[cfg_attr(feature = "utoipa", schema(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// `read`, `write` or `admin`.
+    pub role: Role,
+}
+
+/// An API token (never the token itself, except once in [`TokenCreated`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct TokenView {
+    /// Token id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// RFC 3339.
+    pub created_on: String,
+}
+
+/// A new API token (shown once).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct TokenCreated {
+    /// Token id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// The token; shown only here.
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A page of API tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TokenList {
+    /// The tokens, by id (so by creation time).
+    pub items: Vec<TokenView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One audit log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct AuditView {
+    /// The API token id that made the change.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// What it was done to.
+    pub target: String,
+    /// RFC 3339 with microseconds.
+    pub at: String,
+}
+
+/// The token making a request, as `GET /v1/account` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct CallerToken {
+    /// Token id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The role: what the token may do in its account.
+    pub role: Role,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+    /// The bootstrap token (set by the api's configuration), which may also create accounts.
+    pub bootstrap: bool,
+}
+
+/// The account an API token acts for, with the token (`GET /v1/account`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct AccountView {
+    /// Account id (32 lowercase hex characters): the `{account}` of the compatible routes, and
+    /// `CLOUDFLARE_ACCOUNT_ID` for Cloudflare's CLI.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// RFC 3339 with microseconds.
+    pub created_on: String,
+    /// The token that asked.
+    pub token: CallerToken,
+}
