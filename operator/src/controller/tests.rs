@@ -101,7 +101,7 @@ impl ControlPlane for FakeControlPlane {
             limits: Some(req.limits.clone()),
         };
         s.brokers
-            .insert(key, (id.clone(), fields, Some(req.managed_by.clone())));
+            .insert(key, (id.clone(), fields, req.managed_by.clone()));
         Ok(CreateOutcome::Created(CreatedBroker {
             id,
             secret: format!("secret-{}", s.next_id),
@@ -130,7 +130,7 @@ impl ControlPlane for FakeControlPlane {
         name: &str,
         m: &ManagedBy,
     ) -> Result<Option<String>, ApiError> {
-        self.check(format!("rotate {ns}/{name} managedBy={}", m.header_value()))?;
+        self.check(format!("rotate {ns}/{name} managedBy={}", m.marker()))?;
         let mut s = self.state();
         s.next_id += 1;
         let secret = format!("rotated-{}", s.next_id);
@@ -1169,16 +1169,7 @@ async fn an_api_broker_this_broker_did_not_register_is_neither_adopted_nor_delet
     // Made through the API, with no managing resource.
     w.api.state().brokers.insert(
         ("iot".to_owned(), "sensors".to_owned()),
-        (
-            "brk_api".to_owned(),
-            BrokerPatch {
-                description: None,
-                expiration: None,
-                on_publish: OnPublishUrl { url: None },
-                limits: None,
-            },
-            None,
-        ),
+        ("brk_api".to_owned(), BrokerPatch::default(), None),
     );
     let err = w
         .reconcile(&finalized(json!({})))
