@@ -593,7 +593,9 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
     if let Some(monitoring) = &ctx.settings.network_policy {
         apply_network_policy(b, ctx, &ns, monitoring).await?;
     }
-    let deployment = desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
+    let mut deployment =
+        desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
+    resources::apply_pod_options(&mut deployment, b).map_err(Error::PodOptions)?;
     let applied = ssa(&Api::<Deployment>::namespaced(client, &ns), &deployment, b).await?;
     Ok(Rollout::of(&applied))
 }

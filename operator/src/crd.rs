@@ -132,6 +132,58 @@ pub struct BrokerSpec {
     /// The on-publish hook: every PUBLISH goes to this URL first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_publish: Option<OnPublish>,
+
+    /// Scheduling and identity of the broker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOptions>,
+}
+
+fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+fn tolerations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+/// What a cluster needs on the broker pods: where they may run, how images are pulled, and the
+/// pods' own labels, annotations and ServiceAccount.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Names of Secrets in the Broker's namespace to pull the image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub image_pull_secrets: Vec<String>,
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations, as in a PodSpec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "tolerations_schema")]
+    pub tolerations: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Affinity, as in a PodSpec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "object_schema")]
+    pub affinity: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Annotations on the pods (the operator's own keys win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Labels on the pods (the operator's own keys, which select them, win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The pods' ServiceAccount; the namespace's `default` when unset. Its token is not mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
 }
 
 fn default_replicas() -> i32 {

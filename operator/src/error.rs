@@ -81,6 +81,9 @@ pub enum Error {
         /// The one the spec now names.
         wanted: String,
     },
+    /// `spec.pod` holds something a PodSpec does not take.
+    #[error("invalid pod options: {0}")]
+    PodOptions(String),
     /// The API server lacks a resource the operator needs.
     #[error("the API server does not serve {0}")]
     MissingApi(String),
@@ -108,6 +111,7 @@ impl Error {
             Self::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
             Self::Apply { .. } => "ApplyFailed",
             Self::NotOwned { .. } => "OwnershipConflict",
+            Self::PodOptions(_) => "InvalidPodOptions",
             Self::NotManaged(_) => "NotManaged",
             Self::NamespaceChanged { .. } => "NamespaceImmutable",
         }

@@ -25,7 +25,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 echo "--- the chart carries the committed CRD"
 cmp crds/broker.yaml "$chart/files/broker-crd.yaml" || fail "charts/starling/files/broker-crd.yaml differs from crds/broker.yaml: copy it"
 
-all_on=(--set operator.watchNamespaces='{iot,factory}' --set metrics.serviceMonitor.enabled=true
+all_on=(--set operator.watchNamespaces='{iot,factory}' --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true
   --set metrics.prometheusRule.enabled=true --set metrics.dashboard.namespace=grafana
   --set api.ingress.enabled=true --set postgresql.persistence.enabled=true
   --set operator.brokerHook.allowedHosts='{moderation.default.svc,10.0.0.7,fd00::7}'
@@ -63,12 +63,26 @@ for f in "$work"/default.yaml "$work"/all-on.yaml "$work"/external-db.yaml; do
   # ServiceMonitor and PrometheusRule are Prometheus Operator CRDs: no schema to validate them.
   rc=0
   kubernetes-validate --strict --quiet -k 1.33.0 "$f" >"$work/kv.raw" 2>&1 || rc=$?
-  grep -Ev "Couldn't find schema for kind (ServiceMonitor|PrometheusRule)" "$work/kv.raw" >"$work/kv.out" || true
+  grep -Ev "Couldn't find schema for kind (ServiceMonitor|PrometheusRule|PodMonitor)" "$work/kv.raw" >"$work/kv.out" || true
   if [ "$rc" -ne 0 ] || [ -s "$work/kv.out" ]; then
     cat "$work/kv.out"
     fail "kubernetes-validate found problems in $(basename "$f") (exit $rc)"
   fi
 done
+echo "--- the broker PodMonitor, when switched on"
+python3 - "$work/default.yaml" "$work/all-on.yaml" operator/src/resources/mod.rs <<'PY'
+import sys, yaml
+load = lambda p: [d for d in yaml.safe_load_all(open(p)) if d]
+assert not [d for d in load(sys.argv[1]) if d["kind"] == "PodMonitor"], "a PodMonitor by default"
+[pm] = [d for d in load(sys.argv[2]) if d["kind"] == "PodMonitor"]
+assert pm["spec"]["namespaceSelector"] == {"matchNames": ["iot", "factory"]}, pm["spec"]
+assert pm["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}], pm["spec"]
+src = open(sys.argv[3]).read()
+for k, v in pm["spec"]["selector"]["matchLabels"].items():
+    assert f'"{k}".to_owned(),\n        "{v}".to_owned()' in src, f"the operator puts no {k}={v} on broker pods"
+print("broker PodMonitor ok")
+PY
+
 echo "--- chart secrets are never generated on render"
 # The admin token, KEK and database password come from the operator (created once when missing)
 # or from existingSecret: two renders are identical, with no secret value in either.

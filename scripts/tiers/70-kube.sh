@@ -438,9 +438,27 @@ echo "the client got DISCONNECT 0x8B and the broker exited within the grace peri
 echo "--- a spec change: Ready drops until the pods are updated"
 ready_status() { kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}'; }
 gen_before=$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')
-kubectl -n iot patch broker orders --type=merge -p '{"spec":{"limits":{"maxConnections":4000}}}' >/dev/null
+kubectl -n iot patch broker orders --type=merge -p '{"spec":{"limits":{"maxConnections":4000},"pod":{
+  "imagePullSecrets":["registry"],"nodeSelector":{"kubernetes.io/arch":"amd64"},
+  "tolerations":[{"key":"dedicated","operator":"Equal","value":"mqtt","effect":"NoSchedule"}],
+  "affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"zone","operator":"In","values":["a"]}]}]}}},
+  "annotations":{"example.com/owner":"iot-team"},"labels":{"team":"iot"},"serviceAccountName":"mqtt-broker"}}}' >/dev/null
 new_template() { [ "$(kubectl -n iot get deploy orders -o jsonpath='{.metadata.generation}')" -gt "$gen_before" ]; }
 wait_for 60 new_template || fail "the spec change did not reach the Deployment"
+# spec.pod, as the real API server accepted it into the Deployment.
+kubectl -n iot get deploy orders -o json | python3 -c '
+import json, sys
+t = json.load(sys.stdin)["spec"]["template"]; p = t["spec"]
+assert p["imagePullSecrets"] == [{"name": "registry"}], p
+assert p["nodeSelector"] == {"kubernetes.io/arch": "amd64"}, p
+assert p["tolerations"][0]["key"] == "dedicated", p
+assert p["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"], p
+assert p["serviceAccountName"] == "mqtt-broker" and p["automountServiceAccountToken"] is False, p
+assert t["metadata"]["annotations"]["example.com/owner"] == "iot-team", t["metadata"]
+assert t["metadata"]["labels"]["team"] == "iot" and t["metadata"]["labels"]["starling.dev/broker"] == "orders", t["metadata"]
+' || fail "spec.pod did not reach the pod template"
+[ "$(kubectl -n iot get svc orders -o jsonpath='{.spec.ports[?(@.name=="metrics")].port}')" = 9090 ] \
+  || fail "the broker Service has no metrics port"
 not_ready() { [ "$(ready_status)" = False/RollingOut ]; }
 wait_for 60 not_ready || fail "Ready did not drop while the new template rolls out ($(ready_status))"
 [ "$(kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Progressing")].status}')" = True ] \

@@ -14,6 +14,7 @@ mod certificate;
 mod config;
 mod deployment;
 mod network_policy;
+mod pod;
 mod secrets;
 mod service;
 
@@ -24,6 +25,7 @@ pub use config::{
 };
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
 pub use network_policy::desired_network_policy;
+pub use pod::apply_pod_options;
 pub use secrets::{
     BROKER_ID_KEY, BROKER_SECRET_KEY, CA_CERT_KEY, CA_KEY_KEY, Credentials, ca_from_secret,
     desired_ca_secret, desired_credentials_secret, desired_tls_secret, leaf_from_secret,

@@ -7,8 +7,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{names, owned_meta, selector_labels};
-use crate::crd::Broker;
+use super::{HTTP_CONTAINER_PORT, names, owned_meta, selector_labels};
+use crate::crd::{Broker, ServiceType};
 
 /// The broker's Service.
 pub fn desired_service(b: &Broker) -> Service {
@@ -33,6 +33,18 @@ pub fn desired_service(b: &Broker) -> Service {
                 ..ServicePort::default()
             });
         }
+    }
+    // `/metrics` (the pods' http port) for a ServiceMonitor; only on a ClusterIP Service, so
+    // a NodePort or LoadBalancer never puts it outside the cluster (a PodMonitor scrapes the
+    // pods directly whatever the type).
+    if b.spec.service.type_ == ServiceType::ClusterIP {
+        ports.push(ServicePort {
+            name: Some("metrics".to_owned()),
+            port: HTTP_CONTAINER_PORT,
+            target_port: Some(IntOrString::String("http".to_owned())),
+            protocol: Some("TCP".to_owned()),
+            ..ServicePort::default()
+        });
     }
     let mut metadata = owned_meta(b, names::workload(b));
     if !b.spec.service.annotations.is_empty() {
@@ -80,6 +92,7 @@ mod tests {
                 ("mqtts".to_owned(), 8883, "mqtts".to_owned()),
                 ("wss-443".to_owned(), 443, "wss".to_owned()),
                 ("wss-8884".to_owned(), 8884, "wss".to_owned()),
+                ("metrics".to_owned(), 9090, "http".to_owned()),
             ]
         );
         let spec = s.spec.expect("spec");
@@ -98,7 +111,11 @@ mod tests {
             "listeners": {"mqtts": {"port": 1883}, "wss": {"enabled": false}}
         }));
         let s = desired_service(&b);
-        assert_eq!(ports(&s), [("mqtts".to_owned(), 1883, "mqtts".to_owned())]);
+        assert_eq!(
+            ports(&s),
+            [("mqtts".to_owned(), 1883, "mqtts".to_owned())],
+            "no metrics port on a LoadBalancer"
+        );
         assert_eq!(s.spec.expect("spec").type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(
             s.metadata.annotations.expect("annotations")["service.beta.kubernetes.io/aws-load-balancer-type"],
