@@ -135,26 +135,12 @@ async fn connect(
     })
 }
 
-fn remaining_length(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
 fn connect_packet(client_id: &str) -> Vec<u8> {
     let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c];
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
     body.extend_from_slice(client_id.as_bytes());
     let mut out = vec![0x10];
-    remaining_length(&mut out, body.len());
+    starling_codec::remaining_length::put(&mut out, body.len());
     out.extend_from_slice(&body);
     out
 }
@@ -165,14 +151,14 @@ fn subscribe_packet(topic: &str) -> Vec<u8> {
     body.extend_from_slice(topic.as_bytes());
     body.push(0x00);
     let mut out = vec![0x82];
-    remaining_length(&mut out, body.len());
+    starling_codec::remaining_length::put(&mut out, body.len());
     out.extend_from_slice(&body);
     out
 }
 
 fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x30];
-    remaining_length(&mut out, 2 + topic.len() + payload.len());
+    starling_codec::remaining_length::put(&mut out, 2 + topic.len() + payload.len());
     out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(payload);
@@ -181,23 +167,9 @@ fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
 
 /// Splits complete packets off `buf`, calling `f` with each packet's first byte.
 fn packets(buf: &mut BytesMut, mut f: impl FnMut(u8)) {
-    loop {
-        let mut len = 0usize;
-        let mut header = None;
-        for i in 0..4 {
-            let Some(&b) = buf.get(1 + i) else { break };
-            len |= usize::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                header = Some(2 + i);
-                break;
-            }
-        }
-        let Some(h) = header else { return };
-        if buf.len() < h + len {
-            return;
-        }
+    while let Some(len) = starling_codec::remaining_length::packet_len(buf) {
         f(buf[0]);
-        buf.advance(h + len);
+        buf.advance(len);
     }
 }
 

@@ -5,7 +5,6 @@
 //! delays nothing else and is bounded.
 
 mod common;
-mod transport_support;
 
 use std::time::Duration;
 
@@ -113,9 +112,9 @@ async fn over_tls_a_client_that_keeps_writing_reads_the_disconnect_then_close_no
         .await;
         let ca = b.broker.tls.dev().expect("dev tls").ca_cert.clone();
         let config =
-            transport_support::client_config(&transport_support::ClientOptions::trusting(&ca));
+            common::transport::client_config(&common::transport::ClientOptions::trusting(&ca));
         let tls =
-            transport_support::tls_connect(b.broker.addr(ListenerKind::Mqtts).unwrap(), config)
+            common::transport::tls_connect(b.broker.addr(ListenerKind::Mqtts).unwrap(), config)
                 .await
                 .unwrap();
         let mut c = RawClient::new(tls, ProtocolVersion::V5);

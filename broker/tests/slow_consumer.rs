@@ -118,23 +118,9 @@ fn proc_status_kb(pid: u32, field: &str) -> usize {
     kb * 1024
 }
 
-fn remaining_length(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
 fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
-    remaining_length(&mut out, body.len());
+    starling_codec::remaining_length::put(&mut out, body.len());
     out.extend_from_slice(body);
     out
 }
@@ -202,19 +188,7 @@ fn read_all(mut s: TcpStream) -> Received {
         let mut at = 0;
         loop {
             let avail = &buf[at..have];
-            let mut len = 0usize;
-            let mut mul = 1usize;
-            let mut i = 1;
-            let complete = loop {
-                let Some(b) = avail.get(i) else { break None };
-                len += usize::from(b & 0x7f) * mul;
-                mul *= 128;
-                i += 1;
-                if b & 0x80 == 0 {
-                    break Some(i + len);
-                }
-            };
-            let Some(total) = complete.filter(|t| *t <= avail.len()) else {
+            let Some(total) = starling_codec::remaining_length::packet_len(avail) else {
                 break;
             };
             match avail[0] >> 4 {

@@ -3,7 +3,7 @@
 //! messages crossing transports, the certificate swapped under a live session, and refused
 //! handshakes counted in `/metrics`.
 
-mod transport_support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::transport::{ClientOptions, Pki, client_config, tls_connect, within};
 use rustls::ClientConfig;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -20,7 +21,6 @@ use starling_broker::{RunningBroker, start};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use transport_support::{ClientOptions, Pki, client_config, tls_connect, within};
 
 const KINDS: [ListenerKind; 4] = [
     ListenerKind::Mqtt,

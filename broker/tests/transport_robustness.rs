@@ -3,15 +3,15 @@
 //! bad connection is refused while a good one, opened after it and while it is still pending,
 //! completes.
 
-mod transport_support;
+mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::transport::*;
 use starling_broker::transport::{self, ListenerKind, TransportConfig, ws};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use transport_support::*;
 
 /// A good TLS client that completes a round trip while the bad connection is pending.
 async fn good_tls_client(addr: SocketAddr, pki: &Pki) {

@@ -2,17 +2,17 @@
 //! client certificates, and the certificate reloaded when a Kubernetes Secret volume swaps its
 //! `..data` symlink.
 
-mod transport_support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
+use common::transport::*;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use starling_broker::transport::{ListenerKind, Transport, TransportConfig, tls};
-use transport_support::*;
 
 fn served_cert(
     stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,

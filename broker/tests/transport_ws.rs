@@ -2,9 +2,10 @@
 //! and refusal, request paths, frames versus MQTT packets, ping, close codes and size limits; and
 //! raw MQTT on a wss port.
 
-mod transport_support;
+mod common;
 
 use bytes::Bytes;
+use common::transport::*;
 use futures_util::{SinkExt, StreamExt};
 use starling_broker::transport::{ListenerKind, Transport, TransportConfig, ws};
 use tokio::io::AsyncWriteExt;
@@ -12,7 +13,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use transport_support::*;
 
 async fn ws_listener(ws: ws::WsConfig) -> TestListener {
     let cfg = TransportConfig {

@@ -38,6 +38,7 @@ mod reason;
 mod string;
 mod wire;
 
+pub mod remaining_length;
 pub mod topic;
 
 pub use topic::TopicError;

@@ -180,7 +180,7 @@ pub(crate) fn binary_len(b: &[u8]) -> Result<usize, EncodeError> {
 }
 
 /// Writes a Variable Byte Integer; the caller has checked it fits in 4 bytes.
-pub(crate) fn put_varint(out: &mut BytesMut, mut v: usize) {
+pub(crate) fn put_varint(out: &mut impl BufMut, mut v: usize) {
     loop {
         let mut byte = (v % 128) as u8;
         v /= 128;

@@ -1,10 +1,14 @@
-//! Test helpers: a broker started in-process on port 0, and a raw MQTT client that speaks
-//! through `starling-codec` so tests can send exact packets (or exact bytes) and assert exact
-//! answers.
+//! The broker's one test helper module: a broker started in-process on port 0, and a raw MQTT
+//! client that speaks through `starling-codec` so tests can send exact packets (or exact bytes)
+//! and assert exact answers; tokens and their signing (`tokens`, `sign_token.py`), certificates
+//! and TLS and WebSocket clients (`transport`), a slow HTTP client (`slow_http`) and the
+//! broker as a process (`process`).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod rumqttc;
 pub mod slow_http;
 pub mod tokens;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::time::Duration;

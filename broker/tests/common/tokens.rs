@@ -60,7 +60,7 @@ impl TenantKeys {
 
     /// A token with this header and claims, signed by Python's `cryptography`.
     pub fn python_token(&self, header: &str, claims: &str) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sign_token.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/sign_token.py");
         let out = Command::new("python3")
             .arg(script)
             .arg(hex(self.key.seed()))

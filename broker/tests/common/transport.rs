@@ -1,4 +1,4 @@
-//! Shared by the transport tests: certificates, a listener that runs `transport::accept` on real
+//! For the transport tests: certificates, a listener that runs `transport::accept` on real
 //! sockets and echoes MQTT packets back, and TLS and WebSocket clients.
 #![allow(dead_code, unreachable_pub)]
 
@@ -126,34 +126,14 @@ impl TestListener {
 
 /// Length of the first complete MQTT packet in `buf`, if there is one.
 pub fn packet_len(buf: &[u8]) -> Option<usize> {
-    let mut len = 0usize;
-    for i in 0..4 {
-        let b = *buf.get(1 + i)?;
-        len |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            let total = 2 + i + len;
-            return (buf.len() >= total).then_some(total);
-        }
-    }
-    None
+    starling_codec::remaining_length::packet_len(buf)
 }
 
 /// An MQTT PUBLISH (QoS 0) to `topic` with `payload`, encoded.
 pub fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
     let body_len = 2 + topic.len() + payload.len();
     let mut out = vec![0x30];
-    let mut n = body_len;
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
+    starling_codec::remaining_length::put(&mut out, body_len);
     out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(payload);
