@@ -310,6 +310,29 @@ async fn an_offline_session_ends_when_its_token_expires() {
 }
 
 #[tokio::test]
+async fn connack_lowers_the_session_expiry_to_what_the_token_has_left() {
+    timed!(async {
+        let f = fixture().await;
+        let exp = now() + 100;
+        let token = f.token("lowered", "j-lowered", TopicAcl::All, Some(exp));
+        let (_c, ack) = f.connect(persistent("lowered", &token, 3600, true)).await;
+        let told = ack
+            .properties
+            .session_expiry_interval
+            .expect("the CONNACK says the lowered expiry");
+        assert!((98..=100).contains(&told), "session expiry {told}");
+        // What the token outlasts is granted as asked, and the CONNACK says nothing.
+        let token = f.token("short-ask", "j-short-ask", TopicAcl::All, Some(exp));
+        let (_c, ack) = f.connect(persistent("short-ask", &token, 10, true)).await;
+        assert_eq!(ack.properties.session_expiry_interval, None);
+        // A token without `exp` lowers nothing.
+        let token = f.token("no-exp", "j-no-exp", TopicAcl::All, None);
+        let (_c, ack) = f.connect(persistent("no-exp", &token, 3600, true)).await;
+        assert_eq!(ack.properties.session_expiry_interval, None);
+    })
+}
+
+#[tokio::test]
 async fn a_key_that_leaves_the_key_set_disconnects_and_ends_the_sessions_it_signed() {
     timed!(async {
         let mut f = fixture().await;

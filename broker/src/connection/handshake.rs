@@ -366,6 +366,10 @@ async fn accept_connect(
         _ => u32::MAX,
     };
     let expiry = asked_expiry.min(limits.max_session_expiry_secs);
+    // No session outlives its credential (`session::lifecycle::go_offline` ends it then), and
+    // the CONNACK says so when that is sooner than the client asked: the seconds the
+    // credential has left, rounded up.
+    let granted_expiry = expiry.min(credential_secs_left(&auth));
 
     // Take the session over, or start one.
     // A child of the broker's shutdown token, so the connection waits on one token for both.
@@ -463,8 +467,8 @@ async fn accept_connect(
         props.retain_available = None; // retained messages are available (the default)
         props.assigned_client_identifier = assigned.map(MqttString::from);
         props.server_keep_alive = server_keep_alive;
-        if expiry != asked_expiry {
-            props.session_expiry_interval = Some(expiry);
+        if granted_expiry != asked_expiry {
+            props.session_expiry_interval = Some(granted_expiry);
         }
         props.authentication_method = connect.properties.authentication_method.clone();
     }
@@ -529,6 +533,18 @@ fn generate_client_id() -> String {
     let mut rng = rand::rng();
     let n: u128 = rng.random();
     format!("starling-{n:032x}")
+}
+
+/// The whole seconds a credential has left (rounded up; at least 1 while it holds), or
+/// `u32::MAX` for one without an end.
+fn credential_secs_left(auth: &Authenticated) -> u32 {
+    let Some(ends_at) = auth.credential.as_ref().and_then(|c| c.ends_at) else {
+        return u32::MAX;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    u32::try_from(ends_at.saturating_sub(now).max(1)).unwrap_or(u32::MAX)
 }
 
 /// When a connection's credential stops being valid.
