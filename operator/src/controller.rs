@@ -31,6 +31,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service},
     networking::v1::NetworkPolicy,
+    policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -58,7 +59,7 @@ use crate::{
         desired_config_map, desired_credentials_secret, desired_deployment, desired_network_policy,
         desired_service, desired_tls_secret, leaf_from_secret, names,
     },
-    resources::{certificate_resource, desired_certificate},
+    resources::{certificate_resource, desired_certificate, desired_pdb},
 };
 
 /// The field manager of everything the operator applies.
@@ -593,11 +594,44 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
     if let Some(monitoring) = &ctx.settings.network_policy {
         apply_network_policy(b, ctx, &ns, monitoring).await?;
     }
+    apply_disruption_budget(b, ctx, &ns).await?;
     let mut deployment =
         desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
     resources::apply_pod_options(&mut deployment, b).map_err(Error::PodOptions)?;
     let applied = ssa(&Api::<Deployment>::namespaced(client, &ns), &deployment, b).await?;
     Ok(Rollout::of(&applied))
+}
+
+/// Applies `b`'s PodDisruptionBudget when it runs more than one replica and the API server
+/// serves `policy/v1` (1.21 and later); on an older server there is none, and a Normal event
+/// says so.
+async fn apply_disruption_budget(b: &Broker, ctx: &Context, ns: &str) -> Result<()> {
+    let Some(pdb) = desired_pdb(b) else {
+        return Ok(());
+    };
+    let served = ctx
+        .client
+        .list_api_group_resources("policy/v1")
+        .await
+        .map(|l| l.resources.iter().any(|r| r.name == "poddisruptionbudgets"))
+        .unwrap_or(false);
+    if !served {
+        ctx.event(
+            b,
+            EventType::Normal,
+            "DisruptionBudgetUnavailable",
+            "the API server does not serve policy/v1 PodDisruptionBudgets: none is made".to_owned(),
+        )
+        .await;
+        return Ok(());
+    }
+    ssa(
+        &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns),
+        &pdb,
+        b,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Applies `b`'s NetworkPolicy. Refused for lack of RBAC (an operator upgraded before its chart),

@@ -1387,3 +1387,51 @@ fn a_certificate_within_seven_days_of_expiry_sets_certificate_expiring() {
         "no certificate known, no condition"
     );
 }
+
+#[tokio::test]
+async fn several_replicas_get_a_budget_where_policy_v1_is_served_and_an_event_where_not() {
+    let w = World::new();
+    let mut b = finalized(json!({}));
+    b.spec.replicas = 2;
+    w.reconcile(&b).await.expect("reconciles");
+    let reqs = w.kube.take_requests();
+    assert!(
+        !lines(&reqs)
+            .iter()
+            .any(|l| l.contains("poddisruptionbudgets")),
+        "{:#?}",
+        lines(&reqs)
+    );
+    let note = reqs
+        .iter()
+        .find(|r| r.body["reason"] == "DisruptionBudgetUnavailable")
+        .unwrap_or_else(|| panic!("no event in {:#?}", lines(&reqs)));
+    assert_eq!(note.body["type"], "Normal");
+
+    w.kube.put(
+        "/apis/policy/v1",
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "policy/v1", "resources": [
+            {"name": "poddisruptionbudgets", "singularName": "poddisruptionbudget", "namespaced": true,
+             "kind": "PodDisruptionBudget", "verbs": ["create", "get", "patch"]}]}),
+    );
+    let b = {
+        let mut s = w.stored_broker();
+        s.spec.replicas = 2;
+        s
+    };
+    w.reconcile(&b).await.expect("reconciles");
+    let reqs = w.kube.take_requests();
+    let pdb = find(
+        &reqs,
+        "PATCH /apis/policy/v1/namespaces/iot/poddisruptionbudgets/sensors",
+    );
+    assert_eq!(pdb.body["spec"]["maxUnavailable"], 1);
+    let dep = find(
+        &reqs,
+        "PATCH /apis/apps/v1/namespaces/iot/deployments/sensors",
+    );
+    assert_eq!(
+        dep.body["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
+}

@@ -276,6 +276,8 @@ pub fn desired_deployment(
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
+                    topology_spread_constraints: super::spread(b).0,
+                    affinity: super::spread(b).1,
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),

@@ -13,6 +13,7 @@ use crate::crd::Broker;
 mod certificate;
 mod config;
 mod deployment;
+mod disruption;
 mod network_policy;
 mod pod;
 mod secrets;
@@ -24,6 +25,7 @@ pub use config::{
     tenant_limits,
 };
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
+pub use disruption::{desired_pdb, spread};
 pub use network_policy::desired_network_policy;
 pub use pod::apply_pod_options;
 pub use secrets::{

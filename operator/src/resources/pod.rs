@@ -62,7 +62,10 @@ pub fn apply_pod_options(d: &mut Deployment, b: &Broker) -> Result<(), String> {
     if !tolerations.is_empty() {
         spec.tolerations = Some(tolerations);
     }
-    spec.affinity = affinity;
+    // The user's affinity replaces the anti-affinity of several replicas (resources::spread).
+    if affinity.is_some() {
+        spec.affinity = affinity;
+    }
     if let Some(sa) = &opts.service_account_name {
         spec.service_account_name = Some(sa.clone());
         spec.automount_service_account_token = Some(false);
