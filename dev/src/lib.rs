@@ -588,6 +588,9 @@ pub fn banner(info: &DevInfo) -> String {
   MQTT           mqtt://{mqtt}   mqtts://localhost:{mqtts_port}
   WebSockets     ws://{ws}/mqtt   wss://localhost:{wss_port}/mqtt
 
+The command-line client (cargo install --path cli, or cargo run -p starling-cli --):
+  starling login --url {api} --token {admin}
+
 Subscribe with mosquitto (in another terminal):
   mosquitto_sub -h localhost -p {mqtts_port} --cafile {ca} -V 5 -i demo-client -u demo -P '{client}' -t 'demo/#' -v
 
