@@ -9,16 +9,8 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-/// A secret string, redacted in `Debug`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// Secrets are `[redacted]` in `Debug` and `Display`.
+pub use starling_types::Secret;
 
 /// The api's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,11 +41,11 @@ pub struct Config {
     #[serde(skip)]
     pub dev_plain_ws: Option<String>,
     /// Key-encryption key: 32 bytes, base64 or hex.
-    pub kek: Option<Secret>,
+    pub kek: Option<Secret<String>>,
     /// A file holding the key-encryption key.
     pub kek_file: Option<String>,
     /// The bootstrap admin API token.
-    pub bootstrap_token: Option<Secret>,
+    pub bootstrap_token: Option<Secret<String>>,
     /// A file holding the bootstrap admin API token.
     pub bootstrap_token_file: Option<String>,
     /// The account the bootstrap token belongs to (32 lowercase hex characters).

@@ -1228,7 +1228,7 @@ async fn publickeys_never_contain_a_private_part() {
             );
             assert_eq!(
                 k["kid"].as_str().unwrap(),
-                starling_token::Jwk::thumbprint(k["x"].as_str().unwrap())
+                starling_token::thumbprint(k["x"].as_str().unwrap())
             );
         }
     }

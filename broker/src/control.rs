@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use starling_token::{Jwks, SigningKey};
+use starling_token::SigningKey;
 use starling_types::LimitsSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -52,74 +52,7 @@ pub struct ManagedTenant {
     pub secret_file: PathBuf,
 }
 
-/// The state document of the feed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FeedState {
-    /// Increases with every change.
-    pub version: u64,
-    /// Public keys.
-    pub jwks: Jwks,
-    /// Live revocations.
-    #[serde(default)]
-    pub revocations: Vec<FeedRevocation>,
-    /// Which broker this is; its hostname is the `broker` field of every hook message.
-    #[serde(default)]
-    pub broker: Option<FeedBroker>,
-    /// The on-publish hook, when the broker has one.
-    #[serde(default)]
-    pub on_publish: Option<FeedHook>,
-    /// The private part of the broker's hook key, which signs the hook's requests and never a
-    /// client token (its `kid` is not in `jwks`, and the directory refuses tokens that name it);
-    /// sent only while the broker has a hook. A `signingKey` of an older api is not read.
-    #[serde(default)]
-    pub hook_key: Option<FeedSigningKey>,
-    /// The tenant's own limits (a [`LimitsSpec`]), applied within the broker's. Read leniently
-    /// (see [`FeedState::limits`]), so that a limit this broker does not know yet never makes
-    /// it refuse a state, with its keys and revocations.
-    #[serde(default)]
-    pub limits: Option<serde_json::Value>,
-}
-
-/// The broker a state belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FeedBroker {
-    /// Broker id.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Broker name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// `<broker>.<namespace>.<domain>`, as Cloudflare's hook messages named the broker.
-    #[serde(default)]
-    pub hostname: Option<String>,
-}
-
-/// The on-publish hook in the state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FeedHook {
-    /// The webhook URL; `null` or empty means none.
-    #[serde(default)]
-    pub url: Option<String>,
-}
-
-/// A private Ed25519 key in the state: its id and seed (JWK `kid` and `d`).
-#[derive(Clone, Serialize, Deserialize)]
-pub struct FeedSigningKey {
-    /// The key id (RFC 7638 thumbprint).
-    pub kid: String,
-    /// The 32-byte seed, base64url without padding.
-    pub d: String,
-}
-
-impl std::fmt::Debug for FeedSigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeedSigningKey")
-            .field("kid", &self.kid)
-            .field("d", &"<redacted>")
-            .finish()
-    }
-}
+pub use starling_types::feed::{FeedBroker, FeedHook, FeedRevocation, FeedSigningKey, FeedState};
 
 /// Why a signing key from the state is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -137,34 +70,32 @@ pub enum SigningKeyError {
     },
 }
 
-impl FeedSigningKey {
-    /// The signing key, checked against its `kid`.
-    pub fn key(&self) -> Result<SigningKey, SigningKeyError> {
-        let key = SigningKey::from_d(&self.d)?;
-        if key.kid() != self.kid {
-            return Err(SigningKeyError::KidMismatch {
-                claimed: self.kid.clone(),
-                actual: key.kid().to_string(),
-            });
-        }
-        Ok(key)
+/// The signing key of a [`FeedSigningKey`], checked against its `kid`.
+pub fn signing_key(k: &FeedSigningKey) -> Result<SigningKey, SigningKeyError> {
+    let key = SigningKey::from_d(k.d.expose())?;
+    if key.kid() != k.kid {
+        return Err(SigningKeyError::KidMismatch {
+            claimed: k.kid.clone(),
+            actual: key.kid().to_string(),
+        });
     }
+    Ok(key)
 }
 
-/// A revoked token id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FeedRevocation {
-    /// The token id.
-    pub jti: String,
-    /// When the token would expire anyway.
-    #[serde(default)]
-    pub expires_at: Option<i64>,
-}
-
-impl FeedState {
+/// What the broker makes of a [`FeedState`] (the type is `starling-types`', the reading is here).
+pub trait FeedStateExt {
     /// What the directory needs of this state for tenant `broker_id`.
-    pub fn tenant_state(&self, broker_id: &str) -> TenantState {
+    fn tenant_state(&self, broker_id: &str) -> TenantState;
+    /// The tenant's limits: every limit this broker knows, with a value of the right type; the
+    /// rest is logged and left out.
+    fn limits(&self, broker_id: &str) -> LimitsSpec;
+    /// The hook of this state: `None` without a URL. A URL without a usable signing key gives a
+    /// target without a key, whose messages are all dropped: never delivered unchecked.
+    fn hook_target(&self, broker_id: &str) -> Option<HookTarget>;
+}
+
+impl FeedStateExt for FeedState {
+    fn tenant_state(&self, broker_id: &str) -> TenantState {
         TenantState {
             jwks: self.jwks.clone(),
             revoked: self.revocations.iter().map(|r| r.jti.clone()).collect(),
@@ -173,9 +104,7 @@ impl FeedState {
         }
     }
 
-    /// The tenant's limits: every limit this broker knows, with a value of the right type; the
-    /// rest is logged and left out.
-    pub fn limits(&self, broker_id: &str) -> LimitsSpec {
+    fn limits(&self, broker_id: &str) -> LimitsSpec {
         match &self.limits {
             None | Some(serde_json::Value::Null) => LimitsSpec::default(),
             Some(v) => {
@@ -192,9 +121,7 @@ impl FeedState {
         }
     }
 
-    /// The hook of this state: `None` without a URL. A URL without a usable signing key gives a
-    /// target without a key, whose messages are all dropped: never delivered unchecked.
-    pub fn hook_target(&self, broker_id: &str) -> Option<HookTarget> {
+    fn hook_target(&self, broker_id: &str) -> Option<HookTarget> {
         let url = self
             .on_publish
             .as_ref()?
@@ -202,7 +129,7 @@ impl FeedState {
             .as_deref()
             .filter(|u| !u.is_empty())?;
         let key = match &self.hook_key {
-            Some(k) => match k.key() {
+            Some(k) => match signing_key(k) {
                 Ok(key) => Some(Arc::new(key)),
                 Err(e) => {
                     warn!(broker_id, error = %e, "the hook key is unusable; the hook drops every message");

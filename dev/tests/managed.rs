@@ -20,6 +20,7 @@ use mqtt::RawClient;
 use starling_broker::config::{
     Config as BrokerConfig, ListenerConfig, ListenerKind, ManagedTenant,
 };
+use starling_broker::control::FeedStateExt as _;
 use starling_codec::{Connect, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -636,7 +637,8 @@ async fn a_hook_reaches_the_managed_broker_with_a_hook_key_that_signs_no_client_
         .await;
         assert_eq!(s, 200, "{feed}");
         let feed: starling_broker::control::FeedState = serde_json::from_value(feed).unwrap();
-        let stolen = feed.hook_key.expect("the hook key").key().unwrap();
+        let stolen =
+            starling_broker::control::signing_key(&feed.hook_key.expect("the hook key")).unwrap();
         let forged = stolen.sign_claims(&starling_token::Claims {
             sub: "c1".into(),
             jti: "forged".into(),

@@ -14,8 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::{Deserialize, Serialize};
 
-/// Header naming the Kubernetes object that manages a broker.
-pub const MANAGED_BY_HEADER: &str = "x-starling-managed-by";
+pub use starling_types::rest::MANAGED_BY_HEADER;
 
 /// Errors of calls to the api.
 #[derive(Debug, thiserror::Error)]

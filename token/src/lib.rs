@@ -19,7 +19,7 @@ pub use acl::{
 };
 pub use claims::Claims;
 pub use error::TokenError;
-pub use jwk::{Jwk, Jwks};
+pub use jwk::{Jwk, Jwks, thumbprint};
 pub use signing::SigningKey;
 pub use verify::{MAX_CLOCK_SKEW_SECS, MAX_TOKEN_LEN, Verifier, peek_kid};
 

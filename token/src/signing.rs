@@ -32,7 +32,7 @@ impl SigningKey {
         let pair = Ed25519KeyPair::from_seed_unchecked(seed)
             .map_err(|_| TokenError::InvalidKey("seed rejected"))?;
         let x = b64::encode(pair.public_key().as_ref());
-        let kid = Jwk::thumbprint(&x);
+        let kid = crate::thumbprint(&x);
         Ok(Self {
             seed: Zeroizing::new(*seed),
             pair,

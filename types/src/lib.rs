@@ -6,14 +6,14 @@
 //! rule that a tenant may tighten a limit but never raise it above the broker's
 //! ([`Limits::tightened`]). A new limit is one more row of that table.
 //!
-//! [`rest`] holds the bodies of the api's native REST routes, shared by the api, the operator and
-//! the `starling` command-line client.
-//!
 //! Features: `schemars` (a `JsonSchema` for the operator's CRD), `utoipa` (a `ToSchema` for the
 //! api's OpenAPI document).
 
 pub mod feed;
+pub mod jwk;
 pub mod limits;
 pub mod rest;
+pub mod secret;
 
 pub use limits::{LIMITS, LimitInfo, Limits, LimitsConfig, LimitsSpec, Profile, SetBy};
+pub use secret::Secret;

@@ -23,8 +23,7 @@ use crate::keys::{hash_secret, new_hook_key_record, new_id, new_key_record, new_
 use crate::state::AppState;
 use crate::store::{Broker, KeyStatus, Role, StoreError};
 
-/// The header the operator sends to change what its custom resource owns.
-pub const MANAGED_BY_HEADER: &str = "x-starling-managed-by";
+pub use starling_types::rest::MANAGED_BY_HEADER;
 
 /// Checks a `managedBy` value: `Broker` and two DNS names.
 fn validate_managed_by(m: &ManagedBy) -> Result<()> {

@@ -26,8 +26,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
-use starling_token::Jwks;
+use starling_types::Secret;
+use starling_types::feed::{FeedBroker, FeedHook, FeedRevocation, FeedSigningKey, FeedState};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::warn;
 
@@ -35,81 +35,18 @@ use super::{PathParams, QueryPairs, bearer};
 use crate::error::{ApiError, code};
 use crate::keys::{Kek, hash_secret, hashes_equal};
 use crate::state::AppState;
-use crate::store::{BrokerState, Revocation};
-
-/// Which broker the state belongs to.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BrokerRef {
-    /// Broker id.
-    pub id: String,
-    /// Broker name.
-    pub name: String,
-    /// Namespace name.
-    pub namespace: String,
-    /// `<broker>.<namespace>.<domain>`: the `broker` field of the on-publish hook's messages.
-    pub hostname: String,
-}
-
-/// The hook settings in the state.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HookRef {
-    /// The hook URL.
-    pub url: String,
-}
-
-/// A broker's state for its pods.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StateView {
-    /// Increases with every change.
-    pub version: u64,
-    /// The broker.
-    pub broker: BrokerRef,
-    /// Next, current and retiring public keys of client tokens (never a hook key).
-    #[schema(value_type = super::keys::JwksDoc)]
-    pub jwks: Jwks,
-    /// Live revocations.
-    pub revocations: Vec<Revocation>,
-    /// The broker's limits, as set through the api; the broker applies each one within its own
-    /// configured value.
-    pub limits: Option<starling_types::LimitsSpec>,
-    /// The on-publish hook.
-    pub on_publish: Option<HookRef>,
-    /// The private part of the broker's current hook key, which signs the on-publish hook's
-    /// requests (its `kid` is in `/publickeys`, never in `jwks`: brokers refuse it for client
-    /// tokens); present only while the broker has `onPublish`, `null` otherwise.
-    pub hook_key: Option<PrivateKey>,
-}
-
-/// A private Ed25519 signing key in the state (the JWK members that matter). The private part is
-/// never shown by `Debug`.
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PrivateKey {
-    /// The key id (RFC 7638 thumbprint), as in `jwks` and `/publickeys`.
-    pub kid: String,
-    /// The 32-byte Ed25519 seed, base64url without padding (the JWK `d` member).
-    pub d: String,
-}
-
-impl std::fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("kid", &self.kid)
-            .field("d", &"<redacted>")
-            .finish()
-    }
-}
+use crate::store::BrokerState;
 
 /// The current hook key of a broker that has a hook; `None` without a hook (private material
 /// leaves the api only when the broker needs it). A key that does not open is logged and left
 /// out: the broker then drops the tenant's messages rather than deliver them unchecked, and keys
 /// and revocations still reach it.
-fn hook_key(kek: &Kek, s: &BrokerState) -> Option<PrivateKey> {
+fn hook_key(kek: &Kek, s: &BrokerState) -> Option<FeedSigningKey> {
     s.broker.on_publish_url.as_ref()?;
     match kek.open_hook_current(&s.broker.id, &s.hook_keys) {
-        Ok(Some(key)) => Some(PrivateKey {
+        Ok(Some(key)) => Some(FeedSigningKey {
             kid: key.kid().to_string(),
-            d: URL_SAFE_NO_PAD.encode(key.seed()),
+            d: Secret::new(URL_SAFE_NO_PAD.encode(key.seed())),
         }),
         Ok(None) => {
             warn!(
@@ -125,22 +62,35 @@ fn hook_key(kek: &Kek, s: &BrokerState) -> Option<PrivateKey> {
     }
 }
 
-fn view(kek: &Kek, domain: &str, s: BrokerState, now: i64) -> StateView {
+fn view(kek: &Kek, domain: &str, s: BrokerState, now: i64) -> FeedState {
     let hook_key = hook_key(kek, &s);
     let hostname = super::brokers::hostname(&s.broker.name, &s.broker.namespace_name, domain);
-    StateView {
-        hook_key,
+    let limits = super::brokers::stored_limits(s.broker.limits.as_deref())
+        .and_then(|spec| serde_json::to_value(spec).ok());
+    FeedState {
         version: u64::try_from(s.broker.version).unwrap_or(0),
+        broker: Some(FeedBroker {
+            id: Some(s.broker.id),
+            name: Some(s.broker.name),
+            namespace: Some(s.broker.namespace_name),
+            hostname: Some(hostname),
+        }),
         jwks: super::keys::live(&s.keys, now),
-        broker: BrokerRef {
-            id: s.broker.id,
-            name: s.broker.name,
-            namespace: s.broker.namespace_name,
-            hostname,
-        },
-        revocations: s.revocations,
-        limits: super::brokers::stored_limits(s.broker.limits.as_deref()),
-        on_publish: s.broker.on_publish_url.map(|url| HookRef { url }),
+        revocations: s
+            .revocations
+            .into_iter()
+            .map(|r| FeedRevocation {
+                jti: r.jti,
+                expires_at: r.expires_at,
+                kid: r.kid,
+            })
+            .collect(),
+        limits,
+        on_publish: s
+            .broker
+            .on_publish_url
+            .map(|url| FeedHook { url: Some(url) }),
+        hook_key,
     }
 }
 
@@ -201,7 +151,7 @@ fn record_stats(state: &AppState, broker_id: &str, headers: &axum::http::HeaderM
         ("X-Starling-Broker-Stats" = Option<String>, Header, description = "the broker's counters: `instance=<id>; connections=N; messages_in=N; messages_out=N; dropped=N`"),
     ),
     responses(
-        (status = 200, description = "the state (with the private part of the hook key when the broker has a hook)", body = StateView, headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 200, description = "the state (with the private part of the hook key when the broker has a hook)", body = FeedState, headers(("Cache-Control" = String, description = "no-store"))),
         (status = 304, description = "no change within `wait`"),
         (status = 400, description = "invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "wrong or missing broker secret", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -16,6 +16,10 @@ pub struct OnPublish {
     pub url: Option<String>,
 }
 
+/// The header the operator sends, with a [`ManagedBy::marker`], to change what its custom
+/// resource owns.
+pub const MANAGED_BY_HEADER: &str = "x-starling-managed-by";
+
 /// The Kubernetes resource that manages a broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
