@@ -17,7 +17,7 @@ pub use accounts::{
 };
 pub use brokers::{
     BrokerCreate, BrokerCreated, BrokerList, BrokerPatch, BrokerSecret, BrokerView,
-    MAX_EXPIRATION_SECS, ManagedBy, OnPublish,
+    MANAGED_BY_HEADER, MAX_EXPIRATION_SECS, ManagedBy, OnPublish,
 };
 pub use credentials::{IssuedList, IssuedView};
 pub use keys::{JwkDoc, JwksDoc, KeyList, KeyView, Rotation};
