@@ -3,16 +3,20 @@
 # ports, a fresh data directory): every verb in table and JSON output, the failures (unknown
 # namespace, bad token, revoked jti, usage errors, unreachable API) with their exit codes, the
 # saved login (mode 0600, token never printed), and tokens it issues: one connects with
-# mosquitto_pub over mqtts trusting the dev CA, and once revoked it is refused.
+# mosquitto_pub over mqtts trusting the dev CA, and once revoked it is refused. Then the same
+# client against `starling-api serve` on the tier's real Postgres ($DATABASE_URL, from
+# scripts/test): the verbs again through the other store.
 set -euo pipefail
 cd "$STARLING_ROOT"
-for tool in mosquitto_pub jq python3; do
+[ -n "${DATABASE_URL:-}" ] || { echo "DATABASE_URL is not set (scripts/test starts a Postgres)"; exit 1; }
+for tool in mosquitto_pub jq python3 psql curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (scripts/lib/setup.sh installs it)"; exit 1; }
 done
-cargo build -q -p starling-dev --bin starling-dev -p starling-cli --bin starling
+cargo build -q -p starling-dev --bin starling-dev -p starling-cli --bin starling -p starling-api --bin starling-api
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 dev_bin="$target_dir/debug/starling-dev"
 cli_bin="$target_dir/debug/starling"
+api_bin="$target_dir/debug/starling-api"
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 work=$(mktemp -d)
@@ -21,7 +25,12 @@ api_port=$(port); mqtts_port=$(port)
   --mqtt "127.0.0.1:$(port)" --ws "127.0.0.1:$(port)" --mqtts "127.0.0.1:$mqtts_port" \
   --wss "127.0.0.1:$(port)" --broker-http "127.0.0.1:$(port)" >"$work/dev.out" 2>&1 &
 dev_pid=$!
-cleanup() { kill "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true; rm -rf "$work"; }
+api_pid=
+cleanup() {
+  kill "$dev_pid" 2>/dev/null || true; wait "$dev_pid" 2>/dev/null || true
+  if [ -n "$api_pid" ]; then kill "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 deadline=$((SECONDS + 120))
 until grep -q '^More tokens:' "$work/dev.out" 2>/dev/null; do
@@ -180,6 +189,47 @@ run 1 "$cli_bin" namespace delete demo; has "HTTP 409" "non-empty namespace"
 run 0 "$cli_bin" namespace delete cli-ns -o json; is .ok true
 run 0 "$cli_bin" logout; has "removed the login" "logout"
 run 2 "$cli_bin" whoami; has "no API URL" "logged out"
+
+# --- the same client against starling-api on Postgres
+db="starling_cli_tier_$$"
+psql -q "$DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+base="${DATABASE_URL%%\?*}"
+pg_port=$(port)
+python3 -c 'import secrets; print(secrets.token_hex(32), end="")' >"$work/kek"
+chmod 600 "$work/kek"
+bootstrap="sat_$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+STARLING_API__KEK_FILE="$work/kek" STARLING_API__BOOTSTRAP_TOKEN="$bootstrap" RUST_LOG=warn \
+  "$api_bin" serve --database-url "${base%/*}/$db" \
+  --public-addr "127.0.0.1:$pg_port" --internal-addr "127.0.0.1:$(port)" >"$work/api.log" 2>&1 &
+api_pid=$!
+deadline=$((SECONDS + 60))
+until curl -fsS "http://127.0.0.1:$pg_port/readyz" >/dev/null 2>&1; do
+  if ! kill -0 "$api_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+    echo "starling-api did not start:"; cat "$work/api.log"; exit 1
+  fi
+  sleep 0.1
+done
+export STARLING_API_URL="http://127.0.0.1:$pg_port" STARLING_API_TOKEN="$bootstrap"
+run 0 "$cli_bin" whoami -o json; is .token.bootstrap true
+run 0 "$cli_bin" namespace create pg-ns -o json; is .name pg-ns
+run 1 "$cli_bin" namespace describe no-such-ns; has "code 10004" "postgres: unknown namespace"
+run 0 "$cli_bin" broker create pb -n pg-ns --expiration 60 -o json; is .expiration 60
+run 0 "$cli_bin" broker update pb -n pg-ns --description on-postgres -o json; is .description on-postgres
+run 0 "$cli_bin" broker list -n pg-ns; has "pb" "postgres: broker list"
+run 0 "$cli_bin" broker issue pb -n pg-ns --client-id d1 -o json; is 'keys[0]' d1
+jti=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4)))["jti"])' "$(jq -r .d1 <<<"$out")")
+run 0 "$cli_bin" broker revoke pb -n pg-ns "$jti"
+run 0 "$cli_bin" broker show-revocations pb -n pg-ns -o json; is '.[0].jti' "$jti"
+run 0 "$cli_bin" broker unrevoke pb -n pg-ns "$jti"
+run 0 "$cli_bin" broker public-keys pb -n pg-ns -o json; is '.keys | length > 0' true
+run 0 "$cli_bin" broker rotate-keys pb -n pg-ns -o json; is '.nextKid | length > 0' true
+run 0 "$cli_bin" tokens create pg-writer --role write -o json; is .role write
+run 0 "$cli_bin" tokens list -o json; is '[.[] | select(.name=="pg-writer")] | length' 1
+STARLING_API_TOKEN=sat_wrong run 1 "$cli_bin" whoami; has "HTTP 401" "postgres: bad token"
+run 0 "$cli_bin" broker delete pb -n pg-ns
+run 0 "$cli_bin" namespace delete pg-ns
+kill "$api_pid" 2>/dev/null || true; wait "$api_pid" 2>/dev/null || true; api_pid=
+psql -q "$DATABASE_URL" -c "DROP DATABASE $db" >/dev/null || true
 
 echo "cli: $checks checks, $failures failed"
 [ "$failures" -eq 0 ]
