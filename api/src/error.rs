@@ -229,3 +229,19 @@ impl From<KeyError> for ApiError {
         ApiError::internal(&e)
     }
 }
+
+/// A store result whose `NotFound` means one named object is missing.
+pub trait OrNotFound<T> {
+    /// `NotFound` becomes a 404 naming `what` (see [`ApiError::not_found`]); any other store
+    /// error converts as usual.
+    fn or_not_found(self, what: &str) -> Result<T>;
+}
+
+impl<T> OrNotFound<T> for std::result::Result<T, StoreError> {
+    fn or_not_found(self, what: &str) -> Result<T> {
+        match self {
+            Err(StoreError::NotFound) => Err(ApiError::not_found(what)),
+            other => Ok(other?),
+        }
+    }
+}

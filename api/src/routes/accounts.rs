@@ -19,10 +19,10 @@ use super::{
     Auth, Body, Envelope, EnvelopeMessage, PathParams, QueryPairs, encode_cursor, page_params,
     rfc3339_micros,
 };
-use crate::error::{ApiError, Problem, Result, code};
+use crate::error::{ApiError, OrNotFound, Problem, Result, code};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::state::AppState;
-use crate::store::{Account, ApiTokenRecord, Role, StoreError};
+use crate::store::{Account, ApiTokenRecord, Role};
 pub use starling_types::rest::{
     AccountCreate, AccountCreated, AccountView, AuditView, CallerToken, TokenCreate, TokenCreated,
     TokenList, TokenView,
@@ -194,10 +194,11 @@ pub async fn delete_token(
             "the bootstrap token is set by the api's configuration (STARLING_API__BOOTSTRAP_TOKEN or its file) and cannot be deleted here; change it there and restart",
         ));
     }
-    match state.store.delete_api_token(&auth.account_id, &id).await {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("token")),
-        other => other?,
-    }
+    state
+        .store
+        .delete_api_token(&auth.account_id, &id)
+        .await
+        .or_not_found("token")?;
     auth.audit(&state, "token.delete", &id).await;
     Ok(StatusCode::NO_CONTENT)
 }

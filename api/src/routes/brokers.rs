@@ -18,7 +18,7 @@ use super::{
     Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
     validate_description, validate_label,
 };
-use crate::error::{ApiError, Problem, Result};
+use crate::error::{ApiError, OrNotFound, Problem, Result};
 use crate::keys::{hash_secret, new_hook_key_record, new_id, new_key_record, new_secret};
 use crate::state::AppState;
 use crate::store::{Broker, KeyStatus, Role, StoreError};
@@ -362,14 +362,11 @@ async fn patch(
     if let Some(limits) = body.limits {
         b.limits = check_limits(limits.as_ref())?;
     }
-    let stored = match state
+    let stored = state
         .store
         .update_broker(&b, state.clock.now_micros())
         .await
-    {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
-        other => other?,
-    };
+        .or_not_found("broker")?;
     auth.audit(
         state,
         "broker.update",
@@ -390,14 +387,11 @@ async fn delete(
     let b = find(state, auth, ns, name).await?;
     managed_refusal(&b, headers, "delete")?;
     operator_refusal(&b, headers)?;
-    match state
+    state
         .store
         .delete_broker(&b.id, state.clock.now_micros())
         .await
-    {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
-        other => other?,
-    }
+        .or_not_found("broker")?;
     state.stats.forget(&b.id);
     auth.audit(
         state,
@@ -563,14 +557,11 @@ pub async fn native_rotate_secret(
     auth.require(Role::Write)?;
     let broker = find(&state, &auth, &ns, &b).await?;
     let secret = new_secret("sbs_")?;
-    match state
+    state
         .store
         .set_broker_secret(&broker.id, &hash_secret(&secret))
         .await
-    {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
-        other => other?,
-    }
+        .or_not_found("broker")?;
     auth.audit(
         &state,
         "broker.secret.rotate",

@@ -15,10 +15,10 @@ use starling_token::{Jwk, Jwks};
 pub use starling_types::rest::{JwkDoc, JwksDoc, KeyList, KeyView, Rotation};
 
 use super::{Auth, Envelope, PathParams, QueryPairs, rfc3339_micros};
-use crate::error::{ApiError, Problem, Result};
+use crate::error::{OrNotFound, Problem, Result};
 use crate::keys::{new_hook_key_record, new_key_record};
 use crate::state::AppState;
-use crate::store::{KeyRecord, KeyStatus, Role, StoreError};
+use crate::store::{KeyRecord, KeyStatus, Role};
 
 /// The public JWK of a stored key.
 pub(crate) fn jwk(k: &KeyRecord) -> Jwk {
@@ -82,14 +82,11 @@ async fn rotate(
         state.clock.now_micros(),
     )?;
     let new_hook = new_hook_key_record(&state.kek, &broker.id, state.clock.now_micros())?;
-    match state
+    state
         .store
         .rotate_keys(&broker.id, &new_next, &new_hook, retire_at, now)
         .await
-    {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
-        other => other?,
-    }
+        .or_not_found("broker")?;
     auth.audit(
         state,
         "keys.rotate",

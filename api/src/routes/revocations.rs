@@ -12,9 +12,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::{Auth, Envelope, PathParams, QueryPairs};
-use crate::error::{ApiError, Problem, Result};
+use crate::error::{ApiError, OrNotFound, Problem, Result};
 use crate::state::AppState;
-use crate::store::{Revocation, Role, StoreError};
+use crate::store::{Revocation, Role};
 
 /// `jti` values per request, at most.
 pub const MAX_JTIS_PER_REQUEST: usize = 1000;
@@ -52,7 +52,7 @@ async fn add(state: &AppState, auth: &Auth, ns: &str, b: &str, q: &QueryPairs) -
     auth.require(Role::Write)?;
     let jtis = jtis(q)?;
     let broker = super::brokers::find(state, auth, ns, b).await?;
-    match state
+    state
         .store
         .add_revocations(
             &broker.id,
@@ -61,10 +61,7 @@ async fn add(state: &AppState, auth: &Auth, ns: &str, b: &str, q: &QueryPairs) -
             state.clock.now_secs(),
         )
         .await
-    {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
-        other => other?,
-    }
+        .or_not_found("broker")?;
     auth.audit(
         state,
         "revocations.add",
@@ -78,10 +75,11 @@ async fn remove(state: &AppState, auth: &Auth, ns: &str, b: &str, q: &QueryPairs
     auth.require(Role::Write)?;
     let jtis = jtis(q)?;
     let broker = super::brokers::find(state, auth, ns, b).await?;
-    match state.store.delete_revocations(&broker.id, &jtis).await {
-        Err(StoreError::NotFound) => return Err(ApiError::not_found("broker")),
-        other => other?,
-    }
+    state
+        .store
+        .delete_revocations(&broker.id, &jtis)
+        .await
+        .or_not_found("broker")?;
     auth.audit(
         state,
         "revocations.delete",
