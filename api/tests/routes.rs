@@ -2491,6 +2491,152 @@ async fn brokers_show_their_websocket_endpoint() {
     assert_eq!(created["wsEndpoint"], "wss://localhost:8884/mqtt");
 }
 
+/// An operator-managed broker is advertised at the endpoints its Broker resource's status names,
+/// on both route sets; only the managing resource sets them, and they are validated.
+async fn managed_brokers_advertise_the_endpoints_their_resource_sends() {
+    let api = api().await;
+    let marker = [("x-starling-managed-by", "Broker/prod/edge")];
+    let (created, _) = api
+        .broker(json!({
+            "name": "b1",
+            "managedBy": {"kind": "Broker", "namespace": "prod", "name": "edge"},
+            "endpoint": "mqtts://mqtt.example.com:8883",
+            "wsEndpoint": "wss://mqtt.example.com:443/mqtt",
+        }))
+        .await;
+    assert_eq!(created["endpoint"], "mqtts://mqtt.example.com:8883");
+    assert_eq!(created["wsEndpoint"], "wss://mqtt.example.com:443/mqtt");
+    let compat = api
+        .call(
+            Method::GET,
+            &format!("{C}/namespaces/home/brokers/b1"),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            &compat.body["result"]["endpoint"],
+            &compat.body["result"]["wsEndpoint"]
+        ),
+        (
+            &json!("mqtts://mqtt.example.com:8883"),
+            &json!("wss://mqtt.example.com:443/mqtt")
+        )
+    );
+    let uri = "/v1/namespaces/home/brokers/b1";
+    // The resource moves its hostname: the operator patches both.
+    let r = send(
+        &api.app,
+        Method::PATCH,
+        uri,
+        Some(BOOTSTRAP),
+        Some(json!({"endpoint": "mqtts://devices.example.org:8883", "wsEndpoint": "wss://devices.example.org:8884/mqtt"})),
+        &marker,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let listed = api
+        .call(
+            Method::GET,
+            &format!("{C}/namespaces/home/brokers"),
+            BOOTSTRAP,
+            None,
+        )
+        .await;
+    assert_eq!(
+        listed.body["result"][0]["endpoint"],
+        "mqtts://devices.example.org:8883"
+    );
+    // Without the marker: 409, like the resource's other fields.
+    let r = api
+        .call(
+            Method::PATCH,
+            uri,
+            BOOTSTRAP,
+            Some(json!({"endpoint": "mqtts://elsewhere.example.org:8883"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    // Malformed: a 400 that names the field.
+    for bad in [
+        json!({"endpoint": "https://devices.example.org"}),
+        json!({"endpoint": "mqtts://"}),
+        json!({"endpoint": "mqtts://user@devices.example.org"}),
+        json!({"wsEndpoint": "mqtts://devices.example.org:8883"}),
+        json!({"endpoint": format!("mqtts://{}.example.org", "a".repeat(600))}),
+    ] {
+        let r = send(
+            &api.app,
+            Method::PATCH,
+            uri,
+            Some(BOOTSTRAP),
+            Some(bad.clone()),
+            &marker,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("ndpoint`"), "{bad}: {detail}");
+    }
+    // null goes back to the derived endpoint.
+    let r = send(
+        &api.app,
+        Method::PATCH,
+        uri,
+        Some(BOOTSTRAP),
+        Some(json!({"endpoint": null})),
+        &marker,
+    )
+    .await;
+    assert_eq!(r.body["endpoint"], "mqtts://b1.home.example.test:8883");
+    assert_eq!(r.body["wsEndpoint"], "wss://devices.example.org:8884/mqtt");
+
+    // A broker made through the API: its endpoints are derived and cannot be set, but a body
+    // read back from a GET (carrying the derived ones) is accepted.
+    let r = api
+        .call(
+            Method::POST,
+            "/v1/namespaces/home/brokers",
+            BOOTSTRAP,
+            Some(json!({"name": "b2", "endpoint": "mqtts://mine.example.org:8883"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("managedBy"));
+    let (b2, _) = api.broker(json!({"name": "b2"})).await;
+    let mut round_trip = b2.clone();
+    round_trip["description"] = json!("read, changed, written back");
+    round_trip.as_object_mut().unwrap().retain(|k, _| {
+        [
+            "name",
+            "description",
+            "expiration",
+            "endpoint",
+            "wsEndpoint",
+        ]
+        .contains(&k.as_str())
+    });
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v1/namespaces/home/brokers/b2",
+            BOOTSTRAP,
+            Some(round_trip),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = api
+        .call(
+            Method::PATCH,
+            "/v1/namespaces/home/brokers/b2",
+            BOOTSTRAP,
+            Some(json!({"endpoint": "mqtts://mine.example.org:8883"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+}
+
 /// `GET .../credentials/issued`: every issued token's record (never the token), newest first,
 /// paged by cursor, filtered by client id, with whether its jti is revoked; read role suffices.
 async fn issued_token_records_page_newest_first_with_their_revocation() {
@@ -2833,6 +2979,7 @@ tests!(
     a_revoked_token_stays_in_the_state_feed_until_exp_plus_the_largest_clock_skew,
     rotation_keeps_old_tokens_valid_until_retire_at_then_drops_the_key,
     operator_managed_brokers_refuse_changes_without_the_marker,
+    managed_brokers_advertise_the_endpoints_their_resource_sends,
     broker_limits_are_validated_against_the_table_and_carried_by_the_state,
     either_spelling_of_the_auth_type_must_say_token,
     internal_state_long_polls_and_answers_304_410_401,

@@ -58,6 +58,8 @@ async fn broker_in(store: &dyn Store, ns: &Namespace, name: &str) -> Broker {
         on_publish_url: None,
         limits: None,
         managed_by: None,
+        endpoint: None,
+        ws_endpoint: None,
         version: 1,
         created_at: T,
         modified_at: T,
@@ -184,11 +186,21 @@ async fn broker_changes_bump_the_version_and_are_announced(store: Arc<dyn Store>
     let mut changed = b.clone();
     changed.description = "new".into();
     changed.expiration = Some(60);
+    changed.endpoint = Some("mqtts://devices.example.org:8883".into());
+    changed.ws_endpoint = Some("wss://devices.example.org:443/mqtt".into());
     let stored = store.update_broker(&changed, T + 5).await.unwrap();
     assert_eq!(stored.version, b.version + 1);
     assert_eq!(
         (stored.description.as_str(), stored.expiration),
         ("new", Some(60))
+    );
+    assert_eq!(
+        (stored.endpoint.as_deref(), stored.ws_endpoint.as_deref()),
+        (
+            Some("mqtts://devices.example.org:8883"),
+            Some("wss://devices.example.org:443/mqtt")
+        ),
+        "advertised endpoints are stored"
     );
     let got = tokio::time::timeout(Duration::from_secs(5), feed.recv())
         .await

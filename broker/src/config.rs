@@ -45,7 +45,7 @@ pub struct Config {
     /// The on-publish hook client.
     pub hook: crate::hook::HookSettings,
     /// Tenants are fed into [`crate::RunningBroker::directory`] by the program that embeds the
-    /// broker (`starling-api dev`), so token listeners need no key files.
+    /// broker (`starling-dev`), so token listeners need no key files.
     #[serde(skip)]
     pub embedded_tenants: bool,
 }

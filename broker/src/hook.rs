@@ -142,7 +142,7 @@ impl Default for HookSettings {
 }
 
 impl HookSettings {
-    /// Settings for a hook on the same machine (`starling-api dev`): http and loopback allowed.
+    /// Settings for a hook on the same machine (`starling-dev`): http and loopback allowed.
     pub fn local() -> Self {
         HookSettings {
             allow_http: true,

@@ -3,7 +3,7 @@
 //! signing key end the session (not only the connection), its will included.
 //!
 //! The tenant is fed through `Directory::apply`, the path the control plane's state feed,
-//! the key files and `starling-api dev` all take.
+//! the key files and `starling-dev` all take.
 
 mod common;
 

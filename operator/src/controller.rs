@@ -412,7 +412,17 @@ fn owned_fields(b: &Broker) -> BrokerPatch {
             url: b.spec.on_publish.as_ref().map(|o| o.url.clone()),
         })),
         limits: Some(resources::tenant_limits(b)),
+        endpoint: Some(advertised(b).0),
+        ws_endpoint: Some(advertised(b).1),
     }
+}
+
+/// The endpoints `b` advertises in `status.endpoints` (its mqtts URL, its first wss URL), sent to
+/// the api with every registration and change so that the api shows clients the same ones; `None`
+/// where the listener is off, and the api derives its own.
+fn advertised(b: &Broker) -> (Option<String>, Option<String>) {
+    let e = b.endpoints();
+    (e.mqtts, e.wss.into_iter().next())
 }
 
 /// The pub/sub namespace `b`'s broker lives in: the one recorded at registration, which
@@ -492,6 +502,8 @@ async fn register(
                 }),
                 limits: resources::tenant_limits(b),
                 managed_by: Some(managed_by(b)),
+                endpoint: advertised(b).0,
+                ws_endpoint: advertised(b).1,
                 ..BrokerCreate::default()
             };
             match api.create_broker(&ns, &req).await? {

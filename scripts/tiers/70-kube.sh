@@ -215,6 +215,9 @@ assert a["id"] == s["brokerId"], (a, s)
 assert a["expiration"] == 86400, a
 assert a["managedBy"] == {"kind": "Broker", "namespace": "iot", "name": "orders"}, a
 assert a["limits"]["maxConnections"] == 5000, a
+assert a["endpoint"] == s["endpoints"]["mqtts"], ("the api and the status advertise other endpoints", a, s["endpoints"])
+if s["endpoints"].get("wss"):
+    assert a["wsEndpoint"] == s["endpoints"]["wss"][0], ("the api and the status advertise other endpoints", a, s["endpoints"])
 print("status and registration ok")
 PY
 args=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].args}')

@@ -55,18 +55,21 @@ pub fn hostname(broker: &str, namespace: &str, domain: &str) -> String {
     )
 }
 
+/// A broker as the API shows it. Its endpoints are, in order: what its managing Broker resource
+/// advertises (so `kubectl get broker` and the api agree), the api's one shared endpoint
+/// (`starling-dev`), or the form derived from the api's domain.
 fn view(state: &AppState, b: Broker) -> BrokerView {
     BrokerView {
-        ws_endpoint: match &state.config.ws_endpoint {
-            Some(shared) => shared.clone(),
-            None => format!(
+        ws_endpoint: match (&b.ws_endpoint, &state.config.ws_endpoint) {
+            (Some(advertised), _) | (None, Some(advertised)) => advertised.clone(),
+            (None, None) => format!(
                 "wss://{}/mqtt",
                 hostname(&b.name, &b.namespace_name, &state.config.domain)
             ),
         },
-        endpoint: match &state.config.endpoint {
-            Some(shared) => shared.clone(),
-            None => format!(
+        endpoint: match (&b.endpoint, &state.config.endpoint) {
+            (Some(advertised), _) | (None, Some(advertised)) => advertised.clone(),
+            (None, None) => format!(
                 "mqtts://{}:8883",
                 hostname(&b.name, &b.namespace_name, &state.config.domain)
             ),
@@ -98,6 +101,49 @@ pub(crate) fn parse_expiration(field: &str, v: Option<i64>) -> Result<Option<i64
         ))),
     }
 }
+
+/// The longest advertised endpoint accepted.
+const MAX_ENDPOINT_LEN: usize = 512;
+
+/// An endpoint the managing resource advertises (`endpoint` or `wsEndpoint`): `null` or empty
+/// means the derived one (`Ok(None)`); anything else must be a URL with one of `schemes`, a host,
+/// no user part, no white space or control characters, and at most [`MAX_ENDPOINT_LEN`] bytes.
+fn check_endpoint(field: &str, url: Option<&str>, schemes: &[&str]) -> Result<Option<String>> {
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let shown = || {
+        schemes
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    if url.len() > MAX_ENDPOINT_LEN {
+        return Err(ApiError::invalid(format!(
+            "`{field}` is longer than {MAX_ENDPOINT_LEN} bytes"
+        )));
+    }
+    let rest = schemes
+        .iter()
+        .find_map(|s| url.strip_prefix(s).and_then(|r| r.strip_prefix("://")));
+    let authority = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    let host = authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h));
+    if host.is_none_or(str::is_empty)
+        || authority.is_some_and(|a| a.contains('@'))
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::invalid(format!(
+            "`{field}` must be a {} URL with a host, such as {}://broker.example.com",
+            shown(),
+            schemes[0]
+        )));
+    }
+    Ok(Some(url.to_owned()))
+}
+
+const MQTT_SCHEMES: [&str; 2] = ["mqtts", "mqtt"];
+const WS_SCHEMES: [&str; 2] = ["wss", "ws"];
 
 /// The longest hook URL accepted.
 const MAX_HOOK_URL_LEN: usize = 2048;
@@ -225,6 +271,13 @@ async fn create(
     if let Some(m) = &body.managed_by {
         validate_managed_by(m)?;
     }
+    let endpoint = check_endpoint("endpoint", body.endpoint.as_deref(), &MQTT_SCHEMES)?;
+    let ws_endpoint = check_endpoint("wsEndpoint", body.ws_endpoint.as_deref(), &WS_SCHEMES)?;
+    if body.managed_by.is_none() && (endpoint.is_some() || ws_endpoint.is_some()) {
+        return Err(ApiError::invalid(
+            "`endpoint` and `wsEndpoint` are set only with `managedBy`, by the operator for the brokers it manages; the api derives them for the others",
+        ));
+    }
     let namespace = super::namespaces::find(state, auth, ns).await?;
     let now = state.clock.now_micros();
     let id = new_id()?;
@@ -240,6 +293,8 @@ async fn create(
         on_publish_url,
         limits,
         managed_by: body.managed_by.as_ref().map(ManagedBy::marker),
+        endpoint,
+        ws_endpoint,
         version: 1,
         created_at: now,
         modified_at: now,
@@ -348,6 +403,33 @@ async fn patch(
     let mut b = find(state, auth, ns, name).await?;
     if body.expiration.is_some() || body.on_publish.is_some() || body.limits.is_some() {
         managed_refusal(&b, headers, "change expiration, limits and onPublish of")?;
+    }
+    if b.managed_by.is_none() {
+        // A body read back from a GET carries the derived endpoints: those change nothing.
+        let shown = view(state, b.clone());
+        if body
+            .endpoint
+            .as_ref()
+            .is_some_and(|e| e.as_ref() != Some(&shown.endpoint))
+            || body
+                .ws_endpoint
+                .as_ref()
+                .is_some_and(|e| e.as_ref() != Some(&shown.ws_endpoint))
+        {
+            return Err(ApiError::invalid(
+                "`endpoint` and `wsEndpoint` are set only by the operator for the brokers it manages; the api derives them for this one",
+            ));
+        }
+    } else {
+        if body.endpoint.is_some() || body.ws_endpoint.is_some() {
+            managed_refusal(&b, headers, "change endpoint and wsEndpoint of")?;
+        }
+        if let Some(e) = body.endpoint {
+            b.endpoint = check_endpoint("endpoint", e.as_deref(), &MQTT_SCHEMES)?;
+        }
+        if let Some(e) = body.ws_endpoint {
+            b.ws_endpoint = check_endpoint("wsEndpoint", e.as_deref(), &WS_SCHEMES)?;
+        }
     }
     if let Some(d) = body.description {
         validate_description(&d)?;

@@ -138,6 +138,12 @@ pub struct Broker {
     pub limits: Option<String>,
     /// `Broker/<k8s namespace>/<name>` for operator-managed brokers.
     pub managed_by: Option<String>,
+    /// Where MQTT clients connect, as the managing Broker resource advertises it; `None` for the
+    /// endpoint derived from the api's domain.
+    pub endpoint: Option<String>,
+    /// Where browsers connect (wss), as the managing Broker resource advertises it; `None` for
+    /// the endpoint derived from the api's domain.
+    pub ws_endpoint: Option<String>,
     /// Bumped on every change a broker must see.
     pub version: i64,
     /// Unix microseconds.

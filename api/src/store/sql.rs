@@ -21,7 +21,7 @@ pub(crate) const SWEEP_GONE_KEYS: [&str; 2] = [
 /// Columns of a broker read, joined with its namespace's name.
 pub(crate) const BROKER_COLUMNS: &str = "b.id, b.account_id, b.namespace_id, n.name AS namespace_name, \
      b.name, b.description, b.auth_type, b.expiration, b.on_publish_url, b.limits, b.managed_by, \
-     b.version, b.created_at, b.modified_at";
+     b.endpoint, b.ws_endpoint, b.version, b.created_at, b.modified_at";
 
 /// Implements [`crate::store::Store`] for `$store` (with `pool: $pool`) whose rows are `$row`.
 macro_rules! impl_store {
@@ -58,6 +58,8 @@ macro_rules! impl_store {
                 on_publish_url: r.try_get("on_publish_url")?,
                 limits: r.try_get("limits")?,
                 managed_by: r.try_get("managed_by")?,
+                endpoint: r.try_get("endpoint")?,
+                ws_endpoint: r.try_get("ws_endpoint")?,
                 version: r.try_get("version")?,
                 created_at: r.try_get("created_at")?,
                 modified_at: r.try_get("modified_at")?,
@@ -243,11 +245,11 @@ macro_rules! impl_store {
             fn create_broker<'a>(&'a self, b: &'a Broker, secret_hash: &'a str, keys: &'a [KeyRecord], hook_key: Option<&'a KeyRecord>) -> BoxFut<'a, Result<()>> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
-                    sqlx::query("INSERT INTO brokers (id, account_id, namespace_id, name, name_lower, description, auth_type, expiration, on_publish_url, limits, managed_by, secret_hash, version, created_at, modified_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)")
+                    sqlx::query("INSERT INTO brokers (id, account_id, namespace_id, name, name_lower, description, auth_type, expiration, on_publish_url, limits, managed_by, endpoint, ws_endpoint, secret_hash, version, created_at, modified_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)")
                         .bind(&b.id).bind(&b.account_id).bind(&b.namespace_id).bind(&b.name).bind(b.name.to_lowercase())
                         .bind(&b.description).bind(&b.auth_type).bind(b.expiration).bind(&b.on_publish_url)
-                        .bind(&b.limits).bind(&b.managed_by).bind(secret_hash).bind(b.version)
+                        .bind(&b.limits).bind(&b.managed_by).bind(&b.endpoint).bind(&b.ws_endpoint).bind(secret_hash).bind(b.version)
                         .bind(b.created_at).bind(b.modified_at)
                         .execute(&mut *tx).await
                         .map_err(|e| match e {
@@ -303,9 +305,9 @@ macro_rules! impl_store {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let done = sqlx::query("UPDATE brokers SET description = $1, expiration = $2, on_publish_url = $3, limits = $4, managed_by = $5, \
-                                            modified_at = $6, version = version + 1 WHERE id = $7")
+                                            endpoint = $6, ws_endpoint = $7, modified_at = $8, version = version + 1 WHERE id = $9")
                         .bind(&b.description).bind(b.expiration).bind(&b.on_publish_url).bind(&b.limits)
-                        .bind(&b.managed_by).bind(now_micros).bind(&b.id)
+                        .bind(&b.managed_by).bind(&b.endpoint).bind(&b.ws_endpoint).bind(now_micros).bind(&b.id)
                         .execute(&mut *tx).await?;
                     if done.rows_affected() == 0 {
                         return Err(StoreError::NotFound);

@@ -182,6 +182,8 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
                 url: Some("https://hook.example.com/x".to_owned()),
             })),
             limits: Some(None),
+            endpoint: Some(Some("mqtts://mqtt.example.com:8883".to_owned())),
+            ws_endpoint: None,
         };
         assert!(
             api.patch_broker("iot", "sensors", &patch, &managed())
@@ -194,6 +196,7 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             assert_eq!(stored["on_publish"]["url"], "https://hook.example.com/x");
             assert_eq!(stored["expiration"], serde_json::Value::Null);
             assert_eq!(stored["managedBy"]["kind"], "Broker");
+            assert_eq!(stored["endpoint"], "mqtts://mqtt.example.com:8883");
             assert_eq!(
                 stored["limits"],
                 serde_json::Value::Null,

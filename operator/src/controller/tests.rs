@@ -99,6 +99,8 @@ impl ControlPlane for FakeControlPlane {
             expiration: Some(req.expiration),
             on_publish: Some(req.on_publish.clone()),
             limits: Some(req.limits.clone()),
+            endpoint: Some(req.endpoint.clone()),
+            ws_endpoint: Some(req.ws_endpoint.clone()),
         };
         s.brokers
             .insert(key, (id.clone(), fields, req.managed_by.clone()));
@@ -546,6 +548,46 @@ async fn a_ready_deployment_makes_the_broker_ready_and_updates_patch_the_api() {
     assert_eq!(b.status.as_ref().map(|s| s.ready_replicas), Some(1));
     assert_eq!(condition_of(&b, "Ready").status, "True");
     assert_eq!(condition_of(&b, "Ready").reason, "BrokerReady");
+}
+
+#[tokio::test]
+async fn the_api_is_told_the_endpoints_the_status_advertises_at_registration_and_after_a_change() {
+    let w = World::new();
+    w.reconcile(&finalized(json!({"hostname": "mqtt.example.com"})))
+        .await
+        .expect("first");
+    let sent = |w: &World| {
+        let fields = w.api.state().brokers[&("iot".to_owned(), "sensors".to_owned())]
+            .1
+            .clone();
+        (fields.endpoint.flatten(), fields.ws_endpoint.flatten())
+    };
+    let status_endpoints = |w: &World| {
+        let e = w
+            .stored_broker()
+            .status
+            .and_then(|s| s.endpoints)
+            .expect("status.endpoints");
+        (e.mqtts, e.wss.into_iter().next())
+    };
+    assert_eq!(sent(&w), status_endpoints(&w), "at registration");
+    assert_eq!(sent(&w).0.as_deref(), Some("mqtts://mqtt.example.com:8883"));
+
+    let mut b = w.stored_broker();
+    b.spec.hostname = Some("devices.example.org".to_owned());
+    w.reconcile(&b).await.expect("changed");
+    assert_eq!(sent(&w), status_endpoints(&w), "after the hostname changed");
+    assert_eq!(
+        sent(&w).0.as_deref(),
+        Some("mqtts://devices.example.org:8883")
+    );
+    assert!(
+        sent(&w)
+            .1
+            .is_some_and(|wss| wss.starts_with("wss://devices.example.org:")),
+        "{:?}",
+        sent(&w)
+    );
 }
 
 #[tokio::test]

@@ -91,10 +91,12 @@ pub struct BrokerView {
     pub modified_on: String,
     /// Token lifetime ceiling in seconds; `null` for none.
     pub expiration: Option<i64>,
-    /// Where MQTT clients connect: `mqtts://<broker>.<namespace>.<domain>:8883`, or the api's
+    /// Where MQTT clients connect: for an operator-managed broker, what its Broker resource's
+    /// `status.endpoints` says; else `mqtts://<broker>.<namespace>.<domain>:8883`, or the api's
     /// configured `endpoint` when one listener serves every broker (`starling-dev`).
     pub endpoint: String,
-    /// Where browsers connect (MQTT over secure WebSockets): `wss://<broker>.<namespace>.<domain>/mqtt`,
+    /// Where browsers connect (MQTT over secure WebSockets): for an operator-managed broker, what
+    /// its Broker resource's `status.endpoints` says; else `wss://<broker>.<namespace>.<domain>/mqtt`,
     /// or the api's configured `ws_endpoint` when one listener serves every broker.
     #[serde(rename = "wsEndpoint")]
     pub ws_endpoint: String,
@@ -206,6 +208,20 @@ pub struct BrokerCreate {
     /// Set by the operator for brokers it manages.
     #[serde(rename = "managedBy", default, skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<ManagedBy>,
+    /// Only with `managedBy`: where MQTT clients connect (`mqtts://` or `mqtt://`), as the Broker
+    /// resource's `status.endpoints` says; the api then advertises exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 512))]
+    pub endpoint: Option<String>,
+    /// Only with `managedBy`: where browsers connect (`wss://` or `ws://`), as the Broker
+    /// resource's `status.endpoints` says; the api then advertises exactly this.
+    #[serde(
+        rename = "wsEndpoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 512))]
+    pub ws_endpoint: Option<String>,
 }
 
 /// The body of a broker change: absent fields stay, `null` clears.
@@ -253,6 +269,25 @@ pub struct BrokerPatch {
     )]
     #[cfg_attr(feature = "utoipa", schema(value_type = Option<LimitsSpec>))]
     pub limits: Option<Option<LimitsSpec>>,
+    /// Only from the managing resource (the `x-starling-managed-by` header): where MQTT clients
+    /// connect, as its `status.endpoints` says; `null` goes back to the derived endpoint.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, max_length = 512))]
+    pub endpoint: Option<Option<String>>,
+    /// Only from the managing resource: where browsers connect (wss), as its `status.endpoints`
+    /// says; `null` goes back to the derived endpoint.
+    #[serde(
+        rename = "wsEndpoint",
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, max_length = 512))]
+    pub ws_endpoint: Option<Option<String>>,
 }
 
 fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
