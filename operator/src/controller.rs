@@ -242,15 +242,12 @@ where
         .name
         .clone()
         .ok_or(Error::MissingField("metadata.name"))?;
-    let wrap = |source: kube::Error| Error::Apply {
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
         what: describe::<K>(&name),
         source,
-    };
-    let existing = api.get_opt(&name).await.map_err(wrap)?;
+    })?;
     check_owned(existing.as_ref(), b)?;
-    api.patch(&name, &apply_params(), &Patch::Apply(obj))
-        .await
-        .map_err(wrap)
+    ssa_checked(api, obj).await
 }
 
 /// [`ssa`] of an object whose current copy the caller has just read and passed to
@@ -404,6 +401,7 @@ fn managed_by(b: &Broker) -> ManagedBy {
 }
 
 fn owned_fields(b: &Broker) -> BrokerPatch {
+    let (endpoint, ws_endpoint) = advertised(b);
     BrokerPatch {
         name: None,
         description: b.spec.description.clone(),
@@ -412,8 +410,8 @@ fn owned_fields(b: &Broker) -> BrokerPatch {
             url: b.spec.on_publish.as_ref().map(|o| o.url.clone()),
         })),
         limits: Some(resources::tenant_limits(b)),
-        endpoint: Some(advertised(b).0),
-        ws_endpoint: Some(advertised(b).1),
+        endpoint: Some(endpoint),
+        ws_endpoint: Some(ws_endpoint),
     }
 }
 
@@ -493,6 +491,7 @@ async fn register(
         None if known_id.is_some() => Err(Error::DeletedInApi(format!("{ns}/{name}"))),
         None => {
             api.ensure_namespace(&ns).await?;
+            let (endpoint, ws_endpoint) = advertised(b);
             let req = BrokerCreate {
                 name: name.clone(),
                 description: b.spec.description.clone(),
@@ -502,8 +501,8 @@ async fn register(
                 }),
                 limits: resources::tenant_limits(b),
                 managed_by: Some(managed_by(b)),
-                endpoint: advertised(b).0,
-                ws_endpoint: advertised(b).1,
+                endpoint,
+                ws_endpoint,
                 ..BrokerCreate::default()
             };
             match api.create_broker(&ns, &req).await? {
