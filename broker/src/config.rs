@@ -42,6 +42,8 @@ pub struct Config {
     pub control_plane: Vec<ManagedTenant>,
     /// Where managed state is saved, so a restart during a control-plane outage still serves.
     pub data_dir: Option<PathBuf>,
+    /// Durable retained messages and sessions under `data_dir` (used only with a data dir).
+    pub storage: StorageConfig,
     /// The on-publish hook client.
     pub hook: crate::hook::HookSettings,
     /// Tenants are fed into [`crate::RunningBroker::directory`] by the program that embeds the
@@ -258,6 +260,57 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// When a write to the store is durable.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// Every write is on disk (fsync) before the broker acknowledges the message it holds;
+    /// writes waiting together share one commit.
+    #[default]
+    Sync,
+    /// Writes are committed and synced every `interval_ms`; messages are acknowledged at once,
+    /// so a crash (of the machine; a killed process loses nothing the kernel has) can lose what
+    /// was acknowledged in the last interval.
+    Interval,
+}
+
+impl SyncPolicy {
+    /// The name in the configuration and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPolicy::Sync => "sync",
+            SyncPolicy::Interval => "interval",
+        }
+    }
+}
+
+/// `[storage]`: how retained messages and sessions are kept under `data_dir` (`DIR/store/`).
+/// Without a data dir nothing is written to disk and this section is not used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sync` (default) or `interval`.
+    pub sync: SyncPolicy,
+    /// With `interval`: milliseconds between commits (1 to 60,000; default 100).
+    pub interval_ms: u64,
+    /// A store that does not open (corrupt, truncated) is moved aside and the broker starts
+    /// with what could be kept, instead of refusing to start.
+    pub repair: bool,
+}
+
+/// The largest `storage.interval_ms`.
+pub const MAX_STORAGE_INTERVAL_MS: u64 = 60_000;
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncPolicy::Sync,
+            interval_ms: 100,
+            repair: false,
+        }
+    }
+}
+
 /// Flags from the command line that override the file and environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -293,6 +346,12 @@ pub struct Overrides {
     pub jwks: Option<PathBuf>,
     /// `--revocations FILE`.
     pub revocations: Option<PathBuf>,
+    /// `--storage-sync sync|interval`: `[storage] sync`.
+    pub storage_sync: Option<SyncPolicy>,
+    /// `--storage-interval-ms N`: `[storage] interval_ms`.
+    pub storage_interval_ms: Option<u64>,
+    /// `--storage-repair`: `[storage] repair = true`.
+    pub storage_repair: bool,
 }
 
 /// A configuration that could not be loaded; every problem is listed.
@@ -390,6 +449,15 @@ impl Config {
         if let Some(revocations) = &overrides.revocations {
             config.auth.revocations = Some(revocations.clone());
         }
+        if let Some(sync) = overrides.storage_sync {
+            config.storage.sync = sync;
+        }
+        if let Some(ms) = overrides.storage_interval_ms {
+            config.storage.interval_ms = ms;
+        }
+        if overrides.storage_repair {
+            config.storage.repair = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -475,6 +543,12 @@ impl Config {
                 "hook: batch sizes, queue, pending, in-flight and timeout must be at least 1"
                     .into(),
             );
+        }
+        if self.storage.interval_ms == 0 || self.storage.interval_ms > MAX_STORAGE_INTERVAL_MS {
+            problems.push(format!(
+                "storage.interval_ms {} is outside 1 to {MAX_STORAGE_INTERVAL_MS}",
+                self.storage.interval_ms
+            ));
         }
         if self.auth.revocations.is_some() && self.auth.jwks.is_none() {
             problems.push("auth.revocations needs auth.jwks (--jwks FILE)".into());
@@ -686,6 +760,45 @@ mod tests {
         assert!(text.contains("no MQTT listener"), "{text}");
         assert!(text.contains("max_packet_size"), "{text}");
         assert!(text.contains("receive_maximum"), "{text}");
+    }
+
+    #[test]
+    fn storage_from_the_file_and_flags_over_it() {
+        let c = Config::load(None, [], &flags_with_listener()).unwrap();
+        assert_eq!(c.storage, StorageConfig::default());
+        assert_eq!(c.storage.sync, SyncPolicy::Sync);
+        assert_eq!(c.storage.interval_ms, 100);
+        assert!(!c.storage.repair);
+        let file = "[storage]\nsync = \"interval\"\ninterval_ms = 250\nrepair = false\n";
+        let c = Config::load(Some(file), [], &flags_with_listener()).unwrap();
+        assert_eq!(c.storage.sync, SyncPolicy::Interval);
+        assert_eq!(c.storage.interval_ms, 250);
+        let flags = Overrides {
+            storage_sync: Some(SyncPolicy::Sync),
+            storage_interval_ms: Some(20),
+            storage_repair: true,
+            ..flags_with_listener()
+        };
+        let c = Config::load(Some(file), [], &flags).unwrap();
+        assert_eq!(c.storage.sync, SyncPolicy::Sync);
+        assert_eq!(c.storage.interval_ms, 20);
+        assert!(c.storage.repair);
+        for bad in ["interval_ms = 0", "interval_ms = 60001"] {
+            let err = Config::load(
+                Some(&format!("[storage]\n{bad}\n")),
+                [],
+                &flags_with_listener(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("storage.interval_ms"), "{err}");
+        }
+        let err = Config::load(
+            Some("[storage]\nsync = \"never\"\n"),
+            [],
+            &flags_with_listener(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("never"), "{err}");
     }
 
     #[test]

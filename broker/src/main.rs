@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use starling_broker::config::{AuthMode, Config, LogFormat, Overrides};
+use starling_broker::config::{AuthMode, Config, LogFormat, Overrides, SyncPolicy};
 use tokio_util::sync::CancellationToken;
 
 /// The Starling MQTT broker.
@@ -56,15 +56,34 @@ struct Flags {
     /// Managed mode: a file holding the broker secret (repeatable).
     #[arg(long, value_name = "FILE")]
     broker_secret_file: Vec<PathBuf>,
-    /// Where managed state is kept, so a restart during a control-plane outage still serves.
+    /// Where state is kept: retained messages and persistent sessions (DIR/store/), and the
+    /// managed state, so a restart (or one during a control-plane outage) loses nothing.
+    /// Without it nothing is written to disk.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// When a stored write is durable: sync (fsync before the acknowledgement, the default) or
+    /// interval (fsync every --storage-interval-ms; a crash can lose the last interval).
+    #[arg(long, value_enum, value_name = "POLICY")]
+    storage_sync: Option<SyncArg>,
+    /// Milliseconds between commits with --storage-sync interval (default 100).
+    #[arg(long, value_name = "N")]
+    storage_interval_ms: Option<u64>,
+    /// A store that does not open is moved aside and the broker starts with what could be
+    /// kept, instead of refusing to start.
+    #[arg(long)]
+    storage_repair: bool,
     /// Public keys of the tenant `default` (JWKS, OKP/Ed25519 keys with kid), reloaded on change.
     #[arg(long, value_name = "FILE")]
     jwks: Option<PathBuf>,
     /// Revoked token ids (jti) of the tenant `default`, one per line, reloaded on change.
     #[arg(long, value_name = "FILE")]
     revocations: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SyncArg {
+    Sync,
+    Interval,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -102,6 +121,12 @@ fn main() -> anyhow::Result<()> {
         data_dir: flags.data_dir.clone(),
         jwks: flags.jwks.clone(),
         revocations: flags.revocations.clone(),
+        storage_sync: flags.storage_sync.map(|s| match s {
+            SyncArg::Sync => SyncPolicy::Sync,
+            SyncArg::Interval => SyncPolicy::Interval,
+        }),
+        storage_interval_ms: flags.storage_interval_ms,
+        storage_repair: flags.storage_repair,
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     init_tracing(config.log.format);
