@@ -14,6 +14,12 @@ pub(crate) enum Scenario {
     Latency,
     /// CONNS idle connections held for DURATION seconds; the broker's memory per connection
     Conns,
+    /// PUBLISHERS publishers write COUNT retained QoS 1 messages on distinct topics; writes/s
+    Retained,
+    /// CONNS persistent sessions (one subscription each) are created and left offline
+    Sessions,
+    /// the first session `sessions` created resumes: session present, and how long it took
+    Resume,
 }
 
 impl Scenario {
@@ -23,6 +29,9 @@ impl Scenario {
             Self::Fanout => "fanout",
             Self::Latency => "latency",
             Self::Conns => "conns",
+            Self::Retained => "retained",
+            Self::Sessions => "sessions",
+            Self::Resume => "resume",
         }
     }
 }
@@ -54,7 +63,14 @@ pub(crate) struct Args {
     /// Subscribers in fanout
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) subscribers: u32,
-    /// Idle connections in conns
+    /// retained: retained messages written, each on a topic of its own
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) count: u32,
+    /// fanin, fanout, latency: subscribers keep their sessions (clean start 0, an expiry of
+    /// one hour), so a broker that keeps sessions on disk writes every QoS 1 message
+    #[arg(long)]
+    pub(crate) persistent: bool,
+    /// Idle connections in conns, sessions created in sessions
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) conns: u32,
     /// Messages per second over all publishers; 0 publishes as fast as the broker takes them

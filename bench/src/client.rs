@@ -21,6 +21,8 @@ pub(crate) struct Client {
     pub(crate) writer: OwnedWriteHalf,
     /// The broker's Receive Maximum (65535 when it sent none).
     pub(crate) receive_maximum: u16,
+    /// The CONNACK's session present flag.
+    pub(crate) session_present: bool,
 }
 
 pub(crate) fn error(message: impl Into<String>) -> io::Error {
@@ -34,12 +36,27 @@ pub(crate) async fn connect(
     client_id: &str,
     read_buffer: usize,
 ) -> io::Result<Client> {
+    connect_session(args, client_id, read_buffer, None).await
+}
+
+/// [`connect`], with a persistent session when `keep_session` holds its expiry (seconds).
+pub(crate) async fn connect_session(
+    args: &Args,
+    client_id: &str,
+    read_buffer: usize,
+    keep_session: Option<u32>,
+) -> io::Result<Client> {
     let handshake = async {
         let stream = TcpStream::connect((args.host.as_str(), args.port)).await?;
         stream.set_nodelay(true)?;
         let (rd, mut writer) = stream.into_split();
         writer
-            .write_all(&wire::connect(args.v5(), client_id, KEEP_ALIVE_SECS))
+            .write_all(&wire::connect_session(
+                args.v5(),
+                client_id,
+                KEEP_ALIVE_SECS,
+                keep_session,
+            ))
             .await?;
         let mut reader = PacketReader::new(rd, read_buffer);
         let (first, body) = reader.next().await?;
@@ -49,6 +66,7 @@ pub(crate) async fn connect(
                 first >> 4
             )));
         }
+        let session_present = wire::session_present(body);
         let receive_maximum = wire::parse_connack(args.v5(), body).map_err(|code| {
             error(format!(
                 "{client_id}: connection refused with reason {code:#04x}"
@@ -58,6 +76,7 @@ pub(crate) async fn connect(
             reader,
             writer,
             receive_maximum: receive_maximum.unwrap_or(u16::MAX),
+            session_present,
         })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)

@@ -6,6 +6,8 @@
 //! * `fanout`: one publisher to N subscribers of its topic
 //! * `latency`: one publisher at a fixed rate to one subscriber; p50, p90, p99, p99.9, max
 //! * `conns`: C idle connections; connect rate and the broker's memory per connection
+//! * `retained`, `sessions`, `resume`: retained messages written, persistent sessions created,
+//!   one resumed (`scripts/bench-persistence.sh`)
 //!
 //! Every run is bounded (each phase has its limit, and a watchdog ends the process after
 //! duration + warm-up + 60 s), talks to loopback only, and prints exactly one JSON line on
@@ -14,6 +16,7 @@
 mod args;
 mod client;
 mod conns;
+mod durable;
 mod probe;
 mod pubsub;
 mod wire;
@@ -96,6 +99,9 @@ async fn run(args: Arc<Args>) -> std::io::Result<Value> {
             pubsub::run(args, flow).await
         }
         Scenario::Conns => conns::run(args).await,
+        Scenario::Retained => durable::retained(args).await,
+        Scenario::Sessions => durable::sessions(args).await,
+        Scenario::Resume => durable::resume(args).await,
     }
 }
 

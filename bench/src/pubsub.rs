@@ -1,6 +1,7 @@
 //! fanin, fanout and latency: message flows from publishers to subscribers.
 //!
-//! 1. Every subscriber connects (clean start) and subscribes; the publishers connect. Nothing is
+//! 1. Every subscriber connects (clean start; with `--persistent` a session kept for an hour,
+//!    clean start 0) and subscribes; the publishers connect. Nothing is
 //!    published before every SUBACK is in.
 //! 2. The publishers publish for `--duration` seconds (latency: plus `--warmup`), as fast as the
 //!    socket takes them in batches of 256 (`--rate 0`), or paced by a 1 ms tick that sends what
@@ -26,6 +27,9 @@ use crate::args::Args;
 use crate::client::{self, Client, error};
 use crate::probe::Probe;
 use crate::wire;
+
+/// The Session Expiry Interval of `--persistent` subscribers' sessions.
+pub(crate) const SESSION_EXPIRY_SECS: u32 = 3600;
 
 /// What the subscribers have received so far, read by the drain and the steady-rate sampler.
 #[derive(Default)]
@@ -57,7 +61,9 @@ pub(crate) async fn run(args: Arc<Args>, flow: Flow) -> io::Result<Value> {
         let (args, filter, gate) = (args.clone(), flow.filter.clone(), gate.clone());
         joining.spawn(async move {
             let _permit = gate.acquire().await.map_err(|e| error(e.to_string()))?;
-            let mut c = client::connect(&args, &format!("sb{tag}-s{i}"), 64 * 1024).await?;
+            let keep = args.persistent.then_some(SESSION_EXPIRY_SECS);
+            let mut c =
+                client::connect_session(&args, &format!("sb{tag}-s{i}"), 64 * 1024, keep).await?;
             client::subscribe(&args, &mut c, &filter).await?;
             Ok::<_, io::Error>(c)
         });
@@ -259,6 +265,7 @@ async fn publisher(
         mut reader,
         mut writer,
         receive_maximum,
+        ..
     } = c;
     let window = args.inflight.min(receive_maximum).max(1);
     let slots = Arc::new(Semaphore::new(usize::from(window)));

@@ -3,9 +3,9 @@
 //!
 //! Written here rather than taken from `starling-codec` or a client crate on purpose: the
 //! generator must not share code with the broker it measures, it must cost little CPU on a
-//! machine whose cores it shares with that broker, and every byte it sends is known. It never
-//! sends properties (a v5 property block is always empty), so 3.1.1 and 5.0 traffic differ only
-//! by those bytes.
+//! machine whose cores it shares with that broker, and every byte it sends is known. The only
+//! property it ever sends is a persistent session's Session Expiry Interval (every other v5
+//! property block is empty), so 3.1.1 and 5.0 traffic differ only by those bytes.
 
 use std::io;
 
@@ -60,18 +60,37 @@ fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// CONNECT with a clean session (3.1.1) or clean start (5.0), no will, no credentials.
-pub(crate) fn connect(v5: bool, client_id: &str, keep_alive_secs: u16) -> Vec<u8> {
-    let mut body = Vec::with_capacity(16 + client_id.len());
+/// CONNECT, no will, no credentials: a clean session (3.1.1) or clean start (5.0), or with
+/// `keep_session` (a Session Expiry Interval in seconds,
+/// v5; any value in 3.1.1) a persistent session: clean session / clean start 0, and in v5 the
+/// Session Expiry Interval property, the only property the generator ever sends.
+pub(crate) fn connect_session(
+    v5: bool,
+    client_id: &str,
+    keep_alive_secs: u16,
+    keep_session: Option<u32>,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(24 + client_id.len());
     put_str(&mut body, b"MQTT");
     body.push(if v5 { 5 } else { 4 });
-    body.push(0x02);
+    body.push(if keep_session.is_some() { 0x00 } else { 0x02 });
     body.extend_from_slice(&keep_alive_secs.to_be_bytes());
     if v5 {
-        body.push(0);
+        match keep_session {
+            Some(expiry) => {
+                body.extend_from_slice(&[5, 0x11]);
+                body.extend_from_slice(&expiry.to_be_bytes());
+            }
+            None => body.push(0),
+        }
     }
     put_str(&mut body, client_id.as_bytes());
     frame(0x10, &body)
+}
+
+/// Whether a CONNACK body says the session was resumed (session present).
+pub(crate) fn session_present(body: &[u8]) -> bool {
+    body.first().is_some_and(|flags| flags & 1 == 1)
 }
 
 /// SUBSCRIBE to one filter at `qos`.
@@ -95,8 +114,21 @@ pub(crate) fn publish(
     packet_id: u16,
     payload: &[u8],
 ) {
+    publish_with(out, v5, topic, qos, false, packet_id, payload);
+}
+
+/// Appends one PUBLISH (no dup), retained or not, to `out`; `packet_id` is left out at QoS 0.
+pub(crate) fn publish_with(
+    out: &mut Vec<u8>,
+    v5: bool,
+    topic: &[u8],
+    qos: u8,
+    retain: bool,
+    packet_id: u16,
+    payload: &[u8],
+) {
     let id_len = if qos > 0 { 2 } else { 0 };
-    out.push(0x30 | (qos << 1));
+    out.push(0x30 | (qos << 1) | u8::from(retain));
     put_varint(
         out,
         2 + topic.len() + id_len + usize::from(v5) + payload.len(),
@@ -298,17 +330,36 @@ mod tests {
     #[test]
     fn connect_and_subscribe_have_the_spec_layout() {
         assert_eq!(
-            connect(false, "c", 60),
+            connect_session(false, "c", 60, None),
             [
                 0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c'
             ]
         );
         assert_eq!(
-            connect(true, "c", 60),
+            connect_session(true, "c", 60, None),
             [
                 0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 1, b'c'
             ]
         );
+        // A persistent session: flags 0, properties of 5 bytes (0x11, expiry 3600).
+        assert_eq!(
+            connect_session(true, "c", 60, Some(3600)),
+            [
+                0x10, 19, 0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0, 60, 5, 0x11, 0, 0, 0x0E, 0x10, 0,
+                1, b'c'
+            ]
+        );
+        assert_eq!(
+            connect_session(false, "c", 60, Some(3600)),
+            [
+                0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60, 0, 1, b'c'
+            ]
+        );
+        assert!(session_present(&[1, 0]));
+        assert!(!session_present(&[0, 0]));
+        let mut b = Vec::new();
+        publish_with(&mut b, true, b"t", 1, true, 9, b"x");
+        assert_eq!(b, [0x33, 7, 0, 1, b't', 0, 9, 0, b'x']);
         assert_eq!(subscribe(false, 1, "t", 1), [0x82, 6, 0, 1, 0, 1, b't', 1]);
         assert_eq!(
             subscribe(true, 1, "t", 0),
