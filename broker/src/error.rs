@@ -34,6 +34,9 @@ pub enum Error {
     /// The on-publish hook's key file could not be used.
     #[error("{0}")]
     HookKey(String),
+    /// The durable store (`--data-dir`) does not open.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::OpenError),
     /// The TLS or WebSocket settings of a listener could not be put to use.
     #[error(transparent)]
     Transport(#[from] crate::transport::config::TransportSetupError),

@@ -17,6 +17,7 @@ pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod tasks;
 pub mod tenant;
 pub mod tenant_limits;

@@ -172,6 +172,9 @@ pub struct Delivery {
     pub subscription_ids: SubscriptionIds,
     /// The shared subscription this delivery was chosen for, if any.
     pub shared: Option<SharedTarget>,
+    /// Its sequence number in the session's queue on disk; 0 when it is not stored (QoS 0, a
+    /// session that ends with its connection, no data directory).
+    pub stored: u64,
 }
 
 impl Delivery {

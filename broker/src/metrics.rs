@@ -41,11 +41,14 @@ pub enum DropReason {
     /// A retained message the tenant's retained store has no room for
     /// (`limits.max_retained_messages`, `limits.max_retained_bytes`): refused as a whole.
     retained_full,
+    /// A QoS 1/2 message refused because the durable store cannot be written (disk full,
+    /// I/O error): PUBACK/PUBREC 0x97 or 0x80.
+    storage_failed,
 }
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::queue_full,
         DropReason::packet_too_large,
         DropReason::expired,
@@ -58,6 +61,7 @@ impl DropReason {
         DropReason::hook_failed,
         DropReason::not_readable,
         DropReason::retained_full,
+        DropReason::storage_failed,
     ];
 }
 
@@ -424,9 +428,10 @@ mod tests {
             DropReason::hook_failed => 9,
             DropReason::not_readable => 10,
             DropReason::retained_full => 11,
+            DropReason::storage_failed => 12,
         };
         let mut seen: Vec<usize> = DropReason::ALL.iter().map(|&r| index(r)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..12).collect::<Vec<_>>());
+        assert_eq!(seen, (0..13).collect::<Vec<_>>());
     }
 }

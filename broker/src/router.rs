@@ -200,6 +200,7 @@ fn delivery(message: &Arc<Message>, sub: &Subscriber, shared: Option<SharedTarge
         retain: sub.options.retain_as_published && message.retain,
         subscription_ids: ids,
         shared,
+        stored: 0,
     }
 }
 

@@ -49,18 +49,42 @@ pub struct RunningBroker {
     plain_ctx: ConnectionContext,
     /// The TLS listeners' certificates; keeps their directory watches running.
     pub tls: TlsListeners,
+    /// The durable store, with a data directory.
+    pub storage: Option<crate::storage::Storage>,
 }
 
 /// Binds every listener and starts serving. Returns once the broker is ready.
 pub async fn start(config: Config) -> Result<RunningBroker> {
+    start_with_faults(config, None).await
+}
+
+/// [`start`], with the durable store's writes failing while `faults` say so (for tests of
+/// a full or failing disk).
+pub async fn start_with_faults(
+    config: Config,
+    faults: Option<crate::storage::Faults>,
+) -> Result<RunningBroker> {
     config.validate()?;
+    // What the store kept is read back before anything listens, so the broker is ready only
+    // once it is restored.
+    let storage = match &config.data_dir {
+        // Blocking, once, before anything else runs.
+        Some(dir) => Some(crate::storage::Storage::open(dir, &config.storage, faults)?),
+        None => None,
+    };
     let limits = Arc::new(config.limits());
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     // Timers end when shutdown starts; the rest of the background work is waited for.
     let tasks = Tasks::new(tracker.clone(), stop.clone());
-    let default_tenant = Tenant::new("default", (*limits).clone(), metrics.clone(), tasks.clone());
+    let default_tenant = Tenant::with_storage(
+        "default",
+        (*limits).clone(),
+        metrics.clone(),
+        tasks.clone(),
+        storage.as_ref(),
+    );
     let ready = Arc::new(Readiness::default());
     let no_auth: Arc<dyn Authenticator> = Arc::new(NoAuth::with_rules(
         default_tenant.clone(),
@@ -71,6 +95,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         config.hook.clone(),
         metrics.clone(),
         tasks,
+        storage.clone(),
     ));
     if let (Some(url), Some(key_file)) = (&config.hook.url, &config.hook.key_file) {
         let key = crate::hook::load_key_file(key_file).map_err(crate::error::Error::HookKey)?;
@@ -222,6 +247,7 @@ pub async fn start(config: Config) -> Result<RunningBroker> {
         drain: Duration::from_secs(config.shutdown.drain_timeout_secs),
         plain_ctx,
         tls,
+        storage,
     })
 }
 
@@ -272,6 +298,10 @@ impl RunningBroker {
                 deadline_secs = self.drain.as_secs(),
                 "connections still open after the drain deadline"
             );
+        }
+        if let Some(storage) = &self.storage {
+            // What the connections wrote as they closed goes to disk before the process ends.
+            storage.close().await;
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::retained::{RetainOutcome, Retained};
 use crate::router::{Routed, Router};
 use crate::session::{MemoryStore, OutboxLimits, Session, SessionStore};
+use crate::storage::{Storage, TenantStore};
 use crate::tasks::Tasks;
 use crate::tenant_limits::TenantLimits;
 
@@ -35,6 +36,8 @@ pub struct Tenant {
     pub metrics: Arc<Metrics>,
     /// Where its sessions' state is written through.
     store: Arc<dyn SessionStore>,
+    /// Its part of the durable store, with a data directory.
+    durable: Option<TenantStore>,
     /// The broker's background tasks: will delays, session expiry, the hook's verdicts.
     pub tasks: Tasks,
     /// Sessions by client id. Locked briefly to look up, insert or remove.
@@ -60,13 +63,31 @@ const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 impl Tenant {
     /// A new, empty tenant.
     pub fn new(name: &str, limits: Limits, metrics: Arc<Metrics>, tasks: Tasks) -> Arc<Self> {
-        Arc::new(Tenant {
+        Self::with_storage(name, limits, metrics, tasks, None)
+    }
+
+    /// A new tenant whose retained messages and persistent sessions are kept in `storage`
+    /// (when given), with what it had there restored.
+    pub fn with_storage(
+        name: &str,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+        storage: Option<&Storage>,
+    ) -> Arc<Self> {
+        let durable = storage.map(|s| s.tenant(name));
+        let store: Arc<dyn SessionStore> = match &durable {
+            Some(d) => Arc::new(d.clone()),
+            None => Arc::new(MemoryStore),
+        };
+        let tenant = Arc::new(Tenant {
             name: name.into(),
             router: Router::default(),
             retained: Retained::new(limits.max_retained_messages, limits.max_retained_bytes),
             limits: TenantLimits::new(limits),
             metrics,
-            store: Arc::new(MemoryStore),
+            store,
+            durable,
             tasks,
             sessions: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
@@ -74,7 +95,21 @@ impl Tenant {
             retained_refused: AtomicU64::new(0),
             retained_logged_at: AtomicU64::new(0),
             started: Instant::now(),
-        })
+        });
+        if let Some(restored) = storage.and_then(|s| s.take_restored(name)) {
+            crate::session::lifecycle::restore_tenant(&tenant, restored);
+        }
+        tenant
+    }
+
+    /// Its part of the durable store, if the broker has one.
+    pub fn durable(&self) -> Option<&TenantStore> {
+        self.durable.as_ref()
+    }
+
+    /// Why durable work is refused now (the store cannot be written), if it is.
+    pub fn storage_failure(&self) -> Option<crate::storage::Failure> {
+        self.durable.as_ref().and_then(|d| d.storage().failure())
     }
 
     /// Sets the tenant's own limits (see [`crate::tenant_limits`]) and the retained store's
@@ -107,24 +142,37 @@ impl Tenant {
         message: Arc<Message>,
         scratch: &mut Vec<Routed>,
     ) -> Result<usize, RetainedFull> {
-        self.publish_noting_congestion(message, scratch, &mut None, &mut false)
+        self.publish_noting_congestion(message, scratch, &mut None, &mut false, &mut false)
     }
 
     /// [`Tenant::publish`], and sets `congested` to a connected session whose outbox got a QoS 1
     /// or 2 delivery and is now three quarters full (see [`Session::is_congested`]), and
     /// `filling` when an outbox that got a delivery is half full or more
-    /// ([`Session::is_filling`]).
+    /// ([`Session::is_filling`]), and `stored` when the message was written to the durable
+    /// store (retained, or queued for a persistent session).
     pub fn publish_noting_congestion(
         &self,
         message: Arc<Message>,
         scratch: &mut Vec<Routed>,
         congested: &mut Option<Arc<Session>>,
         filling: &mut bool,
+        stored: &mut bool,
     ) -> Result<usize, RetainedFull> {
         if message.retain {
             match self.retained.set(&message) {
-                RetainOutcome::Stored | RetainOutcome::Cleared => {
+                RetainOutcome::Stored => {
                     self.metrics.retained.set(self.retained.len() as i64);
+                    if let Some(d) = &self.durable {
+                        d.retained_set(&message);
+                        *stored = true;
+                    }
+                }
+                RetainOutcome::Cleared => {
+                    self.metrics.retained.set(self.retained.len() as i64);
+                    if let Some(d) = &self.durable {
+                        d.retained_cleared(message.topic.as_str());
+                        *stored = true;
+                    }
                 }
                 RetainOutcome::Full => {
                     self.refuse_retained(&message);
@@ -136,8 +184,10 @@ impl Tenant {
         let mut queued = 0;
         for (session, delivery) in scratch.drain(..) {
             let reliable = delivery.qos != QoS::AtMostOnce;
+            let durable = session.stores(delivery.qos);
             if session.push(delivery, &self.metrics) {
                 queued += 1;
+                *stored |= durable;
             }
             *filling |= session.is_filling();
             if reliable && congested.is_none() && session.is_connected() && session.is_congested() {

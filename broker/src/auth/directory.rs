@@ -29,6 +29,7 @@ use crate::hook::{Hook, HookSettings, HookTarget};
 use crate::metrics::Metrics;
 use crate::session::Kick;
 use crate::session::lifecycle::end_for_credential;
+use crate::storage::Storage;
 use crate::tasks::Tasks;
 use crate::tenant::Tenant;
 
@@ -87,6 +88,8 @@ pub struct Directory {
     hook_settings: Arc<HookSettings>,
     metrics: Arc<Metrics>,
     tasks: Tasks,
+    /// The durable store new tenants keep their state in, with a data directory.
+    storage: Option<Storage>,
 }
 
 impl Directory {
@@ -96,6 +99,7 @@ impl Directory {
         hook_settings: HookSettings,
         metrics: Arc<Metrics>,
         tasks: Tasks,
+        storage: Option<Storage>,
     ) -> Self {
         Directory {
             inner: RwLock::new(Inner::default()),
@@ -103,6 +107,7 @@ impl Directory {
             hook_settings: Arc::new(hook_settings),
             metrics,
             tasks,
+            storage,
         }
     }
 
@@ -147,11 +152,12 @@ impl Directory {
                 }
                 None => {
                     let e = Arc::new(TenantAuth {
-                        tenant: Tenant::new(
+                        tenant: Tenant::with_storage(
                             name,
                             self.limits.clone(),
                             self.metrics.clone(),
                             self.tasks.clone(),
+                            self.storage.as_ref(),
                         ),
                         verifier: RwLock::new(verifier),
                         kids: RwLock::new(kids),
@@ -174,8 +180,12 @@ impl Directory {
         Ok(())
     }
 
-    /// Removes tenant `name`, disconnects every client of it (0x87) and ends its sessions.
+    /// Removes tenant `name`, disconnects every client of it (0x87), ends its sessions and
+    /// deletes what the durable store keeps of it (also when it was not loaded here).
     pub fn remove(&self, name: &str) -> bool {
+        if let Some(storage) = &self.storage {
+            storage.forget_tenant(name);
+        }
         let removed = {
             let mut inner = self.inner.write();
             let removed = inner.tenants.remove(name);

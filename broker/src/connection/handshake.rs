@@ -151,6 +151,7 @@ where
         fed_filling_outbox: false,
         pressure: None,
         hook: None,
+        durable_acks: None,
         timer: Box::pin(tokio::time::sleep_until(Instant::now())),
     };
     conn.credential_deadline = credential_deadline(&conn.auth);
@@ -355,6 +356,16 @@ async fn accept_connect(
         }
     }
     let tenant = auth.tenant.clone();
+    let persistent = match version {
+        ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0) > 0,
+        _ => !connect.clean_start,
+    } && limits.max_session_expiry_secs > 0;
+    if persistent && tenant.session(&client_id).is_none() {
+        if let Some(failure) = tenant.storage_failure() {
+            // A new session the store could not keep: refused rather than kept in memory only.
+            return Err((failure.reason(), "storage_failed"));
+        }
+    }
     if !tenant.try_open_connection() {
         return Err((ReasonCode::QUOTA_EXCEEDED, "tenant_connection_limit"));
     }

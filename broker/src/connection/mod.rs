@@ -53,7 +53,7 @@ use crate::tenant::Tenant;
 use crate::transport::AsyncIo;
 
 use self::handshake::handshake;
-use self::publish::HookPending;
+use self::publish::{DurableAcks, HookPending};
 use self::run::RateLimiter;
 
 /// Flush the write buffer once it holds this much, even in the middle of a wake-up.
@@ -136,6 +136,8 @@ struct Connection<IO> {
     pressure: Option<(Arc<Session>, Instant)>,
     /// Messages awaiting the on-publish hook's verdict; allocated with the first one.
     hook: Option<Box<HookPending>>,
+    /// Acknowledgements waiting for the durable store; allocated with the first one.
+    durable_acks: Option<Box<DurableAcks>>,
     /// The next deadline: keep-alive or the credential's expiry, whichever comes first. One
     /// timer for the connection's life, moved rather than re-created on every wake-up.
     timer: Pin<Box<Sleep>>,

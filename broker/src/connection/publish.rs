@@ -14,6 +14,7 @@ use futures_util::stream::FuturesOrdered;
 use starling_codec::{
     AckProperties, MqttString, Packet, PubAck, PubRec, Publish, QoS, ReasonCode, topic,
 };
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::close::Close;
@@ -22,8 +23,13 @@ use crate::hook::{Hook, Verdict};
 use crate::message::Message;
 use crate::metrics::{DropReason, QosLabels};
 use crate::session::Session;
+use crate::storage::Failure;
 use crate::tenant::{RetainedFull, Tenant};
 use crate::transport::AsyncIo;
+
+/// Acknowledgements waiting for the store before reading pauses, at least (otherwise our
+/// Receive Maximum).
+const MIN_ACKS_WAITING: usize = 64;
 
 /// The verdict on one message, with what its acknowledgement needs.
 pub(super) struct HookDone {
@@ -50,6 +56,28 @@ pub(super) struct HookPending {
 impl HookPending {
     fn is_full(&self) -> bool {
         self.verdicts.len() >= self.cap || self.bytes >= self.max_bytes
+    }
+}
+
+/// An acknowledgement waiting for the store's commit (or behind one that does: they go out
+/// in the order of the PUBLISHes [MQTT-4.6.0-2]).
+pub(super) struct AckDone {
+    qos: QoS,
+    packet_id: u16,
+    reason: ReasonCode,
+    why: Option<&'static str>,
+    /// What the commit said; `Ok` for an acknowledgement that waited only for its turn.
+    committed: Result<(), Failure>,
+}
+
+/// Acknowledgements waiting for the store, in PUBLISH order; allocated with the first one.
+pub(super) type DurableAcks = FuturesOrdered<Pin<Box<dyn Future<Output = AckDone> + Send>>>;
+
+/// The next acknowledgement whose commit is done, or never when none waits.
+pub(super) async fn next_ack(acks: &mut Option<Box<DurableAcks>>) -> Option<AckDone> {
+    match acks {
+        Some(a) if !a.is_empty() => a.next().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -194,6 +222,85 @@ impl<IO: AsyncIo> Connection<IO> {
         reason: ReasonCode,
         why: Option<&'static str>,
     ) {
+        self.acknowledge_after(qos, packet_id, reason, why, None);
+    }
+
+    /// [`Connection::acknowledge`] once `commit` is done (the store holds what the message
+    /// changed), and after every acknowledgement already waiting.
+    fn acknowledge_after(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        why: Option<&'static str>,
+        commit: Option<oneshot::Receiver<Result<(), Failure>>>,
+    ) {
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        if qos == QoS::ExactlyOnce && reason == ReasonCode::SUCCESS {
+            // Owned now: a resend while the commit runs is recognised.
+            self.state.own_receipt(packet_id);
+        }
+        let waiting = self.durable_acks.as_ref().is_some_and(|a| !a.is_empty());
+        if commit.is_none() && !waiting {
+            self.send_ack(qos, packet_id, reason, why);
+            return;
+        }
+        let acks = self
+            .durable_acks
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()));
+        acks.push_back(Box::pin(async move {
+            let committed = match commit {
+                // A writer that is gone (shutdown) wrote nothing more.
+                Some(rx) => rx.await.unwrap_or(Err(Failure::Io)),
+                None => Ok(()),
+            };
+            AckDone {
+                qos,
+                packet_id,
+                reason,
+                why,
+                committed,
+            }
+        }));
+    }
+
+    /// Whether reading from the client waits for acknowledgements that wait for the store.
+    pub(super) fn acks_full(&self) -> bool {
+        self.durable_acks.as_ref().is_some_and(|a| {
+            a.len() >= usize::from(self.ctx.limits.receive_maximum).max(MIN_ACKS_WAITING)
+        })
+    }
+
+    /// Sends an acknowledgement whose commit is done; a failed commit turns it into a
+    /// refusal (0x97 disk full, 0x80 otherwise) and releases a QoS 2 message.
+    pub(super) fn on_committed(&mut self, done: AckDone) {
+        let AckDone {
+            qos,
+            packet_id,
+            mut reason,
+            mut why,
+            committed,
+        } = done;
+        if let (Err(failure), ReasonCode::SUCCESS) = (committed, reason) {
+            reason = failure.reason();
+            why = Some(failure.describe());
+            self.ctx.metrics.count_drop(DropReason::storage_failed);
+            if qos == QoS::ExactlyOnce {
+                self.state.release_receipt(packet_id);
+            }
+        }
+        self.send_ack(qos, packet_id, reason, why);
+    }
+
+    fn send_ack(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        why: Option<&'static str>,
+    ) {
         let reason = v5_or_success(self.negotiated.version, reason);
         let properties = why.map(|w| self.ack_props(w)).unwrap_or_default();
         match qos {
@@ -203,16 +310,11 @@ impl<IO: AsyncIo> Connection<IO> {
                 reason,
                 properties,
             })),
-            QoS::ExactlyOnce => {
-                if reason == ReasonCode::SUCCESS {
-                    self.state.own_receipt(packet_id);
-                }
-                self.send(&Packet::PubRec(PubRec {
-                    packet_id,
-                    reason,
-                    properties,
-                }));
-            }
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(PubRec {
+                packet_id,
+                reason,
+                properties,
+            })),
         }
     }
 
@@ -283,12 +385,22 @@ impl<IO: AsyncIo> Connection<IO> {
     /// PUBACK/PUBREC (v5; 3.1.1 has no refusal codes and gets a plain acknowledgement).
     fn deliver(&mut self, message: Arc<Message>, qos: QoS, packet_id: u16) {
         let tenant = self.auth.tenant.clone();
+        if qos != QoS::AtMostOnce {
+            if let Some(failure) = tenant.storage_failure() {
+                // The store cannot be written: a promise about this message could not be kept.
+                self.ctx.metrics.count_drop(DropReason::storage_failed);
+                self.acknowledge(qos, packet_id, failure.reason(), Some(failure.describe()));
+                return;
+            }
+        }
         let mut congested = None;
+        let mut stored = false;
         let routed = tenant.publish_noting_congestion(
             message,
             &mut self.scratch,
             &mut congested,
             &mut self.fed_filling_outbox,
+            &mut stored,
         );
         if let Err(RetainedFull) = routed {
             self.acknowledge(
@@ -306,7 +418,18 @@ impl<IO: AsyncIo> Connection<IO> {
                     Some((slow, Instant::now() + self.ctx.limits.slow_consumer_grace()));
             }
         }
-        self.acknowledge(qos, packet_id, ReasonCode::SUCCESS, None);
+        // Acknowledged once the store holds what it changed: the message (retained, queued
+        // for a persistent session) and, for QoS 2, its receipt in the publisher's session.
+        let commit = if stored || (qos == QoS::ExactlyOnce && self.state.durable().is_some()) {
+            tenant
+                .durable()
+                .map(|d| d.storage())
+                .or(self.state.durable())
+                .and_then(|s| s.durable())
+        } else {
+            None
+        };
+        self.acknowledge_after(qos, packet_id, ReasonCode::SUCCESS, None, commit);
         // Our own outbox may have got something (a subscription matching our own publish).
         self.more_queued = true;
     }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::close::{Close, Outcome};
-use super::publish::next_verdict;
+use super::publish::{next_ack, next_verdict};
 use super::{Connection, Due, WRITE_HIGH_WATER};
 use crate::config::Limits;
 use crate::metrics::CodeLabels;
@@ -46,7 +46,16 @@ impl<IO: AsyncIo> Connection<IO> {
             let pressure = self.pressure.clone();
             let hook_full = self.hook_full();
             let hook_busy = self.hook.as_ref().is_some_and(|h| !h.verdicts.is_empty());
-            let reading = pressure.is_none() && !hook_full;
+            let acks_full = self.acks_full();
+            let acks_busy = self.durable_acks.as_ref().is_some_and(|a| !a.is_empty());
+            // Back-pressure from the durable store: its writer is behind.
+            let storage = self
+                .auth
+                .tenant
+                .durable()
+                .filter(|d| d.storage().is_congested())
+                .map(|d| d.storage().clone());
+            let reading = pressure.is_none() && !hook_full && !acks_full && storage.is_none();
             let room = if reading { self.prepare_read() } else { 0 };
             let due = self.set_timer(reading);
             tokio::select! {
@@ -62,11 +71,29 @@ impl<IO: AsyncIo> Connection<IO> {
                         self.last_read = Instant::now();
                     }
                     // Packets already read may have waited for room.
-                    if !self.rbuf.is_empty() && !self.hook_full() {
+                    if !self.rbuf.is_empty() && !self.hook_full() && !self.acks_full() {
                         if let Err(close) = self.process_input() {
                             return close;
                         }
                     }
+                }
+                done = next_ack(&mut self.durable_acks), if acks_busy => {
+                    if let Some(done) = done {
+                        self.on_committed(done);
+                    }
+                    if acks_full {
+                        // The client's packets waited in the socket, not the client.
+                        self.last_read = Instant::now();
+                    }
+                    // Packets already read may have waited for room.
+                    if !self.rbuf.is_empty() && !self.acks_full() && !self.hook_full() {
+                        if let Err(close) = self.process_input() {
+                            return close;
+                        }
+                    }
+                }
+                _ = async { if let Some(s) = &storage { s.room().await } }, if storage.is_some() => {
+                    self.last_read = Instant::now();
                 }
                 _ = wait_for_drain(&pressure), if pressure.is_some() => {
                     self.pressure = None;
@@ -166,8 +193,9 @@ impl<IO: AsyncIo> Connection<IO> {
 
     fn process_input(&mut self) -> Result<(), Close> {
         loop {
-            if self.hook_full() {
-                // Back-pressure from the on-publish hook: decode more once a verdict is in.
+            if self.hook_full() || self.acks_full() {
+                // Back-pressure from the on-publish hook or the store: decode more once a
+                // verdict or a commit is in.
                 return Ok(());
             }
             let packet = match self.decoder.decode(&mut self.rbuf) {

@@ -192,6 +192,7 @@ impl<IO: AsyncIo> Connection<IO> {
                     retain: true,
                     subscription_ids: front.id.into_iter().collect(),
                     shared: None,
+                    stored: 0,
                     message,
                 };
                 match self.session.offer(delivery, &metrics) {

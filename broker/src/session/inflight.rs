@@ -19,12 +19,16 @@ pub enum Inflight {
 /// Outgoing QoS 1/2 messages by packet id, in send order (see the module documentation).
 #[derive(Debug, Default)]
 pub struct InflightWindow {
-    /// Each message with its place in the send order (an absolute sequence number).
-    entries: HashMap<u16, (u64, Inflight)>,
+    /// Each message with its slot in `order` (an absolute sequence number, renumbered when the
+    /// order is compacted), its place in the send order as the store keeps it (never
+    /// renumbered), and the message.
+    entries: HashMap<u16, (u64, u64, Inflight)>,
     /// Packet ids by send order, from sequence number `base`; `None` where one was completed.
     order: VecDeque<Option<u16>>,
     /// The sequence number of `order[0]`.
     base: u64,
+    /// The place in the send order of the next message.
+    next_order: u64,
 }
 
 impl InflightWindow {
@@ -45,24 +49,46 @@ impl InflightWindow {
 
     /// The message in flight under `packet_id`.
     pub fn get(&self, packet_id: u16) -> Option<&Inflight> {
-        self.entries.get(&packet_id).map(|(_, e)| e)
+        self.entries.get(&packet_id).map(|(_, _, e)| e)
     }
 
-    /// Records `entry` under `packet_id`: last in the send order when the id is new; in its
-    /// place when it replaces the entry of the id (PUBREC turning a PUBLISH into a PUBREL).
-    pub fn insert(&mut self, packet_id: u16, entry: Inflight) {
-        if let Some((_, e)) = self.entries.get_mut(&packet_id) {
+    /// The place in the send order of the message under `packet_id`, for the store: it
+    /// only grows, a replacement keeps it.
+    pub fn order_of(&self, packet_id: u16) -> Option<u64> {
+        self.entries.get(&packet_id).map(|(_, o, _)| *o)
+    }
+
+    /// Records a message read back from the store at its place in the send order; messages
+    /// are restored in that order.
+    pub fn restore(&mut self, packet_id: u16, order: u64, entry: Inflight) {
+        self.next_order = self.next_order.max(order.saturating_add(1));
+        if let Some((_, o, e)) = self.entries.get_mut(&packet_id) {
+            *o = order;
             *e = entry;
             return;
         }
         let seq = self.base + self.order.len() as u64;
         self.order.push_back(Some(packet_id));
-        self.entries.insert(packet_id, (seq, entry));
+        self.entries.insert(packet_id, (seq, order, entry));
+    }
+
+    /// Records `entry` under `packet_id`: last in the send order when the id is new; in its
+    /// place when it replaces the entry of the id (PUBREC turning a PUBLISH into a PUBREL).
+    pub fn insert(&mut self, packet_id: u16, entry: Inflight) {
+        if let Some((_, _, e)) = self.entries.get_mut(&packet_id) {
+            *e = entry;
+            return;
+        }
+        let seq = self.base + self.order.len() as u64;
+        self.order.push_back(Some(packet_id));
+        let order = self.next_order;
+        self.next_order += 1;
+        self.entries.insert(packet_id, (seq, order, entry));
     }
 
     /// Removes the message under `packet_id`.
     pub fn complete(&mut self, packet_id: u16) -> Option<Inflight> {
-        let (seq, entry) = self.entries.remove(&packet_id)?;
+        let (seq, _, entry) = self.entries.remove(&packet_id)?;
         if let Some(slot) = usize::try_from(seq - self.base)
             .ok()
             .and_then(|i| self.order.get_mut(i))
@@ -83,7 +109,7 @@ impl InflightWindow {
     fn compact(&mut self) {
         let ids: Vec<u16> = self.order.drain(..).flatten().collect();
         for (i, id) in ids.iter().enumerate() {
-            if let Some((seq, _)) = self.entries.get_mut(id) {
+            if let Some((seq, _, _)) = self.entries.get_mut(id) {
                 *seq = self.base + i as u64;
             }
         }
@@ -97,7 +123,7 @@ impl InflightWindow {
 
     /// Every message with its packet id, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u16, &Inflight)> {
-        self.entries.iter().map(|(id, (_, e))| (*id, e))
+        self.entries.iter().map(|(id, (_, _, e))| (*id, e))
     }
 
     /// Empties the window, returning its messages in send order.
@@ -107,7 +133,7 @@ impl InflightWindow {
         self.order.clear();
         self.base = 0;
         ids.into_iter()
-            .filter_map(|id| entries.remove(&id).map(|(_, e)| (id, e)))
+            .filter_map(|id| entries.remove(&id).map(|(_, _, e)| (id, e)))
             .collect()
     }
 }

@@ -236,19 +236,14 @@ pub(crate) fn go_offline(
         if delay == 0 {
             publish_will(tenant, session, w);
         } else {
-            let cancel = CancellationToken::new();
-            state.set_pending_will(PendingWill {
-                cancel: cancel.clone(),
-                message: w.clone(),
-            });
-            let t = tenant.clone();
-            let s = session.clone();
-            tenant.tasks.spawn_timer(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => publish_will(&t, &s, w),
-                    _ = cancel.cancelled() => {}
-                }
-            });
+            schedule_will(
+                tenant,
+                session,
+                &mut state,
+                w,
+                Instant::now() + Duration::from_secs(u64::from(delay)),
+                false,
+            );
         }
     }
     // The session ends at its expiry, or when its credential expires if that is sooner.
@@ -260,6 +255,56 @@ pub(crate) fn go_offline(
         (None, Some(c)) => Some((c, SessionEnd::Credential)),
         (None, None) => None,
     };
+    state.went_offline(end.map(|(at, _)| at));
+    schedule_end(tenant, session, end);
+}
+
+/// Publishes `will` at `due` unless the session is resumed or ends first (the will is then
+/// taken from its state); `restored` when it was read back from the store (already written).
+pub(crate) fn schedule_will(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    state: &mut SessionState,
+    will: Arc<Message>,
+    due: Instant,
+    restored: bool,
+) {
+    let cancel = CancellationToken::new();
+    let pending = PendingWill {
+        cancel: cancel.clone(),
+        message: will.clone(),
+    };
+    if restored {
+        state.restore_pending_will(pending);
+    } else {
+        state.set_pending_will(pending, due);
+    }
+    let t = tenant.clone();
+    let s = session.clone();
+    tenant.tasks.spawn_timer(async move {
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {
+                publish_will(&t, &s, will);
+                // Published: neither the session's end nor a restart publishes it again.
+                // Whoever holds the state now takes the will itself (a connection resuming
+                // the session, its end).
+                if let Ok(mut state) = s.state.clone().try_lock_owned() {
+                    if !cancel.is_cancelled() {
+                        state.take_pending_will();
+                    }
+                }
+            }
+            _ = cancel.cancelled() => {}
+        }
+    });
+}
+
+/// Ends the offline `session` at `end` (when, and why), unless it is resumed first.
+pub(crate) fn schedule_end(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    end: Option<(Instant, SessionEnd)>,
+) {
     if let Some((at, why)) = end {
         let generation = session.generation();
         let t = tenant.clone();
@@ -271,5 +316,79 @@ pub(crate) fn go_offline(
                 end_session(&t, &s, state, why);
             }
         });
+    }
+}
+
+/// Puts back what `tenant` had in the durable store at start: its retained messages (their
+/// expiry still running), and its sessions offline, with their subscriptions in the router,
+/// their queues, in-flight messages, QoS 2 receipts, delayed wills and expiry timers, as if
+/// their connections had just ended (the time the broker was down counts).
+pub(crate) fn restore_tenant(tenant: &Arc<Tenant>, restored: crate::storage::RestoredTenant) {
+    use crate::storage::record::unix_ms_to_instant;
+    let mut refused = 0usize;
+    for m in restored.retained {
+        if tenant.retained.set(&Arc::new(m)) == crate::retained::RetainOutcome::Full {
+            refused += 1;
+        }
+    }
+    if refused > 0 {
+        warn!(tenant = %tenant.name, refused,
+            "retained messages read back from the store are over the tenant's limits and were left out");
+    }
+    tenant.metrics.retained.set(tenant.retained.len() as i64);
+    let sessions = restored.sessions.len();
+    for (client_id, rs) in restored.sessions {
+        let (session, _) = tenant.session_or_insert(&client_id);
+        let Ok(mut state) = session.state.clone().try_lock_owned() else {
+            continue;
+        };
+        state.restore_expiry_interval(rs.expiry_secs);
+        for (full, record) in rs.subscriptions {
+            let (group, filter) = split_shared(&full);
+            match tenant.router.subscribe(
+                &session,
+                filter,
+                group,
+                record.options,
+                record.id,
+                usize::MAX,
+            ) {
+                Ok(existed) => {
+                    if !existed {
+                        tenant.metrics.subscriptions.inc();
+                    }
+                    state.restore_subscription(&full, record);
+                }
+                Err(_) => {
+                    warn!(tenant = %tenant.name, client_id, filter = %full,
+                        "a stored subscription was not restored");
+                }
+            }
+        }
+        for (id, order, entry) in rs.inflight {
+            state.restore_inflight(id, order, entry);
+        }
+        for id in rs.receipts {
+            state.restore_receipt(id);
+        }
+        session.restore_queue(rs.queue.into_iter().map(|(_, d)| d));
+        if let Some((due, will)) = rs.will {
+            schedule_will(
+                tenant,
+                &session,
+                &mut state,
+                Arc::new(will),
+                unix_ms_to_instant(due),
+                true,
+            );
+        }
+        drop(state);
+        let end = rs
+            .ends_at
+            .map(|ms| (unix_ms_to_instant(ms), SessionEnd::Closed));
+        schedule_end(tenant, &session, end);
+    }
+    if sessions > 0 || !tenant.retained.is_empty() {
+        info!(tenant = %tenant.name, sessions, retained = tenant.retained.len(), "restored from the store");
     }
 }

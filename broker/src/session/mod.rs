@@ -45,6 +45,8 @@ pub struct OutboxLimits {
 struct Outbox {
     items: VecDeque<Delivery>,
     bytes: usize,
+    /// The sequence number of the next delivery written to the store.
+    next_stored: u64,
 }
 
 /// Why the broker closes the connection serving a session.
@@ -136,6 +138,11 @@ pub struct Session {
     credential_ended: CancellationToken,
     /// The state a connection owns while it serves the session.
     pub state: Arc<tokio::sync::Mutex<SessionState>>,
+    /// Where its state is written through.
+    store: Arc<dyn SessionStore>,
+    /// Set while the session outlives its connection (expiry interval above 0): then its
+    /// QoS 1/2 deliveries are written to the store.
+    persistent: Arc<AtomicBool>,
 }
 
 /// A subscription as the session remembers it (for resumption and UNSUBSCRIBE).
@@ -176,6 +183,8 @@ pub struct PendingRetained {
 pub struct SessionState {
     client_id: Arc<str>,
     store: Arc<dyn SessionStore>,
+    /// Shared with [`Session`]: whether changes are written to the store.
+    persistent: Arc<AtomicBool>,
     /// Subscriptions by filter as the client wrote it (including `$share/g/`). The keys are
     /// copies: a slice would keep the whole SUBSCRIBE packet alive.
     subscriptions: HashMap<MqttString, SubscriptionRecord>,
@@ -197,10 +206,11 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    fn new(client_id: Arc<str>, store: Arc<dyn SessionStore>) -> Self {
+    fn new(client_id: Arc<str>, store: Arc<dyn SessionStore>, persistent: Arc<AtomicBool>) -> Self {
         SessionState {
             client_id,
             store,
+            persistent,
             subscriptions: HashMap::new(),
             retained: VecDeque::new(),
             inflight: InflightWindow::default(),
@@ -210,6 +220,11 @@ impl SessionState {
             pending_will: None,
             ended: false,
         }
+    }
+
+    /// Whether changes are written to the store: the session outlives its connection.
+    fn keeps(&self) -> bool {
+        self.expiry_interval > 0
     }
 
     /// The next free packet id, or `None` when all 65535 are in use.
@@ -231,21 +246,77 @@ impl SessionState {
     /// Removes an in-flight entry.
     pub fn complete(&mut self, packet_id: u16) -> Option<Inflight> {
         let entry = self.inflight.complete(packet_id)?;
-        self.store.completed(&self.client_id, packet_id);
+        if self.keeps() {
+            self.store.completed(&self.client_id, packet_id);
+        }
         Some(entry)
     }
 
     /// Records an in-flight entry: sent last, or in the place of the one it replaces.
     pub fn insert_inflight(&mut self, packet_id: u16, entry: Inflight) {
-        self.store.in_flight(&self.client_id, packet_id, &entry);
         self.inflight.insert(packet_id, entry);
+        if self.keeps() {
+            if let (Some(order), Some(entry)) = (
+                self.inflight.order_of(packet_id),
+                self.inflight.get(packet_id),
+            ) {
+                self.store
+                    .in_flight(&self.client_id, packet_id, order, entry);
+            }
+        }
+    }
+
+    /// Records an in-flight entry read back from the store, at its place in the send order.
+    pub fn restore_inflight(&mut self, packet_id: u16, order: u64, entry: Inflight) {
+        self.inflight.restore(packet_id, order, entry);
+    }
+
+    /// Records a QoS 2 receipt read back from the store.
+    pub fn restore_receipt(&mut self, packet_id: u16) {
+        self.incoming_qos2.insert(packet_id);
+    }
+
+    /// Records a subscription read back from the store (already written).
+    pub fn restore_subscription(&mut self, filter: &str, record: SubscriptionRecord) {
+        self.subscriptions
+            .insert(MqttString::from(filter.to_string()), record);
+    }
+
+    /// Sets the expiry interval read back from the store (already written).
+    pub fn restore_expiry_interval(&mut self, secs: u32) {
+        self.expiry_interval = secs;
+        self.persistent.store(secs > 0, Ordering::Relaxed);
+    }
+
+    /// Records the will read back from the store (already written) whose delay runs.
+    pub fn restore_pending_will(&mut self, will: PendingWill) {
+        self.pending_will = Some(will);
+    }
+
+    /// The session lost its connection and ends at `ends_at` (`None`: never) unless resumed.
+    pub fn went_offline(&mut self, ends_at: Option<tokio::time::Instant>) {
+        if self.keeps() {
+            self.store
+                .went_offline(&self.client_id, self.expiry_interval, ends_at);
+        }
+    }
+
+    /// The durable store behind the session, if any, and whether the session writes to it.
+    pub fn durable(&self) -> Option<&crate::storage::Storage> {
+        if self.keeps() {
+            self.store.durable()
+        } else {
+            None
+        }
     }
 
     /// Empties the in-flight window, returning its messages in send order.
     pub fn take_inflight(&mut self) -> Vec<(u16, Inflight)> {
         let all = self.inflight.take_all();
-        for (id, _) in &all {
-            self.store.completed(&self.client_id, *id);
+        if self.keeps() {
+            for (id, _) in &all {
+                self.store.completed(&self.client_id, *id);
+            }
         }
         all
     }
@@ -262,7 +333,7 @@ impl SessionState {
 
     /// Owns the QoS 2 message under `packet_id` until its PUBREL.
     pub fn own_receipt(&mut self, packet_id: u16) {
-        if self.incoming_qos2.insert(packet_id) {
+        if self.incoming_qos2.insert(packet_id) && self.keeps() {
             self.store.received(&self.client_id, packet_id);
         }
     }
@@ -270,7 +341,7 @@ impl SessionState {
     /// Releases the QoS 2 message under `packet_id`; whether it was owned.
     pub fn release_receipt(&mut self, packet_id: u16) -> bool {
         let owned = self.incoming_qos2.remove(&packet_id);
-        if owned {
+        if owned && self.keeps() {
             self.store.released(&self.client_id, packet_id);
         }
         owned
@@ -283,7 +354,9 @@ impl SessionState {
 
     /// Records a subscription to `filter` (as the client wrote it), or its new options.
     pub fn subscribe(&mut self, filter: &str, record: SubscriptionRecord) {
-        self.store.subscribed(&self.client_id, filter, &record);
+        if self.keeps() {
+            self.store.subscribed(&self.client_id, filter, &record);
+        }
         match self.subscriptions.get_mut(filter) {
             Some(r) => *r = record,
             // A copy: the packet's buffer may be large (user properties).
@@ -300,7 +373,9 @@ impl SessionState {
         if self.subscriptions.remove(filter).is_none() {
             return false;
         }
-        self.store.unsubscribed(&self.client_id, filter);
+        if self.keeps() {
+            self.store.unsubscribed(&self.client_id, filter);
+        }
         let subscriptions = &self.subscriptions;
         self.retained
             .retain(|p| subscriptions.contains_key(p.cursor.filter()));
@@ -312,18 +387,32 @@ impl SessionState {
         self.expiry_interval
     }
 
-    /// Sets the Session Expiry Interval.
+    /// Sets the Session Expiry Interval. Also called on every connection: the session is
+    /// marked online in the store.
     pub fn set_expiry_interval(&mut self, secs: u32) {
-        if self.expiry_interval != secs {
-            self.expiry_interval = secs;
-            self.store.expiry_set(&self.client_id, secs);
+        let was = self.expiry_interval;
+        self.expiry_interval = secs;
+        self.persistent.store(secs > 0, Ordering::Relaxed);
+        if was != secs || secs > 0 {
+            if was > 0 || secs > 0 {
+                self.store.expiry_set(&self.client_id, secs);
+            }
+            if was == 0 && secs > 0 {
+                // A session kept from now on: what it has so far is written too.
+                for (filter, record) in &self.subscriptions {
+                    self.store
+                        .subscribed(&self.client_id, filter.as_str(), record);
+                }
+            }
         }
     }
 
-    /// Records a will whose delay runs.
-    pub fn set_pending_will(&mut self, will: PendingWill) {
-        self.store
-            .will_pending(&self.client_id, Some(&will.message));
+    /// Records a will whose delay runs until `due`.
+    pub fn set_pending_will(&mut self, will: PendingWill, due: tokio::time::Instant) {
+        if self.keeps() {
+            self.store
+                .will_pending(&self.client_id, Some((&will.message, due)));
+        }
         self.pending_will = Some(will);
     }
 
@@ -331,7 +420,9 @@ impl SessionState {
     pub fn take_pending_will(&mut self) -> Option<PendingWill> {
         let will = self.pending_will.take()?;
         will.cancel.cancel();
-        self.store.will_pending(&self.client_id, None);
+        if self.keeps() {
+            self.store.will_pending(&self.client_id, None);
+        }
         Some(will)
     }
 
@@ -344,7 +435,10 @@ impl SessionState {
     pub fn end(&mut self) -> HashMap<MqttString, SubscriptionRecord> {
         self.ended = true;
         self.retained.clear();
-        self.store.ended(&self.client_id);
+        if self.keeps() {
+            self.store.ended(&self.client_id);
+        }
+        self.persistent.store(false, Ordering::Relaxed);
         std::mem::take(&mut self.subscriptions)
     }
 }
@@ -356,7 +450,8 @@ impl Session {
         limits: OutboxLimits,
         store: Arc<dyn SessionStore>,
     ) -> Arc<Self> {
-        let state = SessionState::new(client_id.clone(), store);
+        let persistent = Arc::new(AtomicBool::new(false));
+        let state = SessionState::new(client_id.clone(), store.clone(), persistent.clone());
         Arc::new(Session {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             client_id,
@@ -364,6 +459,7 @@ impl Session {
             outbox: Mutex::new(Outbox {
                 items: VecDeque::new(),
                 bytes: 0,
+                next_stored: 1,
             }),
             notify: Notify::new(),
             space: Notify::new(),
@@ -375,7 +471,25 @@ impl Session {
             credential: Mutex::new(None),
             credential_ended: CancellationToken::new(),
             state: Arc::new(tokio::sync::Mutex::new(state)),
+            store,
+            persistent,
         })
+    }
+
+    /// Whether a QoS 1/2 delivery pushed now would be written to the store.
+    pub fn stores(&self, qos: QoS) -> bool {
+        qos != QoS::AtMostOnce && self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// Queues deliveries read back from the store, in their order, ignoring the bounds (they
+    /// were within them when they were queued).
+    pub fn restore_queue(&self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let mut outbox = self.outbox.lock();
+        for d in deliveries {
+            outbox.next_stored = outbox.next_stored.max(d.stored.saturating_add(1));
+            outbox.bytes += d.weight();
+            outbox.items.push_back(d);
+        }
     }
 
     /// Whether a connection serves the session now.
@@ -391,7 +505,7 @@ impl Session {
     /// Queues a delivery. Returns false (and counts the drop) when it was not queued:
     /// QoS 0 for a session with no connection, or a full outbox. The policy is written down in
     /// `broker/ARCHITECTURE.md` (slow consumers).
-    pub fn push(&self, delivery: Delivery, metrics: &Metrics) -> bool {
+    pub fn push(&self, mut delivery: Delivery, metrics: &Metrics) -> bool {
         if delivery.qos == QoS::AtMostOnce && !self.is_connected() {
             metrics.count_drop(DropReason::offline_qos0);
             return false;
@@ -407,6 +521,14 @@ impl Session {
                 return false;
             }
             outbox.bytes += weight;
+            if self.stores(delivery.qos) {
+                // Under the outbox's lock: the store sees the queue in its order.
+                delivery.stored = outbox.next_stored;
+                outbox.next_stored += 1;
+                self.store.queued(&self.client_id, &delivery);
+            } else {
+                delivery.stored = 0;
+            }
             outbox.items.push_back(delivery);
             if !self.is_drained(&outbox) && !self.filling.load(Ordering::Relaxed) {
                 self.filling.store(true, Ordering::Relaxed);
@@ -460,6 +582,9 @@ impl Session {
             if !k {
                 removed += 1;
                 bytes = bytes.saturating_sub(d.weight());
+                if d.stored != 0 {
+                    self.store.dequeued(&self.client_id, d.stored);
+                }
             }
             k
         });
@@ -640,6 +765,7 @@ mod tests {
             retain: false,
             subscription_ids: Default::default(),
             shared: None,
+            stored: 0,
         }
     }
 
@@ -680,7 +806,16 @@ mod tests {
         fn unsubscribed(&self, c: &str, f: &str) {
             self.0.lock().push(format!("{c} unsub {f}"));
         }
-        fn in_flight(&self, c: &str, id: u16, e: &Inflight) {
+        fn queued(&self, c: &str, d: &Delivery) {
+            self.0.lock().push(format!("{c} queued {}", d.stored));
+        }
+        fn dequeued(&self, c: &str, seq: u64) {
+            self.0.lock().push(format!("{c} dequeued {seq}"));
+        }
+        fn went_offline(&self, c: &str, secs: u32, _: Option<tokio::time::Instant>) {
+            self.0.lock().push(format!("{c} offline {secs}"));
+        }
+        fn in_flight(&self, c: &str, id: u16, _: u64, e: &Inflight) {
             let what = match e {
                 Inflight::Published(_) => "published",
                 Inflight::Released => "released",
@@ -699,8 +834,8 @@ mod tests {
         fn expiry_set(&self, c: &str, secs: u32) {
             self.0.lock().push(format!("{c} expiry {secs}"));
         }
-        fn will_pending(&self, c: &str, will: Option<&Message>) {
-            let topic = will.map(|w| w.topic.as_str().to_string());
+        fn will_pending(&self, c: &str, will: Option<(&Message, tokio::time::Instant)>) {
+            let topic = will.map(|(w, _)| w.topic.as_str().to_string());
             self.0.lock().push(format!("{c} will {topic:?}"));
         }
         fn ended(&self, c: &str) {
@@ -711,7 +846,12 @@ mod tests {
     #[test]
     fn every_change_to_a_session_is_written_through_its_store_in_order() {
         let journal = Arc::new(Journal::default());
-        let mut state = SessionState::new(Arc::from("c"), journal.clone());
+        let mut state = SessionState::new(
+            Arc::from("c"),
+            journal.clone(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        state.set_expiry_interval(60);
         let record = SubscriptionRecord {
             options: SubscriptionOptions::default(),
             id: Some(7),
@@ -731,10 +871,13 @@ mod tests {
         assert!(state.owns_receipt(9));
         assert!(state.release_receipt(9));
         assert!(!state.release_receipt(9));
-        state.set_pending_will(PendingWill {
-            cancel: CancellationToken::new(),
-            message: delivery().message,
-        });
+        state.set_pending_will(
+            PendingWill {
+                cancel: CancellationToken::new(),
+                message: delivery().message,
+            },
+            tokio::time::Instant::now(),
+        );
         let will = state.take_pending_will().expect("the will");
         assert!(will.cancel.is_cancelled(), "its timer is told");
         state.insert_inflight(2, Inflight::Released);
@@ -746,9 +889,11 @@ mod tests {
         assert_eq!(
             *journal.0.lock(),
             [
+                "c expiry 60",
                 "c sub a/+ Some(7)",
                 "c unsub a/+",
                 "c sub x Some(7)",
+                "c expiry 60",
                 "c expiry 60",
                 "c inflight 1 published",
                 "c inflight 1 released",

@@ -2,15 +2,20 @@
 //!
 //! [`super::SessionState`] is the authoritative copy while the process runs, and every change
 //! to what a session must keep across a restart goes through it to a [`SessionStore`]: its
-//! subscriptions, its in-flight deliveries, the QoS 2 messages it received and not yet
-//! released, its expiry interval, a will waiting for its delay, and its end. Today's store is
-//! [`MemoryStore`]: sessions live as long as the process, so it has nothing to add. A durable
-//! store writes these changes down and reloads them at start.
+//! subscriptions, its queued and in-flight deliveries, the QoS 2 messages it received and not
+//! yet released, its expiry interval, a will waiting for its delay, and its end. Only sessions
+//! with an expiry interval above 0 are written, and only their QoS 1/2 deliveries. Without a
+//! data directory the store is [`MemoryStore`]: sessions live as long as the process, so it
+//! has nothing to add. With one it is [`crate::storage::TenantStore`], which writes these
+//! changes down; they are read back at start.
 
 use std::fmt::Debug;
 
+use tokio::time::Instant;
+
 use super::{Inflight, SubscriptionRecord};
-use crate::message::Message;
+use crate::message::{Delivery, Message};
+use crate::storage::Storage;
 
 /// Receives every change to a session's durable state, in the order the session makes them.
 /// Called with the session's state lock held, so it must not block; a store that writes to
@@ -20,8 +25,14 @@ pub trait SessionStore: Send + Sync + Debug {
     fn subscribed(&self, client_id: &str, filter: &str, record: &SubscriptionRecord);
     /// The session no longer subscribes to `filter`.
     fn unsubscribed(&self, client_id: &str, filter: &str);
-    /// A QoS 1/2 delivery went in flight under `packet_id`, or moved on (PUBREL sent).
-    fn in_flight(&self, client_id: &str, packet_id: u16, entry: &Inflight);
+    /// A QoS 1/2 delivery was queued under its sequence number (`delivery.stored`).
+    fn queued(&self, client_id: &str, delivery: &Delivery);
+    /// The queued delivery `seq` left the queue without going in flight (dropped).
+    fn dequeued(&self, client_id: &str, seq: u64);
+    /// A QoS 1/2 delivery went in flight under `packet_id` (out of the queue, if it was
+    /// queued, in the same write), or moved on (PUBREL sent); `order` is its place in the send
+    /// order.
+    fn in_flight(&self, client_id: &str, packet_id: u16, order: u64, entry: &Inflight);
     /// The in-flight delivery under `packet_id` was completed or dropped.
     fn completed(&self, client_id: &str, packet_id: u16);
     /// A QoS 2 message from the client under `packet_id` is owned until its PUBREL.
@@ -30,10 +41,16 @@ pub trait SessionStore: Send + Sync + Debug {
     fn released(&self, client_id: &str, packet_id: u16);
     /// The session's expiry interval is now `secs` (`u32::MAX`: never).
     fn expiry_set(&self, client_id: &str, secs: u32);
-    /// A will waits for its delay (`Some`), or no longer does (`None`).
-    fn will_pending(&self, client_id: &str, will: Option<&Message>);
+    /// The session lost its connection; it ends at `ends_at` (`None`: never) unless resumed.
+    fn went_offline(&self, client_id: &str, secs: u32, ends_at: Option<Instant>);
+    /// A will waits for its delay until `due` (`Some`), or no longer does (`None`).
+    fn will_pending(&self, client_id: &str, will: Option<(&Message, Instant)>);
     /// The session ended: everything kept for it goes.
     fn ended(&self, client_id: &str);
+    /// The durable store behind, whose commits acknowledgements wait for; `None` in memory.
+    fn durable(&self) -> Option<&Storage> {
+        None
+    }
 }
 
 /// The store of a broker whose sessions last as long as the process: the session's state in
@@ -44,11 +61,14 @@ pub struct MemoryStore;
 impl SessionStore for MemoryStore {
     fn subscribed(&self, _: &str, _: &str, _: &SubscriptionRecord) {}
     fn unsubscribed(&self, _: &str, _: &str) {}
-    fn in_flight(&self, _: &str, _: u16, _: &Inflight) {}
+    fn queued(&self, _: &str, _: &Delivery) {}
+    fn dequeued(&self, _: &str, _: u64) {}
+    fn in_flight(&self, _: &str, _: u16, _: u64, _: &Inflight) {}
     fn completed(&self, _: &str, _: u16) {}
     fn received(&self, _: &str, _: u16) {}
     fn released(&self, _: &str, _: u16) {}
     fn expiry_set(&self, _: &str, _: u32) {}
-    fn will_pending(&self, _: &str, _: Option<&Message>) {}
+    fn went_offline(&self, _: &str, _: u32, _: Option<Instant>) {}
+    fn will_pending(&self, _: &str, _: Option<(&Message, Instant)>) {}
     fn ended(&self, _: &str) {}
 }
