@@ -71,19 +71,30 @@ impl<IO: AsyncIo> Connection<IO> {
 
     /// Encodes one delivery, or drops and counts it.
     fn send_delivery(&mut self, d: Delivery, attempt: Attempt) {
+        let queued = match attempt {
+            Attempt::First => d.stored,
+            Attempt::Redelivery { .. } => 0,
+        };
+        if !self.try_send_delivery(d, attempt) {
+            self.state.dropped_queued(queued);
+        }
+    }
+
+    /// [`Connection::send_delivery`]; false when the delivery was dropped.
+    fn try_send_delivery(&mut self, d: Delivery, attempt: Attempt) -> bool {
         let now = Instant::now();
         let metrics = self.ctx.metrics.clone();
         if d.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
             metrics.count_drop(DropReason::expired);
-            return;
+            return false;
         }
         if !self.auth.permissions.may_read(d.message.topic.as_str()) {
             // Queued under an earlier credential that allowed more: what was queued or in
             // flight then is dropped when the session resumes or re-authenticates, and this
             // catches what a publisher routed meanwhile.
             metrics.count_drop(DropReason::not_readable);
-            return;
+            return false;
         }
         let packet_id = match (d.qos, attempt) {
             (QoS::AtMostOnce, _) => None,
@@ -92,7 +103,7 @@ impl<IO: AsyncIo> Connection<IO> {
                 Some(id) => Some(id),
                 None => {
                     metrics.count_drop(DropReason::queue_full);
-                    return;
+                    return false;
                 }
             },
         };
@@ -122,7 +133,7 @@ impl<IO: AsyncIo> Connection<IO> {
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: drop for this one.
         if packet.encoded_len(self.negotiated.version) > self.negotiated.max_packet as usize {
             metrics.count_drop(DropReason::packet_too_large);
-            return;
+            return false;
         }
         if let OutboundAlias::New(a) = alias {
             self.outbound_aliases
@@ -136,6 +147,7 @@ impl<IO: AsyncIo> Connection<IO> {
         if let (Some(id), Attempt::First) = (packet_id, attempt) {
             self.state.insert_inflight(id, Inflight::Published(d));
         }
+        true
     }
 
     /// The alias `topic` goes out with: the one the client knows, a new one while the client's

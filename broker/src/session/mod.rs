@@ -266,6 +266,14 @@ impl SessionState {
         }
     }
 
+    /// The delivery taken from the queue under `seq` (0: not stored) was dropped instead of
+    /// sent (expired, not readable, too large): its stored copy goes.
+    pub fn dropped_queued(&self, seq: u64) {
+        if seq != 0 && self.keeps() {
+            self.store.dequeued(&self.client_id, seq);
+        }
+    }
+
     /// Records an in-flight entry read back from the store, at its place in the send order.
     pub fn restore_inflight(&mut self, packet_id: u16, order: u64, entry: Inflight) {
         self.inflight.restore(packet_id, order, entry);

@@ -769,3 +769,144 @@ impl SessionStore for TenantStore {
         Some(&self.storage)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use starling_codec::QoS;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::auth::directory::{Directory, TenantState};
+    use crate::metrics::Metrics;
+    use crate::tasks::Tasks;
+
+    fn config(sync: SyncPolicy) -> StorageConfig {
+        StorageConfig {
+            sync,
+            interval_ms: 20,
+            repair: false,
+        }
+    }
+
+    fn retained(topic: &str) -> Message {
+        Message::new(
+            topic,
+            b"v",
+            QoS::AtLeastOnce,
+            true,
+            &Default::default(),
+            None,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn waiters_complete_after_the_commit_that_holds_their_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &config(SyncPolicy::Sync), None).unwrap();
+        let t = storage.tenant("t");
+        let mut waits = Vec::new();
+        for i in 0..200 {
+            t.retained_set(&retained(&format!("a/{i}")));
+            waits.push(storage.durable().expect("sync waits"));
+        }
+        for w in waits {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        storage.close().await;
+        let again = Storage::open(dir.path(), &config(SyncPolicy::Sync), None).unwrap();
+        assert_eq!(again.take_restored("t").unwrap().retained.len(), 200);
+        again.close().await;
+    }
+
+    #[tokio::test]
+    async fn with_interval_nothing_waits_and_close_writes_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &config(SyncPolicy::Interval), None).unwrap();
+        assert!(storage.durable().is_none());
+        storage.tenant("t").retained_set(&retained("x"));
+        storage.close().await;
+        let again = Storage::open(dir.path(), &config(SyncPolicy::Interval), None).unwrap();
+        assert_eq!(again.take_restored("t").unwrap().retained.len(), 1);
+        again.close().await;
+    }
+
+    #[tokio::test]
+    async fn tenants_are_apart_on_disk_and_a_deleted_tenant_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), &config(SyncPolicy::Sync), None).unwrap();
+        let tracker = TaskTracker::new();
+        let directory = Directory::new(
+            crate::config::Limits::default(),
+            crate::hook::HookSettings::default(),
+            Arc::new(Metrics::new()),
+            Tasks::new(tracker.clone(), CancellationToken::new()),
+            Some(storage.clone()),
+        );
+        for name in ["t1", "t10"] {
+            directory.apply(name, &TenantState::default()).unwrap();
+            let tenant = directory.tenant(name).unwrap().tenant.clone();
+            tenant
+                .publish(Arc::new(retained(&format!("{name}/r"))), &mut Vec::new())
+                .unwrap();
+        }
+        // The same topic in two tenants is two records.
+        for name in ["t1", "t10"] {
+            let tenant = directory.tenant(name).unwrap().tenant.clone();
+            tenant
+                .publish(Arc::new(retained("same")), &mut Vec::new())
+                .unwrap();
+        }
+        assert!(directory.remove("t1"));
+        storage.durable().unwrap().await.unwrap().unwrap();
+        storage.close().await;
+        let again = Storage::open(dir.path(), &config(SyncPolicy::Sync), None).unwrap();
+        assert!(again.take_restored("t1").is_none(), "t1's state is deleted");
+        let mut kept: Vec<String> = again
+            .take_restored("t10")
+            .unwrap()
+            .retained
+            .iter()
+            .map(|m| m.topic.as_str().to_string())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["same", "t10/r"]);
+        again.close().await;
+    }
+
+    /// The writes fail through [`Faults`] (a full disk cannot be had on demand here).
+    #[tokio::test]
+    async fn a_failed_commit_is_retried_until_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::default();
+        let storage =
+            Storage::open(dir.path(), &config(SyncPolicy::Sync), Some(faults.clone())).unwrap();
+        faults.disk_full();
+        storage.tenant("t").retained_set(&retained("kept"));
+        assert_eq!(
+            storage.durable().unwrap().await.unwrap(),
+            Err(Failure::DiskFull)
+        );
+        assert_eq!(storage.failure(), Some(Failure::DiskFull));
+        assert_eq!(Failure::DiskFull.reason(), ReasonCode::QUOTA_EXCEEDED);
+        assert_eq!(Failure::Io.reason(), ReasonCode::UNSPECIFIED_ERROR);
+        faults.clear();
+        // The writer retries on its own; a waiter registered now completes with that commit.
+        let mut ok = storage.durable().unwrap().await.unwrap();
+        for _ in 0..100 {
+            if ok.is_ok() {
+                break;
+            }
+            ok = storage.durable().unwrap().await.unwrap();
+        }
+        assert_eq!(ok, Ok(()));
+        assert_eq!(storage.failure(), None);
+        storage.close().await;
+        let again = Storage::open(dir.path(), &config(SyncPolicy::Sync), None).unwrap();
+        assert_eq!(again.take_restored("t").unwrap().retained.len(), 1);
+        again.close().await;
+    }
+}
