@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
-use starling_codec::{
-    AckProperties, MqttString, Packet, PubAck, PubRec, Publish, QoS, ReasonCode, topic,
-};
+use starling_codec::{MqttString, Packet, PubAck, PubRec, Publish, QoS, ReasonCode, topic};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -168,12 +166,16 @@ impl<IO: AsyncIo> Connection<IO> {
             return Ok(true);
         }
         if self.state.owns_receipt(packet_id) {
-            // A resent QoS 2 PUBLISH we already own: acknowledge again, deliver once [MQTT-4.3.3-10].
-            self.send(&Packet::PubRec(PubRec {
+            // A resent QoS 2 PUBLISH we already own: acknowledge again, deliver once
+            // [MQTT-4.3.3-10]; with a durable store, once the receipt's write is done.
+            let commit = self.state.durable().and_then(|s| s.durable());
+            self.acknowledge_after(
+                QoS::ExactlyOnce,
                 packet_id,
-                reason: ReasonCode::SUCCESS,
-                properties: AckProperties::default(),
-            }));
+                ReasonCode::SUCCESS,
+                None,
+                commit,
+            );
             return Ok(true);
         }
         let awaiting_hook = self.hook.as_ref().map_or(0, |h| h.qos2.len());

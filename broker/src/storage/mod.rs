@@ -909,4 +909,65 @@ mod tests {
         assert_eq!(again.take_restored("t").unwrap().retained.len(), 1);
         again.close().await;
     }
+
+    #[test]
+    fn the_time_the_broker_was_down_counts_against_session_expiry() {
+        let now = record::unix_ms_now();
+        let meta = |secs, ends| record::encode_meta(secs, ends);
+        let key = |c: &str| record::session_key("t", c, b'm', &[]);
+        let records = vec![
+            // Went offline; ends in an hour.
+            (key("later"), meta(7200, Some(now + 3_600_000))),
+            // Went offline; its end passed while the broker was down.
+            (key("gone"), meta(60, Some(now - 1))),
+            (
+                record::session_key("t", "gone", b'f', b"a/#"),
+                record::encode_subscription(&SubscriptionRecord {
+                    options: Default::default(),
+                    id: None,
+                }),
+            ),
+            // Never ends.
+            (key("forever"), meta(u32::MAX, Some(u64::MAX))),
+            // Connected when the broker stopped, 10 minutes ago: offline since then.
+            (key("was-on"), meta(60, None)),
+            (
+                record::LAST_COMMIT_KEY.to_vec(),
+                (now - 600_000).to_be_bytes().to_vec(),
+            ),
+            // A subscription without its session's meta record: left over.
+            (
+                record::session_key("t", "orphan", b'f', b"x"),
+                record::encode_subscription(&SubscriptionRecord {
+                    options: Default::default(),
+                    id: Some(1),
+                }),
+            ),
+        ];
+        let mut records = records;
+        records.sort();
+        let (tenants, bad, cleanup) = restore(&records);
+        assert_eq!(bad, 0);
+        let t = &tenants["t"];
+        let kept: Vec<&str> = t.sessions.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["forever", "later"]);
+        assert_eq!(t.sessions["forever"].ends_at, None);
+        assert_eq!(t.sessions["later"].ends_at, Some(now + 3_600_000));
+        let deleted: Vec<Vec<u8>> = cleanup
+            .iter()
+            .filter_map(|op| match op {
+                Op::DeletePrefix(p) => Some(p.to_vec()),
+                _ => None,
+            })
+            .collect();
+        for gone in ["gone", "was-on", "orphan"] {
+            assert!(
+                deleted.contains(&record::session_prefix("t", gone)),
+                "{gone} is deleted"
+            );
+        }
+        // A record that does not read back is counted (the start refuses it without repair).
+        let (_, bad, _) = restore(&[(record::retained_key("t", "x"), vec![1, 2])]);
+        assert_eq!(bad, 1);
+    }
 }
