@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use starling_codec::{
-    AckProperties, ConnectProperties, Packet, PubRec, PubRel, QoS, ReasonCode, Unsubscribe,
+    AckProperties, ConnectProperties, Packet, PubAck, PubRec, PubRel, QoS, ReasonCode, Unsubscribe,
 };
 
 macro_rules! timed {
@@ -157,5 +157,49 @@ async fn control_packets_are_answered_while_both_qos_2_quotas_are_zero_per_4_9_0
         s.send(Packet::PingReq).await;
         assert!(matches!(s.recv().await, Packet::PingResp));
         load.abort();
+    })
+}
+
+/// In-flight deliveries are bounded by weight as well as count: with `max_queued_bytes` at
+/// 64 KiB, a subscriber that acknowledges nothing gets three 16 KiB messages, not the five its
+/// Receive Maximum would allow; each PUBACK lets the next one through.
+#[tokio::test]
+async fn in_flight_deliveries_are_bounded_by_bytes_as_well_as_count() {
+    timed!(async {
+        let b = TestBroker::with(|c| {
+            c.limits.max_queued_bytes = Some(64 * 1024);
+            c.limits.slow_consumer_grace_ms = Some(60_000);
+        })
+        .await;
+        let mut s = b.client("heavy-sub").await;
+        s.subscribe("heavy/t", sub_opts(QoS::AtLeastOnce)).await;
+        let mut publisher = b.client("heavy-pub").await;
+        let payload = vec![7u8; 16 * 1024];
+        for _ in 0..5 {
+            assert_eq!(
+                publisher
+                    .publish("heavy/t", QoS::AtLeastOnce, &payload)
+                    .await,
+                Some(ReasonCode::SUCCESS)
+            );
+        }
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(s.recv_publish().await.packet_id.unwrap());
+        }
+        // A fourth would put more than 64 KiB in flight.
+        s.expect_silence(Duration::from_millis(300)).await;
+        for id in ids.iter().take(2) {
+            s.send(Packet::PubAck(PubAck {
+                packet_id: *id,
+                reason: ReasonCode::SUCCESS,
+                properties: AckProperties::default(),
+            }))
+            .await;
+        }
+        let fourth = s.recv_publish().await;
+        let fifth = s.recv_publish().await;
+        assert_eq!(fourth.payload.len(), payload.len());
+        assert_eq!(fifth.payload.len(), payload.len());
     })
 }

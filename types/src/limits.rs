@@ -522,7 +522,8 @@ limits_table! {
     max_queued_messages "maxQueuedMessages": usize {
         default: 10_000, cloudflare: 1000, range: 1 => 10_000_000, rule: lower,
     }
-    /// Bytes queued for one session beyond its in-flight window.
+    /// Bytes queued for one session beyond its in-flight window; the in-flight window's
+    /// deliveries are bounded by the same figure again.
     max_queued_bytes "maxQueuedBytes": usize {
         default: 64 * MIB, cloudflare: 16 * MIB, range: 1 => TIB, rule: lower,
     }

@@ -45,6 +45,7 @@ impl<IO: AsyncIo> Connection<IO> {
     pub(super) fn pump_outbox(&mut self) {
         // On the stack: an idle connection keeps no batch.
         let mut batch = SmallVec::<[Delivery; TAKE_BATCH]>::new();
+        self.window_full = false;
         loop {
             if self.wbuf.len() >= WRITE_HIGH_WATER {
                 self.more_queued = true;
@@ -64,6 +65,7 @@ impl<IO: AsyncIo> Connection<IO> {
             if taken == 0 {
                 // The window is closed; acknowledgements will reopen it.
                 self.more_queued = true;
+                self.window_full = true;
                 break;
             }
         }

@@ -148,6 +148,7 @@ where
         rate: RateLimiter::new(&ctx_limits),
         scratch: Vec::new(),
         more_queued: true,
+        window_full: false,
         fed_filling_outbox: false,
         pressure: None,
         hook: None,

@@ -48,7 +48,7 @@ use crate::config::{Limits, ListenerKind};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::router::Routed;
-use crate::session::{Kick, Session, SessionState};
+use crate::session::{Kick, Room, Session, SessionState};
 use crate::tenant::Tenant;
 use crate::transport::AsyncIo;
 
@@ -128,6 +128,9 @@ struct Connection<IO> {
     scratch: Vec<Routed>,
     /// The outbox may hold deliveries this connection has not taken yet.
     more_queued: bool,
+    /// The last take found the in-flight window without room for the outbox's front (by count
+    /// or by weight): only an acknowledgement or a new delivery changes that.
+    window_full: bool,
     /// A message this connection published went to an outbox that is half full or more: the
     /// task yields before its next read.
     fed_filling_outbox: bool,
@@ -181,13 +184,24 @@ impl<IO: AsyncIo> Connection<IO> {
         &self.auth.tenant
     }
 
-    fn window(&self) -> usize {
+    /// What the in-flight window has room for: the client's Receive Maximum and
+    /// `limits.max_inflight` bound the count, `limits.max_queued_bytes` the weight.
+    fn window(&self) -> Room {
         let max = usize::from(
             self.negotiated
                 .receive_max
                 .min(self.ctx.limits.max_inflight),
         );
-        max.saturating_sub(self.state.inflight().len())
+        let inflight = self.state.inflight();
+        Room {
+            messages: max.saturating_sub(inflight.len()),
+            bytes: self
+                .ctx
+                .limits
+                .max_queued_bytes
+                .saturating_sub(inflight.bytes()),
+            idle: inflight.is_empty(),
+        }
     }
 
     fn send(&mut self, packet: &Packet) {

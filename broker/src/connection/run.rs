@@ -42,7 +42,7 @@ impl<IO: AsyncIo> Connection<IO> {
                 // The read stopped at its budget: other tasks run before it goes on.
                 tokio::task::yield_now().await;
             }
-            let ready_to_send = (self.more_queued && self.window() > 0) || retained_due;
+            let ready_to_send = (self.more_queued && !self.window_full) || retained_due;
             let pressure = self.pressure.clone();
             let hook_full = self.hook_full();
             let hook_busy = self.hook.as_ref().is_some_and(|h| !h.verdicts.is_empty());

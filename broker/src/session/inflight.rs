@@ -29,12 +29,28 @@ pub struct InflightWindow {
     base: u64,
     /// The place in the send order of the next message.
     next_order: u64,
+    /// The weight of the deliveries published and not yet acknowledged ([`Delivery::weight`]).
+    bytes: usize,
+}
+
+/// What an entry weighs in the window: a PUBLISH its delivery's weight, a PUBREL nothing (the
+/// client has the message).
+fn weight(entry: &Inflight) -> usize {
+    match entry {
+        Inflight::Published(d) => d.weight(),
+        Inflight::Released => 0,
+    }
 }
 
 impl InflightWindow {
     /// Messages in flight.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The weight of the deliveries published and not yet acknowledged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether none is in flight.
@@ -62,7 +78,9 @@ impl InflightWindow {
     /// are restored in that order.
     pub fn restore(&mut self, packet_id: u16, order: u64, entry: Inflight) {
         self.next_order = self.next_order.max(order.saturating_add(1));
+        self.bytes += weight(&entry);
         if let Some((_, o, e)) = self.entries.get_mut(&packet_id) {
+            self.bytes -= weight(e);
             *o = order;
             *e = entry;
             return;
@@ -75,7 +93,9 @@ impl InflightWindow {
     /// Records `entry` under `packet_id`: last in the send order when the id is new; in its
     /// place when it replaces the entry of the id (PUBREC turning a PUBLISH into a PUBREL).
     pub fn insert(&mut self, packet_id: u16, entry: Inflight) {
+        self.bytes += weight(&entry);
         if let Some((_, _, e)) = self.entries.get_mut(&packet_id) {
+            self.bytes -= weight(e);
             *e = entry;
             return;
         }
@@ -89,6 +109,7 @@ impl InflightWindow {
     /// Removes the message under `packet_id`.
     pub fn complete(&mut self, packet_id: u16) -> Option<Inflight> {
         let (seq, _, entry) = self.entries.remove(&packet_id)?;
+        self.bytes -= weight(&entry);
         if let Some(slot) = usize::try_from(seq - self.base)
             .ok()
             .and_then(|i| self.order.get_mut(i))
@@ -132,6 +153,7 @@ impl InflightWindow {
         let mut entries = std::mem::take(&mut self.entries);
         self.order.clear();
         self.base = 0;
+        self.bytes = 0;
         ids.into_iter()
             .filter_map(|id| entries.remove(&id).map(|(_, _, e)| (id, e)))
             .collect()

@@ -93,6 +93,32 @@ impl Kick {
     }
 }
 
+/// What the in-flight window has room for: QoS 1/2 deliveries by count (the client's Receive
+/// Maximum and `limits.max_inflight`) and by weight (`limits.max_queued_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    /// Deliveries.
+    pub messages: usize,
+    /// Their weight ([`Delivery::weight`]).
+    pub bytes: usize,
+    /// Nothing is in flight: one delivery goes whatever its weight, so that one heavier than
+    /// the bound (queued before the bound was lowered) cannot stop the session.
+    pub idle: bool,
+}
+
+impl Room {
+    /// Whether a delivery of `weight` fits; if so, the room left after it.
+    pub fn take(&mut self, weight: usize) -> bool {
+        if self.messages == 0 || (weight > self.bytes && !self.idle) {
+            return false;
+        }
+        self.messages -= 1;
+        self.bytes = self.bytes.saturating_sub(weight);
+        self.idle = false;
+        true
+    }
+}
+
 /// What [`Session::offer`] did with a delivery.
 #[derive(Debug)]
 pub enum Offered {
@@ -614,23 +640,16 @@ impl Session {
     }
 
     /// Takes deliveries from the front of the outbox into `out` until it is full (its inline
-    /// capacity of `N`), QoS 0 ones and up to `window` QoS 1/2 ones. Returns whether more
-    /// remain.
-    pub fn take<const N: usize>(
-        &self,
-        out: &mut SmallVec<[Delivery; N]>,
-        mut window: usize,
-    ) -> bool {
+    /// capacity of `N`), QoS 0 ones and the QoS 1/2 ones `room` has room for. Returns whether
+    /// more remain.
+    pub fn take<const N: usize>(&self, out: &mut SmallVec<[Delivery; N]>, mut room: Room) -> bool {
         let mut outbox = self.outbox.lock();
         while out.len() < N {
             let Some(front) = outbox.items.front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce {
-                if window == 0 {
-                    break;
-                }
-                window -= 1;
+            if front.qos != QoS::AtMostOnce && !room.take(front.weight()) {
+                break;
             }
             let Some(d) = outbox.items.pop_front() else {
                 break;
@@ -799,7 +818,12 @@ mod tests {
         assert!(session.push(delivery(), &metrics));
         assert!(session.is_filling(), "5 of 8 is");
         let mut out = SmallVec::<[Delivery; 1]>::new();
-        assert!(session.take(&mut out, 0));
+        let closed = Room {
+            messages: 0,
+            bytes: 0,
+            idle: false,
+        };
+        assert!(session.take(&mut out, closed));
         assert!(!session.is_filling(), "back to 4 of 8");
     }
 
