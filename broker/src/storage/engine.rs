@@ -40,6 +40,8 @@ impl Op {
 pub struct EngineError {
     /// The disk (or the file system) is full.
     pub disk_full: bool,
+    /// Another process has the database open.
+    pub in_use: bool,
     /// What the engine said.
     pub message: String,
 }
@@ -55,6 +57,7 @@ impl EngineError {
         };
         EngineError {
             disk_full,
+            in_use: matches!(e, redb::Error::DatabaseAlreadyOpen),
             message: e.to_string(),
         }
     }
@@ -149,6 +152,7 @@ impl Engine for Redb {
         let Some(db) = &self.db else {
             return Err(EngineError {
                 disk_full: false,
+                in_use: false,
                 message: "the database is not open".into(),
             });
         };
@@ -195,10 +199,12 @@ impl<E: Engine> Engine for Faulty<E> {
         match self.faults.0.load(Ordering::Relaxed) {
             1 => Err(EngineError {
                 disk_full: true,
+                in_use: false,
                 message: std::io::Error::from_raw_os_error(28).to_string(),
             }),
             2 => Err(EngineError {
                 disk_full: false,
+                in_use: false,
                 message: std::io::Error::from_raw_os_error(5).to_string(),
             }),
             _ => self.inner.commit(ops),

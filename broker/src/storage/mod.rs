@@ -79,6 +79,14 @@ pub enum OpenError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process (a second broker on the same data directory) has the database open.
+    #[error(
+        "the store {file} is in use by another process (another broker on the same --data-dir?)"
+    )]
+    InUse {
+        /// The database file.
+        file: PathBuf,
+    },
     /// The database does not open or does not read back.
     #[error(
         "the store {file} cannot be read ({reason}); start with --storage-repair to move it aside and start with what can be kept"
@@ -181,6 +189,7 @@ impl Storage {
         let started = std::time::Instant::now();
         let (engine, records) = match engine::Redb::open(&file) {
             Ok(x) => x,
+            Err(e) if e.in_use => return Err(OpenError::InUse { file }),
             Err(e) if config.repair => {
                 let aside = dir.join(format!(
                     "{}.broken-{}",
@@ -969,5 +978,24 @@ mod tests {
         // A record that does not read back is counted (the start refuses it without repair).
         let (_, bad, _) = restore(&[(record::retained_key("t", "x"), vec![1, 2])]);
         assert_eq!(bad, 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_in_use_is_refused_and_never_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Storage::open(dir.path(), &config(SyncPolicy::Sync), None).unwrap();
+        let repair = StorageConfig {
+            repair: true,
+            ..config(SyncPolicy::Sync)
+        };
+        let err = Storage::open(dir.path(), &repair, None).unwrap_err();
+        assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("state.redb"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [engine::FILE], "nothing moved aside");
+        first.close().await;
     }
 }
