@@ -1,16 +1,19 @@
 //! The API's error type: RFC 9457 problem details with a stable numeric code.
 //!
-//! Every error renders as `application/problem+json`. The Cloudflare-compatible routes pass
-//! through a layer ([`crate::routes::compat_envelope`]) that turns problems into the v4 envelope
-//! (`success: false, errors: [{code, message}]`) with Cloudflare's conventions: name conflicts
-//! become 400 and failed authentication 403 "Authentication error".
+//! An error is an [`ErrorKind`] (HTTP status, stable numeric code, slug) and a detail. Every
+//! error renders as `application/problem+json` ([`Problem`], from `starling-types`). The
+//! Cloudflare-compatible routes pass through a layer ([`crate::routes::envelope`]) that answers
+//! with the v4 envelope built from the error value ([`ApiError::envelope`]: `success: false,
+//! errors: [{code, message}]`) with Cloudflare's conventions: name conflicts become 400 and
+//! failed authentication 403 "Authentication error".
 //! A 5xx is logged with its cause chain and never echoes it to the caller.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+pub use starling_types::rest::Problem;
 
 use crate::keys::KeyError;
+use crate::routes::{EnvelopeError, EnvelopeMessage};
 use crate::store::StoreError;
 
 /// Stable error codes (the `code` member of problems, and `errors[].code` in the envelope). The
@@ -49,13 +52,110 @@ pub mod code {
     pub const UNAUTHORIZED_RESOURCE: u32 = 9_109;
 }
 
-/// An API error: status, stable code, and a message safe to show the caller.
-#[derive(Debug)]
+/// What kind of error: each kind has one HTTP status, one stable code from [`code`] and one
+/// slug (the last segment of the problem's `type`). The compatible routes' envelope is built
+/// from the kind too ([`ApiError::envelope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 401, [`code::UNAUTHENTICATED`] (403 "Authentication error" on the compatible routes).
+    Unauthenticated,
+    /// 400, [`code::INVALID`]: malformed request or invalid field.
+    Invalid,
+    /// 422, [`code::INVALID`]: JSON of the wrong shape.
+    Unprocessable,
+    /// 500, [`code::INTERNAL`].
+    Internal,
+    /// 403, [`code::FORBIDDEN`]: the token's role does not allow this.
+    Forbidden,
+    /// 404, [`code::NOT_FOUND`].
+    NotFound,
+    /// 410, [`code::NOT_FOUND`]: the object was deleted (the state feed's deleted broker).
+    Gone,
+    /// 409, [`code::NAME_TAKEN`] (400 on the compatible routes).
+    NameTaken,
+    /// 409, [`code::CONFLICT`]: the object's state forbids the change.
+    Conflict,
+    /// 400, [`code::LIMIT`]: a configured bound would be exceeded.
+    Limit,
+    /// 501, [`code::NOT_IMPLEMENTED`].
+    NotImplemented,
+    /// 413, [`code::TOO_LARGE`].
+    TooLarge,
+    /// 405, [`code::METHOD`].
+    MethodNotAllowed,
+    /// 415, [`code::MEDIA_TYPE`].
+    UnsupportedMediaType,
+    /// 404, [`code::NO_ROUTE`]: no route under `/client/v4`.
+    NoRoute,
+    /// 403, [`code::UNAUTHORIZED_RESOURCE`].
+    UnauthorizedResource,
+}
+
+impl ErrorKind {
+    /// The HTTP status of the native answer.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::Invalid | ErrorKind::Limit => StatusCode::BAD_REQUEST,
+            ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Forbidden | ErrorKind::UnauthorizedResource => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound | ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::Gone => StatusCode::GONE,
+            ErrorKind::NameTaken | ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+
+    /// The stable code (the problem's `code`, the envelope's `errors[].code`).
+    pub fn code(self) -> u32 {
+        match self {
+            ErrorKind::Unauthenticated => code::UNAUTHENTICATED,
+            ErrorKind::Invalid | ErrorKind::Unprocessable => code::INVALID,
+            ErrorKind::Internal => code::INTERNAL,
+            ErrorKind::Forbidden => code::FORBIDDEN,
+            ErrorKind::NotFound | ErrorKind::Gone => code::NOT_FOUND,
+            ErrorKind::NameTaken => code::NAME_TAKEN,
+            ErrorKind::Conflict => code::CONFLICT,
+            ErrorKind::Limit => code::LIMIT,
+            ErrorKind::NotImplemented => code::NOT_IMPLEMENTED,
+            ErrorKind::TooLarge => code::TOO_LARGE,
+            ErrorKind::MethodNotAllowed => code::METHOD,
+            ErrorKind::UnsupportedMediaType => code::MEDIA_TYPE,
+            ErrorKind::NoRoute => code::NO_ROUTE,
+            ErrorKind::UnauthorizedResource => code::UNAUTHORIZED_RESOURCE,
+        }
+    }
+
+    /// The slug: the problem's `type` is `https://starling.dev/problems/<slug>`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Invalid | ErrorKind::Unprocessable => "invalid-request",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound | ErrorKind::Gone => "not-found",
+            ErrorKind::NameTaken => "name-taken",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Limit => "limit-exceeded",
+            ErrorKind::NotImplemented => "not-implemented",
+            ErrorKind::TooLarge => "too-large",
+            ErrorKind::MethodNotAllowed => "method-not-allowed",
+            ErrorKind::UnsupportedMediaType => "unsupported-media-type",
+            ErrorKind::NoRoute => "no-route",
+            ErrorKind::UnauthorizedResource => "unauthorized-resource",
+        }
+    }
+}
+
+/// An API error: its kind (status, code, slug) and a message safe to show the caller.
+#[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable code from [`code`].
-    pub code: u32,
+    /// What kind of error.
+    pub kind: ErrorKind,
     /// A message for the caller; never contains secrets or internal causes.
     pub detail: String,
 }
@@ -65,43 +165,37 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
     /// A new error.
-    pub fn new(status: StatusCode, code: u32, detail: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self {
-            status,
-            code,
+            kind,
             detail: detail.into(),
         }
     }
 
     /// 400 with [`code::INVALID`].
     pub fn invalid(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code::INVALID, detail)
+        Self::new(ErrorKind::Invalid, detail)
     }
 
     /// 404 with [`code::NOT_FOUND`].
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            code::NOT_FOUND,
-            format!("{what} not found"),
-        )
+        Self::new(ErrorKind::NotFound, format!("{what} not found"))
     }
 
     /// 409 with [`code::CONFLICT`].
     pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code::CONFLICT, detail)
+        Self::new(ErrorKind::Conflict, detail)
     }
 
     /// 409 with [`code::NAME_TAKEN`] (400 on compatible routes).
     pub fn name_taken(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code::NAME_TAKEN, detail)
+        Self::new(ErrorKind::NameTaken, detail)
     }
 
     /// 401 (403 on the compatible routes, whose layer changes it).
     pub fn unauthenticated() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            code::UNAUTHENTICATED,
+            ErrorKind::Unauthenticated,
             "a valid API token is required (Authorization: Bearer <token>)",
         )
     }
@@ -109,8 +203,7 @@ impl ApiError {
     /// 403.
     pub fn forbidden(needed: &str) -> Self {
         Self::new(
-            StatusCode::FORBIDDEN,
-            code::FORBIDDEN,
+            ErrorKind::Forbidden,
             format!("this API token's role does not allow this; it needs the {needed} role"),
         )
     }
@@ -125,73 +218,70 @@ impl ApiError {
             source = s.source();
         }
         tracing::error!(error = %chain, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code::INTERNAL,
-            "internal error",
-        )
+        Self::new(ErrorKind::Internal, "internal error")
     }
 
-    fn slug(&self) -> &'static str {
-        match self.code {
-            code::INVALID => "invalid-request",
-            code::UNAUTHENTICATED => "unauthenticated",
-            code::FORBIDDEN => "forbidden",
-            code::NOT_FOUND => "not-found",
-            code::NAME_TAKEN => "name-taken",
-            code::CONFLICT => "conflict",
-            code::LIMIT => "limit-exceeded",
-            code::NOT_IMPLEMENTED => "not-implemented",
-            code::TOO_LARGE => "too-large",
-            code::METHOD => "method-not-allowed",
-            code::MEDIA_TYPE => "unsupported-media-type",
-            code::NO_ROUTE => "no-route",
-            code::UNAUTHORIZED_RESOURCE => "unauthorized-resource",
-            _ => "internal",
+    /// The native answer's body.
+    pub fn problem(&self) -> Problem {
+        let status = self.kind.status();
+        Problem {
+            type_: format!("https://starling.dev/problems/{}", self.kind.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.kind.code(),
         }
     }
+
+    /// The compatible routes' answer: status and v4 envelope, with Cloudflare's conventions
+    /// where they differ from ours: a name conflict is 400, and failed authentication 403
+    /// "Authentication error" (our explanation follows in `error_chain`).
+    pub fn envelope(&self) -> (StatusCode, EnvelopeError) {
+        let code = self.kind.code();
+        let (status, error) = match self.kind {
+            ErrorKind::NameTaken => (
+                StatusCode::BAD_REQUEST,
+                EnvelopeMessage::new(code, self.detail.clone()),
+            ),
+            ErrorKind::Unauthenticated => (
+                StatusCode::FORBIDDEN,
+                EnvelopeMessage {
+                    error_chain: vec![EnvelopeMessage::new(
+                        code,
+                        "no API token, or one this api does not know: send Authorization: Bearer <token> (or X-Auth-Key: <token>)",
+                    )],
+                    ..EnvelopeMessage::new(code, "Authentication error")
+                },
+            ),
+            kind => (
+                kind.status(),
+                EnvelopeMessage::new(code, self.detail.clone()),
+            ),
+        };
+        (
+            status,
+            EnvelopeError {
+                result: None,
+                success: false,
+                errors: vec![error],
+                messages: Vec::new(),
+            },
+        )
+    }
 }
 
-/// RFC 9457 problem details, plus the stable `code`.
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Problem {
-    /// A URI naming the problem type.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// A short summary of the problem type.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// What went wrong with this request.
-    pub detail: String,
-    /// Stable numeric code, the same for the same condition on both route sets: 10000
-    /// authentication failed, 10001 invalid request, 10002 internal error, 10003 the token's role
-    /// does not allow this, 10004 not found, 10005 name taken, 10006 conflicting state, 10007 a
-    /// configured bound, 10008 not implemented, 10009 body too large, 10010 method not allowed,
-    /// 10011 body not sent as JSON; under /client/v4 also 7000 (no such route) and 9109 (no user
-    /// details behind an API token).
-    pub code: u32,
-}
-
+/// The native answer is `application/problem+json`; the error itself rides along in the
+/// response's extensions, so that the compatible routes' layer builds its envelope from the
+/// value (see [`crate::routes::envelope`]).
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = Problem {
-            type_: format!("https://starling.dev/problems/{}", self.slug()),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_string(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-            code: self.code,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut resp = (self.status, body).into_response();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut resp = (self.kind.status(), body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        resp.extensions_mut().insert(self);
         resp
     }
 }
@@ -204,10 +294,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotEmpty => {
                 ApiError::conflict("the namespace still has brokers; delete them first")
             }
-            StoreError::Limit(what) => ApiError::new(StatusCode::BAD_REQUEST, code::LIMIT, what),
+            StoreError::Limit(what) => ApiError::new(ErrorKind::Limit, what),
             StoreError::RevocationCap(max) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                code::LIMIT,
+                ErrorKind::Limit,
                 format!(
                     "the broker already has {max} live revocations, the most it may hold \
                      (max_revocations); nothing was revoked. A revocation is kept until its \

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use starling_types::rest::Problem;
 
 /// What can go wrong talking to the API.
 #[derive(Debug, thiserror::Error)]
@@ -29,16 +30,6 @@ pub(crate) struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
-}
-
-#[derive(serde::Deserialize)]
-struct Problem {
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    detail: Option<String>,
-    #[serde(default)]
-    code: Option<u32>,
 }
 
 /// A path segment, percent-encoded.
@@ -93,8 +84,12 @@ impl Client {
         match serde_json::from_slice::<Problem>(&body) {
             Ok(p) => Err(CallError::Api {
                 status: status.as_u16(),
-                code: p.code.unwrap_or(0),
-                detail: p.detail.filter(|d| !d.is_empty()).unwrap_or(p.title),
+                code: p.code,
+                detail: if p.detail.is_empty() {
+                    p.title
+                } else {
+                    p.detail
+                },
             }),
             Err(_) => Err(CallError::Api {
                 status: status.as_u16(),

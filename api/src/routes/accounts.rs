@@ -19,7 +19,7 @@ use super::{
     Auth, Body, Envelope, EnvelopeMessage, PathParams, QueryPairs, encode_cursor, page_params,
     rfc3339_micros,
 };
-use crate::error::{ApiError, OrNotFound, Problem, Result, code};
+use crate::error::{ApiError, ErrorKind, OrNotFound, Problem, Result, code};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::state::AppState;
 use crate::store::{Account, ApiTokenRecord, Role};
@@ -444,8 +444,7 @@ pub async fn compat_verify_token(auth: Auth) -> Envelope<TokenStatus> {
 /// no successful answer.
 pub async fn compat_user(_auth: Auth) -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        code::UNAUTHORIZED_RESOURCE,
+        ErrorKind::UnauthorizedResource,
         "Unauthorized to access requested resource",
     )
 }

@@ -32,7 +32,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tracing::warn;
 
 use super::{PathParams, QueryPairs, bearer};
-use crate::error::{ApiError, code};
+use crate::error::{ApiError, ErrorKind};
 use crate::keys::{Kek, hash_secret, hashes_equal};
 use crate::state::AppState;
 use crate::store::BrokerState;
@@ -117,8 +117,7 @@ fn parse_wait(raw: Option<&str>, max: u64) -> Result<Duration, ApiError> {
 
 fn gone() -> ApiError {
     ApiError::new(
-        StatusCode::GONE,
-        code::NOT_FOUND,
+        ErrorKind::Gone,
         "the broker was deleted; disconnect its clients",
     )
 }
@@ -167,8 +166,7 @@ pub async fn state(
 ) -> Result<Response, ApiError> {
     let unauthorized = || {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            code::UNAUTHENTICATED,
+            ErrorKind::Unauthenticated,
             "a valid broker secret is required",
         )
     };

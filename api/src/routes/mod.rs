@@ -9,17 +9,16 @@
 
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, Problem, code};
+use crate::error::{ApiError, ErrorKind};
 use crate::keys::hash_secret;
 use crate::state::AppState;
 use crate::store::{AuditEntry, Role};
@@ -27,6 +26,7 @@ use crate::store::{AuditEntry, Role};
 pub mod accounts;
 pub mod brokers;
 pub mod credentials;
+pub mod envelope;
 pub mod health;
 pub mod internal;
 pub mod keys;
@@ -34,6 +34,9 @@ pub mod namespaces;
 pub mod openapi;
 pub mod revocations;
 pub mod stats;
+
+use envelope::compat_envelope;
+pub use envelope::{CompatRequest, Envelope, EnvelopeError, EnvelopeMessage, ResultInfo};
 
 /// The public router: REST (both route sets), `/openapi.json`, `/healthz`, `/readyz`.
 pub fn app(state: AppState) -> Router {
@@ -171,22 +174,17 @@ pub fn internal_app(state: AppState) -> Router {
 }
 
 async fn fallback() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, "no such route")
+    ApiError::new(ErrorKind::NotFound, "no such route")
 }
 
 /// Unknown routes under `/client/v4`, as Cloudflare answered them.
 async fn compat_fallback() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        code::NO_ROUTE,
-        "No route for that URI",
-    )
+    ApiError::new(ErrorKind::NoRoute, "No route for that URI")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        code::METHOD,
+        ErrorKind::MethodNotAllowed,
         "method not allowed on this route",
     )
 }
@@ -215,202 +213,6 @@ async fn track(
         .get_or_create(&crate::metrics::MethodLabels { method })
         .observe(start.elapsed().as_secs_f64());
     resp
-}
-
-// === the v4 envelope ===
-
-/// A successful v4 envelope: `{"result": T, "success": true, "errors": [], "messages": []}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Envelope<T> {
-    /// The result.
-    pub result: T,
-    /// Always `true` here.
-    pub success: bool,
-    /// Always empty here.
-    pub errors: Vec<EnvelopeMessage>,
-    /// Informational messages.
-    pub messages: Vec<EnvelopeMessage>,
-    /// Paging of list results.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result_info: Option<ResultInfo>,
-}
-
-/// Paging of a list result in the envelope: a `cursor` (pub/sub lists), or `page`, `per_page`,
-/// `total_pages` and `total_count` (accounts and memberships, paged by number as at Cloudflare).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ResultInfo {
-    /// Items in this page.
-    pub count: usize,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
-    /// This page's number, from 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub page: Option<u32>,
-    /// The page size.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_page: Option<u32>,
-    /// How many pages there are.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total_pages: Option<u32>,
-    /// How many items there are over all pages.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total_count: Option<usize>,
-}
-
-/// An error or message of the envelope.
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct EnvelopeMessage {
-    /// Stable code: the same codes as the native routes' problems (see `Problem.code`).
-    pub code: u32,
-    /// Text.
-    pub message: String,
-    /// What lies behind this error, in more detail (Cloudflare's `error_chain`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(no_recursion)]
-    pub error_chain: Vec<EnvelopeMessage>,
-}
-
-impl EnvelopeMessage {
-    /// A message without a chain.
-    pub fn new(code: u32, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            error_chain: Vec::new(),
-        }
-    }
-}
-
-/// A failed v4 envelope.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EnvelopeError {
-    /// Always `null`.
-    #[schema(value_type = Option<String>)]
-    pub result: Option<()>,
-    /// Always `false`.
-    pub success: bool,
-    /// What went wrong.
-    pub errors: Vec<EnvelopeMessage>,
-    /// Always empty.
-    pub messages: Vec<EnvelopeMessage>,
-}
-
-impl<T: Serialize> Envelope<T> {
-    /// Wraps a result.
-    pub fn ok(result: T) -> Self {
-        Self {
-            result,
-            success: true,
-            errors: Vec::new(),
-            messages: Vec::new(),
-            result_info: None,
-        }
-    }
-
-    /// Wraps a page of a list paged by cursor.
-    pub fn page(result: T, count: usize, cursor: Option<String>) -> Self {
-        Self {
-            result_info: Some(ResultInfo {
-                count,
-                cursor,
-                page: None,
-                per_page: None,
-                total_pages: None,
-                total_count: None,
-            }),
-            ..Self::ok(result)
-        }
-    }
-
-    /// Wraps page `page` (from 1) of `per_page` items, of `total_count` in all.
-    pub fn numbered_page(
-        result: T,
-        count: usize,
-        page: u32,
-        per_page: u32,
-        total_count: usize,
-    ) -> Self {
-        let total_pages =
-            u32::try_from(total_count.div_ceil(per_page.max(1) as usize)).unwrap_or(u32::MAX);
-        Self {
-            result_info: Some(ResultInfo {
-                count,
-                cursor: None,
-                page: Some(page),
-                per_page: Some(per_page),
-                total_pages: Some(total_pages),
-                total_count: Some(total_count),
-            }),
-            ..Self::ok(result)
-        }
-    }
-}
-
-impl<T: Serialize> IntoResponse for Envelope<T> {
-    fn into_response(self) -> Response {
-        Json(self).into_response()
-    }
-}
-
-/// Marks a request to the Cloudflare-compatible routes (set by [`compat_envelope`]): their
-/// bodies are read as JSON whatever the `Content-Type`, and `X-Auth-Key` is taken as an API
-/// token, as Cloudflare's API did.
-#[derive(Debug, Clone, Copy)]
-pub struct CompatRequest;
-
-/// The compatible routes' conventions: marks the request ([`CompatRequest`]) and turns problem
-/// responses into v4 envelopes, with Cloudflare's answers where they differ from ours: a name
-/// conflict is 400, and failed authentication 403 "Authentication error" (our explanation
-/// follows in `error_chain`).
-async fn compat_envelope(mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(CompatRequest);
-    let resp = next.run(req).await;
-    let is_problem = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !is_problem {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let (code, message) = match serde_json::from_slice::<Problem>(&bytes) {
-        Ok(p) => (p.code, p.detail),
-        Err(_) => (code::INTERNAL, "internal error".to_string()),
-    };
-    let error = match code {
-        code::NAME_TAKEN => {
-            parts.status = StatusCode::BAD_REQUEST;
-            EnvelopeMessage::new(code, message)
-        }
-        code::UNAUTHENTICATED => {
-            parts.status = StatusCode::FORBIDDEN;
-            EnvelopeMessage {
-                error_chain: vec![EnvelopeMessage::new(
-                    code,
-                    "no API token, or one this api does not know: send Authorization: Bearer <token> (or X-Auth-Key: <token>)",
-                )],
-                ..EnvelopeMessage::new(code, "Authentication error")
-            }
-        }
-        _ => EnvelopeMessage::new(code, message),
-    };
-    let envelope = EnvelopeError {
-        result: None,
-        success: false,
-        errors: vec![error],
-        messages: Vec::new(),
-    };
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body = serde_json::to_vec(&envelope).unwrap_or_default();
-    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 // === authentication ===
@@ -535,8 +337,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        code::TOO_LARGE,
+                        ErrorKind::TooLarge,
                         "the request body is larger than this api accepts (max_body_bytes)",
                     )
                 } else {
@@ -573,8 +374,7 @@ fn check_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiErr
         None => "none".to_string(),
     };
     Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        code::MEDIA_TYPE,
+        ErrorKind::UnsupportedMediaType,
         format!(
             "the request body must be JSON sent with `Content-Type: application/json` (this request's Content-Type: {got})"
         ),
@@ -594,15 +394,13 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if *first != b'{' {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(not_json)?;
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code::INVALID,
+            ErrorKind::Unprocessable,
             "the request body must be a JSON object",
         ));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code::INVALID,
+            ErrorKind::Unprocessable,
             format!("the JSON body does not have the expected shape: {e}"),
         ),
         _ => not_json(e),

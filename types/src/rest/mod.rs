@@ -9,6 +9,7 @@ mod brokers;
 mod credentials;
 mod keys;
 mod namespaces;
+mod problem;
 mod revocations;
 
 pub use accounts::{
@@ -22,4 +23,5 @@ pub use brokers::{
 pub use credentials::{IssuedList, IssuedView};
 pub use keys::{JwkDoc, JwksDoc, KeyList, KeyView, Rotation};
 pub use namespaces::{NamespaceCreate, NamespaceList, NamespaceView};
+pub use problem::Problem;
 pub use revocations::Revocation;
