@@ -1655,10 +1655,7 @@ async fn state_carries_the_hook_key_only_while_a_hook_is_set_and_never_a_token_k
     };
 
     // The internal document describes the field.
-    let doc = serde_json::to_value(
-        <starling_api::routes::openapi::InternalDoc as utoipa::OpenApi>::openapi(),
-    )
-    .unwrap();
+    let doc = serde_json::to_value(starling_api::routes::openapi::internal_document()).unwrap();
     let schemas = &doc["components"]["schemas"];
     assert_eq!(
         schemas["StateView"]["properties"]["hookKey"]["oneOf"][1]["$ref"],

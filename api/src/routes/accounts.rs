@@ -38,7 +38,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Create an account with a first admin token (bootstrap token only).
-#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = AccountCreate,
+#[utoipa::path(post, path = "/accounts", tag = "accounts", request_body = AccountCreate,
     responses(
         (status = 201, description = "created", body = AccountCreated),
         (status = 400, description = "invalid body", body = Problem, content_type = "application/problem+json"),
@@ -89,7 +89,7 @@ pub async fn create_account(
 }
 
 /// The account's API tokens (admin).
-#[utoipa::path(get, path = "/v1/tokens", tag = "accounts",
+#[utoipa::path(get, path = "/tokens", tag = "accounts",
     params(
         ("limit" = Option<u32>, Query, description = "page size (1 to the configured maximum)", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
@@ -128,7 +128,7 @@ pub async fn list_tokens(
 }
 
 /// Create an API token (admin); the token is shown only in this response.
-#[utoipa::path(post, path = "/v1/tokens", tag = "accounts", request_body = TokenCreate,
+#[utoipa::path(post, path = "/tokens", tag = "accounts", request_body = TokenCreate,
     responses(
         (status = 201, description = "created", body = TokenCreated),
         (status = 400, description = "invalid body", body = Problem, content_type = "application/problem+json"),
@@ -170,7 +170,7 @@ pub async fn create_token(
 }
 
 /// Delete an API token (admin).
-#[utoipa::path(delete, path = "/v1/tokens/{token_id}", tag = "accounts",
+#[utoipa::path(delete, path = "/tokens/{token_id}", tag = "accounts",
     params(("token_id" = String, Path, description = "token id")),
     responses(
         (status = 204, description = "deleted"),
@@ -222,7 +222,7 @@ async fn is_system_token(state: &AppState, account_id: &str, id: &str) -> Result
 }
 
 /// The account's audit log, newest first (admin).
-#[utoipa::path(get, path = "/v1/audit", tag = "accounts",
+#[utoipa::path(get, path = "/audit", tag = "accounts",
     params(("limit" = Option<u32>, Query, description = "how many lines", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "audit log", body = Vec<AuditView>),
@@ -322,7 +322,7 @@ fn one_item_page<T: Serialize>(item: T, page: u32, per_page: u32) -> Envelope<Ve
 }
 
 /// The token's account and the token itself (any role).
-#[utoipa::path(get, path = "/v1/account", tag = "accounts",
+#[utoipa::path(get, path = "/account", tag = "accounts",
     responses(
         (status = 200, description = "the account this token acts for", body = AccountView),
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
@@ -348,7 +348,7 @@ pub async fn native_account(
 }
 
 /// The accounts this token may act for (Cloudflare-compatible: exactly one).
-#[utoipa::path(get, path = "/client/v4/accounts", tag = "compat",
+#[utoipa::path(get, path = "/accounts", tag = "compat",
     params(
         ("page" = Option<u32>, Query, description = "page number, from 1", minimum = 1, maximum = 1000000),
         ("per_page" = Option<u32>, Query, description = "page size (default 20)", minimum = 1, maximum = 1000),
@@ -370,7 +370,7 @@ pub async fn compat_list_accounts(
 }
 
 /// One account (Cloudflare-compatible; another account is 404).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}", tag = "compat",
+#[utoipa::path(get, path = "/accounts/{account}", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001")),
     responses(
         (status = 200, description = "the account", body = Envelope<CompatAccount>),
@@ -392,7 +392,7 @@ pub async fn compat_get_account(
 
 /// The token's memberships (Cloudflare-compatible: one, in its one account). Cloudflare's CLI
 /// picks the account from here when `CLOUDFLARE_ACCOUNT_ID` is not set.
-#[utoipa::path(get, path = "/client/v4/memberships", tag = "compat",
+#[utoipa::path(get, path = "/memberships", tag = "compat",
     params(
         ("page" = Option<u32>, Query, description = "page number, from 1", minimum = 1, maximum = 1000000),
         ("per_page" = Option<u32>, Query, description = "page size (default 20)", minimum = 1, maximum = 1000),
@@ -420,7 +420,7 @@ pub async fn compat_memberships(
 }
 
 /// Whether the token is valid (Cloudflare-compatible).
-#[utoipa::path(get, path = "/client/v4/user/tokens/verify", tag = "compat",
+#[utoipa::path(get, path = "/user/tokens/verify", tag = "compat",
     responses(
         (status = 200, description = "the token is valid and active", body = Envelope<TokenStatus>),
         (status = 403, description = "authentication failed (10000)", body = super::EnvelopeError),

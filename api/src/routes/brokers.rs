@@ -489,7 +489,7 @@ const P400: &str = "invalid request";
 // === native routes ===
 
 /// List the brokers of a namespace.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers", tag = "brokers",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"),
         ("limit" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
@@ -514,7 +514,7 @@ pub async fn native_list(
 }
 
 /// Create a broker; the response carries its secret, shown only this once.
-#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers", tag = "brokers",
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers", tag = "brokers",
     request_body(content = BrokerCreate, example = json!({"name": "native-example", "description": "created through /v1", "expiration": 3600})),
     params(("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
@@ -546,7 +546,7 @@ pub async fn native_create(
 }
 
 /// Get a broker.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the broker", body = BrokerView),
@@ -565,7 +565,7 @@ pub async fn native_get(
 }
 
 /// Change a broker's description, expiration, hook or limits.
-#[utoipa::path(patch, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers", request_body = BrokerPatch,
+#[utoipa::path(patch, path = "/namespaces/{namespace}/brokers/{broker}", tag = "brokers", request_body = BrokerPatch,
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("X-Starling-Managed-By" = Option<String>, Header, description = "`Broker/<k8s namespace>/<name>`: the operator changing its own broker"),
@@ -593,7 +593,7 @@ pub async fn native_patch(
 }
 
 /// Delete a broker (its pods get 410 Gone and disconnect its clients).
-#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
+#[utoipa::path(delete, path = "/namespaces/{namespace}/brokers/{broker}", tag = "brokers",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "doomed-native"),
         ("X-Starling-Managed-By" = Option<String>, Header, description = "`Broker/<k8s namespace>/<name>`: the operator deleting its own broker"),
@@ -618,7 +618,7 @@ pub async fn native_delete(
 }
 
 /// Replace the broker secret; the new one is shown only in this response.
-#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/secret/rotate", tag = "brokers",
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers/{broker}/secret/rotate", tag = "brokers",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the new secret", body = BrokerSecret),
@@ -659,7 +659,7 @@ pub async fn native_rotate_secret(
 // === compatible routes ===
 
 /// List brokers (Cloudflare-compatible).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers", tag = "compat",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"),
         ("per_page" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
@@ -685,7 +685,7 @@ pub async fn compat_list(
 }
 
 /// Create a broker (Cloudflare-compatible; a taken name is 400; no secret in the result).
-#[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers", tag = "compat", request_body = BrokerCreate,
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers", tag = "compat", request_body = BrokerCreate,
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 200, description = "created", body = Envelope<BrokerView>),
@@ -708,7 +708,7 @@ pub async fn compat_create(
 }
 
 /// Get a broker (Cloudflare-compatible).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the broker", body = Envelope<BrokerView>),
@@ -727,7 +727,7 @@ pub async fn compat_get(
 }
 
 /// Change a broker (Cloudflare-compatible).
-#[utoipa::path(patch, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat", request_body = BrokerPatch,
+#[utoipa::path(patch, path = "/namespaces/{namespace}/brokers/{broker}", tag = "compat", request_body = BrokerPatch,
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the changed broker", body = Envelope<BrokerView>),
@@ -753,7 +753,7 @@ pub async fn compat_patch(
 }
 
 /// Delete a broker (Cloudflare-compatible; result `null`).
-#[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}", tag = "compat",
+#[utoipa::path(delete, path = "/namespaces/{namespace}/brokers/{broker}", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "doomed-compat")),
     responses(
         (status = 200, description = "deleted", body = Envelope<Option<String>>),

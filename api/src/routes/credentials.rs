@@ -176,7 +176,7 @@ async fn issue(
 }
 
 /// Issue client tokens: `{clientId: jwt}`.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/credentials", tag = "credentials",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/credentials", tag = "credentials",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("number" = Option<u32>, Query, description = "how many tokens (1–100, default 1); with `clientid` values one token per id, and a larger `number` is 400", minimum = 1, maximum = 100),
@@ -206,7 +206,7 @@ pub async fn native_issue(
 }
 
 /// Issue client tokens (Cloudflare-compatible; a missing or empty `topicAcl` means `#`).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/credentials", tag = "compat",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/credentials", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"),
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
@@ -252,7 +252,7 @@ fn issued_cursor(raw: Option<&str>) -> Result<Option<(i64, String)>> {
 
 /// The tokens issued for a broker (their records: jti, client id, key, expiry, revoked), newest
 /// first. Records leave with their token's expiry.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/credentials/issued", tag = "credentials",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/credentials/issued", tag = "credentials",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("limit" = Option<u32>, Query, description = "page size (1 to the configured maximum)", minimum = 1, maximum = 1000),

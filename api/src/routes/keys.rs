@@ -124,7 +124,7 @@ async fn rotate(
 /// client tokens, and the current and retiring keys that sign the on-publish hook's requests
 /// (pick the one whose `kid` is the request's `X-Signature-Key-Id`). Brokers accept only the
 /// first kind for client tokens.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "keys",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "keys",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "JWKS", body = JwksDoc),
@@ -144,7 +144,7 @@ pub async fn native_public_keys(
 
 /// The broker's token keys with their state (next, current, retiring) and retire time; public
 /// parts only (the hook key is in `/publickeys`).
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys", tag = "keys",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/keys", tag = "keys",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the keys", body = KeyList),
@@ -184,7 +184,7 @@ pub async fn native_keys(
 /// then goes, with every token it signed. A new hook key signs the hook's requests from now on;
 /// the previous one stays in `/publickeys` until `retireAt`. Rotate after a broker secret or an
 /// API token may have leaked: the hook key it could read stops signing.
-#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "keys",
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "keys",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("retire_after" = Option<i64>, Query, description = "seconds the retiring key keeps verifying (default: the longer of the broker's expiration and 24 h)", minimum = 0, maximum = 315360000),
@@ -207,7 +207,7 @@ pub async fn native_rotate(
 }
 
 /// The broker's public keys (Cloudflare-compatible).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "compat",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "JWKS", body = Envelope<JwksDoc>),
@@ -226,7 +226,7 @@ pub async fn compat_public_keys(
 }
 
 /// Rotate the broker's signing keys (Cloudflare-compatible route set).
-#[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "compat",
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers/{broker}/keys/rotate", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("retire_after" = Option<i64>, Query, description = "seconds the retiring key keeps verifying", minimum = 0, maximum = 315360000),

@@ -15,8 +15,11 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::keys::hash_secret;
@@ -38,100 +41,93 @@ pub mod stats;
 use envelope::compat_envelope;
 pub use envelope::{CompatRequest, Envelope, EnvelopeError, EnvelopeMessage, ResultInfo};
 
-/// The public router: REST (both route sets), `/openapi.json`, `/healthz`, `/readyz`.
+/// Registers handlers with their OpenAPI operations: each handler's `#[utoipa::path]` gives
+/// both its route (method and path, relative to where its router is nested) and its entry in the
+/// document, so no route can be added without its entry.
+type DocRouter = OpenApiRouter<AppState>;
+
+/// Every documented route of the public listener (both route sets and the health routes), with
+/// the document they make. The console, `/openapi.json` and `/client/v4/user` (no successful
+/// answer) are added by [`app`] and are not in the document.
+pub fn public_routes() -> DocRouter {
+    let native = DocRouter::default()
+        .routes(routes!(namespaces::native_list, namespaces::native_create))
+        .routes(routes!(namespaces::native_get, namespaces::native_delete))
+        .routes(routes!(brokers::native_list, brokers::native_create))
+        .routes(routes!(
+            brokers::native_get,
+            brokers::native_patch,
+            brokers::native_delete
+        ))
+        .routes(routes!(brokers::native_rotate_secret))
+        .routes(routes!(credentials::native_issue))
+        .routes(routes!(credentials::native_issued))
+        .routes(routes!(stats::native_stats))
+        .routes(routes!(keys::native_public_keys))
+        .routes(routes!(keys::native_keys))
+        .routes(routes!(keys::native_rotate))
+        .routes(routes!(
+            revocations::native_list,
+            revocations::native_add,
+            revocations::native_delete
+        ))
+        .routes(routes!(accounts::create_account))
+        .routes(routes!(accounts::list_tokens, accounts::create_token))
+        .routes(routes!(accounts::delete_token))
+        .routes(routes!(accounts::list_audit))
+        .routes(routes!(accounts::native_account));
+    let pubsub = DocRouter::default()
+        .routes(routes!(namespaces::compat_list, namespaces::compat_create))
+        .routes(routes!(namespaces::compat_get, namespaces::compat_delete))
+        .routes(routes!(brokers::compat_list, brokers::compat_create))
+        .routes(routes!(
+            brokers::compat_get,
+            brokers::compat_patch,
+            brokers::compat_delete
+        ))
+        .routes(routes!(credentials::compat_issue))
+        .routes(routes!(keys::compat_public_keys))
+        .routes(routes!(keys::compat_rotate))
+        .routes(routes!(
+            revocations::compat_list,
+            revocations::compat_add,
+            revocations::compat_delete
+        ));
+    // Everything under /client/v4 answers with the envelope, unknown routes included.
+    let compat = DocRouter::default()
+        .routes(routes!(accounts::compat_list_accounts))
+        .routes(routes!(accounts::compat_get_account))
+        .routes(routes!(accounts::compat_memberships))
+        .routes(routes!(accounts::compat_verify_token))
+        .route("/user", get(accounts::compat_user))
+        .nest("/accounts/{account}/pubsub", compat_fallbacks(pubsub));
+    let compat = compat_fallbacks(compat).layer(middleware::from_fn(compat_envelope));
+    DocRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .nest("/v1", native)
+        .nest("/client/v4", compat)
+}
+
+/// The compatible routes' answers to unknown paths and methods (a nested router keeps its own).
+fn compat_fallbacks(router: DocRouter) -> DocRouter {
+    let (router, doc) = router.split_for_parts();
+    let mut router = DocRouter::from(
+        router
+            .fallback(compat_fallback)
+            .method_not_allowed_fallback(method_not_allowed),
+    );
+    *router.get_openapi_mut() = doc;
+    router
+}
+
+/// The public router: REST (both route sets), `/openapi.json`, `/healthz`, `/readyz`, and the
+/// console.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let b = "/namespaces/{namespace}/brokers/{broker}";
-    let native = Router::new()
-        .route(
-            "/namespaces",
-            get(namespaces::native_list).post(namespaces::native_create),
-        )
-        .route(
-            "/namespaces/{namespace}",
-            get(namespaces::native_get).delete(namespaces::native_delete),
-        )
-        .route(
-            "/namespaces/{namespace}/brokers",
-            get(brokers::native_list).post(brokers::native_create),
-        )
-        .route(
-            b,
-            get(brokers::native_get)
-                .patch(brokers::native_patch)
-                .delete(brokers::native_delete),
-        )
-        .route(
-            &format!("{b}/secret/rotate"),
-            post(brokers::native_rotate_secret),
-        )
-        .route(&format!("{b}/credentials"), get(credentials::native_issue))
-        .route(
-            &format!("{b}/credentials/issued"),
-            get(credentials::native_issued),
-        )
-        .route(&format!("{b}/stats"), get(stats::native_stats))
-        .route(&format!("{b}/publickeys"), get(keys::native_public_keys))
-        .route(&format!("{b}/keys"), get(keys::native_keys))
-        .route(&format!("{b}/keys/rotate"), post(keys::native_rotate))
-        .route(
-            &format!("{b}/revocations"),
-            get(revocations::native_list)
-                .post(revocations::native_add)
-                .delete(revocations::native_delete),
-        )
-        .route("/accounts", post(accounts::create_account))
-        .route(
-            "/tokens",
-            get(accounts::list_tokens).post(accounts::create_token),
-        )
-        .route(
-            "/tokens/{token_id}",
-            axum::routing::delete(accounts::delete_token),
-        )
-        .route("/audit", get(accounts::list_audit))
-        .route("/account", get(accounts::native_account));
-    let pubsub = Router::new()
-        .route(
-            "/namespaces",
-            get(namespaces::compat_list).post(namespaces::compat_create),
-        )
-        .route(
-            "/namespaces/{namespace}",
-            get(namespaces::compat_get).delete(namespaces::compat_delete),
-        )
-        .route(
-            "/namespaces/{namespace}/brokers",
-            get(brokers::compat_list).post(brokers::compat_create),
-        )
-        .route(
-            b,
-            get(brokers::compat_get)
-                .patch(brokers::compat_patch)
-                .delete(brokers::compat_delete),
-        )
-        .route(&format!("{b}/credentials"), get(credentials::compat_issue))
-        .route(&format!("{b}/publickeys"), get(keys::compat_public_keys))
-        .route(&format!("{b}/keys/rotate"), post(keys::compat_rotate))
-        .route(
-            &format!("{b}/revocations"),
-            get(revocations::compat_list)
-                .post(revocations::compat_add)
-                .delete(revocations::compat_delete),
-        )
-        .fallback(compat_fallback)
-        .method_not_allowed_fallback(method_not_allowed);
-    // Everything under /client/v4 answers with the envelope, unknown routes included.
-    let compat = Router::new()
-        .route("/accounts", get(accounts::compat_list_accounts))
-        .route("/accounts/{account}", get(accounts::compat_get_account))
-        .route("/memberships", get(accounts::compat_memberships))
-        .route("/user", get(accounts::compat_user))
-        .route("/user/tokens/verify", get(accounts::compat_verify_token))
-        .nest("/accounts/{account}/pubsub", pubsub)
-        .fallback(compat_fallback)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(compat_envelope));
+    let (routes, mut doc) = public_routes().split_for_parts();
+    openapi::finish(&mut doc);
+    let doc = std::sync::Arc::new(doc);
     let compat_root =
         axum::routing::any(compat_fallback).layer(middleware::from_fn(compat_envelope));
     let console = if state.config.console {
@@ -139,12 +135,8 @@ pub fn app(state: AppState) -> Router {
     } else {
         Router::new()
     };
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::serve))
-        .nest("/v1", native)
-        .nest("/client/v4", compat)
+    routes
+        .route("/openapi.json", get(move || openapi::serve(doc)))
         // The nested router does not see its own root.
         .route("/client/v4", compat_root.clone())
         .route("/client/v4/", compat_root)
@@ -157,13 +149,15 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every route of the internal listener that is in its document.
+pub fn internal_routes() -> DocRouter {
+    DocRouter::with_openapi(openapi::InternalDoc::openapi()).routes(routes!(internal::state))
+}
+
 /// The internal router: the brokers' state feed and `/metrics`. Never exposed by an Ingress.
 pub fn internal_app(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/internal/v1/brokers/{broker_id}/state",
-            get(internal::state),
-        )
+    let (routes, _) = internal_routes().split_for_parts();
+    routes
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .fallback(fallback)

@@ -106,7 +106,7 @@ async fn delete(state: &AppState, auth: &Auth, name: &str) -> Result<()> {
 // === native routes ===
 
 /// List the account's namespaces.
-#[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces",
+#[utoipa::path(get, path = "/namespaces", tag = "namespaces",
     params(
         ("limit" = Option<u32>, Query, description = "page size (1 to the configured maximum)", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
@@ -128,7 +128,7 @@ pub async fn native_list(
 }
 
 /// Create a namespace.
-#[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", request_body = NamespaceCreate,
+#[utoipa::path(post, path = "/namespaces", tag = "namespaces", request_body = NamespaceCreate,
     responses(
         (status = 201, description = "created", body = NamespaceView),
         (status = 400, description = "invalid body", body = Problem, content_type = "application/problem+json"),
@@ -152,7 +152,7 @@ pub async fn native_create(
 }
 
 /// Get a namespace.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}", tag = "namespaces",
+#[utoipa::path(get, path = "/namespaces/{namespace}", tag = "namespaces",
     params(("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 200, description = "the namespace", body = NamespaceView),
@@ -171,7 +171,7 @@ pub async fn native_get(
 }
 
 /// Delete a namespace (refused while it has brokers).
-#[utoipa::path(delete, path = "/v1/namespaces/{namespace}", tag = "namespaces",
+#[utoipa::path(delete, path = "/namespaces/{namespace}", tag = "namespaces",
     params(("namespace" = String, Path, description = "namespace name", example = "doomed-native")),
     responses(
         (status = 204, description = "deleted"),
@@ -194,7 +194,7 @@ pub async fn native_delete(
 // === compatible routes ===
 
 /// List namespaces (Cloudflare-compatible).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces", tag = "compat",
+#[utoipa::path(get, path = "/namespaces", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"),
         ("per_page" = Option<u32>, Query, description = "page size", minimum = 1, maximum = 1000),
@@ -220,7 +220,7 @@ pub async fn compat_list(
 }
 
 /// Create a namespace (Cloudflare-compatible; a taken name is 400).
-#[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces", tag = "compat", request_body = NamespaceCreate,
+#[utoipa::path(post, path = "/namespaces", tag = "compat", request_body = NamespaceCreate,
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001")),
     responses(
         (status = 200, description = "created", body = Envelope<NamespaceView>),
@@ -242,7 +242,7 @@ pub async fn compat_create(
 }
 
 /// Get a namespace (Cloudflare-compatible).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}", tag = "compat",
+#[utoipa::path(get, path = "/namespaces/{namespace}", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo")),
     responses(
         (status = 200, description = "the namespace", body = Envelope<NamespaceView>),
@@ -261,7 +261,7 @@ pub async fn compat_get(
 }
 
 /// Delete a namespace (Cloudflare-compatible; result `null`).
-#[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}", tag = "compat",
+#[utoipa::path(delete, path = "/namespaces/{namespace}", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "doomed-compat")),
     responses(
         (status = 200, description = "deleted", body = Envelope<Option<String>>),

@@ -1,13 +1,11 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations and served at
-//! `/openapi.json`; `api/openapi.json` is the committed copy (a test fails when it is stale).
+//! The OpenAPI 3.1 document, collected from the handlers' annotations as the routes are registered
+//! ([`super::public_routes`]) and served at `/openapi.json`; `api/openapi.json` is the committed copy (a test fails when it is stale).
+
+use std::sync::Arc;
 
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-
-use super::{
-    accounts, brokers, credentials, health, internal, keys, namespaces, revocations, stats,
-};
 
 struct Security;
 
@@ -65,45 +63,51 @@ impl Modify for Security {
     }
 }
 
-/// The document.
+/// The document's frame (title, description); its paths come from the routes as they are
+/// registered ([`super::public_routes`]).
 #[derive(OpenApi)]
-#[openapi(
-    info(title = "Starling control plane", description = "Namespaces, brokers, client credentials, keys and revocations; \
+#[openapi(info(
+    title = "Starling control plane",
+    description = "Namespaces, brokers, client credentials, keys and revocations; \
         native routes under /v1 (JSON bodies sent as application/json, errors as RFC 9457 problems with a stable `code`) and \
         Cloudflare Pub/Sub-compatible routes under /client/v4 (the {result, success, errors, messages} envelope on every answer, \
         bodies read as JSON whatever their Content-Type, failed authentication 403 with code 10000). \
-        GET /v1/account (or /client/v4/accounts) tells a token its account. The error codes are listed in docs/cloudflare-compatibility.md."),
-    paths(
-        health::healthz, health::readyz,
-        namespaces::native_list, namespaces::native_create, namespaces::native_get, namespaces::native_delete,
-        brokers::native_list, brokers::native_create, brokers::native_get, brokers::native_patch, brokers::native_delete,
-        brokers::native_rotate_secret,
-        credentials::native_issue, credentials::native_issued, stats::native_stats,
-        keys::native_public_keys, keys::native_keys, keys::native_rotate,
-        revocations::native_list, revocations::native_add, revocations::native_delete,
-        accounts::create_account, accounts::list_tokens, accounts::create_token, accounts::delete_token, accounts::list_audit,
-        accounts::native_account,
-        accounts::compat_list_accounts, accounts::compat_get_account, accounts::compat_memberships, accounts::compat_verify_token,
-        namespaces::compat_list, namespaces::compat_create, namespaces::compat_get, namespaces::compat_delete,
-        brokers::compat_list, brokers::compat_create, brokers::compat_get, brokers::compat_patch, brokers::compat_delete,
-        credentials::compat_issue, keys::compat_public_keys, keys::compat_rotate,
-        revocations::compat_list, revocations::compat_add, revocations::compat_delete,
-    ),
-    modifiers(&Security),
-)]
+        GET /v1/account (or /client/v4/accounts) tells a token its account. The error codes are listed in docs/cloudflare-compatibility.md."
+))]
 pub struct ApiDoc;
 
-/// The public document (the internal route is documented separately in [`InternalDoc`]).
+/// The internal listener's document's frame (its paths: [`super::internal_routes`]).
 #[derive(OpenApi)]
-#[openapi(info(title = "Starling control plane, internal listener"), paths(internal::state), modifiers(&Security))]
+#[openapi(info(title = "Starling control plane, internal listener"))]
 pub struct InternalDoc;
+
+/// The public document: the registered routes' operations, with the security schemes and
+/// operation ids.
+pub fn public_document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = super::public_routes().split_for_parts();
+    finish(&mut doc);
+    doc
+}
+
+/// The internal listener's document.
+pub fn internal_document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = super::internal_routes().split_for_parts();
+    finish(&mut doc);
+    doc
+}
+
+/// Adds what the registered operations do not carry: the security schemes, and operation ids
+/// from method and path.
+pub fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    Security.modify(doc);
+}
 
 /// The document as pretty JSON, as committed in `api/openapi.json`.
 pub fn document() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+    public_document().to_pretty_json().unwrap_or_default()
 }
 
-/// `GET /openapi.json`.
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json`: the document of the routes this router serves.
+pub async fn serve(doc: Arc<utoipa::openapi::OpenApi>) -> Json<Arc<utoipa::openapi::OpenApi>> {
+    Json(doc)
 }

@@ -100,7 +100,7 @@ async fn list(state: &AppState, auth: &Auth, ns: &str, b: &str) -> Result<Vec<Re
 
 /// Live revocations with their tokens' expiry and signing key: each is kept until `expiresAt`
 /// plus 300 s, or, without `expiresAt`, until the key `kid` is retired.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "live revocations", body = Vec<Revocation>),
@@ -127,7 +127,7 @@ pub async fn native_list(
 /// most `max_revocations` (10,000 by default) are live per broker: beyond that the request is a
 /// 400 that revokes nothing and says how to make room (rotate the keys, lift revocations, or issue
 /// tokens with an expiration).
-#[utoipa::path(post, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
@@ -151,7 +151,7 @@ pub async fn native_add(
 }
 
 /// Lift revocations.
-#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
+#[utoipa::path(delete, path = "/namespaces/{namespace}/brokers/{broker}/revocations", tag = "revocations",
     params(
         ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
@@ -175,7 +175,7 @@ pub async fn native_delete(
 }
 
 /// Revoked `jti`s (Cloudflare-compatible: a list of strings).
-#[utoipa::path(get, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "revoked jtis", body = Envelope<Vec<String>>),
@@ -204,7 +204,7 @@ pub async fn compat_list(
 /// A revocation is kept until the token's `exp` plus 300 s, and for a token without `exp` until
 /// the key that signed it is retired; at most `max_revocations` are live per broker (beyond, a
 /// 400 that revokes nothing and says how to make room).
-#[utoipa::path(post, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
+#[utoipa::path(post, path = "/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),
@@ -228,7 +228,7 @@ pub async fn compat_add(
 }
 
 /// Lift revocations (Cloudflare-compatible; result `null`).
-#[utoipa::path(delete, path = "/client/v4/accounts/{account}/pubsub/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
+#[utoipa::path(delete, path = "/namespaces/{namespace}/brokers/{broker}/revocations", tag = "compat",
     params(
         ("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo"),
         ("jti" = Vec<String>, Query, description = "token ids, repeated or comma-separated", example = json!(["8f14e45fceea167a5a36dedd4bea2543"])),

@@ -120,7 +120,7 @@ fn view(series: Series) -> StatsView {
 }
 
 /// The broker's health: connections, and messages in, out and dropped per second.
-#[utoipa::path(get, path = "/v1/namespaces/{namespace}/brokers/{broker}/stats", tag = "brokers",
+#[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/stats", tag = "brokers",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
         (status = 200, description = "the broker's latest figures", body = StatsView),
