@@ -404,7 +404,9 @@ fn owned_fields(b: &Broker) -> BrokerPatch {
     let (endpoint, ws_endpoint) = advertised(b);
     BrokerPatch {
         name: None,
-        description: b.spec.description.clone(),
+        // The api keeps a description the patch leaves out: one removed from the spec is sent
+        // empty, which clears it.
+        description: Some(b.spec.description.clone().unwrap_or_default()),
         expiration: Some(b.spec.expiration),
         on_publish: Some(Some(OnPublish {
             url: b.spec.on_publish.as_ref().map(|o| o.url.clone()),

@@ -543,6 +543,14 @@ async fn a_ready_deployment_makes_the_broker_ready_and_updates_patch_the_api() {
         .1
         .clone();
     assert_eq!(stored.description.as_deref(), Some("sensors of hall 3"));
+    // A description removed from the spec is cleared in the api, not kept.
+    let mut cleared = w.stored_broker();
+    cleared.spec.description = None;
+    w.reconcile(&cleared).await.expect("third");
+    let stored = w.api.state().brokers[&("iot".to_owned(), "sensors".to_owned())]
+        .1
+        .clone();
+    assert_eq!(stored.description.as_deref(), Some(""));
     let b = w.stored_broker();
     assert_eq!(b.status.as_ref().and_then(|s| s.phase), Some(Phase::Ready));
     assert_eq!(b.status.as_ref().map(|s| s.ready_replicas), Some(1));
