@@ -410,7 +410,7 @@ fn write_loop(inner: &Inner, mut engine: Box<dyn Engine>) {
             }
             continue;
         }
-        let mut batch = ops;
+        let mut batch = coalesce(ops);
         batch.push(Op::Put(
             record::LAST_COMMIT_KEY.into(),
             record::unix_ms_now().to_be_bytes().into(),
@@ -463,6 +463,29 @@ fn write_loop(inner: &Inner, mut engine: Box<dyn Engine>) {
             return;
         }
     }
+}
+
+/// Leaves out every change to a key that a later change to the same key in the batch
+/// replaces (a delivery queued, sent and acknowledged within one round is two deletions
+/// instead of four writes). A deletion by prefix is a barrier: nothing moves across it.
+fn coalesce(ops: Vec<Op>) -> Vec<Op> {
+    use std::collections::HashSet;
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(ops.len());
+    let mut keep = vec![true; ops.len()];
+    for (i, op) in ops.iter().enumerate().rev() {
+        match op {
+            Op::Put(k, _) | Op::Delete(k) => {
+                if !seen.insert(&**k) {
+                    keep[i] = false;
+                }
+            }
+            Op::DeletePrefix(_) => seen.clear(),
+        }
+    }
+    let mut keep = keep.into_iter();
+    let mut out = ops;
+    out.retain(|_| keep.next().unwrap_or(true));
+    out
 }
 
 /// In-flight entries of one session read back: place in the send order, packet id, entry.
@@ -997,5 +1020,34 @@ mod tests {
             .collect();
         assert_eq!(names, [engine::FILE], "nothing moved aside");
         first.close().await;
+    }
+
+    #[test]
+    fn a_batch_keeps_only_the_last_change_of_each_key_between_prefix_deletions() {
+        let put = |k: &str, v: &str| Op::Put(k.as_bytes().into(), v.as_bytes().into());
+        let del = |k: &str| Op::Delete(k.as_bytes().into());
+        let ops = vec![
+            put("a", "1"),
+            put("b", "1"),
+            del("a"),
+            put("a", "2"),
+            Op::DeletePrefix(b"b".as_slice().into()),
+            put("b", "2"),
+            del("c"),
+            put("b", "3"),
+        ];
+        let out: Vec<String> = coalesce(ops)
+            .iter()
+            .map(|op| match op {
+                Op::Put(k, v) => format!(
+                    "put {} {}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                ),
+                Op::Delete(k) => format!("del {}", String::from_utf8_lossy(k)),
+                Op::DeletePrefix(k) => format!("prefix {}", String::from_utf8_lossy(k)),
+            })
+            .collect();
+        assert_eq!(out, ["put b 1", "put a 2", "prefix b", "del c", "put b 3"]);
     }
 }
