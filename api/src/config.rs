@@ -66,6 +66,9 @@ pub struct Config {
     /// Seconds a client of either listener has to send a request's headers, from the
     /// connection's start or the previous response; then the connection is closed.
     pub header_read_timeout_secs: u64,
+    /// Seconds a request's body has to arrive after its headers, on either listener; a body
+    /// still arriving then is refused (400) and the connection closed.
+    pub body_read_timeout_secs: u64,
     /// Connections open at once on the public listener; further ones wait in the backlog.
     pub public_max_connections: usize,
     /// Connections open at once on the internal listener (each broker pod holds one long-poll
@@ -97,6 +100,7 @@ impl Default for Config {
             janitor_interval_secs: 5,
             min_retire_secs: 86_400,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
             public_max_connections: 1024,
             internal_max_connections: 4096,
         }
@@ -108,6 +112,7 @@ impl Config {
     pub fn public_http_limits(&self) -> starling_http::HttpLimits {
         starling_http::HttpLimits {
             header_read_timeout_secs: self.header_read_timeout_secs,
+            body_read_timeout_secs: self.body_read_timeout_secs,
             max_connections: self.public_max_connections,
         }
     }
@@ -116,6 +121,7 @@ impl Config {
     pub fn internal_http_limits(&self) -> starling_http::HttpLimits {
         starling_http::HttpLimits {
             header_read_timeout_secs: self.header_read_timeout_secs,
+            body_read_timeout_secs: self.body_read_timeout_secs,
             max_connections: self.internal_max_connections,
         }
     }

@@ -161,6 +161,8 @@ impl HttpConfig {
         crate::http::HttpLimits {
             header_read_timeout_secs: self.header_read_timeout_secs,
             max_connections: self.max_connections,
+            // The listener's routes read no body.
+            ..crate::http::HttpLimits::default()
         }
     }
 }
