@@ -46,6 +46,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The on-publish hook client.
     pub hook: crate::hook::HookSettings,
+    /// Replicas of one broker joined through NATS; a single node when absent.
+    pub cluster: crate::cluster::ClusterConfig,
     /// Tenants are fed into [`crate::RunningBroker::directory`] by the program that embeds the
     /// broker (`starling-dev`), so token listeners need no key files.
     #[serde(skip)]
@@ -354,6 +356,8 @@ pub struct Overrides {
     pub storage_interval_ms: Option<u64>,
     /// `--storage-repair`: `[storage] repair = true`.
     pub storage_repair: bool,
+    /// `--cluster-nats URL` (repeatable): NATS servers added to `[cluster] nats`.
+    pub cluster_nats: Vec<String>,
 }
 
 /// A configuration that could not be loaded; every problem is listed.
@@ -460,6 +464,10 @@ impl Config {
         if overrides.storage_repair {
             config.storage.repair = true;
         }
+        config
+            .cluster
+            .nats
+            .extend(overrides.cluster_nats.iter().cloned());
         config.validate()?;
         Ok(config)
     }
@@ -552,6 +560,7 @@ impl Config {
                 self.storage.interval_ms
             ));
         }
+        problems.extend(self.cluster.problems());
         if self.auth.revocations.is_some() && self.auth.jwks.is_none() {
             problems.push("auth.revocations needs auth.jwks (--jwks FILE)".into());
         }
@@ -658,6 +667,40 @@ mod tests {
             mqtt: vec!["127.0.0.1:0".parse().unwrap()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn cluster_section_env_and_flag_and_no_secret_in_the_logged_form() {
+        let c = Config::load(None, [], &flags_with_listener()).unwrap();
+        assert!(!c.cluster.enabled(), "no [cluster]: a single node");
+        let file = "[cluster]\nnats = [\"nats://10.0.0.1:4222\"]\nuser = \"starling\"\n";
+        let env = [(
+            "STARLING_BROKER__CLUSTER__PASSWORD".to_string(),
+            "s3cr3t-pw".to_string(),
+        )];
+        let flags = Overrides {
+            cluster_nats: vec!["nats://10.0.0.2:4222".into()],
+            ..flags_with_listener()
+        };
+        let c = Config::load(Some(file), env, &flags).unwrap();
+        assert_eq!(
+            c.cluster.nats,
+            ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+        );
+        assert_eq!(c.cluster.password.as_ref().unwrap().expose(), "s3cr3t-pw");
+        let logged = serde_json::to_string(&c).unwrap();
+        assert!(!logged.contains("s3cr3t-pw"), "{logged}");
+        let err = Config::load(
+            Some("[cluster]\nnats = [\"nats://h:4222\"]\nuser = \"u\"\n"),
+            [],
+            &flags_with_listener(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cluster.user and cluster.password"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! crate narrates the tasks, the channels and who owns what.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod control;

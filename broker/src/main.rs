@@ -72,6 +72,10 @@ struct Flags {
     /// kept, instead of refusing to start.
     #[arg(long)]
     storage_repair: bool,
+    /// A NATS server of the cluster this replica joins (repeatable), e.g. nats://127.0.0.1:4222;
+    /// adds to `[cluster] nats`.
+    #[arg(long, value_name = "URL")]
+    cluster_nats: Vec<String>,
     /// Public keys of the tenant `default` (JWKS, OKP/Ed25519 keys with kid), reloaded on change.
     #[arg(long, value_name = "FILE")]
     jwks: Option<PathBuf>,
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         }),
         storage_interval_ms: flags.storage_interval_ms,
         storage_repair: flags.storage_repair,
+        cluster_nats: flags.cluster_nats.clone(),
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     init_tracing(config.log.format);

@@ -1,7 +1,7 @@
 # Installs what the test tiers need when it is missing. Sourced by scripts/test.
 # Every version is pinned here or in a lock file; nothing downloads binaries at run time.
 
-APT_PACKAGES=(postgresql mosquitto mosquitto-clients chromium libnss3-tools curl jq python3-venv)
+APT_PACKAGES=(postgresql mosquitto mosquitto-clients nats-server chromium libnss3-tools curl jq python3-venv)
 
 apt_install_missing() {
   local missing=()

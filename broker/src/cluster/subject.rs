@@ -1,0 +1,342 @@
+//! MQTT topics and filters as NATS subjects.
+//!
+//! Layout: `starling.<tenant>.msg.<level>.<level>…` for ordinary topics and
+//! `starling.<tenant>.sys.<level>…` for topics whose first level starts with `$`, so the
+//! wildcard filters `#` and `+/…` (which never match `$` topics [MQTT-4.7.2-1]) map onto
+//! subjects under `msg` only. Each MQTT level (and the tenant) is one NATS token:
+//!
+//! - bytes `!`..`~` other than `.`, `*`, `>` and the escape `~` stand for themselves;
+//! - every other byte of the level's UTF-8 (those four, space and other whitespace, control
+//!   characters, anything outside ASCII) is written `~XX` (two upper-case hex digits);
+//! - an empty level, which NATS does not allow as a token, is the token `~` alone.
+//!
+//! The mapping is exact and reversible: [`subject_to_topic`] gives back the tenant and topic.
+//! A filter's `+` is `*`; a trailing `#` is `>`, and because `a/#` also matches `a`
+//! [MQTT-4.7.1-2], [`filter_to_subjects`] gives two subjects for it (`….a` and `….a.>`).
+
+use smallvec::SmallVec;
+
+/// The first token of every subject the broker uses.
+pub const ROOT: &str = "starling";
+/// The escape character of levels.
+pub const ESCAPE: u8 = b'~';
+
+const MSG: &str = "msg";
+const SYS: &str = "sys";
+
+fn is_plain(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && !matches!(b, b'.' | b'*' | b'>' | ESCAPE)
+}
+
+/// Appends one level (or tenant name) as a NATS token.
+pub fn push_token(out: &mut String, level: &str) {
+    if level.is_empty() {
+        out.push(ESCAPE as char);
+        return;
+    }
+    for &b in level.as_bytes() {
+        if is_plain(b) {
+            out.push(b as char);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push(ESCAPE as char);
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+    }
+}
+
+/// Reads one token back into the level it stands for; `None` when it is not one that
+/// [`push_token`] writes.
+pub fn decode_token(token: &str) -> Option<String> {
+    if token == "~" {
+        return Some(String::new());
+    }
+    let bytes = token.as_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == ESCAPE {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hi = hex_value(hex[0])?;
+            let lo = hex_value(hex[1])?;
+            let v = (hi << 4) | lo;
+            // Only bytes that must be escaped are: one spelling per level.
+            if is_plain(v) {
+                return None;
+            }
+            out.push(v);
+            i += 3;
+        } else if is_plain(b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `starling.<tenant>`: every subject of one tenant is under it.
+pub fn tenant_prefix(tenant: &str) -> String {
+    let mut s = String::with_capacity(ROOT.len() + tenant.len() + 1);
+    s.push_str(ROOT);
+    s.push('.');
+    push_token(&mut s, tenant);
+    s
+}
+
+fn class(first_level: &str) -> &'static str {
+    if first_level.starts_with('$') {
+        SYS
+    } else {
+        MSG
+    }
+}
+
+/// The subject a message published to `topic` (a valid MQTT topic name) in `tenant` goes to.
+pub fn topic_to_subject(tenant: &str, topic: &str) -> String {
+    let mut s = tenant_prefix(tenant);
+    let first = topic.split('/').next().unwrap_or("");
+    s.push('.');
+    s.push_str(class(first));
+    for level in topic.split('/') {
+        s.push('.');
+        push_token(&mut s, level);
+    }
+    s
+}
+
+/// The tenant and topic of a subject made by [`topic_to_subject`]; `None` for any other.
+pub fn subject_to_topic(subject: &str) -> Option<(String, String)> {
+    let mut tokens = subject.split('.');
+    if tokens.next()? != ROOT {
+        return None;
+    }
+    let tenant = decode_token(tokens.next()?)?;
+    let class_token = tokens.next()?;
+    if class_token != MSG && class_token != SYS {
+        return None;
+    }
+    let mut topic = String::new();
+    let mut levels = 0usize;
+    for (i, token) in tokens.enumerate() {
+        levels += 1;
+        if i > 0 {
+            topic.push('/');
+        }
+        let level = decode_token(token)?;
+        if i == 0 && class(&level) != class_token {
+            return None;
+        }
+        topic.push_str(&level);
+    }
+    // A topic has at least one level.
+    (levels > 0).then_some((tenant, topic))
+}
+
+/// The subjects whose messages a subscription to `filter` (a valid MQTT topic filter, without
+/// `$share/…`) in `tenant` needs: one, or two for a filter ending in `/#`.
+pub fn filter_to_subjects(tenant: &str, filter: &str) -> SmallVec<[String; 2]> {
+    let mut s = tenant_prefix(tenant);
+    let first = filter.split('/').next().unwrap_or("");
+    s.push('.');
+    // A filter that starts with a wildcard never matches `$` topics; a literal first level
+    // picks its own class.
+    s.push_str(if first == "+" || first == "#" {
+        MSG
+    } else {
+        class(first)
+    });
+    let mut out = SmallVec::new();
+    for level in filter.split('/') {
+        match level {
+            "#" => {
+                // `a/#` matches `a` too [MQTT-4.7.1-2]; `#` alone has no parent level.
+                if filter != "#" {
+                    out.push(s.clone());
+                }
+                s.push_str(".>");
+                out.push(s);
+                return out;
+            }
+            "+" => s.push_str(".*"),
+            _ => {
+                s.push('.');
+                push_token(&mut s, level);
+            }
+        }
+    }
+    out.push(s);
+    out
+}
+
+/// The NATS queue group of the shared subscription `$share/{group}/{filter}` of `tenant`: one
+/// member of it, on any replica, receives each message.
+pub fn queue_group(tenant: &str, group: &str, filter: &str) -> String {
+    let mut s = String::new();
+    push_token(&mut s, tenant);
+    s.push('.');
+    push_token(&mut s, group);
+    for level in filter.split('/') {
+        s.push('.');
+        push_token(&mut s, level);
+    }
+    s
+}
+
+/// Whether an MQTT topic filter matches a topic name (the rules of [MQTT-4.7]).
+pub fn mqtt_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a NATS subscription subject (with `*` and `>`) matches a published subject (the
+/// rules of the NATS server: `*` one token, `>` one or more at the end).
+pub fn nats_matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn is_nats_token(t: &str) -> bool {
+        !t.is_empty() && t.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'.')
+    }
+
+    #[test]
+    fn examples() {
+        assert_eq!(topic_to_subject("t1", "a/b"), "starling.t1.msg.a.b");
+        assert_eq!(
+            topic_to_subject("acme.eu", "a.b/*/>/~/x y"),
+            "starling.acme~2Eeu.msg.a~2Eb.~2A.~3E.~7E.x~20y"
+        );
+        assert_eq!(topic_to_subject("t", "/"), "starling.t.msg.~.~");
+        assert_eq!(topic_to_subject("t", "$SYS/x"), "starling.t.sys.$SYS.x");
+        assert_eq!(topic_to_subject("t", "é"), "starling.t.msg.~C3~A9");
+        assert_eq!(
+            filter_to_subjects("t", "#").as_slice(),
+            ["starling.t.msg.>"]
+        );
+        assert_eq!(
+            filter_to_subjects("t", "a/+/#").as_slice(),
+            ["starling.t.msg.a.*", "starling.t.msg.a.*.>"]
+        );
+        assert_eq!(
+            filter_to_subjects("t", "$SYS/#").as_slice(),
+            ["starling.t.sys.$SYS", "starling.t.sys.$SYS.>"]
+        );
+        assert_eq!(queue_group("t", "g", "a/+"), "t.g.a.+");
+    }
+
+    #[test]
+    fn foreign_or_malformed_subjects_are_not_topics() {
+        for s in [
+            "other.t.msg.a",
+            "starling.t.other.a",
+            "starling.t.msg",
+            "starling.t.msg.a~2",
+            "starling.t.msg.~41",
+            "starling.t.msg.~zz",
+            "starling.t.msg.$a",
+            "starling.t.sys.a",
+            "starling.t.msg.~FF",
+            "starling.t.msg.a.*",
+        ] {
+            assert_eq!(subject_to_topic(s), None, "{s}");
+        }
+    }
+
+    /// Any valid topic: no `+`, `#` or U+0000, at least one character.
+    fn topic() -> impl Strategy<Value = String> {
+        "[^+#\u{0}]{1,40}"
+    }
+
+    /// Topics and filters over a small alphabet of levels, so that matches are frequent; the
+    /// levels include every character the mapping escapes.
+    fn level() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "", "a", "b", "$a", "$", "a.b", "*", ">", "~", "~41", " ", "é", "a b", ".",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn small_topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|v| v.join("/"))
+    }
+
+    fn small_filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![3 => level(), 1 => Just("+".to_owned())], 0..5),
+            any::<bool>(),
+        )
+            .prop_filter_map("a filter has a level", |(mut levels, hash)| {
+                if hash {
+                    levels.push("#".into());
+                }
+                (!levels.is_empty()).then(|| levels.join("/"))
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_topic_round_trips(tenant in "[^\u{0}]{0,12}", topic in topic()) {
+            let subject = topic_to_subject(&tenant, &topic);
+            prop_assert!(subject.split('.').all(is_nats_token), "{}", subject);
+            prop_assert_eq!(subject_to_topic(&subject), Some((tenant, topic)));
+        }
+
+        #[test]
+        fn nats_matches_exactly_when_mqtt_does(filter in small_filter(), topic in small_topic()) {
+            let subject = topic_to_subject("t", &topic);
+            let subjects = filter_to_subjects("t", &filter);
+            let nats = subjects.iter().any(|p| nats_matches(p, &subject));
+            prop_assert_eq!(nats, mqtt_matches(&filter, &topic), "{:?} {}", subjects, subject);
+            // A message matches at most one of a filter's subjects: never delivered twice.
+            prop_assert!(subjects.iter().filter(|p| nats_matches(p, &subject)).count() <= 1);
+        }
+
+        #[test]
+        fn tenants_never_see_each_other(a in "[^\u{0}]{0,6}", b in "[^\u{0}]{0,6}", filter in small_filter(), topic in small_topic()) {
+            prop_assume!(a != b);
+            let subject = topic_to_subject(&a, &topic);
+            prop_assert!(!filter_to_subjects(&b, &filter).iter().any(|p| nats_matches(p, &subject)));
+        }
+    }
+}
