@@ -2,13 +2,17 @@
 //! and 1), PUBACK and DISCONNECT out; CONNACK, SUBACK, PUBLISH and PUBACK in.
 //!
 //! Written here rather than taken from `starling-codec` or a client crate on purpose: the
-//! generator must not share code with the broker it measures, it must cost little CPU on a
-//! machine whose cores it shares with that broker, and every byte it sends is known. The only
+//! generator must not share packet code with the broker it measures, it must cost little CPU on
+//! a machine whose cores it shares with that broker, and every byte it sends is known. The one
+//! piece it takes from the codec is the Variable Byte Integer writer
+//! ([`starling_codec::remaining_length::put`], tested there at every width); it reads them
+//! itself, since it needs a packet's header and body lengths before the body is in. The only
 //! property it ever sends is a persistent session's Session Expiry Interval (every other v5
 //! property block is empty), so 3.1.1 and 5.0 traffic differ only by those bytes.
 
 use std::io;
 
+use starling_codec::remaining_length;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
@@ -20,18 +24,6 @@ pub(crate) const CONNACK: u8 = 2;
 pub(crate) const PUBLISH: u8 = 3;
 pub(crate) const PUBACK: u8 = 4;
 pub(crate) const SUBACK: u8 = 9;
-
-/// Appends a variable byte integer (the remaining length).
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let digit = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { digit | 0x80 } else { digit });
-        if n == 0 {
-            return;
-        }
-    }
-}
 
 /// Decodes a variable byte integer: `(value, bytes used)`; `None` when incomplete or longer than
 /// the four bytes MQTT allows.
@@ -55,7 +47,7 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     out.push(first);
-    put_varint(&mut out, body.len());
+    remaining_length::put(&mut out, body.len());
     out.extend_from_slice(body);
     out
 }
@@ -129,7 +121,7 @@ pub(crate) fn publish_with(
 ) {
     let id_len = if qos > 0 { 2 } else { 0 };
     out.push(0x30 | (qos << 1) | u8::from(retain));
-    put_varint(
+    remaining_length::put(
         out,
         2 + topic.len() + id_len + usize::from(v5) + payload.len(),
     );
@@ -301,7 +293,7 @@ mod tests {
             268_435_455,
         ] {
             let mut b = Vec::new();
-            put_varint(&mut b, n);
+            remaining_length::put(&mut b, n);
             assert_eq!(get_varint(&b), Some((n, b.len())), "{n}");
         }
         assert_eq!(get_varint(&[0x80, 0x80]), None, "incomplete");
