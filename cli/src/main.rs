@@ -14,9 +14,9 @@ use clap::{CommandFactory as _, Parser as _};
 use reqwest::Method;
 use serde::Serialize;
 use starling_types::rest::{
-    AccountView, BrokerCreate, BrokerCreated, BrokerList, BrokerPatch, BrokerView, JwksDoc,
-    NamespaceCreate, NamespaceList, NamespaceView, OnPublish, Revocation, Role, Rotation,
-    TokenCreate, TokenCreated, TokenList,
+    AccountView, BrokerCreate, BrokerCreated, BrokerList, BrokerPatch, BrokerView, NamespaceCreate,
+    NamespaceList, NamespaceView, OnPublish, Revocation, Role, Rotation, TokenCreate, TokenCreated,
+    TokenList,
 };
 
 use args::{BrokerCmd, BrokerRef, Cli, Command, NamespaceCmd, Output, RoleArg, Shell, TokensCmd};
@@ -573,7 +573,8 @@ async fn broker(ctx: &Ctx, out: Output, cmd: BrokerCmd) -> Result<()> {
             Ok(())
         }
         BrokerCmd::PublicKeys { at } => {
-            let jwks: JwksDoc = c.get(&format!("{}/publickeys", bpath(&at)), &[]).await?;
+            let jwks: starling_types::jwk::Jwks =
+                c.get(&format!("{}/publickeys", bpath(&at)), &[]).await?;
             if out == Output::Json {
                 return json(&jwks);
             }

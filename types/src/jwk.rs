@@ -18,9 +18,11 @@ pub struct Jwk {
     pub kid: String,
     /// Algorithm, `EdDSA`.
     #[serde(default = "default_alg")]
+    #[cfg_attr(feature = "utoipa", schema(required = true))]
     pub alg: String,
     /// Public key use, `sig`.
     #[serde(rename = "use", default = "default_use")]
+    #[cfg_attr(feature = "utoipa", schema(required = true))]
     pub use_: String,
 }
 

@@ -12,7 +12,7 @@
 use axum::Json;
 use axum::extract::State;
 use starling_token::{Jwk, Jwks};
-pub use starling_types::rest::{JwkDoc, JwksDoc, KeyList, KeyView, Rotation};
+pub use starling_types::rest::{KeyList, KeyView, Rotation};
 
 use super::{Auth, Envelope, PathParams, QueryPairs, rfc3339_micros};
 use crate::error::{OrNotFound, Problem, Result};
@@ -127,7 +127,7 @@ async fn rotate(
 #[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "keys",
     params(("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
-        (status = 200, description = "JWKS", body = JwksDoc),
+        (status = 200, description = "JWKS", body = Jwks),
         (status = 400, description = "invalid request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid API token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "role too low", body = Problem, content_type = "application/problem+json"),
@@ -210,7 +210,7 @@ pub async fn native_rotate(
 #[utoipa::path(get, path = "/namespaces/{namespace}/brokers/{broker}/publickeys", tag = "compat",
     params(("account" = String, Path, description = "account id", example = "00000000000000000000000000000001"), ("namespace" = String, Path, description = "namespace name", example = "demo"), ("broker" = String, Path, description = "broker name", example = "demo")),
     responses(
-        (status = 200, description = "JWKS", body = Envelope<JwksDoc>),
+        (status = 200, description = "JWKS", body = Envelope<Jwks>),
         (status = 400, description = "invalid request", body = super::EnvelopeError),
         (status = 403, description = "authentication failed (10000) or role too low (10003)", body = super::EnvelopeError),
         (status = 404, description = "no such broker", body = super::EnvelopeError),

@@ -1,33 +1,7 @@
-//! Signing keys: the published key set, the keys with their state, rotations.
+//! Signing keys: the keys with their state, rotations. The published key set
+//! (`GET .../publickeys`) is [`crate::jwk::Jwks`].
 
 use serde::{Deserialize, Serialize};
-
-/// A JWK as published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-pub struct JwkDoc {
-    /// `OKP`.
-    pub kty: String,
-    /// `Ed25519`.
-    pub crv: String,
-    /// Public key, base64url.
-    pub x: String,
-    /// RFC 7638 thumbprint.
-    pub kid: String,
-    /// `EdDSA`.
-    pub alg: String,
-    /// `sig`.
-    #[serde(rename = "use")]
-    pub use_: String,
-}
-
-/// A JWK set (`GET .../publickeys`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-pub struct JwksDoc {
-    /// Next, current and retiring keys.
-    pub keys: Vec<JwkDoc>,
-}
 
 /// The outcome of a rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ pub use brokers::{
     MANAGED_BY_HEADER, MAX_EXPIRATION_SECS, ManagedBy, OnPublish,
 };
 pub use credentials::{IssuedList, IssuedView};
-pub use keys::{JwkDoc, JwksDoc, KeyList, KeyView, Rotation};
+pub use keys::{KeyList, KeyView, Rotation};
 pub use namespaces::{NamespaceCreate, NamespaceList, NamespaceView};
 pub use problem::Problem;
 pub use revocations::Revocation;
