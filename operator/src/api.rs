@@ -13,6 +13,8 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::{Deserialize, Serialize};
+use starling_types::Secret;
+use starling_types::rest::Problem;
 
 pub use starling_types::rest::MANAGED_BY_HEADER;
 
@@ -65,12 +67,12 @@ pub struct ApiBroker {
 }
 
 /// The answer to a create: the broker and its one-time secret.
-#[derive(Deserialize, Clone, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
 pub struct CreatedBroker {
     /// The api's id.
     pub id: String,
     /// The per-broker secret, shown once. Never logged.
-    pub secret: String,
+    pub secret: Secret<String>,
 }
 
 /// What the operator reads of a create answer (a `BrokerCreated`): `secret` is `null` when the
@@ -80,15 +82,6 @@ struct CreateAnswer {
     id: String,
     #[serde(default)]
     secret: Option<String>,
-}
-
-impl std::fmt::Debug for CreatedBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreatedBroker")
-            .field("id", &self.id)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
 }
 
 /// The outcome of a create.
@@ -144,7 +137,7 @@ type HttpsClient = Client<
 /// The api over HTTP(S), authenticated with the admin token.
 pub struct HttpControlPlane {
     base: String,
-    token: String,
+    token: Secret<String>,
     timeout: Duration,
     client: HttpsClient,
 }
@@ -153,15 +146,9 @@ impl std::fmt::Debug for HttpControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpControlPlane")
             .field("base", &self.base)
-            .field("token", &"<redacted>")
+            .field("token", &self.token)
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-struct Problem {
-    #[serde(default)]
-    title: String,
 }
 
 impl HttpControlPlane {
@@ -177,7 +164,7 @@ impl HttpControlPlane {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
-            token,
+            token: token.into(),
             timeout,
             client,
         })
@@ -193,7 +180,10 @@ impl HttpControlPlane {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.token.expose()),
+            )
             .header(header::ACCEPT, "application/json");
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
@@ -291,7 +281,7 @@ impl ControlPlane for HttpControlPlane {
                 Ok(match answer.secret {
                     Some(secret) => CreateOutcome::Created(CreatedBroker {
                         id: answer.id,
-                        secret,
+                        secret: secret.into(),
                     }),
                     None => CreateOutcome::AlreadyExists,
                 })

@@ -481,7 +481,7 @@ async fn register(
                     Some(secret) => Ok(Registration {
                         credentials: Credentials {
                             broker_id: found.id,
-                            secret,
+                            secret: secret.into(),
                         },
                         created: false,
                         rotated: true,

@@ -149,7 +149,7 @@ async fn register_read_patch_and_delete_a_broker_over_http() {
             panic!("expected a new broker");
         };
         assert_eq!(created.id, "id-sensors");
-        assert_eq!(created.secret, "one-time-secret");
+        assert_eq!(created.secret.expose(), "one-time-secret");
         assert!(!format!("{created:?}").contains("one-time-secret"));
         assert_eq!(
             api.create_broker("iot", &req)

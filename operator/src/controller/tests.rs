@@ -106,7 +106,7 @@ impl ControlPlane for FakeControlPlane {
             .insert(key, (id.clone(), fields, req.managed_by.clone()));
         Ok(CreateOutcome::Created(CreatedBroker {
             id,
-            secret: format!("secret-{}", s.next_id),
+            secret: format!("secret-{}", s.next_id).into(),
         }))
     }
     async fn patch_broker(

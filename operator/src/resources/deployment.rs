@@ -321,7 +321,7 @@ mod tests {
     fn sum(b: &Broker, secret: &str) -> String {
         let creds = Credentials {
             broker_id: "brk_1".to_owned(),
-            secret: secret.to_owned(),
+            secret: secret.to_owned().into(),
         };
         config_checksum(
             &desired_config_map(b, &settings().broker_hook).expect("renders"),

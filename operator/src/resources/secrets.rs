@@ -21,21 +21,12 @@ pub const CA_CERT_KEY: &str = "ca.crt";
 pub const CA_KEY_KEY: &str = "ca.key";
 
 /// The broker's identity in the api and the one-time secret it authenticates with.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// The broker id the api assigned.
     pub broker_id: String,
     /// The per-broker secret for the api's internal route. Never logged.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("broker_id", &self.broker_id)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    pub secret: starling_types::Secret<String>,
 }
 
 impl Credentials {
@@ -46,7 +37,7 @@ impl Credentials {
         let secret = String::from_utf8(data.get(BROKER_SECRET_KEY)?.0.clone()).ok()?;
         (!id.is_empty() && !secret.is_empty()).then_some(Self {
             broker_id: id,
-            secret,
+            secret: secret.into(),
         })
     }
 }
@@ -62,7 +53,7 @@ pub fn desired_credentials_secret(b: &Broker, c: &Credentials) -> Secret {
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([
             (BROKER_ID_KEY.to_owned(), bytes(&c.broker_id)),
-            (BROKER_SECRET_KEY.to_owned(), bytes(&c.secret)),
+            (BROKER_SECRET_KEY.to_owned(), bytes(c.secret.expose())),
         ])),
         ..Secret::default()
     }
@@ -122,7 +113,7 @@ mod tests {
     fn creds() -> Credentials {
         Credentials {
             broker_id: "brk_123".to_owned(),
-            secret: "s3cr3t-value".to_owned(),
+            secret: "s3cr3t-value".to_owned().into(),
         }
     }
 
