@@ -1,7 +1,6 @@
-//! The API's error type: RFC 9457 problem details with a stable numeric code.
+//! The API's error: an [`ErrorKind`] (HTTP status, stable numeric code, slug) and a detail.
 //!
-//! An error is an [`ErrorKind`] (HTTP status, stable numeric code, slug) and a detail. Every
-//! error renders as `application/problem+json` ([`Problem`], from `starling-types`). The
+//! Every error renders as `application/problem+json` ([`Problem`], from `starling-types`). The
 //! Cloudflare-compatible routes pass through a layer ([`crate::routes::envelope`]) that answers
 //! with the v4 envelope built from the error value ([`ApiError::envelope`]: `success: false,
 //! errors: [{code, message}]`) with Cloudflare's conventions: name conflicts become 400 and
