@@ -18,6 +18,9 @@ pub const FILE: &str = "state.redb";
 pub enum Op {
     /// Sets `key` to `value`.
     Put(Box<[u8]>, Box<[u8]>),
+    /// Sets `key`, which is known not to exist yet (a queued delivery's fresh sequence
+    /// number), to `value`: a deletion of it in the same batch cancels both.
+    PutNew(Box<[u8]>, Box<[u8]>),
     /// Removes `key`.
     Delete(Box<[u8]>),
     /// Removes every key that starts with the bytes.
@@ -28,7 +31,7 @@ impl Op {
     /// The bytes the change holds while it waits.
     pub fn weight(&self) -> usize {
         64 + match self {
-            Op::Put(k, v) => k.len() + v.len(),
+            Op::Put(k, v) | Op::PutNew(k, v) => k.len() + v.len(),
             Op::Delete(k) | Op::DeletePrefix(k) => k.len(),
         }
     }
@@ -117,7 +120,7 @@ impl Redb {
             let mut table = tx.open_table(TABLE).map_err(EngineError::from_redb)?;
             for op in ops {
                 match op {
-                    Op::Put(k, v) => {
+                    Op::Put(k, v) | Op::PutNew(k, v) => {
                         table.insert(&**k, &**v).map_err(EngineError::from_redb)?;
                     }
                     Op::Delete(k) => {

@@ -466,20 +466,45 @@ fn write_loop(inner: &Inner, mut engine: Box<dyn Engine>) {
 }
 
 /// Leaves out every change to a key that a later change to the same key in the batch
-/// replaces (a delivery queued, sent and acknowledged within one round is two deletions
-/// instead of four writes). A deletion by prefix is a barrier: nothing moves across it.
+/// replaces, and a key created ([`Op::PutNew`]) and deleted within the batch altogether (a
+/// delivery queued, sent and acknowledged within one round costs one deletion instead of four
+/// writes). A deletion by prefix is a barrier: nothing moves across it.
 fn coalesce(ops: Vec<Op>) -> Vec<Op> {
-    use std::collections::HashSet;
-    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(ops.len());
-    let mut keep = vec![true; ops.len()];
-    for (i, op) in ops.iter().enumerate().rev() {
+    use std::collections::hash_map::Entry;
+    // Per segment (between prefix deletions) and key: whether its first change creates it.
+    let mut created: HashMap<(usize, &[u8]), bool> = HashMap::with_capacity(ops.len());
+    let mut segment = 0;
+    for op in &ops {
         match op {
             Op::Put(k, _) | Op::Delete(k) => {
-                if !seen.insert(&**k) {
+                created.entry((segment, &**k)).or_insert(false);
+            }
+            Op::PutNew(k, _) => {
+                created.entry((segment, &**k)).or_insert(true);
+            }
+            Op::DeletePrefix(_) => segment += 1,
+        }
+    }
+    let mut seen: HashMap<(usize, &[u8]), ()> = HashMap::with_capacity(ops.len());
+    let mut keep = vec![true; ops.len()];
+    for (i, op) in ops.iter().enumerate().rev() {
+        let (k, deletes) = match op {
+            Op::Put(k, _) | Op::PutNew(k, _) => (k, false),
+            Op::Delete(k) => (k, true),
+            Op::DeletePrefix(_) => {
+                segment -= 1;
+                continue;
+            }
+        };
+        match seen.entry((segment, &**k)) {
+            Entry::Occupied(_) => keep[i] = false,
+            Entry::Vacant(v) => {
+                v.insert(());
+                // The last change deletes a key this batch created: nothing to write.
+                if deletes && created.get(&(segment, &**k)) == Some(&true) {
                     keep[i] = false;
                 }
             }
-            Op::DeletePrefix(_) => seen.clear(),
         }
     }
     let mut keep = keep.into_iter();
@@ -706,7 +731,7 @@ impl SessionStore for TenantStore {
     }
 
     fn queued(&self, client_id: &str, delivery: &Delivery) {
-        self.storage.push([Op::Put(
+        self.storage.push([Op::PutNew(
             self.key(client_id, b'q', &delivery.stored.to_be_bytes()),
             record::encode_delivery(delivery, 0).into(),
         )]);
@@ -1026,20 +1051,26 @@ mod tests {
     fn a_batch_keeps_only_the_last_change_of_each_key_between_prefix_deletions() {
         let put = |k: &str, v: &str| Op::Put(k.as_bytes().into(), v.as_bytes().into());
         let del = |k: &str| Op::Delete(k.as_bytes().into());
+        let new = |k: &str| Op::PutNew(k.as_bytes().into(), b"q".as_slice().into());
         let ops = vec![
             put("a", "1"),
             put("b", "1"),
             del("a"),
             put("a", "2"),
+            new("q1"),
+            new("q2"),
             Op::DeletePrefix(b"b".as_slice().into()),
             put("b", "2"),
             del("c"),
             put("b", "3"),
+            del("q1"),
+            new("q3"),
+            del("q3"),
         ];
         let out: Vec<String> = coalesce(ops)
             .iter()
             .map(|op| match op {
-                Op::Put(k, v) => format!(
+                Op::Put(k, v) | Op::PutNew(k, v) => format!(
                     "put {} {}",
                     String::from_utf8_lossy(k),
                     String::from_utf8_lossy(v)
@@ -1048,6 +1079,13 @@ mod tests {
                 Op::DeletePrefix(k) => format!("prefix {}", String::from_utf8_lossy(k)),
             })
             .collect();
-        assert_eq!(out, ["put b 1", "put a 2", "prefix b", "del c", "put b 3"]);
+        // q1 was created before the prefix deletion: its deletion stays; q3 never existed.
+        assert_eq!(
+            out,
+            [
+                "put b 1", "put a 2", "put q1 q", "put q2 q", "prefix b", "del c", "put b 3",
+                "del q1"
+            ]
+        );
     }
 }
