@@ -34,6 +34,9 @@ pub enum Error {
     /// The on-publish hook's key file could not be used.
     #[error("{0}")]
     HookKey(String),
+    /// The NATS connection of `[cluster]` could not be set up.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The durable store (`--data-dir`) does not open.
     #[error(transparent)]
     Storage(#[from] crate::storage::OpenError),

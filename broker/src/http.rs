@@ -15,12 +15,14 @@ pub use starling_http::{HttpLimits, serve};
 use crate::metrics::Metrics;
 
 /// What `/readyz` answers: ready once every listener is bound and every managed tenant has had
-/// its state once (from the control plane or the data directory), not ready while draining.
+/// its state once (from the control plane or the data directory), not ready while draining or
+/// while a replica (`[cluster]`) has lost its NATS connection.
 #[derive(Debug, Default)]
 pub struct Readiness {
     listening: AtomicBool,
     draining: AtomicBool,
     awaiting_state: AtomicUsize,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::link::Link>>,
 }
 
 impl Readiness {
@@ -29,6 +31,12 @@ impl Readiness {
         self.listening.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
             && self.awaiting_state.load(Ordering::Acquire) == 0
+            && self.cluster.get().is_none_or(|l| l.is_connected())
+    }
+
+    /// Ready only while `link` is connected to NATS.
+    pub fn follow_cluster(&self, link: Arc<crate::cluster::link::Link>) {
+        let _ = self.cluster.set(link);
     }
 
     /// Every listener is bound.

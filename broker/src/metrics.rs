@@ -146,6 +146,12 @@ pub struct Metrics {
     pub lingering: Gauge,
     /// Sockets closed at once because `limits.max_lingering` sockets were lingering.
     pub linger_skipped: Counter,
+    /// Messages sent to the other replicas through NATS (`[cluster]`).
+    pub cluster_sent: Counter,
+    /// Messages received from other replicas through NATS.
+    pub cluster_received: Counter,
+    /// Messages not sent to or not read from NATS (queue full, connection error, malformed).
+    pub cluster_errors: Counter,
     /// Unix time at which each managed tenant's state was last confirmed current by the control
     /// plane (a new state applied, or a long-poll that found none); absent before the first.
     pub control_plane_synced: Family<BrokerIdLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -179,6 +185,9 @@ impl Metrics {
             hook_queue: Gauge::default(),
             lingering: Gauge::default(),
             linger_skipped: Counter::default(),
+            cluster_sent: Counter::default(),
+            cluster_received: Counter::default(),
+            cluster_errors: Counter::default(),
             control_plane_synced: Family::default(),
             control_plane_failures: Family::default(),
             registry: Registry::default(),
@@ -270,6 +279,21 @@ impl Metrics {
             "linger_skipped",
             "Connections closed without lingering because too many sockets were lingering",
             m.linger_skipped.clone(),
+        );
+        registry.register(
+            "cluster_sent",
+            "Messages sent to the other replicas through NATS",
+            m.cluster_sent.clone(),
+        );
+        registry.register(
+            "cluster_received",
+            "Messages received from other replicas through NATS",
+            m.cluster_received.clone(),
+        );
+        registry.register(
+            "cluster_errors",
+            "Messages not sent to or not read from NATS",
+            m.cluster_errors.clone(),
         );
         registry.register(
             "control_plane_synced_timestamp_seconds",

@@ -128,6 +128,16 @@ impl Router {
     /// QoS of its matching subscriptions, carrying all their identifiers [MQTT-3.3.4-2]
     /// [MQTT-3.3.4-3], and one member per matching shared group [MQTT-4.8.2-2].
     pub fn route(&self, message: &Arc<Message>, out: &mut Vec<Routed>) {
+        self.route_with(message, out, true);
+    }
+
+    /// [`Router::route`] to ordinary subscriptions only, for a message published on another
+    /// replica (whose shared groups are served where it was published).
+    pub fn route_ordinary(&self, message: &Arc<Message>, out: &mut Vec<Routed>) {
+        self.route_with(message, out, false);
+    }
+
+    fn route_with(&self, message: &Arc<Message>, out: &mut Vec<Routed>, shared: bool) {
         let topic = message.topic.as_str();
         let levels: smallvec::SmallVec<[&str; 8]> = topic.split('/').collect();
         let root = self.root.read();
@@ -147,7 +157,7 @@ impl Router {
                 }
                 out.push((sub.session.clone(), delivery(message, sub, None)));
             }
-            for group in &node.shared {
+            for group in node.shared.iter().filter(|_| shared) {
                 if let Some(sub) = pick_member(group) {
                     out.push((
                         sub.session.clone(),

@@ -113,6 +113,22 @@ pub async fn start_with_faults(
             metrics.clone(),
         )));
     }
+    if config.cluster.enabled() {
+        let replica = config
+            .cluster
+            .resolve_replica_id(std::env::var("HOSTNAME").ok().as_deref());
+        let link = crate::cluster::link::Link::connect(
+            &config.cluster,
+            replica,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await
+        .map_err(|e| crate::error::Error::Cluster(e.to_string()))?;
+        default_tenant.join_cluster(&link);
+        ready.follow_cluster(link.clone());
+        directory.set_cluster(link);
+    }
     let file_tenants = config.auth.file_tenants();
     files::load_all(&directory, &file_tenants)?;
     let token_auth: Arc<dyn Authenticator> = Arc::new(TokenAuth::new(

@@ -51,6 +51,8 @@ pub struct Tenant {
     retained_refused: AtomicU64,
     retained_logged_at: AtomicU64,
     started: Instant,
+    /// The other replicas of the broker (`[cluster]`).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::link::Link>>,
 }
 
 /// A retained message the store has no room for: refused as a whole.
@@ -95,11 +97,46 @@ impl Tenant {
             retained_refused: AtomicU64::new(0),
             retained_logged_at: AtomicU64::new(0),
             started: Instant::now(),
+            cluster: std::sync::OnceLock::new(),
         });
         if let Some(restored) = storage.and_then(|s| s.take_restored(name)) {
             crate::session::lifecycle::restore_tenant(&tenant, restored);
         }
         tenant
+    }
+
+    /// Joins the tenant to the other replicas: its messages are sent to them and theirs routed
+    /// here. Once; later calls do nothing.
+    pub fn join_cluster(self: &Arc<Self>, link: &Arc<crate::cluster::link::Link>) {
+        if self.cluster.set(link.clone()).is_ok() {
+            link.attach(self);
+        }
+    }
+
+    /// Why durable work is refused now because the other replicas cannot be reached (the NATS
+    /// connection is down), if it is.
+    pub fn cluster_failure(&self) -> Option<&'static str> {
+        self.cluster
+            .get()
+            .filter(|l| !l.is_connected())
+            .map(|_| "the broker's replicas cannot be reached (NATS connection down)")
+    }
+
+    /// Routes a message published on another replica to this replica's ordinary subscribers
+    /// and keeps it when retained; it is not sent on again.
+    pub fn deliver_from_replica(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) {
+        if message.retain {
+            match self.retained.set(&message) {
+                RetainOutcome::Stored | RetainOutcome::Cleared => {
+                    self.metrics.retained.set(self.retained.len() as i64);
+                }
+                RetainOutcome::Full => self.refuse_retained(&message),
+            }
+        }
+        self.router.route_ordinary(&message, scratch);
+        for (session, delivery) in scratch.drain(..) {
+            session.push(delivery, &self.metrics);
+        }
     }
 
     /// Its part of the durable store, if the broker has one.
@@ -179,6 +216,9 @@ impl Tenant {
                     return Err(RetainedFull);
                 }
             }
+        }
+        if let Some(link) = self.cluster.get() {
+            link.publish(&self.name, &message);
         }
         self.router.route(&message, scratch);
         let mut queued = 0;

@@ -90,6 +90,8 @@ pub struct Directory {
     tasks: Tasks,
     /// The durable store new tenants keep their state in, with a data directory.
     storage: Option<Storage>,
+    /// The other replicas (`[cluster]`), which every tenant joins when it is added.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::link::Link>>,
 }
 
 impl Directory {
@@ -108,7 +110,16 @@ impl Directory {
             metrics,
             tasks,
             storage,
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Joins every tenant, now and added later, to the other replicas through `link`.
+    pub fn set_cluster(&self, link: Arc<crate::cluster::link::Link>) {
+        for t in self.inner.read().tenants.values() {
+            t.tenant.join_cluster(&link);
+        }
+        let _ = self.cluster.set(link);
     }
 
     /// Sets the complete state of tenant `name` (creating it when new) and ends its sessions
@@ -165,6 +176,9 @@ impl Directory {
                         revoked: RwLock::new(revoked.clone()),
                     });
                     inner.tenants.insert(name.to_string(), e.clone());
+                    if let Some(link) = self.cluster.get() {
+                        e.tenant.join_cluster(link);
+                    }
                     info!(tenant = name, "tenant added");
                     e
                 }

@@ -3,6 +3,7 @@
 //! [`subject`] maps MQTT topics and filters onto NATS subjects, exactly and reversibly, under a
 //! prefix per tenant. Without `[cluster]` none of this is used and the broker is a single node.
 
+pub mod link;
 pub mod subject;
 
 use std::fmt;

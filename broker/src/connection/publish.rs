@@ -394,6 +394,12 @@ impl<IO: AsyncIo> Connection<IO> {
                 self.acknowledge(qos, packet_id, failure.reason(), Some(failure.describe()));
                 return;
             }
+            if let Some(why) = tenant.cluster_failure() {
+                // It could reach this replica's subscribers only: refused, not half delivered.
+                self.ctx.metrics.cluster_errors.inc();
+                self.acknowledge(qos, packet_id, ReasonCode::UNSPECIFIED_ERROR, Some(why));
+                return;
+            }
         }
         let mut congested = None;
         let mut stored = false;

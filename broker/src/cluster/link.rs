@@ -1,0 +1,279 @@
+//! The NATS connection of one replica: every message published here is sent to the other
+//! replicas, and every message they publish is routed to this replica's subscribers.
+//!
+//! A message travels as the MQTT 5.0 PUBLISH packet that carries it (topic, QoS, RETAIN,
+//! properties, payload; the Message Expiry Interval is the time it has left), on the subject of
+//! its tenant and topic ([`super::subject`]), with two headers: the replica that sent it
+//! (`Starling-Origin`, so a replica never routes its own messages twice) and the publisher's
+//! client id (`Starling-Publisher`, escaped as a subject token, for No Local).
+//!
+//! Order: one bounded queue and one task send this replica's messages in the order they were
+//! published, over one connection; NATS keeps that order to each subscriber, and each tenant
+//! reads its messages from one subscription in that order, so messages of one publisher to
+//! one topic arrive in order on every replica. When the queue is full a message is not sent
+//! to the other replicas (counted in `starling_cluster_errors` and logged).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, HeaderMap};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use starling_codec::{Decoder, Direction, Packet, ProtocolVersion, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::ClusterConfig;
+use super::subject::{decode_token, push_token, subject_to_topic, tenant_prefix, topic_to_subject};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::tenant::Tenant;
+
+/// The header naming the replica that sent a message.
+pub const ORIGIN: &str = "Starling-Origin";
+/// The header carrying the publisher's client id.
+pub const PUBLISHER: &str = "Starling-Publisher";
+/// Messages waiting to be sent to NATS, at most.
+pub const SEND_QUEUE: usize = 65_536;
+/// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
+/// limit is 1 MiB).
+const MAX_PACKET: u32 = 268_435_460;
+
+/// One replica's link to the others.
+#[derive(Debug)]
+pub struct Link {
+    client: Client,
+    replica: Arc<str>,
+    send: mpsc::Sender<(String, HeaderMap, Bytes)>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    queue_full_logged: AtomicU64,
+}
+
+impl Link {
+    /// Connects to the NATS servers of `config` (retrying in the background until one answers)
+    /// and starts the task that sends this replica's messages.
+    pub async fn connect(
+        config: &ClusterConfig,
+        replica: String,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<Link>> {
+        let events_replica = replica.clone();
+        let mut options = ConnectOptions::new()
+            .name(format!("starling-broker {replica}"))
+            .event_callback(move |event| {
+                let replica = events_replica.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            info!(%replica, "cluster: connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => warn!(
+                            %replica,
+                            "cluster: NATS connection lost; QoS 1 and 2 publications are refused and /readyz fails until it returns"
+                        ),
+                        other => warn!(%replica, event = %other, "cluster: NATS"),
+                    }
+                }
+            })
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.expose().to_owned());
+        }
+        if let Some(creds) = &config.creds {
+            options = options.credentials_file(creds).await.map_err(|e| {
+                anyhow::anyhow!("cannot read cluster.creds {}: {e}", creds.display())
+            })?;
+        }
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if config.nats.iter().any(|u| u.starts_with("tls://")) {
+            options = options.require_tls(true);
+        }
+        let client = options
+            .connect(config.nats.as_slice())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
+        info!(replica = %replica, servers = config.nats.len(), "cluster: joining replicas through NATS");
+        let (send, mut queue) = mpsc::channel::<(String, HeaderMap, Bytes)>(SEND_QUEUE);
+        let link = Arc::new(Link {
+            client: client.clone(),
+            replica: replica.into(),
+            send,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            queue_full_logged: AtomicU64::new(0),
+        });
+        tokio::spawn(async move {
+            while let Some((subject, headers, body)) = queue.recv().await {
+                match client.publish_with_headers(subject, headers, body).await {
+                    Ok(()) => {
+                        metrics.cluster_sent.inc();
+                    }
+                    Err(e) => {
+                        metrics.cluster_errors.inc();
+                        warn!(error = %e, "cluster: a message was not sent to NATS");
+                    }
+                };
+            }
+        });
+        Ok(link)
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether the connection to NATS is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends `message`, published on this replica in `tenant`, to the other replicas.
+    pub fn publish(&self, tenant: &str, message: &Message) {
+        let Some(body) = encode(message) else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, &*self.replica);
+        if let Some(p) = &message.publisher {
+            let mut token = String::new();
+            push_token(&mut token, p);
+            headers.insert(PUBLISHER, token.as_str());
+        }
+        let subject = topic_to_subject(tenant, message.topic.as_str());
+        if self.send.try_send((subject, headers, body)).is_err() {
+            self.metrics.cluster_errors.inc();
+            let n = self.queue_full_logged.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() || n == 0 {
+                warn!(
+                    tenant,
+                    refused = n + 1,
+                    "cluster: the queue to NATS is full; a message reaches this replica's subscribers only"
+                );
+            }
+        }
+    }
+
+    /// Subscribes to the messages the other replicas publish in `tenant` and routes them to its
+    /// subscribers here, until the broker stops or the tenant is dropped.
+    pub fn attach(self: &Arc<Self>, tenant: &Arc<Tenant>) {
+        let link = self.clone();
+        let weak = Arc::downgrade(tenant);
+        let name = tenant.name.clone();
+        tokio::spawn(async move {
+            let subject = format!("{}.>", tenant_prefix(&name));
+            let mut sub = loop {
+                match link.client.subscribe(subject.clone()).await {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        warn!(tenant = %name, error = %e, "cluster: cannot subscribe; retrying");
+                        tokio::select! {
+                            () = link.stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            };
+            let mut scratch = Vec::new();
+            loop {
+                let msg = tokio::select! {
+                    () = link.stop.cancelled() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let Some(tenant) = weak.upgrade() else { break };
+                let origin = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(ORIGIN))
+                    .map(|v| v.as_str());
+                if origin == Some(&*link.replica) {
+                    continue;
+                }
+                match decode(&msg, &name) {
+                    Some(message) => {
+                        link.metrics.cluster_received.inc();
+                        tenant.deliver_from_replica(Arc::new(message), &mut scratch);
+                    }
+                    None => {
+                        link.metrics.cluster_errors.inc();
+                        warn!(tenant = %name, subject = %msg.subject, "cluster: a malformed message from NATS was dropped");
+                    }
+                }
+            }
+            let _ = sub.unsubscribe().await;
+        });
+    }
+}
+
+/// The PUBLISH packet that carries `message`; `None` when it has expired.
+fn encode(message: &Message) -> Option<Bytes> {
+    let mut properties = message.properties.clone();
+    if let Some(at) = message.expires_at {
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        properties.message_expiry_interval =
+            Some(u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX));
+    }
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        packet_id: (message.qos != QoS::AtMostOnce).then_some(1),
+        properties,
+        payload: message.payload.clone(),
+    });
+    let mut out = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5));
+    packet.encode(ProtocolVersion::V5, &mut out).ok()?;
+    Some(out.freeze())
+}
+
+/// The message carried by `msg`, checked against its subject (which must be of `tenant`).
+fn decode(msg: &async_nats::Message, tenant: &str) -> Option<Message> {
+    let (t, topic) = subject_to_topic(msg.subject.as_str())?;
+    if t != tenant {
+        return None;
+    }
+    let mut decoder = Decoder::with_version(Direction::ToServer, ProtocolVersion::V5, MAX_PACKET);
+    let mut buf = BytesMut::from(&msg.payload[..]);
+    let Ok(Some(Packet::Publish(p))) = decoder.decode(&mut buf) else {
+        return None;
+    };
+    if p.topic.as_str() != topic || !buf.is_empty() {
+        return None;
+    }
+    let publisher = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(PUBLISHER))
+        .and_then(|v| decode_token(v.as_str()))
+        .map(Arc::<str>::from);
+    let expires_at = p
+        .properties
+        .message_expiry_interval
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(u64::from(s)));
+    Some(Message::new(
+        p.topic.as_str(),
+        &p.payload,
+        p.qos,
+        p.retain,
+        &p.properties,
+        expires_at,
+        publisher,
+    ))
+}

@@ -1,0 +1,317 @@
+//! Replicas of one broker joined through a real `nats-server` on loopback (`[cluster]`).
+//!
+//! Each test starts its own `nats-server` (Debian's package, found on PATH or in /usr/sbin) on
+//! a port of its choosing and two brokers in this process, each with its own replica id. When
+//! the binary is absent the tests print why and pass without running; the cluster tier
+//! (`scripts/test cluster`) installs it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestBroker, WAIT, sub_opts};
+use starling_codec::{Packet, PubAck, PubRec, PubRel, Publish, QoS, ReasonCode};
+use tokio::net::TcpStream;
+
+type Raw = common::RawClient<TcpStream>;
+
+fn nats_server_binary() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push("/usr/sbin".into());
+    dirs.into_iter()
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// A `nats-server` process on a loopback port it picks itself; killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    fn start() -> Option<Nats> {
+        Self::start_on("-1")
+    }
+
+    /// On `port` ("-1": one the server picks).
+    fn start_on(port: &str) -> Option<Nats> {
+        let Some(bin) = nats_server_binary() else {
+            println!("skipped: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        };
+        let mut child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", port, "-m", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("nats-server said where it listens")
+                .expect("nats-server log");
+            if let Some(at) = line.find("Listening for client connections on ") {
+                let addr = line[at + "Listening for client connections on ".len()..].trim();
+                break format!("nats://{addr}");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(Nats { child, url })
+    }
+}
+
+impl Nats {
+    fn port(&self) -> String {
+        self.url.rsplit(':').next().unwrap().to_owned()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn replica(nats: &Nats, id: &str) -> TestBroker {
+    let url = nats.url.clone();
+    let id = id.to_owned();
+    TestBroker::with(move |c| {
+        c.cluster.nats = vec![url];
+        c.cluster.replica_id = Some(id);
+    })
+    .await
+}
+
+/// The next PUBLISH, acknowledged (QoS 1: PUBACK; QoS 2: PUBREC), answering the PUBRELs
+/// that arrive before it with PUBCOMP.
+async fn next(c: &mut Raw) -> Publish {
+    loop {
+        match c.recv().await {
+            Packet::Publish(p) => {
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        c.send(Packet::PubAck(PubAck {
+                            packet_id: p.packet_id.unwrap(),
+                            reason: ReasonCode::SUCCESS,
+                            properties: Default::default(),
+                        }))
+                        .await
+                    }
+                    QoS::ExactlyOnce => {
+                        c.send(Packet::PubRec(PubRec {
+                            packet_id: p.packet_id.unwrap(),
+                            reason: ReasonCode::SUCCESS,
+                            properties: Default::default(),
+                        }))
+                        .await
+                    }
+                }
+                return p;
+            }
+            Packet::PubRel(PubRel { packet_id, .. }) => {
+                c.send(Packet::PubComp(starling_codec::PubComp {
+                    packet_id,
+                    reason: ReasonCode::SUCCESS,
+                    properties: Default::default(),
+                }))
+                .await
+            }
+            other => panic!("expected PUBLISH or PUBREL, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes probes on `from` until `to` (subscribed to `probe/#`) gets one: the replicas see
+/// each other's messages from then on (later probes are skipped by [`next_not_probe`]).
+async fn await_link(from: &mut Raw, to: &mut Raw) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            from.publish("probe/x", QoS::AtMostOnce, b"p").await;
+            if let Ok(p) = tokio::time::timeout(Duration::from_millis(50), to.recv()).await {
+                match p {
+                    Packet::Publish(p) if p.topic.as_str() == "probe/x" => return,
+                    other => panic!("expected a probe, got {other:?}"),
+                }
+            }
+        }
+    })
+    .await
+    .expect("the replicas reach each other through NATS");
+}
+
+/// Reads deliveries, skipping late probes, until one on another topic.
+async fn next_not_probe(c: &mut Raw) -> Publish {
+    loop {
+        let p = next(c).await;
+        if !p.topic.as_str().starts_with("probe/") {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_cross_replicas_in_order_once_at_each_qos() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        let mut on_b = b.client("sub-b").await;
+        on_b.subscribe("t/#", sub_opts(QoS::ExactlyOnce)).await;
+        on_b.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut on_a = a.client("sub-a").await;
+        on_a.subscribe("t/#", sub_opts(QoS::ExactlyOnce)).await;
+        let mut publisher = a.client("pub-a").await;
+        await_link(&mut publisher, &mut on_b).await;
+        const N: usize = 50;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let topic = format!("t/q{}", qos as u8);
+            for i in 0..N {
+                let ack = publisher
+                    .publish(&topic, qos, i.to_string().as_bytes())
+                    .await;
+                assert!(ack.is_none_or(|r| r == ReasonCode::SUCCESS), "{ack:?}");
+            }
+            for (who, c) in [("replica b", &mut on_b), ("replica a", &mut on_a)] {
+                for i in 0..N {
+                    let p = next_not_probe(c).await;
+                    assert_eq!(p.topic.as_str(), topic, "{who}");
+                    assert_eq!(p.qos, qos, "{who}");
+                    assert_eq!(&p.payload[..], i.to_string().as_bytes(), "{who}: in order");
+                }
+            }
+        }
+        // Nothing more (the last PUBRELs aside): the publisher's own replica did not route its
+        // messages twice.
+        for c in [&mut on_a, &mut on_b] {
+            while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), c.recv()).await {
+                match p {
+                    Packet::PubRel(r) => {
+                        c.send(Packet::PubComp(starling_codec::PubComp {
+                            packet_id: r.packet_id,
+                            reason: ReasonCode::SUCCESS,
+                            properties: Default::default(),
+                        }))
+                        .await
+                    }
+                    Packet::Publish(p) if p.topic.as_str().starts_with("probe/") => {}
+                    other => panic!("expected nothing more, got {other:?}"),
+                }
+            }
+        }
+        let m = a.metrics().await;
+        assert!(
+            common::metric(&m, "starling_cluster_sent_total") >= (3 * N) as f64,
+            "{m}"
+        );
+        let m = b.metrics().await;
+        assert!(
+            common::metric(&m, "starling_cluster_received_total") >= (3 * N) as f64,
+            "{m}"
+        );
+    })
+    .await
+    .expect("within a minute");
+}
+
+#[tokio::test]
+async fn escaped_topics_properties_and_retained_cross_replicas() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        let mut on_b = b.client("watch-b").await;
+        on_b.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        on_b.subscribe("odd/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut publisher = a.client("pub-a").await;
+        await_link(&mut publisher, &mut on_b).await;
+
+        // A topic with every character NATS treats specially, and properties.
+        let topic = "odd/a.b/*/>/ /~/$x//é";
+        let mut p = common::publish(topic, QoS::AtLeastOnce, b"payload", Some(7));
+        p.properties.content_type = Some("text/plain".to_owned().into());
+        p.properties.user_properties = vec![("k".to_owned().into(), "v".to_owned().into())];
+        p.properties.message_expiry_interval = Some(3600);
+        publisher.send(Packet::Publish(p)).await;
+        assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+        let got = next_not_probe(&mut on_b).await;
+        assert_eq!(got.topic.as_str(), topic);
+        assert_eq!(&got.payload[..], b"payload");
+        assert_eq!(got.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(got.properties.user_properties.len(), 1);
+        let left = got.properties.message_expiry_interval.expect("expiry kept");
+        assert!((3500..=3600).contains(&left), "{left}");
+
+        // A retained message published on a is kept on b.
+        let mut r = common::publish("odd/retained", QoS::AtLeastOnce, b"kept", Some(8));
+        r.retain = true;
+        publisher.send(Packet::Publish(r)).await;
+        assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+        assert_eq!(&next_not_probe(&mut on_b).await.payload[..], b"kept");
+        let mut late = b.client("late-b").await;
+        late.subscribe("odd/retained", sub_opts(QoS::AtLeastOnce))
+            .await;
+        let p = next(&mut late).await;
+        assert!(p.retain && &p.payload[..] == b"kept", "{p:?}");
+    })
+    .await
+    .expect("within a minute");
+}
+
+/// Waits until `/readyz` answers `status`.
+async fn await_readyz(broker: &TestBroker, status: u16) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if common::http_get(broker.broker.http, "/readyz").await.0 == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/readyz never answered {status}"));
+}
+
+#[tokio::test]
+async fn losing_nats_refuses_durable_publications_and_readiness_until_it_returns() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = replica(&nats, "a").await;
+        await_readyz(&a, 200).await;
+        let mut publisher = a.client("pub").await;
+        assert_eq!(
+            publisher.publish("x", QoS::AtLeastOnce, b"1").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        let port = nats.port();
+        drop(nats);
+        await_readyz(&a, 503).await;
+        assert_eq!(
+            publisher.publish("x", QoS::AtLeastOnce, b"2").await,
+            Some(ReasonCode::UNSPECIFIED_ERROR),
+            "a QoS 1 message that cannot reach the other replicas is refused"
+        );
+        assert_eq!(
+            publisher.publish("x", QoS::ExactlyOnce, b"3").await,
+            Some(ReasonCode::UNSPECIFIED_ERROR)
+        );
+        let _back = Nats::start_on(&port).expect("nats-server restarts");
+        await_readyz(&a, 200).await;
+        assert_eq!(
+            publisher.publish("x", QoS::AtLeastOnce, b"4").await,
+            Some(ReasonCode::SUCCESS)
+        );
+    })
+    .await
+    .expect("within 90 seconds");
+}
