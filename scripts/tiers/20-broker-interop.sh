@@ -4,21 +4,13 @@
 #
 # Builds the broker (debug), starts it on free loopback ports, runs pytest with the address in
 # STARLING_MQTT_HOST / STARLING_MQTT_PORT / STARLING_HTTP_PORT, and stops the broker on exit.
-set -euo pipefail
-root="${STARLING_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}"
-cd "$root"
+source "$(dirname "$0")/../lib/tier.sh"
 
-for tool in mosquitto_pub mosquitto_sub; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (Debian package mosquitto-clients)"; exit 1; }
-done
+need mosquitto_pub mosquitto_sub
 
 cargo build -q -p starling-broker --bin starling-broker
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(target_dir)
 bin="$target_dir/debug/starling-broker"
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
 
 work=$(mktemp -d)
 broker_pid=

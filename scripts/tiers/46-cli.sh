@@ -6,14 +6,11 @@
 # mosquitto_pub over mqtts trusting the dev CA, and once revoked it is refused. Then the same
 # client against `starling-api serve` on the tier's real Postgres ($DATABASE_URL, from
 # scripts/test): the verbs again through the other store.
-set -euo pipefail
-cd "$STARLING_ROOT"
+source "$(dirname "$0")/../lib/tier.sh"
 [ -n "${DATABASE_URL:-}" ] || { echo "DATABASE_URL is not set (scripts/test starts a Postgres)"; exit 1; }
-for tool in mosquitto_pub jq python3 psql curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (scripts/lib/setup.sh installs it)"; exit 1; }
-done
+need mosquitto_pub jq python3 psql curl
 cargo build -q -p starling-dev --bin starling-dev -p starling-cli --bin starling -p starling-api --bin starling-api
-target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+target_dir=$(target_dir)
 dev_bin="$target_dir/debug/starling-dev"
 cli_bin="$target_dir/debug/starling"
 api_bin="$target_dir/debug/starling-api"

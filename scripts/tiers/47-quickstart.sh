@@ -5,11 +5,8 @@
 #
 # The release build skips LTO and uses 16 codegen units here (environment only; the command is
 # the README's), which keeps CI within its time.
-set -euo pipefail
-cd "$STARLING_ROOT"
-for tool in mosquitto_pub mosquitto_sub curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (scripts/lib/setup.sh installs it)"; exit 1; }
-done
+source "$(dirname "$0")/../lib/tier.sh"
+need mosquitto_pub mosquitto_sub curl
 
 cmd=$(awk '/^```sh$/{f=1;next} /^```$/{if(f)exit} f' README.md | head -1 | sed 's/ *#.*$//')
 if [ "$cmd" != "cargo run --release -p starling-dev" ]; then

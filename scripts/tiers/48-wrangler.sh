@@ -7,15 +7,12 @@
 # the dev CA. Telemetry, error reports and the update check are switched off or pointed at
 # loopback, and a guard preloaded into wrangler fails the tier on any connection that leaves the
 # machine, so nothing here needs the network beyond the npm install.
-set -euo pipefail
-cd "$STARLING_ROOT"
-for tool in mosquitto_pub mosquitto_sub node npm jq; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (scripts/lib/setup.sh installs it)"; exit 1; }
-done
+source "$(dirname "$0")/../lib/tier.sh"
+need mosquitto_pub mosquitto_sub node npm jq
 cargo build -q -p starling-dev --bin starling-dev
-target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+target_dir=$(target_dir)
 export STARLING_DEV_BIN="$target_dir/debug/starling-dev"
-[ -d tests/wrangler/node_modules ] || (cd tests/wrangler && npm ci --ignore-scripts --no-audit --no-fund --silent)
+node_modules tests/wrangler --ignore-scripts
 echo "wrangler $(node -p "require('./tests/wrangler/node_modules/wrangler/package.json').version")"
 cd tests/wrangler
 timeout 600 node --test --test-concurrency=1 wrangler.test.mjs

@@ -2,16 +2,11 @@
 # The control plane over real HTTP against the test Postgres (DATABASE_URL): Python tests that
 # check issued tokens with `cryptography`, concurrency, rotation and secrets at rest, then
 # schemathesis against /openapi.json (a write-role pass and an admin-only pass).
-set -euo pipefail
-cd "$STARLING_ROOT"
+source "$(dirname "$0")/../lib/tier.sh"
 : "${DATABASE_URL:?DATABASE_URL must point to the test Postgres (scripts/test starts one)}"
 
 cargo build --locked -q -p starling-api
 bin="${CARGO_TARGET_DIR:-target}/debug/starling-api"
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 
 work=$(mktemp -d /tmp/starling-api-tier.XXXXXX)
 pid=

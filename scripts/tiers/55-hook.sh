@@ -3,10 +3,8 @@
 # with a webhook in Python on loopback that verifies every request with `cryptography` against
 # the broker's /publickeys, and paho-mqtt clients whose messages it changes and drops. The test
 # starts and stops dev itself (its own process group, a temporary data directory).
-set -euo pipefail
-root="${STARLING_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}"
-cd "$root"
+source "$(dirname "$0")/../lib/tier.sh"
 cargo build -q -p starling-dev --bin starling-dev
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(target_dir)
 export STARLING_DEV_BIN="$target_dir/debug/starling-dev"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/python/test_hook_e2e.py

@@ -11,8 +11,7 @@
 #   listener only from broker pods and the monitoring namespace, PostgreSQL only from the api,
 #   the operator's metrics only from monitoring; the `helm test` pod GETs the api's /readyz;
 # - validate_cr.py accepts every example Broker and rejects the deliberately invalid one.
-set -euo pipefail
-cd "$STARLING_ROOT"
+source "$(dirname "$0")/../lib/tier.sh"
 source scripts/lib/k8s-tools.sh
 k8s_tools_helm
 k8s_tools_python

@@ -44,8 +44,7 @@
 #   CertificateExpiring/ExpiresSoon;
 # - tenancy: a Broker in namespace iot naming the pub/sub namespace other turns Degraded
 #   (NamespaceNotAllowed) with a Warning event, and nothing exists in the api or the namespace.
-set -euo pipefail
-cd "$STARLING_ROOT"
+source "$(dirname "$0")/../lib/tier.sh"
 source scripts/lib/k8s-tools.sh
 k8s_tools_helm
 k8s_tools_apiserver
@@ -128,7 +127,6 @@ for check in "get secrets -n other" "get secrets -n default" "list secrets -n io
 done
 
 echo "--- the api (starling-dev) and the operator (as its ServiceAccount)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 api_port=$(free_port)
 api_internal="127.0.0.1:$(free_port)"
 api_ports=(--internal-addr "$api_internal" --mqtt "127.0.0.1:$(free_port)" --ws "127.0.0.1:$(free_port)"

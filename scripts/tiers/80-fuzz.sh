@@ -7,9 +7,7 @@
 #
 # Runs when CI=true or FUZZ=1; otherwise it says so and passes (the Rust tier replays the
 # committed corpus in every run: codec/tests/corpus.rs).
-set -euo pipefail
-root="${STARLING_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}"
-cd "$root"
+source "$(dirname "$0")/../lib/tier.sh"
 
 if [ "${CI:-}" != "true" ] && [ "${FUZZ:-}" != "1" ]; then
   echo "fuzzing skipped: set CI=true or FUZZ=1"
