@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use starling_api::config::{Config, Secret};
 use starling_api::keys::Kek;
+use starling_http::testing::http_get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -25,28 +26,6 @@ const BOOTSTRAP: &str = "sat_bootstrap-token-for-http-limits";
 
 /// How long one step may wait (as in the broker's tests).
 const WAIT: Duration = Duration::from_secs(10);
-
-/// `GET path` with `Connection: close`: the status and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text[9..12].parse().unwrap();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|x| x.1)
-            .unwrap_or("")
-            .to_string();
-        (status, body)
-    };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("http answer in time")
-}
 
 async fn start(
     max_connections: usize,

@@ -8,6 +8,9 @@
 //! from the handler reading it, and the connection closes), and at most `max_connections` are
 //! open at once (further ones wait in the listen backlog until one closes).
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -315,27 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
     }
 }
 
-/// A minimal HTTP/1.1 GET on loopback: (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text[9..12].parse().unwrap();
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|x| x.1)
-            .unwrap_or("")
-            .to_string();
-        (status, body)
-    };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("http answer in time")
-}
+pub use starling_http::testing::http_get;
 
 /// The value of a metric line `name{labels} value` in the exposition text (0 when absent).
 pub fn metric(text: &str, series: &str) -> f64 {
