@@ -53,6 +53,9 @@ pub struct Tenant {
     started: Instant,
     /// The other replicas of the broker (`[cluster]`).
     cluster: std::sync::OnceLock<Arc<crate::cluster::link::Link>>,
+    /// With a cluster: when each client id connected here last (Unix ms), to tell which of two
+    /// connections with one client id on two replicas is the newer.
+    connected_at: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 /// A retained message the store has no room for: refused as a whole.
@@ -98,6 +101,7 @@ impl Tenant {
             retained_logged_at: AtomicU64::new(0),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
+            connected_at: Mutex::new(HashMap::new()),
         });
         if let Some(restored) = storage.and_then(|s| s.take_restored(name)) {
             crate::session::lifecycle::restore_tenant(&tenant, restored);
@@ -110,6 +114,35 @@ impl Tenant {
     pub fn join_cluster(self: &Arc<Self>, link: &Arc<crate::cluster::link::Link>) {
         if self.cluster.set(link.clone()).is_ok() {
             link.attach(self);
+        }
+    }
+
+    /// A connection with `client_id` was accepted here: the other replicas close theirs.
+    pub fn connected_here(&self, client_id: &Arc<str>) {
+        if let Some(link) = self.cluster.get() {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            self.connected_at.lock().insert(client_id.clone(), at);
+            link.announce_connected(&self.name, client_id, at);
+        }
+    }
+
+    /// Replica `origin` accepted a connection with `client_id` at `at` (Unix ms): the one
+    /// here, if older, is closed with 0x8E (session taken over). Of two connections at the
+    /// same millisecond, the one on the replica with the greater id stays.
+    pub fn connected_elsewhere(&self, client_id: &str, at: u64, origin: &str, replica: &str) {
+        {
+            let mut connected = self.connected_at.lock();
+            if let Some(&here) = connected.get(client_id) {
+                if (here, replica) > (at, origin) {
+                    return;
+                }
+            }
+            connected.remove(client_id);
+        }
+        if let Some(session) = self.session(client_id) {
+            session.kick(crate::session::Kick::TakenOver);
         }
     }
 
@@ -310,6 +343,7 @@ impl Tenant {
             .is_some_and(|s| s.id == session.id)
         {
             sessions.remove(&session.client_id);
+            self.connected_at.lock().remove(&session.client_id);
             self.metrics.sessions.dec();
             true
         } else {

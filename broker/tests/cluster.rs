@@ -315,3 +315,31 @@ async fn losing_nats_refuses_durable_publications_and_readiness_until_it_returns
     .await
     .expect("within 90 seconds");
 }
+
+#[tokio::test]
+async fn a_second_connection_on_another_replica_takes_the_client_id_over_with_0x8e() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        let mut watch = b.client("watch").await;
+        watch.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut first = a.client("device-1").await;
+        await_link(&mut first, &mut watch).await;
+        let mut second = b.client("device-1").await;
+        first
+            .expect_disconnect(ReasonCode::SESSION_TAKEN_OVER)
+            .await;
+        // The newer connection stays.
+        second
+            .subscribe("still/here", sub_opts(QoS::AtMostOnce))
+            .await;
+        // A connection with another client id on a is left alone.
+        let mut other = a.client("device-2").await;
+        other.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut from_b = b.client("pub-b").await;
+        await_link(&mut from_b, &mut other).await;
+    })
+    .await
+    .expect("within a minute");
+}

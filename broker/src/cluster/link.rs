@@ -35,6 +35,8 @@ use crate::tenant::Tenant;
 pub const ORIGIN: &str = "Starling-Origin";
 /// The header carrying the publisher's client id.
 pub const PUBLISHER: &str = "Starling-Publisher";
+/// The header of a connection announcement: when the connection was accepted (Unix ms).
+pub const CONNECTED_AT: &str = "Starling-Connected-At";
 /// Messages waiting to be sent to NATS, at most.
 pub const SEND_QUEUE: usize = 65_536;
 /// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
@@ -167,6 +169,24 @@ impl Link {
         }
     }
 
+    /// Tells the other replicas that `client_id` of `tenant` connected here at `at_ms` (Unix
+    /// ms), on `starling.<tenant>.conn`: a replica serving an older connection with that client
+    /// id closes it with 0x8E (session taken over).
+    pub fn announce_connected(&self, tenant: &str, client_id: &str, at_ms: u64) {
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, &*self.replica);
+        headers.insert(CONNECTED_AT, at_ms.to_string().as_str());
+        let subject = format!("{}.conn", tenant_prefix(tenant));
+        let body = Bytes::copy_from_slice(client_id.as_bytes());
+        if self.send.try_send((subject, headers, body)).is_err() {
+            self.metrics.cluster_errors.inc();
+            warn!(
+                tenant,
+                "cluster: the queue to NATS is full; a connection was not announced to the other replicas"
+            );
+        }
+    }
+
     /// Subscribes to the messages the other replicas publish in `tenant` and routes them to its
     /// subscribers here, until the broker stops or the tenant is dropped.
     pub fn attach(self: &Arc<Self>, tenant: &Arc<Tenant>) {
@@ -187,6 +207,7 @@ impl Link {
                     }
                 }
             };
+            let conn_subject = format!("{}.conn", tenant_prefix(&name));
             let mut scratch = Vec::new();
             loop {
                 let msg = tokio::select! {
@@ -200,6 +221,23 @@ impl Link {
                     .and_then(|h| h.get(ORIGIN))
                     .map(|v| v.as_str());
                 if origin == Some(&*link.replica) {
+                    continue;
+                }
+                if msg.subject.as_str() == conn_subject {
+                    let at = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(CONNECTED_AT))
+                        .and_then(|v| v.as_str().parse::<u64>().ok());
+                    match (origin, at, std::str::from_utf8(&msg.payload)) {
+                        (Some(origin), Some(at), Ok(client_id)) => {
+                            tenant.connected_elsewhere(client_id, at, origin, &link.replica);
+                        }
+                        _ => {
+                            link.metrics.cluster_errors.inc();
+                            warn!(tenant = %name, "cluster: a malformed connection announcement was dropped");
+                        }
+                    }
                     continue;
                 }
                 match decode(&msg, &name) {

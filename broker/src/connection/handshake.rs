@@ -413,6 +413,8 @@ async fn accept_connect(
     }
     state.set_expiry_interval(expiry);
     let generation = session.attach(cancel.clone(), kick_reason.clone());
+    // Other replicas close their connection with this client id (0x8E).
+    tenant.connected_here(&session.client_id);
     session.set_credential(auth.credential.clone());
     if !ctx.auth.holds(&auth) {
         // Revoked (or its key retired) since it was checked: the sweep that came with that
