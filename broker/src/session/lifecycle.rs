@@ -9,7 +9,6 @@ use std::time::Duration;
 use starling_codec::{MqttString, QoS};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Inflight, Kick, PendingWill, Session, SessionState};
@@ -269,11 +268,9 @@ pub(crate) fn schedule_will(
     due: Instant,
     restored: bool,
 ) {
-    let cancel = CancellationToken::new();
-    let pending = PendingWill {
-        cancel: cancel.clone(),
-        message: will.clone(),
-    };
+    let pending = PendingWill::new(will.clone());
+    let cancel = pending.cancel.clone();
+    let claimed = pending.claim_flag();
     if restored {
         state.restore_pending_will(pending);
     } else {
@@ -284,6 +281,10 @@ pub(crate) fn schedule_will(
     tenant.tasks.spawn_timer(async move {
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {
+                if !PendingWill::claim(&claimed) {
+                    // Resumed or ended in the meantime: that decided.
+                    return;
+                }
                 publish_will(&t, &s, will);
                 // Published: neither the session's end nor a restart publishes it again.
                 // Whoever holds the state now takes the will itself (a connection resuming

@@ -187,6 +187,32 @@ pub struct PendingWill {
     pub cancel: CancellationToken,
     /// The will, for publishing it early when the session ends first.
     pub message: Arc<crate::message::Message>,
+    /// Set by whoever decides the will's fate first: its timer (which publishes it) or the
+    /// session's state (resumed: discarded; ended: published now). The other does nothing, so
+    /// a will is published once even when its timer fires while its session is ending.
+    claimed: Arc<AtomicBool>,
+}
+
+impl PendingWill {
+    /// `message`, waiting for its delay.
+    pub fn new(message: Arc<crate::message::Message>) -> Self {
+        PendingWill {
+            cancel: CancellationToken::new(),
+            message,
+            claimed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Claims the will for its timer: true when neither the session's state nor an earlier
+    /// claim took it first.
+    pub fn claim(claimed: &AtomicBool) -> bool {
+        !claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// The flag the timer claims through.
+    pub fn claim_flag(&self) -> Arc<AtomicBool> {
+        self.claimed.clone()
+    }
 }
 
 /// Retained messages a subscription is owed, read from the store as the outbox has room.
@@ -451,13 +477,14 @@ impl SessionState {
     }
 
     /// Takes the will whose delay runs, if any: it is not the timer's to publish any more.
+    /// `None` as well when its timer already published it.
     pub fn take_pending_will(&mut self) -> Option<PendingWill> {
         let will = self.pending_will.take()?;
         will.cancel.cancel();
         if self.keeps() {
             self.store.will_pending(&self.client_id, None);
         }
-        Some(will)
+        PendingWill::claim(&will.claimed).then_some(will)
     }
 
     /// Whether the session has ended.
@@ -875,6 +902,24 @@ mod tests {
         }
     }
 
+    /// A will's timer that fires while its session is ending publishes it, and the ending
+    /// session then finds nothing to publish: once, whichever comes first.
+    #[test]
+    fn a_delayed_will_is_claimed_once_by_its_timer_or_its_session() {
+        let mut state = SessionState::new(
+            Arc::from("c"),
+            Arc::new(MemoryStore),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let fired = PendingWill::new(delivery().message);
+        assert!(
+            PendingWill::claim(&fired.claim_flag()),
+            "the timer claims it"
+        );
+        state.set_pending_will(fired, tokio::time::Instant::now());
+        assert!(state.take_pending_will().is_none(), "published once");
+    }
+
     #[test]
     fn every_change_to_a_session_is_written_through_its_store_in_order() {
         let journal = Arc::new(Journal::default());
@@ -904,14 +949,15 @@ mod tests {
         assert!(state.release_receipt(9));
         assert!(!state.release_receipt(9));
         state.set_pending_will(
-            PendingWill {
-                cancel: CancellationToken::new(),
-                message: delivery().message,
-            },
+            PendingWill::new(delivery().message),
             tokio::time::Instant::now(),
         );
         let will = state.take_pending_will().expect("the will");
         assert!(will.cancel.is_cancelled(), "its timer is told");
+        assert!(
+            !PendingWill::claim(&will.claim_flag()),
+            "its timer finds it taken"
+        );
         state.insert_inflight(2, Inflight::Released);
         let left = state.take_inflight();
         assert_eq!(left.len(), 1);
