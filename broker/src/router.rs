@@ -169,6 +169,28 @@ impl Router {
         merge_overlapping(out);
     }
 
+    /// One member of the shared group `group` on `filter` for `message` (connected ones first),
+    /// if the group has members here: for a message NATS gave this replica's queue
+    /// subscription of the group.
+    pub fn route_to_group(
+        &self,
+        message: &Arc<Message>,
+        filter: &str,
+        group: &str,
+    ) -> Option<Routed> {
+        let root = self.root.read();
+        let mut node = &*root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let g = node.shared.iter().find(|g| &*g.target.group == group)?;
+        let sub = pick_member(g)?;
+        Some((
+            sub.session.clone(),
+            delivery(message, sub, Some(g.target.clone())),
+        ))
+    }
+
     /// Picks another member of `group` on `filter` for a message whose member went away, other
     /// than the session with `exclude`.
     pub fn reroute_shared(

@@ -56,7 +56,13 @@ pub struct Tenant {
     /// With a cluster: when each client id connected here last (Unix ms), to tell which of two
     /// connections with one client id on two replicas is the newer.
     connected_at: Mutex<HashMap<Arc<str>, u64>>,
+    /// With a cluster: the shared groups with members here, by (group, filter), with their
+    /// number of members and the token that ends their NATS queue subscription.
+    shared_interest: Mutex<HashMap<SharedKey, (usize, tokio_util::sync::CancellationToken)>>,
 }
+
+/// A shared subscription: (group, filter).
+type SharedKey = (Box<str>, Box<str>);
 
 /// A retained message the store has no room for: refused as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +108,7 @@ impl Tenant {
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
             connected_at: Mutex::new(HashMap::new()),
+            shared_interest: Mutex::new(HashMap::new()),
         });
         if let Some(restored) = storage.and_then(|s| s.take_restored(name)) {
             crate::session::lifecycle::restore_tenant(&tenant, restored);
@@ -114,6 +121,40 @@ impl Tenant {
     pub fn join_cluster(self: &Arc<Self>, link: &Arc<crate::cluster::link::Link>) {
         if self.cluster.set(link.clone()).is_ok() {
             link.attach(self);
+        }
+    }
+
+    /// A session joined the shared group `group` on `filter` (it was not a member): with a
+    /// cluster, the first member here makes this replica a member of the group's NATS queue
+    /// group, so each message goes to one member across all replicas.
+    pub fn shared_subscribed(self: &Arc<Self>, group: &str, filter: &str) {
+        let Some(link) = self.cluster.get() else {
+            return;
+        };
+        let mut interest = self.shared_interest.lock();
+        let entry = interest
+            .entry((group.into(), filter.into()))
+            .or_insert_with(|| (0, link.join_group(self, group, filter)));
+        entry.0 += 1;
+    }
+
+    fn shared_unsubscribed(&self, group: &str, filter: &str) {
+        let mut interest = self.shared_interest.lock();
+        let key: SharedKey = (group.into(), filter.into());
+        if let Some(entry) = interest.get_mut(&key) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                entry.1.cancel();
+                interest.remove(&key);
+            }
+        }
+    }
+
+    /// Delivers a message NATS gave this replica's queue subscription of a shared group to
+    /// one of the group's members here.
+    pub fn deliver_to_group(&self, message: Arc<Message>, filter: &str, group: &str) {
+        if let Some((session, delivery)) = self.router.route_to_group(&message, filter, group) {
+            session.push(delivery, &self.metrics);
         }
     }
 
@@ -250,10 +291,14 @@ impl Tenant {
                 }
             }
         }
-        if let Some(link) = self.cluster.get() {
-            link.publish(&self.name, &message);
+        match self.cluster.get() {
+            Some(link) => {
+                link.publish(&self.name, &message);
+                // Shared groups get it through NATS queue groups, on whichever replica.
+                self.router.route_ordinary(&message, scratch);
+            }
+            None => self.router.route(&message, scratch),
         }
-        self.router.route(&message, scratch);
         let mut queued = 0;
         for (session, delivery) in scratch.drain(..) {
             let reliable = delivery.qos != QoS::AtMostOnce;
@@ -305,6 +350,9 @@ impl Tenant {
         let (group, filter) = split_shared(full_filter);
         let removed = self.router.unsubscribe(session_id, filter, group);
         if removed {
+            if let Some(group) = group {
+                self.shared_unsubscribed(group, filter);
+            }
             self.metrics.subscriptions.dec();
         }
         removed

@@ -10,6 +10,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestBroker, WAIT, sub_opts};
@@ -339,6 +341,98 @@ async fn a_second_connection_on_another_replica_takes_the_client_id_over_with_0x
         other.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
         let mut from_b = b.client("pub-b").await;
         await_link(&mut from_b, &mut other).await;
+    })
+    .await
+    .expect("within a minute");
+}
+
+#[tokio::test]
+async fn a_shared_group_with_members_on_two_replicas_gets_each_message_once() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        let mut on_a = a.client("member-a").await;
+        on_a.subscribe("$share/g/s/#", sub_opts(QoS::AtLeastOnce))
+            .await;
+        let mut on_b = b.client("member-b").await;
+        on_b.subscribe("$share/g/s/#", sub_opts(QoS::AtLeastOnce))
+            .await;
+        let mut publisher = a.client("pub-a").await;
+        // Both replicas have joined the group's queue group once each member got a probe.
+        let (mut seen_a, mut seen_b) = (false, false);
+        while !(seen_a && seen_b) {
+            publisher.publish("s/probe", QoS::AtMostOnce, b"p").await;
+            for (seen, c) in [(&mut seen_a, &mut on_a), (&mut seen_b, &mut on_b)] {
+                if let Ok(p) = tokio::time::timeout(Duration::from_millis(20), next(c)).await {
+                    assert_eq!(p.topic.as_str(), "s/probe");
+                    *seen = true;
+                }
+            }
+        }
+        const N: usize = 100;
+        for i in 0..N {
+            publisher
+                .publish("s/data", QoS::AtLeastOnce, i.to_string().as_bytes())
+                .await;
+        }
+        // One task per member; a read is given up (never while acknowledging) only to see
+        // whether the other member has received the rest.
+        let total = Arc::new(AtomicUsize::new(0));
+        let collect = |mut c: Raw, total: Arc<AtomicUsize>| {
+            tokio::spawn(async move {
+                let mut payloads = Vec::new();
+                while total.load(Ordering::SeqCst) < N {
+                    let Ok(p) = tokio::time::timeout(Duration::from_millis(50), c.recv()).await
+                    else {
+                        continue;
+                    };
+                    let Packet::Publish(p) = p else {
+                        panic!("expected PUBLISH, got {p:?}")
+                    };
+                    if p.qos == QoS::AtLeastOnce {
+                        c.send(Packet::PubAck(PubAck {
+                            packet_id: p.packet_id.unwrap(),
+                            reason: ReasonCode::SUCCESS,
+                            properties: Default::default(),
+                        }))
+                        .await;
+                    }
+                    if p.topic.as_str() == "s/data" {
+                        payloads.push(
+                            std::str::from_utf8(&p.payload)
+                                .unwrap()
+                                .parse::<usize>()
+                                .unwrap(),
+                        );
+                        total.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                (c, payloads)
+            })
+        };
+        let task_a = collect(on_a, total.clone());
+        let task_b = collect(on_b, total.clone());
+        let (mut on_a, from_a) = task_a.await.unwrap();
+        let (mut on_b, from_b) = task_b.await.unwrap();
+        let mut got = vec![0u32; N];
+        for &i in from_a.iter().chain(&from_b) {
+            got[i] += 1;
+        }
+        let (n_a, n_b) = (from_a.len(), from_b.len());
+        assert!(got.iter().all(|&n| n == 1), "each message once: {got:?}");
+        assert!(
+            n_a > 0 && n_b > 0,
+            "both replicas' members got some: {n_a} and {n_b}"
+        );
+        for c in [&mut on_a, &mut on_b] {
+            while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), c.recv()).await {
+                match p {
+                    Packet::Publish(p) if p.topic.as_str() == "s/probe" => {}
+                    other => panic!("expected nothing more, got {other:?}"),
+                }
+            }
+        }
     })
     .await
     .expect("within a minute");

@@ -26,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::ClusterConfig;
-use super::subject::{decode_token, push_token, subject_to_topic, tenant_prefix, topic_to_subject};
+use super::subject::{
+    decode_token, filter_to_subjects, push_token, queue_group, subject_to_topic, tenant_prefix,
+    topic_to_subject,
+};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::tenant::Tenant;
@@ -185,6 +188,55 @@ impl Link {
                 "cluster: the queue to NATS is full; a connection was not announced to the other replicas"
             );
         }
+    }
+
+    /// Makes this replica a member of the NATS queue group of `$share/{group}/{filter}` in
+    /// `tenant`: each message on the filter's subjects, published on any replica, comes to one
+    /// member of the queue group, which hands it to one of the group's members here. Until the
+    /// returned token is cancelled (the last member here left) or the broker stops.
+    pub fn join_group(
+        self: &Arc<Self>,
+        tenant: &Arc<Tenant>,
+        group: &str,
+        filter: &str,
+    ) -> CancellationToken {
+        let done = self.stop.child_token();
+        let queue = queue_group(&tenant.name, group, filter);
+        let (group, filter): (Arc<str>, Arc<str>) = (group.into(), filter.into());
+        for subject in filter_to_subjects(&tenant.name, &filter) {
+            let link = self.clone();
+            let weak = Arc::downgrade(tenant);
+            let (done, queue, group, filter) =
+                (done.clone(), queue.clone(), group.clone(), filter.clone());
+            let name = tenant.name.clone();
+            tokio::spawn(async move {
+                let mut sub = match link.client.queue_subscribe(subject, queue).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        link.metrics.cluster_errors.inc();
+                        warn!(tenant = %name, error = %e, "cluster: cannot join a shared group's queue group");
+                        return;
+                    }
+                };
+                loop {
+                    let msg = tokio::select! {
+                        () = done.cancelled() => break,
+                        m = sub.next() => match m { Some(m) => m, None => break },
+                    };
+                    let Some(tenant) = weak.upgrade() else { break };
+                    match decode(&msg, &name) {
+                        Some(message) => {
+                            tenant.deliver_to_group(Arc::new(message), &filter, &group);
+                        }
+                        None => {
+                            link.metrics.cluster_errors.inc();
+                        }
+                    }
+                }
+                let _ = sub.unsubscribe().await;
+            });
+        }
+        done
     }
 
     /// Subscribes to the messages the other replicas publish in `tenant` and routes them to its

@@ -76,6 +76,9 @@ impl<IO: AsyncIo> Connection<IO> {
                 Ok(existed) => {
                     if !existed {
                         self.ctx.metrics.subscriptions.inc();
+                        if let Some(group) = group {
+                            tenant.shared_subscribed(group, filter);
+                        }
                     }
                     self.state.subscribe(
                         full,

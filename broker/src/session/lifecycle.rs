@@ -357,6 +357,9 @@ pub(crate) fn restore_tenant(tenant: &Arc<Tenant>, restored: crate::storage::Res
                 Ok(existed) => {
                     if !existed {
                         tenant.metrics.subscriptions.inc();
+                        if let Some(group) = group {
+                            tenant.shared_subscribed(group, filter);
+                        }
                     }
                     state.restore_subscription(&full, record);
                 }
