@@ -42,15 +42,21 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let b = TestBroker::with(|c| {
+    fixture_with(None, vec![Arc::new(SigningKey::generate().unwrap())]).await
+}
+
+/// A broker on `data_dir` (durable sessions) whose tenant trusts `keys`.
+async fn fixture_with(data_dir: Option<std::path::PathBuf>, keys: Vec<Arc<SigningKey>>) -> Fixture {
+    let b = TestBroker::with(move |c| {
         c.auth.mode = AuthMode::Token;
         c.auth.clock_skew_secs = 0;
         c.embedded_tenants = true;
+        c.data_dir = data_dir;
     })
     .await;
     let f = Fixture {
         b,
-        keys: vec![Arc::new(SigningKey::generate().unwrap())],
+        keys,
         revoked: HashSet::new(),
     };
     f.apply();
@@ -267,6 +273,46 @@ async fn revoking_a_token_ends_its_offline_session() {
         let fresh = f.token("dev", "j-dev-2", TopicAcl::All, None);
         let (_c, ack) = f.connect(persistent("dev", &fresh, 3600, false)).await;
         assert!(!ack.session_present, "the revoked token's session is gone");
+    })
+}
+
+/// A persistent session read back from the store after a restart keeps the credential it was
+/// served with: revoking that token, or retiring its key, ends the session although its client
+/// has not connected since.
+#[tokio::test]
+async fn a_session_read_back_after_a_restart_still_ends_with_its_token_or_its_key() {
+    timed!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let old_key = Arc::new(SigningKey::generate().unwrap());
+        let f = fixture_with(Some(dir.path().into()), vec![old_key.clone()]).await;
+        let revoked = f.token("revoked", "j-revoked", TopicAcl::All, None);
+        let retired = f.token("retired", "j-retired", TopicAcl::All, None);
+        for (id, token) in [("revoked", &revoked), ("retired", &retired)] {
+            let (mut c, _) = f.connect(persistent(id, token, 3600, true)).await;
+            c.subscribe("t/#", sub_opts(QoS::AtLeastOnce)).await;
+            c.disconnect().await;
+        }
+        f.wait_for_sessions(2.0).await;
+        f.b.broker.shutdown().await;
+
+        // Back on the same data directory: both sessions are restored.
+        let mut f = fixture_with(Some(dir.path().into()), vec![old_key]).await;
+        f.wait_for_sessions(2.0).await;
+        f.revoke("j-revoked");
+        f.wait_for_sessions(1.0).await;
+        f.keys = vec![Arc::new(SigningKey::generate().unwrap())];
+        f.apply();
+        f.wait_for_sessions(0.0).await;
+        let fresh = f.token("revoked", "j-fresh", TopicAcl::All, None);
+        let (_c, ack) = f.connect(persistent("revoked", &fresh, 3600, false)).await;
+        assert!(!ack.session_present, "the revoked token's session is gone");
+        f.b.broker.shutdown().await;
+
+        // Ended for good: a second restart does not bring them back.
+        let f = fixture_with(Some(dir.path().into()), f.keys.clone()).await;
+        let fresh = f.token("retired", "j-fresh-2", TopicAcl::All, None);
+        let (_c, ack) = f.connect(persistent("retired", &fresh, 3600, false)).await;
+        assert!(!ack.session_present, "the retired key's session is gone");
     })
 }
 

@@ -149,7 +149,7 @@ impl Directory {
         let verifier = Arc::new(Verifier::new(&jwks)?);
         let revoked = Arc::new(state.revoked.clone());
         let kids: Vec<String> = jwks.keys.iter().map(|k| k.kid.clone()).collect();
-        let mut retired = false;
+        let retired;
         let entry = {
             let mut inner = self.inner.write();
             let entry = match inner.tenants.get(name) {
@@ -176,6 +176,9 @@ impl Directory {
                         revoked: RwLock::new(revoked.clone()),
                     });
                     inner.tenants.insert(name.to_string(), e.clone());
+                    // Sessions read back from the store hold the credentials they were served
+                    // with: those revoked or signed by a key gone meanwhile end now.
+                    retired = true;
                     if let Some(link) = self.cluster.get() {
                         e.tenant.join_cluster(link);
                     }

@@ -344,6 +344,8 @@ pub(crate) fn restore_tenant(tenant: &Arc<Tenant>, restored: crate::storage::Res
             continue;
         };
         state.restore_expiry_interval(rs.expiry_secs);
+        // Revocations, key retirements and the tenant's removal reach it as before the restart.
+        session.restore_credential(rs.credential);
         for (full, record) in rs.subscriptions {
             let (group, filter) = split_shared(&full);
             match tenant.router.subscribe(

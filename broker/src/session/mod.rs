@@ -770,6 +770,16 @@ impl Session {
 
     /// Records the credential of the connection serving the session.
     pub fn set_credential(&self, credential: Option<Credential>) {
+        if let Some(c) = &credential {
+            if self.persistent.load(Ordering::Relaxed) {
+                self.store.credential_set(&self.client_id, c);
+            }
+        }
+        *self.credential.lock() = credential;
+    }
+
+    /// Puts back the credential read from the store with the session (already written).
+    pub fn restore_credential(&self, credential: Option<Credential>) {
         *self.credential.lock() = credential;
     }
 

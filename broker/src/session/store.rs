@@ -47,6 +47,11 @@ pub trait SessionStore: Send + Sync + Debug {
     fn will_pending(&self, client_id: &str, will: Option<(&Message, Instant)>);
     /// The session ended: everything kept for it goes.
     fn ended(&self, client_id: &str);
+    /// The credential of the connection serving the session is now `credential`: kept with a
+    /// persistent session so that, read back after a restart, the session still ends when that
+    /// credential is revoked, its key retired or its time up. Stores that keep nothing across
+    /// a restart have nothing to do.
+    fn credential_set(&self, _client_id: &str, _credential: &crate::auth::Credential) {}
     /// The durable store behind, whose commits acknowledgements wait for; `None` in memory.
     fn durable(&self) -> Option<&Storage> {
         None

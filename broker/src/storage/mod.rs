@@ -165,6 +165,8 @@ pub struct RestoredSession {
     pub receipts: Vec<u16>,
     /// A will waiting for its delay: when it is due (Unix ms) and the message.
     pub will: Option<(u64, Message)>,
+    /// The credential it was last served with, for the revocation and key sweeps.
+    pub credential: Option<crate::auth::Credential>,
     /// Set when the meta record was there (a session without one is left over and dropped).
     has_meta: bool,
 }
@@ -637,6 +639,13 @@ fn restore(records: &[(Vec<u8>, Vec<u8>)]) -> (HashMap<String, RestoredTenant>, 
                         }
                         None => false,
                     },
+                    b'a' => match record::decode_credential(v) {
+                        Ok(c) => {
+                            s.credential = Some(c);
+                            true
+                        }
+                        Err(_) => false,
+                    },
                     b'w' => match record::decode_will(v) {
                         Ok((due, Some(m))) => {
                             s.will = Some((due, m));
@@ -802,6 +811,13 @@ impl SessionStore for TenantStore {
         self.storage.push([Op::Put(
             self.key(client_id, b'm', &[]),
             record::encode_meta(secs, Some(ends)).into(),
+        )]);
+    }
+
+    fn credential_set(&self, client_id: &str, credential: &crate::auth::Credential) {
+        self.storage.push([Op::Put(
+            self.key(client_id, b'a', &[]),
+            record::encode_credential(credential).into(),
         )]);
     }
 

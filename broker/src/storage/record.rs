@@ -427,6 +427,43 @@ pub fn decode_meta(v: &[u8]) -> Result<(u32, Option<u64>), BadRecord> {
     Ok((expiry, ends))
 }
 
+/// The credential a session was last served with: its token id, signing key, subject and when
+/// it ends (unix seconds).
+pub fn encode_credential(c: &crate::auth::Credential) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    put_len16(&mut out, c.jti.as_bytes());
+    put_len16(&mut out, c.kid.as_bytes());
+    put_len16(&mut out, c.sub.as_bytes());
+    match c.ends_at {
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_be_bytes());
+        }
+        None => out.push(0),
+    }
+    out
+}
+
+/// A session's credential read back.
+pub fn decode_credential(v: &[u8]) -> Result<crate::auth::Credential, BadRecord> {
+    let mut r = Reader(v);
+    r.format()?;
+    let jti = Arc::from(r.str()?);
+    let kid = Arc::from(r.str()?);
+    let sub = r.str()?.to_owned();
+    let ends_at = match r.u8()? {
+        0 => None,
+        // Written as the i64's bytes.
+        _ => Some(r.u64()? as i64),
+    };
+    Ok(crate::auth::Credential {
+        jti,
+        kid,
+        sub,
+        ends_at,
+    })
+}
+
 /// A will waiting for its delay: when it is due (Unix ms), then the message.
 pub fn encode_will(m: &Message, due_ms: u64) -> Vec<u8> {
     let mut out = vec![FORMAT];
