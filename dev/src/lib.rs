@@ -286,6 +286,8 @@ async fn start_broker(
     bc.embedded_tenants = true;
     bc.http.bind = options.broker_http;
     bc.tls.dev_tls = Some(dir.to_path_buf());
+    // Retained messages and persistent sessions survive a restart of `starling-api dev`.
+    bc.data_dir = Some(dir.to_path_buf());
     // A hook on the same laptop: http and loopback addresses allowed.
     bc.hook = HookSettings::local();
     for (kind, addr) in [

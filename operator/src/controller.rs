@@ -29,7 +29,7 @@ use futures::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Secret, Service},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
 };
@@ -59,7 +59,7 @@ use crate::{
         desired_config_map, desired_credentials_secret, desired_deployment, desired_network_policy,
         desired_service, desired_tls_secret, leaf_from_secret, names,
     },
-    resources::{certificate_resource, desired_certificate, desired_pdb},
+    resources::{certificate_resource, desired_certificate, desired_pdb, desired_pvc},
 };
 
 /// The field manager of everything the operator applies.
@@ -135,7 +135,7 @@ impl Context {
         let ev = KubeEvent {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(event_note(note)),
             action: "Reconcile".to_owned(),
             secondary: None,
         };
@@ -143,6 +143,23 @@ impl Context {
             warn!(broker = %Self::key(b), error = %e, "publishing an event failed");
         }
     }
+}
+
+/// The longest note an Event takes (`events.k8s.io/v1` refuses a longer one, and the event
+/// would be lost).
+pub const EVENT_NOTE_MAX: usize = 1024;
+
+/// `note`, cut to [`EVENT_NOTE_MAX`] bytes on a character boundary, ending in `...` when cut.
+pub fn event_note(mut note: String) -> String {
+    if note.len() > EVENT_NOTE_MAX {
+        let mut end = EVENT_NOTE_MAX - 3;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    note
 }
 
 /// Retry delay after `n` consecutive failures.
@@ -583,8 +600,15 @@ async fn write_status(brokers: &Api<Broker>, b: &Broker, mut status: BrokerStatu
     }
 }
 
-/// ConfigMap, Service and Deployment, in that order; the applied Deployment's rollout.
-async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result<Rollout> {
+/// What applying the workload left: the Deployment's rollout, and whether a PodDisruptionBudget
+/// was wanted but the API server does not serve `policy/v1`.
+struct Workload {
+    rollout: Rollout,
+    budget_unavailable: bool,
+}
+
+/// ConfigMap, Service, the data claim and Deployment, in that order.
+async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result<Workload> {
     let ns = b
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -607,20 +631,31 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
     if let Some(monitoring) = &ctx.settings.network_policy {
         apply_network_policy(b, ctx, &ns, monitoring).await?;
     }
-    apply_disruption_budget(b, ctx, &ns).await?;
+    let budget_unavailable = !apply_disruption_budget(b, ctx, &ns).await?;
+    if let Some(pvc) = desired_pvc(b) {
+        ssa(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
+            &pvc,
+            b,
+        )
+        .await?;
+    }
     let mut deployment =
         desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
     resources::apply_pod_options(&mut deployment, b).map_err(Error::PodOptions)?;
     let applied = ssa(&Api::<Deployment>::namespaced(client, &ns), &deployment, b).await?;
-    Ok(Rollout::of(&applied))
+    Ok(Workload {
+        rollout: Rollout::of(&applied),
+        budget_unavailable,
+    })
 }
 
 /// Applies `b`'s PodDisruptionBudget when it runs more than one replica and the API server
-/// serves `policy/v1` (1.21 and later); on an older server there is none, and a Normal event
-/// says so.
-async fn apply_disruption_budget(b: &Broker, ctx: &Context, ns: &str) -> Result<()> {
+/// serves `policy/v1` (1.21 and later); on an older server there is none, a Normal event says
+/// so and this returns false (the status then carries `DisruptionBudget` false).
+async fn apply_disruption_budget(b: &Broker, ctx: &Context, ns: &str) -> Result<bool> {
     let Some(pdb) = desired_pdb(b) else {
-        return Ok(());
+        return Ok(true);
     };
     let served = ctx
         .client
@@ -636,7 +671,7 @@ async fn apply_disruption_budget(b: &Broker, ctx: &Context, ns: &str) -> Result<
             "the API server does not serve policy/v1 PodDisruptionBudgets: none is made".to_owned(),
         )
         .await;
-        return Ok(());
+        return Ok(false);
     }
     ssa(
         &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns),
@@ -644,7 +679,7 @@ async fn apply_disruption_budget(b: &Broker, ctx: &Context, ns: &str) -> Result<
         b,
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Applies `b`'s NetworkPolicy. Refused for lack of RBAC (an operator upgraded before its chart),
@@ -700,6 +735,7 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
     };
 
     let mut rollout = None;
+    let mut budget_unavailable = false;
     let mut broker_id = b.status.as_ref().and_then(|s| s.broker_id.clone());
     let mut api_namespace = b.status.as_ref().and_then(|s| s.api_namespace.clone());
     let mut workload = Ok(());
@@ -711,7 +747,10 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
         broker_id = Some(reg.credentials.broker_id.clone());
         api_namespace = Some(b.pubsub_namespace());
         match apply_workload(b, ctx, reg).await {
-            Ok(r) => rollout = Some(r),
+            Ok(w) => {
+                rollout = Some(w.rollout);
+                budget_unavailable = w.budget_unavailable;
+            }
             Err(e) => workload = Err(e),
         }
     }
@@ -736,6 +775,19 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
             .set_certificate_not_after(&ns, &b.name_any(), t.as_second());
     }
     status.api_namespace = api_namespace;
+    if budget_unavailable {
+        status.conditions.push(condition(
+            b.status.as_ref(),
+            b.metadata.generation,
+            Timestamp::now(),
+            "DisruptionBudget",
+            false,
+            "PolicyV1Unavailable",
+            "the API server does not serve policy/v1 PodDisruptionBudgets: none protects these \
+             pods from voluntary disruptions"
+                .to_owned(),
+        ));
+    }
     write_status(&Api::namespaced(client, &ns), b, status).await?;
 
     if let Ok(reg) = &registration {
@@ -962,10 +1014,29 @@ pub fn desired_status(
     } else {
         Phase::Pending
     };
+    let durable = match &b.spec.storage {
+        Some(_) => cond(
+            "Durable",
+            true,
+            "PersistentVolumeClaim",
+            format!(
+                "state is kept on the PersistentVolumeClaim {}",
+                names::data(b)
+            ),
+        ),
+        None => cond(
+            "Durable",
+            false,
+            "EphemeralStorage",
+            "spec.storage is unset: retained messages, sessions and managed state live in an \
+             emptyDir, which survives container restarts but is lost when the pod is rescheduled"
+                .to_owned(),
+        ),
+    };
     BrokerStatus {
         observed_generation: generation,
         conditions: with_certificate_condition(
-            vec![ready, progressing, degraded],
+            vec![ready, progressing, degraded, durable],
             old,
             generation,
             now,

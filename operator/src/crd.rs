@@ -136,6 +136,34 @@ pub struct BrokerSpec {
     /// Scheduling and identity of the broker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodOptions>,
+
+    /// Where the broker keeps its state (retained messages, persistent sessions, the managed
+    /// keys and revocations): a PersistentVolumeClaim of this size. Without it the state lives
+    /// in an emptyDir, which survives container restarts but not a pod moved to another node,
+    /// and the status says so (`Durable` false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+}
+
+/// The PersistentVolumeClaim that holds a broker's data directory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("(has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')")
+        .message("storageClassName is immutable: a claim cannot move to another class")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, for example `1Gi`. A claim can grow where its storage class allows
+    /// expansion; it never shrinks.
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+    )]
+    pub size: String,
+    /// The claim's storage class; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
 }
 
 fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

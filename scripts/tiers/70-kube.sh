@@ -19,6 +19,9 @@
 # - replicas: -1 and a port of 70000 each get 422 from the server;
 # - with the api down the Broker turns Degraded (ApiUnreachable) with a Warning event; when the
 #   api has lost the broker it turns Degraded (DeletedInApi) and is not re-created;
+# - a Broker without spec.storage keeps --data-dir in an emptyDir and reports Durable=False
+#   (EphemeralStorage); one with storage gets a ReadWriteOnce claim it owns, mounted at the data
+#   directory, with Recreate; the stand-in broker keeps its store and managed state there;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
 # - playing the kubelet's stop: SIGTERM to the pod's broker sends its connected MQTT 5 client
 #   DISCONNECT 0x8B (server shutting down) and the broker exits within the pod's
@@ -204,6 +207,9 @@ assert s["observedGeneration"] == b["metadata"]["generation"], s
 assert s["phase"] == "Pending" and s["readyReplicas"] == 0, s
 conds = {c["type"]: c for c in s["conditions"]}
 assert conds["Progressing"]["status"] == "True" and conds["Degraded"]["status"] == "False", conds
+# No spec.storage: the state lives in an emptyDir, and the status says it is not durable.
+assert conds["Durable"]["status"] == "False" and conds["Durable"]["reason"] == "EphemeralStorage", conds
+assert "rescheduled" in conds["Durable"]["message"], conds["Durable"]
 assert s["endpoints"]["mqtts"] == "mqtts://orders.iot.mqtt.example.com:8883", s["endpoints"]
 assert s["tls"]["notAfter"], s
 body, code = open(sys.argv[2]).read().rsplit("\n", 1)
@@ -220,6 +226,11 @@ print("status and registration ok")
 PY
 args=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].args}')
 case "$args" in *'"--broker-id"'*'"--broker-secret-file"'*) ;; *) fail "the pod does not run in managed mode: $args" ;; esac
+case "$args" in *'"--data-dir","/var/lib/starling"'*) ;; *) fail "the pod has no --data-dir /var/lib/starling: $args" ;; esac
+data_volume=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].volumeMounts[?(@.mountPath=="/var/lib/starling")].name}')
+[ -n "$data_volume" ] || fail "nothing is mounted at the data directory"
+kubectl -n iot get deploy orders -o jsonpath="{.spec.template.spec.volumes[?(@.name==\"$data_volume\")]}" | grep -q '"emptyDir"' \
+  || fail "a Broker without storage does not keep its data directory in an emptyDir"
 kubectl -n iot get configmap orders-config -o jsonpath='{.data.broker\.toml}' | grep -q 'max_connections = 5000' \
   || fail "broker.toml lacks the limits"
 
@@ -286,6 +297,9 @@ mosquitto_sub "${mqtt_opts[@]}" -i kubelet-sub -P "$sub_token" -t orders/test -C
   || { cat "$work/sub.out"; fail "the subscriber got nothing over TLS"; }
 grep -qx "hello over tls" "$work/sub.out" || { cat "$work/sub.out"; fail "the subscriber got the wrong message"; }
 echo "the pod's broker served a token client over TLS"
+# The data directory holds the store and the managed state (keys, revocations) from the api.
+[ -d "$pod/var/lib/starling/store" ] || fail "the broker keeps no store under its --data-dir"
+ls "$pod/var/lib/starling"/state-*.json >/dev/null 2>&1 || fail "the broker saved no managed state under its --data-dir"
 curl -sf "http://127.0.0.1:$broker_http/metrics" >"$work/metrics-broker.txt" || fail "the broker serves no /metrics"
 curl -sf "http://$api_internal/metrics" >"$work/metrics-api.txt" || fail "the api's internal listener serves no /metrics"
 python3 - "$work/metrics-broker.txt" "$broker_id" <<'PY' || fail "the broker does not report when the api last confirmed its state"
@@ -544,9 +558,39 @@ echo "--- deletion runs the finalizer"
 kubectl -n iot delete broker orders --wait=false >/dev/null
 gone() { ! kubectl -n iot get broker "$1" >/dev/null 2>&1; }
 wait_for 60 gone orders || fail "the Broker the api had lost was not released"
+# The second Broker asks for storage: a claim owned by it, mounted at the data directory, and pods
+# replaced with Recreate so the ReadWriteOnce claim is never wanted by two pods.
 sed 's/namespace: default/namespace: iot/' examples/broker-minimal.yaml | kubectl apply -f - >/dev/null
+kubectl -n iot patch broker sensors --type=merge -p '{"spec":{"storage":{"size":"2Gi","storageClassName":"standard"}}}' >/dev/null
 registered() { [ -n "$(kubectl -n iot get broker sensors -o jsonpath='{.status.brokerId}')" ]; }
 wait_for 60 registered || fail "the second Broker was not registered"
+durable() {
+  [ "$(kubectl -n iot get broker sensors -o jsonpath='{.status.conditions[?(@.type=="Durable")].status}/{.status.conditions[?(@.type=="Durable")].reason}')" = True/PersistentVolumeClaim ] &&
+    [ "$(kubectl -n iot get deploy sensors -o jsonpath='{.spec.template.spec.volumes[?(@.name=="data")].persistentVolumeClaim.claimName}')" = sensors-data ]
+}
+wait_for 60 durable || fail "the Broker with storage is not Durable/PersistentVolumeClaim with its claim mounted"
+kubectl -n iot get pvc sensors-data -o json >"$work/pvc.json" || fail "the Broker with storage has no claim"
+kubectl -n iot get deploy sensors -o json >"$work/sensors-deploy.json"
+python3 - "$work/pvc.json" "$work/sensors-deploy.json" "$(kubectl -n iot get broker sensors -o jsonpath='{.metadata.uid}')" <<'PY' || fail "the claim or the Deployment of the Broker with storage is wrong"
+import json, sys
+pvc = json.load(open(sys.argv[1])); d = json.load(open(sys.argv[2])); uid = sys.argv[3]
+refs = [(r["kind"], r["name"], r["uid"]) for r in pvc["metadata"]["ownerReferences"]]
+assert refs == [("Broker", "sensors", uid)], refs
+spec = pvc["spec"]
+assert spec["accessModes"] == ["ReadWriteOnce"], spec
+assert spec["storageClassName"] == "standard", spec
+assert spec["resources"]["requests"]["storage"] == "2Gi", spec
+assert d["spec"]["strategy"]["type"] == "Recreate", d["spec"]["strategy"]
+pod = d["spec"]["template"]["spec"]
+[c] = pod["containers"]
+[m] = [m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/starling"]
+assert not m.get("readOnly"), m
+[v] = [v for v in pod["volumes"] if v["name"] == m["name"]]
+assert v == {"name": m["name"], "persistentVolumeClaim": {"claimName": "sensors-data"}}, v
+i = c["args"].index("--data-dir")
+assert c["args"][i + 1] == "/var/lib/starling", c["args"]
+print("claim and pod template ok")
+PY
 out=$(api GET /v1/namespaces/iot/brokers/sensors)
 [ "${out##*$'\n'}" = 200 ] || fail "the api does not know the second broker: $out"
 kubectl -n iot delete broker sensors --wait=false >/dev/null

@@ -84,7 +84,7 @@ a JSON list of {name, data: {key: template with {random}}, labels}. */}}
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
-  resources: ["services", "configmaps", "secrets"]
+  resources: ["services", "configmaps", "secrets", "persistentvolumeclaims"]
   verbs: ["get", "create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

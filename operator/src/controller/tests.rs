@@ -1485,3 +1485,44 @@ async fn several_replicas_get_a_budget_where_policy_v1_is_served_and_an_event_wh
         "topology.kubernetes.io/zone"
     );
 }
+
+#[test]
+fn an_event_note_is_cut_to_what_the_api_server_takes_on_a_character_boundary() {
+    assert_eq!(event_note("short".to_owned()), "short");
+    let long = "é".repeat(800);
+    let cut = event_note(long.clone());
+    assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
+    assert!(cut.ends_with("..."));
+    assert!(long.starts_with(cut.trim_end_matches("...")));
+    let exact = "a".repeat(EVENT_NOTE_MAX);
+    assert_eq!(event_note(exact.clone()), exact);
+}
+
+#[test]
+fn the_status_says_whether_the_state_is_durable() {
+    let durable = |spec: Value| {
+        let b = crate::resources::fixtures::broker(spec);
+        let s = desired_status(&b, None, None, None, None, Timestamp::now());
+        let c = s
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Durable")
+            .expect("a Durable condition");
+        (c.status, c.reason, c.message)
+    };
+    let (status, reason, message) = durable(json!({}));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "EphemeralStorage")
+    );
+    assert!(
+        message.contains("lost when the pod is rescheduled"),
+        "{message}"
+    );
+    let (status, reason, message) = durable(json!({"storage": {"size": "1Gi"}}));
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "PersistentVolumeClaim")
+    );
+    assert!(message.contains("sensors-data"), "{message}");
+}

@@ -27,7 +27,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    BROKER_SECRET_KEY, CONFIG_KEY, HTTP_CONTAINER_PORT, MQTTS_CONTAINER_PORT, Settings,
+    BROKER_SECRET_KEY, CONFIG_KEY, DATA_DIR, HTTP_CONTAINER_PORT, MQTTS_CONTAINER_PORT, Settings,
     WSS_CONTAINER_PORT, checksum, labels, names, owned_meta, selector_labels,
 };
 use crate::crd::{Broker, ResourceAmounts};
@@ -82,6 +82,8 @@ pub fn broker_args(b: &Broker, settings: &Settings, broker_id: &str) -> Vec<Stri
         broker_id.to_owned(),
         "--broker-secret-file".to_owned(),
         format!("{CREDENTIALS_DIR}/{BROKER_SECRET_KEY}"),
+        "--data-dir".to_owned(),
+        DATA_DIR.to_owned(),
     ]);
     args
 }
@@ -163,6 +165,26 @@ fn secret_volume(name: &str, secret: String) -> Volume {
     }
 }
 
+/// How the pods are replaced. A claim (`spec.storage`) is ReadWriteOnce: the old pod goes before
+/// the new one starts (`Recreate`), so the volume is never wanted on two nodes at once. Without
+/// one, the new pod starts and becomes ready before the old one stops.
+fn strategy(b: &Broker) -> DeploymentStrategy {
+    if b.spec.storage.is_some() {
+        DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            rolling_update: None,
+        }
+    } else {
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        }
+    }
+}
+
 /// The broker's Deployment. `broker_id` is the api's id; `checksum` comes from
 /// [`config_checksum`].
 pub fn desired_deployment(
@@ -216,6 +238,11 @@ pub fn desired_deployment(
             mount("tls", TLS_DIR),
             mount("credentials", CREDENTIALS_DIR),
             VolumeMount {
+                name: super::data_volume_name(b).to_owned(),
+                mount_path: DATA_DIR.to_owned(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
                 name: "tmp".to_owned(),
                 mount_path: "/tmp".to_owned(),
                 ..VolumeMount::default()
@@ -235,6 +262,7 @@ pub fn desired_deployment(
         },
         secret_volume("tls", names::tls(b)),
         secret_volume("credentials", names::credentials(b)),
+        super::data_volume(b),
         Volume {
             name: "tmp".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -253,14 +281,7 @@ pub fn desired_deployment(
                 match_labels: Some(selector_labels(b)),
                 ..LabelSelector::default()
             },
-            // One replica at most: start the new pod before stopping the old one.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
-            }),
+            strategy: Some(strategy(b)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(b)),
@@ -344,7 +365,8 @@ mod tests {
             "--config /etc/starling/broker.toml --mqtts 0.0.0.0:8883 --wss 0.0.0.0:8443 \
              --tls-cert /etc/starling/tls/tls.crt --tls-key /etc/starling/tls/tls.key --http 0.0.0.0:9090 \
              --auth token --control-plane http://starling-api-internal.starling-system.svc:8081 \
-             --broker-id brk_1 --broker-secret-file /etc/starling/credentials/broker-secret"
+             --broker-id brk_1 --broker-secret-file /etc/starling/credentials/broker-secret \
+             --data-dir /var/lib/starling"
         );
         let ports: Vec<(String, i32)> = c
             .ports
@@ -415,7 +437,7 @@ mod tests {
         assert!(
             mounts
                 .iter()
-                .filter(|m| m.name != "tmp")
+                .filter(|m| m.name != "tmp" && m.mount_path != DATA_DIR)
                 .all(|m| m.read_only == Some(true))
         );
         assert!(
@@ -495,5 +517,67 @@ mod tests {
         let args = container(&d).args.expect("args");
         assert!(!args.contains(&"--wss".to_owned()));
         assert!(args.contains(&"--mqtts".to_owned()));
+    }
+
+    fn data_mount(d: &Deployment) -> (String, Volume) {
+        let pod = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod");
+        let m = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .expect("mounts")
+            .into_iter()
+            .find(|m| m.mount_path == DATA_DIR)
+            .expect("a data mount");
+        assert_ne!(m.read_only, Some(true));
+        let v = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == m.name)
+            .expect("a data volume");
+        (m.mount_path, v)
+    }
+
+    #[test]
+    fn storage_mounts_the_claim_at_the_data_dir_and_replaces_pods_with_recreate() {
+        let b = broker(serde_json::json!({"storage": {"size": "1Gi"}}));
+        let d = desired_deployment(&b, &settings(), "b", "x");
+        let (path, v) = data_mount(&d);
+        assert_eq!(path, DATA_DIR);
+        assert_eq!(
+            v.persistent_volume_claim.map(|c| c.claim_name).as_deref(),
+            Some("sensors-data")
+        );
+        let strategy = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.clone())
+            .expect("strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+        assert!(strategy.rolling_update.is_none());
+        let args = container(&d).args.expect("args").join(" ");
+        assert!(args.ends_with("--data-dir /var/lib/starling"), "{args}");
+    }
+
+    #[test]
+    fn without_storage_the_data_dir_is_an_empty_dir_and_pods_roll_with_a_surge() {
+        let b = broker(serde_json::json!({}));
+        let d = desired_deployment(&b, &settings(), "b", "x");
+        let (path, v) = data_mount(&d);
+        assert_eq!(path, DATA_DIR);
+        assert!(v.empty_dir.is_some());
+        let strategy = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.clone())
+            .expect("strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let ru = strategy.rolling_update.expect("rolling update");
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
     }
 }

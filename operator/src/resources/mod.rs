@@ -18,6 +18,7 @@ mod network_policy;
 mod pod;
 mod secrets;
 mod service;
+mod storage;
 
 pub use certificate::{certificate_resource, desired_certificate};
 pub use config::{
@@ -33,6 +34,7 @@ pub use secrets::{
     desired_ca_secret, desired_credentials_secret, desired_tls_secret, leaf_from_secret,
 };
 pub use service::desired_service;
+pub use storage::{DATA_DIR, data_volume, data_volume_name, desired_pvc};
 
 /// Container port of MQTT over TLS.
 pub const MQTTS_CONTAINER_PORT: i32 = 8883;
@@ -73,6 +75,10 @@ pub mod names {
     /// The Secret with the broker's control-plane credential.
     pub fn credentials(b: &Broker) -> String {
         format!("{}-credentials", b.name_any())
+    }
+    /// The PersistentVolumeClaim with the data directory (`spec.storage`).
+    pub fn data(b: &Broker) -> String {
+        format!("{}-data", b.name_any())
     }
     /// The Secret with the operator-issued CA.
     pub fn ca(b: &Broker) -> String {

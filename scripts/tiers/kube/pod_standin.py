@@ -5,7 +5,7 @@ Usage: pod_standin.py DEPLOYMENT_JSON OBJECTS_JSON ROOT CONTROL_PLANE_URL OUT_DI
 DEPLOYMENT_JSON is `kubectl get deploy -o json`; OBJECTS_JSON is a `kubectl get configmaps,secrets
 -o json` list of the namespace. Every volume the broker container mounts is written under ROOT at
 its mountPath (ConfigMap data, Secret data base64-decoded with the volume's defaultMode, emptyDir
-as an empty directory); a mount or volume kind this stand-in does not know fails loudly rather
+and a PersistentVolumeClaim, as a freshly bound claim, as an empty directory); a mount or volume kind this stand-in does not know fails loudly rather
 than being skipped. The container's arguments are kept as they are, except:
 - paths under a mountPath are prefixed with ROOT (the files are exactly the mounted ones);
 - `0.0.0.0:PORT` listen addresses become free loopback ports (recorded in OUT_DIR/ports.json);
@@ -65,7 +65,7 @@ for m in container.get("volumeMounts", []):
         mode = v["secret"].get("defaultMode", 0o644)
         for key, b64 in (secret.get("data") or {}).items():
             write(target, key, base64.b64decode(b64), mode)
-    elif "emptyDir" in v:
+    elif "emptyDir" in v or "persistentVolumeClaim" in v:
         pass
     else:
         sys.exit(f"volume kind not laid out by this stand-in: {v}")
