@@ -582,21 +582,31 @@ async fn refuse(b: &Broker, ctx: &Context, e: Error) -> Result<Action> {
 async fn write_status(brokers: &Api<Broker>, b: &Broker, mut status: BrokerStatus) -> Result<()> {
     let body = |s: &BrokerStatus| serde_json::json!({ "apiVersion": "starling.dev/v1alpha1", "kind": "Broker", "status": s });
     let name = b.name_any();
-    match brokers
-        .patch_status(&name, &apply_params(), &Patch::Apply(&body(&status)))
-        .await
-    {
-        Err(kube::Error::Api(e))
-            if status.api_namespace.is_some() && e.message.contains("apiNamespace") =>
+    // An operator newer than the installed CRD (the chart not yet upgraded) leaves out the status
+    // fields the CRD does not declare yet, one refusal at a time, instead of writing no status;
+    // each retry drops a field or gives up, so this ends.
+    loop {
+        match brokers
+            .patch_status(&name, &apply_params(), &Patch::Apply(&body(&status)))
+            .await
         {
-            warn!(broker = %Context::key(b), "the Broker CRD has no status.apiNamespace yet: apply the chart's CRD");
-            status.api_namespace = None;
-            brokers
-                .patch_status(&name, &apply_params(), &Patch::Apply(&body(&status)))
-                .await?;
-            Ok(())
+            Err(kube::Error::Api(e)) if e.message.contains("not declared in schema") => {
+                let before = status.clone();
+                if e.message.contains("apiNamespace") {
+                    status.api_namespace = None;
+                }
+                if e.message.contains(".status.selector") || e.message.contains(".status.replicas")
+                {
+                    status.selector = None;
+                    status.replicas = None;
+                }
+                if status == before {
+                    return Err(kube::Error::Api(e).into());
+                }
+                warn!(broker = %Context::key(b), error = %e.message, "the Broker CRD lacks a status field: apply the chart's CRD");
+            }
+            other => return other.map(drop).map_err(Error::from),
         }
-        other => other.map(drop).map_err(Error::from),
     }
 }
 
@@ -609,6 +619,7 @@ struct Workload {
 
 /// ConfigMap, Service, the data claim and Deployment, in that order.
 async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result<Workload> {
+    resources::check_replicas(b, &ctx.settings)?;
     let ns = b
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -1044,6 +1055,8 @@ pub fn desired_status(
         ),
         phase: Some(phase),
         ready_replicas: r.ready,
+        replicas: Some(r.total),
+        selector: Some(resources::selector_string(b)),
         broker_id,
         api_namespace: old.and_then(|s| s.api_namespace.clone()),
         endpoints: Some(b.endpoints()),

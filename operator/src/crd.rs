@@ -44,6 +44,11 @@ pub const SKIP_DEREGISTER_ANNOTATION: &str = "starling.dev/skip-deregister";
     ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoints.mqtts"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS label of at most 40 characters: it names the api broker and the Service")
 )]
@@ -55,9 +60,11 @@ pub const SKIP_DEREGISTER_ANNOTATION: &str = "starling.dev/skip-deregister";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
-    /// Number of broker pods. At most 1 until brokers can form a cluster.
+    /// Number of broker pods. More than one needs the operator to give its brokers a NATS
+    /// cluster (`--broker-cluster-nats`, the chart's `nats` values); without one a Broker asking
+    /// for more is Degraded (`ReplicasNeedCluster`) and keeps the replicas it had.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 1))]
+    #[schemars(range(min = 0, max = 64))]
     pub replicas: i32,
 
     /// Container image of `starling-broker`; the operator's default when unset.
@@ -478,6 +485,12 @@ pub struct BrokerStatus {
     /// Pods that pass their readiness probe.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Pods of the broker's workload, old and new (the scale subresource's status replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The label selector of the broker's pods, as a string (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// The broker's id in the api.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_id: Option<String>,

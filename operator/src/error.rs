@@ -85,6 +85,18 @@ pub enum Error {
     #[error("invalid pod options: {0}")]
     PodOptions(String),
     /// The API server lacks a resource the operator needs.
+    #[error(
+        "spec.replicas is {0}: more than one replica needs a NATS cluster, and the operator has \
+         none (--broker-cluster-nats, the chart's nats values)"
+    )]
+    ReplicasNeedCluster(i32),
+
+    #[error(
+        "spec.replicas is {0} with spec.storage: a claim is one ReadWriteOnce volume, so a Broker \
+         with storage runs one replica (replicas share their state through NATS JetStream)"
+    )]
+    StorageWithReplicas(i32),
+
     #[error("the API server does not serve {0}")]
     MissingApi(String),
 }
@@ -108,6 +120,8 @@ impl Error {
             Self::Config(_) => "ConfigError",
             Self::MissingField(_) => "InvalidObject",
             Self::MissingApi(_) => "MissingApi",
+            Self::ReplicasNeedCluster(_) => "ReplicasNeedCluster",
+            Self::StorageWithReplicas(_) => "StorageWithReplicas",
             Self::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
             Self::Apply { .. } => "ApplyFailed",
             Self::NotOwned { .. } => "OwnershipConflict",

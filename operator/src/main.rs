@@ -76,6 +76,15 @@ struct RunArgs {
         default_value = ""
     )]
     broker_hook_allowed_hosts: Vec<String>,
+    /// NATS servers every broker joins its replicas through (repeatable or comma-separated; each
+    /// pod gets `--cluster-nats URL`). Without any, a Broker runs at most one replica.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_BROKER_CLUSTER_NATS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    broker_cluster_nats: Vec<String>,
     /// Timeout of one on-publish hook request of every broker, in milliseconds; the broker's
     /// default when unset.
     #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
@@ -282,6 +291,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         network_policy: args
             .broker_network_policies
             .then(|| args.monitoring_namespace.clone()),
+        cluster_nats: args
+            .broker_cluster_nats
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect(),
     };
     info!(broker_hook = ?settings.broker_hook, "hook address rules for every broker");
     info!(tenancy_allow = ?settings.tenancy, "pub/sub namespaces beyond each Kubernetes namespace's own");

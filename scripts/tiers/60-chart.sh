@@ -29,7 +29,8 @@ all_on=(--set operator.watchNamespaces='{iot,factory}' --set metrics.serviceMoni
   --set api.ingress.enabled=true --set postgresql.persistence.enabled=true
   --set operator.brokerHook.allowedHosts='{moderation.default.svc,10.0.0.7,fd00::7}'
   --set operator.brokerHook.allowHttp=true --set operator.brokerHook.allowPrivateAddresses=true
-  --set operator.brokerHook.timeoutMs=2500 --set 'operator.tenancy.allow.iot={factory,fleet}')
+  --set operator.brokerHook.timeoutMs=2500 --set 'operator.tenancy.allow.iot={factory,fleet}'
+  --set 'nats.urls={nats://nats-0.nats.messaging.svc:4222,tls://nats-1.nats.messaging.svc:4222}')
 external_db=(--set postgresql.enabled=false --set api.database.url=postgres://starling:pw@db.example.com:5432/starling
   --set api.adminToken.existingSecret=admin --set api.keyEncryptionKey.existingSecret=kek)
 
@@ -43,7 +44,7 @@ for bad in operator.replicas=-1 operator.maxConcurrentReconciles=0 operator.maxC
   operator.brokerHook.allowedHosts='{http://moderation.default.svc}' operator.brokerHook.allowedHosts='{moderation.default.svc:8080}' \
   operator.brokerHook.allowedHosts='{10.0.0.7:8080}' operator.brokerHook.allowedHosts='{*.default.svc}' \
   operator.brokerHook.allowHttp=yes operator.brokerHook.timeoutMs=0 operator.brokerHook.timeoutMs=600001 \
-  operator.brokerHook.allowAll=true operator.tenancy.allow.Iot='{x}' operator.tenancy.allow.iot='{a/b}'; do
+  operator.brokerHook.allowAll=true operator.tenancy.allow.Iot='{x}' operator.tenancy.allow.iot='{a/b}' nats.urls='{http://nats:4222}' nats.url=nats://nats:4222; do
   if helm lint --strict "$chart" --set "$bad" >"$work/lint.out" 2>&1; then
     fail "helm lint accepted --set $bad"
   fi
@@ -240,6 +241,8 @@ def operator_env(path):
 default, all_on, from_file = (operator_env(p) for p in sys.argv[1:4])
 hook = lambda env: {k: v for k, v in env.items() if k.startswith("STARLING_OPERATOR_BROKER_HOOK_")}
 assert "STARLING_OPERATOR_TENANCY_ALLOW" not in default, default
+assert "STARLING_OPERATOR_BROKER_CLUSTER_NATS" not in default, default
+assert all_on["STARLING_OPERATOR_BROKER_CLUSTER_NATS"] == "nats://nats-0.nats.messaging.svc:4222,tls://nats-1.nats.messaging.svc:4222", all_on
 assert all_on["STARLING_OPERATOR_TENANCY_ALLOW"] == "iot=factory,iot=fleet", all_on
 assert hook(default) == {}, hook(default)
 assert hook(all_on) == {

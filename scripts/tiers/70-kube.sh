@@ -22,6 +22,9 @@
 # - a Broker without spec.storage keeps --data-dir in an emptyDir and reports Durable=False
 #   (EphemeralStorage); one with storage gets a ReadWriteOnce claim it owns, mounted at the data
 #   directory, with Recreate; the stand-in broker keeps its store and managed state there;
+# - `kubectl scale broker` changes spec.replicas through the scale subresource (status.selector
+#   shown); three replicas without a NATS cluster turn Degraded (ReplicasNeedCluster) and the
+#   Deployment keeps one;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
 # - playing the kubelet's stop: SIGTERM to the pod's broker sends its connected MQTT 5 client
 #   DISCONNECT 0x8B (server shutting down) and the broker exits within the pod's
@@ -598,6 +601,37 @@ wait_for 60 gone sensors || fail "the second Broker was not released"
 out=$(api GET /v1/namespaces/iot/brokers/sensors)
 [ "${out##*$'\n'}" = 404 ] || fail "the finalizer did not deregister the broker: $out"
 echo "deregistered through the finalizer"
+
+echo "--- kubectl scale goes through the scale subresource; more than one replica needs a NATS cluster"
+# This operator gives its brokers no NATS cluster (--broker-cluster-nats): three replicas are
+# refused with a Degraded condition and the Deployment keeps its one replica.
+cat <<'YAML' | kubectl -n iot apply -f - >/dev/null
+apiVersion: starling.dev/v1alpha1
+kind: Broker
+metadata: {name: scaled}
+spec: {}
+YAML
+scaled_registered() { [ -n "$(kubectl -n iot get broker scaled -o jsonpath='{.status.brokerId}')" ] && kubectl -n iot get deploy scaled >/dev/null 2>&1; }
+wait_for 60 scaled_registered || fail "the Broker scaled was not registered"
+kubectl -n iot scale broker scaled --replicas=3 >/dev/null || fail "kubectl scale broker failed"
+[ "$(kubectl -n iot get broker scaled -o jsonpath='{.spec.replicas}')" = 3 ] || fail "kubectl scale did not change spec.replicas"
+kubectl get --raw /apis/starling.dev/v1alpha1/namespaces/iot/brokers/scaled/scale >"$work/scale.json" || fail "the Broker has no scale subresource"
+python3 - "$work/scale.json" <<'PY' || fail "the scale subresource is wrong"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["kind"] == "Scale", s
+assert s["spec"]["replicas"] == 3, s
+assert s["status"]["selector"] == "app.kubernetes.io/instance=scaled,starling.dev/broker=scaled", s
+PY
+needs_cluster() { [ "$(kubectl -n iot get broker scaled -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}')" = ReplicasNeedCluster ]; }
+wait_for 60 needs_cluster || fail "three replicas without NATS did not turn Degraded/ReplicasNeedCluster"
+[ "$(kubectl -n iot get deploy scaled -o jsonpath='{.spec.replicas}')" = 1 ] || fail "the refused Broker's Deployment was scaled"
+kubectl -n iot scale broker scaled --replicas=1 >/dev/null || fail "kubectl scale back to one failed"
+not_degraded() { [ "$(kubectl -n iot get broker scaled -o jsonpath='{.status.conditions[?(@.type=="Degraded")].status}')" = False ]; }
+wait_for 60 not_degraded || fail "back at one replica the Broker stayed Degraded"
+kubectl -n iot delete broker scaled --wait=false >/dev/null
+wait_for 60 gone scaled || fail "the Broker scaled was not released"
+echo "kubectl scale changed spec.replicas through the scale subresource; three replicas without NATS refused"
 
 echo "--- tenancy: a Broker in iot may not use the pub/sub namespace other"
 cat <<'YAML' | kubectl -n iot apply -f - >/dev/null

@@ -1440,10 +1440,18 @@ fn a_certificate_within_seven_days_of_expiry_sets_certificate_expiring() {
 
 #[tokio::test]
 async fn several_replicas_get_a_budget_where_policy_v1_is_served_and_an_event_where_not() {
-    let w = World::new();
+    let w = World::with_settings(resources::Settings {
+        cluster_nats: vec!["nats://nats.starling-system.svc:4222".to_owned()],
+        ..settings()
+    });
     let mut b = finalized(json!({}));
     b.spec.replicas = 2;
     w.reconcile(&b).await.expect("reconciles");
+    let budget = condition_of(&w.stored_broker(), "DisruptionBudget");
+    assert_eq!(
+        (budget.status.as_str(), budget.reason.as_str()),
+        ("False", "PolicyV1Unavailable")
+    );
     let reqs = w.kube.take_requests();
     assert!(
         !lines(&reqs)
@@ -1525,4 +1533,54 @@ fn the_status_says_whether_the_state_is_durable() {
         ("True", "PersistentVolumeClaim")
     );
     assert!(message.contains("sensors-data"), "{message}");
+}
+
+#[tokio::test]
+async fn more_than_one_replica_without_a_nats_cluster_is_degraded_and_nothing_is_scaled() {
+    let w = World::new();
+    let mut b = finalized(json!({}));
+    b.spec.replicas = 3;
+    assert!(w.reconcile(&b).await.is_err(), "refused");
+    let stored = w.stored_broker();
+    let degraded = condition_of(&stored, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ReplicasNeedCluster")
+    );
+    assert!(degraded.message.contains("NATS"), "{}", degraded.message);
+    let reqs = w.kube.take_requests();
+    assert!(
+        !lines(&reqs).iter().any(|l| l.contains("/deployments/")),
+        "{:#?}",
+        lines(&reqs)
+    );
+
+    let w = World::with_settings(resources::Settings {
+        cluster_nats: vec!["nats://nats:4222".to_owned()],
+        ..settings()
+    });
+    let mut b = finalized(json!({"storage": {"size": "1Gi"}}));
+    b.spec.replicas = 2;
+    assert!(w.reconcile(&b).await.is_err(), "refused");
+    assert_eq!(
+        condition_of(&w.stored_broker(), "Degraded").reason,
+        "StorageWithReplicas"
+    );
+}
+
+#[test]
+fn the_status_carries_the_replicas_and_selector_of_the_scale_subresource() {
+    let b = crate::resources::fixtures::broker(json!({"replicas": 1}));
+    let r = Rollout {
+        observed: true,
+        updated: 1,
+        ready: 1,
+        total: 2,
+    };
+    let s = desired_status(&b, Some(&r), None, None, None, Timestamp::now());
+    assert_eq!(s.replicas, Some(2));
+    assert_eq!(
+        s.selector.as_deref(),
+        Some("app.kubernetes.io/instance=sensors,starling.dev/broker=sensors")
+    );
 }

@@ -205,8 +205,16 @@ fn changing_the_pubsub_namespace_breaks_a_transition_rule() {
 #[test]
 fn the_schema_bounds_replicas_and_ports() {
     let crd = serde_json::to_value(Broker::crd()).expect("crd serializes");
+    assert_eq!(
+        crd["spec"]["versions"][0]["subresources"]["scale"],
+        serde_json::json!({
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector"
+        })
+    );
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    assert_eq!(spec["replicas"]["maximum"], 1.0);
+    assert_eq!(spec["replicas"]["maximum"], 64.0);
     assert_eq!(spec["replicas"]["minimum"], 0.0);
     assert_eq!(
         spec["listeners"]["properties"]["mqtts"]["properties"]["port"]["maximum"],

@@ -85,6 +85,9 @@ pub fn broker_args(b: &Broker, settings: &Settings, broker_id: &str) -> Vec<Stri
         "--data-dir".to_owned(),
         DATA_DIR.to_owned(),
     ]);
+    for url in &settings.cluster_nats {
+        args.extend(["--cluster-nats".to_owned(), url.clone()]);
+    }
     args
 }
 
@@ -540,6 +543,30 @@ mod tests {
             .find(|v| v.name == m.name)
             .expect("a data volume");
         (m.mount_path, v)
+    }
+
+    #[test]
+    fn the_brokers_join_the_operators_nats_cluster_when_it_has_one() {
+        let mut s = settings();
+        s.cluster_nats = vec![
+            "nats://nats-0.nats:4222".to_owned(),
+            "nats://nats-1.nats:4222".to_owned(),
+        ];
+        let b = broker(serde_json::json!({"replicas": 3}));
+        let args = container(&desired_deployment(&b, &s, "b", "x"))
+            .args
+            .expect("args")
+            .join(" ");
+        assert!(
+            args.ends_with(
+                "--cluster-nats nats://nats-0.nats:4222 --cluster-nats nats://nats-1.nats:4222"
+            ),
+            "{args}"
+        );
+        let plain = container(&desired_deployment(&b, &settings(), "b", "x"))
+            .args
+            .expect("args");
+        assert!(!plain.contains(&"--cluster-nats".to_owned()));
     }
 
     #[test]

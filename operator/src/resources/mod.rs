@@ -57,6 +57,9 @@ pub struct Settings {
     /// With `Some(monitoring namespace)`, each Broker gets a NetworkPolicy
     /// ([`desired_network_policy`]) whose metrics port only that namespace reaches.
     pub network_policy: Option<String>,
+    /// NATS servers every broker joins its replicas through (`--cluster-nats`); empty: each
+    /// Broker runs one replica on its own store.
+    pub cluster_nats: Vec<String>,
 }
 
 /// Object names derived from the Broker's name.
@@ -92,6 +95,28 @@ pub mod names {
             .clone()
             .unwrap_or_else(|| format!("{}-tls", b.name_any()))
     }
+}
+
+/// [`selector_labels`] as a label selector string (`k=v,k=v`), for the scale subresource.
+pub fn selector_string(b: &Broker) -> String {
+    selector_labels(b)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether `b` may run with `settings`: more than one replica needs a NATS cluster, and a claim
+/// (`spec.storage`) is for one replica only.
+pub fn check_replicas(b: &Broker, settings: &Settings) -> Result<(), crate::error::Error> {
+    let n = b.spec.replicas;
+    if n > 1 && settings.cluster_nats.is_empty() {
+        return Err(crate::error::Error::ReplicasNeedCluster(n));
+    }
+    if n > 1 && b.spec.storage.is_some() {
+        return Err(crate::error::Error::StorageWithReplicas(n));
+    }
+    Ok(())
 }
 
 /// Labels on every object the operator makes for `b`.
@@ -194,6 +219,7 @@ pub(crate) mod fixtures {
             broker_hook: super::BrokerHook::default(),
             tenancy: crate::tenancy::Tenancy::default(),
             network_policy: None,
+            cluster_nats: Vec::new(),
         }
     }
 }
