@@ -114,6 +114,7 @@ fn settings(args: &Args) -> Value {
         "label": args.label,
         "host": args.host,
         "port": args.port,
+        "subscriber_port": args.subscriber_port,
         "mqtt_version": if args.v5() { "5.0" } else { "3.1.1" },
         "qos": args.qos,
         "payload": args.payload,

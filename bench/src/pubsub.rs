@@ -57,8 +57,16 @@ pub(crate) async fn run(args: Arc<Args>, flow: Flow) -> io::Result<Value> {
 
     let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
     let mut joining = JoinSet::new();
+    // Subscribers on another replica of the same broker, with --subscriber-port.
+    let sub_args = match args.subscriber_port {
+        Some(port) => Arc::new(crate::args::Args {
+            port,
+            ..(*args).clone()
+        }),
+        None => args.clone(),
+    };
     for i in 0..flow.subscribers {
-        let (args, filter, gate) = (args.clone(), flow.filter.clone(), gate.clone());
+        let (args, filter, gate) = (sub_args.clone(), flow.filter.clone(), gate.clone());
         joining.spawn(async move {
             let _permit = gate.acquire().await.map_err(|e| error(e.to_string()))?;
             let keep = args.persistent.then_some(SESSION_EXPIRY_SECS);
