@@ -30,7 +30,7 @@ all_on=(--set operator.watchNamespaces='{iot,factory}' --set metrics.serviceMoni
   --set operator.brokerHook.allowedHosts='{moderation.default.svc,10.0.0.7,fd00::7}'
   --set operator.brokerHook.allowHttp=true --set operator.brokerHook.allowPrivateAddresses=true
   --set operator.brokerHook.timeoutMs=2500 --set 'operator.tenancy.allow.iot={factory,fleet}'
-  --set 'nats.urls={nats://nats-0.nats.messaging.svc:4222,tls://nats-1.nats.messaging.svc:4222}')
+  --set nats.install.enabled=true)
 external_db=(--set postgresql.enabled=false --set api.database.url=postgres://starling:pw@db.example.com:5432/starling
   --set api.adminToken.existingSecret=admin --set api.keyEncryptionKey.existingSecret=kek)
 
@@ -44,7 +44,7 @@ for bad in operator.replicas=-1 operator.maxConcurrentReconciles=0 operator.maxC
   operator.brokerHook.allowedHosts='{http://moderation.default.svc}' operator.brokerHook.allowedHosts='{moderation.default.svc:8080}' \
   operator.brokerHook.allowedHosts='{10.0.0.7:8080}' operator.brokerHook.allowedHosts='{*.default.svc}' \
   operator.brokerHook.allowHttp=yes operator.brokerHook.timeoutMs=0 operator.brokerHook.timeoutMs=600001 \
-  operator.brokerHook.allowAll=true operator.tenancy.allow.Iot='{x}' operator.tenancy.allow.iot='{a/b}' nats.urls='{http://nats:4222}' nats.url=nats://nats:4222; do
+  operator.brokerHook.allowAll=true operator.tenancy.allow.Iot='{x}' operator.tenancy.allow.iot='{a/b}' nats.urls='{http://nats:4222}' nats.url=nats://nats:4222 nats.install.replicas=2; do
   if helm lint --strict "$chart" --set "$bad" >"$work/lint.out" 2>&1; then
     fail "helm lint accepted --set $bad"
   fi
@@ -227,6 +227,29 @@ for d in docs:
 print("ingress and RBAC shape ok")
 PY
 
+# An existing NATS cluster: its URLs reach the operator as they are.
+helm template starling "$chart" -n starling-system --set 'nats.urls={nats://nats-0.nats.messaging.svc:4222,tls://nats-1.nats.messaging.svc:4222}' \
+  | grep -A1 'name: STARLING_OPERATOR_BROKER_CLUSTER_NATS' | grep -q 'value: "nats://nats-0.nats.messaging.svc:4222,tls://nats-1.nats.messaging.svc:4222"' \
+  || fail "nats.urls do not reach the operator"
+# The chart's own NATS: three pods routed to each other, JetStream on a claim each, clients only
+# from broker pods.
+python3 - "$work/all-on.yaml" <<'PY' || fail "the chart's NATS cluster is rendered wrong"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+[sts] = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "starling-nats"]
+assert sts["spec"]["replicas"] == 3, sts["spec"]
+assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == ["ReadWriteOnce"]
+[cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-nats"]
+conf = cm["data"]["nats.conf"]
+assert "jetstream" in conf and "store_dir: /data" in conf, conf
+for i in range(3):
+    assert f"nats://starling-nats-{i}.starling-nats-headless.starling-system.svc:6222" in conf, conf
+[np] = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "starling-nats"]
+client = [r for r in np["spec"]["ingress"] if r["ports"][0]["port"] == "client"]
+assert client[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "starling-broker", np
+print("nats cluster ok")
+PY
+
 # The operator's broker-hook rules: its env only when set, with names the operator reads; a
 # values file's numbers (floats to Helm) render as integers.
 printf 'operator:\n  brokerHook:\n    timeoutMs: 600000\n' >"$work/hook-values.yaml"
@@ -242,7 +265,8 @@ default, all_on, from_file = (operator_env(p) for p in sys.argv[1:4])
 hook = lambda env: {k: v for k, v in env.items() if k.startswith("STARLING_OPERATOR_BROKER_HOOK_")}
 assert "STARLING_OPERATOR_TENANCY_ALLOW" not in default, default
 assert "STARLING_OPERATOR_BROKER_CLUSTER_NATS" not in default, default
-assert all_on["STARLING_OPERATOR_BROKER_CLUSTER_NATS"] == "nats://nats-0.nats.messaging.svc:4222,tls://nats-1.nats.messaging.svc:4222", all_on
+assert all_on["STARLING_OPERATOR_BROKER_CLUSTER_NATS"] == ",".join(
+    f"nats://starling-nats-{i}.starling-nats-headless.starling-system.svc:4222" for i in range(3)), all_on
 assert all_on["STARLING_OPERATOR_TENANCY_ALLOW"] == "iot=factory,iot=fleet", all_on
 assert hook(default) == {}, hook(default)
 assert hook(all_on) == {

@@ -29,6 +29,19 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- define "starling.operator.name" -}}{{ include "starling.fullname" . }}-operator{{- end -}}
 {{- define "starling.api.name" -}}{{ include "starling.fullname" . }}-api{{- end -}}
 {{- define "starling.api.internalName" -}}{{ include "starling.fullname" . }}-api-internal{{- end -}}
+{{- define "starling.nats.name" -}}{{ include "starling.fullname" . }}-nats{{- end -}}
+{{- define "starling.nats.urls" -}}
+{{- if .Values.nats.install.enabled -}}
+{{- $name := include "starling.nats.name" . -}}
+{{- $urls := list -}}
+{{- range $i, $_ := until (int .Values.nats.install.replicas) -}}
+{{- $urls = append $urls (printf "nats://%s-%d.%s-headless.%s.svc:4222" $name $i $name $.Release.Namespace) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- else -}}
+{{- join "," .Values.nats.urls -}}
+{{- end -}}
+{{- end -}}
 {{- define "starling.postgresql.name" -}}{{ include "starling.fullname" . }}-postgresql{{- end -}}
 
 {{- define "starling.adminToken.secret" -}}
