@@ -188,12 +188,16 @@ impl Tenant {
     }
 
     /// Why durable work is refused now because the other replicas cannot be reached (the NATS
-    /// connection is down), if it is.
+    /// connection is down, or the queue to it is full), if it is.
     pub fn cluster_failure(&self) -> Option<&'static str> {
-        self.cluster
-            .get()
-            .filter(|l| !l.is_connected())
-            .map(|_| "the broker's replicas cannot be reached (NATS connection down)")
+        let link = self.cluster.get()?;
+        if !link.is_connected() {
+            Some("the broker's replicas cannot be reached (NATS connection down)")
+        } else if link.is_backed_up() {
+            Some("the way to the broker's other replicas is full; retry later")
+        } else {
+            None
+        }
     }
 
     /// Routes a message published on another replica to this replica's ordinary subscribers

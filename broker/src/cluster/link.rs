@@ -10,8 +10,10 @@
 //! Order: one bounded queue and one task send this replica's messages in the order they were
 //! published, over one connection; NATS keeps that order to each subscriber, and each tenant
 //! reads its messages from one subscription in that order, so messages of one publisher to
-//! one topic arrive in order on every replica. When the queue is full a message is not sent
-//! to the other replicas (counted in `starling_cluster_errors` and logged).
+//! one topic arrive in order on every replica. While the queue is full a QoS 1 or 2
+//! publication is refused (0x80, [`crate::tenant::Tenant::cluster_failure`]); a QoS 0 message
+//! then reaches this replica's subscribers only (counted in `starling_cluster_errors` and
+//! logged).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,6 +146,12 @@ impl Link {
     /// Whether the connection to NATS is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Whether the queue to NATS has no room left now (a QoS 1 or 2 publication is then
+    /// refused rather than acknowledged and not sent on).
+    pub fn is_backed_up(&self) -> bool {
+        self.send.capacity() == 0
     }
 
     /// Sends `message`, published on this replica in `tenant`, to the other replicas.
