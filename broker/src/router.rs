@@ -179,11 +179,7 @@ impl Router {
         group: &str,
     ) -> Option<Routed> {
         let root = self.root.read();
-        let mut node = &*root;
-        for level in filter.split('/') {
-            node = node.children.get(level)?;
-        }
-        let g = node.shared.iter().find(|g| &*g.target.group == group)?;
+        let g = shared_group(&root, filter, group)?;
         let sub = pick_member(g)?;
         Some((
             sub.session.clone(),
@@ -201,11 +197,7 @@ impl Router {
         exclude: u64,
     ) -> Option<Routed> {
         let root = self.root.read();
-        let mut node = &*root;
-        for level in filter.split('/') {
-            node = node.children.get(level)?;
-        }
-        let g = node.shared.iter().find(|g| &*g.target.group == group)?;
+        let g = shared_group(&root, filter, group)?;
         let n = g.members.len();
         let start = g.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
@@ -218,6 +210,15 @@ impl Router {
                 )
             })
     }
+}
+
+/// The shared group `group` on `filter` (as written), if it has members here.
+fn shared_group<'a>(root: &'a Node, filter: &str, group: &str) -> Option<&'a SharedGroup> {
+    let mut node = root;
+    for level in filter.split('/') {
+        node = node.children.get(level)?;
+    }
+    node.shared.iter().find(|g| &*g.target.group == group)
 }
 
 fn delivery(message: &Arc<Message>, sub: &Subscriber, shared: Option<SharedTarget>) -> Delivery {

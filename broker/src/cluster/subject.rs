@@ -197,24 +197,6 @@ pub fn queue_group(tenant: &str, group: &str, filter: &str) -> String {
     s
 }
 
-/// Whether an MQTT topic filter matches a topic name (the rules of [MQTT-4.7]).
-pub fn mqtt_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
 /// Whether a NATS subscription subject (with `*` and `>`) matches a published subject (the
 /// rules of the NATS server: `*` one token, `>` one or more at the end).
 pub fn nats_matches(pattern: &str, subject: &str) -> bool {
@@ -327,7 +309,7 @@ mod tests {
             let subject = topic_to_subject("t", &topic);
             let subjects = filter_to_subjects("t", &filter);
             let nats = subjects.iter().any(|p| nats_matches(p, &subject));
-            prop_assert_eq!(nats, mqtt_matches(&filter, &topic), "{:?} {}", subjects, subject);
+            prop_assert_eq!(nats, starling_codec::topic::matches_levels(&filter, &topic), "{:?} {}", subjects, subject);
             // A message matches at most one of a filter's subjects: never delivered twice.
             prop_assert!(subjects.iter().filter(|p| nats_matches(p, &subject)).count() <= 1);
         }
