@@ -1,27 +1,24 @@
 //! Acknowledgements from the client: PUBACK and PUBCOMP complete an in-flight delivery,
 //! PUBREC moves a QoS 2 one on to PUBREL, PUBREL releases a QoS 2 message the broker received.
 
-use starling_codec::{
-    AckProperties, Packet, ProtocolVersion, PubComp, PubRec, PubRel, QoS, ReasonCode,
-};
+use starling_codec::{AckProperties, Packet, ProtocolVersion, PubRec, PubRel, QoS, ReasonCode};
 
-use super::{Connection, v5_or_success};
+use super::Connection;
 use crate::metrics::DropReason;
 use crate::session::Inflight;
 use crate::transport::AsyncIo;
 
 impl<IO: AsyncIo> Connection<IO> {
     pub(super) fn on_pubrel(&mut self, r: PubRel) {
-        let reason = if self.state.release_receipt(r.packet_id) {
-            ReasonCode::SUCCESS
+        let (reason, commit) = if self.state.release_receipt(r.packet_id) {
+            (
+                ReasonCode::SUCCESS,
+                self.state.durable().and_then(|s| s.durable()),
+            )
         } else {
-            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+            (ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None)
         };
-        self.send(&Packet::PubComp(PubComp {
-            packet_id: r.packet_id,
-            reason: v5_or_success(self.negotiated.version, reason),
-            properties: AckProperties::default(),
-        }));
+        self.complete_after(r.packet_id, reason, commit);
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client.
@@ -63,10 +60,7 @@ impl<IO: AsyncIo> Connection<IO> {
             return;
         }
         self.state.insert_inflight(r.packet_id, Inflight::Released);
-        self.send(&Packet::PubRel(PubRel {
-            packet_id: r.packet_id,
-            reason: ReasonCode::SUCCESS,
-            properties: AckProperties::default(),
-        }));
+        let commit = self.state.durable().and_then(|s| s.durable());
+        self.release_after(r.packet_id, commit);
     }
 }

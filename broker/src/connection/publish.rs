@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
-use starling_codec::{MqttString, Packet, PubAck, PubRec, Publish, QoS, ReasonCode, topic};
+use starling_codec::{
+    AckProperties, MqttString, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
+    topic,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -60,12 +63,25 @@ impl HookPending {
 /// An acknowledgement waiting for the store's commit (or behind one that does: they go out
 /// in the order of the PUBLISHes [MQTT-4.6.0-2]).
 pub(super) struct AckDone {
+    /// What goes out once the commit is done.
+    kind: AckKind,
     qos: QoS,
     packet_id: u16,
     reason: ReasonCode,
     why: Option<&'static str>,
     /// What the commit said; `Ok` for an acknowledgement that waited only for its turn.
     committed: Result<(), Failure>,
+}
+
+/// What a packet waiting for the store's commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckKind {
+    /// PUBACK or PUBREC of the client's PUBLISH.
+    Publish,
+    /// PUBREL of a QoS 2 delivery whose PUBREC is recorded.
+    PubRel,
+    /// PUBCOMP of a QoS 2 message of the client's that is released.
+    PubComp,
 }
 
 /// Acknowledgements waiting for the store, in PUBLISH order; allocated with the first one.
@@ -259,6 +275,7 @@ impl<IO: AsyncIo> Connection<IO> {
                 None => Ok(()),
             };
             AckDone {
+                kind: AckKind::Publish,
                 qos,
                 packet_id,
                 reason,
@@ -266,6 +283,80 @@ impl<IO: AsyncIo> Connection<IO> {
                 committed,
             }
         }));
+    }
+
+    /// Sends PUBREL for the QoS 2 delivery under `packet_id` once the store holds its PUBREC
+    /// (`commit`): were PUBREL sent first and the broker stopped before the commit, the
+    /// delivery would be read back as unanswered and sent again, and the client, which
+    /// completed it, would take it as a new message. Without a durable store it goes at once.
+    pub(super) fn release_after(
+        &mut self,
+        packet_id: u16,
+        commit: Option<oneshot::Receiver<Result<(), Failure>>>,
+    ) {
+        self.qos2_after(AckKind::PubRel, packet_id, ReasonCode::SUCCESS, commit);
+    }
+
+    /// Sends PUBCOMP (`reason`) for the client's QoS 2 message under `packet_id` once the store
+    /// no longer holds its receipt (`commit`): were PUBCOMP sent first and the broker stopped
+    /// before the commit, the receipt read back would take the client's next PUBLISH under the
+    /// same id for a resend and drop it.
+    pub(super) fn complete_after(
+        &mut self,
+        packet_id: u16,
+        reason: ReasonCode,
+        commit: Option<oneshot::Receiver<Result<(), Failure>>>,
+    ) {
+        self.qos2_after(AckKind::PubComp, packet_id, reason, commit);
+    }
+
+    fn qos2_after(
+        &mut self,
+        kind: AckKind,
+        packet_id: u16,
+        reason: ReasonCode,
+        commit: Option<oneshot::Receiver<Result<(), Failure>>>,
+    ) {
+        let waiting = self.durable_acks.as_ref().is_some_and(|a| !a.is_empty());
+        if commit.is_none() && !waiting {
+            self.send_qos2(kind, packet_id, reason);
+            return;
+        }
+        let acks = self
+            .durable_acks
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()));
+        acks.push_back(Box::pin(async move {
+            let committed = match commit {
+                Some(rx) => rx.await.unwrap_or(Err(Failure::Io)),
+                None => Ok(()),
+            };
+            AckDone {
+                kind,
+                qos: QoS::ExactlyOnce,
+                packet_id,
+                reason,
+                why: None,
+                committed,
+            }
+        }));
+    }
+
+    fn send_qos2(&mut self, kind: AckKind, packet_id: u16, reason: ReasonCode) {
+        let reason = v5_or_success(self.negotiated.version, reason);
+        let properties = AckProperties::default();
+        match kind {
+            AckKind::PubRel => self.send(&Packet::PubRel(PubRel {
+                packet_id,
+                reason,
+                properties,
+            })),
+            AckKind::PubComp => self.send(&Packet::PubComp(PubComp {
+                packet_id,
+                reason,
+                properties,
+            })),
+            AckKind::Publish => {}
+        }
     }
 
     /// Whether reading from the client waits for acknowledgements that wait for the store.
@@ -279,12 +370,19 @@ impl<IO: AsyncIo> Connection<IO> {
     /// refusal (0x97 disk full, 0x80 otherwise) and releases a QoS 2 message.
     pub(super) fn on_committed(&mut self, done: AckDone) {
         let AckDone {
+            kind,
             qos,
             packet_id,
             mut reason,
             mut why,
             committed,
         } = done;
+        if kind != AckKind::Publish {
+            // A failed commit is counted by the store; the exchange goes on (the client holds
+            // or has released the message either way).
+            self.send_qos2(kind, packet_id, reason);
+            return;
+        }
         if let (Err(failure), ReasonCode::SUCCESS) = (committed, reason) {
             reason = failure.reason();
             why = Some(failure.describe());
@@ -403,6 +501,12 @@ impl<IO: AsyncIo> Connection<IO> {
         }
         let mut congested = None;
         let mut stored = false;
+        if qos == QoS::ExactlyOnce {
+            // The receipt is written before what the message changes, so no commit holds the
+            // routed message without it: after a crash, the publisher's resend (it had no
+            // PUBREC) is recognised as known instead of routed a second time.
+            self.state.own_receipt(packet_id);
+        }
         let routed = tenant.publish_noting_congestion(
             message,
             &mut self.scratch,
@@ -411,6 +515,9 @@ impl<IO: AsyncIo> Connection<IO> {
             &mut stored,
         );
         if let Err(RetainedFull) = routed {
+            if qos == QoS::ExactlyOnce {
+                self.state.release_receipt(packet_id);
+            }
             self.acknowledge(
                 qos,
                 packet_id,
