@@ -260,9 +260,25 @@ impl<IO: AsyncIo> Connection<IO> {
             // Owned now: a resend while the commit runs is recognised.
             self.state.own_receipt(packet_id);
         }
+        self.after_commit(AckKind::Publish, qos, packet_id, reason, why, commit);
+    }
+
+    /// Sends the packet `kind` says once `commit` is done, and after every one already waiting.
+    fn after_commit(
+        &mut self,
+        kind: AckKind,
+        qos: QoS,
+        packet_id: u16,
+        reason: ReasonCode,
+        why: Option<&'static str>,
+        commit: Option<oneshot::Receiver<Result<(), Failure>>>,
+    ) {
         let waiting = self.durable_acks.as_ref().is_some_and(|a| !a.is_empty());
         if commit.is_none() && !waiting {
-            self.send_ack(qos, packet_id, reason, why);
+            match kind {
+                AckKind::Publish => self.send_ack(qos, packet_id, reason, why),
+                _ => self.send_qos2(kind, packet_id, reason),
+            }
             return;
         }
         let acks = self
@@ -275,7 +291,7 @@ impl<IO: AsyncIo> Connection<IO> {
                 None => Ok(()),
             };
             AckDone {
-                kind: AckKind::Publish,
+                kind,
                 qos,
                 packet_id,
                 reason,
@@ -294,7 +310,14 @@ impl<IO: AsyncIo> Connection<IO> {
         packet_id: u16,
         commit: Option<oneshot::Receiver<Result<(), Failure>>>,
     ) {
-        self.qos2_after(AckKind::PubRel, packet_id, ReasonCode::SUCCESS, commit);
+        self.after_commit(
+            AckKind::PubRel,
+            QoS::ExactlyOnce,
+            packet_id,
+            ReasonCode::SUCCESS,
+            None,
+            commit,
+        );
     }
 
     /// Sends PUBCOMP (`reason`) for the client's QoS 2 message under `packet_id` once the store
@@ -307,38 +330,14 @@ impl<IO: AsyncIo> Connection<IO> {
         reason: ReasonCode,
         commit: Option<oneshot::Receiver<Result<(), Failure>>>,
     ) {
-        self.qos2_after(AckKind::PubComp, packet_id, reason, commit);
-    }
-
-    fn qos2_after(
-        &mut self,
-        kind: AckKind,
-        packet_id: u16,
-        reason: ReasonCode,
-        commit: Option<oneshot::Receiver<Result<(), Failure>>>,
-    ) {
-        let waiting = self.durable_acks.as_ref().is_some_and(|a| !a.is_empty());
-        if commit.is_none() && !waiting {
-            self.send_qos2(kind, packet_id, reason);
-            return;
-        }
-        let acks = self
-            .durable_acks
-            .get_or_insert_with(|| Box::new(FuturesOrdered::new()));
-        acks.push_back(Box::pin(async move {
-            let committed = match commit {
-                Some(rx) => rx.await.unwrap_or(Err(Failure::Io)),
-                None => Ok(()),
-            };
-            AckDone {
-                kind,
-                qos: QoS::ExactlyOnce,
-                packet_id,
-                reason,
-                why: None,
-                committed,
-            }
-        }));
+        self.after_commit(
+            AckKind::PubComp,
+            QoS::ExactlyOnce,
+            packet_id,
+            reason,
+            None,
+            commit,
+        );
     }
 
     fn send_qos2(&mut self, kind: AckKind, packet_id: u16, reason: ReasonCode) {
