@@ -300,10 +300,16 @@ pub struct StorageConfig {
     /// A store that does not open (corrupt, truncated) is moved aside and the broker starts
     /// with what could be kept, instead of refusing to start.
     pub repair: bool,
+    /// MiB of the store file's pages kept in memory (1 to 65,536; default 32). The engine's
+    /// own default is 1 GiB, which the process would grow into as the store is written.
+    pub cache_mb: u64,
 }
 
 /// The largest `storage.interval_ms`.
 pub const MAX_STORAGE_INTERVAL_MS: u64 = 60_000;
+
+/// The largest `storage.cache_mb`.
+pub const MAX_STORAGE_CACHE_MB: u64 = 65_536;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -311,6 +317,7 @@ impl Default for StorageConfig {
             sync: SyncPolicy::Sync,
             interval_ms: 100,
             repair: false,
+            cache_mb: 32,
         }
     }
 }
@@ -356,6 +363,8 @@ pub struct Overrides {
     pub storage_interval_ms: Option<u64>,
     /// `--storage-repair`: `[storage] repair = true`.
     pub storage_repair: bool,
+    /// `--storage-cache-mb N`: `[storage] cache_mb`.
+    pub storage_cache_mb: Option<u64>,
     /// `--cluster-nats URL` (repeatable): NATS servers added to `[cluster] nats`.
     pub cluster_nats: Vec<String>,
 }
@@ -464,6 +473,9 @@ impl Config {
         if overrides.storage_repair {
             config.storage.repair = true;
         }
+        if let Some(mb) = overrides.storage_cache_mb {
+            config.storage.cache_mb = mb;
+        }
         config
             .cluster
             .nats
@@ -558,6 +570,12 @@ impl Config {
             problems.push(format!(
                 "storage.interval_ms {} is outside 1 to {MAX_STORAGE_INTERVAL_MS}",
                 self.storage.interval_ms
+            ));
+        }
+        if self.storage.cache_mb == 0 || self.storage.cache_mb > MAX_STORAGE_CACHE_MB {
+            problems.push(format!(
+                "storage.cache_mb {} is outside 1 to {MAX_STORAGE_CACHE_MB}",
+                self.storage.cache_mb
             ));
         }
         problems.extend(self.cluster.problems());
@@ -814,28 +832,38 @@ mod tests {
         assert_eq!(c.storage.sync, SyncPolicy::Sync);
         assert_eq!(c.storage.interval_ms, 100);
         assert!(!c.storage.repair);
-        let file = "[storage]\nsync = \"interval\"\ninterval_ms = 250\nrepair = false\n";
+        assert_eq!(c.storage.cache_mb, 32);
+        let file =
+            "[storage]\nsync = \"interval\"\ninterval_ms = 250\nrepair = false\ncache_mb = 8\n";
         let c = Config::load(Some(file), [], &flags_with_listener()).unwrap();
         assert_eq!(c.storage.sync, SyncPolicy::Interval);
         assert_eq!(c.storage.interval_ms, 250);
+        assert_eq!(c.storage.cache_mb, 8);
         let flags = Overrides {
             storage_sync: Some(SyncPolicy::Sync),
             storage_interval_ms: Some(20),
             storage_repair: true,
+            storage_cache_mb: Some(64),
             ..flags_with_listener()
         };
         let c = Config::load(Some(file), [], &flags).unwrap();
         assert_eq!(c.storage.sync, SyncPolicy::Sync);
         assert_eq!(c.storage.interval_ms, 20);
         assert!(c.storage.repair);
-        for bad in ["interval_ms = 0", "interval_ms = 60001"] {
+        assert_eq!(c.storage.cache_mb, 64);
+        for (bad, key) in [
+            ("interval_ms = 0", "storage.interval_ms"),
+            ("interval_ms = 60001", "storage.interval_ms"),
+            ("cache_mb = 0", "storage.cache_mb"),
+            ("cache_mb = 65537", "storage.cache_mb"),
+        ] {
             let err = Config::load(
                 Some(&format!("[storage]\n{bad}\n")),
                 [],
                 &flags_with_listener(),
             )
             .unwrap_err();
-            assert!(err.to_string().contains("storage.interval_ms"), "{err}");
+            assert!(err.to_string().contains(key), "{err}");
         }
         let err = Config::load(
             Some("[storage]\nsync = \"never\"\n"),

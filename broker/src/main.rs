@@ -72,6 +72,9 @@ struct Flags {
     /// kept, instead of refusing to start.
     #[arg(long)]
     storage_repair: bool,
+    /// MiB of the store's pages kept in memory (default 32).
+    #[arg(long, value_name = "N")]
+    storage_cache_mb: Option<u64>,
     /// A NATS server of the cluster this replica joins (repeatable), e.g. nats://127.0.0.1:4222;
     /// adds to `[cluster] nats`.
     #[arg(long, value_name = "URL")]
@@ -131,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         }),
         storage_interval_ms: flags.storage_interval_ms,
         storage_repair: flags.storage_repair,
+        storage_cache_mb: flags.storage_cache_mb,
         cluster_nats: flags.cluster_nats.clone(),
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;

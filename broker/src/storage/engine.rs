@@ -76,6 +76,7 @@ pub trait Engine: Send {
 /// redb: a single file, copy-on-write B-trees, a commit is durable when it returns.
 pub struct Redb {
     path: PathBuf,
+    cache_bytes: usize,
     db: Option<redb::Database>,
 }
 
@@ -89,9 +90,10 @@ impl std::fmt::Debug for Redb {
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Redb {
-    /// Opens (or creates) the database at `path` and reads every record.
-    pub fn open(path: &Path) -> Result<(Self, Records), EngineError> {
-        let db = redb::Database::create(path).map_err(EngineError::from_redb)?;
+    /// Opens (or creates) the database at `path`, keeping at most `cache_bytes` of its pages in
+    /// memory, and reads every record.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<(Self, Records), EngineError> {
+        let db = Self::create(path, cache_bytes)?;
         let mut records = Vec::new();
         {
             let tx = db.begin_write().map_err(EngineError::from_redb)?;
@@ -108,10 +110,18 @@ impl Redb {
         Ok((
             Redb {
                 path: path.to_path_buf(),
+                cache_bytes,
                 db: Some(db),
             },
             records,
         ))
+    }
+
+    fn create(path: &Path, cache_bytes: usize) -> Result<redb::Database, EngineError> {
+        redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(EngineError::from_redb)
     }
 
     fn try_commit(db: &redb::Database, ops: &[Op]) -> Result<(), EngineError> {
@@ -150,7 +160,7 @@ impl Engine for Redb {
     fn commit(&mut self, ops: &[Op]) -> Result<(), EngineError> {
         if self.db.is_none() {
             // After a failed write redb refuses further ones until it is opened again.
-            self.db = Some(redb::Database::create(&self.path).map_err(EngineError::from_redb)?);
+            self.db = Some(Self::create(&self.path, self.cache_bytes)?);
         }
         let Some(db) = &self.db else {
             return Err(EngineError {

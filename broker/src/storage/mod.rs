@@ -188,8 +188,9 @@ impl Storage {
             source,
         })?;
         let file = dir.join(engine::FILE);
+        let cache_bytes = usize::try_from(config.cache_mb << 20).unwrap_or(usize::MAX);
         let started = std::time::Instant::now();
-        let (engine, records) = match engine::Redb::open(&file) {
+        let (engine, records) = match engine::Redb::open(&file, cache_bytes) {
             Ok(x) => x,
             Err(e) if e.in_use => return Err(OpenError::InUse { file }),
             Err(e) if config.repair => {
@@ -204,7 +205,7 @@ impl Storage {
                     dir: dir.clone(),
                     source,
                 })?;
-                engine::Redb::open(&file).map_err(|e| OpenError::Corrupt {
+                engine::Redb::open(&file, cache_bytes).map_err(|e| OpenError::Corrupt {
                     file: file.clone(),
                     reason: e.to_string(),
                 })?
@@ -861,6 +862,7 @@ mod tests {
             sync,
             interval_ms: 20,
             repair: false,
+            cache_mb: 4,
         }
     }
 
