@@ -151,9 +151,13 @@ async fn a_subscribe_with_2000_copies_of_hash_over_10000_retained_messages_stays
             growth < 20 * 1000 * 1000,
             "the broker grew by {growth} bytes"
         );
+        // Not a latency figure (that is the benchmarks' part): a broker that served the
+        // SUBSCRIBE on a shared thread or under a shared lock kept another client waiting for
+        // about the whole delivery; a loaded machine, which also slows the delivery, can delay
+        // one PING by tens of ms.
         assert!(
-            worst_ping < Duration::from_millis(100),
-            "another client's PING took {worst_ping:?}"
+            worst_ping < Duration::from_millis(100).max(delivered_in / 2),
+            "another client's PING waited {worst_ping:?} while the retained messages took {delivered_in:?}"
         );
     })
 }
