@@ -235,12 +235,21 @@ impl AuthConfig {
 pub struct ShutdownConfig {
     /// How long connections get to drain after DISCONNECT 0x8B before they are dropped.
     pub drain_timeout_secs: u64,
+    /// Where an MQTT 5 client should reconnect (the Server Reference of the DISCONNECT 0x8B a
+    /// shutdown sends), for example the address of the other replicas behind a load balancer;
+    /// none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_reference: Option<String>,
 }
+
+/// The longest `shutdown.server_reference` (it goes in every shutdown's DISCONNECT).
+pub const MAX_SERVER_REFERENCE_LEN: usize = 1024;
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout_secs: 10,
+            server_reference: None,
         }
     }
 }
@@ -498,6 +507,14 @@ impl Config {
                 problems.extend(own.problems(&format!("listeners[{i}].limits.")));
             }
         }
+        if let Some(r) = &self.shutdown.server_reference {
+            if r.is_empty() || r.len() > MAX_SERVER_REFERENCE_LEN || r.chars().any(char::is_control)
+            {
+                problems.push(format!(
+                    "shutdown.server_reference must be 1 to {MAX_SERVER_REFERENCE_LEN} bytes without control characters"
+                ));
+            }
+        }
         let l = self.limits.resolve();
         if l.max_keep_alive_secs != 0 && l.min_keep_alive_secs > l.max_keep_alive_secs {
             problems.push("limits.min_keep_alive_secs is above max_keep_alive_secs".into());
@@ -719,6 +736,29 @@ mod tests {
                 .contains("cluster.user and cluster.password"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_server_reference_is_bounded_and_has_no_control_characters() {
+        let load = |v: &str| {
+            Config::load(
+                Some(&format!("[shutdown]\nserver_reference = {v:?}\n")),
+                [],
+                &flags_with_listener(),
+            )
+        };
+        let ok = load("mqtts://mqtt.example.com:8883").unwrap();
+        assert_eq!(
+            ok.shutdown.server_reference.as_deref(),
+            Some("mqtts://mqtt.example.com:8883")
+        );
+        for bad in ["", "a\nb", &"x".repeat(MAX_SERVER_REFERENCE_LEN + 1)] {
+            let err = load(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("shutdown.server_reference"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The HTTP listener: `/healthz` (the process runs), `/readyz` (listeners bound and not
-//! draining) and `/metrics` (Prometheus text format), served by [`serve`] (the `starling-http`
-//! crate's bounded HTTP/1.1 server, which the api's two listeners run on too).
+//! draining), `/metrics` (Prometheus text format) and `/drain` (the graceful shutdown, for a
+//! Kubernetes preStop hook), served by [`serve`] (the `starling-http` crate's bounded HTTP/1.1
+//! server, which the api's two listeners run on too).
+//!
+//! `/drain` answers `GET` as well as `POST` because the kubelet's preStop `httpGet` sends a GET.
+//! It is on this internal listener only, never on an MQTT port: whoever may scrape the metrics
+//! may stop the broker, so keep the listener where only the kubelet and monitoring reach it
+//! (the chart's NetworkPolicy does).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -69,6 +75,8 @@ pub struct HttpState {
     pub ready: Arc<Readiness>,
     /// The metrics to expose.
     pub metrics: Arc<Metrics>,
+    /// The graceful shutdown `/drain` starts.
+    pub drain: Arc<crate::server::Drain>,
 }
 
 /// The HTTP routes.
@@ -77,7 +85,22 @@ pub fn app(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/drain", get(drain).post(drain))
         .with_state(state)
+}
+
+/// Longer than a drain can take besides its deadline (the store's last write).
+const DRAIN_ANSWER_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the graceful shutdown (or joins the one running) and answers once it has ended: 200
+/// when drained, 503 when it still runs after its deadline and some slack (it carries on).
+async fn drain(State(state): State<HttpState>) -> impl IntoResponse {
+    state.drain.start();
+    let bound = state.drain.deadline() + DRAIN_ANSWER_SLACK;
+    match tokio::time::timeout(bound, state.drain.finished()).await {
+        Ok(()) => (StatusCode::OK, "drained\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "still draining\n"),
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {

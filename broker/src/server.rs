@@ -2,10 +2,15 @@
 //! the HTTP listener, and the graceful shutdown.
 //!
 //! Shutdown order: readiness goes false, accept loops stop, every connection gets DISCONNECT
-//! 0x8B, then connections get `shutdown.drain_timeout_secs` to finish before they are dropped.
+//! 0x8B (with `shutdown.server_reference` as its Server Reference for MQTT 5 clients), then
+//! connections get `shutdown.drain_timeout_secs` to finish before they are dropped, and the
+//! store writes what is pending. The same [`Drain`] runs on SIGTERM and on `/drain` of the HTTP
+//! listener (a Kubernetes preStop hook, as the broker's image has no shell); the HTTP listener
+//! keeps answering until the process ends, so a drain's caller gets its answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +25,7 @@ use crate::auth::directory::Directory;
 use crate::auth::token::TokenAuth;
 use crate::auth::{Authenticator, NoAuth, files};
 use crate::config::{AuthMode, Config, ListenerConfig, ListenerKind};
-use crate::connection::{self, ConnectionContext};
+use crate::connection::{self, ConnectionContext, ListenerInfo};
 use crate::control;
 use crate::error::{Error, Result};
 use crate::http::{self, HttpState, Readiness};
@@ -43,9 +48,9 @@ pub struct RunningBroker {
     /// The tenants of token-authenticating listeners.
     pub directory: Arc<Directory>,
     ready: Arc<Readiness>,
-    stop: CancellationToken,
+    drain: Arc<Drain>,
+    http_stop: CancellationToken,
     tracker: TaskTracker,
-    drain: Duration,
     plain_ctx: ConnectionContext,
     /// The TLS listeners' certificates; keeps their directory watches running.
     pub tls: TlsListeners,
@@ -207,7 +212,10 @@ pub async fn start_with_faults(
             metrics: metrics.clone(),
             auth,
             shutdown: stop.clone(),
-            listener: listener.kind,
+            listener: Arc::new(ListenerInfo {
+                kind: listener.kind,
+                server_reference: config.shutdown.server_reference.clone(),
+            }),
         };
         loops.push((tcp, listener.clone(), ctx, transport));
     }
@@ -229,27 +237,42 @@ pub async fn start_with_faults(
         let stop2 = stop.clone();
         tracker.spawn(accept_loop(tcp, listener, ctx, transport, stop2, tracker2));
     }
+    let drain = Arc::new(Drain {
+        ready: ready.clone(),
+        stop: stop.clone(),
+        tracker: tracker.clone(),
+        deadline: Duration::from_secs(config.shutdown.drain_timeout_secs),
+        storage: storage.clone(),
+        started: AtomicBool::new(false),
+        done: CancellationToken::new(),
+    });
     let app = http::app(HttpState {
         ready: ready.clone(),
         metrics: metrics.clone(),
+        drain: drain.clone(),
     });
+    // Its own token: it answers (`/readyz` not ready, `/drain` its result) while connections drain.
+    let http_stop = CancellationToken::new();
     tokio::spawn(http::serve(
         http_listener,
         app,
         config.http.limits(),
-        stop.clone(),
+        http_stop.clone(),
     ));
     for (kind, addr) in &bound {
         info!(listener = kind.as_str(), %addr, "listening");
     }
-    info!(%http_addr, "http listening (/healthz, /readyz, /metrics)");
+    info!(%http_addr, "http listening (/healthz, /readyz, /metrics, /drain)");
     ready.set_listening();
     let plain_ctx = ConnectionContext {
         limits,
         metrics: metrics.clone(),
         auth: no_auth,
         shutdown: stop.clone(),
-        listener: ListenerKind::Mqtt,
+        listener: Arc::new(ListenerInfo {
+            kind: ListenerKind::Mqtt,
+            server_reference: config.shutdown.server_reference.clone(),
+        }),
     };
     Ok(RunningBroker {
         listeners: bound,
@@ -258,21 +281,84 @@ pub async fn start_with_faults(
         metrics,
         directory,
         ready,
-        stop,
+        drain,
+        http_stop,
         tracker,
-        drain: Duration::from_secs(config.shutdown.drain_timeout_secs),
         plain_ctx,
         tls,
         storage,
     })
 }
 
-/// Runs the broker until `shutdown` is cancelled, then shuts down gracefully.
+/// Runs the broker until `shutdown` is cancelled, then shuts down gracefully. A drain asked
+/// for on `/drain` runs the same shutdown earlier; the process then stays up, serving only
+/// HTTP (not ready), until `shutdown` is cancelled (the SIGTERM that follows a preStop hook).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let broker = start(config).await?;
     shutdown.cancelled().await;
     broker.shutdown().await;
     Ok(())
+}
+
+/// The graceful shutdown, run once whoever asks first (SIGTERM or `/drain`); every asker waits
+/// for the same end.
+#[derive(Debug)]
+pub struct Drain {
+    ready: Arc<Readiness>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    deadline: Duration,
+    storage: Option<crate::storage::Storage>,
+    started: AtomicBool,
+    done: CancellationToken,
+}
+
+impl Drain {
+    /// Starts the shutdown unless it has started already; it runs on to its end even if no one
+    /// waits for it.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.run().await;
+            me.done.cancel();
+        });
+    }
+
+    /// Waits until the shutdown has ended: connections closed (or the deadline passed) and the
+    /// store written.
+    pub async fn finished(&self) {
+        self.done.cancelled().await;
+    }
+
+    /// How long connections get once DISCONNECT 0x8B went out.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Not ready, stop accepting, DISCONNECT 0x8B, drain within the deadline, close the store.
+    async fn run(&self) {
+        self.ready.set_draining();
+        info!("shutting down");
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                deadline_secs = self.deadline.as_secs(),
+                "connections still open after the drain deadline"
+            );
+        }
+        if let Some(storage) = &self.storage {
+            // What the connections wrote as they closed goes to disk before the process ends.
+            storage.close().await;
+        }
+        info!("drained");
+    }
 }
 
 impl RunningBroker {
@@ -300,25 +386,12 @@ impl RunningBroker {
         client
     }
 
-    /// Graceful shutdown: not ready, stop accepting, DISCONNECT 0x8B, drain within the deadline.
+    /// Graceful shutdown ([`Drain`], or waits for the one `/drain` started), then the HTTP
+    /// listener stops.
     pub async fn shutdown(self) {
-        self.ready.set_draining();
-        info!("shutting down");
-        self.stop.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(self.drain, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                deadline_secs = self.drain.as_secs(),
-                "connections still open after the drain deadline"
-            );
-        }
-        if let Some(storage) = &self.storage {
-            // What the connections wrote as they closed goes to disk before the process ends.
-            storage.close().await;
-        }
+        self.drain.start();
+        self.drain.finished().await;
+        self.http_stop.cancel();
     }
 }
 

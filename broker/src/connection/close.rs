@@ -174,6 +174,15 @@ impl<IO: AsyncIo> Connection<IO> {
             if self.negotiated.problem_info {
                 properties.reason_string = Some(MqttString::from(close.reason_string));
             }
+            // Where to reconnect when the broker goes away, if it is known and fits the
+            // client's Maximum Packet Size with room for the rest.
+            if close.reason == ReasonCode::SERVER_SHUTTING_DOWN {
+                if let Some(reference) = &self.ctx.listener.server_reference {
+                    if reference.len().saturating_add(64) <= self.negotiated.max_packet as usize {
+                        properties.server_reference = Some(MqttString::from(reference.clone()));
+                    }
+                }
+            }
             // [MQTT-3.14.2-3] the reason string goes only when it fits the client's limit.
             self.send(&Packet::Disconnect(Disconnect {
                 reason: close.reason,
@@ -199,7 +208,7 @@ impl<IO: AsyncIo> Connection<IO> {
         info!(
             client_id = %self.session.client_id,
             remote = %self.remote,
-            listener = self.ctx.listener.as_str(),
+            listener = self.ctx.listener.kind.as_str(),
             protocol = ?self.negotiated.version,
             reason = format_args!("0x{:02X}", close.reason.0),
             why = close.log,

@@ -97,7 +97,7 @@ where
             info!(
                 client_id = connect.client_id.as_str(),
                 %remote,
-                listener = ctx.listener.as_str(),
+                listener = ctx.listener.kind.as_str(),
                 protocol = ?version,
                 reason = format_args!("0x{:02X}", refusal.0.0),
                 why = refusal.1,
@@ -308,7 +308,7 @@ async fn accept_connect(
         .auth
         .authenticate(&ConnectInfo {
             connect,
-            listener: ctx.listener,
+            listener: ctx.listener.kind,
             remote,
         })
         .map_err(|r| (r.reason, r.label))?;
@@ -505,7 +505,7 @@ async fn accept_connect(
     info!(
         client_id = %session.client_id,
         %remote,
-        listener = ctx.listener.as_str(),
+        listener = ctx.listener.kind.as_str(),
         protocol = ?version,
         tenant = %tenant.name,
         session_present = present,

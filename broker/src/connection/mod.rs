@@ -70,8 +70,18 @@ pub struct ConnectionContext {
     pub auth: Arc<dyn Authenticator>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// The listener's kind and what its connections are told when the broker shuts down.
+    pub listener: Arc<ListenerInfo>,
+}
+
+/// What a connection knows of its listener (one allocation per listener, keeping the
+/// connection's future small).
+#[derive(Debug)]
+pub struct ListenerInfo {
     /// The listener's kind, for logs.
-    pub listener: ListenerKind,
+    pub kind: ListenerKind,
+    /// The Server Reference of a shutdown's DISCONNECT 0x8B (`shutdown.server_reference`).
+    pub server_reference: Option<String>,
 }
 
 /// Serves one connection until it ends. Never panics on client input.
@@ -262,7 +272,10 @@ mod tests {
             metrics,
             auth: Arc::new(crate::auth::NoAuth::new(tenant)),
             shutdown: CancellationToken::new(),
-            listener: ListenerKind::Mqtt,
+            listener: Arc::new(ListenerInfo {
+                kind: ListenerKind::Mqtt,
+                server_reference: None,
+            }),
         };
         let (io, _client) = tokio::io::duplex(64);
         let remote = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -78,6 +78,30 @@ impl BrokerProcess {
         }
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to end; its exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        let until = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .expect("the process can be waited for")
+            {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the broker still runs {within:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its resident set now, in bytes.
     pub fn rss(&self) -> usize {
         self.status_bytes("VmRSS:")
