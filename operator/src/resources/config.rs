@@ -21,6 +21,34 @@ struct BrokerToml<'a> {
     limits: Option<LimitsConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hook: Option<HookToml<'a>>,
+    shutdown: ShutdownToml,
+}
+
+/// How long a broker pod's connections get to drain after DISCONNECT 0x8B
+/// (`shutdown.drain_timeout_secs`); the pod's grace period covers it and the preStop hook's
+/// answer ([`super::deployment`]).
+pub const DRAIN_TIMEOUT_SECS: u64 = 15;
+
+/// `[shutdown]`: the drain deadline, and with several replicas the Server Reference MQTT 5
+/// clients get with DISCONNECT 0x8B: the Broker's own client address, which the Service then
+/// sends to a replica still serving (the draining one is no longer ready).
+#[derive(Serialize)]
+struct ShutdownToml {
+    drain_timeout_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_reference: Option<String>,
+}
+
+impl ShutdownToml {
+    fn for_broker(b: &Broker) -> Self {
+        let e = b.endpoints();
+        ShutdownToml {
+            drain_timeout_secs: DRAIN_TIMEOUT_SECS,
+            server_reference: (b.spec.replicas > 1)
+                .then(|| e.mqtts.or_else(|| e.wss.into_iter().next()))
+                .flatten(),
+        }
+    }
 }
 
 /// Which hook URLs every broker may call, beyond the broker's default of `https` on public
@@ -124,6 +152,7 @@ pub fn render_config(b: &Broker, hook: &BrokerHook) -> Result<String, toml::ser:
     let doc = BrokerToml {
         limits: b.spec.limits.as_ref().map(LimitsSpec::to_config),
         hook: HookToml::from_settings(hook),
+        shutdown: ShutdownToml::for_broker(b),
     };
     let body = toml::to_string(&doc)?;
     Ok(format!(
@@ -192,20 +221,43 @@ mod tests {
     }
 
     #[test]
-    fn no_limits_render_an_empty_but_valid_file() {
+    fn no_limits_render_only_the_drain_deadline() {
         let b = broker(serde_json::json!({}));
         let text = render_config(&b, &BrokerHook::default()).expect("renders");
         let parsed: toml::Table = toml::from_str(&text).expect("valid TOML");
-        assert!(parsed.is_empty());
+        assert_eq!(
+            parsed,
+            toml::from_str::<toml::Table>("[shutdown]\ndrain_timeout_secs = 15\n").unwrap()
+        );
     }
 
     #[test]
-    fn default_hook_settings_leave_the_rendered_file_byte_for_byte_as_before() {
+    fn several_replicas_send_clients_back_to_the_brokers_address_when_one_drains() {
+        let b = broker(serde_json::json!({"replicas": 3, "hostname": "mqtt.example.com"}));
+        let text = render_config(&b, &BrokerHook::default()).expect("renders");
+        let parsed: toml::Table = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(
+            parsed["shutdown"]["server_reference"].as_str(),
+            Some("mqtts://mqtt.example.com:8883")
+        );
+        let wss_only = broker(
+            serde_json::json!({"replicas": 2, "hostname": "mqtt.example.com",
+            "listeners": {"mqtts": {"enabled": false}}}),
+        );
+        let text = render_config(&wss_only, &BrokerHook::default()).expect("renders");
+        assert!(
+            text.contains("server_reference = \"wss://mqtt.example.com:443/mqtt\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn default_hook_settings_render_no_hook_table() {
         let b = broker(serde_json::json!({"limits": {"maxConnections": 10}}));
         assert_eq!(
             render_config(&b, &BrokerHook::default()).expect("renders"),
             "# Rendered by starling-operator from Broker sensors; edits are overwritten.\n\
-             [limits]\nmax_connections = 10\n"
+             [limits]\nmax_connections = 10\n\n[shutdown]\ndrain_timeout_secs = 15\n"
         );
         let empty =
             render_config(&broker(serde_json::json!({})), &BrokerHook::default()).expect("renders");

@@ -14,9 +14,9 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-            SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+            EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -123,14 +123,36 @@ fn resources(b: &Broker) -> ResourceRequirements {
     }
 }
 
+fn http_get(path: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.to_owned()),
+        port: IntOrString::String("http".to_owned()),
+        scheme: Some("HTTP".to_owned()),
+        ..HTTPGetAction::default()
+    }
+}
+
+/// The pod's grace period: the preStop drain (its deadline, the broker's answer slack of 5 s
+/// and the store's last write) with room to spare; the SIGTERM after it finds nothing left.
+pub const TERMINATION_GRACE_SECS: i64 = super::config::DRAIN_TIMEOUT_SECS as i64 + 15;
+
+/// Before the kubelet's SIGTERM, `/drain` on the internal HTTP port: the broker stops accepting,
+/// sends DISCONNECT 0x8B (with a Server Reference when it has siblings), drains and writes its
+/// store, and answers when done. An HTTP hook, as the distroless image has no shell and the
+/// `sleep` action needs Kubernetes 1.29.
+fn drain_hook() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            http_get: Some(http_get("/drain")),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
+
 fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String("http".to_owned()),
-            scheme: Some("HTTP".to_owned()),
-            ..HTTPGetAction::default()
-        }),
+        http_get: Some(http_get(path)),
         period_seconds: Some(period),
         timeout_seconds: Some(2),
         failure_threshold: Some(failure_threshold),
@@ -223,6 +245,7 @@ pub fn desired_deployment(
         ports: Some(ports),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        lifecycle: Some(drain_hook()),
         resources: Some(resources(b)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -299,7 +322,7 @@ pub fn desired_deployment(
                     volumes: Some(volumes),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECS),
                     topology_spread_constraints: super::spread(b).0,
                     affinity: super::spread(b).1,
                     security_context: Some(PodSecurityContext {
@@ -409,6 +432,30 @@ mod tests {
         assert_eq!(
             path(c.readiness_probe),
             Some(("/readyz".to_owned(), IntOrString::String("http".to_owned())))
+        );
+    }
+
+    #[test]
+    fn a_prestop_hook_drains_the_broker_within_the_grace_period() {
+        let d = desired_deployment(&broker(serde_json::json!({})), &settings(), "brk_1", "abc");
+        let pod = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod");
+        let hook = pod.containers[0]
+            .lifecycle
+            .clone()
+            .and_then(|l| l.pre_stop)
+            .and_then(|h| h.http_get)
+            .expect("a preStop httpGet");
+        assert_eq!(hook.path.as_deref(), Some("/drain"));
+        assert_eq!(hook.port, IntOrString::String("http".to_owned()));
+        let grace = pod.termination_grace_period_seconds.expect("grace period");
+        // The drain deadline, the broker's 5 s answer slack, and room for the store's last write.
+        assert!(
+            grace >= super::super::config::DRAIN_TIMEOUT_SECS as i64 + 10,
+            "grace {grace}"
         );
     }
 
