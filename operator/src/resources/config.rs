@@ -27,7 +27,7 @@ struct BrokerToml<'a> {
 /// How long a broker pod's connections get to drain after DISCONNECT 0x8B
 /// (`shutdown.drain_timeout_secs`); the pod's grace period covers it and the preStop hook's
 /// answer ([`super::deployment`]).
-pub const DRAIN_TIMEOUT_SECS: u64 = 15;
+pub(crate) const DRAIN_TIMEOUT_SECS: u64 = 15;
 
 /// `[shutdown]`: the drain deadline, and with several replicas the Server Reference MQTT 5
 /// clients get with DISCONNECT 0x8B: the Broker's own client address, which the Service then

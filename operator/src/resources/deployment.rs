@@ -134,7 +134,7 @@ fn http_get(path: &str) -> HTTPGetAction {
 
 /// The pod's grace period: the preStop drain (its deadline, the broker's answer slack of 5 s
 /// and the store's last write) with room to spare; the SIGTERM after it finds nothing left.
-pub const TERMINATION_GRACE_SECS: i64 = super::config::DRAIN_TIMEOUT_SECS as i64 + 15;
+pub(crate) const TERMINATION_GRACE_SECS: i64 = super::config::DRAIN_TIMEOUT_SECS as i64 + 15;
 
 /// Before the kubelet's SIGTERM, `/drain` on the internal HTTP port: the broker stops accepting,
 /// sends DISCONNECT 0x8B (with a Server Reference when it has siblings), drains and writes its
