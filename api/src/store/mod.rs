@@ -1,7 +1,7 @@
 //! Persistence: the [`Store`] trait and its Postgres and SQLite implementations.
 //!
-//! Both implementations run the same runtime queries (written once in [`sql`], which both
-//! dialects accept) against the schema in `migrations/postgres` and `migrations/sqlite`. Every
+//! Both implementations are one [`SqlStore`], whose queries (written once in [`sql`], in SQL both
+//! dialects accept) read rows into the records below (`sqlx::FromRow`) and run against the schema in `migrations/postgres` and `migrations/sqlite`. Every
 //! change that a broker must see bumps that broker's `version` in the same transaction and is
 //! announced on the change feed ([`Store::changes`]): Postgres through `LISTEN/NOTIFY` (so every
 //! api replica wakes), SQLite through an in-process broadcast.
@@ -16,6 +16,7 @@ mod sql;
 mod sqlite;
 
 pub use postgres::PgStore;
+pub use sql::{Dialect, SqlStore};
 pub use sqlite::SqliteStore;
 
 /// A boxed future, so that [`Store`] can be used as `dyn Store`.
@@ -52,12 +53,15 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e {
-            if db.is_unique_violation() {
-                return StoreError::Conflict("unique constraint");
+        match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict("unique constraint")
             }
+            sqlx::Error::ColumnDecode { index, source } => {
+                StoreError::Corrupt(format!("{index}: {source}"))
+            }
+            e => StoreError::Database(e),
         }
-        StoreError::Database(e)
     }
 }
 
@@ -67,7 +71,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub use starling_types::rest::Role;
 
 /// An account: the owner of namespaces, brokers and API tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Account {
     /// 32 lowercase hex characters.
     pub id: String,
@@ -78,7 +82,7 @@ pub struct Account {
 }
 
 /// An API token as stored: only its SHA-256 hash, never the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiTokenRecord {
     /// Token id (ULID).
     pub id: String,
@@ -87,6 +91,7 @@ pub struct ApiTokenRecord {
     /// A human name.
     pub name: String,
     /// What it may do.
+    #[sqlx(try_from = "String")]
     pub role: Role,
     /// Hex SHA-256 of the token.
     pub token_hash: String,
@@ -97,7 +102,7 @@ pub struct ApiTokenRecord {
 }
 
 /// A pub/sub namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Namespace {
     /// 32 lowercase hex characters.
     pub id: String,
@@ -114,7 +119,7 @@ pub struct Namespace {
 }
 
 /// A broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Broker {
     /// 32 lowercase hex characters.
     pub id: String,
@@ -172,19 +177,24 @@ impl KeyStatus {
             KeyStatus::Retiring => "retiring",
         }
     }
+}
 
-    fn parse(s: &str) -> Option<KeyStatus> {
-        match s {
-            "next" => Some(KeyStatus::Next),
-            "current" => Some(KeyStatus::Current),
-            "retiring" => Some(KeyStatus::Retiring),
-            _ => None,
+/// A status as the database holds it; an unknown name is a corrupt row.
+impl TryFrom<String> for KeyStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "next" => Ok(KeyStatus::Next),
+            "current" => Ok(KeyStatus::Current),
+            "retiring" => Ok(KeyStatus::Retiring),
+            _ => Err(format!("key status {s:?}")),
         }
     }
 }
 
 /// A signing key as stored: public part in the clear, seed sealed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KeyRecord {
     /// Row id (ULID).
     pub id: String,
@@ -197,6 +207,7 @@ pub struct KeyRecord {
     /// The sealed seed (see `keys::Kek`).
     pub sealed_seed: String,
     /// Where it is in its life.
+    #[sqlx(try_from = "String")]
     pub status: KeyStatus,
     /// Unix microseconds.
     pub created_at: i64,
@@ -205,7 +216,7 @@ pub struct KeyRecord {
 }
 
 /// A record of one issued token (never the token).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct IssuedCredential {
     /// The token's `jti`.
     pub jti: String,
@@ -220,9 +231,10 @@ pub struct IssuedCredential {
 }
 
 /// An issuance record as listed: what was issued, and whether its `jti` is revoked now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct IssuedRecord {
     /// What was issued.
+    #[sqlx(flatten)]
     pub credential: IssuedCredential,
     /// The `jti` is on the broker's revocation list.
     pub revoked: bool,
@@ -241,7 +253,7 @@ pub fn revocation_horizon(now_secs: i64) -> i64 {
 pub use starling_types::rest::Revocation;
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditEntry {
     /// Row id (ULID, so time-ordered).
     pub id: String,
@@ -284,7 +296,8 @@ pub struct BrokerState {
 /// may have been missed (every waiter re-reads).
 pub type Change = std::sync::Arc<str>;
 
-/// The control plane's persistence. Implemented for Postgres and SQLite with the same queries.
+/// The control plane's persistence. Implemented for Postgres and SQLite by [`SqlStore`], with the
+/// same queries.
 pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers (readiness).
     fn ping(&self) -> BoxFut<'_, Result<()>>;
@@ -468,14 +481,6 @@ pub trait Store: Send + Sync + 'static {
         account_id: &'a str,
         limit: u32,
     ) -> BoxFut<'a, Result<Vec<AuditEntry>>>;
-}
-
-pub(crate) fn key_status(s: &str) -> Result<KeyStatus> {
-    KeyStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("key status {s:?}")))
-}
-
-pub(crate) fn role(s: &str) -> Result<Role> {
-    Role::parse(s).ok_or_else(|| StoreError::Corrupt(format!("role {s:?}")))
 }
 
 /// Connects to `database_url` (`postgres://...` or `sqlite://...`) and applies migrations.

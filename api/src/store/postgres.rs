@@ -5,19 +5,39 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions, PgQueryResult};
 use tokio::sync::broadcast;
 
-use super::sql::impl_store;
+use super::sql::{Dialect, SqlStore};
+use super::{BoxFut, Change, Result};
 
 /// The Postgres channel that carries broker ids whose state changed.
 const CHANNEL: &str = "starling_state";
 
 /// The store on Postgres.
-pub struct PgStore {
-    pool: PgPool,
-    changes_tx: broadcast::Sender<Change>,
-    listener: tokio::task::JoinHandle<()>,
+pub type PgStore = SqlStore<Postgres>;
+
+impl Dialect for Postgres {
+    fn announce_in_tx<'t>(
+        conn: &'t mut PgConnection,
+        broker_id: &'t str,
+    ) -> BoxFut<'t, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(broker_id)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn announce_committed(_changes: &broadcast::Sender<Change>, _broker_id: &str) {}
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
 }
 
 impl PgStore {
@@ -57,35 +77,7 @@ impl PgStore {
         Ok(Self {
             pool,
             changes_tx,
-            listener,
+            listener: Some(listener),
         })
     }
-
-    /// The pool (for tests that inspect the database directly).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn announce_in_tx(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        broker_id: &str,
-    ) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(broker_id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    fn announce_committed(&self, _broker_id: &str) {}
 }
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        self.listener.abort();
-    }
-}
-
-impl_store!(PgStore, sqlx::postgres::PgRow);

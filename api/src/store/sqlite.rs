@@ -5,15 +5,33 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Sqlite;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+};
 use tokio::sync::broadcast;
 
-use super::sql::impl_store;
+use super::sql::{Dialect, SqlStore};
+use super::{BoxFut, Change, Result};
 
 /// The store on SQLite.
-pub struct SqliteStore {
-    pool: SqlitePool,
-    changes_tx: broadcast::Sender<Change>,
+pub type SqliteStore = SqlStore<Sqlite>;
+
+impl Dialect for Sqlite {
+    fn announce_in_tx<'t>(
+        _conn: &'t mut SqliteConnection,
+        _broker_id: &'t str,
+    ) -> BoxFut<'t, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn announce_committed(changes: &broadcast::Sender<Change>, broker_id: &str) {
+        let _ = changes.send(Arc::from(broker_id));
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
 }
 
 impl SqliteStore {
@@ -37,25 +55,10 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         let (changes_tx, _) = broadcast::channel(1024);
-        Ok(Self { pool, changes_tx })
-    }
-
-    /// The pool (for tests that inspect the database directly).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    async fn announce_in_tx(
-        &self,
-        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        _broker_id: &str,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn announce_committed(&self, broker_id: &str) {
-        let _ = self.changes_tx.send(Arc::from(broker_id));
+        Ok(Self {
+            pool,
+            changes_tx,
+            listener: None,
+        })
     }
 }
-
-impl_store!(SqliteStore, sqlx::sqlite::SqliteRow);
