@@ -376,6 +376,12 @@ pub struct Overrides {
     pub storage_cache_mb: Option<u64>,
     /// `--cluster-nats URL` (repeatable): NATS servers added to `[cluster] nats`.
     pub cluster_nats: Vec<String>,
+    /// `--cluster-stream-replicas N`: `[cluster] stream_replicas`.
+    pub cluster_stream_replicas: Option<usize>,
+    /// `--cluster-stream-max-age SECS`: `[cluster] stream_max_age_secs`.
+    pub cluster_stream_max_age_secs: Option<u64>,
+    /// `--cluster-stream-max-bytes BYTES`: `[cluster] stream_max_bytes`.
+    pub cluster_stream_max_bytes: Option<u64>,
 }
 
 /// A configuration that could not be loaded; every problem is listed.
@@ -489,6 +495,15 @@ impl Config {
             .cluster
             .nats
             .extend(overrides.cluster_nats.iter().cloned());
+        if let Some(n) = overrides.cluster_stream_replicas {
+            config.cluster.stream_replicas = Some(n);
+        }
+        if let Some(secs) = overrides.cluster_stream_max_age_secs {
+            config.cluster.stream_max_age_secs = secs;
+        }
+        if let Some(bytes) = overrides.cluster_stream_max_bytes {
+            config.cluster.stream_max_bytes = bytes;
+        }
         config.validate()?;
         Ok(config)
     }

@@ -22,7 +22,8 @@ use crate::metrics::Metrics;
 
 /// What `/readyz` answers: ready once every listener is bound and every managed tenant has had
 /// its state once (from the control plane or the data directory), not ready while draining or
-/// while a replica (`[cluster]`) has lost its NATS connection.
+/// while a replica (`[cluster]`) has lost its NATS connection or has a tenant whose JetStream
+/// stream is not set up (its QoS 1/2 publications would be refused).
 #[derive(Debug, Default)]
 pub struct Readiness {
     listening: AtomicBool,
@@ -37,7 +38,10 @@ impl Readiness {
         self.listening.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
             && self.awaiting_state.load(Ordering::Acquire) == 0
-            && self.cluster.get().is_none_or(|l| l.is_connected())
+            && self
+                .cluster
+                .get()
+                .is_none_or(|l| l.is_connected() && l.streams_ready())
     }
 
     /// Ready only while `link` is connected to NATS.

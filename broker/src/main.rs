@@ -79,6 +79,17 @@ struct Flags {
     /// adds to `[cluster] nats`.
     #[arg(long, value_name = "URL")]
     cluster_nats: Vec<String>,
+    /// Copies JetStream keeps of each tenant's stream of QoS 1/2 messages (1 to 5; default the
+    /// NATS servers known, at most 3); `[cluster] stream_replicas`.
+    #[arg(long, value_name = "N")]
+    cluster_stream_replicas: Option<usize>,
+    /// How long each tenant's stream keeps a QoS 1/2 message, in seconds (default 86400);
+    /// `[cluster] stream_max_age_secs`.
+    #[arg(long = "cluster-stream-max-age", value_name = "SECS")]
+    cluster_stream_max_age_secs: Option<u64>,
+    /// The most each tenant's stream holds, in bytes (default 1 GiB); `[cluster] stream_max_bytes`.
+    #[arg(long, value_name = "BYTES")]
+    cluster_stream_max_bytes: Option<u64>,
     /// Public keys of the tenant `default` (JWKS, OKP/Ed25519 keys with kid), reloaded on change.
     #[arg(long, value_name = "FILE")]
     jwks: Option<PathBuf>,
@@ -136,6 +147,9 @@ fn main() -> anyhow::Result<()> {
         storage_repair: flags.storage_repair,
         storage_cache_mb: flags.storage_cache_mb,
         cluster_nats: flags.cluster_nats.clone(),
+        cluster_stream_replicas: flags.cluster_stream_replicas,
+        cluster_stream_max_age_secs: flags.cluster_stream_max_age_secs,
+        cluster_stream_max_bytes: flags.cluster_stream_max_bytes,
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     init_tracing(config.log.format);

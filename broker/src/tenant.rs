@@ -193,6 +193,8 @@ impl Tenant {
         let link = self.cluster.get()?;
         if !link.is_connected() {
             Some("the broker's replicas cannot be reached (NATS connection down)")
+        } else if !link.stream_ready(&self.name) {
+            Some(crate::storage::Failure::NoStream.describe())
         } else if link.is_backed_up() {
             Some("the way to the broker's other replicas is full; retry later")
         } else {
@@ -257,14 +259,17 @@ impl Tenant {
         message: Arc<Message>,
         scratch: &mut Vec<Routed>,
     ) -> Result<usize, RetainedFull> {
-        self.publish_noting_congestion(message, scratch, &mut None, &mut false, &mut false)
+        self.publish_noting_congestion(
+            message, scratch, &mut None, &mut false, &mut false, &mut None,
+        )
     }
 
     /// [`Tenant::publish`], and sets `congested` to a connected session whose outbox got a QoS 1
     /// or 2 delivery and is now three quarters full (see [`Session::is_congested`]), and
     /// `filling` when an outbox that got a delivery is half full or more
     /// ([`Session::is_filling`]), and `stored` when the message was written to the durable
-    /// store (retained, or queued for a persistent session).
+    /// store (retained, or queued for a persistent session). With a cluster, `replicated`
+    /// gets, for a QoS 1 or 2 message, the receiver that says when JetStream holds it.
     pub fn publish_noting_congestion(
         &self,
         message: Arc<Message>,
@@ -272,6 +277,7 @@ impl Tenant {
         congested: &mut Option<Arc<Session>>,
         filling: &mut bool,
         stored: &mut bool,
+        replicated: &mut Option<crate::cluster::link::Replicated>,
     ) -> Result<usize, RetainedFull> {
         if message.retain {
             match self.retained.set(&message) {
@@ -297,7 +303,7 @@ impl Tenant {
         }
         match self.cluster.get() {
             Some(link) => {
-                link.publish(&self.name, &message);
+                *replicated = link.publish(&self.name, &message);
                 // Shared groups get it through NATS queue groups, on whichever replica.
                 self.router.route_ordinary(&message, scratch);
             }

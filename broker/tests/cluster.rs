@@ -30,10 +30,12 @@ fn nats_server_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A `nats-server` process on a loopback port it picks itself; killed when dropped.
+/// A `nats-server` process on a loopback port it picks itself, with JetStream in a directory
+/// of its own unless started without; killed when dropped.
 struct Nats {
     child: Child,
     url: String,
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Nats {
@@ -41,14 +43,32 @@ impl Nats {
         Self::start_on("-1")
     }
 
-    /// On `port` ("-1": one the server picks).
+    /// On `port` ("-1": one the server picks), with JetStream (a fresh store: what an earlier
+    /// server on the port kept is gone).
     fn start_on(port: &str) -> Option<Nats> {
+        Self::launch(port, true)
+    }
+
+    /// Core NATS only: no JetStream.
+    fn start_without_jetstream() -> Option<Nats> {
+        Self::launch("-1", false)
+    }
+
+    fn launch(port: &str, jetstream: bool) -> Option<Nats> {
         let Some(bin) = nats_server_binary() else {
             println!("skipped: nats-server is not installed (apt-get install nats-server)");
             return None;
         };
+        let store = jetstream.then(|| tempfile::tempdir().expect("a store directory"));
+        let mut args: Vec<String> = ["-a", "127.0.0.1", "-p", port, "-m", "0"]
+            .map(str::to_owned)
+            .to_vec();
+        if let Some(dir) = &store {
+            args.extend(["-js".to_owned(), "-sd".to_owned()]);
+            args.push(dir.path().display().to_string());
+        }
         let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", port, "-m", "0"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,7 +87,11 @@ impl Nats {
         };
         // Keep draining the log so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Some(Nats { child, url })
+        Some(Nats {
+            child,
+            url,
+            _store: store,
+        })
     }
 }
 
@@ -152,6 +176,18 @@ async fn await_link(from: &mut Raw, to: &mut Raw) {
     .expect("the replicas reach each other through NATS");
 }
 
+/// Publishes QoS 1 probes on `c` until one is acknowledged with success: the tenant's
+/// JetStream stream (set up in the background when the replica starts) takes messages.
+async fn await_stream(c: &mut Raw) {
+    tokio::time::timeout(WAIT, async {
+        while c.publish("probe/stream", QoS::AtLeastOnce, b"s").await != Some(ReasonCode::SUCCESS) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the tenant's stream is set up");
+}
+
 /// Reads deliveries, skipping late probes, until one on another topic.
 async fn next_not_probe(c: &mut Raw) -> Publish {
     loop {
@@ -175,6 +211,7 @@ async fn messages_cross_replicas_in_order_once_at_each_qos() {
         on_a.subscribe("t/#", sub_opts(QoS::ExactlyOnce)).await;
         let mut publisher = a.client("pub-a").await;
         await_link(&mut publisher, &mut on_b).await;
+        await_stream(&mut publisher).await;
         const N: usize = 50;
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             let topic = format!("t/q{}", qos as u8);
@@ -237,6 +274,7 @@ async fn escaped_topics_properties_and_retained_cross_replicas() {
         on_b.subscribe("odd/#", sub_opts(QoS::AtLeastOnce)).await;
         let mut publisher = a.client("pub-a").await;
         await_link(&mut publisher, &mut on_b).await;
+        await_stream(&mut publisher).await;
 
         // A topic with every character NATS treats specially, and properties.
         let topic = "odd/a.b/*/>/ /~/$x//é";
@@ -291,10 +329,7 @@ async fn losing_nats_refuses_durable_publications_and_readiness_until_it_returns
         let a = replica(&nats, "a").await;
         await_readyz(&a, 200).await;
         let mut publisher = a.client("pub").await;
-        assert_eq!(
-            publisher.publish("x", QoS::AtLeastOnce, b"1").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        await_stream(&mut publisher).await;
         let port = nats.port();
         drop(nats);
         await_readyz(&a, 503).await;
@@ -307,12 +342,10 @@ async fn losing_nats_refuses_durable_publications_and_readiness_until_it_returns
             publisher.publish("x", QoS::ExactlyOnce, b"3").await,
             Some(ReasonCode::UNSPECIFIED_ERROR)
         );
+        // A server that lost JetStream's state: the replica sets the stream up again.
         let _back = Nats::start_on(&port).expect("nats-server restarts");
         await_readyz(&a, 200).await;
-        assert_eq!(
-            publisher.publish("x", QoS::AtLeastOnce, b"4").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        await_stream(&mut publisher).await;
     })
     .await
     .expect("within 90 seconds");
@@ -359,6 +392,7 @@ async fn a_shared_group_with_members_on_two_replicas_gets_each_message_once() {
         on_b.subscribe("$share/g/s/#", sub_opts(QoS::AtLeastOnce))
             .await;
         let mut publisher = a.client("pub-a").await;
+        await_stream(&mut publisher).await;
         // Both replicas have joined the group's queue group once each member got a probe.
         let (mut seen_a, mut seen_b) = (false, false);
         while !(seen_a && seen_b) {
@@ -433,6 +467,125 @@ async fn a_shared_group_with_members_on_two_replicas_gets_each_message_once() {
                 }
             }
         }
+    })
+    .await
+    .expect("within a minute");
+}
+
+/// The reason code and reason string of the acknowledgement of one QoS 1 PUBLISH.
+async fn puback_of(c: &mut Raw, topic: &str, payload: &[u8], id: u16) -> (ReasonCode, String) {
+    c.send(Packet::Publish(common::publish(
+        topic,
+        QoS::AtLeastOnce,
+        payload,
+        Some(id),
+    )))
+    .await;
+    match c.recv().await {
+        Packet::PubAck(a) => (
+            a.reason,
+            a.properties
+                .reason_string
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_qos_1_or_2_message_is_acknowledged_once_the_tenants_stream_holds_it() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let js = async_nats::jetstream::new(
+            async_nats::connect(nats.url.as_str())
+                .await
+                .expect("a NATS client"),
+        );
+        let name = starling_broker::cluster::link::stream_name("default");
+        let mut publisher = a.client("pub").await;
+        // Ready means the tenant's stream is set up: QoS 1 is taken from then on.
+        await_readyz(&a, 200).await;
+        let (reason, why) = puback_of(&mut publisher, "d/first", b"f", 1).await;
+        assert_eq!(reason, ReasonCode::SUCCESS, "{why}");
+        let mut stream = js.get_stream(&name).await.expect("the tenant's stream");
+        let config = &stream.cached_info().config;
+        assert_eq!(
+            config.subjects,
+            ["starling.default.dmsg.>", "starling.default.dsys.>"]
+        );
+        assert_eq!(config.num_replicas, 1, "one NATS server: one copy");
+        assert_eq!(config.max_age, Duration::from_secs(86_400));
+        assert_eq!(config.max_bytes, 1 << 30);
+        for i in 0..20u16 {
+            let payload = format!("m{i}");
+            let (qos, topic) = if i % 2 == 0 {
+                (QoS::AtLeastOnce, "d/one")
+            } else {
+                (QoS::ExactlyOnce, "$d/two")
+            };
+            assert_eq!(
+                publisher.publish(topic, qos, payload.as_bytes()).await,
+                Some(ReasonCode::SUCCESS)
+            );
+            // Acknowledged: the stream has it, as the PUBLISH packet that carries it.
+            let last = stream
+                .get_last_raw_message_by_subject(
+                    &starling_broker::cluster::subject::durable_topic_to_subject("default", topic),
+                )
+                .await
+                .expect("the message is in the stream");
+            assert!(
+                last.payload.ends_with(payload.as_bytes()),
+                "{:?}",
+                last.payload
+            );
+        }
+        // QoS 0 does not load JetStream.
+        publisher.publish("d/zero", QoS::AtMostOnce, b"0").await;
+        assert_eq!(
+            publisher.publish("d/one", QoS::AtLeastOnce, b"after").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        let info = stream.info().await.expect("stream info");
+        // The first, the 20 and the last; no QoS 0.
+        assert_eq!(info.state.messages, 22);
+    })
+    .await
+    .expect("within a minute");
+}
+
+#[tokio::test]
+async fn without_jetstream_qos_1_and_2_are_refused_with_a_reason_and_qos_0_still_flows() {
+    let Some(nats) = Nats::start_without_jetstream() else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        // Not ready: QoS 1 and 2 publications would be refused.
+        assert_eq!(common::http_get(a.broker.http, "/readyz").await.0, 503);
+        let mut on_b = b.client("sub-b").await;
+        on_b.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        on_b.subscribe("j/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut publisher = a.client("pub-a").await;
+        await_link(&mut publisher, &mut on_b).await;
+        let (reason, why) = puback_of(&mut publisher, "j/1", b"1", 1).await;
+        assert_eq!(reason, ReasonCode::UNSPECIFIED_ERROR);
+        assert_eq!(why, "the tenant's JetStream stream is not ready");
+        assert_eq!(common::http_get(a.broker.http, "/readyz").await.0, 503);
+        assert_eq!(
+            publisher.publish("j/2", QoS::ExactlyOnce, b"2").await,
+            Some(ReasonCode::UNSPECIFIED_ERROR)
+        );
+        publisher.publish("j/0", QoS::AtMostOnce, b"0").await;
+        let p = next_not_probe(&mut on_b).await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("j/0", &b"0"[..]),
+            "the refused messages reached no one; QoS 0 did"
+        );
     })
     .await
     .expect("within a minute");

@@ -14,26 +14,36 @@
 //! publication is refused (0x80, [`crate::tenant::Tenant::cluster_failure`]); a QoS 0 message
 //! then reaches this replica's subscribers only (counted in `starling_cluster_errors` and
 //! logged).
+//!
+//! Durability: a QoS 1 or 2 message goes to its durable subject
+//! ([`super::subject::durable_topic_to_subject`]), which the tenant's JetStream stream
+//! ([`stream_name`]) captures, as a JetStream publish: [`Link::publish`] hands back a receiver
+//! that says when JetStream confirmed (PubAck) that the stream, with its replicas, holds it,
+//! and the publisher's PUBACK / PUBREC waits for that. The other replicas' subscriptions see the
+//! message as before (a JetStream publish is an ordinary NATS message too).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use starling_codec::{Decoder, Direction, Packet, ProtocolVersion, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::ClusterConfig;
 use super::subject::{
-    decode_token, filter_to_subjects, push_token, queue_group, subject_to_topic, tenant_prefix,
-    topic_to_subject,
+    decode_token, durable_subjects, durable_topic_to_subject, filter_to_subjects, push_token,
+    queue_group, subject_to_topic, tenant_prefix, to_durable, topic_to_subject,
 };
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::storage::Failure;
 use crate::tenant::Tenant;
 
 /// The header naming the replica that sent a message.
@@ -44,6 +54,23 @@ pub const PUBLISHER: &str = "Starling-Publisher";
 pub const CONNECTED_AT: &str = "Starling-Connected-At";
 /// Messages waiting to be sent to NATS, at most.
 pub const SEND_QUEUE: usize = 65_536;
+/// How long a QoS 1 or 2 publication waits for JetStream's confirmation before it is refused.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// JetStream publications awaiting their confirmation, at most; the send task waits for room.
+const MAX_ACKS_PENDING: usize = 8_192;
+
+/// Says whether JetStream stored a QoS 1 or 2 message.
+pub type Replicated = oneshot::Receiver<Result<(), Failure>>;
+
+/// What the send task sends: an ordinary message, or a durable one and where to say whether
+/// JetStream stored it.
+type Outgoing = (
+    String,
+    HeaderMap,
+    Bytes,
+    Option<oneshot::Sender<Result<(), Failure>>>,
+);
+
 /// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
 /// limit is 1 MiB).
 const MAX_PACKET: u32 = 268_435_460;
@@ -52,11 +79,40 @@ const MAX_PACKET: u32 = 268_435_460;
 #[derive(Debug)]
 pub struct Link {
     client: Client,
+    js: jetstream::Context,
     replica: Arc<str>,
-    send: mpsc::Sender<(String, HeaderMap, Bytes)>,
+    send: mpsc::Sender<Outgoing>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     queue_full_logged: AtomicU64,
+    /// The stream settings of `[cluster]`.
+    config: ClusterConfig,
+    /// Tenants whose stream is set up: their QoS 1/2 publications are refused until then.
+    streams: parking_lot::Mutex<HashSet<Arc<str>>>,
+    /// Tenants joined to the cluster whose stream is not set up: the replica is not ready.
+    unready: AtomicU64,
+    /// Bumped on each (re)connection to NATS and when JetStream says a stream is missing: the
+    /// tenants' streams are set up again.
+    connected: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The JetStream stream of `tenant`'s QoS 1/2 messages: `STARLING_<tenant>` when the name is
+/// only letters, digits, `-` and `_`, else `STARLING_X<hex of the name>` (a stream name may
+/// not hold `.`, `*`, `>`, `/`, `\\` or whitespace).
+pub fn stream_name(tenant: &str) -> String {
+    if !tenant.is_empty()
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !tenant.starts_with('X')
+    {
+        return format!("STARLING_{tenant}");
+    }
+    let mut s = String::from("STARLING_X");
+    for b in tenant.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 impl Link {
@@ -69,13 +125,19 @@ impl Link {
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Link>> {
         let events_replica = replica.clone();
+        let (connected_tx, connected) = tokio::sync::watch::channel(0u64);
+        let connected_tx = Arc::new(connected_tx);
+        let events_connected = connected_tx.clone();
         let mut options = ConnectOptions::new()
             .name(format!("starling-broker {replica}"))
             .event_callback(move |event| {
                 let replica = events_replica.clone();
+                let connected = events_connected.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            // The streams are checked again: the servers may have lost them.
+                            connected.send_modify(|n| *n += 1);
                             info!(%replica, "cluster: connected to NATS");
                         }
                         async_nats::Event::Disconnected => warn!(
@@ -113,26 +175,64 @@ impl Link {
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
         info!(replica = %replica, servers = config.nats.len(), "cluster: joining replicas through NATS");
-        let (send, mut queue) = mpsc::channel::<(String, HeaderMap, Bytes)>(SEND_QUEUE);
+        let (send, mut queue) = mpsc::channel::<Outgoing>(SEND_QUEUE);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .ack_timeout(ACK_TIMEOUT)
+            .max_ack_inflight(MAX_ACKS_PENDING)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
         let link = Arc::new(Link {
             client: client.clone(),
+            js: js.clone(),
             replica: replica.into(),
             send,
             metrics: metrics.clone(),
             stop: stop.clone(),
             queue_full_logged: AtomicU64::new(0),
+            config: config.clone(),
+            streams: parking_lot::Mutex::new(HashSet::new()),
+            unready: AtomicU64::new(0),
+            connected,
         });
         tokio::spawn(async move {
-            while let Some((subject, headers, body)) = queue.recv().await {
-                match client.publish_with_headers(subject, headers, body).await {
-                    Ok(()) => {
+            while let Some((subject, headers, body, stored)) = queue.recv().await {
+                let Some(stored) = stored else {
+                    match client.publish_with_headers(subject, headers, body).await {
+                        Ok(()) => {
+                            metrics.cluster_sent.inc();
+                        }
+                        Err(e) => {
+                            metrics.cluster_errors.inc();
+                            warn!(error = %e, "cluster: a message was not sent to NATS");
+                        }
+                    }
+                    continue;
+                };
+                // Sent in order here; the confirmation is awaited apart, so the next message
+                // need not wait for it.
+                match js.publish_with_headers(subject, headers, body).await {
+                    Ok(ack) => {
                         metrics.cluster_sent.inc();
+                        let metrics = metrics.clone();
+                        let recheck = connected_tx.clone();
+                        tokio::spawn(async move {
+                            let result = ack.await.map(drop).map_err(|e| {
+                                metrics.cluster_errors.inc();
+                                publish_failure(&e)
+                            });
+                            if result == Err(Failure::NoStream) {
+                                recheck.send_modify(|n| *n += 1);
+                            }
+                            let _ = stored.send(result);
+                        });
                     }
                     Err(e) => {
                         metrics.cluster_errors.inc();
-                        warn!(error = %e, "cluster: a message was not sent to NATS");
+                        warn!(error = %e, "cluster: a QoS 1/2 message was not sent to JetStream");
+                        let _ = stored.send(Err(publish_failure(&e)));
                     }
-                };
+                }
             }
         });
         Ok(link)
@@ -154,11 +254,53 @@ impl Link {
         self.send.capacity() == 0
     }
 
-    /// Sends `message`, published on this replica in `tenant`, to the other replicas.
-    pub fn publish(&self, tenant: &str, message: &Message) {
-        let Some(body) = encode(message) else {
-            return;
+    /// Whether the JetStream stream of `tenant` is set up (QoS 1/2 publications are refused
+    /// until it is).
+    pub fn stream_ready(&self, tenant: &str) -> bool {
+        self.streams.lock().contains(tenant)
+    }
+
+    /// Whether every tenant joined to the cluster has its stream set up (the replica is not
+    /// ready before).
+    pub fn streams_ready(&self) -> bool {
+        self.unready.load(Ordering::Acquire) == 0
+    }
+
+    /// Creates the JetStream stream of `tenant`, or brings its settings up to date: the
+    /// durable subjects of the tenant, kept for `stream_max_age_secs` up to
+    /// `stream_max_bytes` (the oldest go first), in `stream_replicas` copies.
+    pub async fn ensure_stream(&self, tenant: &str) -> Result<(), String> {
+        let known = self
+            .client
+            .server_info()
+            .connect_urls
+            .len()
+            .max(self.config.nats.len());
+        let replicas = self.config.resolve_stream_replicas(known);
+        let config = stream::Config {
+            name: stream_name(tenant),
+            description: Some("Starling: the tenant's QoS 1 and 2 messages".into()),
+            subjects: durable_subjects(tenant).to_vec(),
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(self.config.stream_max_age_secs),
+            max_bytes: i64::try_from(self.config.stream_max_bytes).unwrap_or(i64::MAX),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..stream::Config::default()
         };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.streams.lock().insert(tenant.into());
+        Ok(())
+    }
+
+    /// Sends `message`, published on this replica in `tenant`, to the other replicas. For a
+    /// QoS 1 or 2 message, the receiver says when the tenant's stream holds it.
+    pub fn publish(&self, tenant: &str, message: &Message) -> Option<Replicated> {
+        let body = encode(message)?;
         let mut headers = HeaderMap::new();
         headers.insert(ORIGIN, &*self.replica);
         if let Some(p) = &message.publisher {
@@ -166,8 +308,25 @@ impl Link {
             push_token(&mut token, p);
             headers.insert(PUBLISHER, token.as_str());
         }
-        let subject = topic_to_subject(tenant, message.topic.as_str());
-        if self.send.try_send((subject, headers, body)).is_err() {
+        let (subject, stored) = if message.qos == QoS::AtMostOnce {
+            (topic_to_subject(tenant, message.topic.as_str()), None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (
+                durable_topic_to_subject(tenant, message.topic.as_str()),
+                Some((tx, rx)),
+            )
+        };
+        let (tx, rx) = match stored {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        if let Err(e) = self.send.try_send((subject, headers, body, tx)) {
+            if let mpsc::error::TrySendError::Full((.., Some(tx)))
+            | mpsc::error::TrySendError::Closed((.., Some(tx))) = e
+            {
+                let _ = tx.send(Err(Failure::NotReplicated));
+            }
             self.metrics.cluster_errors.inc();
             let n = self.queue_full_logged.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() || n == 0 {
@@ -178,6 +337,7 @@ impl Link {
                 );
             }
         }
+        rx
     }
 
     /// Tells the other replicas that `client_id` of `tenant` connected here at `at_ms` (Unix
@@ -189,7 +349,7 @@ impl Link {
         headers.insert(CONNECTED_AT, at_ms.to_string().as_str());
         let subject = format!("{}.conn", tenant_prefix(tenant));
         let body = Bytes::copy_from_slice(client_id.as_bytes());
-        if self.send.try_send((subject, headers, body)).is_err() {
+        if self.send.try_send((subject, headers, body, None)).is_err() {
             self.metrics.cluster_errors.inc();
             warn!(
                 tenant,
@@ -211,7 +371,9 @@ impl Link {
         let done = self.stop.child_token();
         let queue = queue_group(&tenant.name, group, filter);
         let (group, filter): (Arc<str>, Arc<str>) = (group.into(), filter.into());
-        for subject in filter_to_subjects(&tenant.name, &filter) {
+        let subjects = filter_to_subjects(&tenant.name, &filter);
+        let durable: Vec<String> = subjects.iter().map(|s| to_durable(s)).collect();
+        for subject in subjects.into_iter().chain(durable) {
             let link = self.clone();
             let weak = Arc::downgrade(tenant);
             let (done, queue, group, filter) =
@@ -250,6 +412,52 @@ impl Link {
     /// Subscribes to the messages the other replicas publish in `tenant` and routes them to its
     /// subscribers here, until the broker stops or the tenant is dropped.
     pub fn attach(self: &Arc<Self>, tenant: &Arc<Tenant>) {
+        let link = self.clone();
+        let weak = Arc::downgrade(tenant);
+        let name = tenant.name.clone();
+        let mut recheck = self.connected.clone();
+        self.unready.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            // Counted in `unready` while its stream is not set up.
+            let mut counted = true;
+            // Set up now, and again after each reconnection (the servers may have lost it),
+            // until the broker stops or the tenant is dropped.
+            'tenant: while weak.strong_count() > 0 {
+                recheck.borrow_and_update();
+                let mut delay = Duration::from_millis(100);
+                while weak.strong_count() > 0 {
+                    match link.ensure_stream(&name).await {
+                        Ok(()) => {
+                            if std::mem::take(&mut counted) {
+                                link.unready.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            if !std::mem::replace(&mut counted, true) {
+                                link.unready.fetch_add(1, Ordering::AcqRel);
+                            }
+                            link.streams.lock().remove(&*name);
+                            link.metrics.cluster_errors.inc();
+                            warn!(tenant = %name, error = %e, "cluster: cannot set up the tenant's JetStream stream; QoS 1 and 2 publications are refused until it is; retrying");
+                            tokio::select! {
+                                () = link.stop.cancelled() => break 'tenant,
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = link.stop.cancelled() => break,
+                    changed = recheck.changed() => if changed.is_err() { break },
+                }
+            }
+            link.streams.lock().remove(&*name);
+            if counted {
+                link.unready.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
         let link = self.clone();
         let weak = Arc::downgrade(tenant);
         let name = tenant.name.clone();
@@ -313,6 +521,26 @@ impl Link {
             }
             let _ = sub.unsubscribe().await;
         });
+    }
+}
+
+/// What a failed JetStream publication means for the publisher.
+fn publish_failure(e: &jetstream::context::PublishError) -> Failure {
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => Failure::NoStream,
+        PublishErrorKind::Other => {
+            let code = std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .map(|e| e.error_code());
+            match code {
+                Some(
+                    jetstream::ErrorCode::INSUFFICIENT_RESOURCES
+                    | jetstream::ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+                ) => Failure::ReplicasFull,
+                _ => Failure::NotReplicated,
+            }
+        }
+        _ => Failure::NotReplicated,
     }
 }
 

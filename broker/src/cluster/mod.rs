@@ -50,7 +50,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// `[cluster]`: the NATS servers that join this broker's replicas, and how to log in to them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); at least one. `--cluster-nats
@@ -74,6 +74,42 @@ pub struct ClusterConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Copies JetStream keeps of each tenant's stream of QoS 1/2 messages (1 to 5). When absent:
+    /// the number of NATS servers known (configured and announced by the cluster), at most 3.
+    /// `--cluster-stream-replicas N`.
+    pub stream_replicas: Option<usize>,
+    /// How long a tenant's stream keeps a QoS 1/2 message, in seconds (default a day): a
+    /// persistent session away for longer loses the oldest. `--cluster-stream-max-age SECS`.
+    pub stream_max_age_secs: u64,
+    /// The most a tenant's stream holds, in bytes (default 1 GiB): beyond it the oldest
+    /// messages go. `--cluster-stream-max-bytes BYTES`.
+    pub stream_max_bytes: u64,
+}
+
+/// Default of [`ClusterConfig::stream_max_age_secs`]: one day.
+pub const DEFAULT_STREAM_MAX_AGE_SECS: u64 = 86_400;
+/// Default of [`ClusterConfig::stream_max_bytes`]: 1 GiB.
+pub const DEFAULT_STREAM_MAX_BYTES: u64 = 1 << 30;
+/// The most stream replicas JetStream takes.
+pub const MAX_STREAM_REPLICAS: usize = 5;
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats: Vec::new(),
+            replica_id: None,
+            user: None,
+            password: None,
+            token: None,
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            stream_replicas: None,
+            stream_max_age_secs: DEFAULT_STREAM_MAX_AGE_SECS,
+            stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -92,7 +128,8 @@ impl ClusterConfig {
             || self.creds.is_some()
             || self.tls_ca.is_some()
             || self.tls_cert.is_some()
-            || self.tls_key.is_some();
+            || self.tls_key.is_some()
+            || self.stream_replicas.is_some();
         if !self.enabled() {
             if any_other {
                 problems.push(
@@ -131,7 +168,26 @@ impl ClusterConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             problems.push("cluster.tls_cert and cluster.tls_key go together".into());
         }
+        if let Some(n) = self.stream_replicas {
+            if !(1..=MAX_STREAM_REPLICAS).contains(&n) {
+                problems.push(format!(
+                    "cluster.stream_replicas must be 1 to {MAX_STREAM_REPLICAS}, not {n}"
+                ));
+            }
+        }
+        if self.stream_max_age_secs == 0 {
+            problems.push("cluster.stream_max_age_secs must be above 0".into());
+        }
+        if self.stream_max_bytes == 0 || self.stream_max_bytes > i64::MAX as u64 {
+            problems.push("cluster.stream_max_bytes must be above 0".into());
+        }
         problems
+    }
+
+    /// The stream replicas in force: the configured number, else the NATS servers known
+    /// (`known`), at most 3, at least 1.
+    pub fn resolve_stream_replicas(&self, known: usize) -> usize {
+        self.stream_replicas.unwrap_or(known.clamp(1, 3))
     }
 
     /// The replica id in force: the configured one, else `HOSTNAME` (when it is a valid id),
@@ -211,6 +267,14 @@ mod tests {
         };
         let p = c.problems();
         assert_eq!(p.len(), 6, "{p:?}");
+        let streams = ClusterConfig {
+            nats: vec!["nats://ok:4222".into()],
+            stream_replicas: Some(6),
+            stream_max_age_secs: 0,
+            stream_max_bytes: 0,
+            ..ClusterConfig::default()
+        };
+        assert_eq!(streams.problems().len(), 3, "{:?}", streams.problems());
         assert!(p.iter().all(|m| !m.contains("pw@")), "{p:?}");
     }
 
@@ -226,5 +290,16 @@ mod tests {
         assert_ne!(random, c.resolve_replica_id(None));
         c.replica_id = Some("r1".into());
         assert_eq!(c.resolve_replica_id(Some("starling-0")), "r1");
+    }
+
+    #[test]
+    fn stream_replicas_default_to_the_servers_known_up_to_three() {
+        let mut c = ClusterConfig::default();
+        assert_eq!(c.resolve_stream_replicas(0), 1);
+        assert_eq!(c.resolve_stream_replicas(1), 1);
+        assert_eq!(c.resolve_stream_replicas(2), 2);
+        assert_eq!(c.resolve_stream_replicas(5), 3);
+        c.stream_replicas = Some(5);
+        assert_eq!(c.resolve_stream_replicas(1), 5);
     }
 }

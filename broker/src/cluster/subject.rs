@@ -3,7 +3,9 @@
 //! Layout: `starling.<tenant>.msg.<level>.<level>…` for ordinary topics and
 //! `starling.<tenant>.sys.<level>…` for topics whose first level starts with `$`, so the
 //! wildcard filters `#` and `+/…` (which never match `$` topics [MQTT-4.7.2-1]) map onto
-//! subjects under `msg` only. Each MQTT level (and the tenant) is one NATS token:
+//! subjects under `msg` only. A QoS 1 or 2 message goes under `dmsg` / `dsys` instead
+//! ([`durable_topic_to_subject`]): the tenant's JetStream stream captures those two classes,
+//! so QoS 0 traffic never loads JetStream. Each MQTT level (and the tenant) is one NATS token:
 //!
 //! - bytes `!`..`~` other than `.`, `*`, `>` and the escape `~` stand for themselves;
 //! - every other byte of the level's UTF-8 (those four, space and other whitespace, control
@@ -23,6 +25,8 @@ pub const ESCAPE: u8 = b'~';
 
 const MSG: &str = "msg";
 const SYS: &str = "sys";
+const DURABLE_MSG: &str = "dmsg";
+const DURABLE_SYS: &str = "dsys";
 
 fn is_plain(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) && !matches!(b, b'.' | b'*' | b'>' | ESCAPE)
@@ -106,12 +110,57 @@ fn class(first_level: &str) -> &'static str {
     }
 }
 
-/// The subject a message published to `topic` (a valid MQTT topic name) in `tenant` goes to.
+/// The subject a QoS 0 message published to `topic` (a valid MQTT topic name) in `tenant`
+/// goes to.
 pub fn topic_to_subject(tenant: &str, topic: &str) -> String {
+    subject_of(tenant, topic, false)
+}
+
+/// The subject a QoS 1 or 2 message published to `topic` in `tenant` goes to: the one of
+/// [`topic_to_subject`] with the class `dmsg` / `dsys`, which the tenant's stream captures.
+pub fn durable_topic_to_subject(tenant: &str, topic: &str) -> String {
+    subject_of(tenant, topic, true)
+}
+
+/// The subjects the JetStream stream of `tenant` captures: every QoS 1 and 2 message.
+pub fn durable_subjects(tenant: &str) -> [String; 2] {
+    let prefix = tenant_prefix(tenant);
+    [
+        format!("{prefix}.{DURABLE_MSG}.>"),
+        format!("{prefix}.{DURABLE_SYS}.>"),
+    ]
+}
+
+/// The subject of `subject` (made by [`topic_to_subject`] or [`filter_to_subjects`]) in the
+/// durable class: the same levels, where QoS 1 and 2 messages go.
+pub fn to_durable(subject: &str) -> String {
+    let mut tokens = subject.splitn(4, '.');
+    let (root, tenant, class, rest) = (
+        tokens.next().unwrap_or(""),
+        tokens.next().unwrap_or(""),
+        tokens.next().unwrap_or(""),
+        tokens.next(),
+    );
+    let class = if class == SYS {
+        DURABLE_SYS
+    } else {
+        DURABLE_MSG
+    };
+    match rest {
+        Some(rest) => format!("{root}.{tenant}.{class}.{rest}"),
+        None => format!("{root}.{tenant}.{class}"),
+    }
+}
+
+fn subject_of(tenant: &str, topic: &str, durable: bool) -> String {
     let mut s = tenant_prefix(tenant);
     let first = topic.split('/').next().unwrap_or("");
     s.push('.');
-    s.push_str(class(first));
+    s.push_str(match (class(first), durable) {
+        (c, false) => c,
+        (SYS, true) => DURABLE_SYS,
+        (_, true) => DURABLE_MSG,
+    });
     for level in topic.split('/') {
         s.push('.');
         push_token(&mut s, level);
@@ -126,10 +175,11 @@ pub fn subject_to_topic(subject: &str) -> Option<(String, String)> {
         return None;
     }
     let tenant = decode_token(tokens.next()?)?;
-    let class_token = tokens.next()?;
-    if class_token != MSG && class_token != SYS {
-        return None;
-    }
+    let class_token = match tokens.next()? {
+        MSG | DURABLE_MSG => MSG,
+        SYS | DURABLE_SYS => SYS,
+        _ => return None,
+    };
     let mut topic = String::new();
     let mut levels = 0usize;
     for (i, token) in tokens.enumerate() {
@@ -245,6 +295,17 @@ mod tests {
             ["starling.t.sys.$SYS", "starling.t.sys.$SYS.>"]
         );
         assert_eq!(queue_group("t", "g", "a/+"), "t.g.a.+");
+        assert_eq!(durable_topic_to_subject("t", "a/b"), "starling.t.dmsg.a.b");
+        assert_eq!(
+            durable_topic_to_subject("t", "$SYS/x"),
+            "starling.t.dsys.$SYS.x"
+        );
+        assert_eq!(to_durable("starling.t.msg.a.*.>"), "starling.t.dmsg.a.*.>");
+        assert_eq!(to_durable("starling.t.sys.$SYS"), "starling.t.dsys.$SYS");
+        assert_eq!(
+            durable_subjects("t"),
+            ["starling.t.dmsg.>", "starling.t.dsys.>"]
+        );
     }
 
     #[test]
@@ -258,6 +319,8 @@ mod tests {
             "starling.t.msg.~zz",
             "starling.t.msg.$a",
             "starling.t.sys.a",
+            "starling.t.dsys.a",
+            "starling.t.dmsg.$a",
             "starling.t.msg.~FF",
             "starling.t.msg.a.*",
         ] {
@@ -301,7 +364,12 @@ mod tests {
         fn every_topic_round_trips(tenant in "[^\u{0}]{0,12}", topic in topic()) {
             let subject = topic_to_subject(&tenant, &topic);
             prop_assert!(subject.split('.').all(is_nats_token), "{}", subject);
-            prop_assert_eq!(subject_to_topic(&subject), Some((tenant, topic)));
+            prop_assert_eq!(subject_to_topic(&subject), Some((tenant.clone(), topic.clone())));
+            let durable = durable_topic_to_subject(&tenant, &topic);
+            prop_assert_eq!(&durable, &to_durable(&subject));
+            prop_assert!(durable_subjects(&tenant).iter().any(|p| nats_matches(p, &durable)));
+            prop_assert!(!durable_subjects(&tenant).iter().any(|p| nats_matches(p, &subject)));
+            prop_assert_eq!(subject_to_topic(&durable), Some((tenant, topic)));
         }
 
         #[test]
@@ -310,6 +378,8 @@ mod tests {
             let subjects = filter_to_subjects("t", &filter);
             let nats = subjects.iter().any(|p| nats_matches(p, &subject));
             prop_assert_eq!(nats, starling_codec::topic::matches_levels(&filter, &topic), "{:?} {}", subjects, subject);
+            let durable = durable_topic_to_subject("t", &topic);
+            prop_assert_eq!(nats, subjects.iter().any(|p| nats_matches(&to_durable(p), &durable)));
             // A message matches at most one of a filter's subjects: never delivered twice.
             prop_assert!(subjects.iter().filter(|p| nats_matches(p, &subject)).count() <= 1);
         }

@@ -500,6 +500,7 @@ impl<IO: AsyncIo> Connection<IO> {
         }
         let mut congested = None;
         let mut stored = false;
+        let mut replicated = None;
         if qos == QoS::ExactlyOnce {
             // The receipt is written before what the message changes, so no commit holds the
             // routed message without it: after a crash, the publisher's resend (it had no
@@ -512,6 +513,7 @@ impl<IO: AsyncIo> Connection<IO> {
             &mut congested,
             &mut self.fed_filling_outbox,
             &mut stored,
+            &mut replicated,
         );
         if let Err(RetainedFull) = routed {
             if qos == QoS::ExactlyOnce {
@@ -543,9 +545,31 @@ impl<IO: AsyncIo> Connection<IO> {
         } else {
             None
         };
+        // With a cluster, also once JetStream holds it on the broker's replicas.
+        let commit = both(commit, replicated);
         self.acknowledge_after(qos, packet_id, ReasonCode::SUCCESS, None, commit);
         // Our own outbox may have got something (a subscription matching our own publish).
         self.more_queued = true;
+    }
+}
+
+/// One receiver for two commits: done when both are, failed with the first failure.
+fn both(
+    a: Option<oneshot::Receiver<Result<(), Failure>>>,
+    b: Option<oneshot::Receiver<Result<(), Failure>>>,
+) -> Option<oneshot::Receiver<Result<(), Failure>>> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let a = a.await.unwrap_or(Err(Failure::Io));
+                let b = b.await.unwrap_or(Err(Failure::NotReplicated));
+                let _ = tx.send(a.and(b));
+            });
+            Some(rx)
+        }
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 

@@ -48,14 +48,23 @@ pub enum Failure {
     DiskFull,
     /// Another write error: 0x80 (unspecified error).
     Io,
+    /// JetStream did not confirm it stored the message on the broker's replicas (no quorum,
+    /// NATS unreachable, no answer in time): 0x80.
+    NotReplicated,
+    /// The tenant's JetStream stream is not set up (yet): 0x80.
+    NoStream,
+    /// JetStream has no room for the message: 0x97.
+    ReplicasFull,
 }
 
 impl Failure {
     /// The reason code of a PUBACK, PUBREC or CONNACK that refuses durable work.
     pub fn reason(self) -> ReasonCode {
         match self {
-            Failure::DiskFull => ReasonCode::QUOTA_EXCEEDED,
-            Failure::Io => ReasonCode::UNSPECIFIED_ERROR,
+            Failure::DiskFull | Failure::ReplicasFull => ReasonCode::QUOTA_EXCEEDED,
+            Failure::Io | Failure::NotReplicated | Failure::NoStream => {
+                ReasonCode::UNSPECIFIED_ERROR
+            }
         }
     }
 
@@ -64,6 +73,11 @@ impl Failure {
         match self {
             Failure::DiskFull => "the broker's storage is full",
             Failure::Io => "the broker's storage cannot be written",
+            Failure::NotReplicated => {
+                "JetStream did not confirm storing the message on the broker's replicas"
+            }
+            Failure::NoStream => "the tenant's JetStream stream is not ready",
+            Failure::ReplicasFull => "JetStream has no room for the message",
         }
     }
 }
