@@ -6,8 +6,10 @@
 //! Apply, in order (the order the mock API server tests pin down):
 //! 1. TLS: read the external Secret (`tls.secretName`), or keep the operator-issued CA and renew
 //!    the leaf inside its renewal window;
-//! 2. the credential Secret, then the api: read the broker, create it when the api has none and
-//!    this `Broker` never registered, otherwise PATCH the fields the spec owns;
+//! 2. the credential Secret; what exposes the Service (the Service, Ingresses, Gateway API
+//!    routes: `crate::exposure`), which decides the endpoints; then the api: read the broker,
+//!    create it when the api has none and this `Broker` never registered, otherwise PATCH the
+//!    fields the spec owns and the endpoints;
 //! 3. with a credential in hand: ConfigMap, Service and Deployment by server-side apply (the
 //!    pod template carries the checksum of ConfigMap and credential);
 //! 4. status by server-side apply, and a Kubernetes Event for anything that went wrong.
@@ -51,8 +53,9 @@ use tracing::{info, warn};
 use crate::{
     api::{BrokerCreate, BrokerPatch, ControlPlane, CreateOutcome, ManagedBy, OnPublish},
     certs,
-    crd::{Broker, BrokerStatus, Condition, FINALIZER, Phase, TlsStatus},
+    crd::{Broker, BrokerStatus, Condition, Endpoints, FINALIZER, Phase, TlsStatus},
     error::{Error, Result},
+    exposure,
     metrics::Metrics,
     resources::{
         self, Credentials, Settings, ca_from_secret, config_checksum, desired_ca_secret,
@@ -67,6 +70,8 @@ pub const MANAGER: &str = "starling-operator";
 
 /// How often a healthy `Broker` is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a `Broker` whose Service waits for its address is looked at again.
+const EXPOSURE_PENDING: Duration = Duration::from_secs(10);
 /// First and longest retry delay after a failure.
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -417,8 +422,8 @@ fn managed_by(b: &Broker) -> ManagedBy {
     }
 }
 
-fn owned_fields(b: &Broker) -> BrokerPatch {
-    let (endpoint, ws_endpoint) = advertised(b);
+fn owned_fields(b: &Broker, endpoints: &Endpoints) -> BrokerPatch {
+    let (endpoint, ws_endpoint) = advertised(endpoints);
     BrokerPatch {
         name: None,
         // The api keeps a description the patch leaves out: one removed from the spec is sent
@@ -434,12 +439,77 @@ fn owned_fields(b: &Broker) -> BrokerPatch {
     }
 }
 
-/// The endpoints `b` advertises in `status.endpoints` (its mqtts URL, its first wss URL), sent to
-/// the api with every registration and change so that the api shows clients the same ones; `None`
-/// where the listener is off, and the api derives its own.
-fn advertised(b: &Broker) -> (Option<String>, Option<String>) {
-    let e = b.endpoints();
-    (e.mqtts, e.wss.into_iter().next())
+/// The endpoints `status.endpoints` shows (its mqtts URL, its first wss URL), sent to the api
+/// with every registration and change so that the api shows clients the same ones; `None` where
+/// the listener is off, and the api derives its own.
+fn advertised(e: &Endpoints) -> (Option<String>, Option<String>) {
+    (e.mqtts.clone(), e.wss.first().cloned())
+}
+
+/// What exposes `b`'s Service: the Service itself (its node ports, its load balancer), the
+/// namespace's Ingresses and Gateway API routes, and the Gateways those name. What cannot be
+/// read (not served: no Gateway API installed; not allowed: an operator upgraded before its
+/// chart) counts as absent.
+async fn seen_exposure(b: &Broker, client: &Client, ns: &str) -> exposure::Seen {
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::{ApiResource, GroupVersionKind, ListParams};
+    fn absent<T>(what: &str, r: std::result::Result<T, kube::Error>) -> Option<T> {
+        r.map_err(|e| tracing::debug!(what, error = %e, "not read for the endpoints"))
+            .ok()
+    }
+    let service = absent(
+        "service",
+        Api::<Service>::namespaced(client.clone(), ns)
+            .get_opt(&names::workload(b))
+            .await,
+    )
+    .flatten();
+    let ingresses = absent(
+        "ingresses",
+        Api::<Ingress>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await,
+    )
+    .map(|l| l.items)
+    .unwrap_or_default();
+    let mut routes = Vec::new();
+    for (version, kind) in [("v1", "HTTPRoute"), ("v1alpha2", "TLSRoute")] {
+        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", version, kind);
+        let api =
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
+        if let Some(list) = absent(kind, api.list(&ListParams::default()).await) {
+            for item in list.items {
+                let mut v = serde_json::to_value(&item).unwrap_or_default();
+                v["kind"] = serde_json::Value::String(kind.to_owned());
+                routes.push(v);
+            }
+        }
+    }
+    let mut gateways = Vec::new();
+    let gateway = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "Gateway",
+    ));
+    let mut wanted: Vec<(String, String)> = routes
+        .iter()
+        .flat_map(exposure::parent_refs)
+        .map(|(ns, name, _, _)| (ns, name))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    for (gw_ns, name) in wanted.into_iter().take(8) {
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), &gw_ns, &gateway);
+        if let Some(Some(g)) = absent("gateway", api.get_opt(&name).await) {
+            gateways.push(serde_json::to_value(&g).unwrap_or_default());
+        }
+    }
+    exposure::Seen {
+        service,
+        ingresses,
+        routes,
+        gateways,
+    }
 }
 
 /// The pub/sub namespace `b`'s broker lives in: the one recorded at registration, which
@@ -459,6 +529,7 @@ async fn register(
     b: &Broker,
     ctx: &Context,
     existing: Option<Credentials>,
+    endpoints: &Endpoints,
 ) -> Result<Registration> {
     let api = &ctx.control_plane;
     let ns = registered_namespace(b)?;
@@ -481,7 +552,7 @@ async fn register(
                 });
             }
             if !api
-                .patch_broker(&ns, &name, &owned_fields(b), &managed_by(b))
+                .patch_broker(&ns, &name, &owned_fields(b, endpoints), &managed_by(b))
                 .await?
             {
                 return Err(Error::DeletedInApi(format!("{ns}/{name}")));
@@ -510,7 +581,7 @@ async fn register(
         None if known_id.is_some() => Err(Error::DeletedInApi(format!("{ns}/{name}"))),
         None => {
             api.ensure_namespace(&ns).await?;
-            let (endpoint, ws_endpoint) = advertised(b);
+            let (endpoint, ws_endpoint) = advertised(endpoints);
             let req = BrokerCreate {
                 name: name.clone(),
                 description: b.spec.description.clone(),
@@ -735,12 +806,13 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
     };
 
     let credentials_secret = secrets.get_opt(&names::credentials(b)).await?;
+    let exposure = exposure::observe(b, &seen_exposure(b, &client, &ns).await);
     let registration = match check_owned(credentials_secret.as_ref(), b) {
         Ok(()) => {
             let existing = credentials_secret
                 .as_ref()
                 .and_then(Credentials::from_secret);
-            register(b, ctx, existing).await
+            register(b, ctx, existing, &exposure.endpoints).await
         }
         Err(e) => Err(e),
     };
@@ -786,6 +858,7 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
             .set_certificate_not_after(&ns, &b.name_any(), t.as_second());
     }
     status.api_namespace = api_namespace;
+    status.endpoints = Some(exposure.endpoints.clone());
     if budget_unavailable {
         status.conditions.push(condition(
             b.status.as_ref(),
@@ -838,9 +911,13 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
             // Come back in time to renew an operator-issued certificate.
             let until_renewal = (t.not_after - renew_window(b)).duration_since(Timestamp::now());
             let until_renewal = Duration::try_from(until_renewal).unwrap_or(Duration::ZERO);
-            Ok(Action::requeue(
-                jittered(RESYNC).min(until_renewal.max(BACKOFF_MIN)),
-            ))
+            // A load balancer's address or node ports still to come: look again soon.
+            let resync = if exposure.pending {
+                EXPOSURE_PENDING
+            } else {
+                jittered(RESYNC)
+            };
+            Ok(Action::requeue(resync.min(until_renewal.max(BACKOFF_MIN))))
         }
     }
 }

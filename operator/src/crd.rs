@@ -550,6 +550,11 @@ pub struct Endpoints {
     /// `wss://host:port/mqtt` for every WebSocket port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wss: Vec<String>,
+    /// How the endpoints were found when something other than the Broker's spec decides them
+    /// (a NodePort or LoadBalancer Service, an Ingress, a Gateway API route), or what is still
+    /// missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The serving certificate.
@@ -591,7 +596,8 @@ impl Broker {
         }
     }
 
-    /// The endpoints the status advertises.
+    /// The endpoints the spec alone gives (host name and Service ports); the status shows
+    /// what exposes the Service on top of these (`crate::exposure`).
     pub fn endpoints(&self) -> Endpoints {
         let host = self.host();
         let l = &self.spec.listeners;
@@ -609,6 +615,7 @@ impl Broker {
             } else {
                 Vec::new()
             },
+            note: None,
         }
     }
 

@@ -2,14 +2,15 @@
 //!
 //! `crd` defines the resource, `resources` turns a `Broker` into the Kubernetes objects that
 //! run it, `certs` issues and renews operator-managed certificates, `api` talks to the Starling
-//! control plane, `tenancy` says which pub/sub namespaces a Kubernetes namespace may use and
-//! `controller` reconciles.
+//! control plane, `tenancy` says which pub/sub namespaces a Kubernetes namespace may use,
+//! `exposure` what clients connect to, and `controller` reconciles.
 
 pub mod api;
 pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod exposure;
 pub mod generated;
 pub mod leader;
 pub mod metrics;

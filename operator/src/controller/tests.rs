@@ -455,6 +455,11 @@ async fn create_registers_issues_tls_and_applies_every_object_with_owner_and_man
             format!("GET {S}/sensors-tls"),
             format!("PATCH {S}/sensors-tls"),
             format!("GET {S}/sensors-credentials"),
+            // What exposes the Service decides the endpoints the api is told.
+            "GET /api/v1/namespaces/iot/services/sensors".to_owned(),
+            "GET /apis/networking.k8s.io/v1/namespaces/iot/ingresses".to_owned(),
+            "GET /apis/gateway.networking.k8s.io/v1/namespaces/iot/httproutes".to_owned(),
+            "GET /apis/gateway.networking.k8s.io/v1alpha2/namespaces/iot/tlsroutes".to_owned(),
             format!("PATCH {S}/sensors-credentials"),
             "GET /api/v1/namespaces/iot/configmaps/sensors-config".to_owned(),
             "PATCH /api/v1/namespaces/iot/configmaps/sensors-config".to_owned(),
@@ -595,6 +600,56 @@ async fn the_api_is_told_the_endpoints_the_status_advertises_at_registration_and
             .is_some_and(|wss| wss.starts_with("wss://devices.example.org:")),
         "{:?}",
         sent(&w)
+    );
+}
+
+#[tokio::test]
+async fn a_load_balancer_address_and_an_ingress_reach_the_status_and_the_api() {
+    let w = World::new();
+    let spec = json!({"service": {"type": "LoadBalancer"}});
+    let action = w.reconcile(&finalized(spec)).await.expect("first");
+    let endpoints = |w: &World| {
+        w.stored_broker()
+            .status
+            .and_then(|s| s.endpoints)
+            .expect("status.endpoints")
+    };
+    assert!(
+        endpoints(&w).note.is_some_and(|n| n.contains("waiting")),
+        "no address yet"
+    );
+    assert_eq!(
+        action,
+        Action::requeue(EXPOSURE_PENDING),
+        "looks again soon while the address is pending"
+    );
+
+    let mut svc = w
+        .kube
+        .get("/api/v1/namespaces/iot/services/sensors")
+        .expect("service");
+    svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
+    w.kube.put("/api/v1/namespaces/iot/services/sensors", svc);
+    w.kube.put(
+        "/apis/networking.k8s.io/v1/namespaces/iot/ingresses",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressList", "metadata": {},
+            "items": [{"metadata": {"name": "wss", "namespace": "iot"}, "spec": {
+                "tls": [{"hosts": ["ws.example.com"]}],
+                "rules": [{"host": "ws.example.com", "http": {"paths": [{"path": "/mqtt",
+                    "pathType": "Exact", "backend": {"service": {"name": "sensors",
+                    "port": {"name": "wss-443"}}}}]}}]}}]}),
+    );
+    w.reconcile(&w.stored_broker()).await.expect("second");
+    let e = endpoints(&w);
+    assert_eq!(e.mqtts.as_deref(), Some("mqtts://203.0.113.9:8883"));
+    assert_eq!(e.wss, ["wss://ws.example.com:443/mqtt"]);
+    let fields = w.api.state().brokers[&("iot".to_owned(), "sensors".to_owned())]
+        .1
+        .clone();
+    assert_eq!(
+        (fields.endpoint.flatten(), fields.ws_endpoint.flatten()),
+        (e.mqtts.clone(), e.wss.first().cloned()),
+        "the api shows the same"
     );
 }
 
