@@ -5,7 +5,6 @@
 //! broker as a process (`process`).
 #![allow(dead_code, unreachable_pub)]
 
-pub mod rumqttc;
 pub mod slow_http;
 pub mod tokens;
 pub mod transport;
