@@ -696,8 +696,23 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let client = ctx.client.clone();
     let credentials = desired_credentials_secret(b, &reg.credentials);
-    let config = desired_config_map(b, &ctx.settings.broker_hook)?;
-    let checksum = config_checksum(&config, &credentials);
+    let nats = nats_credentials(ctx).await?;
+    let config = desired_config_map(b, &ctx.settings.broker_hook, nats.as_ref())?;
+    let mut checksum = config_checksum(&config, &credentials);
+    if let Some(n) = &nats {
+        // A rotated NATS credential rolls the pods, as the broker reads it at start.
+        let parts: Vec<(String, &[u8])> =
+            std::iter::once(("config".to_owned(), checksum.as_bytes()))
+                .chain(n.checksum_parts())
+                .collect();
+        checksum = resources::checksum(parts.iter().map(|(k, v)| (k.as_str(), *v)));
+        ssa(
+            &Api::<Secret>::namespaced(client.clone(), &ns),
+            &resources::desired_nats_secret(b, n),
+            b,
+        )
+        .await?;
+    }
     ssa(
         &Api::<ConfigMap>::namespaced(client.clone(), &ns),
         &config,
@@ -725,11 +740,43 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
     let mut deployment =
         desired_deployment(b, &ctx.settings, &reg.credentials.broker_id, &checksum);
     resources::apply_pod_options(&mut deployment, b).map_err(Error::PodOptions)?;
+    if let Some(n) = &nats {
+        resources::apply_nats_credentials(&mut deployment, b, n);
+    }
     let applied = ssa(&Api::<Deployment>::namespaced(client, &ns), &deployment, b).await?;
     Ok(Workload {
         rollout: Rollout::of(&applied),
         budget_unavailable,
     })
+}
+
+/// The brokers' NATS credentials and TLS files, read from the Secrets the operator's settings
+/// name in its own namespace; `None` when they name none. A missing or malformed Secret is an
+/// error naming the Secret and the keys, never a value.
+async fn nats_credentials(ctx: &Context) -> Result<Option<resources::NatsCredentials>> {
+    let names = &ctx.settings.cluster_secrets;
+    if !names.any() || ctx.settings.cluster_nats.is_empty() {
+        return Ok(None);
+    }
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace);
+    let mut read = Vec::new();
+    for name in [&names.auth, &names.tls] {
+        match name {
+            Some(n) => match api.get_opt(n).await? {
+                Some(s) => read.push(Some(s)),
+                None => {
+                    return Err(Error::NatsCredentials(format!(
+                        "the Secret {}/{n} does not exist (yet)",
+                        names.namespace
+                    )));
+                }
+            },
+            None => read.push(None),
+        }
+    }
+    resources::NatsCredentials::from_secrets(read[0].as_ref(), read[1].as_ref())
+        .map(Some)
+        .map_err(Error::NatsCredentials)
 }
 
 /// Applies `b`'s PodDisruptionBudget when it runs more than one replica and the API server

@@ -84,6 +84,10 @@ pub enum Error {
     /// `spec.pod` holds something a PodSpec does not take.
     #[error("invalid pod options: {0}")]
     PodOptions(String),
+    /// The brokers' NATS credentials cannot be read or are incomplete (what and where, never
+    /// a value).
+    #[error("NATS credentials: {0}")]
+    NatsCredentials(String),
     /// The API server lacks a resource the operator needs.
     #[error(
         "spec.replicas is {0}: more than one replica needs a NATS cluster, and the operator has \
@@ -126,6 +130,7 @@ impl Error {
             Self::Apply { .. } => "ApplyFailed",
             Self::NotOwned { .. } => "OwnershipConflict",
             Self::PodOptions(_) => "InvalidPodOptions",
+            Self::NatsCredentials(_) => "NatsCredentials",
             Self::NotManaged(_) => "NotManaged",
             Self::NamespaceChanged { .. } => "NamespaceImmutable",
         }

@@ -12,7 +12,7 @@ use starling_operator::{
     controller::{self, Context},
     leader::{LeaseLock, Timing},
     metrics::Metrics,
-    resources::{BrokerHook, Settings, allowed_host},
+    resources::{BrokerHook, ClusterSecrets, Settings, allowed_host},
     tenancy::Tenancy,
 };
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,15 @@ struct RunArgs {
         default_value = ""
     )]
     broker_cluster_nats: Vec<String>,
+    /// A Secret in the operator's namespace (--lease-namespace) with the brokers' NATS
+    /// credentials: `user` and `password`, or `token`, or `nats.creds`. Each Broker gets a copy
+    /// its pods read (environment variables and a mounted file), never the ConfigMap.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_SECRET")]
+    broker_cluster_secret: Option<String>,
+    /// A Secret in the operator's namespace with the NATS servers' CA (`ca.crt`) and, for a
+    /// client certificate, `tls.crt` and `tls.key`; copied like --broker-cluster-secret.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET")]
+    broker_cluster_tls_secret: Option<String>,
     /// Timeout of one on-publish hook request of every broker, in milliseconds; the broker's
     /// default when unset.
     #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
@@ -297,6 +306,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|u| u.trim().to_owned())
             .filter(|u| !u.is_empty())
             .collect(),
+        cluster_secrets: ClusterSecrets {
+            namespace: args.lease_namespace.clone(),
+            auth: args
+                .broker_cluster_secret
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
+            tls: args
+                .broker_cluster_tls_secret
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
+        },
     };
     info!(broker_hook = ?settings.broker_hook, "hook address rules for every broker");
     info!(tenancy_allow = ?settings.tenancy, "pub/sub namespaces beyond each Kubernetes namespace's own");

@@ -131,3 +131,55 @@ fn the_broker_reads_a_single_hook_rule_and_keeps_its_defaults_for_the_rest() {
         }
     );
 }
+
+/// With NATS credentials from Secrets, the file names the mounted files and the pod's
+/// environment carries the user and password (as the Deployment passes them from the Broker's
+/// own Secret); the broker reads both, and its logged form has no password.
+#[test]
+fn the_broker_reads_the_nats_files_the_config_names_and_the_password_from_its_environment() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    use starling_operator::resources::{NatsCredentials, render_config_with};
+    let secret = |entries: &[(&str, &str)]| Secret {
+        data: Some(
+            entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    let creds = NatsCredentials::from_secrets(
+        Some(&secret(&[
+            ("user", "broker"),
+            ("password", "pw-not-logged"),
+        ])),
+        Some(&secret(&[("ca.crt", "CA")])),
+    )
+    .expect("complete");
+    let b = broker(serde_json::json!({"replicas": 3}));
+    let text = render_config_with(&b, &BrokerHook::default(), Some(&creds)).expect("renders");
+    assert!(!text.contains("pw-not-logged"), "{text}");
+    let dir = std::env::temp_dir().join(format!("starling-operator-nats-{}", std::process::id()));
+    let mut flags = pod_flags(&dir);
+    flags.cluster_nats = vec!["nats://nats-0.nats.starling-system.svc:4222".to_owned()];
+    let env = [
+        (
+            "STARLING_BROKER__CLUSTER__USER".to_owned(),
+            "broker".to_owned(),
+        ),
+        (
+            "STARLING_BROKER__CLUSTER__PASSWORD".to_owned(),
+            "pw-not-logged".to_owned(),
+        ),
+    ];
+    let config = Config::load(Some(&text), env, &flags);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = config.unwrap_or_else(|e| panic!("the broker rejected it: {e}"));
+    assert_eq!(config.cluster.user.as_deref(), Some("broker"));
+    assert_eq!(
+        config.cluster.tls_ca.as_deref(),
+        Some(std::path::Path::new("/etc/starling/nats/ca.crt"))
+    );
+    let logged = serde_json::to_string(&config).expect("serializes");
+    assert!(!logged.contains("pw-not-logged"), "{logged}");
+}

@@ -1549,6 +1549,77 @@ async fn several_replicas_get_a_budget_where_policy_v1_is_served_and_an_event_wh
     );
 }
 
+#[tokio::test]
+async fn nats_credentials_reach_each_brokers_pods_through_its_own_secret_never_the_config() {
+    let w = World::with_settings(resources::Settings {
+        cluster_nats: vec!["nats://nats.starling-system.svc:4222".to_owned()],
+        cluster_secrets: resources::ClusterSecrets {
+            namespace: "starling-system".to_owned(),
+            auth: Some("starling-nats-auth".to_owned()),
+            tls: None,
+        },
+        ..settings()
+    });
+    let mut b = finalized(json!({}));
+    b.spec.replicas = 3;
+    // The Secret is not there yet: Degraded, saying which Secret, and nothing rolled out.
+    w.reconcile(&b).await.expect_err("no Secret yet");
+    let degraded = condition_of(&w.stored_broker(), "Degraded");
+    assert_eq!(degraded.reason, "NatsCredentials");
+    assert!(
+        degraded
+            .message
+            .contains("starling-system/starling-nats-auth"),
+        "{}",
+        degraded.message
+    );
+    w.kube.take_requests();
+
+    w.kube.put(
+        "/api/v1/namespaces/starling-system/secrets/starling-nats-auth",
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "starling-nats-auth", "namespace": "starling-system"},
+            "data": {"token": "czNjcjN0LXRva2Vu"}}),
+    );
+    let mut b = w.stored_broker();
+    b.spec.replicas = 3;
+    w.reconcile(&b).await.expect("reconciles");
+    let reqs = w.kube.take_requests();
+    let copy = find(&reqs, &format!("PATCH {S}/sensors-nats"));
+    assert_eq!(copy.body["data"]["token"], "czNjcjN0LXRva2Vu");
+    assert_eq!(
+        copy.body["metadata"]["ownerReferences"][0]["kind"],
+        "Broker"
+    );
+    let config = find(
+        &reqs,
+        "PATCH /api/v1/namespaces/iot/configmaps/sensors-config",
+    );
+    let dep = find(
+        &reqs,
+        "PATCH /apis/apps/v1/namespaces/iot/deployments/sensors",
+    );
+    for r in [config, dep] {
+        let text = r.body.to_string();
+        assert!(
+            !text.contains("s3cr3t-token") && !text.contains("czNjcjN0LXRva2Vu"),
+            "{text}"
+        );
+    }
+    let env = &dep.body["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "STARLING_BROKER__CLUSTER__TOKEN"
+                && e["valueFrom"]["secretKeyRef"]["name"] == "sensors-nats"),
+        "{env}"
+    );
+    assert_eq!(dep.body["spec"]["replicas"], 3);
+    let status = w.stored_broker().status.unwrap();
+    assert!(!serde_json::to_string(&status).unwrap().contains("s3cr3t"));
+}
+
 #[test]
 fn an_event_note_is_cut_to_what_the_api_server_takes_on_a_character_boundary() {
     assert_eq!(event_note("short".to_owned()), "short");

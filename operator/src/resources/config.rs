@@ -22,6 +22,8 @@ struct BrokerToml<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     hook: Option<HookToml<'a>>,
     shutdown: ShutdownToml,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<super::cluster::ClusterToml>,
 }
 
 /// How long a broker pod's connections get to drain after DISCONNECT 0x8B
@@ -149,10 +151,20 @@ pub fn tenant_limits(b: &Broker) -> Option<LimitsSpec> {
 
 /// Renders `broker.toml` for `b`, with the operator's hook rules `hook`.
 pub fn render_config(b: &Broker, hook: &BrokerHook) -> Result<String, toml::ser::Error> {
+    render_config_with(b, hook, None)
+}
+
+/// [`render_config`], with the paths of the NATS files `nats` names (`[cluster]`).
+pub fn render_config_with(
+    b: &Broker,
+    hook: &BrokerHook,
+    nats: Option<&super::NatsCredentials>,
+) -> Result<String, toml::ser::Error> {
     let doc = BrokerToml {
         limits: b.spec.limits.as_ref().map(LimitsSpec::to_config),
         hook: HookToml::from_settings(hook),
         shutdown: ShutdownToml::for_broker(b),
+        cluster: nats.and_then(super::cluster::ClusterToml::for_credentials),
     };
     let body = toml::to_string(&doc)?;
     Ok(format!(
@@ -161,13 +173,17 @@ pub fn render_config(b: &Broker, hook: &BrokerHook) -> Result<String, toml::ser:
     ))
 }
 
-/// The ConfigMap holding `broker.toml`.
-pub fn desired_config_map(b: &Broker, hook: &BrokerHook) -> Result<ConfigMap, toml::ser::Error> {
+/// The ConfigMap holding `broker.toml` (with the paths of the NATS files `nats` names).
+pub fn desired_config_map(
+    b: &Broker,
+    hook: &BrokerHook,
+    nats: Option<&super::NatsCredentials>,
+) -> Result<ConfigMap, toml::ser::Error> {
     Ok(ConfigMap {
         metadata: owned_meta(b, names::config(b)),
         data: Some(BTreeMap::from([(
             CONFIG_KEY.to_owned(),
-            render_config(b, hook)?,
+            render_config_with(b, hook, nats)?,
         )])),
         ..ConfigMap::default()
     })
@@ -184,7 +200,7 @@ mod tests {
             "profile": "cloudflare", "maxPacketSize": 65536, "maxPublishRate": 10,
             "publishBurst": 20, "maxConnections": 1000
         }}));
-        let cm = desired_config_map(&b, &BrokerHook::default()).expect("renders");
+        let cm = desired_config_map(&b, &BrokerHook::default(), None).expect("renders");
         let text = &cm.data.expect("data")[CONFIG_KEY];
         let parsed: toml::Value = toml::from_str(text).expect("valid TOML");
         let limits = parsed["limits"].as_table().expect("[limits]");
@@ -327,13 +343,14 @@ mod tests {
     #[test]
     fn the_hook_rules_change_the_config_map_and_so_roll_the_pods() {
         let b = broker(serde_json::json!({}));
-        let before = desired_config_map(&b, &BrokerHook::default()).expect("renders");
+        let before = desired_config_map(&b, &BrokerHook::default(), None).expect("renders");
         let after = desired_config_map(
             &b,
             &BrokerHook {
                 allow_http: true,
                 ..BrokerHook::default()
             },
+            None,
         )
         .expect("renders");
         assert_ne!(before.data, after.data);

@@ -169,7 +169,7 @@ fn port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-fn mount(name: &str, path: &str) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -178,7 +178,7 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-fn secret_volume(name: &str, secret: String) -> Volume {
+pub(super) fn secret_volume(name: &str, secret: String) -> Volume {
     Volume {
         name: name.to_owned(),
         secret: Some(SecretVolumeSource {
@@ -371,7 +371,7 @@ mod tests {
             secret: secret.to_owned().into(),
         };
         config_checksum(
-            &desired_config_map(b, &settings().broker_hook).expect("renders"),
+            &desired_config_map(b, &settings().broker_hook, None).expect("renders"),
             &desired_credentials_secret(b, &creds),
         )
     }

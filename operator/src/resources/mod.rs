@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::Broker;
 
 mod certificate;
+mod cluster;
 mod config;
 mod deployment;
 mod disruption;
@@ -21,9 +22,12 @@ mod service;
 mod storage;
 
 pub use certificate::{certificate_resource, desired_certificate};
+pub use cluster::{
+    ClusterSecrets, NATS_DIR, NatsCredentials, apply_nats_credentials, desired_nats_secret,
+};
 pub use config::{
     BrokerHook, CONFIG_KEY, InvalidHost, allowed_host, desired_config_map, render_config,
-    tenant_limits,
+    render_config_with, tenant_limits,
 };
 pub use deployment::{CHECKSUM_ANNOTATION, broker_args, config_checksum, desired_deployment};
 pub use disruption::{desired_pdb, spread};
@@ -60,6 +64,8 @@ pub struct Settings {
     /// NATS servers every broker joins its replicas through (`--cluster-nats`); empty: each
     /// Broker runs one replica on its own store.
     pub cluster_nats: Vec<String>,
+    /// Where the brokers' NATS credentials and TLS files come from.
+    pub cluster_secrets: ClusterSecrets,
 }
 
 /// Object names derived from the Broker's name.
@@ -78,6 +84,10 @@ pub mod names {
     /// The Secret with the broker's control-plane credential.
     pub fn credentials(b: &Broker) -> String {
         format!("{}-credentials", b.name_any())
+    }
+    /// The Secret with the copy of the NATS credentials and TLS files.
+    pub fn nats(b: &Broker) -> String {
+        format!("{}-nats", b.name_any())
     }
     /// The PersistentVolumeClaim with the data directory (`spec.storage`).
     pub fn data(b: &Broker) -> String {
@@ -220,6 +230,7 @@ pub(crate) mod fixtures {
             tenancy: crate::tenancy::Tenancy::default(),
             network_policy: None,
             cluster_nats: Vec::new(),
+            cluster_secrets: super::ClusterSecrets::default(),
         }
     }
 }
