@@ -10,15 +10,11 @@ use std::collections::BTreeSet;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt as _;
+use axum::http::{Method, Request, StatusCode};
+use common::{BOOTSTRAP, Resp};
 use serde_json::{Value, json};
-use starling_api::config::{Config, Secret};
-use starling_api::keys::Kek;
-use starling_api::state::AppState;
-use tower::ServiceExt as _;
+use starling_api::config::Config;
 
-const BOOTSTRAP: &str = "sat_bootstrap-token-for-tests";
 const ACCOUNT: &str = "00000000000000000000000000000001";
 const C: &str = "/client/v4/accounts/00000000000000000000000000000001/pubsub";
 const JSON: &str = "application/json";
@@ -32,24 +28,8 @@ struct Api {
     _guard: Box<dyn std::any::Any + Send>,
 }
 
-#[derive(Debug)]
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
 async fn api() -> Api {
-    let (store, guard) = common::sqlite().await;
-    let config = Config {
-        bootstrap_token: Some(Secret(BOOTSTRAP.into())),
-        domain: "example.test".into(),
-        ..Config::default()
-    };
-    let state = AppState::new(store, Kek::from_bytes(&[3u8; 32]).unwrap(), config);
-    starling_api::server::ensure_bootstrap(&*state.store, &state.config, state.clock.now_micros())
-        .await
-        .unwrap();
+    let (state, guard) = common::app_state(Config::default()).await;
     Api {
         app: starling_api::app(state),
         _guard: guard,
@@ -72,21 +52,7 @@ impl Api {
         let req = req
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        common::oneshot(&self.app, req).await
     }
 
     /// A request with the bootstrap token as a bearer token and `body` sent as `content_type`.

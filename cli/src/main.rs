@@ -437,7 +437,8 @@ async fn broker(ctx: &Ctx, out: Output, cmd: BrokerCmd) -> Result<()> {
             show_brokers(out, std::slice::from_ref(&created.broker))?;
             if let Some(secret) = created.secret {
                 println!(
-                    "\nbroker secret (for the internal state route; shown only now): {secret}"
+                    "\nbroker secret (for the internal state route; shown only now): {}",
+                    secret.expose()
                 );
             }
             Ok(())
@@ -648,7 +649,7 @@ async fn tokens(ctx: &Ctx, out: Output, cmd: TokensCmd) -> Result<()> {
             }
             table(
                 &["ID", "NAME", "ROLE", "TOKEN (shown only now)"],
-                vec![vec![t.id, t.name, t.role.to_string(), t.token]],
+                vec![vec![t.id, t.name, t.role.to_string(), t.token.into_inner()]],
             );
             Ok(())
         }

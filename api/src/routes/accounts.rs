@@ -23,6 +23,7 @@ use crate::error::{ApiError, ErrorKind, OrNotFound, Problem, Result, code};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::state::AppState;
 use crate::store::{Account, ApiTokenRecord, Role};
+use starling_types::Secret;
 pub use starling_types::rest::{
     AccountCreate, AccountCreated, AccountView, AuditView, CallerToken, TokenCreate, TokenCreated,
     TokenList, TokenView,
@@ -83,7 +84,7 @@ pub async fn create_account(
             id: account.id,
             name: account.name,
             admin_token_id: record.id,
-            admin_token: token,
+            admin_token: Secret::new(token),
         }),
     ))
 }
@@ -164,7 +165,7 @@ pub async fn create_token(
             id: record.id,
             name: record.name,
             role: record.role,
-            token,
+            token: Secret::new(token),
         }),
     ))
 }

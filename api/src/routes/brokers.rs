@@ -8,11 +8,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use starling_types::LimitsSpec;
 pub use starling_types::rest::{
     BrokerCreate, BrokerCreated, BrokerList, BrokerPatch, BrokerSecret, BrokerView,
     MAX_EXPIRATION_SECS, ManagedBy, OnPublish,
 };
+use starling_types::{LimitsSpec, Secret};
 
 use super::{
     Auth, Body, Envelope, PathParams, QueryPairs, encode_cursor, page_params, rfc3339_micros,
@@ -542,7 +542,13 @@ pub async fn native_create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(BrokerCreated { broker, secret })))
+    Ok((
+        status,
+        Json(BrokerCreated {
+            broker,
+            secret: secret.map(Secret::new),
+        }),
+    ))
 }
 
 /// Get a broker.
@@ -652,7 +658,9 @@ pub async fn native_rotate_secret(
     .await;
     Ok((
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(BrokerSecret { secret }),
+        Json(BrokerSecret {
+            secret: Secret::new(secret),
+        }),
     ))
 }
 

@@ -7,17 +7,14 @@ pub(crate) use std::time::Duration;
 
 pub(crate) use axum::Router;
 pub(crate) use axum::body::Body;
-pub(crate) use axum::http::{HeaderMap, Method, Request, StatusCode};
-pub(crate) use http_body_util::BodyExt as _;
+pub(crate) use axum::http::{Method, Request, StatusCode};
 pub(crate) use serde_json::{Value, json};
-pub(crate) use starling_api::config::{Config, Secret};
-pub(crate) use starling_api::keys::Kek;
+pub(crate) use starling_api::config::Config;
 pub(crate) use starling_api::state::AppState;
 pub(crate) use starling_token::{Jwks, TokenError, Verifier};
 pub(crate) use starling_types::rest::{BrokerCreated, TokenCreated};
-pub(crate) use tower::ServiceExt as _;
 
-pub(crate) const BOOTSTRAP: &str = "sat_bootstrap-token-for-tests";
+pub(crate) use common::{BOOTSTRAP, Resp};
 
 pub(crate) struct Api {
     pub(crate) app: Router,
@@ -26,23 +23,8 @@ pub(crate) struct Api {
     pub(crate) _guard: Box<dyn std::any::Any + Send>,
 }
 
-pub(crate) struct Resp {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Value,
-}
-
 pub(crate) async fn api_with(config: Config) -> Api {
-    let (store, guard) = common::sqlite().await;
-    let config = Config {
-        bootstrap_token: Some(Secret(BOOTSTRAP.into())),
-        domain: "example.test".into(),
-        ..config
-    };
-    let state = AppState::new(store, Kek::from_bytes(&[3u8; 32]).unwrap(), config);
-    starling_api::server::ensure_bootstrap(&*state.store, &state.config, state.clock.now_micros())
-        .await
-        .unwrap();
+    let (state, guard) = common::app_state(config).await;
     Api {
         app: starling_api::app(state.clone()),
         internal: starling_api::internal_app(state.clone()),
@@ -77,21 +59,7 @@ pub(crate) async fn send(
         None => req.body(Body::empty()),
     }
     .unwrap();
-    let resp = router.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    common::oneshot(router, req).await
 }
 
 impl Api {
@@ -120,7 +88,9 @@ impl Api {
         let r = self
             .post("/v1/tokens", BOOTSTRAP, json!({"name": role, "role": role}))
             .await;
-        r.expect::<TokenCreated>(StatusCode::CREATED).token
+        r.expect::<TokenCreated>(StatusCode::CREATED)
+            .token
+            .into_inner()
     }
 
     /// A namespace `home` with a broker `b1`; returns the broker secret.
@@ -138,7 +108,7 @@ impl Api {
             .await;
         let created = r.expect::<BrokerCreated>(StatusCode::CREATED);
         let secret = created.secret.expect("a new broker's secret");
-        (r.body, secret)
+        (r.body, secret.into_inner())
     }
 
     /// The published keys of `home/b1`.
@@ -151,15 +121,6 @@ impl Api {
     /// A verifier of `home/b1`'s tokens.
     pub(crate) async fn verifier(&self) -> Verifier {
         Verifier::new(&self.verifier_jwks().await).unwrap()
-    }
-}
-
-impl Resp {
-    /// The body as `T` once the status is `status`; a failure names both.
-    pub(crate) fn expect<T: serde::de::DeserializeOwned>(&self, status: StatusCode) -> T {
-        assert_eq!(self.status, status, "{:?}", self.body);
-        serde_json::from_value(self.body.clone())
-            .unwrap_or_else(|e| panic!("not the expected shape ({e}): {:?}", self.body))
     }
 }
 

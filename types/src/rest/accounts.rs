@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Secret;
+
 /// What an API token may do in its account. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -61,7 +63,7 @@ pub struct AccountCreate {
 }
 
 /// A new account with its first admin token (shown once).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AccountCreated {
@@ -72,18 +74,8 @@ pub struct AccountCreated {
     /// The admin token's id.
     pub admin_token_id: String,
     /// The admin API token; shown only here.
-    pub admin_token: String,
-}
-
-impl std::fmt::Debug for AccountCreated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountCreated")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("admin_token_id", &self.admin_token_id)
-            .field("admin_token", &"<redacted>")
-            .finish()
-    }
+    #[cfg_attr(feature = "utoipa", schema(value_type = String))]
+    pub admin_token: Secret<String>,
 }
 
 /// The body of an API token creation.
@@ -112,7 +104,7 @@ pub struct TokenView {
 }
 
 /// A new API token (shown once).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// Token id.
@@ -122,18 +114,8 @@ pub struct TokenCreated {
     /// The role.
     pub role: Role,
     /// The token; shown only here.
-    pub token: String,
-}
-
-impl std::fmt::Debug for TokenCreated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCreated")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .field("token", &"<redacted>")
-            .finish()
-    }
+    #[cfg_attr(feature = "utoipa", schema(value_type = String))]
+    pub token: Secret<String>,
 }
 
 /// A page of API tokens.
@@ -190,4 +172,34 @@ pub struct AccountView {
     pub created_on: String,
     /// The token that asked.
     pub token: CallerToken,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_tokens_stay_out_of_debug_and_travel_in_json() {
+        let t = TokenCreated {
+            id: "t1".into(),
+            name: "ci".into(),
+            role: Role::Write,
+            token: Secret::new("sat_s3cr3t".into()),
+        };
+        let a = AccountCreated {
+            id: "a1".into(),
+            name: "acme".into(),
+            admin_token_id: "t2".into(),
+            admin_token: Secret::new("sat_adm1n".into()),
+        };
+        let shown = format!("{t:?} {a:?}");
+        assert!(
+            !shown.contains("sat_s3cr3t") && !shown.contains("sat_adm1n"),
+            "{shown}"
+        );
+        assert!(shown.contains("ci") && shown.contains("acme"), "{shown}");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["token"], "sat_s3cr3t");
+        assert_eq!(serde_json::to_value(&a).unwrap()["adminToken"], "sat_adm1n");
+    }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::LimitsSpec;
+use crate::{LimitsSpec, Secret};
 
 /// The longest token lifetime accepted, in seconds (10 years); larger values are refused as
 /// probably nanoseconds.
@@ -112,7 +112,7 @@ pub struct BrokerView {
 }
 
 /// A broker just created, with its secret (shown this once).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct BrokerCreated {
     /// The broker.
@@ -120,32 +120,17 @@ pub struct BrokerCreated {
     pub broker: BrokerView,
     /// The broker secret for the internal state route; shown only here (`null` when an
     /// operator re-registers an existing broker: rotate the secret to get a new one).
-    pub secret: Option<String>,
-}
-
-impl std::fmt::Debug for BrokerCreated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerCreated")
-            .field("broker", &self.broker)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>))]
+    pub secret: Option<Secret<String>>,
 }
 
 /// A new broker secret.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct BrokerSecret {
     /// The secret; shown only here.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for BrokerSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerSecret")
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    #[cfg_attr(feature = "utoipa", schema(value_type = String))]
+    pub secret: Secret<String>,
 }
 
 /// A page of brokers.
@@ -361,7 +346,7 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug() {
         let s = BrokerSecret {
-            secret: "sbs_secret".into(),
+            secret: Secret::new("sbs_secret".into()),
         };
         assert!(!format!("{s:?}").contains("sbs_secret"));
     }
