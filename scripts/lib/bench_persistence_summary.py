@@ -7,10 +7,9 @@ median [min-max] over the repetitions, and each broker's ratio against the first
 Exits 1 when a run failed, a broker died or panicked, or a restarted broker lost the session.
 """
 
-import json
-import statistics
 import sys
-from collections import defaultdict
+
+from bench_summary import load, table
 
 # (field, label, format, ratio?) per case kind.
 FIGURES = {
@@ -36,29 +35,13 @@ FIGURES = {
 }
 
 
-def fmt(value, how):
-    if value is None:
-        return "-"
-    if how == "mib":
-        return f"{value / 1024:.1f}"
-    if how == "f2":
-        return f"{value:.2f}"
-    return f"{value:,.0f}"
-
-
 def main(argv):
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    with open(argv[1]) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    _, runs, cases = load(argv[1])
     brokers = argv[2].split(",")
     base = brokers[0]
-    runs, cases = defaultdict(list), []
-    for r in rows:
-        runs[(r["case"], r["broker"])].append(r)
-        if r["case"] not in cases:
-            cases.append(r["case"])
     problems = []
     for case in cases:
         kind = "restart" if case == "restart" else ("retained" if "retained" in case else "fanin")
@@ -70,28 +53,8 @@ def main(argv):
         else:
             print(f"{example.get('retained')} retained messages, {example.get('sessions')} "
                   "sessions, SIGTERM, start again on the same directory\n")
-        others = [b for b in present if b != base]
-        head = [f"{b}" for b in present] + [f"{b}/{base}" for b in others if base in present]
-        print("| figure | " + " | ".join(head) + " |")
-        print("|---|" + "---|" * len(head))
-        for key, label, how, ratio in FIGURES[kind]:
-            medians, cells = {}, []
-            for b in present:
-                values = [r.get(key) for r in runs[(case, b)] if r.get(key) is not None]
-                if not values:
-                    medians[b] = None
-                    cells.append("-")
-                    continue
-                medians[b] = statistics.median(values)
-                cell = fmt(medians[b], how)
-                if len(values) > 1:
-                    cell += f" [{fmt(min(values), how)}-{fmt(max(values), how)}]"
-                cells.append(cell)
-            if base in present:
-                for b in others:
-                    a, v = medians.get(base), medians.get(b)
-                    cells.append(f"{v / a:.2f}" if ratio and a and v is not None else "")
-            print(f"| {label} | " + " | ".join(cells) + " |")
+        ratios = [(b, base) for b in present if b != base] if base in present else []
+        table(runs, case, present, ratios, FIGURES[kind])
         for b in present:
             for r in runs[(case, b)]:
                 if r.get("exit") != 0 or r.get("error"):

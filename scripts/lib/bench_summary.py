@@ -61,6 +61,18 @@ def get(record, path):
     return record
 
 
+def load(path):
+    """The result lines of `path`, their runs by (case, broker), and the cases in order."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    runs, cases = defaultdict(list), []
+    for r in rows:
+        runs[(r["case"], r["broker"])].append(r)
+        if r["case"] not in cases:
+            cases.append(r["case"])
+    return rows, runs, cases
+
+
 def fmt(value, how):
     if value is None:
         return "-"
@@ -72,6 +84,7 @@ def fmt(value, how):
 
 
 def spread(values, how):
+    """The median of `values` (those not None) and its cell: median [min-max]."""
     values = [v for v in values if v is not None]
     if not values:
         return None, "-"
@@ -82,6 +95,8 @@ def spread(values, how):
 
 
 def ratio_cell(runs_b, runs_a, key, median_b, median_a):
+    """The ratio of the medians, and with more than one repetition the lowest and highest ratio
+    of the runs paired by repetition."""
     if median_a in (None, 0) or median_b is None:
         return "-"
     cell = f"{median_b / median_a:.2f}"
@@ -93,20 +108,30 @@ def ratio_cell(runs_b, runs_a, key, median_b, median_a):
     return cell
 
 
+def table(runs, case, brokers, ratios, figures):
+    """Prints the Markdown table of `case`: a row per figure `(key, label, format, ratio?)`, a
+    column per broker (median [min-max]) and per ratio `(b, a)`."""
+    head = [f"{b} median [min-max]" for b in brokers] + [f"{b}/{a}" for b, a in ratios]
+    print("| figure | " + " | ".join(head) + " |")
+    print("|---|" + "---|" * len(head))
+    for key, label, how, with_ratio in figures:
+        medians, cells = {}, []
+        for b in brokers:
+            medians[b], cell = spread([get(r, key) for r in runs[(case, b)]], how)
+            cells.append(cell)
+        for b, a in ratios:
+            cells.append(ratio_cell(runs[(case, b)], runs[(case, a)], key, medians[b], medians[a])
+                         if with_ratio else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    with open(argv[1]) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows, runs, cases = load(argv[1])
     brokers = argv[2].split(",")
     ratios = [tuple(r.split("/")) for r in argv[3:]] or [(b, brokers[0]) for b in brokers[1:]]
-    runs = defaultdict(list)
-    cases = []
-    for r in rows:
-        runs[(r["case"], r["broker"])].append(r)
-        if r["case"] not in cases:
-            cases.append(r["case"])
     problems = []
     for case in cases:
         of_case = [r for r in rows if r["case"] == case]
@@ -116,20 +141,8 @@ def main(argv):
         print(f"\n### {case}\n")
         args = re.sub(r" ?--port \d+", "", example.get("args", ""))
         print(f"`starling-bench {args}` (each run on its own port)\n")
-        head = [f"{b} median [min-max]" for b in brokers] + [f"{b}/{a}" for b, a in ratios]
-        print("| figure | " + " | ".join(head) + " |")
-        print("|---|" + "---|" * len(head))
-        for key, label, how in FIGURES[kind]:
-            medians, cells = {}, []
-            for b in brokers:
-                medians[b], cell = spread([get(r, key) for r in runs[(case, b)]], how)
-                cells.append(cell)
-            for b, a in ratios:
-                if key in NO_RATIO:
-                    cells.append("")
-                else:
-                    cells.append(ratio_cell(runs[(case, b)], runs[(case, a)], key, medians[b], medians[a]))
-            print(f"| {label} | " + " | ".join(cells) + " |")
+        figures = [(key, label, how, key not in NO_RATIO) for key, label, how in FIGURES[kind]]
+        table(runs, case, brokers, ratios, figures)
         notes = []
         for b in brokers:
             mine = runs[(case, b)]
