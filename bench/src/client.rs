@@ -1,11 +1,18 @@
-//! One MQTT connection of the generator: a TCP stream split into a packet reader and a writer.
+//! One MQTT connection of the generator: a TCP stream split into a packet reader and a writer;
+//! many of them opened at once under `--connect-concurrency` ([`gated`]); and a QoS 1
+//! publisher's window of unacknowledged PUBLISHes ([`Window`]).
 
+use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::args::Args;
 use crate::wire::{self, PacketReader};
@@ -115,4 +122,134 @@ pub(crate) async fn subscribe(args: &Args, client: &mut Client, filter: &str) ->
                 "no SUBACK for {filter} within {HANDSHAKE_TIMEOUT:?}"
             ))
         })?
+}
+
+/// What [`gated`] gathered: the results that succeeded (in the order they completed), how many
+/// failed, and the first failure.
+pub(crate) struct Gathered<T> {
+    pub(crate) ok: Vec<T>,
+    pub(crate) failed: u64,
+    pub(crate) first_error: Option<String>,
+}
+
+/// Runs `make(n)` for each `n` in `0..count`, at most `--connect-concurrency` at once (each
+/// waits for its turn before it starts), and gathers the results.
+pub(crate) async fn gated<T, F, Fut>(args: &Args, count: u32, make: F) -> Gathered<T>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = io::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
+    let mut running = JoinSet::new();
+    for n in 0..count {
+        let (gate, work) = (gate.clone(), make(n));
+        running.spawn(async move {
+            let _permit = gate
+                .acquire_owned()
+                .await
+                .map_err(|e| error(e.to_string()))?;
+            work.await
+        });
+    }
+    let mut gathered = Gathered {
+        ok: Vec::with_capacity(count as usize),
+        failed: 0,
+        first_error: None,
+    };
+    while let Some(joined) = running.join_next().await {
+        match joined.map_err(|e| error(e.to_string())).and_then(|r| r) {
+            Ok(t) => gathered.ok.push(t),
+            Err(e) => {
+                gathered.failed += 1;
+                gathered.first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    gathered
+}
+
+/// A QoS 1 publisher's window: at most [`Window::size`] PUBLISHes unacknowledged (`--inflight`,
+/// lowered to the broker's Receive Maximum). A task reads the connection: each PUBACK frees a
+/// slot and counts as acknowledged or, with a reason code of 0x80 or more (5.0), as refused.
+pub(crate) struct Window {
+    pub(crate) size: u16,
+    slots: Arc<Semaphore>,
+    refused: Arc<AtomicU64>,
+    reading: JoinHandle<()>,
+}
+
+impl Window {
+    /// Starts reading `reader`; acknowledgements are counted in `acked`.
+    pub(crate) fn start(
+        args: &Args,
+        mut reader: PacketReader,
+        receive_maximum: u16,
+        acked: Arc<AtomicU64>,
+    ) -> Window {
+        let size = args.inflight.min(receive_maximum).max(1);
+        let slots = Arc::new(Semaphore::new(usize::from(size)));
+        let refused = Arc::new(AtomicU64::new(0));
+        let reading = {
+            let (slots, acked, refused) = (slots.clone(), acked.clone(), refused.clone());
+            tokio::spawn(async move {
+                while let Ok((first, body)) = reader.next().await {
+                    if first >> 4 == wire::PUBACK {
+                        if body.get(2).is_some_and(|&code| code >= 0x80) {
+                            refused.fetch_add(1, Relaxed);
+                        } else {
+                            acked.fetch_add(1, Relaxed);
+                        }
+                        slots.add_permits(1);
+                    }
+                }
+            })
+        };
+        Window {
+            size,
+            slots,
+            refused,
+            reading,
+        }
+    }
+
+    /// Takes a slot for one more PUBLISH: at once, or, when the window is full, after writing
+    /// out `batch` (what the broker has to answer first) and waiting until `until` at most.
+    /// `false` when the time ran out.
+    pub(crate) async fn take(
+        &self,
+        writer: &mut OwnedWriteHalf,
+        batch: &mut Vec<u8>,
+        until: Instant,
+    ) -> io::Result<bool> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            slot.forget();
+            return Ok(true);
+        }
+        if !batch.is_empty() {
+            writer.write_all(batch).await?;
+            batch.clear();
+        }
+        match tokio::time::timeout_at(until.into(), self.slots.acquire()).await {
+            Ok(Ok(slot)) => {
+                slot.forget();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Waits until every PUBLISH is answered, or until `until`.
+    pub(crate) async fn drain(&self, until: Instant) {
+        let all = u32::from(self.size);
+        let _ = tokio::time::timeout_at(until.into(), self.slots.acquire_many(all)).await;
+    }
+
+    /// Ends the connection (DISCONNECT) and the reading; how many PUBLISHes were refused.
+    pub(crate) async fn close(self, mut writer: OwnedWriteHalf) -> u64 {
+        let _ = writer.write_all(&wire::DISCONNECT).await;
+        let _ = writer.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.reading).await;
+        self.refused.load(Relaxed)
+    }
 }

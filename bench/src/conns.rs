@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::args::Args;
-use crate::client::{self, error};
+use crate::client;
 use crate::probe::{Probe, rss_kb};
 use crate::wire;
 
@@ -28,26 +26,13 @@ pub(crate) async fn run(args: Arc<Args>) -> io::Result<Value> {
     let probe = Probe::start(pid);
     let rss_before = rss_kb(pid);
     let tag = std::process::id();
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
     let start = Instant::now();
-    let mut connecting = JoinSet::new();
-    for i in 0..args.conns {
-        let (args, gate) = (args.clone(), gate.clone());
-        connecting.spawn(async move {
-            let _permit = gate.acquire().await.map_err(|e| error(e.to_string()))?;
-            client::connect(&args, &format!("sb{tag}-c{i}"), 64).await
-        });
-    }
-    let (mut open, mut failed, mut first_error) = (Vec::new(), 0u64, None);
-    while let Some(joined) = connecting.join_next().await {
-        match joined.map_err(|e| error(e.to_string())).and_then(|r| r) {
-            Ok(c) => open.push(c),
-            Err(e) => {
-                failed += 1;
-                first_error.get_or_insert(e.to_string());
-            }
-        }
-    }
+    let gathered = client::gated(&args, args.conns, |i| {
+        let args = args.clone();
+        async move { client::connect(&args, &format!("sb{tag}-c{i}"), 64).await }
+    })
+    .await;
+    let (mut open, failed, first_error) = (gathered.ok, gathered.failed, gathered.first_error);
     let connect_secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     let rss_open = rss_kb(pid);

@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::args::Args;
-use crate::client::{self, error};
+use crate::client::{self, Window, error};
 use crate::probe::Probe;
 use crate::pubsub::SESSION_EXPIRY_SECS;
 use crate::wire;
@@ -71,30 +70,12 @@ async fn write_retained(
     stop_at: Instant,
 ) -> io::Result<()> {
     let client::Client {
-        mut reader,
+        reader,
         mut writer,
         receive_maximum,
         ..
     } = c;
-    let window = args.inflight.min(receive_maximum).max(1);
-    let slots = Arc::new(Semaphore::new(usize::from(window)));
-    let refused = Arc::new(AtomicU64::new(0));
-    let acker = {
-        let (slots, acked, refused) = (slots.clone(), acked.clone(), refused.clone());
-        tokio::spawn(async move {
-            while let Ok((first, body)) = reader.next().await {
-                if first >> 4 == wire::PUBACK {
-                    // A reason code (v5, when present) of 0x80 or more is a refusal.
-                    if body.get(2).is_some_and(|&code| code >= 0x80) {
-                        refused.fetch_add(1, Relaxed);
-                    } else {
-                        acked.fetch_add(1, Relaxed);
-                    }
-                    slots.add_permits(1);
-                }
-            }
-        })
-    };
+    let window = Window::start(&args, reader, receive_maximum, acked);
     let mut payload = vec![b'r'; args.payload as usize];
     let mut batch = Vec::with_capacity(64 * 1024);
     let mut packet_id = 0u16;
@@ -103,18 +84,9 @@ async fn write_retained(
         if n >= u64::from(args.count) || Instant::now() >= stop_at {
             break;
         }
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                writer.write_all(&batch).await?;
-                batch.clear();
-                match tokio::time::timeout_at(stop_at.into(), slots.clone().acquire_owned()).await {
-                    Ok(Ok(slot)) => slot,
-                    _ => break,
-                }
-            }
-        };
-        slot.forget();
+        if !window.take(&mut writer, &mut batch, stop_at).await? {
+            break;
+        }
         packet_id = packet_id % u16::MAX + 1;
         payload[..8].copy_from_slice(&n.to_le_bytes());
         let topic = format!("starling-bench/retained/{n}");
@@ -134,12 +106,8 @@ async fn write_retained(
     }
     writer.write_all(&batch).await?;
     // Every PUBLISH answered, or the end of the run plus 5 s.
-    let give_up_at = stop_at + Duration::from_secs(5);
-    let _ = tokio::time::timeout_at(give_up_at.into(), slots.acquire_many(u32::from(window))).await;
-    let _ = writer.write_all(&wire::DISCONNECT).await;
-    let _ = writer.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), acker).await;
-    match refused.load(Relaxed) {
+    window.drain(stop_at + Duration::from_secs(5)).await;
+    match window.close(writer).await {
         0 => Ok(()),
         n => Err(error(format!("{n} retained messages refused"))),
     }
@@ -147,36 +115,25 @@ async fn write_retained(
 
 pub(crate) async fn sessions(args: Arc<Args>) -> io::Result<Value> {
     let probe = Probe::start(args.broker_pid);
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
     let start = Instant::now();
-    let mut creating = JoinSet::new();
-    for n in 0..args.conns {
-        let (args, gate) = (args.clone(), gate.clone());
-        creating.spawn(async move {
-            let _permit = gate.acquire().await.map_err(|e| error(e.to_string()))?;
+    let gathered = client::gated(&args, args.conns, |n| {
+        let args = args.clone();
+        async move {
             let mut c =
                 client::connect_session(&args, &session_id(n), 256, Some(SESSION_EXPIRY_SECS))
                     .await?;
             client::subscribe(&args, &mut c, &format!("starling-bench/sessions/{n}")).await?;
             c.writer.write_all(&wire::DISCONNECT).await?;
-            Ok::<_, io::Error>(())
-        });
-    }
-    let (mut created, mut failed, mut first_error) = (0u64, 0u64, None);
-    while let Some(joined) = creating.join_next().await {
-        match joined.map_err(|e| error(e.to_string())).and_then(|r| r) {
-            Ok(()) => created += 1,
-            Err(e) => {
-                failed += 1;
-                first_error.get_or_insert(e.to_string());
-            }
+            Ok(())
         }
-    }
+    })
+    .await;
+    let created = gathered.ok.len() as u64;
     let secs = start.elapsed().as_secs_f64();
     let mut out = json!({
         "created": created,
-        "failed": failed,
-        "first_error": first_error,
+        "failed": gathered.failed,
+        "first_error": gathered.first_error,
         "sessions_per_s": created as f64 / secs,
     });
     crate::merge(&mut out, probe.finish());

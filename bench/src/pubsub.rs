@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 use crate::args::Args;
-use crate::client::{self, Client, error};
+use crate::client::{self, Client, Window, error};
 use crate::probe::Probe;
 use crate::wire;
 
@@ -55,8 +54,6 @@ pub(crate) async fn run(args: Arc<Args>, flow: Flow) -> io::Result<Value> {
     let epoch = Instant::now();
     let tag = std::process::id();
 
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
-    let mut joining = JoinSet::new();
     // Subscribers on another replica of the same broker, with --subscriber-port.
     let sub_args = match args.subscriber_port {
         Some(port) => Arc::new(crate::args::Args {
@@ -65,21 +62,21 @@ pub(crate) async fn run(args: Arc<Args>, flow: Flow) -> io::Result<Value> {
         }),
         None => args.clone(),
     };
-    for i in 0..flow.subscribers {
-        let (args, filter, gate) = (sub_args.clone(), flow.filter.clone(), gate.clone());
-        joining.spawn(async move {
-            let _permit = gate.acquire().await.map_err(|e| error(e.to_string()))?;
+    let joined = client::gated(&args, flow.subscribers as u32, |i| {
+        let (args, filter) = (sub_args.clone(), flow.filter.clone());
+        async move {
             let keep = args.persistent.then_some(SESSION_EXPIRY_SECS);
             let mut c =
                 client::connect_session(&args, &format!("sb{tag}-s{i}"), 64 * 1024, keep).await?;
             client::subscribe(&args, &mut c, &filter).await?;
-            Ok::<_, io::Error>(c)
-        });
+            Ok(c)
+        }
+    })
+    .await;
+    if let Some(e) = joined.first_error {
+        return Err(error(e));
     }
-    let mut subscribers = Vec::with_capacity(flow.subscribers);
-    while let Some(joined) = joining.join_next().await {
-        subscribers.push(joined.map_err(|e| error(e.to_string()))??);
-    }
+    let subscribers = joined.ok;
     let mut publishers = Vec::with_capacity(flow.topics.len());
     for i in 0..flow.topics.len() {
         publishers.push(client::connect(&args, &format!("sb{tag}-p{i}"), 4096).await?);
@@ -270,24 +267,13 @@ async fn publisher(
 ) -> io::Result<(u64, u16)> {
     let (v5, qos) = (args.v5(), args.qos);
     let Client {
-        mut reader,
+        reader,
         mut writer,
         receive_maximum,
         ..
     } = c;
-    let window = args.inflight.min(receive_maximum).max(1);
-    let slots = Arc::new(Semaphore::new(usize::from(window)));
     // Only QoS 1 gets answers: each PUBACK frees a slot of the window.
-    let acker = {
-        let slots = slots.clone();
-        tokio::spawn(async move {
-            while let Ok((first, _)) = reader.next().await {
-                if first >> 4 == wire::PUBACK {
-                    slots.add_permits(1);
-                }
-            }
-        })
-    };
+    let window = Window::start(&args, reader, receive_maximum, Arc::default());
     // A broker that stops acknowledging gets this long after the end before the publisher quits.
     let give_up_at = stop_at + Duration::from_secs(5);
     let mut payload = vec![0u8; args.payload as usize];
@@ -309,18 +295,8 @@ async fn publisher(
                 break;
             }
             if qos == 1 {
-                match slots.clone().try_acquire_owned() {
-                    Ok(slot) => slot.forget(),
-                    Err(_) => {
-                        if !batch.is_empty() {
-                            writer.write_all(&batch).await?;
-                            batch.clear();
-                        }
-                        match tokio::time::timeout_at(give_up_at.into(), slots.acquire()).await {
-                            Ok(Ok(slot)) => slot.forget(),
-                            _ => break 'publishing,
-                        }
-                    }
+                if !window.take(&mut writer, &mut batch, give_up_at).await? {
+                    break 'publishing;
                 }
                 packet_id = packet_id % u16::MAX + 1;
             }
@@ -340,13 +316,11 @@ async fn publisher(
     }
     if qos == 1 {
         // Every PUBLISH acknowledged, or the give-up time.
-        let all = u32::from(window);
-        let _ = tokio::time::timeout_at(give_up_at.into(), slots.acquire_many(all)).await;
+        window.drain(give_up_at).await;
     }
-    let _ = writer.write_all(&wire::DISCONNECT).await;
-    let _ = writer.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), acker).await;
-    Ok((seq, window))
+    let size = window.size;
+    window.close(writer).await;
+    Ok((seq, size))
 }
 
 #[cfg(test)]
