@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 
 /// What `/readyz` answers: ready once every listener is bound and every managed tenant has had
 /// its state once (from the control plane or the data directory), not ready while draining or
-/// while a replica (`[cluster]`) has lost its NATS connection or has a tenant whose JetStream
-/// stream is not set up (its QoS 1/2 publications would be refused).
+/// while a replica (`[cluster]`) has lost its NATS connection, has a tenant whose JetStream
+/// stream is not set up (its QoS 1/2 publications would be refused) or has not read its
+/// tenants' retained messages from JetStream yet.
 #[derive(Debug, Default)]
 pub struct Readiness {
     listening: AtomicBool,
@@ -41,7 +42,7 @@ impl Readiness {
             && self
                 .cluster
                 .get()
-                .is_none_or(|l| l.is_connected() && l.streams_ready())
+                .is_none_or(|l| l.is_connected() && l.streams_ready() && l.is_loaded())
     }
 
     /// Ready only while `link` is connected to NATS.

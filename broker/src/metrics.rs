@@ -10,6 +10,33 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A JetStream operation (`op` label of `starling_cluster_jetstream_errors_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum JetStreamOp {
+    /// Opening or creating a tenant's retained bucket.
+    bucket,
+    /// Storing a retained message.
+    put,
+    /// Deleting a retained message (an empty retained payload).
+    delete,
+    /// Purging an expired retained message.
+    purge,
+    /// Reading a bucket (the load at start and the updates after it).
+    watch,
+    /// Deleting a deleted tenant's bucket.
+    delete_bucket,
+    /// The periodic JetStream availability check.
+    account,
+}
+
+/// Labels of `starling_cluster_jetstream_errors_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JetStreamOpLabels {
+    /// The operation.
+    pub op: JetStreamOp,
+}
+
 /// Why a message was not delivered to a subscriber (or not accepted from a publisher).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -152,6 +179,10 @@ pub struct Metrics {
     pub cluster_received: Counter,
     /// Messages not sent to or not read from NATS (queue full, connection error, malformed).
     pub cluster_errors: Counter,
+    /// The last NATS round trip measured (a PING answered), in seconds.
+    pub cluster_nats_rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// JetStream operations that failed, by operation.
+    pub cluster_jetstream_errors: Family<JetStreamOpLabels, Counter>,
     /// Unix time at which each managed tenant's state was last confirmed current by the control
     /// plane (a new state applied, or a long-poll that found none); absent before the first.
     pub control_plane_synced: Family<BrokerIdLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -188,6 +219,8 @@ impl Metrics {
             cluster_sent: Counter::default(),
             cluster_received: Counter::default(),
             cluster_errors: Counter::default(),
+            cluster_nats_rtt: Gauge::default(),
+            cluster_jetstream_errors: Family::default(),
             control_plane_synced: Family::default(),
             control_plane_failures: Family::default(),
             registry: Registry::default(),
@@ -296,6 +329,16 @@ impl Metrics {
             m.cluster_errors.clone(),
         );
         registry.register(
+            "cluster_nats_rtt_seconds",
+            "The last round trip to the NATS server measured (a PING answered), in seconds",
+            m.cluster_nats_rtt.clone(),
+        );
+        registry.register(
+            "cluster_jetstream_errors",
+            "JetStream operations that failed, by operation",
+            m.cluster_jetstream_errors.clone(),
+        );
+        registry.register(
             "control_plane_synced_timestamp_seconds",
             "Unix time at which the control plane last confirmed a managed tenant's state current",
             m.control_plane_synced.clone(),
@@ -318,6 +361,13 @@ impl Metrics {
                 broker_id: broker_id.to_owned(),
             })
             .set(now);
+    }
+
+    /// Counts a failed JetStream operation.
+    pub fn jetstream_failed(&self, op: JetStreamOp) {
+        self.cluster_jetstream_errors
+            .get_or_create(&JetStreamOpLabels { op })
+            .inc();
     }
 
     /// Counts a failed control-plane poll for `broker_id`.

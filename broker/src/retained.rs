@@ -220,6 +220,54 @@ impl Retained {
         looked
     }
 
+    /// The retained message of `topic`, expired or not.
+    pub fn get(&self, topic: &str) -> Option<Arc<Message>> {
+        self.store.read().map.get(topic).cloned()
+    }
+
+    /// Removes every retained message.
+    pub fn clear(&self) {
+        let mut store = self.store.write();
+        store.map.clear();
+        store.bytes = 0;
+    }
+
+    /// Removes the retained message of `topic`, if any.
+    pub fn remove(&self, topic: &str) {
+        let mut store = self.store.write();
+        if let Some(old) = store.map.remove(topic) {
+            store.bytes = store.bytes.saturating_sub(old.weight());
+        }
+    }
+
+    /// Puts `previous` back as the retained message of `topic` (none: the topic has none) if
+    /// the topic still holds `written` (none: still has none), which replaced it: a change
+    /// that could not be kept is undone, unless a later one replaced it meanwhile. `previous`
+    /// was held before, so the bounds do not refuse it.
+    pub fn restore(&self, topic: &str, written: Option<&Message>, previous: Option<Arc<Message>>) {
+        let mut store = self.store.write();
+        let same = |m: &Message| {
+            written.is_some_and(|w| {
+                w.payload.as_ptr() == m.payload.as_ptr() && w.payload.len() == m.payload.len()
+            })
+        };
+        let current = store.map.get(topic);
+        let still = match current {
+            Some(m) => same(m),
+            None => written.is_none(),
+        };
+        if !still {
+            return;
+        }
+        if let Some(old) = store.map.remove(topic) {
+            store.bytes = store.bytes.saturating_sub(old.weight());
+        }
+        if let Some(p) = previous {
+            store.bytes += p.weight();
+            store.map.insert(topic.into(), p);
+        }
+    }
+
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.store.read().map.len()
@@ -314,5 +362,28 @@ mod tests {
         assert_eq!(r.set(&message("t/3", b"")), RetainOutcome::Cleared);
         assert_eq!(r.len(), 2);
         assert_eq!(r.bytes(), one + message("t/2", &[1; 10]).weight());
+    }
+
+    #[test]
+    fn a_change_is_undone_only_while_it_is_the_latest() {
+        let r = Retained::new(usize::MAX, usize::MAX);
+        let old = message("t", b"old");
+        r.set(&old);
+        let previous = r.get("t");
+        let new = message("t", b"new");
+        r.set(&new);
+        r.restore("t", Some(&new), previous.clone());
+        assert_eq!(&r.get("t").unwrap().payload[..], b"old");
+        // A later value stays.
+        r.set(&new);
+        let later = message("t", b"later");
+        r.set(&later);
+        r.restore("t", Some(&new), previous.clone());
+        assert_eq!(&r.get("t").unwrap().payload[..], b"later");
+        // A clearing is undone while the topic is still empty.
+        r.set(&message("t", b""));
+        r.restore("t", None, previous);
+        assert_eq!(&r.get("t").unwrap().payload[..], b"old");
+        assert_eq!(r.bytes(), old.weight());
     }
 }

@@ -59,6 +59,8 @@ pub struct Tenant {
     /// With a cluster: the shared groups with members here, by (group, filter), with their
     /// number of members and the token that ends their NATS queue subscription.
     shared_interest: Mutex<HashMap<SharedKey, (usize, tokio_util::sync::CancellationToken)>>,
+    /// With a cluster: the JetStream bucket its retained messages are kept in.
+    bucket: std::sync::OnceLock<crate::cluster::retained::Bucket>,
 }
 
 /// A shared subscription: (group, filter).
@@ -109,6 +111,7 @@ impl Tenant {
             cluster: std::sync::OnceLock::new(),
             connected_at: Mutex::new(HashMap::new()),
             shared_interest: Mutex::new(HashMap::new()),
+            bucket: std::sync::OnceLock::new(),
         });
         if let Some(restored) = storage.and_then(|s| s.take_restored(name)) {
             crate::session::lifecycle::restore_tenant(&tenant, restored);
@@ -118,10 +121,46 @@ impl Tenant {
 
     /// Joins the tenant to the other replicas: its messages are sent to them and theirs routed
     /// here. Once; later calls do nothing.
+    /// Its retained messages are then those of its JetStream bucket: what the local store
+    /// read back is dropped, and the bucket is read in its place.
     pub fn join_cluster(self: &Arc<Self>, link: &Arc<crate::cluster::link::Link>) {
         if self.cluster.set(link.clone()).is_ok() {
+            self.retained.clear();
+            self.metrics.retained.set(0);
+            let _ = self
+                .bucket
+                .set(crate::cluster::retained::Bucket::start(link, self));
             link.attach(self);
         }
+    }
+
+    /// The tenant was deleted: its JetStream bucket is no longer followed, and is deleted.
+    pub fn delete_replicated(&self) {
+        if let (Some(link), Some(bucket)) = (self.cluster.get(), self.bucket.get()) {
+            bucket.stop();
+            link.delete_bucket(bucket.name().to_owned());
+        }
+    }
+
+    /// Why a retained QoS 1 or 2 publication is refused now because JetStream cannot take it,
+    /// if it is.
+    pub fn retained_failure(&self) -> Option<&'static str> {
+        self.bucket.get().and_then(|b| b.failure())
+    }
+
+    /// A retained message from the tenant's JetStream bucket.
+    pub fn retained_from_replicas(&self, message: Arc<Message>) {
+        match self.retained.set(&message) {
+            RetainOutcome::Stored | RetainOutcome::Cleared => {}
+            RetainOutcome::Full => self.refuse_retained(&message),
+        }
+        self.metrics.retained.set(self.retained.len() as i64);
+    }
+
+    /// A retained message deleted (or expired) in the tenant's JetStream bucket.
+    pub fn retained_cleared_by_replicas(&self, topic: &str) {
+        self.retained.remove(topic);
+        self.metrics.retained.set(self.retained.len() as i64);
     }
 
     /// A session joined the shared group `group` on `filter` (it was not a member): with a
@@ -205,7 +244,8 @@ impl Tenant {
     /// Routes a message published on another replica to this replica's ordinary subscribers
     /// and keeps it when retained; it is not sent on again.
     pub fn deliver_from_replica(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) {
-        if message.retain {
+        // With a bucket, retained messages come from it, in its order.
+        if message.retain && self.bucket.get().is_none() {
             match self.retained.set(&message) {
                 RetainOutcome::Stored | RetainOutcome::Cleared => {
                     self.metrics.retained.set(self.retained.len() as i64);
@@ -269,7 +309,8 @@ impl Tenant {
     /// `filling` when an outbox that got a delivery is half full or more
     /// ([`Session::is_filling`]), and `stored` when the message was written to the durable
     /// store (retained, or queued for a persistent session). With a cluster, `replicated`
-    /// gets, for a QoS 1 or 2 message, the receiver that says when JetStream holds it.
+    /// gets the receiver that says when JetStream holds the message: a QoS 1 or 2 message in
+    /// the tenant's stream, a retained one in its bucket (both, for both).
     pub fn publish_noting_congestion(
         &self,
         message: Arc<Message>,
@@ -279,7 +320,26 @@ impl Tenant {
         stored: &mut bool,
         replicated: &mut Option<crate::cluster::link::Replicated>,
     ) -> Result<usize, RetainedFull> {
-        if message.retain {
+        let mut retained_stored = None;
+        if let (true, Some(bucket)) = (message.retain, self.bucket.get()) {
+            let topic = message.topic.as_str();
+            let previous = self.retained.get(topic);
+            match self.retained.set(&message) {
+                RetainOutcome::Stored => {
+                    self.metrics.retained.set(self.retained.len() as i64);
+                    let written = self.retained.get(topic);
+                    retained_stored = Some(bucket.store(self, topic, written, previous));
+                }
+                RetainOutcome::Cleared => {
+                    self.metrics.retained.set(self.retained.len() as i64);
+                    retained_stored = Some(bucket.store(self, topic, None, previous));
+                }
+                RetainOutcome::Full => {
+                    self.refuse_retained(&message);
+                    return Err(RetainedFull);
+                }
+            }
+        } else if message.retain {
             match self.retained.set(&message) {
                 RetainOutcome::Stored => {
                     self.metrics.retained.set(self.retained.len() as i64);
@@ -303,7 +363,10 @@ impl Tenant {
         }
         match self.cluster.get() {
             Some(link) => {
-                *replicated = link.publish(&self.name, &message);
+                *replicated = crate::connection::publish::both(
+                    link.publish(&self.name, &message),
+                    retained_stored,
+                );
                 // Shared groups get it through NATS queue groups, on whichever replica.
                 self.router.route_ordinary(&message, scratch);
             }

@@ -298,6 +298,8 @@ async fn escaped_topics_properties_and_retained_cross_replicas() {
         publisher.send(Packet::Publish(r)).await;
         assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
         assert_eq!(&next_not_probe(&mut on_b).await.payload[..], b"kept");
+        // Once b has read the tenant's retained messages from JetStream (it is ready).
+        await_readyz(&b, 200).await;
         let mut late = b.client("late-b").await;
         late.subscribe("odd/retained", sub_opts(QoS::AtLeastOnce))
             .await;
@@ -585,6 +587,236 @@ async fn without_jetstream_qos_1_and_2_are_refused_with_a_reason_and_qos_0_still
             (p.topic.as_str(), &p.payload[..]),
             ("j/0", &b"0"[..]),
             "the refused messages reached no one; QoS 0 did"
+        );
+    })
+    .await
+    .expect("within a minute");
+}
+
+/// Publishes a retained message and returns the acknowledgement's reason (QoS 1).
+async fn publish_retained(
+    c: &mut Raw,
+    topic: &str,
+    payload: &[u8],
+    expiry: Option<u32>,
+) -> ReasonCode {
+    let mut p = common::publish(topic, QoS::AtLeastOnce, payload, Some(c.next_id()));
+    p.retain = true;
+    p.properties.message_expiry_interval = expiry;
+    c.send(Packet::Publish(p)).await;
+    match c.recv().await {
+        Packet::PubAck(a) => a.reason,
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+/// The retained message a new subscription to `topic` on `broker` gets now, if one comes
+/// within a short while (presence is awaited by calling this again).
+async fn retained_now(broker: &TestBroker, id: &str, topic: &str) -> Option<Publish> {
+    let mut c = broker.client(id).await;
+    c.subscribe(topic, sub_opts(QoS::AtLeastOnce)).await;
+    match tokio::time::timeout(Duration::from_millis(300), c.recv()).await {
+        Ok(Packet::Publish(p)) => {
+            assert!(p.retain, "{p:?}");
+            Some(p)
+        }
+        Ok(other) => panic!("expected a retained PUBLISH, got {other:?}"),
+        Err(_) => None,
+    }
+}
+
+/// Waits until a new subscription to `topic` on `broker` gets `payload` (`None`: nothing).
+async fn await_retained(broker: &TestBroker, topic: &str, payload: Option<&[u8]>) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let got = retained_now(broker, "reader", topic).await;
+            if got.as_ref().map(|p| &p.payload[..]) == payload {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{topic} never held {payload:?}"));
+}
+
+#[tokio::test]
+async fn retained_messages_are_served_by_a_replica_started_later_and_after_every_replica_restarted()
+{
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = replica(&nats, "a").await;
+        await_readyz(&a, 200).await;
+        let mut publisher = a.client("pub-a").await;
+        let topics = ["r/1", "r/a.b/*/>/ /é", "$app/r", "r//"];
+        for (i, topic) in topics.iter().enumerate() {
+            let payload = format!("retained {i}");
+            assert_eq!(
+                publish_retained(&mut publisher, topic, payload.as_bytes(), None).await,
+                ReasonCode::SUCCESS
+            );
+        }
+        // Acknowledged once stored: a replica started now has them all when it is ready.
+        let b = replica(&nats, "b").await;
+        await_readyz(&b, 200).await;
+        for (i, topic) in topics.iter().enumerate() {
+            let p = retained_now(&b, "reader", topic)
+                .await
+                .unwrap_or_else(|| panic!("{topic} is retained on b"));
+            assert_eq!(p.topic.as_str(), *topic);
+            assert_eq!(p.payload, format!("retained {i}").as_bytes());
+        }
+        let mut wild = b.client("wild").await;
+        wild.subscribe("r/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(next(&mut wild).await.topic.as_str().to_owned());
+        }
+        got.sort();
+        assert_eq!(got, ["r//", "r/1", "r/a.b/*/>/ /é"]);
+
+        // Every replica stops; new ones read the messages back from JetStream.
+        drop((publisher, wild));
+        a.broker.shutdown().await;
+        b.broker.shutdown().await;
+        for id in ["a", "b"] {
+            let again = replica(&nats, id).await;
+            await_readyz(&again, 200).await;
+            for (i, topic) in topics.iter().enumerate() {
+                let p = retained_now(&again, "reader", topic)
+                    .await
+                    .unwrap_or_else(|| panic!("{topic} is retained on {id} restarted"));
+                assert_eq!(p.payload, format!("retained {i}").as_bytes());
+            }
+            again.broker.shutdown().await;
+        }
+    })
+    .await
+    .expect("within 90 seconds");
+}
+
+#[tokio::test]
+async fn deleting_and_expiring_retained_messages_reach_every_replica() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = replica(&nats, "a").await;
+        await_readyz(&a, 200).await;
+        let mut publisher = a.client("pub-a").await;
+        assert_eq!(
+            publish_retained(&mut publisher, "d/kept", b"kept", None).await,
+            ReasonCode::SUCCESS
+        );
+        assert_eq!(
+            publish_retained(&mut publisher, "d/gone", b"soon deleted", None).await,
+            ReasonCode::SUCCESS
+        );
+        assert_eq!(
+            publish_retained(&mut publisher, "d/expires", b"short-lived", Some(3)).await,
+            ReasonCode::SUCCESS
+        );
+        let b = replica(&nats, "b").await;
+        await_readyz(&b, 200).await;
+        await_retained(&b, "d/gone", Some(b"soon deleted")).await;
+        let p = retained_now(&b, "reader", "d/expires")
+            .await
+            .expect("not expired yet");
+        let left = p.properties.message_expiry_interval.expect("expiry kept");
+        assert!((1..=3).contains(&left), "{left}");
+
+        // An empty retained payload deletes it on every replica.
+        assert_eq!(
+            publish_retained(&mut publisher, "d/gone", b"", None).await,
+            ReasonCode::SUCCESS
+        );
+        await_retained(&b, "d/gone", None).await;
+        await_retained(&a, "d/gone", None).await;
+        // The expired one is served by no replica, and is purged from the bucket.
+        await_retained(&b, "d/expires", None).await;
+        await_retained(&a, "d/expires", None).await;
+        let js =
+            async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await.expect("NATS"));
+        let kv = js
+            .get_key_value("starling-retained-default")
+            .await
+            .expect("the tenant's bucket");
+        tokio::time::timeout(WAIT, async {
+            while kv.get("d.expires").await.expect("read").is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the expired value is purged");
+        assert!(kv.get("d.gone").await.expect("read").is_none());
+        assert!(
+            kv.get("d.kept").await.expect("read").is_some(),
+            "the others stay"
+        );
+        // A replica started now has only what is left.
+        let c = replica(&nats, "c").await;
+        await_readyz(&c, 200).await;
+        assert_eq!(
+            retained_now(&c, "reader", "d/kept")
+                .await
+                .map(|p| p.payload),
+            Some(bytes::Bytes::from_static(b"kept"))
+        );
+        for gone in ["d/gone", "d/expires"] {
+            assert!(retained_now(&c, "reader", gone).await.is_none(), "{gone}");
+        }
+    })
+    .await
+    .expect("within 90 seconds");
+}
+
+/// JetStream takes QoS 1 messages but not retained ones (the tenant's bucket is sealed, as an
+/// operator might do, so its writes fail): a retained QoS 1 publication is refused with 0x80
+/// and a reason, and the replica keeps serving the retained message it had.
+#[tokio::test]
+async fn a_retained_qos1_publish_jetstream_does_not_store_is_refused_and_undone() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        await_readyz(&a, 200).await;
+        let mut publisher = a.client("pub-a").await;
+        assert_eq!(
+            publish_retained(&mut publisher, "kept", b"first", None).await,
+            ReasonCode::SUCCESS
+        );
+        let js =
+            async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await.expect("NATS"));
+        let mut stream = js
+            .get_stream("KV_starling-retained-default")
+            .await
+            .expect("the tenant's bucket");
+        let mut config = stream.cached_info().config.clone();
+        config.sealed = true;
+        js.update_stream(config).await.expect("the bucket sealed");
+        assert!(stream.info().await.expect("info").config.sealed);
+
+        let mut p = common::publish(
+            "kept",
+            QoS::AtLeastOnce,
+            b"second",
+            Some(publisher.next_id()),
+        );
+        p.retain = true;
+        publisher.send(Packet::Publish(p)).await;
+        match publisher.recv().await {
+            Packet::PubAck(ack) => {
+                assert_eq!(ack.reason, ReasonCode::UNSPECIFIED_ERROR, "{ack:?}");
+                let why = ack.properties.reason_string.expect("a reason string");
+                assert!(why.contains("retained message was not stored"), "{why}");
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        // What this replica serves went back to what JetStream holds.
+        let p = retained_now(&a, "reader", "kept")
+            .await
+            .expect("still retained");
+        assert_eq!(&p.payload[..], b"first");
+        // Other QoS 1 messages are still taken.
+        assert_eq!(
+            publisher.publish("plain", QoS::AtLeastOnce, b"1").await,
+            Some(ReasonCode::SUCCESS)
         );
     })
     .await

@@ -5,12 +5,16 @@
 #
 # - messages published on one replica reach subscribers on the others, in order, at QoS 0, 1
 #   and 2;
-# - a retained message published on one replica is served by the others;
-# - a replica killed with -9 leaves the others serving;
+# - a retained message published on one replica is served by every replica (kept in a
+#   replicated JetStream bucket);
+# - a replica killed with -9 leaves the others serving, and once restarted serves every
+#   retained message, those published while it was down too;
 # - a NATS node killed and restarted: the replica connected to it moves to another node.
 #
 # Then the broker's Rust tests against a real nats-server (tests/cluster.rs: escaped topics
-# and properties, session takeover with 0x8E, refusal and readiness while NATS is down).
+# and properties, session takeover with 0x8E, refusal and readiness while NATS is down,
+# retained messages from JetStream after restarts, their deletion and expiry, a retained
+# QoS 1 publication refused without JetStream).
 source "$(dirname "$0")/../lib/tier.sh"
 
 PATH="$PATH:/usr/sbin"
@@ -136,14 +140,14 @@ for r in 1 2 3; do
   done
 done
 
-# 2. A retained message published on replica 2 is served by replicas 1 and 3.
-mosquitto_pub -h 127.0.0.1 -p "${mqtt_port[2]}" -q 1 -r -t retained/x -m kept
-retained_on() {
-  [ "$(mosquitto_sub -h 127.0.0.1 -p "${mqtt_port[$1]}" -t retained/x -C 1 -W 2 2>/dev/null)" = kept ]
+# 2. A retained message published on replica 2 is served by every replica.
+mosquitto_pub -h 127.0.0.1 -p "${mqtt_port[2]}" -V mqttv5 -q 1 -r -t retained/x -m kept
+retained_on() { # retained_on REPLICA TOPIC PAYLOAD
+  [ "$(mosquitto_sub -h 127.0.0.1 -p "${mqtt_port[$1]}" -t "$2" -C 1 -W 2 2>/dev/null)" = "$3" ]
 }
-for r in 1 3; do
-  until_true 10 "replica $r serves the retained message" retained_on "$r" || true
-  check "replica $r serves the retained message published on replica 2" retained_on "$r"
+for r in 1 2 3; do
+  until_true 10 "replica $r serves the retained message" retained_on "$r" retained/x kept || true
+  check "replica $r serves the retained message published on replica 2" retained_on "$r" retained/x kept
 done
 
 # 3. Replica 3 killed with -9: replicas 1 and 2 go on.
@@ -153,6 +157,14 @@ unset 'broker_pid[3]'
 seq 1 "$N" | mosquitto_pub -h 127.0.0.1 -p "${mqtt_port[1]}" -q 1 -t c/after-kill -l
 until_true 20 "replica 2 got the messages after replica 3 died" has_count "$work/sub2" c/after-kill "$N" || true
 check "after replica 3 was killed, replica 2 gets replica 1's messages in order" in_order "$work/sub2" c/after-kill "$N"
+
+# 3b. Replica 3 restarted: ready only once it has read the retained messages from JetStream,
+# it serves them all, the one published while it was down too.
+mosquitto_pub -h 127.0.0.1 -p "${mqtt_port[1]}" -V mqttv5 -q 1 -r -t retained/while-down -m later
+start_replica 3
+until_true 30 "replica 3 ready again" ready 3 || true
+check "replica 3 restarted serves the retained message published before it died" retained_on 3 retained/x kept
+check "replica 3 restarted serves the retained message published while it was down" retained_on 3 retained/while-down later
 
 # 4. NATS node 2 (replica 2's first server) killed: replica 2 moves to another node.
 kill -KILL "${nats_pid[2]}"
@@ -175,8 +187,11 @@ metric() { curl -fsS "http://127.0.0.1:${http_port[$1]}/metrics" | awk -v m="$2"
 positive() { [ "$(metric "$1" "$2" | cut -d. -f1)" -gt 0 ] 2>/dev/null; }
 check "replica 1 counts messages sent to the others" positive 1 starling_cluster_sent_total
 check "replica 2 counts messages received from the others" positive 2 starling_cluster_received_total
+rtt_measured() { [ -n "$(metric "$1" starling_cluster_nats_rtt_seconds)" ] && [ "$(metric "$1" starling_cluster_nats_rtt_seconds)" != 0.0 ]; }
+until_true 10 "replica 1 measured the NATS round trip" rtt_measured 1 || true
+check "replica 1 measures the round trip to NATS" rtt_measured 1
 
-for r in 1 2; do
+for r in 1 2 3; do
   if ! kill -0 "${broker_pid[$r]}" 2>/dev/null; then
     echo "FAILED: replica $r died"; tail -30 "$work/broker$r.log"; failures=$((failures + 1))
   fi
@@ -185,7 +200,7 @@ for r in 1 2; do
   fi
 done
 if [ "$failures" -gt 0 ]; then
-  for r in 1 2; do echo "--- replica $r log (last 20 lines)"; tail -20 "$work/broker$r.log"; done
+  for r in 1 2 3; do echo "--- replica $r log (last 20 lines)"; tail -20 "$work/broker$r.log"; done
 fi
 
 # 6. The broker's Rust tests against a real nats-server.

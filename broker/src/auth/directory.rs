@@ -198,7 +198,8 @@ impl Directory {
     }
 
     /// Removes tenant `name`, disconnects every client of it (0x87), ends its sessions and
-    /// deletes what the durable store keeps of it (also when it was not loaded here).
+    /// deletes what the durable store keeps of it (also when it was not loaded here) and, with
+    /// a cluster, its retained messages' JetStream bucket.
     pub fn remove(&self, name: &str) -> bool {
         if let Some(storage) = &self.storage {
             storage.forget_tenant(name);
@@ -211,6 +212,7 @@ impl Directory {
         };
         match removed {
             Some(entry) => {
+                entry.tenant.delete_replicated();
                 for session in entry.tenant.sessions() {
                     end_for_credential(&entry.tenant, &session, Kick::TenantRemoved, |_| true);
                 }

@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
@@ -71,6 +71,8 @@ type Outgoing = (
     Option<oneshot::Sender<Result<(), Failure>>>,
 );
 
+/// How often the round trip to NATS is measured and JetStream's availability checked.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
 /// limit is 1 MiB).
 const MAX_PACKET: u32 = 268_435_460;
@@ -94,6 +96,10 @@ pub struct Link {
     /// Bumped on each (re)connection to NATS and when JetStream says a stream is missing: the
     /// tenants' streams are set up again.
     connected: tokio::sync::watch::Receiver<u64>,
+    /// Whether JetStream answered the last request for retained messages or the last check.
+    jetstream_ok: AtomicBool,
+    /// Tenants whose retained-message bucket has not been read once yet.
+    loading: AtomicUsize,
 }
 
 /// The JetStream stream of `tenant`'s QoS 1/2 messages: `STARLING_<tenant>` when the name is
@@ -194,7 +200,10 @@ impl Link {
             streams: parking_lot::Mutex::new(HashSet::new()),
             unready: AtomicU64::new(0),
             connected,
+            jetstream_ok: AtomicBool::new(true),
+            loading: AtomicUsize::new(0),
         });
+        tokio::spawn(probe(Arc::downgrade(&link), stop.clone()));
         tokio::spawn(async move {
             while let Some((subject, headers, body, stored)) = queue.recv().await {
                 let Some(stored) = stored else {
@@ -246,6 +255,93 @@ impl Link {
     /// Whether the connection to NATS is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Whether every tenant's retained messages have been read from JetStream once.
+    pub fn is_loaded(&self) -> bool {
+        self.loading.load(Ordering::Acquire) == 0
+    }
+
+    pub(super) fn loading_started(&self) {
+        self.loading.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(super) fn loading_done(&self) {
+        let _ = self
+            .loading
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// The JetStream context of the connection.
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
+    }
+
+    /// Whether JetStream is thought to be available: the connection is up and the last
+    /// request that depended on JetStream was answered.
+    pub fn jetstream_available(&self) -> bool {
+        self.is_connected() && self.jetstream_ok.load(Ordering::Acquire)
+    }
+
+    pub(super) fn jetstream_succeeded(&self) {
+        if !self.jetstream_ok.swap(true, Ordering::AcqRel) {
+            info!(replica = %self.replica, "cluster: JetStream answers again");
+        }
+    }
+
+    pub(super) fn jetstream_failed(&self) {
+        if self.jetstream_ok.swap(false, Ordering::AcqRel) {
+            warn!(
+                replica = %self.replica,
+                "cluster: JetStream does not answer; retained QoS 1 and 2 publications are refused until it does"
+            );
+        }
+    }
+
+    /// The copies of a retained-message bucket: `cluster.retained_replicas`, else the NATS
+    /// servers known (configured, or announced by the server), at most 3.
+    pub fn bucket_replicas(&self) -> usize {
+        let known = self
+            .client
+            .server_info()
+            .connect_urls
+            .len()
+            .max(self.config.nats.len());
+        self.config.resolve_retained_replicas(known)
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Cancelled when the broker stops.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Deletes the retained-message bucket `name` (its tenant was deleted), in the
+    /// background; a bucket already gone is fine.
+    pub fn delete_bucket(self: &Arc<Self>, name: String) {
+        let link = self.clone();
+        tokio::spawn(async move {
+            match link.js.delete_key_value(&name).await {
+                Ok(_) => {
+                    info!(bucket = %name, "cluster: the deleted tenant's retained messages are deleted")
+                }
+                Err(e) => {
+                    let gone = link.js.get_key_value(&name).await.is_err_and(|g| {
+                        g.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket
+                            && g.to_string().contains("not found")
+                    });
+                    if !gone {
+                        link.metrics
+                            .jetstream_failed(crate::metrics::JetStreamOp::delete_bucket);
+                        warn!(bucket = %name, error = %e, "cluster: cannot delete a deleted tenant's retained messages");
+                    }
+                }
+            }
+        });
     }
 
     /// Whether the queue to NATS has no room left now (a QoS 1 or 2 publication is then
@@ -541,6 +637,76 @@ fn publish_failure(e: &jetstream::context::PublishError) -> Failure {
             }
         }
         _ => Failure::NotReplicated,
+    }
+}
+
+/// Measures the round trip to NATS (a message to this replica's own inbox, through the
+/// server) and checks that JetStream answers, every [`PROBE_EVERY`], until the broker stops.
+async fn probe(link: std::sync::Weak<Link>, stop: CancellationToken) {
+    let mut echo: Option<(async_nats::Subject, async_nats::Subscriber)> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        let Some(link) = link.upgrade() else { return };
+        if !link.is_connected() {
+            continue;
+        }
+        if echo.is_none() {
+            let inbox = link.client.new_inbox();
+            if let Ok(sub) = link.client.subscribe(inbox.clone()).await {
+                echo = Some((inbox.into(), sub));
+            }
+        }
+        if let Some((inbox, sub)) = echo.as_mut() {
+            let started = tokio::time::Instant::now();
+            let sent = link
+                .client
+                .publish(inbox.clone(), Bytes::new())
+                .await
+                .is_ok()
+                && link.client.flush().await.is_ok();
+            let back = sent
+                && matches!(
+                    tokio::time::timeout(PROBE_EVERY, sub.next()).await,
+                    Ok(Some(_))
+                );
+            if back {
+                link.metrics
+                    .cluster_nats_rtt
+                    .set(started.elapsed().as_secs_f64());
+            } else {
+                // Not answered in time (a late answer would be read as the next one's).
+                echo = None;
+            }
+        }
+        // The account's JetStream information: answered by JetStream, or an error saying why not.
+        let answer = tokio::time::timeout(
+            ACK_TIMEOUT,
+            link.client.request("$JS.API.INFO", Bytes::new()),
+        )
+        .await;
+        let answer = match answer {
+            Ok(Ok(m)) => match serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                Ok(v) if v.get("error").is_none() => Ok(()),
+                Ok(v) => Err(v["error"].to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".to_owned()),
+        };
+        match answer {
+            Ok(()) => link.jetstream_succeeded(),
+            Err(e) => {
+                link.metrics
+                    .jetstream_failed(crate::metrics::JetStreamOp::account);
+                if link.jetstream_ok.load(Ordering::Acquire) {
+                    warn!(error = %e, "cluster: JetStream does not answer");
+                }
+                link.jetstream_failed();
+            }
+        }
     }
 }
 

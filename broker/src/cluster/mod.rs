@@ -4,6 +4,7 @@
 //! prefix per tenant. Without `[cluster]` none of this is used and the broker is a single node.
 
 pub mod link;
+pub mod retained;
 pub mod subject;
 
 use std::fmt;
@@ -84,6 +85,9 @@ pub struct ClusterConfig {
     /// The most a tenant's stream holds, in bytes (default 1 GiB): beyond it the oldest
     /// messages go. `--cluster-stream-max-bytes BYTES`.
     pub stream_max_bytes: u64,
+    /// How many NATS servers hold a copy of each tenant's retained-message bucket (1 to 5).
+    /// When absent: the NATS servers known (configured, or announced by the cluster), at most 3.
+    pub retained_replicas: Option<usize>,
 }
 
 /// Default of [`ClusterConfig::stream_max_age_secs`]: one day.
@@ -108,6 +112,7 @@ impl Default for ClusterConfig {
             stream_replicas: None,
             stream_max_age_secs: DEFAULT_STREAM_MAX_AGE_SECS,
             stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
+            retained_replicas: None,
         }
     }
 }
@@ -129,7 +134,8 @@ impl ClusterConfig {
             || self.tls_ca.is_some()
             || self.tls_cert.is_some()
             || self.tls_key.is_some()
-            || self.stream_replicas.is_some();
+            || self.stream_replicas.is_some()
+            || self.retained_replicas.is_some();
         if !self.enabled() {
             if any_other {
                 problems.push(
@@ -181,6 +187,13 @@ impl ClusterConfig {
         if self.stream_max_bytes == 0 || self.stream_max_bytes > i64::MAX as u64 {
             problems.push("cluster.stream_max_bytes must be above 0".into());
         }
+        if let Some(n) = self.retained_replicas {
+            if !(1..=MAX_STREAM_REPLICAS).contains(&n) {
+                problems.push(format!(
+                    "cluster.retained_replicas must be 1 to {MAX_STREAM_REPLICAS}, not {n}"
+                ));
+            }
+        }
         problems
     }
 
@@ -188,6 +201,12 @@ impl ClusterConfig {
     /// (`known`), at most 3, at least 1.
     pub fn resolve_stream_replicas(&self, known: usize) -> usize {
         self.stream_replicas.unwrap_or(known.clamp(1, 3))
+    }
+
+    /// The copies of each retained-message bucket: the configured number, else the NATS
+    /// servers `known`, at most 3 (and at least 1).
+    pub fn resolve_retained_replicas(&self, known: usize) -> usize {
+        self.retained_replicas.unwrap_or(known.clamp(1, 3))
     }
 
     /// The replica id in force: the configured one, else `HOSTNAME` (when it is a valid id),
@@ -263,10 +282,11 @@ mod tests {
             user: Some("u".into()),
             token: Some(Secret::new("t")),
             tls_cert: Some("c.pem".into()),
+            retained_replicas: Some(6),
             ..ClusterConfig::default()
         };
         let p = c.problems();
-        assert_eq!(p.len(), 6, "{p:?}");
+        assert_eq!(p.len(), 7, "{p:?}");
         let streams = ClusterConfig {
             nats: vec!["nats://ok:4222".into()],
             stream_replicas: Some(6),

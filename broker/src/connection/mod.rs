@@ -24,7 +24,7 @@ mod acks;
 mod close;
 mod deliver;
 mod handshake;
-mod publish;
+pub(crate) mod publish;
 mod reauth;
 mod run;
 mod subscribe;

@@ -497,6 +497,12 @@ impl<IO: AsyncIo> Connection<IO> {
                 self.acknowledge(qos, packet_id, ReasonCode::UNSPECIFIED_ERROR, Some(why));
                 return;
             }
+            if let Some(why) = message.retain.then(|| tenant.retained_failure()).flatten() {
+                // It could not be kept for the other replicas: refused before it is delivered.
+                self.ctx.metrics.cluster_errors.inc();
+                self.acknowledge(qos, packet_id, ReasonCode::UNSPECIFIED_ERROR, Some(why));
+                return;
+            }
         }
         let mut congested = None;
         let mut stored = false;
@@ -545,7 +551,8 @@ impl<IO: AsyncIo> Connection<IO> {
         } else {
             None
         };
-        // With a cluster, also once JetStream holds it on the broker's replicas.
+        // With a cluster, also once JetStream holds it on the broker's replicas (and, retained,
+        // in the tenant's bucket).
         let commit = both(commit, replicated);
         self.acknowledge_after(qos, packet_id, ReasonCode::SUCCESS, None, commit);
         // Our own outbox may have got something (a subscription matching our own publish).
@@ -554,7 +561,7 @@ impl<IO: AsyncIo> Connection<IO> {
 }
 
 /// One receiver for two commits: done when both are, failed with the first failure.
-fn both(
+pub(crate) fn both(
     a: Option<oneshot::Receiver<Result<(), Failure>>>,
     b: Option<oneshot::Receiver<Result<(), Failure>>>,
 ) -> Option<oneshot::Receiver<Result<(), Failure>>> {

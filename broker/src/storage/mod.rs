@@ -55,6 +55,8 @@ pub enum Failure {
     NoStream,
     /// JetStream has no room for the message: 0x97.
     ReplicasFull,
+    /// The replicas' JetStream (`[cluster]`) did not store a retained message: 0x80.
+    RetainedNotStored,
 }
 
 impl Failure {
@@ -62,9 +64,10 @@ impl Failure {
     pub fn reason(self) -> ReasonCode {
         match self {
             Failure::DiskFull | Failure::ReplicasFull => ReasonCode::QUOTA_EXCEEDED,
-            Failure::Io | Failure::NotReplicated | Failure::NoStream => {
-                ReasonCode::UNSPECIFIED_ERROR
-            }
+            Failure::Io
+            | Failure::NotReplicated
+            | Failure::NoStream
+            | Failure::RetainedNotStored => ReasonCode::UNSPECIFIED_ERROR,
         }
     }
 
@@ -78,6 +81,9 @@ impl Failure {
             }
             Failure::NoStream => "the tenant's JetStream stream is not ready",
             Failure::ReplicasFull => "JetStream has no room for the message",
+            Failure::RetainedNotStored => {
+                "the retained message was not stored: the replicas' JetStream is unavailable"
+            }
         }
     }
 }
