@@ -32,7 +32,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
-    networking::v1::NetworkPolicy,
+    networking::v1::{Ingress, NetworkPolicy},
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
@@ -451,7 +451,6 @@ fn advertised(e: &Endpoints) -> (Option<String>, Option<String>) {
 /// read (not served: no Gateway API installed; not allowed: an operator upgraded before its
 /// chart) counts as absent.
 async fn seen_exposure(b: &Broker, client: &Client, ns: &str) -> exposure::Seen {
-    use k8s_openapi::api::networking::v1::Ingress;
     use kube::api::{ApiResource, GroupVersionKind, ListParams};
     fn absent<T>(what: &str, r: std::result::Result<T, kube::Error>) -> Option<T> {
         r.map_err(|e| tracing::debug!(what, error = %e, "not read for the endpoints"))
@@ -1287,6 +1286,28 @@ async fn cleanup(b: &Broker, ctx: &Context) -> Result<Action> {
 
 // === run ===
 
+/// The Services an Ingress sends to (by default backend or rule), each once.
+fn ingress_services(ing: &Ingress) -> Vec<String> {
+    let Some(spec) = &ing.spec else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = spec
+        .default_backend
+        .iter()
+        .chain(
+            spec.rules
+                .iter()
+                .flatten()
+                .filter_map(|r| r.http.as_ref())
+                .flat_map(|h| h.paths.iter().map(|p| &p.backend)),
+        )
+        .filter_map(|b| b.service.as_ref().map(|s| s.name.clone()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Checks that the API server serves every resource the operator uses.
 pub async fn check_discovery(client: &Client) -> Result<()> {
     let needed = [
@@ -1341,10 +1362,39 @@ pub async fn run(
                 Api::<Deployment>::all(ctx.client.clone()),
             ),
         };
+        let ingresses = match &scope {
+            Some(ns) => Api::<Ingress>::namespaced(ctx.client.clone(), ns),
+            None => Api::<Ingress>::all(ctx.client.clone()),
+        };
+        // An Ingress to a Broker's Service changes its endpoints (`crate::exposure`): the Broker
+        // named like the Service looks again. Only where the operator may list Ingresses (an
+        // operator upgraded before its chart may not): a failing watch would hold back every
+        // reconcile. Gateway API routes, and Ingresses without the watch, are seen at resync.
+        let watch_ingresses = ingresses
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+            .map_err(
+                |e| warn!(error = %e, "not watching Ingresses: endpoints follow them at resync"),
+            )
+            .is_ok();
         let token = shutdown.clone();
         let ctx = ctx.clone();
-        let fut = Controller::new(brokers, watcher::Config::default())
-            .owns(deployments, selector.clone())
+        let mut controller = Controller::new(brokers, watcher::Config::default())
+            .owns(deployments, selector.clone());
+        if watch_ingresses {
+            controller =
+                controller.watches(ingresses, watcher::Config::default(), |ing: Ingress| {
+                    let ns = ing.namespace();
+                    ingress_services(&ing).into_iter().map(move |svc| {
+                        let r = kube::runtime::reflector::ObjectRef::<Broker>::new(&svc);
+                        match &ns {
+                            Some(ns) => r.within(ns),
+                            None => r,
+                        }
+                    })
+                });
+        }
+        let fut = controller
             .with_config(
                 kube::runtime::controller::Config::default().concurrency(concurrency.max(1)),
             )

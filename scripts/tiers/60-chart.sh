@@ -250,6 +250,45 @@ assert client[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/nam
 print("nats cluster ok")
 PY
 
+# NATS credentials: the installed NATS requires the token the operator generates once, which
+# reaches the NATS pods and the operator by Secret reference only; an existing NATS's auth and TLS
+# Secrets reach the operator by name, and the operator may get exactly those Secrets.
+helm template starling "$chart" -n starling-system --set 'nats.urls={tls://nats.messaging.svc:4222}' \
+  --set nats.auth.existingSecret=nats-broker-creds --set nats.tls.existingSecret=nats-client-tls >"$work/nats-existing.yaml"
+python3 - "$work/all-on.yaml" "$work/nats-existing.yaml" "$work/default.yaml" <<'PY' || fail "the NATS credentials are rendered wrong"
+import json, sys, yaml
+def load(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d]
+def operator_env(docs):
+    [dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")]
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+def secret_get_rules(docs):
+    return [r for d in docs if d["kind"] == "Role" for r in d.get("rules", [])
+            if r["resources"] == ["secrets"] and r["verbs"] == ["get"]]
+installed, existing, default = (load(p) for p in sys.argv[1:4])
+env = operator_env(installed)
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_SECRET"] == "starling-nats-auth", env
+assert "STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET" not in env, env
+generated = json.loads(env["STARLING_OPERATOR_GENERATE_SECRETS"])
+assert {"name": "starling-nats-auth", "data": {"token": "{random}"}} == {
+    k: v for k, v in [g for g in generated if g["name"] == "starling-nats-auth"][0].items() if k in ("name", "data")}, generated
+[cm] = [d for d in installed if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-nats"]
+assert "token: $STARLING_NATS_TOKEN" in cm["data"]["nats.conf"], cm
+[sts] = [d for d in installed if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "starling-nats"]
+[tok] = [e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "STARLING_NATS_TOKEN"]
+assert tok["valueFrom"]["secretKeyRef"] == {"name": "starling-nats-auth", "key": "token"}, tok
+assert [r["resourceNames"] for r in secret_get_rules(installed)] == [["starling-nats-auth"]], secret_get_rules(installed)
+env = operator_env(existing)
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_SECRET"] == "nats-broker-creds", env
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET"] == "nats-client-tls", env
+assert "nats-auth" not in env["STARLING_OPERATOR_GENERATE_SECRETS"], env
+assert [r["resourceNames"] for r in secret_get_rules(existing)] == [["nats-broker-creds", "nats-client-tls"]]
+env = operator_env(default)
+assert not any(k.startswith("STARLING_OPERATOR_BROKER_CLUSTER") for k in env), env
+assert secret_get_rules(default) == [], "no NATS, no Secret to read"
+print("nats credentials ok")
+PY
+
 # The operator's broker-hook rules: its env only when set, with names the operator reads; a
 # values file's numbers (floats to Helm) render as integers.
 printf 'operator:\n  brokerHook:\n    timeoutMs: 600000\n' >"$work/hook-values.yaml"

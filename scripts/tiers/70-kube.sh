@@ -25,9 +25,19 @@
 # - `kubectl scale broker` changes spec.replicas through the scale subresource (status.selector
 #   shown); three replicas without a NATS cluster turn Degraded (ReplicasNeedCluster) and the
 #   Deployment keeps one;
+# - with the chart's NATS (nats.install.enabled, helm upgrade): its StatefulSet takes its token
+#   from a Secret the operator generates; an operator with the chart's NATS settings gives a
+#   Broker with replicas: 3 a Deployment of 3 with --cluster-nats, topology spread and
+#   anti-affinity, the preStop drain, its own copy of the token (trio-nats) as an environment
+#   variable and a Server Reference, the token in no Deployment, ConfigMap, status or log; on this
+#   v1.20 server no policy/v1 budget and DisruptionBudget=False; status.endpoints say a
+#   LoadBalancer waits for its address, then follow it once set (the test plays the cloud's
+#   controller) and follow an Ingress to the wss port; `kubectl scale broker trio --replicas=2`
+#   reaches the Deployment;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
-# - playing the kubelet's stop: SIGTERM to the pod's broker sends its connected MQTT 5 client
-#   DISCONNECT 0x8B (server shutting down) and the broker exits within the pod's
+# - playing the kubelet's stop: the pod's preStop hook (GET /drain on its http port) sends the
+#   broker's connected MQTT 5 client DISCONNECT 0x8B (server shutting down) and answers once
+#   drained; the SIGTERM after it ends the broker, all within the pod's
 #   terminationGracePeriodSeconds;
 # - NetworkPolicies: the operator gives each Broker's pods one (MQTT from anywhere, metrics from
 #   the monitoring namespace) once its RBAC allows, and warns (NetworkPolicyForbidden) until then;
@@ -434,13 +444,21 @@ wait "$helm_test_pid" || { cat "$work/helm-test.out"; fail "helm test failed (th
 [ "$phase" = Succeeded ] || fail "helm test passed although /readyz failed"
 grep -q "Phase: *Succeeded" "$work/helm-test.out" || { cat "$work/helm-test.out"; fail "helm test did not report the pod's success"; }
 
-echo "--- playing the kubelet: SIGTERM drains the pod's broker (DISCONNECT 0x8B) within its grace period"
+echo "--- playing the kubelet's stop: the preStop hook drains the pod's broker (DISCONNECT 0x8B), then SIGTERM, within the grace period"
 grace=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.terminationGracePeriodSeconds}')
-[ -n "$grace" ] && [ "$grace" -ge 15 ] || fail "the pod's terminationGracePeriodSeconds ($grace) leaves no time to drain"
+[ -n "$grace" ] && [ "$grace" -ge 25 ] || fail "the pod's terminationGracePeriodSeconds ($grace) leaves no time to drain"
+hook=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].lifecycle.preStop.httpGet.path} {.spec.template.spec.containers[0].lifecycle.preStop.httpGet.port}')
+[ "$hook" = "/drain http" ] || fail "the pod has no preStop httpGet on /drain at its http port (got: $hook)"
 python3 scripts/tiers/kube/drain_client.py localhost "$mqtts_port" "$work/operator-ca.crt" orders kubelet-sub "$sub_token" \
   >"$work/drain.out" 2>&1 &
 drain_pid=$!
 wait_for 20 grep -qx connected "$work/drain.out" || { cat "$work/drain.out"; fail "the draining client did not connect"; }
+# The kubelet's preStop httpGet: a GET on the pod's http port, waited for (up to the grace period).
+hook_started=$(date +%s)
+hook_answer=$(curl -s -m "$grace" -w ' %{http_code}' "http://127.0.0.1:$broker_http/drain")
+[ "$hook_answer" = "drained
+ 200" ] || fail "the preStop hook's GET /drain answered: $hook_answer"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$broker_http/readyz")" = 503 ] || fail "a drained broker still says ready"
 kill -TERM "$broker_pid"
 exited=false
 for _ in $(seq 1 $((grace * 2))); do
@@ -448,10 +466,11 @@ for _ in $(seq 1 $((grace * 2))); do
   sleep 0.5
 done
 $exited || fail "the broker did not exit within the pod's ${grace} s grace period after SIGTERM (the kubelet would kill it)"
+[ $(( $(date +%s) - hook_started )) -le "$grace" ] || fail "the hook and SIGTERM together took longer than the ${grace} s grace period"
 wait "$broker_pid" 2>/dev/null || true; broker_pid=""
 wait "$drain_pid" || { cat "$work/drain.out"; fail "the client saw no DISCONNECT before the broker stopped"; }
 grep -qx "disconnect 139" "$work/drain.out" || { cat "$work/drain.out"; fail "the client was not told 0x8B (server shutting down)"; }
-echo "the client got DISCONNECT 0x8B and the broker exited within the grace period"
+echo "the preStop hook drained the broker (the client got DISCONNECT 0x8B) and it exited within the grace period"
 
 echo "--- a spec change: Ready drops until the pods are updated"
 ready_status() { kubectl -n iot get broker orders -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Ready")].reason}'; }
@@ -728,6 +747,115 @@ wait "$standby_pid" 2>/dev/null || true
 standby_pid=""
 holder=$(kubectl -n starling-system get lease starling-operator -o jsonpath='{.spec.holderIdentity}')
 [ -z "$holder" ] || fail "the operator did not release its Lease on shutdown (holder $holder)"
+
+echo "--- replicas: 3 on the chart's NATS: workload, spread, NATS settings and credentials the server accepts"
+helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' \
+  --set nats.install.enabled=true >/dev/null || fail "helm upgrade with nats.install.enabled failed"
+kubectl -n starling-system get statefulset starling-nats >/dev/null || fail "the chart's NATS StatefulSet was not accepted"
+[ "$(kubectl -n starling-system get statefulset starling-nats -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="STARLING_NATS_TOKEN")].valueFrom.secretKeyRef.name}')" = starling-nats-auth ] \
+  || fail "the NATS pods do not take their token from the Secret starling-nats-auth"
+# What the chart gives its operator, which runs here out of cluster as its ServiceAccount.
+op_env() { kubectl -n starling-system get deploy starling-operator -o jsonpath="{.spec.template.spec.containers[0].env[?(@.name==\"$1\")].value}"; }
+nats_urls=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS)
+nats_secret=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_SECRET)
+[ -n "$nats_urls" ] && [ "$nats_secret" = starling-nats-auth ] || fail "the operator is not given the chart's NATS ($nats_urls, $nats_secret)"
+nats_http=$(free_port)
+KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME=operator-nats "$OPERATOR" run \
+  --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
+  --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
+  --broker-network-policies true --monitoring-namespace monitoring \
+  --broker-cluster-nats "$nats_urls" --broker-cluster-secret "$nats_secret" --generate-secrets "$(op_env STARLING_OPERATOR_GENERATE_SECRETS)" \
+  --http "127.0.0.1:$nats_http" --log-format pretty >"$work/operator-nats.log" 2>&1 &
+op_pid=$!
+wait_for 30 grep -q "starting the controller" "$work/operator-nats.log" || { tail -20 "$work/operator-nats.log"; fail "the operator with NATS did not start"; }
+token=$(kubectl -n starling-system get secret starling-nats-auth -o jsonpath='{.data.token}' | base64 -d)
+[ "${#token}" -ge 32 ] || fail "the operator did not generate the NATS token"
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: starling.dev/v1alpha1
+kind: Broker
+metadata: {name: trio, namespace: iot}
+spec:
+  replicas: 3
+  hostname: trio.example.com
+  service: {type: LoadBalancer}
+YAML
+trio_applied() { [ "$(kubectl -n iot get deploy trio -o jsonpath='{.spec.replicas}' 2>/dev/null)" = 3 ]; }
+wait_for 60 trio_applied || { tail -20 "$work/operator-nats.log"; kubectl -n iot get broker trio -o yaml; fail "replicas: 3 with NATS got no Deployment of 3"; }
+kubectl -n iot get deploy trio -o json >"$work/trio.json"
+kubectl -n iot get configmap trio-config -o json >"$work/trio-config.json"
+kubectl -n iot get broker trio -o json >"$work/trio-broker.json"
+python3 - "$work/trio.json" "$work/trio-config.json" "$work/trio-broker.json" "$nats_urls" "$token" <<'PY' || fail "the three-replica Broker is rendered wrong"
+import json, sys
+dep, cm, broker = (json.load(open(p)) for p in sys.argv[1:4])
+urls, token = sys.argv[4].split(","), sys.argv[5]
+pod = dep["spec"]["template"]["spec"]
+c = pod["containers"][0]
+args = c["args"]
+assert [args[i + 1] for i, a in enumerate(args) if a == "--cluster-nats"] == urls, args
+keys = sorted(t["topologyKey"] for t in pod["topologySpreadConstraints"])
+assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], keys
+assert pod["affinity"]["podAntiAffinity"], pod.get("affinity")
+env = {e["name"]: e for e in c["env"]}
+ref = env["STARLING_BROKER__CLUSTER__TOKEN"]["valueFrom"]["secretKeyRef"]
+assert ref == {"name": "trio-nats", "key": "token", "optional": False}, ref
+assert c["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain", c.get("lifecycle")
+assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] in (0, "0"), dep["spec"]["strategy"]
+text = cm["data"]["broker.toml"]
+assert 'server_reference = "mqtts://trio.example.com:8883"' in text, text
+for doc in (dep, cm, broker):
+    assert token not in json.dumps(doc), "the NATS token is in a Deployment, ConfigMap or status"
+print("trio ok")
+PY
+[ "$(kubectl -n iot get secret trio-nats -o jsonpath='{.data.token}' | base64 -d)" = "$token" ] || fail "the Broker's own Secret trio-nats does not hold the NATS token"
+[ "$(kubectl -n iot get secret trio-nats -o jsonpath='{.metadata.ownerReferences[0].name}')" = trio ] || fail "trio-nats is not owned by its Broker"
+grep -q "$token" "$work/operator-nats.log" && fail "the NATS token is in the operator's log"
+if kubectl api-resources --api-group=policy -o name | grep -qx poddisruptionbudgets.policy \
+  && kubectl get --raw /apis/policy/v1 >/dev/null 2>&1; then
+  wait_for 30 kubectl -n iot get pdb trio || fail "no PodDisruptionBudget for three replicas where policy/v1 is served"
+else
+  # v1.20 serves policy/v1beta1 only: no budget, and the status says so.
+  no_budget() { [ "$(kubectl -n iot get broker trio -o jsonpath='{.status.conditions[?(@.type=="DisruptionBudget")].reason}')" = PolicyV1Unavailable ]; }
+  wait_for 30 no_budget || fail "without policy/v1 the three-replica Broker does not report DisruptionBudget=False (PolicyV1Unavailable)"
+fi
+
+echo "--- status.endpoints follow the LoadBalancer's address and an Ingress"
+waits_for_lb() { kubectl -n iot get broker trio -o jsonpath='{.status.endpoints.note}' | grep -q "waiting for the load balancer"; }
+wait_for 30 waits_for_lb || fail "a LoadBalancer without an address is not said to be pending"
+# Playing the cloud's load-balancer controller.
+kubectl -n iot patch service trio --subresource=status --type=merge -p '{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.10"}]}}}' >/dev/null \
+  || fail "could not set the Service's load balancer address"
+follows_lb() { kubectl -n iot get broker trio -o jsonpath='{.status.endpoints.note}' | grep -q "LoadBalancer Service at 203.0.113.10"; }
+wait_for 30 follows_lb || fail "status.endpoints did not take the load balancer's address"
+[ "$(kubectl -n iot get broker trio -o jsonpath='{.status.endpoints.mqtts}')" = "mqtts://trio.example.com:8883" ] \
+  || fail "with spec.hostname the mqtts endpoint keeps the host name its certificate names"
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: trio-wss, namespace: iot}
+spec:
+  tls: [{hosts: [ws.example.com], secretName: ws-example-com}]
+  rules:
+    - host: ws.example.com
+      http:
+        paths:
+          - {path: /mqtt, pathType: Exact, backend: {service: {name: trio, port: {name: wss-443}}}}
+YAML
+follows_ingress() { [ "$(kubectl -n iot get broker trio -o jsonpath='{.status.endpoints.wss[0]}')" = "wss://ws.example.com:443/mqtt" ]; }
+wait_for 30 follows_ingress || fail "status.endpoints.wss did not follow the Ingress"
+api_follows_ingress() { api GET /v1/namespaces/iot/brokers/trio | grep -qF '"wsEndpoint":"wss://ws.example.com:443/mqtt"'; }
+wait_for 30 api_follows_ingress || fail "the api does not show the Ingress's wss endpoint: $(api GET /v1/namespaces/iot/brokers/trio)"
+
+echo "--- kubectl scale broker trio --replicas=2: the operator follows"
+kubectl -n iot scale broker trio --replicas=2 >/dev/null || fail "kubectl scale broker trio failed"
+trio_two() { [ "$(kubectl -n iot get deploy trio -o jsonpath='{.spec.replicas}')" = 2 ]; }
+wait_for 60 trio_two || fail "the Deployment did not follow kubectl scale to 2"
+kubectl -n iot delete ingress trio-wss >/dev/null
+kubectl -n iot delete broker trio --wait=false >/dev/null
+wait_for 60 gone trio || fail "the Broker trio was not released"
+kill "$op_pid"
+wait "$op_pid" 2>/dev/null || true
+op_pid=""
+echo "replicas: 3 on the chart's NATS accepted; endpoints follow the LoadBalancer and the Ingress; kubectl scale followed"
 
 echo "--- helm uninstall keeps the CRD"
 helm uninstall starling -n starling-system >/dev/null

@@ -30,6 +30,15 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- define "starling.api.name" -}}{{ include "starling.fullname" . }}-api{{- end -}}
 {{- define "starling.api.internalName" -}}{{ include "starling.fullname" . }}-api-internal{{- end -}}
 {{- define "starling.nats.name" -}}{{ include "starling.fullname" . }}-nats{{- end -}}
+{{/* The Secret with the brokers' NATS credentials: nats.auth.existingSecret, else the token
+the operator generates for the installed NATS; empty when neither. */}}
+{{- define "starling.nats.authSecret" -}}
+{{- if .Values.nats.auth.existingSecret -}}
+{{ .Values.nats.auth.existingSecret }}
+{{- else if .Values.nats.install.enabled -}}
+{{ include "starling.nats.name" . }}-auth
+{{- end -}}
+{{- end -}}
 {{- define "starling.nats.urls" -}}
 {{- if .Values.nats.install.enabled -}}
 {{- $name := include "starling.nats.name" . -}}
@@ -79,6 +88,9 @@ a JSON list of {name, data: {key: template with {random}}, labels}. */}}
 {{- $url := printf "postgres://%s:{random}@%s:5432/%s" .Values.postgresql.username (include "starling.postgresql.name" .) .Values.postgresql.database }}
 {{- $list = append $list (dict "name" (include "starling.database.secret" .) "data" (dict "POSTGRES_PASSWORD" "{random}" .Values.api.database.key $url) "labels" $labels) }}
 {{- end }}
+{{- if and .Values.nats.install.enabled (not .Values.nats.auth.existingSecret) }}
+{{- $list = append $list (dict "name" (include "starling.nats.authSecret" .) "data" (dict "token" "{random}") "labels" $labels) }}
+{{- end }}
 {{- toJson $list }}
 {{- end -}}
 
@@ -111,7 +123,7 @@ a JSON list of {name, data: {key: template with {random}}, labels}. */}}
 # Read only, for status.endpoints: what exposes a Broker's Service.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes", "tlsroutes"]
   verbs: ["list"]
