@@ -792,9 +792,10 @@ pod = dep["spec"]["template"]["spec"]
 c = pod["containers"][0]
 args = c["args"]
 assert [args[i + 1] for i, a in enumerate(args) if a == "--cluster-nats"] == urls, args
-keys = sorted(t["topologyKey"] for t in pod["topologySpreadConstraints"])
-assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], keys
-assert pod["affinity"]["podAntiAffinity"], pod.get("affinity")
+keys = [t["topologyKey"] for t in pod["topologySpreadConstraints"]]
+assert keys == ["topology.kubernetes.io/zone"], keys
+anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+assert anti["topologyKey"] == "kubernetes.io/hostname", anti
 env = {e["name"]: e for e in c["env"]}
 ref = env["STARLING_BROKER__CLUSTER__TOKEN"]["valueFrom"]["secretKeyRef"]
 assert ref == {"name": "trio-nats", "key": "token", "optional": False}, ref
