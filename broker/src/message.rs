@@ -40,6 +40,9 @@ pub struct Message {
     pub publisher: Option<Arc<str>>,
     /// Bytes the message holds: see [`Message::weight`].
     weight: usize,
+    /// For a message a persistent session read from its JetStream consumer (`[cluster]`):
+    /// acknowledged once the client has it, given back if dropped before.
+    pub stream_ack: Option<crate::cluster::sessions::StreamAck>,
 }
 
 impl Message {
@@ -121,6 +124,15 @@ impl Message {
             expires_at,
             publisher,
             weight,
+            stream_ack: None,
+        }
+    }
+
+    /// The client has this message (or it is dropped for good): a persistent session's
+    /// consumer (`[cluster]`) is told.
+    pub fn acknowledge_stream(&self) {
+        if let Some(a) = &self.stream_ack {
+            a.ack();
         }
     }
 

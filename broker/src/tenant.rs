@@ -16,7 +16,7 @@ use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::retained::{RetainOutcome, Retained};
 use crate::router::{Routed, Router};
-use crate::session::{MemoryStore, OutboxLimits, Session, SessionStore};
+use crate::session::{MemoryStore, OutboxLimits, Session, SessionStore, TenantSessionStore};
 use crate::storage::{Storage, TenantStore};
 use crate::tasks::Tasks;
 use crate::tenant_limits::TenantLimits;
@@ -35,7 +35,11 @@ pub struct Tenant {
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// Where its sessions' state is written through.
-    store: Arc<dyn SessionStore>,
+    store: Arc<TenantSessionStore>,
+    /// With a cluster: its persistent sessions in JetStream.
+    cluster_sessions: std::sync::OnceLock<Arc<crate::cluster::sessions::ClusterSessions>>,
+    /// Itself, set when it joins a cluster.
+    me: std::sync::OnceLock<std::sync::Weak<Tenant>>,
     /// Its part of the durable store, with a data directory.
     durable: Option<TenantStore>,
     /// The broker's background tasks: will delays, session expiry, the hook's verdicts.
@@ -89,10 +93,11 @@ impl Tenant {
         storage: Option<&Storage>,
     ) -> Arc<Self> {
         let durable = storage.map(|s| s.tenant(name));
-        let store: Arc<dyn SessionStore> = match &durable {
+        let local: Arc<dyn SessionStore> = match &durable {
             Some(d) => Arc::new(d.clone()),
             None => Arc::new(MemoryStore),
         };
+        let store = Arc::new(TenantSessionStore::new(local));
         let tenant = Arc::new(Tenant {
             name: name.into(),
             router: Router::default(),
@@ -100,6 +105,8 @@ impl Tenant {
             limits: TenantLimits::new(limits),
             metrics,
             store,
+            cluster_sessions: std::sync::OnceLock::new(),
+            me: std::sync::OnceLock::new(),
             durable,
             tasks,
             sessions: Mutex::new(HashMap::new()),
@@ -131,6 +138,10 @@ impl Tenant {
                 .bucket
                 .set(crate::cluster::retained::Bucket::start(link, self));
             link.attach(self);
+            let _ = self.me.set(Arc::downgrade(self));
+            let sessions = crate::cluster::sessions::ClusterSessions::start(link, self);
+            self.store.use_cluster(sessions.clone());
+            let _ = self.cluster_sessions.set(sessions);
         }
     }
 
@@ -161,6 +172,19 @@ impl Tenant {
     pub fn retained_cleared_by_replicas(&self, topic: &str) {
         self.retained.remove(topic);
         self.metrics.retained.set(self.retained.len() as i64);
+    }
+
+    /// With a cluster: its persistent sessions in JetStream.
+    pub fn cluster_sessions(&self) -> Option<&Arc<crate::cluster::sessions::ClusterSessions>> {
+        self.cluster_sessions.get()
+    }
+
+    /// Whether `session` gets `message` from routing: with a cluster, a persistent session
+    /// reads QoS 1/2 messages from its JetStream consumers instead (once, not twice).
+    fn routed_to(&self, session: &Session, message: &Message) -> bool {
+        self.cluster_sessions.get().is_none()
+            || message.qos == QoS::AtMostOnce
+            || !session.stores(QoS::AtLeastOnce)
     }
 
     /// A session joined the shared group `group` on `filter` (it was not a member): with a
@@ -223,7 +247,34 @@ impl Tenant {
         }
         if let Some(session) = self.session(client_id) {
             session.kick(crate::session::Kick::TakenOver);
+            if let Some(cs) = self.cluster_sessions() {
+                // The session goes on there, from what JetStream keeps: let go of it here
+                // without ending it once its connection (if any) has closed.
+                cs.hand_over(client_id);
+                if let Some(tenant) = self.me() {
+                    let tasks = self.tasks.clone();
+                    tasks.spawn(async move {
+                        let state = session.state.clone().lock_owned().await;
+                        if !state.is_ended() {
+                            crate::session::lifecycle::end_session(
+                                &tenant,
+                                &session,
+                                state,
+                                crate::session::lifecycle::SessionEnd::HandedOver,
+                            );
+                        }
+                    });
+                }
+            }
         }
+    }
+
+    /// This tenant, as the `Arc` the cluster's tasks hold.
+    fn me(&self) -> Option<Arc<Tenant>> {
+        self.cluster
+            .get()
+            .and(self.me.get())
+            .and_then(std::sync::Weak::upgrade)
     }
 
     /// Why durable work is refused now because the other replicas cannot be reached (the NATS
@@ -255,7 +306,9 @@ impl Tenant {
         }
         self.router.route_ordinary(&message, scratch);
         for (session, delivery) in scratch.drain(..) {
-            session.push(delivery, &self.metrics);
+            if self.routed_to(&session, &message) {
+                session.push(delivery, &self.metrics);
+            }
         }
     }
 
@@ -374,6 +427,9 @@ impl Tenant {
         }
         let mut queued = 0;
         for (session, delivery) in scratch.drain(..) {
+            if !self.routed_to(&session, &message) {
+                continue;
+            }
             let reliable = delivery.qos != QoS::AtMostOnce;
             let durable = session.stores(delivery.qos);
             if session.push(delivery, &self.metrics) {
@@ -449,7 +505,7 @@ impl Tenant {
                 max_messages: limits.max_queued_messages,
                 max_bytes: limits.max_queued_bytes,
             },
-            self.store.clone(),
+            self.store.clone() as Arc<dyn SessionStore>,
         );
         sessions.insert(s.client_id.clone(), s.clone());
         self.metrics.sessions.inc();

@@ -822,3 +822,190 @@ async fn a_retained_qos1_publish_jetstream_does_not_store_is_refused_and_undone(
     .await
     .expect("within a minute");
 }
+
+/// A connection of `id` to `broker` whose session lasts an hour after it, resuming the
+/// session unless `clean`.
+async fn persistent(broker: &TestBroker, id: &str, clean: bool) -> (Raw, bool) {
+    let mut c = broker.raw().await;
+    let mut connect = common::connect_v5(id);
+    connect.clean_start = clean;
+    connect.properties.session_expiry_interval = Some(3600);
+    let ack = c.connect(connect).await;
+    assert_eq!(ack.reason, ReasonCode::SUCCESS, "{ack:?}");
+    (c, ack.session_present)
+}
+
+/// Publishes `topic` at QoS 1 on `publisher` until `subscriber` gets it (its subscription's
+/// consumer is set up in the background), acknowledging it.
+async fn await_consumer(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            assert_eq!(
+                publisher.publish(topic, QoS::AtLeastOnce, b"r").await,
+                Some(ReasonCode::SUCCESS)
+            );
+            if let Ok(p) = tokio::time::timeout(Duration::from_millis(200), next(subscriber)).await
+            {
+                assert_eq!(p.topic.as_str(), topic);
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the session's consumer reads");
+}
+
+/// Reads `n` deliveries on `c`, acknowledging them, skipping late readiness probes.
+async fn collect(c: &mut Raw, n: usize, skip: &str) -> Vec<(String, QoS, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let p = next(c).await;
+        if p.topic.as_str() == skip {
+            continue;
+        }
+        got.push((
+            p.topic.to_string(),
+            p.qos,
+            String::from_utf8_lossy(&p.payload).into_owned(),
+        ));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_persistent_session_resumes_on_another_replica_with_every_message_it_missed() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        await_readyz(&a, 200).await;
+        await_readyz(&b, 200).await;
+        let (mut sub, present) = persistent(&a, "keeper", true).await;
+        assert!(!present);
+        sub.subscribe("k/#", sub_opts(QoS::ExactlyOnce)).await;
+        let mut publisher = b.client("pub-b").await;
+        await_consumer(&mut publisher, &mut sub, "k/ready").await;
+
+        // One QoS 1 message reaches the subscriber on a, which goes without acknowledging it.
+        assert_eq!(
+            publisher.publish("k/one", QoS::AtLeastOnce, b"0").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        let first = loop {
+            match sub.recv().await {
+                Packet::Publish(p) if p.topic.as_str() == "k/ready" => {
+                    sub.send(Packet::PubAck(PubAck {
+                        packet_id: p.packet_id.unwrap(),
+                        reason: ReasonCode::SUCCESS,
+                        properties: Default::default(),
+                    }))
+                    .await
+                }
+                Packet::Publish(p) => break p,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        };
+        assert_eq!(&first.payload[..], b"0");
+        drop(sub);
+
+        // Published while the session is offline, on both replicas, at QoS 1 and 2.
+        const N: usize = 20;
+        let mut on_a = a.client("pub-a").await;
+        for i in 1..=N {
+            assert_eq!(
+                publisher
+                    .publish("k/one", QoS::AtLeastOnce, i.to_string().as_bytes())
+                    .await,
+                Some(ReasonCode::SUCCESS)
+            );
+            assert_eq!(
+                on_a.publish("k/two", QoS::ExactlyOnce, i.to_string().as_bytes())
+                    .await,
+                Some(ReasonCode::SUCCESS)
+            );
+        }
+
+        // Resumed on b: the session, its subscription, and every message it had not
+        // acknowledged, in order per topic, once each.
+        let (mut back, present) = persistent(&b, "keeper", false).await;
+        assert!(present, "session_present=1 on another replica");
+        let got = collect(&mut back, 2 * N + 1, "k/ready").await;
+        let of = |topic: &str| -> Vec<String> {
+            got.iter()
+                .filter(|(t, ..)| t == topic)
+                .map(|(_, _, p)| p.clone())
+                .collect()
+        };
+        let expected_one: Vec<String> = (0..=N).map(|i| i.to_string()).collect();
+        let expected_two: Vec<String> = (1..=N).map(|i| i.to_string()).collect();
+        assert_eq!(of("k/one"), expected_one, "{got:?}");
+        assert_eq!(of("k/two"), expected_two, "{got:?}");
+        assert!(
+            got.iter()
+                .all(|(t, q, _)| (t == "k/one") == (*q == QoS::AtLeastOnce)),
+            "{got:?}"
+        );
+        // Nothing twice.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(1500), back.recv()).await {
+                Err(_) => break,
+                Ok(Packet::PubRel(r)) => {
+                    back.send(Packet::PubComp(starling_codec::PubComp {
+                        packet_id: r.packet_id,
+                        reason: ReasonCode::SUCCESS,
+                        properties: Default::default(),
+                    }))
+                    .await
+                }
+                Ok(Packet::Publish(p)) if p.topic.as_str() == "k/ready" => {}
+                Ok(other) => panic!("expected nothing more, got {other:?}"),
+            }
+        }
+        // The subscription lives on b now: a message published on a reaches it there.
+        assert_eq!(
+            on_a.publish("k/after", QoS::AtLeastOnce, b"x").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        let p = next(&mut back).await;
+        assert_eq!((p.topic.as_str(), &p.payload[..]), ("k/after", &b"x"[..]));
+        // Replica a let the session go (it gave back what it held, which b got above).
+        assert!(a.broker.default_tenant.session("keeper").is_none());
+    })
+    .await
+    .expect("within 90 seconds");
+}
+
+#[tokio::test]
+async fn a_clean_start_on_another_replica_ends_the_session_kept_in_jetstream() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        await_readyz(&a, 200).await;
+        await_readyz(&b, 200).await;
+        let (mut sub, _) = persistent(&a, "gone", true).await;
+        sub.subscribe("g/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut publisher = b.client("pub-b").await;
+        await_consumer(&mut publisher, &mut sub, "g/ready").await;
+        drop(sub);
+        assert_eq!(
+            publisher.publish("g/x", QoS::AtLeastOnce, b"x").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        let (mut fresh, present) = persistent(&b, "gone", true).await;
+        assert!(!present);
+        fresh.expect_silence(Duration::from_millis(1500)).await;
+        drop(fresh);
+        // Nor does a later resumption on a find the old session: what it resumes is b's new
+        // one, without the old subscription or the message queued for it.
+        let (mut again, present) = persistent(&a, "gone", false).await;
+        assert!(present, "the clean session of b is the one kept now");
+        assert_eq!(
+            publisher.publish("g/y", QoS::AtLeastOnce, b"y").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        again.expect_silence(Duration::from_millis(1500)).await;
+    })
+    .await
+    .expect("within a minute");
+}

@@ -247,6 +247,27 @@ impl Link {
         Ok(link)
     }
 
+    /// The NATS connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// `[cluster]`.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The copies JetStream keeps of the tenants' streams and buckets.
+    pub fn stream_replicas(&self) -> usize {
+        let known = self
+            .client
+            .server_info()
+            .connect_urls
+            .len()
+            .max(self.config.nats.len());
+        self.config.resolve_stream_replicas(known)
+    }
+
     /// This replica's id.
     pub fn replica(&self) -> &str {
         &self.replica
@@ -366,13 +387,7 @@ impl Link {
     /// durable subjects of the tenant, kept for `stream_max_age_secs` up to
     /// `stream_max_bytes` (the oldest go first), in `stream_replicas` copies.
     pub async fn ensure_stream(&self, tenant: &str) -> Result<(), String> {
-        let known = self
-            .client
-            .server_info()
-            .connect_urls
-            .len()
-            .max(self.config.nats.len());
-        let replicas = self.config.resolve_stream_replicas(known);
+        let replicas = self.stream_replicas();
         let config = stream::Config {
             name: stream_name(tenant),
             description: Some("Starling: the tenant's QoS 1 and 2 messages".into()),
@@ -736,7 +751,7 @@ fn encode(message: &Message) -> Option<Bytes> {
 }
 
 /// The message carried by `msg`, checked against its subject (which must be of `tenant`).
-fn decode(msg: &async_nats::Message, tenant: &str) -> Option<Message> {
+pub(crate) fn decode(msg: &async_nats::Message, tenant: &str) -> Option<Message> {
     let (t, topic) = subject_to_topic(msg.subject.as_str())?;
     if t != tenant {
         return None;

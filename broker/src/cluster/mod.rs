@@ -5,6 +5,7 @@
 
 pub mod link;
 pub mod retained;
+pub mod sessions;
 pub mod subject;
 
 use std::fmt;

@@ -24,7 +24,12 @@ impl<IO: AsyncIo> Connection<IO> {
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client.
     pub(super) fn on_ack(&mut self, packet_id: u16, _reason: ReasonCode, comp: bool) {
         let matches = match self.state.inflight().get(packet_id) {
-            Some(Inflight::Published(d)) => !comp && d.qos == QoS::AtLeastOnce,
+            Some(Inflight::Published(d)) if !comp && d.qos == QoS::AtLeastOnce => {
+                // The client has it: a persistent session's consumer moves on (`[cluster]`).
+                d.message.acknowledge_stream();
+                true
+            }
+            Some(Inflight::Published(_)) => false,
             Some(Inflight::Released) => comp,
             None => false,
         };
@@ -50,6 +55,11 @@ impl<IO: AsyncIo> Connection<IO> {
                 }));
             }
             return;
+        }
+        if let Some(Inflight::Published(d)) = self.state.inflight().get(r.packet_id) {
+            // The client has it (or refused it for good): a persistent session's consumer
+            // moves on (`[cluster]`); what is left is the PUBREL.
+            d.message.acknowledge_stream();
         }
         if r.reason.0 >= 0x80 {
             // [MQTT-4.3.3-4] PUBREL answers only a PUBREC below 0x80: an error PUBREC ends the

@@ -89,6 +89,7 @@ impl<IO: AsyncIo> Connection<IO> {
         if d.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not delivered.
             metrics.count_drop(DropReason::expired);
+            d.message.acknowledge_stream();
             return false;
         }
         if !self.auth.permissions.may_read(d.message.topic.as_str()) {
@@ -96,6 +97,7 @@ impl<IO: AsyncIo> Connection<IO> {
             // flight then is dropped when the session resumes or re-authenticates, and this
             // catches what a publisher routed meanwhile.
             metrics.count_drop(DropReason::not_readable);
+            d.message.acknowledge_stream();
             return false;
         }
         let packet_id = match (d.qos, attempt) {
@@ -135,6 +137,7 @@ impl<IO: AsyncIo> Connection<IO> {
         // [MQTT-3.1.2-25] never more than the client's Maximum Packet Size: drop for this one.
         if packet.encoded_len(self.negotiated.version) > self.negotiated.max_packet as usize {
             metrics.count_drop(DropReason::packet_too_large);
+            d.message.acknowledge_stream();
             return false;
         }
         if let OutboundAlias::New(a) = alias {
@@ -146,8 +149,11 @@ impl<IO: AsyncIo> Connection<IO> {
             .messages_out
             .get_or_create(&QosLabels { qos: d.qos as u8 })
             .inc();
-        if let (Some(id), Attempt::First) = (packet_id, attempt) {
-            self.state.insert_inflight(id, Inflight::Published(d));
+        match (packet_id, attempt) {
+            (Some(id), Attempt::First) => self.state.insert_inflight(id, Inflight::Published(d)),
+            // Sent at QoS 0: the client has it as far as it ever will.
+            (None, _) => d.message.acknowledge_stream(),
+            _ => {}
         }
         true
     }

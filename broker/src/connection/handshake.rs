@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::close::linger;
 use super::run::RateLimiter;
@@ -367,6 +367,25 @@ async fn accept_connect(
             return Err((failure.reason(), "storage_failed"));
         }
     }
+    // With a cluster, a session this replica does not hold may be kept in JetStream: resumed
+    // from there, or (Clean Start) ended there [MQTT-3.1.2-4].
+    let mut loaded = None;
+    if let Some(cs) = tenant.cluster_sessions() {
+        cs.claim(&client_id);
+        if tenant.session(&client_id).is_none() {
+            if connect.clean_start {
+                cs.discard(&client_id);
+            } else {
+                match cs.load(&client_id).await {
+                    Ok(l) => loaded = l,
+                    Err(e) => {
+                        warn!(tenant = %tenant.name, error = %e, "cluster: a session kept in JetStream cannot be read; the connection is refused");
+                        return Err((ReasonCode::UNSPECIFIED_ERROR, "session_store_unavailable"));
+                    }
+                }
+            }
+        }
+    }
     if !tenant.try_open_connection() {
         return Err((ReasonCode::QUOTA_EXCEEDED, "tenant_connection_limit"));
     }
@@ -389,11 +408,18 @@ async fn accept_connect(
     let kick_reason = Arc::new(Mutex::new(Kick::TakenOver));
     let (session, mut state, present) = loop {
         let (session, existed) = tenant.session_or_insert(&client_id);
-        let state = if existed {
+        let mut state = if existed {
             lifecycle::take_over(&session).await
         } else {
             session.state.clone().lock_owned().await
         };
+        if !existed && !state.is_ended() {
+            if let Some(l) = loaded.take() {
+                // Held by another replica, or by one that is gone: it goes on here.
+                lifecycle::resume_from_cluster(&tenant, &session, &mut state, &l);
+                break (session, state, true);
+            }
+        }
         if state.is_ended() {
             // The session ended while we waited; it is gone from the registry: start again.
             continue;

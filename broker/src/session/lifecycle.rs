@@ -152,6 +152,10 @@ pub(crate) enum SessionEnd {
     /// Its credential no longer holds (expired, revoked, key retired, tenant removed): the
     /// will is discarded, and what the session started and did not finish is dropped.
     Credential,
+    /// Another replica took it over (`[cluster]`): it goes on there, so it lets go of
+    /// everything here without publishing its will or ending what JetStream keeps of it;
+    /// the messages it held from its consumers are given back.
+    HandedOver,
 }
 
 /// Ends a session: unregisters it, removes its subscriptions, publishes a pending will (unless
@@ -169,6 +173,9 @@ pub(crate) fn end_session(
         session.credential_ended().cancel();
     }
     tenant.remove_session(session);
+    if let Some(cs) = tenant.cluster_sessions() {
+        cs.stop_reading(session.id);
+    }
     let pending_will = state.take_pending_will();
     let inflight = state.take_inflight();
     for full in state.end().keys() {
@@ -182,6 +189,10 @@ pub(crate) fn end_session(
         }
     }
     let mut left = session.drain_outbox();
+    if why == SessionEnd::HandedOver {
+        // Given back to their consumers (dropping them does), for the replica that goes on.
+        return;
+    }
     for (_, entry) in inflight {
         if let Inflight::Published(d) = entry {
             left.push(d);
@@ -317,6 +328,45 @@ pub(crate) fn schedule_end(
                 end_session(&t, &s, state, why);
             }
         });
+    }
+}
+
+/// Carries on here the session `loaded` from JetStream (`[cluster]`): its expiry and its
+/// subscriptions, in the router; its consumers are read here from now on.
+pub(crate) fn resume_from_cluster(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    state: &mut SessionState,
+    loaded: &crate::cluster::sessions::Loaded,
+) {
+    state.restore_expiry_interval(loaded.expiry_secs);
+    for (full, record) in &loaded.subscriptions {
+        let (group, filter) = split_shared(full);
+        match tenant.router.subscribe(
+            session,
+            filter,
+            group,
+            record.options,
+            record.id,
+            usize::MAX,
+        ) {
+            Ok(existed) => {
+                if !existed {
+                    tenant.metrics.subscriptions.inc();
+                    if let Some(group) = group {
+                        tenant.shared_subscribed(group, filter);
+                    }
+                }
+                state.restore_subscription(full, record.clone());
+            }
+            Err(_) => {
+                warn!(tenant = %tenant.name, client_id = %session.client_id, filter = %full,
+                    "a subscription kept in JetStream was not restored");
+            }
+        }
+    }
+    if let Some(cs) = tenant.cluster_sessions() {
+        cs.adopt(&session.client_id, loaded);
     }
 }
 

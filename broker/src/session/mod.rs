@@ -13,7 +13,7 @@ pub mod lifecycle;
 mod store;
 
 pub use inflight::{Inflight, InflightWindow};
-pub use store::{MemoryStore, SessionStore};
+pub use store::{MemoryStore, SessionStore, TenantSessionStore};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //! changes down; they are read back at start.
 
 use std::fmt::Debug;
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
@@ -76,4 +77,80 @@ impl SessionStore for MemoryStore {
     fn went_offline(&self, _: &str, _: u32, _: Option<Instant>) {}
     fn will_pending(&self, _: &str, _: Option<(&Message, Instant)>) {}
     fn ended(&self, _: &str) {}
+}
+
+/// A tenant's store: the local one ([`MemoryStore`] or the data directory's), until the tenant
+/// joins a cluster; then the cluster's, which keeps persistent sessions in JetStream. The
+/// acknowledgements that wait for a commit wait for the local store's, if any.
+#[derive(Debug)]
+pub struct TenantSessionStore {
+    local: Arc<dyn SessionStore>,
+    cluster: OnceLock<Arc<dyn SessionStore>>,
+}
+
+impl TenantSessionStore {
+    /// Writes to `local` until [`TenantSessionStore::use_cluster`].
+    pub fn new(local: Arc<dyn SessionStore>) -> Self {
+        Self {
+            local,
+            cluster: OnceLock::new(),
+        }
+    }
+
+    /// From now on, sessions are written to `cluster`. Once.
+    pub fn use_cluster(&self, cluster: Arc<dyn SessionStore>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    fn pick(&self) -> &dyn SessionStore {
+        match self.cluster.get() {
+            Some(c) => &**c,
+            None => &*self.local,
+        }
+    }
+}
+
+impl SessionStore for TenantSessionStore {
+    fn subscribed(&self, c: &str, f: &str, r: &SubscriptionRecord) {
+        self.pick().subscribed(c, f, r);
+    }
+    fn unsubscribed(&self, c: &str, f: &str) {
+        self.pick().unsubscribed(c, f);
+    }
+    fn queued(&self, c: &str, d: &Delivery) {
+        self.pick().queued(c, d);
+    }
+    fn dequeued(&self, c: &str, seq: u64) {
+        self.pick().dequeued(c, seq);
+    }
+    fn in_flight(&self, c: &str, id: u16, order: u64, e: &Inflight) {
+        self.pick().in_flight(c, id, order, e);
+    }
+    fn completed(&self, c: &str, id: u16) {
+        self.pick().completed(c, id);
+    }
+    fn received(&self, c: &str, id: u16) {
+        self.pick().received(c, id);
+    }
+    fn released(&self, c: &str, id: u16) {
+        self.pick().released(c, id);
+    }
+    fn expiry_set(&self, c: &str, secs: u32) {
+        self.pick().expiry_set(c, secs);
+    }
+    fn went_offline(&self, c: &str, secs: u32, ends_at: Option<Instant>) {
+        self.pick().went_offline(c, secs, ends_at);
+    }
+    fn will_pending(&self, c: &str, will: Option<(&Message, Instant)>) {
+        self.pick().will_pending(c, will);
+    }
+    fn ended(&self, c: &str) {
+        self.pick().ended(c);
+    }
+    fn credential_set(&self, c: &str, credential: &crate::auth::Credential) {
+        self.pick().credential_set(c, credential);
+    }
+    fn durable(&self) -> Option<&Storage> {
+        self.local.durable()
+    }
 }

@@ -1,0 +1,777 @@
+//! Persistent sessions of a broker with replicas (`[cluster]`), kept in JetStream so that a
+//! client resumes its session on any replica.
+//!
+//! What a session is (its expiry, its subscriptions with their options and identifiers, a will
+//! waiting for its delay, the credential it was let in with) is one record in the tenant's
+//! sessions stream ([`bucket_name`]), a stream used as a key-value store (what a NATS KV bucket
+//! is, built on the plain stream API that every JetStream server takes): the record of a client
+//! id is the last message on `starling-sessions.<tenant>.<hex of the client id>`
+//! ([`session_subject`]; one kept per subject), written in the order the session changes by one
+//! task per tenant, removed by purging its subject. A replica that accepts a connection resuming a
+//! session it does not hold reads the record ([`ClusterSessions::load`]) and carries on from
+//! it; the replica that held it lets it go when it hears of the new connection (the takeover
+//! announcement), without ending it ([`crate::session::lifecycle::SessionEnd::HandedOver`]).
+//!
+//! The QoS 1/2 messages of a persistent session do not come through the routing between
+//! replicas: each of its (non-shared) subscriptions has durable JetStream consumers on the
+//! tenant's stream ([`consumer_name`], one per subject of the filter), which the replica
+//! holding the session reads ([`feed`]) into the session's outbox. A message is acknowledged
+//! to JetStream ([`StreamAck`]) once the client has it (PUBACK, PUBREC, or sent at QoS 0), and
+//! given back (NAK) when the session lets go of it otherwise (a full outbox, a hand-over), so
+//! a session that moves, or whose replica dies, gets from its consumers every message it had
+//! not acknowledged (after [`ACK_WAIT`] when its replica died). Routing skips QoS 1/2 messages
+//! for these sessions ([`crate::tenant::Tenant`]), so none arrives twice by the two ways.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, Subject};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use starling_codec::QoS;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::link::{Link, stream_name};
+use super::subject::{filter_to_subjects, to_durable};
+use crate::message::{Delivery, Message};
+use crate::session::{Inflight, Session, SessionStore, SubscriptionRecord};
+use crate::storage::record;
+use crate::tenant::Tenant;
+
+/// How long JetStream waits for the acknowledgement of a message a session holds before it
+/// gives it to another reader; the replica holding it extends that every [`PROGRESS_EVERY`]
+/// while it lives, so this is how long a session waits for what a dead replica held.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// A message given back is offered again after this long.
+const NAK_DELAY: Duration = Duration::from_secs(1);
+/// Changes of sessions waiting to be written, at most.
+const JOBS: usize = 65_536;
+/// How long a resuming connection waits for the session store to answer.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The stream of `tenant`'s persistent sessions: `<its message stream>_SESSIONS`.
+pub fn bucket_name(tenant: &str) -> String {
+    format!("{}_SESSIONS", stream_name(tenant))
+}
+
+/// The first token of the subjects of session records (outside `starling.`, so no replica's
+/// subscription to a tenant's messages sees them).
+pub const SESSIONS_ROOT: &str = "starling-sessions";
+
+/// The subject of `client_id`'s record in `tenant`: the hex of the client id under the
+/// tenant's token.
+pub fn session_subject(tenant: &str, client_id: &str) -> String {
+    let mut s = String::from(SESSIONS_ROOT);
+    s.push('.');
+    super::subject::push_token(&mut s, tenant);
+    s.push('.');
+    s.push_str(&hex::encode(client_id.as_bytes()));
+    s
+}
+
+/// The durable consumer of `client_id`'s subscription to `filter`, for the filter's `index`th
+/// subject: `s` and 40 hex digits of a SHA-256 of the three (a consumer name may not hold
+/// `.`, `*`, `>` or whitespace, and has a bounded length).
+pub fn consumer_name(client_id: &str, filter: &str, index: usize) -> String {
+    let mut h = Sha256::new();
+    h.update(client_id.as_bytes());
+    h.update([0]);
+    h.update(filter.as_bytes());
+    h.update([0]);
+    h.update(index.to_be_bytes());
+    let digest = h.finalize();
+    format!("s{}", hex::encode(&digest[..20]))
+}
+
+// === impl StreamAck ===
+
+/// Which messages of one consumer the replica holds (pulled, not yet acknowledged or given
+/// back), by stream sequence: their acknowledgement deadline is extended while they are.
+type Held = Arc<Mutex<HashMap<u64, Weak<AckInner>>>>;
+
+/// The acknowledgement of a message a session read from its consumer: [`StreamAck::ack`]
+/// once the session is done with it; dropped without that, the message is given back (NAK)
+/// for JetStream to offer again.
+#[derive(Clone)]
+pub struct StreamAck(Arc<AckInner>);
+
+struct AckInner {
+    client: Client,
+    reply: Subject,
+    seq: u64,
+    done: AtomicBool,
+    held: Weak<Mutex<HashMap<u64, Weak<AckInner>>>>,
+}
+
+impl fmt::Debug for StreamAck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamAck({})", self.0.seq)
+    }
+}
+
+impl StreamAck {
+    /// The client has the message (or it is dropped for good): JetStream forgets it for this
+    /// session. Once; later calls do nothing.
+    pub fn ack(&self) {
+        self.0.finish(Bytes::from_static(b"+ACK"));
+    }
+}
+
+impl AckInner {
+    fn finish(&self, body: Bytes) {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(held) = self.held.upgrade() {
+            held.lock().remove(&self.seq);
+        }
+        send(&self.client, &self.reply, body);
+    }
+}
+
+impl Drop for AckInner {
+    fn drop(&mut self) {
+        if !self.done.load(Ordering::Acquire) {
+            let nak = format!("-NAK {{\"delay\": {}}}", NAK_DELAY.as_nanos());
+            self.finish(Bytes::from(nak));
+        }
+    }
+}
+
+fn send(client: &Client, reply: &Subject, body: Bytes) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let (client, reply) = (client.clone(), reply.clone());
+        rt.spawn(async move {
+            let _ = client.publish(reply, body).await;
+        });
+    }
+}
+
+// === impl ClusterSessions ===
+
+/// A session's record in the bucket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Session Expiry Interval, seconds (`u32::MAX`: never).
+    expiry: u32,
+    /// When it ends while offline (Unix ms); `None` while connected or without end.
+    #[serde(default)]
+    ends_at: Option<u64>,
+    /// Subscriptions by filter as the client wrote it: the hex of their stored form.
+    #[serde(default)]
+    subs: BTreeMap<String, String>,
+    /// A will waiting for its delay: the hex of its stored form (with when it is due).
+    #[serde(default)]
+    will: Option<String>,
+    /// The credential the session was let in with: the hex of its stored form.
+    #[serde(default)]
+    credential: Option<String>,
+}
+
+/// A session read back from the bucket.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Session Expiry Interval, seconds.
+    pub expiry_secs: u32,
+    /// Subscriptions by filter as the client wrote it.
+    pub subscriptions: Vec<(String, SubscriptionRecord)>,
+    /// A will waiting for its delay: when it is due (Unix ms), and the will.
+    pub will: Option<(u64, Message)>,
+    /// The credential it was let in with.
+    pub credential: Option<crate::auth::Credential>,
+    snapshot: Snapshot,
+}
+
+enum Job {
+    Put(Arc<str>, Snapshot),
+    /// The session ended (or is no longer kept): its consumers and record go.
+    Remove(Arc<str>, Vec<String>),
+    Subscribed(Arc<str>, String, SubscriptionRecord, SystemTime),
+    Unsubscribed(Arc<str>, String),
+    /// A session resumed here from its record: its consumers are read here.
+    Resume(Arc<str>, Vec<(String, SubscriptionRecord)>),
+    /// A Clean Start here for a session this replica did not hold: what is kept of it goes.
+    Discard(Arc<str>),
+}
+
+/// The persistent sessions of one tenant in JetStream (see the module documentation).
+pub struct ClusterSessions {
+    link: Arc<Link>,
+    tenant_name: Arc<str>,
+    tenant: OnceLock<Weak<Tenant>>,
+    /// What each session held here has written, to write whole records.
+    mirror: Mutex<HashMap<Arc<str>, Snapshot>>,
+    /// Sessions another replica took over: what they still change here is not written.
+    handed: Mutex<HashSet<Arc<str>>>,
+    /// The consumers read here: by consumer name, the session id and what stops the reading.
+    feeders: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    jobs: mpsc::Sender<Job>,
+    kv: watch::Receiver<Option<stream::Stream>>,
+}
+
+impl fmt::Debug for ClusterSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSessions")
+            .field("tenant", &self.tenant_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterSessions {
+    /// The sessions of `tenant`, written through `link`; the bucket is set up in the
+    /// background (a resuming connection waits for it).
+    pub fn start(link: &Arc<Link>, tenant: &Arc<Tenant>) -> Arc<ClusterSessions> {
+        let (jobs, mut queue) = mpsc::channel(JOBS);
+        let (kv_tx, kv) = watch::channel(None);
+        let this = Arc::new(ClusterSessions {
+            link: link.clone(),
+            tenant_name: tenant.name.clone(),
+            tenant: OnceLock::new(),
+            mirror: Mutex::new(HashMap::new()),
+            handed: Mutex::new(HashSet::new()),
+            feeders: Mutex::new(HashMap::new()),
+            jobs,
+            kv,
+        });
+        let _ = this.tenant.set(Arc::downgrade(tenant));
+        let me = Arc::downgrade(&this);
+        let stop = link.stop_token().clone();
+        tokio::spawn(async move {
+            let store = loop {
+                let Some(this) = me.upgrade() else { return };
+                match this.ensure_bucket().await {
+                    Ok(store) => break store,
+                    Err(e) => {
+                        this.link.metrics().cluster_errors.inc();
+                        warn!(tenant = %this.tenant_name, error = %e, "cluster: cannot set up the sessions bucket; retrying");
+                    }
+                }
+                drop(this);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            };
+            let _ = kv_tx.send(Some(store.clone()));
+            while let Some(job) = queue.recv().await {
+                let Some(this) = me.upgrade() else { return };
+                this.run(&store, job).await;
+            }
+        });
+        this
+    }
+
+    async fn ensure_bucket(&self) -> Result<stream::Stream, String> {
+        let js = self.link.jetstream();
+        let mut all = session_subject(&self.tenant_name, "");
+        all.push('*');
+        let config = stream::Config {
+            name: bucket_name(&self.tenant_name),
+            description: Some("Starling: the tenant's persistent sessions".into()),
+            subjects: vec![all],
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            max_bytes: i64::try_from(self.link.config().stream_max_bytes).unwrap_or(i64::MAX),
+            storage: stream::StorageType::File,
+            num_replicas: self.link.stream_replicas(),
+            ..stream::Config::default()
+        };
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        js.get_stream(bucket_name(&self.tenant_name))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn queue(&self, job: Job) {
+        if self.jobs.try_send(job).is_err() {
+            self.link.metrics().cluster_errors.inc();
+            warn!(tenant = %self.tenant_name, "cluster: the queue of session changes is full; a change was not kept in JetStream");
+        }
+    }
+
+    fn is_handed(&self, client_id: &str) -> bool {
+        self.handed.lock().contains(client_id)
+    }
+
+    /// Changes the mirrored record of `client_id` and queues it to be written.
+    fn change(&self, client_id: &str, f: impl FnOnce(&mut Snapshot)) {
+        if self.is_handed(client_id) {
+            return;
+        }
+        let mut mirror = self.mirror.lock();
+        let snap = mirror.entry(client_id.into()).or_default();
+        f(snap);
+        let snap = snap.clone();
+        drop(mirror);
+        self.queue(Job::Put(client_id.into(), snap));
+    }
+
+    /// Reads the record of `client_id`: `Ok(None)` when it has none (or it has ended), `Err`
+    /// when the bucket cannot be read now.
+    pub async fn load(&self, client_id: &str) -> Result<Option<Loaded>, String> {
+        let mut kv = self.kv.clone();
+        let store = tokio::time::timeout(LOAD_TIMEOUT, kv.wait_for(|s| s.is_some()))
+            .await
+            .map_err(|_| "the sessions bucket is not set up".to_owned())?
+            .map_err(|e| e.to_string())?
+            .clone()
+            .ok_or_else(|| "the sessions bucket is not set up".to_owned())?;
+        let subject = session_subject(&self.tenant_name, client_id);
+        let got = tokio::time::timeout(
+            LOAD_TIMEOUT,
+            store.get_last_raw_message_by_subject(&subject),
+        )
+        .await
+        .map_err(|_| "the sessions stream did not answer".to_owned())?;
+        let value = match got {
+            Ok(m) => m.payload,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let snapshot: Snapshot =
+            serde_json::from_slice(&value).map_err(|e| format!("a bad session record: {e}"))?;
+        if snapshot
+            .ends_at
+            .is_some_and(|at| at <= record::unix_ms_now())
+        {
+            // Ended while no replica held it: it goes now.
+            let filters = snapshot.subs.keys().cloned().collect();
+            self.queue(Job::Remove(client_id.into(), filters));
+            return Ok(None);
+        }
+        let mut subscriptions = Vec::new();
+        for (filter, hexed) in &snapshot.subs {
+            let r = hex::decode(hexed)
+                .ok()
+                .and_then(|b| record::decode_subscription(&b).ok());
+            match r {
+                Some(r) => subscriptions.push((filter.clone(), r)),
+                None => {
+                    warn!(tenant = %self.tenant_name, "cluster: a bad subscription in a session record was left out")
+                }
+            }
+        }
+        let will = snapshot
+            .will
+            .as_ref()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| record::decode_will(&b).ok())
+            .and_then(|(due, m)| m.map(|m| (due, m)));
+        let credential = snapshot
+            .credential
+            .as_ref()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| record::decode_credential(&b).ok());
+        Ok(Some(Loaded {
+            expiry_secs: snapshot.expiry,
+            subscriptions,
+            will,
+            credential,
+            snapshot,
+        }))
+    }
+
+    /// A connection with `client_id` was accepted here: what its session changes is written
+    /// again (after a hand-over to another replica and back).
+    pub fn claim(&self, client_id: &str) {
+        self.handed.lock().remove(client_id);
+    }
+
+    /// The session `loaded` was resumed here: its record is the base of what is written from
+    /// now on, and its consumers are read here.
+    pub fn adopt(&self, client_id: &str, loaded: &Loaded) {
+        self.claim(client_id);
+        self.mirror
+            .lock()
+            .insert(client_id.into(), loaded.snapshot.clone());
+        self.queue(Job::Resume(client_id.into(), loaded.subscriptions.clone()));
+    }
+
+    /// A session `client_id` held here is taken over by another replica: nothing it changes
+    /// here any more is written, and its consumers are no longer read here.
+    pub fn hand_over(&self, client_id: &str) {
+        self.handed.lock().insert(client_id.into());
+        self.mirror.lock().remove(client_id);
+    }
+
+    /// A Clean Start for `client_id` on a replica that did not hold its session: the session
+    /// kept in JetStream, if any, ends (before what the new session writes: one queue).
+    pub fn discard(&self, client_id: &str) {
+        self.claim(client_id);
+        self.queue(Job::Discard(client_id.into()));
+    }
+
+    async fn run(self: &Arc<Self>, store: &stream::Stream, job: Job) {
+        match job {
+            Job::Put(client_id, snap) => {
+                let body = serde_json::to_vec(&snap).unwrap_or_default();
+                let subject = session_subject(&self.tenant_name, &client_id);
+                let written = match self.link.jetstream().publish(subject, body.into()).await {
+                    Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = written {
+                    self.link.metrics().cluster_errors.inc();
+                    warn!(tenant = %self.tenant_name, error = %e, "cluster: a session record was not written");
+                }
+            }
+            Job::Remove(client_id, filters) => {
+                for filter in filters {
+                    self.drop_consumers(&client_id, &filter).await;
+                }
+                let subject = session_subject(&self.tenant_name, &client_id);
+                if let Err(e) = store.purge().filter(subject).await {
+                    self.link.metrics().cluster_errors.inc();
+                    warn!(tenant = %self.tenant_name, error = %e, "cluster: an ended session's record was not removed");
+                }
+            }
+            Job::Subscribed(client_id, filter, record, start) => {
+                self.read_consumers(&client_id, &filter, &record, start, true)
+                    .await;
+            }
+            Job::Unsubscribed(client_id, filter) => {
+                self.drop_consumers(&client_id, &filter).await;
+            }
+            Job::Discard(client_id) => {
+                if let Ok(Some(loaded)) = self.load(&client_id).await {
+                    let filters = loaded.snapshot.subs.into_keys().collect();
+                    Box::pin(self.run(store, Job::Remove(client_id, filters))).await;
+                }
+            }
+            Job::Resume(client_id, subs) => {
+                for (filter, record) in subs {
+                    self.read_consumers(&client_id, &filter, &record, SystemTime::now(), false)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Sets up the consumers of `client_id`'s subscription to `filter` (reading from `start`
+    /// when new) and reads them into the session held here, if it is.
+    async fn read_consumers(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        filter: &str,
+        record: &SubscriptionRecord,
+        start: SystemTime,
+        restart: bool,
+    ) {
+        if filter.starts_with("$share/") {
+            return;
+        }
+        let Some(tenant) = self.tenant.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let js = self.link.jetstream();
+        let stream = match js.get_stream(stream_name(&self.tenant_name)).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.link.metrics().cluster_errors.inc();
+                warn!(tenant = %self.tenant_name, error = %e, "cluster: the tenant's stream cannot be read for a session");
+                return;
+            }
+        };
+        let max_ack_pending =
+            i64::try_from(tenant.limits.current().max_queued_messages.max(1)).unwrap_or(i64::MAX);
+        for (i, subject) in filter_to_subjects(&self.tenant_name, filter)
+            .iter()
+            .enumerate()
+        {
+            let name = consumer_name(client_id, filter, i);
+            let config = consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some("Starling: a persistent session's subscription".into()),
+                filter_subject: to_durable(subject),
+                deliver_policy: consumer::DeliverPolicy::ByStartTime {
+                    start_time: start.into(),
+                },
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending,
+                ..consumer::pull::Config::default()
+            };
+            let consumer = match stream
+                .get_or_create_consumer::<consumer::pull::Config>(&name, config)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    self.link.metrics().cluster_errors.inc();
+                    warn!(tenant = %self.tenant_name, error = %e, "cluster: a session's consumer was not set up");
+                    continue;
+                }
+            };
+            let Some(session) = tenant.session(client_id) else {
+                continue;
+            };
+            let stop = {
+                let mut feeders = self.feeders.lock();
+                if let Some((id, token)) = feeders.get(&name) {
+                    if *id == session.id && !token.is_cancelled() && !restart {
+                        continue;
+                    }
+                    token.cancel();
+                }
+                let token = self.link.stop_token().child_token();
+                feeders.insert(name.clone(), (session.id, token.clone()));
+                token
+            };
+            tokio::spawn(feed(
+                self.clone(),
+                Arc::downgrade(&tenant),
+                Arc::downgrade(&session),
+                consumer,
+                record.clone(),
+                name,
+                stop,
+            ));
+        }
+    }
+
+    async fn drop_consumers(&self, client_id: &str, filter: &str) {
+        if filter.starts_with("$share/") {
+            return;
+        }
+        let js = self.link.jetstream();
+        let stream = stream_name(&self.tenant_name);
+        for i in 0..filter_to_subjects(&self.tenant_name, filter).len() {
+            let name = consumer_name(client_id, filter, i);
+            if let Some((_, token)) = self.feeders.lock().remove(&name) {
+                token.cancel();
+            }
+            if let Err(e) = js.delete_consumer_from_stream(&name, &stream).await {
+                if !e.to_string().contains("not found") {
+                    self.link.metrics().cluster_errors.inc();
+                    warn!(tenant = %self.tenant_name, error = %e, "cluster: a session's consumer was not removed");
+                }
+            }
+        }
+    }
+
+    /// Stops reading the consumers of the session `session_id` here (it ended here or was
+    /// handed over).
+    pub fn stop_reading(&self, session_id: u64) {
+        self.feeders.lock().retain(|_, (id, token)| {
+            if *id == session_id {
+                token.cancel();
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+impl SessionStore for ClusterSessions {
+    fn subscribed(&self, client_id: &str, filter: &str, r: &SubscriptionRecord) {
+        if self.is_handed(client_id) {
+            return;
+        }
+        let hexed = hex::encode(record::encode_subscription(r));
+        self.change(client_id, |s| {
+            s.subs.insert(filter.to_owned(), hexed);
+        });
+        self.queue(Job::Subscribed(
+            client_id.into(),
+            filter.to_owned(),
+            r.clone(),
+            SystemTime::now(),
+        ));
+    }
+
+    fn unsubscribed(&self, client_id: &str, filter: &str) {
+        if self.is_handed(client_id) {
+            return;
+        }
+        self.change(client_id, |s| {
+            s.subs.remove(filter);
+        });
+        self.queue(Job::Unsubscribed(client_id.into(), filter.to_owned()));
+    }
+
+    fn queued(&self, _: &str, _: &Delivery) {}
+    fn dequeued(&self, _: &str, _: u64) {}
+    fn in_flight(&self, _: &str, _: u16, _: u64, _: &Inflight) {}
+    fn completed(&self, _: &str, _: u16) {}
+    fn received(&self, _: &str, _: u16) {}
+    fn released(&self, _: &str, _: u16) {}
+
+    fn expiry_set(&self, client_id: &str, secs: u32) {
+        if secs == 0 {
+            if self.is_handed(client_id) {
+                return;
+            }
+            if let Some(snap) = self.mirror.lock().remove(client_id) {
+                let filters = snap.subs.into_keys().collect();
+                self.queue(Job::Remove(client_id.into(), filters));
+            }
+            return;
+        }
+        self.change(client_id, |s| {
+            s.expiry = secs;
+            s.ends_at = None;
+        });
+    }
+
+    fn went_offline(&self, client_id: &str, secs: u32, ends_at: Option<tokio::time::Instant>) {
+        self.change(client_id, |s| {
+            s.expiry = secs;
+            s.ends_at = ends_at.map(record::instant_to_unix_ms);
+        });
+    }
+
+    fn will_pending(&self, client_id: &str, will: Option<(&Message, tokio::time::Instant)>) {
+        let hexed = will
+            .map(|(m, due)| hex::encode(record::encode_will(m, record::instant_to_unix_ms(due))));
+        self.change(client_id, |s| s.will = hexed);
+    }
+
+    fn ended(&self, client_id: &str) {
+        if self.is_handed(client_id) {
+            return;
+        }
+        let filters = self
+            .mirror
+            .lock()
+            .remove(client_id)
+            .map(|s| s.subs.into_keys().collect())
+            .unwrap_or_default();
+        self.queue(Job::Remove(client_id.into(), filters));
+    }
+
+    fn credential_set(&self, client_id: &str, credential: &crate::auth::Credential) {
+        let hexed = hex::encode(record::encode_credential(credential));
+        self.change(client_id, |s| s.credential = Some(hexed));
+    }
+}
+
+/// Reads one consumer of a session into its outbox until `stop` (the subscription or the
+/// session ended, or went to another replica), the session is gone, or the broker stops.
+async fn feed(
+    sessions: Arc<ClusterSessions>,
+    tenant: Weak<Tenant>,
+    session: Weak<Session>,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    record: SubscriptionRecord,
+    name: String,
+    stop: CancellationToken,
+) {
+    let held: Held = Arc::default();
+    let batch = usize::try_from(consumer.cached_info().config.max_ack_pending)
+        .unwrap_or(64)
+        .clamp(1, 64);
+    let mut messages = match consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            sessions.link.metrics().cluster_errors.inc();
+            warn!(tenant = %sessions.tenant_name, error = %e, "cluster: a session's consumer cannot be read");
+            stop.cancel();
+            return;
+        }
+    };
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            _ = progress.tick() => {
+                if session.upgrade().is_none_or(|s| !s.stores(QoS::AtLeastOnce)) {
+                    break;
+                }
+                let live: Vec<Arc<AckInner>> =
+                    held.lock().values().filter_map(Weak::upgrade).collect();
+                for a in live {
+                    if !a.done.load(Ordering::Acquire) {
+                        send(&a.client, &a.reply, Bytes::from_static(b"+WPI"));
+                    }
+                }
+                continue;
+            }
+            m = messages.next() => m,
+        };
+        let msg = match msg {
+            None => break,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // Missed heartbeats and the like: the stream goes on; a deleted consumer
+                // ends it.
+                warn!(tenant = %sessions.tenant_name, error = %e, "cluster: reading a session's consumer");
+                continue;
+            }
+        };
+        let (Some(session), Some(tenant)) = (session.upgrade(), tenant.upgrade()) else {
+            break;
+        };
+        let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+            continue;
+        };
+        let Some(reply) = msg.message.reply.clone() else {
+            continue;
+        };
+        if held.lock().contains_key(&seq) {
+            // Offered again while this replica holds it: the held copy answers for it.
+            continue;
+        }
+        let inner = Arc::new(AckInner {
+            client: sessions.link.client().clone(),
+            reply,
+            seq,
+            done: AtomicBool::new(false),
+            held: Arc::downgrade(&held),
+        });
+        held.lock().insert(seq, Arc::downgrade(&inner));
+        let ack = StreamAck(inner);
+        let Some(mut message) = super::link::decode(&msg.message, &tenant.name) else {
+            tenant.metrics.cluster_errors.inc();
+            ack.ack();
+            continue;
+        };
+        if record.options.no_local && message.publisher.as_deref() == Some(&*session.client_id) {
+            // [MQTT-3.8.3-3] not back to its publisher.
+            ack.ack();
+            continue;
+        }
+        message.stream_ack = Some(ack);
+        let retain = record.options.retain_as_published && message.retain;
+        let qos = message.qos.min(record.options.qos);
+        let delivery = Delivery {
+            message: Arc::new(message),
+            qos,
+            retain,
+            subscription_ids: record.id.into_iter().collect(),
+            shared: None,
+            stored: 0,
+        };
+        // Refused (a full outbox): dropped, so given back and offered again later.
+        session.push(delivery, &tenant.metrics);
+    }
+    stop.cancel();
+    let mut feeders = sessions.feeders.lock();
+    if feeders.get(&name).is_some_and(|(_, t)| t.is_cancelled()) {
+        feeders.remove(&name);
+    }
+}
