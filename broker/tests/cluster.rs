@@ -1009,3 +1009,72 @@ async fn a_clean_start_on_another_replica_ends_the_session_kept_in_jetstream() {
     .await
     .expect("within a minute");
 }
+
+#[tokio::test]
+async fn a_qos_2_delivery_awaiting_pubcomp_moves_with_its_session_and_is_not_sent_again() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        await_readyz(&a, 200).await;
+        await_readyz(&b, 200).await;
+        let (mut sub, _) = persistent(&a, "twice-never", true).await;
+        sub.subscribe("e/#", sub_opts(QoS::ExactlyOnce)).await;
+        let mut publisher = b.client("pub-b").await;
+        await_consumer(&mut publisher, &mut sub, "e/ready").await;
+        assert_eq!(
+            publisher.publish("e/once", QoS::ExactlyOnce, b"1").await,
+            Some(ReasonCode::SUCCESS)
+        );
+        // Received and PUBREC'd on a; its PUBREL arrives; the client goes before PUBCOMP.
+        let p = loop {
+            let p = sub.recv_publish().await;
+            if p.topic.as_str() == "e/once" {
+                break p;
+            }
+        };
+        let id = p.packet_id.unwrap();
+        sub.send(Packet::PubRec(PubRec {
+            packet_id: id,
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
+        loop {
+            match sub.recv().await {
+                Packet::PubRel(r) if r.packet_id == id => break,
+                Packet::Publish(p) if p.topic.as_str() == "e/ready" => {}
+                other => panic!("expected PUBREL, got {other:?}"),
+            }
+        }
+        drop(sub);
+        // On b: the PUBREL again, under the same packet id, and not the message.
+        let (mut back, present) = persistent(&b, "twice-never", false).await;
+        assert!(present);
+        loop {
+            match back.recv().await {
+                Packet::PubRel(r) => {
+                    assert_eq!(r.packet_id, id);
+                    back.send(Packet::PubComp(starling_codec::PubComp {
+                        packet_id: id,
+                        reason: ReasonCode::SUCCESS,
+                        properties: Default::default(),
+                    }))
+                    .await;
+                    break;
+                }
+                Packet::Publish(p) if p.topic.as_str() == "e/ready" => {}
+                other => panic!("expected PUBREL, got {other:?}"),
+            }
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_millis(2500), back.recv()).await {
+                Err(_) => break,
+                Ok(Packet::Publish(p)) if p.topic.as_str() == "e/ready" => {}
+                Ok(other) => panic!("the message came twice: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("within 90 seconds");
+}

@@ -176,6 +176,10 @@ pub struct Snapshot {
     /// The credential the session was let in with: the hex of its stored form.
     #[serde(default)]
     credential: Option<String>,
+    /// Packet ids of QoS 2 deliveries the client has received (PUBREC) and not completed:
+    /// PUBREL is sent for them again wherever the session goes on.
+    #[serde(default)]
+    rel: std::collections::BTreeSet<u16>,
 }
 
 /// A session read back from the bucket.
@@ -189,6 +193,8 @@ pub struct Loaded {
     pub will: Option<(u64, Message)>,
     /// The credential it was let in with.
     pub credential: Option<crate::auth::Credential>,
+    /// Packet ids of QoS 2 deliveries awaiting PUBCOMP (PUBREL sent).
+    pub releases: Vec<u16>,
     snapshot: Snapshot,
 }
 
@@ -202,6 +208,8 @@ enum Job {
     Resume(Arc<str>, Vec<(String, SubscriptionRecord)>),
     /// A Clean Start here for a session this replica did not hold: what is kept of it goes.
     Discard(Arc<str>),
+    /// Acknowledged once what was queued before is written.
+    Ack(StreamAck),
 }
 
 /// The persistent sessions of one tenant in JetStream (see the module documentation).
@@ -384,6 +392,7 @@ impl ClusterSessions {
             subscriptions,
             will,
             credential,
+            releases: snapshot.rel.iter().copied().collect(),
             snapshot,
         }))
     }
@@ -409,6 +418,20 @@ impl ClusterSessions {
     pub fn hand_over(&self, client_id: &str) {
         self.handed.lock().insert(client_id.into());
         self.mirror.lock().remove(client_id);
+    }
+
+    /// Acknowledges `ack` to JetStream once the changes queued before it are written: a
+    /// QoS 2 delivery's message leaves its consumer only once the session's record says its
+    /// PUBREL is due, so it is neither lost nor sent twice when the session moves.
+    pub fn ack_after_write(&self, ack: StreamAck) {
+        // No room to wait: acknowledged now.
+        if let Err(
+            mpsc::error::TrySendError::Full(Job::Ack(a))
+            | mpsc::error::TrySendError::Closed(Job::Ack(a)),
+        ) = self.jobs.try_send(Job::Ack(ack))
+        {
+            a.ack();
+        }
     }
 
     /// A Clean Start for `client_id` on a replica that did not hold its session: the session
@@ -449,6 +472,7 @@ impl ClusterSessions {
             Job::Unsubscribed(client_id, filter) => {
                 self.drop_consumers(&client_id, &filter).await;
             }
+            Job::Ack(ack) => ack.ack(),
             Job::Discard(client_id) => {
                 if let Ok(Some(loaded)) = self.load(&client_id).await {
                     let filters = loaded.snapshot.subs.into_keys().collect();
@@ -609,8 +633,26 @@ impl SessionStore for ClusterSessions {
 
     fn queued(&self, _: &str, _: &Delivery) {}
     fn dequeued(&self, _: &str, _: u64) {}
-    fn in_flight(&self, _: &str, _: u16, _: u64, _: &Inflight) {}
-    fn completed(&self, _: &str, _: u16) {}
+    fn in_flight(&self, client_id: &str, packet_id: u16, _: u64, entry: &Inflight) {
+        if matches!(entry, Inflight::Released) {
+            self.change(client_id, |s| {
+                s.rel.insert(packet_id);
+            });
+        }
+    }
+
+    fn completed(&self, client_id: &str, packet_id: u16) {
+        let kept = self
+            .mirror
+            .lock()
+            .get(client_id)
+            .is_some_and(|s| s.rel.contains(&packet_id));
+        if kept {
+            self.change(client_id, |s| {
+                s.rel.remove(&packet_id);
+            });
+        }
+    }
     fn received(&self, _: &str, _: u16) {}
     fn released(&self, _: &str, _: u16) {}
 

@@ -56,12 +56,16 @@ impl<IO: AsyncIo> Connection<IO> {
             }
             return;
         }
-        if let Some(Inflight::Published(d)) = self.state.inflight().get(r.packet_id) {
-            // The client has it (or refused it for good): a persistent session's consumer
-            // moves on (`[cluster]`); what is left is the PUBREL.
-            d.message.acknowledge_stream();
-        }
+        // The client has it (or refused it for good): a persistent session's consumer moves
+        // on (`[cluster]`); what is left is the PUBREL.
+        let stream_ack = match self.state.inflight().get(r.packet_id) {
+            Some(Inflight::Published(d)) => d.message.stream_ack.clone(),
+            _ => None,
+        };
         if r.reason.0 >= 0x80 {
+            if let Some(a) = stream_ack {
+                a.ack();
+            }
             // [MQTT-4.3.3-4] PUBREL answers only a PUBREC below 0x80: an error PUBREC ends the
             // exchange; [MQTT-4.8.2-6] for shared ones.
             self.ctx.metrics.count_drop(DropReason::rejected_by_client);
@@ -70,6 +74,13 @@ impl<IO: AsyncIo> Connection<IO> {
             return;
         }
         self.state.insert_inflight(r.packet_id, Inflight::Released);
+        if let Some(a) = stream_ack {
+            // Once the session's record holds the PUBREL due (written just before).
+            match self.auth.tenant.cluster_sessions() {
+                Some(cs) => cs.ack_after_write(a),
+                None => a.ack(),
+            }
+        }
         let commit = self.state.durable().and_then(|s| s.durable());
         self.release_after(r.packet_id, commit);
     }

@@ -365,6 +365,10 @@ pub(crate) fn resume_from_cluster(
             }
         }
     }
+    // QoS 2 deliveries the client had received there: PUBREL goes again from here.
+    for (order, id) in loaded.releases.iter().enumerate() {
+        state.restore_inflight(*id, order as u64, Inflight::Released);
+    }
     if let Some(cs) = tenant.cluster_sessions() {
         cs.adopt(&session.client_id, loaded);
     }
