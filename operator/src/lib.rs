@@ -14,6 +14,7 @@ pub mod exposure;
 pub mod generated;
 pub mod leader;
 pub mod metrics;
+pub mod render;
 pub mod resources;
 pub mod tenancy;
 

@@ -39,6 +39,55 @@ enum Command {
     },
     /// Run the controller.
     Run(Box<RunArgs>),
+    /// Print, as YAML, the objects the operator would apply for the Broker in FILE (no Secrets),
+    /// for review or offline validation.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// A YAML file with one Broker.
+    #[arg(long, value_name = "FILE")]
+    broker: PathBuf,
+    /// NATS servers the brokers join (as `run --broker-cluster-nats`).
+    #[arg(long, value_delimiter = ',')]
+    broker_cluster_nats: Vec<String>,
+    /// Render each Broker's NetworkPolicy, with metrics open to this namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    monitoring_namespace: Option<String>,
+    /// The api's internal URL given to brokers as --control-plane.
+    #[arg(
+        long,
+        default_value = "http://starling-api-internal.starling-system.svc:8081"
+    )]
+    control_plane_url: String,
+    /// Image of starling-broker for Brokers that name none.
+    #[arg(long, default_value = concat!("ghcr.io/starling-mqtt/starling-broker:", env!("CARGO_PKG_VERSION")))]
+    broker_image: String,
+}
+
+fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.broker)
+        .with_context(|| format!("cannot read {}", args.broker.display()))?;
+    let broker: starling_operator::crd::Broker = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a Broker", args.broker.display()))?;
+    let settings = Settings {
+        default_image: args.broker_image.clone(),
+        control_plane_url: args.control_plane_url.clone(),
+        broker_hook: BrokerHook::default(),
+        tenancy: Tenancy::default(),
+        network_policy: args.monitoring_namespace.clone(),
+        cluster_nats: args.broker_cluster_nats.clone(),
+        cluster_secrets: ClusterSecrets::default(),
+    };
+    let mut out = String::new();
+    for object in starling_operator::render::render(&broker, &settings)? {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&object)?);
+    }
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())
+        .context("writing the objects")?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -185,6 +234,7 @@ fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
+        Command::Render(args) => render(&args),
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(run(*args))

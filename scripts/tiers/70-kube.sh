@@ -30,7 +30,9 @@
 #   Broker with replicas: 3 a Deployment of 3 with --cluster-nats, topology spread and
 #   anti-affinity, the preStop drain, its own copy of the token (trio-nats) as an environment
 #   variable and a Server Reference, the token in no Deployment, ConfigMap, status or log; on this
-#   v1.20 server no policy/v1 budget and DisruptionBudget=False; status.endpoints say a
+#   v1.20 server no policy/v1 budget and DisruptionBudget=False, while `starling-operator
+#   render` of the same Broker passes kubernetes-validate --strict for 1.33 with its policy/v1
+#   budget; status.endpoints say a
 #   LoadBalancer waits for its address, then follow it once set (the test plays the cloud's
 #   controller) and follow an Ingress to the wss port; `kubectl scale broker trio --replicas=2`
 #   reaches the Deployment;
@@ -818,6 +820,15 @@ else
   no_budget() { [ "$(kubectl -n iot get broker trio -o jsonpath='{.status.conditions[?(@.type=="DisruptionBudget")].reason}')" = PolicyV1Unavailable ]; }
   wait_for 30 no_budget || fail "without policy/v1 the three-replica Broker does not report DisruptionBudget=False (PolicyV1Unavailable)"
 fi
+
+# What this v1.20 server cannot show: the same Broker's objects, rendered by the operator
+# offline, against the schemas of a current Kubernetes (policy/v1 budget included).
+kubectl -n iot get broker trio -o yaml >"$work/trio-broker.yaml"
+"$OPERATOR" render --broker "$work/trio-broker.yaml" --broker-cluster-nats "$nats_urls" --monitoring-namespace monitoring \
+  >"$work/trio-rendered.yaml" || fail "starling-operator render failed"
+grep -q "^apiVersion: policy/v1$" "$work/trio-rendered.yaml" || fail "no policy/v1 PodDisruptionBudget rendered for three replicas"
+kubernetes-validate --strict --quiet -k 1.33.0 "$work/trio-rendered.yaml" || fail "the operator's objects for three replicas are not valid Kubernetes 1.33 objects"
+python3 scripts/lib/k8s/check_security.py "$work/trio-rendered.yaml" || fail "the rendered broker pod breaks the security rules"
 
 echo "--- status.endpoints follow the LoadBalancer's address and an Ingress"
 waits_for_lb() { kubectl -n iot get broker trio -o jsonpath='{.status.endpoints.note}' | grep -q "waiting for the load balancer"; }
