@@ -187,6 +187,11 @@ impl Tenant {
             || !session.stores(QoS::AtLeastOnce)
     }
 
+    /// The link to the other replicas, with a cluster.
+    pub fn cluster_link(&self) -> Option<&Arc<crate::cluster::link::Link>> {
+        self.cluster.get()
+    }
+
     /// A session joined the shared group `group` on `filter` (it was not a member): with a
     /// cluster, the first member here makes this replica a member of the group's NATS queue
     /// group, so each message goes to one member across all replicas.

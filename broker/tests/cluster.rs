@@ -1078,3 +1078,63 @@ async fn a_qos_2_delivery_awaiting_pubcomp_moves_with_its_session_and_is_not_sen
     .await
     .expect("within 90 seconds");
 }
+
+/// The value of `metric` (a counter or gauge without labels) on `broker`'s `/metrics`.
+async fn metric(broker: &TestBroker, metric: &str) -> f64 {
+    let (_, body) = common::http_get(broker.broker.http, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{metric} in {body}"))
+}
+
+/// Publishers flooding a replica with QoS 0 faster than it can send to NATS are slowed down
+/// (their sockets are not read while the queue to NATS is nearly full): every message is sent
+/// on to the other replicas, none dropped at a full queue.
+#[tokio::test]
+async fn a_qos0_flood_is_slowed_to_what_nats_takes_not_dropped() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let a = replica(&nats, "a").await;
+        await_readyz(&a, 200).await;
+        const PUBLISHERS: usize = 4;
+        const N: usize = 50_000;
+        let mut flood = bytes::BytesMut::new();
+        for i in 0..N {
+            Packet::Publish(common::publish(
+                "flood/x",
+                QoS::AtMostOnce,
+                i.to_string().as_bytes(),
+                None,
+            ))
+            .encode(starling_codec::ProtocolVersion::V5, &mut flood)
+            .expect("encodable");
+        }
+        let mut tasks = Vec::new();
+        for p in 0..PUBLISHERS {
+            let mut c = a.client(&format!("flood-{p}")).await;
+            let flood = flood.clone();
+            tasks.push(tokio::spawn(async move {
+                c.send_bytes(&flood).await;
+                c
+            }));
+        }
+        let mut publishers = Vec::new();
+        for t in tasks {
+            publishers.push(t.await.expect("a publisher"));
+        }
+        let total = (PUBLISHERS * N) as f64;
+        tokio::time::timeout(Duration::from_secs(90), async {
+            while metric(&a, "starling_cluster_sent_total").await < total {
+                let dropped = metric(&a, "starling_cluster_errors_total").await;
+                assert_eq!(dropped, 0.0, "messages dropped at a full queue to NATS");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("every message is sent to NATS");
+        assert_eq!(metric(&a, "starling_cluster_errors_total").await, 0.0);
+        drop(publishers);
+    })
+    .await
+    .expect("within two minutes");
+}

@@ -10,9 +10,14 @@
 //! Order: one bounded queue and one task send this replica's messages in the order they were
 //! published, over one connection; NATS keeps that order to each subscriber, and each tenant
 //! reads its messages from one subscription in that order, so messages of one publisher to
-//! one topic arrive in order on every replica. While the queue is full a QoS 1 or 2
-//! publication is refused (0x80, [`crate::tenant::Tenant::cluster_failure`]); a QoS 0 message
-//! then reaches this replica's subscribers only (counted in `starling_cluster_errors` and
+//! one topic arrive in order on every replica. The task takes the queue in batches.
+//!
+//! Back-pressure: once the queue is three quarters full ([`Link::is_congested`]) the replica's
+//! connections stop reading from their clients until it has drained to half ([`Link::room`]),
+//! as they do while the durable store's writer is behind, so publishers are slowed to what the
+//! way to NATS takes. Were it full all the same (what connections had read already), a QoS 1
+//! or 2 publication is refused (0x80, [`crate::tenant::Tenant::cluster_failure`]) and a QoS 0
+//! message reaches this replica's subscribers only (counted in `starling_cluster_errors` and
 //! logged).
 //!
 //! Durability: a QoS 1 or 2 message goes to its durable subject
@@ -71,6 +76,14 @@ type Outgoing = (
     Option<oneshot::Sender<Result<(), Failure>>>,
 );
 
+/// Free places in the queue to NATS below which the replica's connections stop reading from
+/// their clients (a quarter of [`SEND_QUEUE`]): publishers are slowed down to what the way to
+/// NATS takes instead of having their QoS 0 messages dropped or QoS 1/2 ones refused.
+const CONGESTED_BELOW: usize = SEND_QUEUE / 4;
+/// Messages queued at or below which the connections waiting for room read again.
+const ROOM_AT: usize = SEND_QUEUE / 2;
+/// Messages the send task takes from the queue at once.
+const SEND_BATCH: usize = 256;
 /// How often the round trip to NATS is measured and JetStream's availability checked.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
@@ -100,6 +113,10 @@ pub struct Link {
     jetstream_ok: AtomicBool,
     /// Tenants whose retained-message bucket has not been read once yet.
     loading: AtomicUsize,
+    /// Wakes the connections waiting for room in the queue ([`Link::room`]).
+    drained: Arc<tokio::sync::Notify>,
+    /// Whether a connection waits for room.
+    waiting: Arc<AtomicBool>,
 }
 
 /// The JetStream stream of `tenant`'s QoS 1/2 messages: `STARLING_<tenant>` when the name is
@@ -188,6 +205,10 @@ impl Link {
             .max_ack_inflight(MAX_ACKS_PENDING)
             .backpressure_on_inflight(true)
             .build(client.clone());
+        let (drained, waiting) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(AtomicBool::new(false)),
+        );
         let link = Arc::new(Link {
             client: client.clone(),
             js: js.clone(),
@@ -202,44 +223,53 @@ impl Link {
             connected,
             jetstream_ok: AtomicBool::new(true),
             loading: AtomicUsize::new(0),
+            drained: drained.clone(),
+            waiting: waiting.clone(),
         });
         tokio::spawn(probe(Arc::downgrade(&link), stop.clone()));
         tokio::spawn(async move {
-            while let Some((subject, headers, body, stored)) = queue.recv().await {
-                let Some(stored) = stored else {
-                    match client.publish_with_headers(subject, headers, body).await {
-                        Ok(()) => {
+            let mut batch = Vec::with_capacity(SEND_BATCH);
+            while queue.recv_many(&mut batch, SEND_BATCH).await > 0 {
+                if waiting.load(Ordering::SeqCst) && queue.len() <= ROOM_AT {
+                    waiting.store(false, Ordering::SeqCst);
+                    drained.notify_waiters();
+                }
+                for (subject, headers, body, stored) in batch.drain(..) {
+                    let Some(stored) = stored else {
+                        match client.publish_with_headers(subject, headers, body).await {
+                            Ok(()) => {
+                                metrics.cluster_sent.inc();
+                            }
+                            Err(e) => {
+                                metrics.cluster_errors.inc();
+                                warn!(error = %e, "cluster: a message was not sent to NATS");
+                            }
+                        }
+                        continue;
+                    };
+                    // Sent in order here; the confirmation is awaited apart, so the next message
+                    // need not wait for it.
+                    match js.publish_with_headers(subject, headers, body).await {
+                        Ok(ack) => {
                             metrics.cluster_sent.inc();
+                            let metrics = metrics.clone();
+                            let recheck = connected_tx.clone();
+                            tokio::spawn(async move {
+                                let result = ack.await.map(drop).map_err(|e| {
+                                    metrics.cluster_errors.inc();
+                                    publish_failure(&e)
+                                });
+                                if result == Err(Failure::NoStream) {
+                                    recheck.send_modify(|n| *n += 1);
+                                }
+                                let _ = stored.send(result);
+                            });
                         }
                         Err(e) => {
                             metrics.cluster_errors.inc();
-                            warn!(error = %e, "cluster: a message was not sent to NATS");
+                            warn!(error = %e, "cluster: a QoS 1/2 message was not sent to JetStream");
+                            let _ = stored.send(Err(publish_failure(&e)));
                         }
-                    }
-                    continue;
-                };
-                // Sent in order here; the confirmation is awaited apart, so the next message
-                // need not wait for it.
-                match js.publish_with_headers(subject, headers, body).await {
-                    Ok(ack) => {
-                        metrics.cluster_sent.inc();
-                        let metrics = metrics.clone();
-                        let recheck = connected_tx.clone();
-                        tokio::spawn(async move {
-                            let result = ack.await.map(drop).map_err(|e| {
-                                metrics.cluster_errors.inc();
-                                publish_failure(&e)
-                            });
-                            if result == Err(Failure::NoStream) {
-                                recheck.send_modify(|n| *n += 1);
-                            }
-                            let _ = stored.send(result);
-                        });
-                    }
-                    Err(e) => {
-                        metrics.cluster_errors.inc();
-                        warn!(error = %e, "cluster: a QoS 1/2 message was not sent to JetStream");
-                        let _ = stored.send(Err(publish_failure(&e)));
                     }
                 }
             }
@@ -363,6 +393,27 @@ impl Link {
                 }
             }
         });
+    }
+
+    /// Whether the queue to NATS is nearly full: the replica's connections stop reading from
+    /// their clients until [`Link::room`].
+    pub fn is_congested(&self) -> bool {
+        self.send.capacity() < CONGESTED_BELOW
+    }
+
+    /// Waits until the queue to NATS has drained to half (returns at once when it is not
+    /// congested).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if !self.is_congested() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether the queue to NATS has no room left now (a QoS 1 or 2 publication is then

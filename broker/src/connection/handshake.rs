@@ -150,6 +150,7 @@ where
         more_queued: true,
         window_full: false,
         fed_filling_outbox: false,
+        link_paused: false,
         pressure: None,
         hook: None,
         durable_acks: None,

@@ -144,6 +144,9 @@ struct Connection<IO> {
     /// A message this connection published went to an outbox that is half full or more: the
     /// task yields before its next read.
     fed_filling_outbox: bool,
+    /// Decoding stopped with packets left in the read buffer because the queue to the other
+    /// replicas was nearly full: they are decoded once it has room, before reading more.
+    link_paused: bool,
     /// A subscriber's outbox this connection filled to three quarters with QoS 1/2 messages,
     /// and when its grace ends: reading from the client pauses until it drains.
     pressure: Option<(Arc<Session>, Instant)>,

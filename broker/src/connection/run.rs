@@ -55,9 +55,13 @@ impl<IO: AsyncIo> Connection<IO> {
                 .durable()
                 .filter(|d| d.storage().is_congested())
                 .map(|d| d.storage().clone());
-            let reading = pressure.is_none() && !hook_full && !acks_full && storage.is_none();
+            // Back-pressure from the way to the other replicas: its queue is nearly full.
+            let link = self.link_paused || self.link_congested();
+            let reading =
+                pressure.is_none() && !hook_full && !acks_full && storage.is_none() && !link;
             let room = if reading { self.prepare_read() } else { 0 };
             let due = self.set_timer(reading);
+            let needs_room = (storage.is_some() || link).then_some(&self.auth.tenant);
             tokio::select! {
                 biased;
                 // A child of the broker's shutdown token: cancelled by either.
@@ -92,8 +96,21 @@ impl<IO: AsyncIo> Connection<IO> {
                         }
                     }
                 }
-                _ = async { if let Some(s) = &storage { s.room().await } }, if storage.is_some() => {
+                _ = async {
+                    if let Some(tenant) = needs_room {
+                        // Boxed: the wait is rare, and the connection future stays small.
+                        Box::pin(wait_for_room(storage.as_ref(), link.then_some(tenant))).await;
+                    }
+                }, if needs_room.is_some() => {
+                    self.link_paused = false;
+                    // The client's packets waited in the socket, not the client.
                     self.last_read = Instant::now();
+                    // Packets already read may have waited for room.
+                    if !self.rbuf.is_empty() && !self.acks_full() && !self.hook_full() {
+                        if let Err(close) = self.process_input() {
+                            return close;
+                        }
+                    }
                 }
                 _ = wait_for_drain(&pressure), if pressure.is_some() => {
                     self.pressure = None;
@@ -132,6 +149,14 @@ impl<IO: AsyncIo> Connection<IO> {
                 },
             }
         }
+    }
+
+    /// Whether the queue to the other replicas is nearly full.
+    fn link_congested(&self) -> bool {
+        self.auth
+            .tenant
+            .cluster_link()
+            .is_some_and(|l| l.is_congested())
     }
 
     /// Makes room for the next read and returns it.
@@ -196,6 +221,12 @@ impl<IO: AsyncIo> Connection<IO> {
             if self.hook_full() || self.acks_full() {
                 // Back-pressure from the on-publish hook or the store: decode more once a
                 // verdict or a commit is in.
+                return Ok(());
+            }
+            if self.link_congested() {
+                // Back-pressure from the way to the other replicas: decode more once it has
+                // room.
+                self.link_paused = true;
                 return Ok(());
             }
             let packet = match self.decoder.decode(&mut self.rbuf) {
@@ -329,6 +360,20 @@ impl RateLimiter {
 
 /// Waits until the congested outbox drains; at the end of the grace, disconnects its session's
 /// connection as a slow consumer (0x97) and stops waiting.
+/// Until the durable store's writer and the queue to the other replicas (of `tenant`) have
+/// room, each that is given.
+async fn wait_for_room(
+    storage: Option<&crate::storage::Storage>,
+    tenant: Option<&Arc<crate::tenant::Tenant>>,
+) {
+    if let Some(s) = storage {
+        s.room().await;
+    }
+    if let Some(l) = tenant.and_then(|t| t.cluster_link()) {
+        l.room().await;
+    }
+}
+
 async fn wait_for_drain(pressure: &Option<(Arc<Session>, Instant)>) {
     let Some((session, deadline)) = pressure else {
         return std::future::pending().await;
