@@ -1369,7 +1369,7 @@ pub async fn run(
         // An Ingress to a Broker's Service changes its endpoints (`crate::exposure`): the Broker
         // named like the Service looks again. Only where the operator may list Ingresses (an
         // operator upgraded before its chart may not): a failing watch would hold back every
-        // reconcile. Gateway API routes, and Ingresses without the watch, are seen at resync.
+        // reconcile. Without the watch they are seen at resync.
         let watch_ingresses = ingresses
             .list(&kube::api::ListParams::default().limit(1))
             .await
@@ -1393,6 +1393,46 @@ pub async fn run(
                         }
                     })
                 });
+        }
+        // Gateway API routes likewise, where they are served and may be listed (their CRDs
+        // installed before the operator started).
+        for (version, kind) in [("v1", "HTTPRoute"), ("v1alpha2", "TLSRoute")] {
+            use kube::api::{ApiResource, GroupVersionKind};
+            let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "gateway.networking.k8s.io",
+                version,
+                kind,
+            ));
+            let routes = match &scope {
+                Some(ns) => Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar),
+                None => Api::<DynamicObject>::all_with(ctx.client.clone(), &ar),
+            };
+            if routes
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            info!(kind, "watching Gateway API routes for the endpoints");
+            controller = controller.watches_with(
+                routes,
+                ar,
+                watcher::Config::default(),
+                |route: DynamicObject| {
+                    let ns = route.namespace();
+                    let value = serde_json::to_value(&route).unwrap_or_default();
+                    exposure::route_services(&value)
+                        .into_iter()
+                        .map(move |svc| {
+                            let r = kube::runtime::reflector::ObjectRef::<Broker>::new(&svc);
+                            match &ns {
+                                Some(ns) => r.within(ns),
+                                None => r,
+                            }
+                        })
+                },
+            );
         }
         let fut = controller
             .with_config(

@@ -274,6 +274,23 @@ pub fn parent_refs(route: &Value) -> Vec<(String, String, Option<String>, Option
         .collect()
 }
 
+/// The Services of the route's own namespace that a Gateway API route sends to, each once.
+pub fn route_services(route: &Value) -> Vec<String> {
+    let own_ns = str_of(route, "/metadata/namespace").unwrap_or_default();
+    let mut out: Vec<String> = array(route, "/spec/rules")
+        .iter()
+        .flat_map(|r| array(r, "/backendRefs"))
+        .filter(|r| {
+            str_of(r, "/kind").is_none_or(|k| k == "Service")
+                && str_of(r, "/namespace").is_none_or(|n| n == own_ns)
+        })
+        .filter_map(|r| str_of(r, "/name").map(str::to_owned))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// `(mqtts, wss)` URLs of the routes with `service` as a backend, through their Gateways'
 /// listeners.
 fn route_endpoints(

@@ -34,7 +34,8 @@
 #   render` of the same Broker passes kubernetes-validate --strict for 1.33 with its policy/v1
 #   budget; status.endpoints say a
 #   LoadBalancer waits for its address, then follow it once set (the test plays the cloud's
-#   controller) and follow an Ingress to the wss port; `kubectl scale broker trio --replicas=2`
+#   controller), follow an Ingress to the wss port and a TLSRoute through its Gateway listener
+#   (Gateway API CRDs from scripts/tiers/kube/fixtures); `kubectl scale broker trio --replicas=2`
 #   reaches the Deployment;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
 # - playing the kubelet's stop: the pod's preStop hook (GET /drain on its http port) sends the
@@ -761,6 +762,10 @@ op_env() { kubectl -n starling-system get deploy starling-operator -o jsonpath="
 nats_urls=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS)
 nats_secret=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_SECRET)
 [ -n "$nats_urls" ] && [ "$nats_secret" = starling-nats-auth ] || fail "the operator is not given the chart's NATS ($nats_urls, $nats_secret)"
+# Gateway API's resources (reduced, scripts/tiers/kube/fixtures), served before the operator
+# starts so that it watches routes.
+kubectl apply -f scripts/tiers/kube/fixtures/gateway-api-crds.yaml >/dev/null || fail "the Gateway API CRDs were not accepted"
+wait_for 30 kubectl get --raw /apis/gateway.networking.k8s.io/v1alpha2 || fail "the Gateway API CRDs are not served"
 nats_http=$(free_port)
 KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME=operator-nats "$OPERATOR" run \
   --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
@@ -857,6 +862,28 @@ wait_for 30 follows_ingress || fail "status.endpoints.wss did not follow the Ing
 api_follows_ingress() { api GET /v1/namespaces/iot/brokers/trio | grep -qF '"wsEndpoint":"wss://ws.example.com:443/mqtt"'; }
 wait_for 30 api_follows_ingress || fail "the api does not show the Ingress's wss endpoint: $(api GET /v1/namespaces/iot/brokers/trio)"
 
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: iot}
+spec:
+  gatewayClassName: example
+  listeners:
+    - {name: mqtts, protocol: TLS, port: 8883, hostname: gw.example.com, tls: {mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: trio-mqtts, namespace: iot}
+spec:
+  parentRefs: [{name: edge, sectionName: mqtts}]
+  rules:
+    - backendRefs: [{name: trio, port: 8883}]
+YAML
+follows_route() { [ "$(kubectl -n iot get broker trio -o jsonpath='{.status.endpoints.mqtts}')" = "mqtts://gw.example.com:8883" ]; }
+wait_for 30 follows_route || { kubectl -n iot get broker trio -o jsonpath='{.status.endpoints}'; fail "status.endpoints.mqtts did not follow the TLSRoute through its Gateway listener"; }
+kubectl -n iot delete tlsroute trio-mqtts >/dev/null
+kubectl -n iot delete gateway edge >/dev/null
+
 echo "--- kubectl scale broker trio --replicas=2: the operator follows"
 kubectl -n iot scale broker trio --replicas=2 >/dev/null || fail "kubectl scale broker trio failed"
 trio_two() { [ "$(kubectl -n iot get deploy trio -o jsonpath='{.spec.replicas}')" = 2 ]; }
@@ -867,7 +894,7 @@ wait_for 60 gone trio || fail "the Broker trio was not released"
 kill "$op_pid"
 wait "$op_pid" 2>/dev/null || true
 op_pid=""
-echo "replicas: 3 on the chart's NATS accepted; endpoints follow the LoadBalancer and the Ingress; kubectl scale followed"
+echo "replicas: 3 on the chart's NATS accepted; endpoints follow the LoadBalancer, the Ingress and a Gateway route; kubectl scale followed"
 
 echo "--- helm uninstall keeps the CRD"
 helm uninstall starling -n starling-system >/dev/null

@@ -126,7 +126,7 @@ a JSON list of {name, data: {key: template with {random}}, labels}. */}}
   verbs: ["list", "watch"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes", "tlsroutes"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["gateways"]
   verbs: ["get"]

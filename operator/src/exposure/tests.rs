@@ -264,3 +264,11 @@ fn parent_refs_default_to_the_routes_namespace_and_skip_other_kinds() {
         ]
     );
 }
+
+#[test]
+fn a_routes_services_are_its_backends_in_its_own_namespace() {
+    let route = json!({"metadata": {"namespace": "iot"}, "spec": {"rules": [
+        {"backendRefs": [{"name": "trio", "port": 443}, {"name": "other", "namespace": "edge"}]},
+        {"backendRefs": [{"name": "trio", "port": 8884}, {"name": "bucket", "kind": "Backend"}]}]}});
+    assert_eq!(route_services(&route), ["trio"]);
+}
