@@ -29,7 +29,9 @@
 #   from a Secret the operator generates; an operator with the chart's NATS settings gives a
 #   Broker with replicas: 3 a Deployment of 3 with --cluster-nats, topology spread and
 #   anti-affinity, the preStop drain, its own copy of the token (trio-nats) as an environment
-#   variable and a Server Reference, the token in no Deployment, ConfigMap, status or log; on this
+#   variable and a Server Reference, the token in no Deployment, ConfigMap, status or log; playing
+#   the kubelet for one pod (env from trio-nats), its broker joins a local nats-server that
+#   requires the token and turns ready, and with another token NATS refuses it; on this
 #   v1.20 server no policy/v1 budget and DisruptionBudget=False, while `starling-operator
 #   render` of the same Broker passes kubernetes-validate --strict for 1.33 with its policy/v1
 #   budget; status.endpoints say a
@@ -83,6 +85,7 @@ broker_pid=""
 cleanup() {
   set +e
   if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null; wait "$broker_pid" 2>/dev/null; fi
+  if [ -n "${nats_pid:-}" ]; then kill "$nats_pid" 2>/dev/null; wait "$nats_pid" 2>/dev/null; fi
   if [ -n "$op_pid" ]; then kill "$op_pid" 2>/dev/null; wait "$op_pid" 2>/dev/null; fi
   if [ -n "$standby_pid" ]; then kill "$standby_pid" 2>/dev/null; wait "$standby_pid" 2>/dev/null; fi
   if [ -n "${new_pid:-}" ]; then kill "$new_pid" 2>/dev/null; wait "$new_pid" 2>/dev/null; fi
@@ -825,6 +828,42 @@ else
   no_budget() { [ "$(kubectl -n iot get broker trio -o jsonpath='{.status.conditions[?(@.type=="DisruptionBudget")].reason}')" = PolicyV1Unavailable ]; }
   wait_for 30 no_budget || fail "without policy/v1 the three-replica Broker does not report DisruptionBudget=False (PolicyV1Unavailable)"
 fi
+
+echo "--- playing the kubelet for one of trio's pods: its broker joins NATS with the token from its own Secret"
+# A local nats-server stands in for the chart's NATS (its in-cluster names do not resolve here),
+# requiring the token the operator generated, as the chart's nats.conf does.
+need nats-server
+nats_port=$(free_port)
+nats-server -js -a 127.0.0.1 -p "$nats_port" --auth "$token" -sd "$work/nats-store" >"$work/nats.log" 2>&1 </dev/null &
+nats_pid=$!
+wait_for 20 grep -q "Server is ready" "$work/nats.log" || { cat "$work/nats.log"; fail "nats-server did not start"; }
+run_trio_pod() { # OUT_DIR [ENV_OVERRIDE]: lays out trio's pod and starts its broker; sets trio_pid, trio_http
+  local dir=$1
+  mkdir -p "$dir"
+  kubectl -n iot get configmaps,secrets -o json >"$dir/objects.json"
+  python3 scripts/tiers/kube/pod_standin.py "$work/trio.json" "$dir/objects.json" "$dir/root" \
+    "http://$api_internal" "$dir" "nats://127.0.0.1:$nats_port" || fail "could not lay out trio's pod"
+  mapfile -t trio_args <"$dir/args"
+  mapfile -t trio_env <"$dir/env"
+  [ -n "${2:-}" ] && trio_env=("${trio_env[@]/#STARLING_BROKER__CLUSTER__TOKEN=*/$2}")
+  trio_http=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["--http"])' "$dir/ports.json")
+  env -i PATH="$PATH" HOSTNAME=trio-0 "${trio_env[@]}" "$BROKER" "${trio_args[@]}" >"$dir/broker.log" 2>&1 &
+  trio_pid=$!
+}
+run_trio_pod "$work/trio-pod"
+broker_pid=$trio_pid
+grep -qx "STARLING_BROKER__CLUSTER__TOKEN=$token" "$work/trio-pod/env" || fail "the pod's environment does not carry the token from trio-nats"
+trio_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$trio_http/readyz")" = 200 ]; }
+wait_for 60 trio_ready || { tail -20 "$work/trio-pod/broker.log"; fail "trio's broker did not join NATS with its token and turn ready"; }
+grep -q "$token" "$work/trio-pod/broker.log" && fail "the NATS token is in the broker's log"
+kill "$trio_pid"; wait "$trio_pid" 2>/dev/null || true; broker_pid=""
+# The same pod with another token: NATS refuses it, and the broker is not ready.
+run_trio_pod "$work/trio-pod-wrong" "STARLING_BROKER__CLUSTER__TOKEN=not-the-token"
+broker_pid=$trio_pid
+wait_for 30 grep -q "authorization violation" "$work/trio-pod-wrong/broker.log" || { tail -20 "$work/trio-pod-wrong/broker.log"; fail "a wrong token was not refused by NATS"; }
+trio_ready && fail "a broker NATS refused says ready"
+kill "$trio_pid"; wait "$trio_pid" 2>/dev/null || true; broker_pid=""
+kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; nats_pid=""
 
 # What this v1.20 server cannot show: the same Broker's objects, rendered by the operator
 # offline, against the schemas of a current Kubernetes (policy/v1 budget included).

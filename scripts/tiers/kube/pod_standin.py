@@ -1,6 +1,6 @@
 """Lays out a broker pod from its Deployment, the way the kubelet would, under a scratch root.
 
-Usage: pod_standin.py DEPLOYMENT_JSON OBJECTS_JSON ROOT CONTROL_PLANE_URL OUT_DIR
+Usage: pod_standin.py DEPLOYMENT_JSON OBJECTS_JSON ROOT CONTROL_PLANE_URL OUT_DIR [NATS_URL]
 
 DEPLOYMENT_JSON is `kubectl get deploy -o json`; OBJECTS_JSON is a `kubectl get configmaps,secrets
 -o json` list of the namespace. Every volume the broker container mounts is written under ROOT at
@@ -10,9 +10,12 @@ than being skipped. The container's arguments are kept as they are, except:
 - paths under a mountPath are prefixed with ROOT (the files are exactly the mounted ones);
 - `0.0.0.0:PORT` listen addresses become free loopback ports (recorded in OUT_DIR/ports.json);
 - the `--control-plane` URL becomes CONTROL_PLANE_URL: the in-cluster Service name of the api
-  does not resolve outside a cluster, so the broker long-polls the local api's internal listener.
+  does not resolve outside a cluster, so the broker long-polls the local api's internal listener;
+- with NATS_URL, the `--cluster-nats` URLs become one `--cluster-nats NATS_URL` (a local
+  nats-server), for the same reason.
 The arguments go to OUT_DIR/args and the container's environment to OUT_DIR/env, one per line;
-an env entry with valueFrom fails loudly, as there is no kubelet here to resolve it.
+an env entry's `valueFrom.secretKeyRef` is read from that Secret in OBJECTS_JSON, as the kubelet
+would (a missing Secret or key fails unless optional); any other valueFrom fails loudly.
 """
 
 import base64
@@ -22,6 +25,7 @@ import socket
 import sys
 
 deploy_path, objects_path, root, control_plane, out = sys.argv[1:6]
+nats_url = sys.argv[6] if len(sys.argv) > 6 else None
 deploy = json.load(open(deploy_path))
 objects = json.load(open(objects_path))["items"]
 pod = deploy["spec"]["template"]["spec"]
@@ -88,6 +92,13 @@ prev = None
 for value in raw:
     if prev == "--control-plane":
         value = control_plane
+    elif prev == "--cluster-nats" and nats_url:
+        if nats_url in args:
+            # One local server for all of them: named once, so the broker counts one.
+            args.pop()
+            prev = None
+            continue
+        value = nats_url
     elif value.startswith("0.0.0.0:"):
         ports[prev] = free()
         value = f"127.0.0.1:{ports[prev]}"
@@ -101,9 +112,23 @@ for value in raw:
 
 env = []
 for e in container.get("env", []):
-    if "valueFrom" in e:
-        sys.exit(f"env {e['name']} uses valueFrom, which this stand-in does not resolve")
-    env.append(f"{e['name']}={e.get('value', '')}")
+    source = e.get("valueFrom")
+    if source is None:
+        env.append(f"{e['name']}={e.get('value', '')}")
+        continue
+    ref = source.get("secretKeyRef")
+    if ref is None or len(source) != 1:
+        sys.exit(f"env {e['name']} uses a valueFrom this stand-in does not resolve: {source}")
+    data = next((o.get("data") or {} for o in objects
+                 if o["kind"] == "Secret" and o["metadata"]["name"] == ref["name"]), None)
+    if data is None or ref["key"] not in data:
+        if ref.get("optional"):
+            continue
+        sys.exit(f"env {e['name']}: Secret {ref['name']} key {ref['key']} does not exist")
+    value = base64.b64decode(data[ref["key"]]).decode()
+    if "\n" in value:
+        sys.exit(f"env {e['name']}: a multi-line value cannot go through OUT_DIR/env")
+    env.append(f"{e['name']}={value}")
 
 with open(os.path.join(out, "args"), "w") as f:
     f.write("".join(a + "\n" for a in args))
