@@ -1138,3 +1138,81 @@ async fn a_qos0_flood_is_slowed_to_what_nats_takes_not_dropped() {
     .await
     .expect("within two minutes");
 }
+
+/// A tenant removed from the directory (what the control plane's 410 Gone for a deleted broker
+/// does, `control::follow`) has its retained-message bucket deleted from JetStream. The
+/// directory is driven directly: a control plane is not needed to show what removal does.
+#[tokio::test]
+async fn a_deleted_tenants_retained_bucket_is_deleted() {
+    use starling_broker::auth::directory::{Directory, TenantState};
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let metrics = Arc::new(starling_broker::metrics::Metrics::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let config = starling_broker::cluster::ClusterConfig {
+            nats: vec![nats.url.clone()],
+            ..Default::default()
+        };
+        let link = starling_broker::cluster::link::Link::connect(
+            &config,
+            "a".into(),
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await
+        .expect("connected");
+        let directory = Directory::new(
+            starling_broker::config::Config::default().limits(),
+            Default::default(),
+            metrics,
+            Default::default(),
+            None,
+        );
+        directory.set_cluster(link.clone());
+        let js =
+            async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await.expect("NATS"));
+        let bucket = starling_broker::cluster::retained::bucket_name("gone-soon");
+        let other = starling_broker::cluster::retained::bucket_name("stays");
+        for tenant in ["gone-soon", "stays"] {
+            directory
+                .apply(tenant, &TenantState::default())
+                .expect("a tenant");
+        }
+        // Their buckets are made once the tenants join the replicas; a retained message in one.
+        let mut made = Vec::new();
+        for name in [&bucket, &other] {
+            made.push(
+                tokio::time::timeout(WAIT, async {
+                    loop {
+                        if let Ok(kv) = js.get_key_value(name).await {
+                            return kv;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await
+                .expect("the tenant's bucket is made"),
+            );
+        }
+        let kv = &made[0];
+        kv.put("a.b", bytes::Bytes::from_static(b"x"))
+            .await
+            .expect("a value");
+
+        assert!(directory.remove("gone-soon"));
+        tokio::time::timeout(WAIT, async {
+            while js.get_key_value(&bucket).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the deleted tenant's bucket is deleted");
+        assert!(
+            js.get_key_value(&other).await.is_ok(),
+            "another tenant's bucket is left alone"
+        );
+        stop.cancel();
+    })
+    .await
+    .expect("within a minute");
+}
