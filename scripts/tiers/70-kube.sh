@@ -31,7 +31,9 @@
 #   anti-affinity, the preStop drain, its own copy of the token (trio-nats) as an environment
 #   variable and a Server Reference, the token in no Deployment, ConfigMap, status or log; playing
 #   the kubelet for one pod (env from trio-nats), its broker joins a local nats-server that
-#   requires the token and turns ready, and with another token NATS refuses it; on this
+#   requires the token and turns ready, and with another token NATS refuses it; with
+#   nats.tls.existingSecret the CA reaches trio-nats, mounted and named by path in broker.toml;
+#   on this
 #   v1.20 server no policy/v1 budget and DisruptionBudget=False, while `starling-operator
 #   render` of the same Broker passes kubernetes-validate --strict for 1.33 with its policy/v1
 #   budget; status.endpoints say a
@@ -769,15 +771,18 @@ nats_secret=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_SECRET)
 # starts so that it watches routes.
 kubectl apply -f scripts/tiers/kube/fixtures/gateway-api-crds.yaml >/dev/null || fail "the Gateway API CRDs were not accepted"
 wait_for 30 kubectl get --raw /apis/gateway.networking.k8s.io/v1alpha2 || fail "the Gateway API CRDs are not served"
-nats_http=$(free_port)
-KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME=operator-nats "$OPERATOR" run \
-  --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
-  --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
-  --broker-network-policies true --monitoring-namespace monitoring \
-  --broker-cluster-nats "$nats_urls" --broker-cluster-secret "$nats_secret" --generate-secrets "$(op_env STARLING_OPERATOR_GENERATE_SECRETS)" \
-  --http "127.0.0.1:$nats_http" --log-format pretty >"$work/operator-nats.log" 2>&1 &
-op_pid=$!
-wait_for 30 grep -q "starting the controller" "$work/operator-nats.log" || { tail -20 "$work/operator-nats.log"; fail "the operator with NATS did not start"; }
+start_nats_operator() { # LOG [more flags...]: the operator with the chart's NATS settings
+  local log=$1; shift
+  KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME=operator-nats "$OPERATOR" run \
+    --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
+    --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
+    --broker-network-policies true --monitoring-namespace monitoring \
+    --broker-cluster-nats "$nats_urls" --broker-cluster-secret "$nats_secret" --generate-secrets "$(op_env STARLING_OPERATOR_GENERATE_SECRETS)" \
+    --http "127.0.0.1:$(free_port)" --log-format pretty "$@" >"$log" 2>&1 &
+  op_pid=$!
+  wait_for 30 grep -q "starting the controller" "$log" || { tail -20 "$log"; fail "the operator with NATS did not start"; }
+}
+start_nats_operator "$work/operator-nats.log"
 token=$(kubectl -n starling-system get secret starling-nats-auth -o jsonpath='{.data.token}' | base64 -d)
 [ "${#token}" -ge 32 ] || fail "the operator did not generate the NATS token"
 kubectl apply -f - >/dev/null <<'YAML'
@@ -922,6 +927,22 @@ follows_route() { [ "$(kubectl -n iot get broker trio -o jsonpath='{.status.endp
 wait_for 30 follows_route || { kubectl -n iot get broker trio -o jsonpath='{.status.endpoints}'; fail "status.endpoints.mqtts did not follow the TLSRoute through its Gateway listener"; }
 kubectl -n iot delete tlsroute trio-mqtts >/dev/null
 kubectl -n iot delete gateway edge >/dev/null
+
+echo "--- NATS TLS from a Secret (nats.tls.existingSecret): each Broker's copy, named by path in its config"
+kubectl -n starling-system create secret generic nats-client-tls --from-file=ca.crt="$work/operator-ca.crt" >/dev/null
+helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' \
+  --set nats.install.enabled=true --set nats.tls.existingSecret=nats-client-tls >/dev/null || fail "helm upgrade with nats.tls.existingSecret failed"
+tls_secret=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET)
+[ "$tls_secret" = nats-client-tls ] || fail "the chart does not give the operator nats.tls.existingSecret ($tls_secret)"
+kill "$op_pid"; wait "$op_pid" 2>/dev/null || true
+start_nats_operator "$work/operator-nats-tls.log" --broker-cluster-tls-secret "$tls_secret"
+has_ca() { [ -n "$(kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}')" ]; }
+wait_for 30 has_ca || fail "trio-nats did not get the NATS CA"
+cmp <(kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}' | base64 -d) "$work/operator-ca.crt" || fail "trio-nats holds another CA"
+kubectl -n iot get configmap trio-config -o jsonpath='{.data.broker\.toml}' | grep -qx 'tls_ca = "/etc/starling/nats/ca.crt"' \
+  || fail "trio's broker.toml does not name the mounted CA"
+[ "$(kubectl -n iot get deploy trio -o jsonpath='{.spec.template.spec.containers[0].volumeMounts[?(@.name=="nats")].mountPath}')" = /etc/starling/nats ] \
+  || fail "trio's pods do not mount trio-nats"
 
 echo "--- kubectl scale broker trio --replicas=2: the operator follows"
 kubectl -n iot scale broker trio --replicas=2 >/dev/null || fail "kubectl scale broker trio failed"
