@@ -33,11 +33,10 @@
 #   the kubelet for one pod (env from trio-nats), its broker joins a local nats-server that
 #   requires the token and turns ready, and with another token NATS refuses it; with
 #   nats.tls.existingSecret the CA reaches trio-nats, mounted and named by path in broker.toml;
-#   on this
-#   v1.20 server no policy/v1 budget and DisruptionBudget=False, while `starling-operator
-#   render` of the same Broker passes kubernetes-validate --strict for 1.33 with its policy/v1
-#   budget; status.endpoints say a
-#   LoadBalancer waits for its address, then follow it once set (the test plays the cloud's
+#   on this v1.20 server no policy/v1 budget and DisruptionBudget=False, while
+#   `starling-operator render` of the same Broker passes kubernetes-validate --strict for 1.33
+#   with its policy/v1 budget; status.endpoints say a LoadBalancer waits for its address, then
+#   follow it once set (the test plays the cloud's
 #   controller), follow an Ingress to the wss port and a TLSRoute through its Gateway listener
 #   (Gateway API CRDs from scripts/tiers/kube/fixtures); `kubectl scale broker trio --replicas=2`
 #   reaches the Deployment;
