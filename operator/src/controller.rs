@@ -70,8 +70,10 @@ pub const MANAGER: &str = "starling-operator";
 
 /// How often a healthy `Broker` is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
-/// How soon a `Broker` whose Service waits for its address is looked at again.
+/// How soon a `Broker` whose Service waits for its address is looked at again...
 const EXPOSURE_PENDING: Duration = Duration::from_secs(10);
+/// ...while the Service is younger than this; then at the usual resync.
+const EXPOSURE_PENDING_WINDOW: SignedDuration = SignedDuration::from_mins(10);
 /// First and longest retry delay after a failure.
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -852,7 +854,16 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
     };
 
     let credentials_secret = secrets.get_opt(&names::credentials(b)).await?;
-    let exposure = exposure::observe(b, &seen_exposure(b, &client, &ns).await);
+    let seen = seen_exposure(b, &client, &ns).await;
+    let exposure = exposure::observe(b, &seen);
+    // Look again soon for an address still to come, but only while the Service is new: a cluster
+    // with no load-balancer controller would otherwise be asked every few seconds forever.
+    let poll_exposure = exposure.pending
+        && seen
+            .service
+            .as_ref()
+            .and_then(|s| s.metadata.creation_timestamp.as_ref())
+            .is_none_or(|t| Timestamp::now().duration_since(t.0) < EXPOSURE_PENDING_WINDOW);
     let registration = match check_owned(credentials_secret.as_ref(), b) {
         Ok(()) => {
             let existing = credentials_secret
@@ -958,7 +969,7 @@ async fn apply(b: &Broker, ctx: &Context) -> Result<Action> {
             let until_renewal = (t.not_after - renew_window(b)).duration_since(Timestamp::now());
             let until_renewal = Duration::try_from(until_renewal).unwrap_or(Duration::ZERO);
             // A load balancer's address or node ports still to come: look again soon.
-            let resync = if exposure.pending {
+            let resync = if poll_exposure {
                 EXPOSURE_PENDING
             } else {
                 jittered(RESYNC)

@@ -604,6 +604,29 @@ async fn the_api_is_told_the_endpoints_the_status_advertises_at_registration_and
 }
 
 #[tokio::test]
+async fn a_load_balancer_that_never_gets_an_address_is_not_polled_forever() {
+    let w = World::new();
+    let spec = json!({"service": {"type": "LoadBalancer"}});
+    w.reconcile(&finalized(spec)).await.expect("first");
+    let mut svc = w
+        .kube
+        .get("/api/v1/namespaces/iot/services/sensors")
+        .expect("service");
+    svc["metadata"]["creationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    w.kube.put("/api/v1/namespaces/iot/services/sensors", svc);
+    let action = w.reconcile(&w.stored_broker()).await.expect("second");
+    assert_ne!(action, Action::requeue(EXPOSURE_PENDING));
+    assert!(
+        w.stored_broker()
+            .status
+            .and_then(|s| s.endpoints)
+            .and_then(|e| e.note)
+            .is_some_and(|n| n.contains("waiting")),
+        "the status still says so"
+    );
+}
+
+#[tokio::test]
 async fn a_load_balancer_address_and_an_ingress_reach_the_status_and_the_api() {
     let w = World::new();
     let spec = json!({"service": {"type": "LoadBalancer"}});
