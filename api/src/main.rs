@@ -49,8 +49,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Openapi => {
-            println!("{}", starling_api::routes::openapi::document());
-            Ok(())
+            // Written, not printed: a closed pipe (`| head`) is an error, not a panic.
+            let doc = format!("{}\n", starling_api::routes::openapi::document());
+            std::io::Write::write_all(&mut std::io::stdout().lock(), doc.as_bytes())
+                .context("writing the document")
         }
         Command::Serve(args) => serve(args).await,
     }

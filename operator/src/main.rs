@@ -231,8 +231,9 @@ fn main() -> anyhow::Result<()> {
                 starling_operator::crd::crd_yaml()
             }
             .context("rendering the CRD")?;
-            print!("{yaml}");
-            Ok(())
+            // Written, not printed: a closed pipe (`| head`) is an error, not a panic.
+            std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())
+                .context("writing the CRD")
         }
         Command::Render(args) => render(&args),
         Command::Run(args) => {
