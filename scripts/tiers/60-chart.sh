@@ -250,6 +250,18 @@ assert client[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/nam
 print("nats cluster ok")
 PY
 
+# The NATS pods roll when their configuration changes, and only then.
+nats_checksum() {
+  helm template starling "$chart" -n starling-system --set nats.install.enabled=true "$@" \
+    | grep 'checksum/config:' | sort -u
+}
+base_sum=$(nats_checksum)
+[ -n "$base_sum" ] || fail "the chart's NATS pods carry no configuration checksum"
+[ "$(nats_checksum --set nats.install.jetstream.maxFileStore=20G)" != "$base_sum" ] \
+  || fail "a change to nats.conf does not change the NATS pods' checksum"
+[ "$(nats_checksum --set nats.install.resources.limits.memory=3Gi)" = "$base_sum" ] \
+  || fail "a change outside nats.conf changes the NATS pods' configuration checksum"
+
 # NATS credentials: the installed NATS requires the token the operator generates once, which
 # reaches the NATS pods and the operator by Secret reference only; an existing NATS's auth and TLS
 # Secrets reach the operator by name, and the operator may get exactly those Secrets.
