@@ -23,6 +23,8 @@ pub const GROUP: &str = "starling.dev";
 pub const FINALIZER: &str = "starling.dev/deregister";
 /// Set to `"true"` on a `Broker` to release it without deregistering (its api is gone for good).
 pub const SKIP_DEREGISTER_ANNOTATION: &str = "starling.dev/skip-deregister";
+/// The path of the broker's WebSocket listener.
+pub const WS_PATH: &str = "/mqtt";
 
 /// A Starling MQTT broker: pods serving MQTT over TLS (8883) and WebSockets (443, 8884),
 /// registered with the Starling api.
@@ -599,7 +601,11 @@ impl Broker {
     /// The endpoints the spec alone gives (host name and Service ports); the status shows
     /// what exposes the Service on top of these (`crate::exposure`).
     pub fn endpoints(&self) -> Endpoints {
-        let host = self.host();
+        self.endpoints_at(&self.host())
+    }
+
+    /// The spec's endpoints (its enabled listeners and their ports) on `host`.
+    pub fn endpoints_at(&self, host: &str) -> Endpoints {
         let l = &self.spec.listeners;
         Endpoints {
             mqtts: l
@@ -610,7 +616,7 @@ impl Broker {
                 l.wss
                     .ports
                     .iter()
-                    .map(|p| format!("wss://{host}:{p}/mqtt"))
+                    .map(|p| format!("wss://{host}:{p}{WS_PATH}"))
                     .collect()
             } else {
                 Vec::new()

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::{core::v1::Service, networking::v1::Ingress};
 use serde_json::Value;
 
-use crate::crd::{Broker, Endpoints, ServiceType};
+use crate::crd::{Broker, Endpoints, ServiceType, WS_PATH};
 use crate::resources::names;
 
 /// The objects that may expose a Broker, as the controller found them in its namespace.
@@ -42,9 +42,6 @@ pub struct Observed {
     /// A LoadBalancer Service has no address yet.
     pub pending: bool,
 }
-
-/// The path of the broker's WebSocket listener.
-const WS_PATH: &str = "/mqtt";
 
 /// The endpoints of `b` given what exposes it.
 pub fn observe(b: &Broker, seen: &Seen) -> Observed {
@@ -127,27 +124,10 @@ pub fn observe(b: &Broker, seen: &Seen) -> Observed {
 
 /// `b`'s spec endpoints with `address` as the host.
 fn with_host(b: &Broker, address: &str) -> Endpoints {
-    let host = if address.contains(':') {
-        format!("[{address}]")
+    if address.contains(':') {
+        b.endpoints_at(&format!("[{address}]"))
     } else {
-        address.to_owned()
-    };
-    let l = &b.spec.listeners;
-    Endpoints {
-        mqtts: l
-            .mqtts
-            .enabled
-            .then(|| format!("mqtts://{host}:{}", l.mqtts.port)),
-        wss: if l.wss.enabled {
-            l.wss
-                .ports
-                .iter()
-                .map(|p| format!("wss://{host}:{p}{WS_PATH}"))
-                .collect()
-        } else {
-            Vec::new()
-        },
-        note: None,
+        b.endpoints_at(address)
     }
 }
 

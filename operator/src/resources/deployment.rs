@@ -356,13 +356,15 @@ mod tests {
         },
     };
 
-    fn container(d: &Deployment) -> Container {
+    fn pod(d: &Deployment) -> PodSpec {
         d.spec
             .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.template.spec.clone())
             .expect("pod spec")
-            .containers[0]
-            .clone()
+    }
+
+    fn container(d: &Deployment) -> Container {
+        pod(d).containers[0].clone()
     }
 
     fn sum(b: &Broker, secret: &str) -> String {
@@ -438,11 +440,7 @@ mod tests {
     #[test]
     fn a_prestop_hook_drains_the_broker_within_the_grace_period() {
         let d = desired_deployment(&broker(serde_json::json!({})), &settings(), "brk_1", "abc");
-        let pod = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.clone())
-            .expect("pod");
+        let pod = pod(&d);
         let hook = pod.containers[0]
             .lifecycle
             .clone()
@@ -462,11 +460,7 @@ mod tests {
     #[test]
     fn the_pod_is_non_root_read_only_and_cannot_escalate() {
         let d = desired_deployment(&broker(serde_json::json!({})), &settings(), "brk_1", "abc");
-        let pod = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.clone())
-            .expect("pod");
+        let pod = pod(&d);
         let sc = pod.containers[0]
             .security_context
             .clone()
@@ -570,11 +564,7 @@ mod tests {
     }
 
     fn data_mount(d: &Deployment) -> (String, Volume) {
-        let pod = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.clone())
-            .expect("pod");
+        let pod = pod(&d);
         let m = pod.containers[0]
             .volume_mounts
             .clone()
