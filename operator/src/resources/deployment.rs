@@ -564,7 +564,7 @@ mod tests {
     }
 
     fn data_mount(d: &Deployment) -> (String, Volume) {
-        let pod = pod(&d);
+        let pod = pod(d);
         let m = pod.containers[0]
             .volume_mounts
             .clone()
