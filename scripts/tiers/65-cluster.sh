@@ -14,7 +14,11 @@
 # Then the broker's Rust tests against a real nats-server (tests/cluster.rs: escaped topics
 # and properties, session takeover with 0x8E, refusal and readiness while NATS is down,
 # retained messages from JetStream after restarts, their deletion and expiry, a retained
-# QoS 1 publication refused without JetStream).
+# QoS 1 publication refused without JetStream, persistent sessions resumed on another replica
+# with what they missed and their QoS 2 PUBRELs), and tests/python/test_cluster_failover.py
+# (its own 3-node NATS cluster and 3 replicas, paho-mqtt numbered QoS 1/2 streams: a replica
+# killed with -9 under load, then every replica restarted one by one with SIGTERM under load;
+# every acknowledged message reaches every persistent subscriber, none twice at QoS 2).
 source "$(dirname "$0")/../lib/tier.sh"
 
 PATH="$PATH:/usr/sbin"
@@ -205,6 +209,10 @@ fi
 
 # 6. The broker's Rust tests against a real nats-server.
 cargo nextest run -p starling-broker --test cluster || failures=$((failures + 1))
+
+# 7. Replicas killed and restarted under load, persistent subscribers checked message by message.
+STARLING_BROKER_BIN="$bin" timeout 900 python3 -m pytest -q -s -p no:cacheprovider \
+  tests/python/test_cluster_failover.py || failures=$((failures + 1))
 
 echo "cluster checks: $failures failed"
 [ "$failures" -eq 0 ]

@@ -39,6 +39,7 @@ class Broker:
     """The broker binary on a data directory; one process at a time."""
 
     def __init__(self, data_dir, log_dir, config="", args=()):
+        # `data_dir` None: no data directory (a replica of a cluster keeps its state in NATS).
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.args = list(args)
@@ -61,7 +62,7 @@ class Broker:
             self.proc = subprocess.Popen(
                 [BIN, "--config", self.config_path, "--auth", "none",
                  "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                 "--data-dir", self.data_dir, *self.args],
+                 *(["--data-dir", self.data_dir] if self.data_dir else []), *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": "warn,starling_broker::server=info"},
             )

@@ -308,7 +308,8 @@ impl Link {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Whether every tenant's retained messages have been read from JetStream once.
+    /// Whether every tenant's retained messages have been read from JetStream once, and its
+    /// sessions stream set up.
     pub fn is_loaded(&self) -> bool {
         self.loading.load(Ordering::Acquire) == 0
     }

@@ -125,6 +125,27 @@ impl StreamAck {
     pub fn ack(&self) {
         self.0.finish(Bytes::from_static(b"+ACK"));
     }
+
+    /// The message's sequence number in the tenant's stream.
+    pub fn seq(&self) -> u64 {
+        self.0.seq
+    }
+
+    /// [`StreamAck::ack`], waiting for JetStream to confirm it took the acknowledgement: from
+    /// then on the consumer never offers the message again.
+    async fn ack_confirmed(&self) -> bool {
+        let inner = &self.0;
+        if inner.done.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        if let Some(held) = inner.held.upgrade() {
+            held.lock().remove(&inner.seq);
+        }
+        let request = inner
+            .client
+            .request(inner.reply.clone(), Bytes::from_static(b"+ACK"));
+        matches!(tokio::time::timeout(LOAD_TIMEOUT, request).await, Ok(Ok(_)))
+    }
 }
 
 impl AckInner {
@@ -176,10 +197,16 @@ pub struct Snapshot {
     /// The credential the session was let in with: the hex of its stored form.
     #[serde(default)]
     credential: Option<String>,
-    /// Packet ids of QoS 2 deliveries the client has received (PUBREC) and not completed:
-    /// PUBREL is sent for them again wherever the session goes on.
+    /// Packet ids of QoS 2 deliveries the client has received (PUBREC) and not completed,
+    /// with the stream sequence of their message (0: not from a consumer): PUBREL is sent for
+    /// them again wherever the session goes on, and their messages are not sent again.
     #[serde(default)]
-    rel: std::collections::BTreeSet<u16>,
+    rel: BTreeMap<u16, u64>,
+    /// Packet ids of QoS 2 PUBLISHes sent and not yet answered with PUBREC: where the session
+    /// goes on, they are not used again (the client may hold a message under them, awaiting a
+    /// PUBREL that no replica can send; the message comes again under another id).
+    #[serde(default)]
+    sent: std::collections::BTreeSet<u16>,
 }
 
 /// A session read back from the bucket.
@@ -195,6 +222,10 @@ pub struct Loaded {
     pub credential: Option<crate::auth::Credential>,
     /// Packet ids of QoS 2 deliveries awaiting PUBCOMP (PUBREL sent).
     pub releases: Vec<u16>,
+    /// The stream sequences of their messages.
+    released_seqs: Vec<u64>,
+    /// Packet ids not to use again (see [`Snapshot`]'s `sent`).
+    pub reserved: Vec<u16>,
     snapshot: Snapshot,
 }
 
@@ -208,8 +239,12 @@ enum Job {
     Resume(Arc<str>, Vec<(String, SubscriptionRecord)>),
     /// A Clean Start here for a session this replica did not hold: what is kept of it goes.
     Discard(Arc<str>),
-    /// Acknowledged once what was queued before is written.
-    Ack(StreamAck),
+    /// Acknowledged (and confirmed) once what was queued before is written; then the
+    /// sender is told.
+    Ack(
+        StreamAck,
+        tokio::sync::oneshot::Sender<Result<(), crate::storage::Failure>>,
+    ),
 }
 
 /// The persistent sessions of one tenant in JetStream (see the module documentation).
@@ -223,6 +258,12 @@ pub struct ClusterSessions {
     handed: Mutex<HashSet<Arc<str>>>,
     /// The consumers read here: by consumer name, the session id and what stops the reading.
     feeders: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// The stream sequence of the message of a QoS 2 delivery whose PUBREC just came, until
+    /// its PUBREL due is recorded.
+    releasing: Mutex<HashMap<(Arc<str>, u16), u64>>,
+    /// By client id, stream sequences of messages the client already has (their PUBREL was
+    /// due where the session was before): skipped when their consumer offers them again.
+    delivered: Mutex<HashMap<Arc<str>, HashSet<u64>>>,
     jobs: mpsc::Sender<Job>,
     kv: watch::Receiver<Option<stream::Stream>>,
 }
@@ -248,28 +289,46 @@ impl ClusterSessions {
             mirror: Mutex::new(HashMap::new()),
             handed: Mutex::new(HashSet::new()),
             feeders: Mutex::new(HashMap::new()),
+            releasing: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
             jobs,
             kv,
         });
         let _ = this.tenant.set(Arc::downgrade(tenant));
         let me = Arc::downgrade(&this);
         let stop = link.stop_token().clone();
+        // Not ready before the sessions stream is set up.
+        link.loading_started();
+        let loading = link.clone();
         tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
             let store = loop {
-                let Some(this) = me.upgrade() else { return };
-                match this.ensure_bucket().await {
-                    Ok(store) => break store,
-                    Err(e) => {
+                let Some(this) = me.upgrade() else {
+                    loading.loading_done();
+                    return;
+                };
+                match tokio::time::timeout(LOAD_TIMEOUT, this.ensure_bucket()).await {
+                    Ok(Ok(store)) => break store,
+                    Ok(Err(e)) => {
                         this.link.metrics().cluster_errors.inc();
-                        warn!(tenant = %this.tenant_name, error = %e, "cluster: cannot set up the sessions bucket; retrying");
+                        warn!(tenant = %this.tenant_name, error = %e, "cluster: cannot set up the sessions stream; retrying");
+                    }
+                    Err(_) => {
+                        this.link.metrics().cluster_errors.inc();
+                        warn!(tenant = %this.tenant_name, "cluster: JetStream did not answer setting up the sessions stream; retrying");
                     }
                 }
                 drop(this);
                 tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => {
+                        loading.loading_done();
+                        return;
+                    }
+                    () = tokio::time::sleep(delay) => {}
                 }
+                delay = (delay * 2).min(Duration::from_secs(2));
             };
+            loading.loading_done();
             let _ = kv_tx.send(Some(store.clone()));
             while let Some(job) = queue.recv().await {
                 let Some(this) = me.upgrade() else { return };
@@ -392,7 +451,9 @@ impl ClusterSessions {
             subscriptions,
             will,
             credential,
-            releases: snapshot.rel.iter().copied().collect(),
+            releases: snapshot.rel.keys().copied().collect(),
+            released_seqs: snapshot.rel.values().copied().filter(|&s| s != 0).collect(),
+            reserved: snapshot.sent.iter().copied().collect(),
             snapshot,
         }))
     }
@@ -407,6 +468,13 @@ impl ClusterSessions {
     /// now on, and its consumers are read here.
     pub fn adopt(&self, client_id: &str, loaded: &Loaded) {
         self.claim(client_id);
+        if !loaded.released_seqs.is_empty() {
+            self.delivered
+                .lock()
+                .entry(client_id.into())
+                .or_default()
+                .extend(loaded.released_seqs.iter().copied());
+        }
         self.mirror
             .lock()
             .insert(client_id.into(), loaded.snapshot.clone());
@@ -420,18 +488,32 @@ impl ClusterSessions {
         self.mirror.lock().remove(client_id);
     }
 
-    /// Acknowledges `ack` to JetStream once the changes queued before it are written: a
-    /// QoS 2 delivery's message leaves its consumer only once the session's record says its
-    /// PUBREL is due, so it is neither lost nor sent twice when the session moves.
-    pub fn ack_after_write(&self, ack: StreamAck) {
-        // No room to wait: acknowledged now.
+    /// The client sent PUBREC for the QoS 2 delivery `packet_id`, whose message is `ack`'s:
+    /// its PUBREL due is recorded with the message's stream sequence (so wherever the session
+    /// goes on, the message is not sent again), then the message is acknowledged to JetStream
+    /// and the acknowledgement confirmed. The receiver says when: PUBREL waits for it, so once
+    /// the client has released the message its consumer never offers it again. Call before the
+    /// in-flight entry becomes PUBREL.
+    pub fn releasing(
+        &self,
+        client_id: &str,
+        packet_id: u16,
+        ack: StreamAck,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), crate::storage::Failure>> {
+        self.releasing
+            .lock()
+            .insert((client_id.into(), packet_id), ack.seq());
+        let (tx, rx) = tokio::sync::oneshot::channel();
         if let Err(
-            mpsc::error::TrySendError::Full(Job::Ack(a))
-            | mpsc::error::TrySendError::Closed(Job::Ack(a)),
-        ) = self.jobs.try_send(Job::Ack(ack))
+            mpsc::error::TrySendError::Full(Job::Ack(a, tx))
+            | mpsc::error::TrySendError::Closed(Job::Ack(a, tx)),
+        ) = self.jobs.try_send(Job::Ack(ack, tx))
         {
+            // No room to wait: acknowledged now.
             a.ack();
+            let _ = tx.send(Ok(()));
         }
+        rx
     }
 
     /// A Clean Start for `client_id` on a replica that did not hold its session: the session
@@ -456,6 +538,7 @@ impl ClusterSessions {
                 }
             }
             Job::Remove(client_id, filters) => {
+                self.delivered.lock().remove(&client_id);
                 for filter in filters {
                     self.drop_consumers(&client_id, &filter).await;
                 }
@@ -472,7 +555,13 @@ impl ClusterSessions {
             Job::Unsubscribed(client_id, filter) => {
                 self.drop_consumers(&client_id, &filter).await;
             }
-            Job::Ack(ack) => ack.ack(),
+            Job::Ack(ack, done) => {
+                if !ack.ack_confirmed().await {
+                    self.link.metrics().cluster_errors.inc();
+                    warn!(tenant = %self.tenant_name, "cluster: JetStream did not confirm a session's acknowledgement");
+                }
+                let _ = done.send(Ok(()));
+            }
             Job::Discard(client_id) => {
                 if let Ok(Some(loaded)) = self.load(&client_id).await {
                     let filters = loaded.snapshot.subs.into_keys().collect();
@@ -634,9 +723,23 @@ impl SessionStore for ClusterSessions {
     fn queued(&self, _: &str, _: &Delivery) {}
     fn dequeued(&self, _: &str, _: u64) {}
     fn in_flight(&self, client_id: &str, packet_id: u16, _: u64, entry: &Inflight) {
+        if let Inflight::Published(d) = entry {
+            if d.qos == QoS::ExactlyOnce {
+                self.change(client_id, |s| {
+                    s.sent.insert(packet_id);
+                });
+            }
+            return;
+        }
         if matches!(entry, Inflight::Released) {
+            let seq = self
+                .releasing
+                .lock()
+                .remove(&(Arc::from(client_id), packet_id))
+                .unwrap_or(0);
             self.change(client_id, |s| {
-                s.rel.insert(packet_id);
+                s.sent.remove(&packet_id);
+                s.rel.insert(packet_id, seq);
             });
         }
     }
@@ -646,10 +749,11 @@ impl SessionStore for ClusterSessions {
             .mirror
             .lock()
             .get(client_id)
-            .is_some_and(|s| s.rel.contains(&packet_id));
+            .is_some_and(|s| s.rel.contains_key(&packet_id) || s.sent.contains(&packet_id));
         if kept {
             self.change(client_id, |s| {
                 s.rel.remove(&packet_id);
+                s.sent.remove(&packet_id);
             });
         }
     }
@@ -776,6 +880,16 @@ async fn feed(
         };
         if held.lock().contains_key(&seq) {
             // Offered again while this replica holds it: the held copy answers for it.
+            continue;
+        }
+        let already = sessions
+            .delivered
+            .lock()
+            .get(&session.client_id)
+            .is_some_and(|d| d.contains(&seq));
+        if already {
+            // The client has it (its PUBREL was due where the session was): not again.
+            send(sessions.link.client(), &reply, Bytes::from_static(b"+ACK"));
             continue;
         }
         let inner = Arc::new(AckInner {

@@ -73,15 +73,18 @@ impl<IO: AsyncIo> Connection<IO> {
             self.more_queued = true;
             return;
         }
-        self.state.insert_inflight(r.packet_id, Inflight::Released);
-        if let Some(a) = stream_ack {
-            // Once the session's record holds the PUBREL due (written just before).
-            match self.auth.tenant.cluster_sessions() {
-                Some(cs) => cs.ack_after_write(a),
-                None => a.ack(),
+        // From a persistent session's consumer (`[cluster]`): its PUBREL due is recorded with
+        // the message, and PUBREL waits until JetStream confirmed the message acknowledged.
+        let released = match (stream_ack, self.auth.tenant.cluster_sessions()) {
+            (Some(a), Some(cs)) => Some(cs.releasing(&self.session.client_id, r.packet_id, a)),
+            (Some(a), None) => {
+                a.ack();
+                None
             }
-        }
-        let commit = self.state.durable().and_then(|s| s.durable());
+            (None, _) => None,
+        };
+        self.state.insert_inflight(r.packet_id, Inflight::Released);
+        let commit = super::publish::both(self.state.durable().and_then(|s| s.durable()), released);
         self.release_after(r.packet_id, commit);
     }
 }

@@ -249,6 +249,9 @@ pub struct SessionState {
     incoming_qos2: HashSet<u16>,
     /// Last packet id handed out.
     last_packet_id: u16,
+    /// Packet ids never handed out: the client may hold a QoS 2 message under them that the
+    /// session, moved from another replica, cannot release (`[cluster]`).
+    reserved: HashSet<u16>,
     /// Session Expiry Interval in seconds (0: ends with the connection).
     expiry_interval: u32,
     /// A will whose delay is running.
@@ -268,6 +271,7 @@ impl SessionState {
             inflight: InflightWindow::default(),
             incoming_qos2: HashSet::new(),
             last_packet_id: 0,
+            reserved: HashSet::new(),
             expiry_interval: 0,
             pending_will: None,
             ended: false,
@@ -283,7 +287,9 @@ impl SessionState {
     pub fn next_packet_id(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains(self.last_packet_id) {
+            if !self.inflight.contains(self.last_packet_id)
+                && !self.reserved.contains(&self.last_packet_id)
+            {
                 return Some(self.last_packet_id);
             }
         }
@@ -329,6 +335,11 @@ impl SessionState {
     /// Records an in-flight entry read back from the store, at its place in the send order.
     pub fn restore_inflight(&mut self, packet_id: u16, order: u64, entry: Inflight) {
         self.inflight.restore(packet_id, order, entry);
+    }
+
+    /// Never hands out `packet_id` (see `reserved`).
+    pub fn reserve_packet_id(&mut self, packet_id: u16) {
+        self.reserved.insert(packet_id);
     }
 
     /// Records a QoS 2 receipt read back from the store.
