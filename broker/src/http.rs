@@ -45,6 +45,11 @@ impl Readiness {
                 .is_none_or(|l| l.is_connected() && l.streams_ready() && l.is_loaded())
     }
 
+    /// The link to the other replicas, with a cluster.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::link::Link>> {
+        self.cluster.get()
+    }
+
     /// Ready only while `link` is connected to NATS.
     pub fn follow_cluster(&self, link: Arc<crate::cluster::link::Link>) {
         let _ = self.cluster.set(link);

@@ -357,6 +357,10 @@ impl Drain {
             // What the connections wrote as they closed goes to disk before the process ends.
             storage.close().await;
         }
+        if let Some(link) = self.ready.cluster() {
+            // And to JetStream, with a cluster: the sessions' last changes and acknowledgements.
+            link.flush().await;
+        }
         info!("drained");
     }
 }

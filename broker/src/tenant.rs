@@ -151,6 +151,9 @@ impl Tenant {
             bucket.stop();
             link.delete_bucket(bucket.name().to_owned());
         }
+        if let Some(link) = self.cluster.get() {
+            link.delete_streams(&self.name);
+        }
     }
 
     /// Why a retained QoS 1 or 2 publication is refused now because JetStream cannot take it,

@@ -106,6 +106,8 @@ pub struct Link {
     streams: parking_lot::Mutex<HashSet<Arc<str>>>,
     /// Tenants joined to the cluster whose stream is not set up: the replica is not ready.
     unready: AtomicU64,
+    /// The tenants' persistent sessions, flushed at shutdown.
+    sessions: parking_lot::Mutex<Vec<std::sync::Weak<super::sessions::ClusterSessions>>>,
     /// Bumped on each (re)connection to NATS and when JetStream says a stream is missing: the
     /// tenants' streams are set up again.
     connected: tokio::sync::watch::Receiver<u64>,
@@ -220,6 +222,7 @@ impl Link {
             config: config.clone(),
             streams: parking_lot::Mutex::new(HashSet::new()),
             unready: AtomicU64::new(0),
+            sessions: parking_lot::Mutex::new(Vec::new()),
             connected,
             jetstream_ok: AtomicBool::new(true),
             loading: AtomicUsize::new(0),
@@ -415,6 +418,46 @@ impl Link {
             }
             notified.await;
         }
+    }
+
+    /// Registers a tenant's persistent sessions, to flush at shutdown.
+    pub(super) fn register_sessions(&self, s: std::sync::Weak<super::sessions::ClusterSessions>) {
+        let mut all = self.sessions.lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(s);
+    }
+
+    /// At shutdown, once the connections are closed: what the sessions changed last is
+    /// written to JetStream, and what waits to be sent to NATS is sent.
+    pub async fn flush(&self) {
+        let all: Vec<_> = self
+            .sessions
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for s in all {
+            s.flush().await;
+        }
+        let _ = tokio::time::timeout(ACK_TIMEOUT, self.client.flush()).await;
+    }
+
+    /// Deletes the JetStream streams of the deleted tenant `tenant` (its QoS 1/2 messages,
+    /// with its persistent sessions' consumers, and its sessions), in the background; streams
+    /// already gone are fine.
+    pub fn delete_streams(self: &Arc<Self>, tenant: &str) {
+        let link = self.clone();
+        let names = [stream_name(tenant), super::sessions::bucket_name(tenant)];
+        tokio::spawn(async move {
+            for name in names {
+                if let Err(e) = link.js.delete_stream(&name).await {
+                    if !e.to_string().contains("not found") {
+                        link.metrics.cluster_errors.inc();
+                        warn!(stream = %name, error = %e, "cluster: cannot delete a deleted tenant's stream");
+                    }
+                }
+            }
+        });
     }
 
     /// Whether the queue to NATS has no room left now (a QoS 1 or 2 publication is then

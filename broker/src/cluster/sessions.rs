@@ -207,6 +207,10 @@ pub struct Snapshot {
     /// PUBREL that no replica can send; the message comes again under another id).
     #[serde(default)]
     sent: std::collections::BTreeSet<u16>,
+    /// How many times the session moved to another replica: each incarnation hands out the
+    /// other half of the packet ids.
+    #[serde(default)]
+    epoch: u32,
 }
 
 /// A session read back from the bucket.
@@ -226,6 +230,8 @@ pub struct Loaded {
     released_seqs: Vec<u64>,
     /// Packet ids not to use again (see [`Snapshot`]'s `sent`).
     pub reserved: Vec<u16>,
+    /// The session's incarnation here: one more than where it was.
+    pub epoch: u32,
     snapshot: Snapshot,
 }
 
@@ -239,6 +245,8 @@ enum Job {
     Resume(Arc<str>, Vec<(String, SubscriptionRecord)>),
     /// A Clean Start here for a session this replica did not hold: what is kept of it goes.
     Discard(Arc<str>),
+    /// Done once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
     /// Acknowledged (and confirmed) once what was queued before is written; then the
     /// sender is told.
     Ack(
@@ -295,6 +303,7 @@ impl ClusterSessions {
             kv,
         });
         let _ = this.tenant.set(Arc::downgrade(tenant));
+        link.register_sessions(Arc::downgrade(&this));
         let me = Arc::downgrade(&this);
         let stop = link.stop_token().clone();
         // Not ready before the sessions stream is set up.
@@ -454,6 +463,7 @@ impl ClusterSessions {
             releases: snapshot.rel.keys().copied().collect(),
             released_seqs: snapshot.rel.values().copied().filter(|&s| s != 0).collect(),
             reserved: snapshot.sent.iter().copied().collect(),
+            epoch: snapshot.epoch.wrapping_add(1),
             snapshot,
         }))
     }
@@ -475,9 +485,12 @@ impl ClusterSessions {
                 .or_default()
                 .extend(loaded.released_seqs.iter().copied());
         }
+        let mut snapshot = loaded.snapshot.clone();
+        snapshot.epoch = loaded.epoch;
         self.mirror
             .lock()
-            .insert(client_id.into(), loaded.snapshot.clone());
+            .insert(client_id.into(), snapshot.clone());
+        self.queue(Job::Put(client_id.into(), snapshot));
         self.queue(Job::Resume(client_id.into(), loaded.subscriptions.clone()));
     }
 
@@ -486,6 +499,15 @@ impl ClusterSessions {
     pub fn hand_over(&self, client_id: &str) {
         self.handed.lock().insert(client_id.into());
         self.mirror.lock().remove(client_id);
+    }
+
+    /// Waits (at most [`LOAD_TIMEOUT`]) until every change queued so far is written: at
+    /// shutdown, so that what the sessions did last is what the next replica reads.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Job::Flush(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(LOAD_TIMEOUT, rx).await;
+        }
     }
 
     /// The client sent PUBREC for the QoS 2 delivery `packet_id`, whose message is `ack`'s:
@@ -554,6 +576,9 @@ impl ClusterSessions {
             }
             Job::Unsubscribed(client_id, filter) => {
                 self.drop_consumers(&client_id, &filter).await;
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
             }
             Job::Ack(ack, done) => {
                 if !ack.ack_confirmed().await {

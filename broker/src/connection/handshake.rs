@@ -430,6 +430,10 @@ async fn accept_connect(
             lifecycle::end_session(&tenant, &session, state, SessionEnd::Closed);
             continue;
         }
+        if !existed && tenant.cluster_sessions().is_some() {
+            // A new session of a cluster's: the first half of the packet ids (see `use_half`).
+            state.use_half(0);
+        }
         break (session, state, existed);
     };
     // [MQTT-3.1.3-9] a new connection before the will delay passed cancels the will.

@@ -369,10 +369,12 @@ pub(crate) fn resume_from_cluster(
     for (order, id) in loaded.releases.iter().enumerate() {
         state.restore_inflight(*id, order as u64, Inflight::Released);
     }
-    // QoS 2 PUBLISHes sent there and not answered: their ids are not used again here.
+    // QoS 2 PUBLISHes sent there and not answered: their ids are not used again here, nor
+    // any of the half of the ids it used.
     for id in &loaded.reserved {
         state.reserve_packet_id(*id);
     }
+    state.use_half(loaded.epoch);
     if let Some(cs) = tenant.cluster_sessions() {
         cs.adopt(&session.client_id, loaded);
     }

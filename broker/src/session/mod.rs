@@ -252,6 +252,9 @@ pub struct SessionState {
     /// Packet ids never handed out: the client may hold a QoS 2 message under them that the
     /// session, moved from another replica, cannot release (`[cluster]`).
     reserved: HashSet<u16>,
+    /// The packet ids handed out, first and last: all of them, or with a cluster one half,
+    /// the other one on each replica the session moves to (see [`SessionState::use_half`]).
+    packet_ids: (u16, u16),
     /// Session Expiry Interval in seconds (0: ends with the connection).
     expiry_interval: u32,
     /// A will whose delay is running.
@@ -272,6 +275,7 @@ impl SessionState {
             incoming_qos2: HashSet::new(),
             last_packet_id: 0,
             reserved: HashSet::new(),
+            packet_ids: (1, u16::MAX),
             expiry_interval: 0,
             pending_will: None,
             ended: false,
@@ -283,10 +287,15 @@ impl SessionState {
         self.expiry_interval > 0
     }
 
-    /// The next free packet id, or `None` when all 65535 are in use.
+    /// The next free packet id, or `None` when all are in use.
     pub fn next_packet_id(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
+        let (lo, hi) = self.packet_ids;
+        for _ in lo..=hi {
+            self.last_packet_id = if self.last_packet_id < lo || self.last_packet_id >= hi {
+                lo
+            } else {
+                self.last_packet_id + 1
+            };
             if !self.inflight.contains(self.last_packet_id)
                 && !self.reserved.contains(&self.last_packet_id)
             {
@@ -335,6 +344,18 @@ impl SessionState {
     /// Records an in-flight entry read back from the store, at its place in the send order.
     pub fn restore_inflight(&mut self, packet_id: u16, order: u64, entry: Inflight) {
         self.inflight.restore(packet_id, order, entry);
+    }
+
+    /// Hands out packet ids of one half only (`[cluster]`: `epoch` counts the replicas the
+    /// session moved to): a replica that died may have sent QoS 2 PUBLISHes whose ids were not
+    /// recorded yet, which the client may hold awaiting a PUBREL no one sends; the next replica
+    /// uses the other half, so it never sends a new message under one of them.
+    pub fn use_half(&mut self, epoch: u32) {
+        self.packet_ids = if epoch % 2 == 0 {
+            (1, 32_767)
+        } else {
+            (32_768, u16::MAX)
+        };
     }
 
     /// Never hands out `packet_id` (see `reserved`).
@@ -939,6 +960,34 @@ mod tests {
         );
         state.set_pending_will(fired, tokio::time::Instant::now());
         assert!(state.take_pending_will().is_none(), "published once");
+    }
+
+    #[test]
+    fn packet_ids_come_from_one_half_skipping_reserved_ones_and_wrap_within_it() {
+        let mut state = SessionState::new(
+            Arc::from("c"),
+            Arc::new(MemoryStore),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert_eq!(state.next_packet_id(), Some(1), "all ids without a cluster");
+        state.use_half(1);
+        state.reserve_packet_id(32_769);
+        assert_eq!(state.next_packet_id(), Some(32_768));
+        assert_eq!(
+            state.next_packet_id(),
+            Some(32_770),
+            "a reserved id is skipped"
+        );
+        state.last_packet_id = u16::MAX;
+        assert_eq!(
+            state.next_packet_id(),
+            Some(32_768),
+            "wraps within its half"
+        );
+        state.use_half(2);
+        assert_eq!(state.next_packet_id(), Some(1));
+        state.last_packet_id = 32_767;
+        assert_eq!(state.next_packet_id(), Some(1), "never the other half");
     }
 
     #[test]
