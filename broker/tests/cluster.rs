@@ -1216,3 +1216,73 @@ async fn a_deleted_tenants_retained_bucket_is_deleted() {
     .await
     .expect("within a minute");
 }
+
+#[tokio::test]
+async fn a_qos_2_message_received_and_not_released_moves_with_the_publishers_session() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = replica(&nats, "a").await;
+        let b = replica(&nats, "b").await;
+        await_readyz(&a, 200).await;
+        await_readyz(&b, 200).await;
+        let mut watch = b.client("watch").await;
+        watch.subscribe("w/#", sub_opts(QoS::ExactlyOnce)).await;
+        watch.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let (mut publisher, _) = persistent(&a, "sender", true).await;
+        await_link(&mut publisher, &mut watch).await;
+        // PUBLISH, PUBREC; the publisher goes before its PUBREL.
+        publisher
+            .send(Packet::Publish(common::publish(
+                "w/once",
+                QoS::ExactlyOnce,
+                b"1",
+                Some(7),
+            )))
+            .await;
+        match publisher.recv().await {
+            Packet::PubRec(r) => assert_eq!((r.packet_id, r.reason), (7, ReasonCode::SUCCESS)),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+        drop(publisher);
+        let p = next_not_probe(&mut watch).await;
+        assert_eq!(&p.payload[..], b"1");
+        // On b, the resent PUBLISH is answered and not delivered again; PUBREL completes it.
+        let (mut back, present) = persistent(&b, "sender", false).await;
+        assert!(present);
+        let mut again = common::publish("w/once", QoS::ExactlyOnce, b"1", Some(7));
+        again.dup = true;
+        back.send(Packet::Publish(again)).await;
+        match back.recv().await {
+            Packet::PubRec(r) => assert_eq!((r.packet_id, r.reason), (7, ReasonCode::SUCCESS)),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+        back.send(Packet::PubRel(PubRel {
+            packet_id: 7,
+            reason: ReasonCode::SUCCESS,
+            properties: Default::default(),
+        }))
+        .await;
+        match back.recv().await {
+            Packet::PubComp(c) => assert_eq!((c.packet_id, c.reason), (7, ReasonCode::SUCCESS)),
+            other => panic!("expected PUBCOMP, got {other:?}"),
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_millis(1500), watch.recv()).await {
+                Err(_) => break,
+                Ok(Packet::PubRel(r)) => {
+                    watch
+                        .send(Packet::PubComp(starling_codec::PubComp {
+                            packet_id: r.packet_id,
+                            reason: ReasonCode::SUCCESS,
+                            properties: Default::default(),
+                        }))
+                        .await
+                }
+                Ok(Packet::Publish(p)) if p.topic.as_str().starts_with("probe/") => {}
+                Ok(other) => panic!("delivered twice: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("within a minute");
+}

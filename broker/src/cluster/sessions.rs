@@ -211,6 +211,11 @@ pub struct Snapshot {
     /// other half of the packet ids.
     #[serde(default)]
     epoch: u32,
+    /// Packet ids of QoS 2 messages received from the client and not yet released (PUBREL):
+    /// a resent PUBLISH under one of them is answered, not routed again, wherever the session
+    /// goes on.
+    #[serde(default)]
+    receipts: std::collections::BTreeSet<u16>,
 }
 
 /// A session read back from the bucket.
@@ -232,6 +237,8 @@ pub struct Loaded {
     pub reserved: Vec<u16>,
     /// The session's incarnation here: one more than where it was.
     pub epoch: u32,
+    /// QoS 2 messages received from the client and not yet released.
+    pub receipts: Vec<u16>,
     snapshot: Snapshot,
 }
 
@@ -464,6 +471,7 @@ impl ClusterSessions {
             released_seqs: snapshot.rel.values().copied().filter(|&s| s != 0).collect(),
             reserved: snapshot.sent.iter().copied().collect(),
             epoch: snapshot.epoch.wrapping_add(1),
+            receipts: snapshot.receipts.iter().copied().collect(),
             snapshot,
         }))
     }
@@ -501,6 +509,24 @@ impl ClusterSessions {
         self.mirror.lock().remove(client_id);
     }
 
+    /// Says when every change queued so far is written (or could not be): a QoS 2 PUBREC
+    /// or PUBCOMP waits for the record of the receipt it answers.
+    pub fn written(&self) -> tokio::sync::oneshot::Receiver<Result<(), crate::storage::Failure>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.jobs.try_send(Job::Flush(done)).is_err() {
+            let _ = tx.send(Err(crate::storage::Failure::NotReplicated));
+            return rx;
+        }
+        tokio::spawn(async move {
+            let _ = tx.send(
+                wait.await
+                    .map_err(|_| crate::storage::Failure::NotReplicated),
+            );
+        });
+        rx
+    }
+
     /// Waits (at most [`LOAD_TIMEOUT`]) until every change queued so far is written: at
     /// shutdown, so that what the sessions did last is what the next replica reads.
     pub async fn flush(&self) {
@@ -511,20 +537,22 @@ impl ClusterSessions {
     }
 
     /// The client sent PUBREC for the QoS 2 delivery `packet_id`, whose message is `ack`'s:
-    /// its PUBREL due is recorded with the message's stream sequence (so wherever the session
-    /// goes on, the message is not sent again), then the message is acknowledged to JetStream
-    /// and the acknowledgement confirmed. The receiver says when: PUBREL waits for it, so once
-    /// the client has released the message its consumer never offers it again. Call before the
-    /// in-flight entry becomes PUBREL.
-    pub fn releasing(
-        &self,
-        client_id: &str,
-        packet_id: u16,
-        ack: StreamAck,
-    ) -> tokio::sync::oneshot::Receiver<Result<(), crate::storage::Failure>> {
+    /// the stream sequence goes with the record of its PUBREL due, which the in-flight entry
+    /// becoming PUBREL writes (call this first), so wherever the session goes on the message
+    /// is not sent again.
+    pub fn releasing(&self, client_id: &str, packet_id: u16, ack: &StreamAck) {
         self.releasing
             .lock()
             .insert((client_id.into(), packet_id), ack.seq());
+    }
+
+    /// Acknowledges `ack` to JetStream once what is queued before it (the record of the PUBREL
+    /// due) is written, and confirms it; the receiver says when: PUBREL waits for it, so once
+    /// the client has released the message its consumer never offers it again.
+    pub fn released_after_write(
+        &self,
+        ack: StreamAck,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), crate::storage::Failure>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Err(
             mpsc::error::TrySendError::Full(Job::Ack(a, tx))
@@ -782,8 +810,17 @@ impl SessionStore for ClusterSessions {
             });
         }
     }
-    fn received(&self, _: &str, _: u16) {}
-    fn released(&self, _: &str, _: u16) {}
+    fn received(&self, client_id: &str, packet_id: u16) {
+        self.change(client_id, |s| {
+            s.receipts.insert(packet_id);
+        });
+    }
+
+    fn released(&self, client_id: &str, packet_id: u16) {
+        self.change(client_id, |s| {
+            s.receipts.remove(&packet_id);
+        });
+    }
 
     fn expiry_set(&self, client_id: &str, secs: u32) {
         if secs == 0 {

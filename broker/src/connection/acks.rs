@@ -13,7 +13,10 @@ impl<IO: AsyncIo> Connection<IO> {
         let (reason, commit) = if self.state.release_receipt(r.packet_id) {
             (
                 ReasonCode::SUCCESS,
-                self.state.durable().and_then(|s| s.durable()),
+                super::publish::both(
+                    self.state.durable().and_then(|s| s.durable()),
+                    self.cluster_receipt_written(QoS::ExactlyOnce),
+                ),
             )
         } else {
             (ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, None)
@@ -75,15 +78,19 @@ impl<IO: AsyncIo> Connection<IO> {
         }
         // From a persistent session's consumer (`[cluster]`): its PUBREL due is recorded with
         // the message, and PUBREL waits until JetStream confirmed the message acknowledged.
-        let released = match (stream_ack, self.auth.tenant.cluster_sessions()) {
-            (Some(a), Some(cs)) => Some(cs.releasing(&self.session.client_id, r.packet_id, a)),
+        let cluster = self.auth.tenant.cluster_sessions().cloned();
+        if let (Some(a), Some(cs)) = (&stream_ack, &cluster) {
+            cs.releasing(&self.session.client_id, r.packet_id, a);
+        }
+        self.state.insert_inflight(r.packet_id, Inflight::Released);
+        let released = match (stream_ack, cluster) {
+            (Some(a), Some(cs)) => Some(cs.released_after_write(a)),
             (Some(a), None) => {
                 a.ack();
                 None
             }
             (None, _) => None,
         };
-        self.state.insert_inflight(r.packet_id, Inflight::Released);
         let commit = super::publish::both(self.state.durable().and_then(|s| s.durable()), released);
         self.release_after(r.packet_id, commit);
     }

@@ -301,6 +301,17 @@ impl<IO: AsyncIo> Connection<IO> {
         }));
     }
 
+    /// With a cluster, for a QoS 2 message of a persistent session: when its record is written.
+    pub(super) fn cluster_receipt_written(
+        &self,
+        qos: QoS,
+    ) -> Option<oneshot::Receiver<Result<(), Failure>>> {
+        if qos != QoS::ExactlyOnce || self.state.expiry_interval() == 0 {
+            return None;
+        }
+        self.auth.tenant.cluster_sessions().map(|cs| cs.written())
+    }
+
     /// Sends PUBREL for the QoS 2 delivery under `packet_id` once the store holds its PUBREC
     /// (`commit`): were PUBREL sent first and the broker stopped before the commit, the
     /// delivery would be read back as unanswered and sent again, and the client, which
@@ -554,6 +565,9 @@ impl<IO: AsyncIo> Connection<IO> {
         // With a cluster, also once JetStream holds it on the broker's replicas (and, retained,
         // in the tenant's bucket).
         let commit = both(commit, replicated);
+        // And, for QoS 2 in a persistent session of a cluster's, once the session's record
+        // holds the receipt (a resend after the session moved is then recognised).
+        let commit = both(commit, self.cluster_receipt_written(qos));
         self.acknowledge_after(qos, packet_id, ReasonCode::SUCCESS, None, commit);
         // Our own outbox may have got something (a subscription matching our own publish).
         self.more_queued = true;

@@ -375,6 +375,10 @@ pub(crate) fn resume_from_cluster(
         state.reserve_packet_id(*id);
     }
     state.use_half(loaded.epoch);
+    // QoS 2 messages it received there and had not released: a resend is answered, once.
+    for id in &loaded.receipts {
+        state.restore_receipt(*id);
+    }
     if let Some(cs) = tenant.cluster_sessions() {
         cs.adopt(&session.client_id, loaded);
     }
