@@ -10,9 +10,11 @@
 # - `single`: one broker without [cluster];
 # - `one-replica`: replica A of a two-replica broker, publishers and subscribers on A;
 # - `a-to-b`: the same two replicas, publishers on A and subscribers on B
-#   (`--subscriber-port`).
+#   (`--subscriber-port`);
+# - `three`: three replicas, publishers on A and the subscribers spread over A, B and C in
+#   turn (fan-out across three replicas).
 # One JSON line per run goes to OUT; at the end a Markdown table per case shows median [min-max]
-# of each and the ratios one-replica/single and a-to-b/single. Exits 1 when a run failed or a
+# of each and the ratios one-replica/single, a-to-b/single and three/single. Exits 1 when a run failed or a
 # broker died.
 #
 # Not part of CI: it wants an otherwise idle machine (the `other CPU` row tells how idle it was).
@@ -42,9 +44,10 @@ PATH="$PATH:/usr/sbin"
 logs=$(mktemp -d)
 NATS_PID=""
 REPLICA_B_PID=""
+REPLICA_C_PID=""
 stop_all() {
   bench_stop_broker
-  for p in $REPLICA_B_PID $NATS_PID; do
+  for p in $REPLICA_B_PID $REPLICA_C_PID $NATS_PID; do
     kill -TERM "$p" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
@@ -89,20 +92,28 @@ for rep in $(seq 1 "$reps"); do
     bench_run "$out" "$name" single "$rep" "$logs/$name-single-$rep.log" "${args[@]}" --port "$port"
     bench_stop_broker
 
-    for mode in one-replica a-to-b; do
+    for mode in one-replica a-to-b three; do
       port_b=$(bench_free_port)
       start_replica b "$port_b" "$logs/$name-$mode-b-$rep.log"
       REPLICA_B_PID=$BROKER_PID
+      if [ "$mode" = three ]; then
+        port_c=$(bench_free_port)
+        start_replica c "$port_c" "$logs/$name-$mode-c-$rep.log"
+        REPLICA_C_PID=$BROKER_PID
+      fi
       port=$(bench_free_port)
       start_replica a "$port" "$logs/$name-$mode-a-$rep.log"
       sub=()
       [ "$mode" = a-to-b ] && sub=(--subscriber-port "$port_b")
+      [ "$mode" = three ] && sub=(--subscriber-port "$port,$port_b,$port_c")
       bench_run "$out" "$name" "$mode" "$rep" "$logs/$name-$mode-a-$rep.log" "${args[@]}" \
         --port "$port" "${sub[@]}"
       bench_stop_broker
-      kill -TERM "$REPLICA_B_PID" 2>/dev/null || true
-      wait "$REPLICA_B_PID" 2>/dev/null || true
-      REPLICA_B_PID=""
+      for p in $REPLICA_B_PID $REPLICA_C_PID; do
+        kill -TERM "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+      done
+      REPLICA_B_PID="" REPLICA_C_PID=""
     done
   done
 done
@@ -110,5 +121,5 @@ done
 echo
 echo "starling-broker $("$STARLING_BROKER" --version 2>&1 | awk '{print $NF}') (release);" \
   "$(nats-server --version 2>&1 | head -1); $(nproc) cores; raw results: $out"
-python3 scripts/lib/bench_summary.py "$out" single,one-replica,a-to-b \
-  one-replica/single a-to-b/single
+python3 scripts/lib/bench_summary.py "$out" single,one-replica,a-to-b,three \
+  one-replica/single a-to-b/single three/single

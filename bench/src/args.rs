@@ -49,9 +49,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1883)]
     pub(crate) port: u16,
     /// fanin, fanout, latency: the subscribers connect to this port instead of `--port` (another
-    /// replica of the same broker, to measure the way between replicas)
-    #[arg(long)]
-    pub(crate) subscriber_port: Option<u16>,
+    /// replica of the same broker, to measure the way between replicas); several ports
+    /// (comma-separated or repeated) spread the subscribers over them in turn
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) subscriber_port: Vec<u16>,
     /// Seconds of publishing (fanin, fanout, latency) or of holding the connections (conns)
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub(crate) duration: f64,

@@ -54,16 +54,25 @@ pub(crate) async fn run(args: Arc<Args>, flow: Flow) -> io::Result<Value> {
     let epoch = Instant::now();
     let tag = std::process::id();
 
-    // Subscribers on another replica of the same broker, with --subscriber-port.
-    let sub_args = match args.subscriber_port {
-        Some(port) => Arc::new(crate::args::Args {
-            port,
-            ..(*args).clone()
-        }),
-        None => args.clone(),
+    // Subscribers on other replicas of the same broker, in turn, with --subscriber-port.
+    let sub_args: Vec<Arc<crate::args::Args>> = if args.subscriber_port.is_empty() {
+        vec![args.clone()]
+    } else {
+        args.subscriber_port
+            .iter()
+            .map(|&port| {
+                Arc::new(crate::args::Args {
+                    port,
+                    ..(*args).clone()
+                })
+            })
+            .collect()
     };
     let joined = client::gated(&args, flow.subscribers as u32, |i| {
-        let (args, filter) = (sub_args.clone(), flow.filter.clone());
+        let (args, filter) = (
+            sub_args[i as usize % sub_args.len()].clone(),
+            flow.filter.clone(),
+        );
         async move {
             let keep = args.persistent.then_some(SESSION_EXPIRY_SECS);
             let mut c =
