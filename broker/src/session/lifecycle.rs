@@ -11,7 +11,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Inflight, Kick, PendingWill, Session, SessionState};
+use super::{Inflight, Kick, PendingWill, Session, SessionState, SubscriptionRecord};
 use crate::auth::{Credential, Permissions};
 use crate::hook::Verdict;
 use crate::message::Message;
@@ -341,28 +341,11 @@ pub(crate) fn resume_from_cluster(
 ) {
     state.restore_expiry_interval(loaded.expiry_secs);
     for (full, record) in &loaded.subscriptions {
-        let (group, filter) = split_shared(full);
-        match tenant.router.subscribe(
-            session,
-            filter,
-            group,
-            record.options,
-            record.id,
-            usize::MAX,
-        ) {
-            Ok(existed) => {
-                if !existed {
-                    tenant.metrics.subscriptions.inc();
-                    if let Some(group) = group {
-                        tenant.shared_subscribed(group, filter);
-                    }
-                }
-                state.restore_subscription(full, record.clone());
-            }
-            Err(_) => {
-                warn!(tenant = %tenant.name, client_id = %session.client_id, filter = %full,
-                    "a subscription kept in JetStream was not restored");
-            }
+        if route_restored(tenant, session, full, record) {
+            state.restore_subscription(full, record.clone());
+        } else {
+            warn!(tenant = %tenant.name, client_id = %session.client_id, filter = %full,
+                "a subscription kept in JetStream was not restored");
         }
     }
     // QoS 2 deliveries the client had received there: PUBREL goes again from here.
@@ -382,6 +365,35 @@ pub(crate) fn resume_from_cluster(
     if let Some(cs) = tenant.cluster_sessions() {
         cs.adopt(&session.client_id, loaded);
     }
+}
+
+/// Puts a restored subscription of `session` to `full` (a shared one's `$share/<group>/` included)
+/// back in the router, counted like a new one if the router did not hold it yet. Returns false if
+/// the router refused it.
+fn route_restored(
+    tenant: &Arc<Tenant>,
+    session: &Arc<Session>,
+    full: &str,
+    record: &SubscriptionRecord,
+) -> bool {
+    let (group, filter) = split_shared(full);
+    let Ok(existed) = tenant.router.subscribe(
+        session,
+        filter,
+        group,
+        record.options,
+        record.id,
+        usize::MAX,
+    ) else {
+        return false;
+    };
+    if !existed {
+        tenant.metrics.subscriptions.inc();
+        if let Some(group) = group {
+            tenant.shared_subscribed(group, filter);
+        }
+    }
+    true
 }
 
 /// Puts back what `tenant` had in the durable store at start: its retained messages (their
@@ -411,28 +423,11 @@ pub(crate) fn restore_tenant(tenant: &Arc<Tenant>, restored: crate::storage::Res
         // Revocations, key retirements and the tenant's removal reach it as before the restart.
         session.restore_credential(rs.credential);
         for (full, record) in rs.subscriptions {
-            let (group, filter) = split_shared(&full);
-            match tenant.router.subscribe(
-                &session,
-                filter,
-                group,
-                record.options,
-                record.id,
-                usize::MAX,
-            ) {
-                Ok(existed) => {
-                    if !existed {
-                        tenant.metrics.subscriptions.inc();
-                        if let Some(group) = group {
-                            tenant.shared_subscribed(group, filter);
-                        }
-                    }
-                    state.restore_subscription(&full, record);
-                }
-                Err(_) => {
-                    warn!(tenant = %tenant.name, client_id, filter = %full,
-                        "a stored subscription was not restored");
-                }
+            if route_restored(tenant, &session, &full, &record) {
+                state.restore_subscription(&full, record);
+            } else {
+                warn!(tenant = %tenant.name, client_id, filter = %full,
+                    "a stored subscription was not restored");
             }
         }
         for (id, order, entry) in rs.inflight {
