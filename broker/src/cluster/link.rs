@@ -290,15 +290,18 @@ impl Link {
         &self.config
     }
 
-    /// The copies JetStream keeps of the tenants' streams and buckets.
-    pub fn stream_replicas(&self) -> usize {
-        let known = self
-            .client
+    /// The NATS servers known: configured, or announced by the server, whichever are more.
+    fn known_servers(&self) -> usize {
+        self.client
             .server_info()
             .connect_urls
             .len()
-            .max(self.config.nats.len());
-        self.config.resolve_stream_replicas(known)
+            .max(self.config.nats.len())
+    }
+
+    /// The copies JetStream keeps of the tenants' streams and buckets.
+    pub fn stream_replicas(&self) -> usize {
+        self.config.resolve_stream_replicas(self.known_servers())
     }
 
     /// This replica's id.
@@ -356,13 +359,7 @@ impl Link {
     /// The copies of a retained-message bucket: `cluster.retained_replicas`, else the NATS
     /// servers known (configured, or announced by the server), at most 3.
     pub fn bucket_replicas(&self) -> usize {
-        let known = self
-            .client
-            .server_info()
-            .connect_urls
-            .len()
-            .max(self.config.nats.len());
-        self.config.resolve_retained_replicas(known)
+        self.config.resolve_retained_replicas(self.known_servers())
     }
 
     /// The process's metrics.
