@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::link::Link;
+use super::subject::Escaping;
 use crate::message::Message;
 use crate::metrics::JetStreamOp;
 use crate::storage::Failure;
@@ -67,61 +68,21 @@ const MAX_IN_FLIGHT: usize = 256;
 const RETRY: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-fn push_escaped(out: &mut String, s: &str) {
-    if s.is_empty() {
-        out.push('_');
-        return;
-    }
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' {
-            out.push(b as char);
-        } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('_');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xf)] as char);
-        }
-    }
-}
+/// The escaping of tenant names and topic levels in bucket names and keys: letters, digits and
+/// `-` stand for themselves, every other byte is `_XX`, an empty one is `_`.
+const NAMES: Escaping = Escaping {
+    escape: b'_',
+    plain: is_name_plain,
+};
 
-fn unescape(token: &str) -> Option<String> {
-    if token == "_" {
-        return Some(String::new());
-    }
-    let bytes = token.as_bytes();
-    if bytes.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'_' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            if hex.bytes().any(|h| h.is_ascii_lowercase()) {
-                return None;
-            }
-            let v = u8::from_str_radix(hex, 16).ok()?;
-            // One spelling per level: a byte that stands for itself is never escaped.
-            if v.is_ascii_alphanumeric() || v == b'-' {
-                return None;
-            }
-            out.push(v);
-            i += 3;
-        } else if b.is_ascii_alphanumeric() || b == b'-' {
-            out.push(b);
-            i += 1;
-        } else {
-            return None;
-        }
-    }
-    String::from_utf8(out).ok()
+fn is_name_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
 }
 
 /// The bucket of `tenant`'s retained messages.
 pub fn bucket_name(tenant: &str) -> String {
     let mut s = String::from(BUCKET_PREFIX);
-    push_escaped(&mut s, tenant);
+    NAMES.push(&mut s, tenant);
     s
 }
 
@@ -132,14 +93,14 @@ pub fn topic_to_key(topic: &str) -> String {
         if i > 0 {
             key.push('.');
         }
-        push_escaped(&mut key, level);
+        NAMES.push(&mut key, level);
     }
     key
 }
 
 /// The topic a key stands for; `None` when it is not one [`topic_to_key`] writes.
 pub fn key_to_topic(key: &str) -> Option<String> {
-    let levels: Option<Vec<String>> = key.split('.').map(unescape).collect();
+    let levels: Option<Vec<String>> = key.split('.').map(|t| NAMES.decode(t)).collect();
     Some(levels?.join("/"))
 }
 

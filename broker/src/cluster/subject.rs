@@ -32,57 +32,67 @@ fn is_plain(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) && !matches!(b, b'.' | b'*' | b'>' | ESCAPE)
 }
 
-/// Appends one level (or tenant name) as a NATS token.
-pub fn push_token(out: &mut String, level: &str) {
-    if level.is_empty() {
-        out.push(ESCAPE as char);
-        return;
-    }
-    for &b in level.as_bytes() {
-        if is_plain(b) {
-            out.push(b as char);
-        } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push(ESCAPE as char);
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xf)] as char);
-        }
-    }
+/// A reversible byte-wise escaping of names into tokens: a byte `plain` accepts stands for
+/// itself, every other byte is `escape` and two upper-case hex digits, and the empty name is
+/// `escape` alone. Each name has exactly one spelling.
+pub(crate) struct Escaping {
+    pub(crate) escape: u8,
+    pub(crate) plain: fn(u8) -> bool,
 }
 
-/// Reads one token back into the level it stands for; `None` when it is not one that
-/// [`push_token`] writes.
-pub fn decode_token(token: &str) -> Option<String> {
-    if token == "~" {
-        return Some(String::new());
-    }
-    let bytes = token.as_bytes();
-    if bytes.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == ESCAPE {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hi = hex_value(hex[0])?;
-            let lo = hex_value(hex[1])?;
-            let v = (hi << 4) | lo;
-            // Only bytes that must be escaped are: one spelling per level.
-            if is_plain(v) {
-                return None;
+impl Escaping {
+    /// Appends `name` as a token.
+    pub(crate) fn push(&self, out: &mut String, name: &str) {
+        if name.is_empty() {
+            out.push(self.escape as char);
+            return;
+        }
+        for &b in name.as_bytes() {
+            if (self.plain)(b) {
+                out.push(b as char);
+            } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push(self.escape as char);
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
             }
-            out.push(v);
-            i += 3;
-        } else if is_plain(b) {
-            out.push(b);
-            i += 1;
-        } else {
-            return None;
         }
     }
-    String::from_utf8(out).ok()
+
+    /// Reads one token back into the name it stands for; `None` when it is not one that
+    /// [`Escaping::push`] writes.
+    pub(crate) fn decode(&self, token: &str) -> Option<String> {
+        let bytes = token.as_bytes();
+        if bytes == [self.escape] {
+            return Some(String::new());
+        }
+        if bytes.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == self.escape {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hi = hex_value(hex[0])?;
+                let lo = hex_value(hex[1])?;
+                let v = (hi << 4) | lo;
+                // Only bytes that must be escaped are: one spelling per name.
+                if (self.plain)(v) {
+                    return None;
+                }
+                out.push(v);
+                i += 3;
+            } else if (self.plain)(b) {
+                out.push(b);
+                i += 1;
+            } else {
+                return None;
+            }
+        }
+        String::from_utf8(out).ok()
+    }
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -91,6 +101,23 @@ fn hex_value(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// The escaping of levels and tenant names in subjects.
+const LEVELS: Escaping = Escaping {
+    escape: ESCAPE,
+    plain: is_plain,
+};
+
+/// Appends one level (or tenant name) as a NATS token.
+pub fn push_token(out: &mut String, level: &str) {
+    LEVELS.push(out, level);
+}
+
+/// Reads one token back into the level it stands for; `None` when it is not one that
+/// [`push_token`] writes.
+pub fn decode_token(token: &str) -> Option<String> {
+    LEVELS.decode(token)
 }
 
 /// `starling.<tenant>`: every subject of one tenant is under it.
