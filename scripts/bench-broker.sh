@@ -16,16 +16,10 @@
 # `other CPU` row tells how idle it was).
 # Environment: CASES_FILE (one `name|starling-bench arguments` per line instead of the cases
 # below), STARLING_ARGS (more starling-broker flags), NICE (see scripts/lib/bench.sh).
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-export STARLING_ROOT="$root"
 # shellcheck source=scripts/lib/bench.sh
-source scripts/lib/bench.sh
+source "$(dirname "$0")/lib/bench.sh"
 
-out=${1:-/tmp/starling-bench-$(date +%Y%m%d-%H%M%S).jsonl}
-reps=${2:-3}
-only=${3:-.}
+bench_args starling-bench 3 "$@"
 
 cases=(
   "fanin-q0|--scenario fanin --qos 0 --publishers 8 --duration 10"

@@ -19,16 +19,10 @@
 #
 # Not part of CI: it wants an otherwise idle machine (the `other CPU` row tells how idle it was).
 # Environment: NICE (see scripts/lib/bench.sh).
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-export STARLING_ROOT="$root"
 # shellcheck source=scripts/lib/bench.sh
-source scripts/lib/bench.sh
+source "$(dirname "$0")/lib/bench.sh"
 
-out=${1:-/tmp/starling-bench-cluster-$(date +%Y%m%d-%H%M%S).jsonl}
-reps=${2:-3}
-only=${3:-.}
+bench_args starling-bench-cluster 3 "$@"
 
 cases=(
   "fanin-q0|--scenario fanin --qos 0 --publishers 8 --duration 10"

@@ -14,15 +14,10 @@
 #
 # Not part of CI: it wants an otherwise idle machine. REPS defaults to 3, DURATION to 10 s.
 # Environment: NICE (see scripts/lib/bench.sh).
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-export STARLING_ROOT="$root"
 # shellcheck source=scripts/lib/bench.sh
-source scripts/lib/bench.sh
+source "$(dirname "$0")/lib/bench.sh"
 
-out=${1:-/tmp/starling-bench-hook-$(date +%Y%m%d-%H%M%S).jsonl}
-reps=${2:-3}
+bench_args starling-bench-hook 3 "$@"
 duration=${3:-10}
 
 bench_build --example echo_hook

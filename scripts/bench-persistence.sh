@@ -25,16 +25,10 @@
 # RESTART_SESSIONS (default 10000), BROKERS (default "mosquitto starling-memory starling-sync
 # starling-interval"), NICE (see scripts/lib/bench.sh). Not part of CI; it wants an otherwise idle
 # machine (the `other CPU` row says how idle it was).
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-export STARLING_ROOT="$root"
 # shellcheck source=scripts/lib/bench.sh
-source scripts/lib/bench.sh
+source "$(dirname "$0")/lib/bench.sh"
 
-out=${1:-/tmp/starling-bench-persistence-$(date +%Y%m%d-%H%M%S).jsonl}
-reps=${2:-1}
-only=${3:-.}
+bench_args starling-bench-persistence 1 "$@"
 duration=${DURATION:-5}
 retained_count=${RETAINED_COUNT:-20000}
 restart_retained=${RESTART_RETAINED:-100000}

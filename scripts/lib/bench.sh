@@ -1,19 +1,46 @@
 # shellcheck shell=bash
-# What scripts/bench-broker.sh and scripts/bench-hook.sh share: the release builds, brokers on free
-# loopback ports (Debian's Mosquitto with bench/mosquitto.conf, and starling-broker), and one run
-# of starling-bench recorded as one JSON line. Sourced; STARLING_ROOT is the repository.
+# What the benchmark scripts (scripts/bench-*.sh) share: strict mode, the repository root as
+# STARLING_ROOT and working directory, their arguments (bench_args), the release builds, brokers
+# on free loopback ports (Debian's Mosquitto with bench/mosquitto.conf, and starling-broker), and
+# one run of starling-bench recorded as one JSON line. Sourced first thing:
+# `source "$(dirname "$0")/lib/bench.sh"`.
 #
 # Every broker started here is a child of the script, stopped by its PID (SIGTERM, then SIGKILL
 # after 5 s); every generator run is bounded by its own limits and by `timeout`.
 #
 # Environment: NICE (default 0) runs the brokers and the generator at that niceness, the same
 # for all of them (-19 shields the runs from other work on a busy machine; it needs root).
+set -euo pipefail
+STARLING_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export STARLING_ROOT
+cd "$STARLING_ROOT"
 
 # shellcheck source=scripts/lib/setup.sh
 source "$STARLING_ROOT/scripts/lib/setup.sh"
 
 BENCH_NICE=${NICE:-0}
 BROKER_PID=""
+
+# bench_args NAME REPS [OUT.jsonl] [REPS] [THIRD]: the benchmark's arguments. Sets `out` (default
+# /tmp/NAME-<date>.jsonl), `reps` (default REPS; a whole number from 1) and `only` (a case regex,
+# default `.`); `-h` or `--help` prints the script's leading comment and exits.
+bench_args() {
+  local name=$1 default_reps=$2
+  shift 2
+  case "${1:-}" in
+    -h | --help)
+      awk 'NR > 1 && !/^#/ { exit } NR > 1 && !/^# shellcheck/ { sub(/^# ?/, ""); print }' "$0"
+      exit 0
+      ;;
+  esac
+  out=${1:-/tmp/$name-$(date +%Y%m%d-%H%M%S).jsonl}
+  reps=${2:-$default_reps}
+  only=${3:-.}
+  if ! [[ $reps =~ ^[1-9][0-9]*$ ]]; then
+    echo "REPS must be a whole number from 1, not '$reps' (--help says more)" >&2
+    exit 2
+  fi
+}
 
 # Builds starling-broker and starling-bench (release, plus any further `cargo build` arguments)
 # and sets STARLING_BROKER, STARLING_BENCH and TARGET_DIR.
