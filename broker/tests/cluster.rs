@@ -118,6 +118,58 @@ async fn replica(nats: &Nats, id: &str) -> TestBroker {
     .await
 }
 
+/// Replica `id`, once `/readyz` answers 200.
+async fn ready_replica(nats: &Nats, id: &str) -> TestBroker {
+    let broker = replica(nats, id).await;
+    await_readyz(&broker, 200).await;
+    broker
+}
+
+/// A client `id` of `broker` with the subscriptions `filters`, in that order.
+async fn subscriber(broker: &TestBroker, id: &str, filters: &[(&str, QoS)]) -> Raw {
+    let mut c = broker.client(id).await;
+    for &(filter, qos) in filters {
+        c.subscribe(filter, sub_opts(qos)).await;
+    }
+    c
+}
+
+/// Publishes on `c` and asserts the publication was accepted.
+async fn publish_ok(c: &mut Raw, topic: &str, qos: QoS, payload: &[u8]) {
+    assert_eq!(
+        c.publish(topic, qos, payload).await,
+        Some(ReasonCode::SUCCESS),
+        "{topic}"
+    );
+}
+
+async fn puback(c: &mut Raw, packet_id: u16) {
+    c.send(Packet::PubAck(PubAck {
+        packet_id,
+        reason: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    }))
+    .await
+}
+
+async fn pubrec(c: &mut Raw, packet_id: u16) {
+    c.send(Packet::PubRec(PubRec {
+        packet_id,
+        reason: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    }))
+    .await
+}
+
+async fn pubcomp(c: &mut Raw, packet_id: u16) {
+    c.send(Packet::PubComp(starling_codec::PubComp {
+        packet_id,
+        reason: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    }))
+    .await
+}
+
 /// The next PUBLISH, acknowledged (QoS 1: PUBACK; QoS 2: PUBREC), answering the PUBRELs
 /// that arrive before it with PUBCOMP.
 async fn next(c: &mut Raw) -> Publish {
@@ -126,33 +178,12 @@ async fn next(c: &mut Raw) -> Publish {
             Packet::Publish(p) => {
                 match p.qos {
                     QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => {
-                        c.send(Packet::PubAck(PubAck {
-                            packet_id: p.packet_id.unwrap(),
-                            reason: ReasonCode::SUCCESS,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
-                    QoS::ExactlyOnce => {
-                        c.send(Packet::PubRec(PubRec {
-                            packet_id: p.packet_id.unwrap(),
-                            reason: ReasonCode::SUCCESS,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
+                    QoS::AtLeastOnce => puback(c, p.packet_id.unwrap()).await,
+                    QoS::ExactlyOnce => pubrec(c, p.packet_id.unwrap()).await,
                 }
                 return p;
             }
-            Packet::PubRel(PubRel { packet_id, .. }) => {
-                c.send(Packet::PubComp(starling_codec::PubComp {
-                    packet_id,
-                    reason: ReasonCode::SUCCESS,
-                    properties: Default::default(),
-                }))
-                .await
-            }
+            Packet::PubRel(PubRel { packet_id, .. }) => pubcomp(c, packet_id).await,
             other => panic!("expected PUBLISH or PUBREL, got {other:?}"),
         }
     }
@@ -204,11 +235,13 @@ async fn messages_cross_replicas_in_order_once_at_each_qos() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let a = replica(&nats, "a").await;
         let b = replica(&nats, "b").await;
-        let mut on_b = b.client("sub-b").await;
-        on_b.subscribe("t/#", sub_opts(QoS::ExactlyOnce)).await;
-        on_b.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
-        let mut on_a = a.client("sub-a").await;
-        on_a.subscribe("t/#", sub_opts(QoS::ExactlyOnce)).await;
+        let mut on_b = subscriber(
+            &b,
+            "sub-b",
+            &[("t/#", QoS::ExactlyOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
+        let mut on_a = subscriber(&a, "sub-a", &[("t/#", QoS::ExactlyOnce)]).await;
         let mut publisher = a.client("pub-a").await;
         await_link(&mut publisher, &mut on_b).await;
         await_stream(&mut publisher).await;
@@ -235,14 +268,7 @@ async fn messages_cross_replicas_in_order_once_at_each_qos() {
         for c in [&mut on_a, &mut on_b] {
             while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), c.recv()).await {
                 match p {
-                    Packet::PubRel(r) => {
-                        c.send(Packet::PubComp(starling_codec::PubComp {
-                            packet_id: r.packet_id,
-                            reason: ReasonCode::SUCCESS,
-                            properties: Default::default(),
-                        }))
-                        .await
-                    }
+                    Packet::PubRel(r) => pubcomp(c, r.packet_id).await,
                     Packet::Publish(p) if p.topic.as_str().starts_with("probe/") => {}
                     other => panic!("expected nothing more, got {other:?}"),
                 }
@@ -269,9 +295,12 @@ async fn escaped_topics_properties_and_retained_cross_replicas() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let a = replica(&nats, "a").await;
         let b = replica(&nats, "b").await;
-        let mut on_b = b.client("watch-b").await;
-        on_b.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
-        on_b.subscribe("odd/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut on_b = subscriber(
+            &b,
+            "watch-b",
+            &[("probe/#", QoS::AtMostOnce), ("odd/#", QoS::AtLeastOnce)],
+        )
+        .await;
         let mut publisher = a.client("pub-a").await;
         await_link(&mut publisher, &mut on_b).await;
         await_stream(&mut publisher).await;
@@ -300,9 +329,7 @@ async fn escaped_topics_properties_and_retained_cross_replicas() {
         assert_eq!(&next_not_probe(&mut on_b).await.payload[..], b"kept");
         // Once b has read the tenant's retained messages from JetStream (it is ready).
         await_readyz(&b, 200).await;
-        let mut late = b.client("late-b").await;
-        late.subscribe("odd/retained", sub_opts(QoS::AtLeastOnce))
-            .await;
+        let mut late = subscriber(&b, "late-b", &[("odd/retained", QoS::AtLeastOnce)]).await;
         let p = next(&mut late).await;
         assert!(p.retain && &p.payload[..] == b"kept", "{p:?}");
     })
@@ -328,8 +355,7 @@ async fn await_readyz(broker: &TestBroker, status: u16) {
 async fn losing_nats_refuses_durable_publications_and_readiness_until_it_returns() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(90), async {
-        let a = replica(&nats, "a").await;
-        await_readyz(&a, 200).await;
+        let a = ready_replica(&nats, "a").await;
         let mut publisher = a.client("pub").await;
         await_stream(&mut publisher).await;
         let port = nats.port();
@@ -359,8 +385,7 @@ async fn a_second_connection_on_another_replica_takes_the_client_id_over_with_0x
     tokio::time::timeout(Duration::from_secs(60), async {
         let a = replica(&nats, "a").await;
         let b = replica(&nats, "b").await;
-        let mut watch = b.client("watch").await;
-        watch.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut watch = subscriber(&b, "watch", &[("probe/#", QoS::AtMostOnce)]).await;
         let mut first = a.client("device-1").await;
         await_link(&mut first, &mut watch).await;
         let mut second = b.client("device-1").await;
@@ -372,8 +397,7 @@ async fn a_second_connection_on_another_replica_takes_the_client_id_over_with_0x
             .subscribe("still/here", sub_opts(QoS::AtMostOnce))
             .await;
         // A connection with another client id on a is left alone.
-        let mut other = a.client("device-2").await;
-        other.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut other = subscriber(&a, "device-2", &[("probe/#", QoS::AtMostOnce)]).await;
         let mut from_b = b.client("pub-b").await;
         await_link(&mut from_b, &mut other).await;
     })
@@ -387,12 +411,8 @@ async fn a_shared_group_with_members_on_two_replicas_gets_each_message_once() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let a = replica(&nats, "a").await;
         let b = replica(&nats, "b").await;
-        let mut on_a = a.client("member-a").await;
-        on_a.subscribe("$share/g/s/#", sub_opts(QoS::AtLeastOnce))
-            .await;
-        let mut on_b = b.client("member-b").await;
-        on_b.subscribe("$share/g/s/#", sub_opts(QoS::AtLeastOnce))
-            .await;
+        let mut on_a = subscriber(&a, "member-a", &[("$share/g/s/#", QoS::AtLeastOnce)]).await;
+        let mut on_b = subscriber(&b, "member-b", &[("$share/g/s/#", QoS::AtLeastOnce)]).await;
         let mut publisher = a.client("pub-a").await;
         await_stream(&mut publisher).await;
         // Both replicas have joined the group's queue group once each member got a probe.
@@ -427,12 +447,7 @@ async fn a_shared_group_with_members_on_two_replicas_gets_each_message_once() {
                         panic!("expected PUBLISH, got {p:?}")
                     };
                     if p.qos == QoS::AtLeastOnce {
-                        c.send(Packet::PubAck(PubAck {
-                            packet_id: p.packet_id.unwrap(),
-                            reason: ReasonCode::SUCCESS,
-                            properties: Default::default(),
-                        }))
-                        .await;
+                        puback(&mut c, p.packet_id.unwrap()).await;
                     }
                     if p.topic.as_str() == "s/data" {
                         payloads.push(
@@ -527,10 +542,7 @@ async fn a_qos_1_or_2_message_is_acknowledged_once_the_tenants_stream_holds_it()
             } else {
                 (QoS::ExactlyOnce, "$d/two")
             };
-            assert_eq!(
-                publisher.publish(topic, qos, payload.as_bytes()).await,
-                Some(ReasonCode::SUCCESS)
-            );
+            publish_ok(&mut publisher, topic, qos, payload.as_bytes()).await;
             // Acknowledged: the stream has it, as the PUBLISH packet that carries it.
             let last = stream
                 .get_last_raw_message_by_subject(
@@ -546,10 +558,7 @@ async fn a_qos_1_or_2_message_is_acknowledged_once_the_tenants_stream_holds_it()
         }
         // QoS 0 does not load JetStream.
         publisher.publish("d/zero", QoS::AtMostOnce, b"0").await;
-        assert_eq!(
-            publisher.publish("d/one", QoS::AtLeastOnce, b"after").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        publish_ok(&mut publisher, "d/one", QoS::AtLeastOnce, b"after").await;
         let info = stream.info().await.expect("stream info");
         // The first, the 20 and the last; no QoS 0.
         assert_eq!(info.state.messages, 22);
@@ -568,9 +577,12 @@ async fn without_jetstream_qos_1_and_2_are_refused_with_a_reason_and_qos_0_still
         let b = replica(&nats, "b").await;
         // Not ready: QoS 1 and 2 publications would be refused.
         assert_eq!(common::http_get(a.broker.http, "/readyz").await.0, 503);
-        let mut on_b = b.client("sub-b").await;
-        on_b.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
-        on_b.subscribe("j/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut on_b = subscriber(
+            &b,
+            "sub-b",
+            &[("probe/#", QoS::AtMostOnce), ("j/#", QoS::AtLeastOnce)],
+        )
+        .await;
         let mut publisher = a.client("pub-a").await;
         await_link(&mut publisher, &mut on_b).await;
         let (reason, why) = puback_of(&mut publisher, "j/1", b"1", 1).await;
@@ -644,8 +656,7 @@ async fn retained_messages_are_served_by_a_replica_started_later_and_after_every
 {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(90), async {
-        let a = replica(&nats, "a").await;
-        await_readyz(&a, 200).await;
+        let a = ready_replica(&nats, "a").await;
         let mut publisher = a.client("pub-a").await;
         let topics = ["r/1", "r/a.b/*/>/ /é", "$app/r", "r//"];
         for (i, topic) in topics.iter().enumerate() {
@@ -656,8 +667,7 @@ async fn retained_messages_are_served_by_a_replica_started_later_and_after_every
             );
         }
         // Acknowledged once stored: a replica started now has them all when it is ready.
-        let b = replica(&nats, "b").await;
-        await_readyz(&b, 200).await;
+        let b = ready_replica(&nats, "b").await;
         for (i, topic) in topics.iter().enumerate() {
             let p = retained_now(&b, "reader", topic)
                 .await
@@ -665,8 +675,7 @@ async fn retained_messages_are_served_by_a_replica_started_later_and_after_every
             assert_eq!(p.topic.as_str(), *topic);
             assert_eq!(p.payload, format!("retained {i}").as_bytes());
         }
-        let mut wild = b.client("wild").await;
-        wild.subscribe("r/#", sub_opts(QoS::AtLeastOnce)).await;
+        let mut wild = subscriber(&b, "wild", &[("r/#", QoS::AtLeastOnce)]).await;
         let mut got = Vec::new();
         for _ in 0..3 {
             got.push(next(&mut wild).await.topic.as_str().to_owned());
@@ -679,8 +688,7 @@ async fn retained_messages_are_served_by_a_replica_started_later_and_after_every
         a.broker.shutdown().await;
         b.broker.shutdown().await;
         for id in ["a", "b"] {
-            let again = replica(&nats, id).await;
-            await_readyz(&again, 200).await;
+            let again = ready_replica(&nats, id).await;
             for (i, topic) in topics.iter().enumerate() {
                 let p = retained_now(&again, "reader", topic)
                     .await
@@ -698,8 +706,7 @@ async fn retained_messages_are_served_by_a_replica_started_later_and_after_every
 async fn deleting_and_expiring_retained_messages_reach_every_replica() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(90), async {
-        let a = replica(&nats, "a").await;
-        await_readyz(&a, 200).await;
+        let a = ready_replica(&nats, "a").await;
         let mut publisher = a.client("pub-a").await;
         assert_eq!(
             publish_retained(&mut publisher, "d/kept", b"kept", None).await,
@@ -713,8 +720,7 @@ async fn deleting_and_expiring_retained_messages_reach_every_replica() {
             publish_retained(&mut publisher, "d/expires", b"short-lived", Some(3)).await,
             ReasonCode::SUCCESS
         );
-        let b = replica(&nats, "b").await;
-        await_readyz(&b, 200).await;
+        let b = ready_replica(&nats, "b").await;
         await_retained(&b, "d/gone", Some(b"soon deleted")).await;
         let p = retained_now(&b, "reader", "d/expires")
             .await
@@ -751,8 +757,7 @@ async fn deleting_and_expiring_retained_messages_reach_every_replica() {
             "the others stay"
         );
         // A replica started now has only what is left.
-        let c = replica(&nats, "c").await;
-        await_readyz(&c, 200).await;
+        let c = ready_replica(&nats, "c").await;
         assert_eq!(
             retained_now(&c, "reader", "d/kept")
                 .await
@@ -774,8 +779,7 @@ async fn deleting_and_expiring_retained_messages_reach_every_replica() {
 async fn a_retained_qos1_publish_jetstream_does_not_store_is_refused_and_undone() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(60), async {
-        let a = replica(&nats, "a").await;
-        await_readyz(&a, 200).await;
+        let a = ready_replica(&nats, "a").await;
         let mut publisher = a.client("pub-a").await;
         assert_eq!(
             publish_retained(&mut publisher, "kept", b"first", None).await,
@@ -814,10 +818,7 @@ async fn a_retained_qos1_publish_jetstream_does_not_store_is_refused_and_undone(
             .expect("still retained");
         assert_eq!(&p.payload[..], b"first");
         // Other QoS 1 messages are still taken.
-        assert_eq!(
-            publisher.publish("plain", QoS::AtLeastOnce, b"1").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        publish_ok(&mut publisher, "plain", QoS::AtLeastOnce, b"1").await;
     })
     .await
     .expect("within a minute");
@@ -840,10 +841,7 @@ async fn persistent(broker: &TestBroker, id: &str, clean: bool) -> (Raw, bool) {
 async fn await_consumer(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
     tokio::time::timeout(WAIT, async {
         loop {
-            assert_eq!(
-                publisher.publish(topic, QoS::AtLeastOnce, b"r").await,
-                Some(ReasonCode::SUCCESS)
-            );
+            publish_ok(publisher, topic, QoS::AtLeastOnce, b"r").await;
             if let Ok(p) = tokio::time::timeout(Duration::from_millis(200), next(subscriber)).await
             {
                 assert_eq!(p.topic.as_str(), topic);
@@ -853,6 +851,24 @@ async fn await_consumer(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) 
     })
     .await
     .expect("the session's consumer reads");
+}
+
+/// A session of `id` on replica `a` (clean, kept an hour) subscribed to `filter`, and a client of
+/// replica `b` whose QoS 1 publication on `ready` has reached it (the session's consumer reads).
+async fn persistent_subscriber(
+    a: &TestBroker,
+    b: &TestBroker,
+    id: &str,
+    filter: &str,
+    qos: QoS,
+    ready: &str,
+) -> (Raw, Raw) {
+    let (mut sub, present) = persistent(a, id, true).await;
+    assert!(!present);
+    sub.subscribe(filter, sub_opts(qos)).await;
+    let mut publisher = b.client("pub-b").await;
+    await_consumer(&mut publisher, &mut sub, ready).await;
+    (sub, publisher)
 }
 
 /// Reads `n` deliveries on `c`, acknowledging them, skipping late readiness probes.
@@ -876,30 +892,17 @@ async fn collect(c: &mut Raw, n: usize, skip: &str) -> Vec<(String, QoS, String)
 async fn a_persistent_session_resumes_on_another_replica_with_every_message_it_missed() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(90), async {
-        let a = replica(&nats, "a").await;
-        let b = replica(&nats, "b").await;
-        await_readyz(&a, 200).await;
-        await_readyz(&b, 200).await;
-        let (mut sub, present) = persistent(&a, "keeper", true).await;
-        assert!(!present);
-        sub.subscribe("k/#", sub_opts(QoS::ExactlyOnce)).await;
-        let mut publisher = b.client("pub-b").await;
-        await_consumer(&mut publisher, &mut sub, "k/ready").await;
+        let a = ready_replica(&nats, "a").await;
+        let b = ready_replica(&nats, "b").await;
+        let (mut sub, mut publisher) =
+            persistent_subscriber(&a, &b, "keeper", "k/#", QoS::ExactlyOnce, "k/ready").await;
 
         // One QoS 1 message reaches the subscriber on a, which goes without acknowledging it.
-        assert_eq!(
-            publisher.publish("k/one", QoS::AtLeastOnce, b"0").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        publish_ok(&mut publisher, "k/one", QoS::AtLeastOnce, b"0").await;
         let first = loop {
             match sub.recv().await {
                 Packet::Publish(p) if p.topic.as_str() == "k/ready" => {
-                    sub.send(Packet::PubAck(PubAck {
-                        packet_id: p.packet_id.unwrap(),
-                        reason: ReasonCode::SUCCESS,
-                        properties: Default::default(),
-                    }))
-                    .await
+                    puback(&mut sub, p.packet_id.unwrap()).await
                 }
                 Packet::Publish(p) => break p,
                 other => panic!("expected PUBLISH, got {other:?}"),
@@ -912,17 +915,20 @@ async fn a_persistent_session_resumes_on_another_replica_with_every_message_it_m
         const N: usize = 20;
         let mut on_a = a.client("pub-a").await;
         for i in 1..=N {
-            assert_eq!(
-                publisher
-                    .publish("k/one", QoS::AtLeastOnce, i.to_string().as_bytes())
-                    .await,
-                Some(ReasonCode::SUCCESS)
-            );
-            assert_eq!(
-                on_a.publish("k/two", QoS::ExactlyOnce, i.to_string().as_bytes())
-                    .await,
-                Some(ReasonCode::SUCCESS)
-            );
+            publish_ok(
+                &mut publisher,
+                "k/one",
+                QoS::AtLeastOnce,
+                i.to_string().as_bytes(),
+            )
+            .await;
+            publish_ok(
+                &mut on_a,
+                "k/two",
+                QoS::ExactlyOnce,
+                i.to_string().as_bytes(),
+            )
+            .await;
         }
 
         // Resumed on b: the session, its subscription, and every message it had not
@@ -949,23 +955,13 @@ async fn a_persistent_session_resumes_on_another_replica_with_every_message_it_m
         loop {
             match tokio::time::timeout(Duration::from_millis(1500), back.recv()).await {
                 Err(_) => break,
-                Ok(Packet::PubRel(r)) => {
-                    back.send(Packet::PubComp(starling_codec::PubComp {
-                        packet_id: r.packet_id,
-                        reason: ReasonCode::SUCCESS,
-                        properties: Default::default(),
-                    }))
-                    .await
-                }
+                Ok(Packet::PubRel(r)) => pubcomp(&mut back, r.packet_id).await,
                 Ok(Packet::Publish(p)) if p.topic.as_str() == "k/ready" => {}
                 Ok(other) => panic!("expected nothing more, got {other:?}"),
             }
         }
         // The subscription lives on b now: a message published on a reaches it there.
-        assert_eq!(
-            on_a.publish("k/after", QoS::AtLeastOnce, b"x").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        publish_ok(&mut on_a, "k/after", QoS::AtLeastOnce, b"x").await;
         let p = next(&mut back).await;
         assert_eq!((p.topic.as_str(), &p.payload[..]), ("k/after", &b"x"[..]));
         // Replica a let the session go (it gave back what it held, which b got above).
@@ -979,19 +975,12 @@ async fn a_persistent_session_resumes_on_another_replica_with_every_message_it_m
 async fn a_clean_start_on_another_replica_ends_the_session_kept_in_jetstream() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(60), async {
-        let a = replica(&nats, "a").await;
-        let b = replica(&nats, "b").await;
-        await_readyz(&a, 200).await;
-        await_readyz(&b, 200).await;
-        let (mut sub, _) = persistent(&a, "gone", true).await;
-        sub.subscribe("g/#", sub_opts(QoS::AtLeastOnce)).await;
-        let mut publisher = b.client("pub-b").await;
-        await_consumer(&mut publisher, &mut sub, "g/ready").await;
+        let a = ready_replica(&nats, "a").await;
+        let b = ready_replica(&nats, "b").await;
+        let (sub, mut publisher) =
+            persistent_subscriber(&a, &b, "gone", "g/#", QoS::AtLeastOnce, "g/ready").await;
         drop(sub);
-        assert_eq!(
-            publisher.publish("g/x", QoS::AtLeastOnce, b"x").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        publish_ok(&mut publisher, "g/x", QoS::AtLeastOnce, b"x").await;
         let (mut fresh, present) = persistent(&b, "gone", true).await;
         assert!(!present);
         fresh.expect_silence(Duration::from_millis(1500)).await;
@@ -1000,10 +989,7 @@ async fn a_clean_start_on_another_replica_ends_the_session_kept_in_jetstream() {
         // one, without the old subscription or the message queued for it.
         let (mut again, present) = persistent(&a, "gone", false).await;
         assert!(present, "the clean session of b is the one kept now");
-        assert_eq!(
-            publisher.publish("g/y", QoS::AtLeastOnce, b"y").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        publish_ok(&mut publisher, "g/y", QoS::AtLeastOnce, b"y").await;
         again.expect_silence(Duration::from_millis(1500)).await;
     })
     .await
@@ -1014,18 +1000,11 @@ async fn a_clean_start_on_another_replica_ends_the_session_kept_in_jetstream() {
 async fn a_qos_2_delivery_awaiting_pubcomp_moves_with_its_session_and_is_not_sent_again() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(90), async {
-        let a = replica(&nats, "a").await;
-        let b = replica(&nats, "b").await;
-        await_readyz(&a, 200).await;
-        await_readyz(&b, 200).await;
-        let (mut sub, _) = persistent(&a, "twice-never", true).await;
-        sub.subscribe("e/#", sub_opts(QoS::ExactlyOnce)).await;
-        let mut publisher = b.client("pub-b").await;
-        await_consumer(&mut publisher, &mut sub, "e/ready").await;
-        assert_eq!(
-            publisher.publish("e/once", QoS::ExactlyOnce, b"1").await,
-            Some(ReasonCode::SUCCESS)
-        );
+        let a = ready_replica(&nats, "a").await;
+        let b = ready_replica(&nats, "b").await;
+        let (mut sub, mut publisher) =
+            persistent_subscriber(&a, &b, "twice-never", "e/#", QoS::ExactlyOnce, "e/ready").await;
+        publish_ok(&mut publisher, "e/once", QoS::ExactlyOnce, b"1").await;
         // Received and PUBREC'd on a; its PUBREL arrives; the client goes before PUBCOMP.
         let p = loop {
             let p = sub.recv_publish().await;
@@ -1034,12 +1013,7 @@ async fn a_qos_2_delivery_awaiting_pubcomp_moves_with_its_session_and_is_not_sen
             }
         };
         let id = p.packet_id.unwrap();
-        sub.send(Packet::PubRec(PubRec {
-            packet_id: id,
-            reason: ReasonCode::SUCCESS,
-            properties: Default::default(),
-        }))
-        .await;
+        pubrec(&mut sub, id).await;
         loop {
             match sub.recv().await {
                 Packet::PubRel(r) if r.packet_id == id => break,
@@ -1055,12 +1029,7 @@ async fn a_qos_2_delivery_awaiting_pubcomp_moves_with_its_session_and_is_not_sen
             match back.recv().await {
                 Packet::PubRel(r) => {
                     assert_eq!(r.packet_id, id);
-                    back.send(Packet::PubComp(starling_codec::PubComp {
-                        packet_id: id,
-                        reason: ReasonCode::SUCCESS,
-                        properties: Default::default(),
-                    }))
-                    .await;
+                    pubcomp(&mut back, id).await;
                     break;
                 }
                 Packet::Publish(p) if p.topic.as_str() == "e/ready" => {}
@@ -1094,8 +1063,7 @@ async fn metric(broker: &TestBroker, metric: &str) -> f64 {
 async fn a_qos0_flood_is_slowed_to_what_nats_takes_not_dropped() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(120), async {
-        let a = replica(&nats, "a").await;
-        await_readyz(&a, 200).await;
+        let a = ready_replica(&nats, "a").await;
         const PUBLISHERS: usize = 4;
         const N: usize = 50_000;
         let mut flood = bytes::BytesMut::new();
@@ -1221,13 +1189,14 @@ async fn a_deleted_tenants_retained_bucket_is_deleted() {
 async fn a_qos_2_message_received_and_not_released_moves_with_the_publishers_session() {
     let Some(nats) = Nats::start() else { return };
     tokio::time::timeout(Duration::from_secs(60), async {
-        let a = replica(&nats, "a").await;
-        let b = replica(&nats, "b").await;
-        await_readyz(&a, 200).await;
-        await_readyz(&b, 200).await;
-        let mut watch = b.client("watch").await;
-        watch.subscribe("w/#", sub_opts(QoS::ExactlyOnce)).await;
-        watch.subscribe("probe/#", sub_opts(QoS::AtMostOnce)).await;
+        let a = ready_replica(&nats, "a").await;
+        let b = ready_replica(&nats, "b").await;
+        let mut watch = subscriber(
+            &b,
+            "watch",
+            &[("w/#", QoS::ExactlyOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
         let (mut publisher, _) = persistent(&a, "sender", true).await;
         await_link(&mut publisher, &mut watch).await;
         // PUBLISH, PUBREC; the publisher goes before its PUBREL.
@@ -1269,15 +1238,7 @@ async fn a_qos_2_message_received_and_not_released_moves_with_the_publishers_ses
         loop {
             match tokio::time::timeout(Duration::from_millis(1500), watch.recv()).await {
                 Err(_) => break,
-                Ok(Packet::PubRel(r)) => {
-                    watch
-                        .send(Packet::PubComp(starling_codec::PubComp {
-                            packet_id: r.packet_id,
-                            reason: ReasonCode::SUCCESS,
-                            properties: Default::default(),
-                        }))
-                        .await
-                }
+                Ok(Packet::PubRel(r)) => pubcomp(&mut watch, r.packet_id).await,
                 Ok(Packet::Publish(p)) if p.topic.as_str().starts_with("probe/") => {}
                 Ok(other) => panic!("delivered twice: {other:?}"),
             }
