@@ -159,23 +159,7 @@ def verdict(subs, ledger, brokers, seed, complete):
           f"{total_acked} acknowledged, {len(ledger.refused)} refused")
     assert total_acked > 0, "nothing was acknowledged"
     for s in subs:
-        with s.lock:
-            got = dict(s.got)
-            problems += [f"subscriber {s.number}: {w}" for w in s.wrong[:5]]
-        lost = sorted((*stream, q) for stream, seqs in acked.items() if stream[0] != "r"
-                      for q in seqs if got.get((*stream, q), 0) == 0)
-        dups = sorted(key for key, n in got.items() if key[0] == "q2" and n > 1)
-        phantom = sorted(key for key in got if key[2] not in sent.get(key[:2], ()))
-        q1_dups = sum(n - 1 for key, n in got.items() if key[0] == "q1" and n > 1)
-        print(f"subscriber {s.number}: {len(got)} distinct messages, {len(lost)} acknowledged "
-              f"missing, {len(dups)} QoS 2 duplicates, {q1_dups} QoS 1 redeliveries")
-        if lost:
-            problems.append(f"subscriber {s.number}: {len(lost)} acknowledged messages never "
-                            f"arrived, first {lost[:10]}")
-        if dups:
-            problems.append(f"subscriber {s.number}: QoS 2 delivered twice: {dups[:10]}")
-        if phantom:
-            problems.append(f"subscriber {s.number}: never published: {phantom[:10]}")
+        problems += crash.subscriber_problems(s, sent, acked)
     if not complete and not any("never arrived" in p for p in problems):
         problems.append("the wait for every acknowledged message timed out")
     for b in brokers:

@@ -209,6 +209,32 @@ def check_retained(broker, ledger, run):
     return len(want)
 
 
+def subscriber_problems(s, sent, acked):
+    """What one persistent subscriber got against what was sent and acknowledged: prints its
+    summary line and returns its problems (acknowledged messages missing, QoS 2 duplicates,
+    messages never published, what its client reported wrong)."""
+    with s.lock:
+        got = dict(s.got)
+        problems = [f"subscriber {s.number}: {w}" for w in s.wrong[:5]]
+    lost = sorted((*stream, q) for stream, seqs in acked.items() if stream[0] != "r"
+                  for q in seqs if got.get((*stream, q), 0) == 0)
+    dups = sorted(key for key, n in got.items() if key[0] == "q2" and n > 1)
+    phantom = sorted(key for key in got if key[2] not in sent.get(key[:2], ()))
+    extra = sum(1 for (k, p, q) in got if q not in acked.get((k, p), ()))
+    q1_dups = sum(n - 1 for key, n in got.items() if key[0] == "q1" and n > 1)
+    print(f"subscriber {s.number}: {len(got)} distinct messages, {len(lost)} "
+          f"acknowledged missing, {len(dups)} QoS 2 duplicates, {q1_dups} QoS 1 "
+          f"redeliveries, {extra} unacknowledged that arrived anyway")
+    if lost:
+        problems.append(f"subscriber {s.number}: {len(lost)} acknowledged messages "
+                        f"never arrived, first {lost[:10]}")
+    if dups:
+        problems.append(f"subscriber {s.number}: QoS 2 delivered twice: {dups[:10]}")
+    if phantom:
+        problems.append(f"subscriber {s.number}: never published: {phantom[:10]}")
+    return problems
+
+
 def wait_for_everything(subs, ledger, deadline):
     """Waits until every subscriber has every acknowledged q1/q2 message, or the deadline."""
     with ledger.lock:
@@ -317,25 +343,7 @@ def test_acknowledged_messages_survive_the_broker_stopping_at_random_moments(sig
             if ledger.refused:
                 problems.append(f"publishes refused without a full disk: {ledger.refused[:5]}")
             for s in subs:
-                with s.lock:
-                    got = dict(s.got)
-                    problems += [f"subscriber {s.number}: {w}" for w in s.wrong[:5]]
-                lost = sorted((*stream, q) for stream, seqs in acked.items() if stream[0] != "r"
-                              for q in seqs if got.get((*stream, q), 0) == 0)
-                dups = sorted(key for key, n in got.items() if key[0] == "q2" and n > 1)
-                phantom = sorted(key for key in got if key[2] not in sent.get(key[:2], ()))
-                extra = sum(1 for (k, p, q) in got if q not in acked.get((k, p), ()))
-                q1_dups = sum(n - 1 for key, n in got.items() if key[0] == "q1" and n > 1)
-                print(f"subscriber {s.number}: {len(got)} distinct messages, {len(lost)} "
-                      f"acknowledged missing, {len(dups)} QoS 2 duplicates, {q1_dups} QoS 1 "
-                      f"redeliveries, {extra} unacknowledged that arrived anyway")
-                if lost:
-                    problems.append(f"subscriber {s.number}: {len(lost)} acknowledged messages "
-                                    f"never arrived, first {lost[:10]}")
-                if dups:
-                    problems.append(f"subscriber {s.number}: QoS 2 delivered twice: {dups[:10]}")
-                if phantom:
-                    problems.append(f"subscriber {s.number}: never published: {phantom[:10]}")
+                problems += subscriber_problems(s, sent, acked)
             if not complete and not any("never arrived" in p for p in problems):
                 problems.append("the wait for every acknowledged message timed out")
             problems += broker.panics()
