@@ -46,15 +46,21 @@ impl Nats {
     /// On `port` ("-1": one the server picks), with JetStream (a fresh store: what an earlier
     /// server on the port kept is gone).
     fn start_on(port: &str) -> Option<Nats> {
-        Self::launch(port, true)
+        Self::launch(port, true, None)
     }
 
     /// Core NATS only: no JetStream.
     fn start_without_jetstream() -> Option<Nats> {
-        Self::launch("-1", false)
+        Self::launch("-1", false, None)
     }
 
-    fn launch(port: &str, jetstream: bool) -> Option<Nats> {
+    /// With JetStream and the configuration file `config` (its settings under the ones of the
+    /// command line: address, port, JetStream store).
+    fn start_with_config(config: &std::path::Path) -> Option<Nats> {
+        Self::launch("-1", true, Some(config))
+    }
+
+    fn launch(port: &str, jetstream: bool, config: Option<&std::path::Path>) -> Option<Nats> {
         let Some(bin) = nats_server_binary() else {
             println!("skipped: nats-server is not installed (apt-get install nats-server)");
             return None;
@@ -66,6 +72,9 @@ impl Nats {
         if let Some(dir) = &store {
             args.extend(["-js".to_owned(), "-sd".to_owned()]);
             args.push(dir.path().display().to_string());
+        }
+        if let Some(config) = config {
+            args.extend(["-c".to_owned(), config.display().to_string()]);
         }
         let mut child = Command::new(bin)
             .args(&args)
@@ -1246,4 +1255,293 @@ async fn a_qos_2_message_received_and_not_released_moves_with_the_publishers_ses
     })
     .await
     .expect("within a minute");
+}
+
+// === decentralized auth: an account per tenant, a user per broker ===
+
+/// A NATS connection with `creds` and `inbox` whose server errors (permission violations)
+/// come out of the receiver; requests wait at most `timeout`.
+async fn nats_as(
+    nats: &Nats,
+    creds: &std::path::Path,
+    inbox: &str,
+    timeout: Duration,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .expect("a credentials file")
+        .custom_inbox_prefix(inbox)
+        .request_timeout(Some(timeout))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url.as_str())
+        .await
+        .expect("connected with the credentials");
+    (client, rx)
+}
+
+/// Waits for the server to refuse `what` (`Publish` or `Subscription`) on `subject`.
+async fn refused(
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    what: &str,
+    subject: &str,
+) {
+    let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let e = errors.recv().await.expect("the connection lives");
+            if e.contains(&wanted) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never refused: {wanted}"));
+}
+
+/// The NATS server configuration the operator writes for the chart's NATS, on a real server:
+/// the operator's login publishes the accounts of two tenants; two replicas of one, logged in
+/// as the user minted for it, work together (QoS 0 and 1 across replicas, retained, a session
+/// resumed on the other replica); that user is refused every subject, stream, bucket and
+/// inbox of the other tenant, whose account is out of its sight altogether.
+#[tokio::test]
+async fn a_brokers_own_nats_user_serves_its_tenant_across_replicas_and_touches_no_other() {
+    use futures_util::TryStreamExt;
+    use starling_broker::cluster::credentials::{
+        Permissions, ServerKeys, inbox_prefix, now_secs, publish_account,
+    };
+    let keys = ServerKeys::generate();
+    let dir = tempfile::tempdir().expect("a directory");
+    let config = dir.path().join("nats.conf");
+    let accounts = dir.path().join("accounts");
+    std::fs::write(
+        &config,
+        keys.server_config(&accounts.display().to_string(), now_secs())
+            .expect("the server configuration"),
+    )
+    .expect("written");
+    let Some(nats) = Nats::start_with_config(&config) else {
+        return;
+    };
+    let creds_of = |tenant: &str, name: &str, permissions: &Permissions| {
+        let path = dir.path().join(format!("{name}.creds"));
+        let creds = keys
+            .user_creds(tenant, name, permissions, now_secs())
+            .expect("credentials");
+        std::fs::write(&path, creds).expect("written");
+        path
+    };
+    let broker_of = |tenant: &str| {
+        creds_of(
+            tenant,
+            tenant,
+            &Permissions::for_tenants(&[tenant], &inbox_prefix(tenant)),
+        )
+    };
+    // The test brokers' tenant is `default`; another broker's is `other`.
+    let mine = broker_of("default");
+    let theirs = broker_of("other");
+    let (long, short) = (WAIT, Duration::from_millis(500));
+    tokio::time::timeout(Duration::from_secs(120), async {
+        // Without credentials, no way in.
+        assert!(async_nats::connect(nats.url.as_str()).await.is_err());
+        // The operator's login publishes the two tenants' accounts.
+        let publisher_creds = dir.path().join("publisher.creds");
+        std::fs::write(
+            &publisher_creds,
+            keys.publisher_creds(now_secs()).expect("credentials"),
+        )
+        .expect("written");
+        let (publisher_nats, _) = nats_as(&nats, &publisher_creds, "_INBOX", long).await;
+        for tenant in ["default", "other"] {
+            publish_account(
+                &publisher_nats,
+                keys.account_jwt(tenant, now_secs()).expect("jwt"),
+            )
+            .await
+            .expect("the account is published");
+        }
+
+        // (a) Two replicas of `default` logged in as its user: ready (streams set up, the
+        // retained bucket read), messages at QoS 0 and 1 across, retained, a session resumed
+        // on the other replica.
+        let with_creds = |id: &'static str| {
+            let (url, creds) = (nats.url.clone(), mine.clone());
+            TestBroker::with(move |c| {
+                c.cluster.nats = vec![url];
+                c.cluster.replica_id = Some(id.to_owned());
+                c.cluster.creds = Some(creds);
+                c.cluster.inbox_prefix = Some(inbox_prefix("default"));
+            })
+        };
+        let a = with_creds("a").await;
+        let b = with_creds("b").await;
+        await_readyz(&a, 200).await;
+        await_readyz(&b, 200).await;
+        let mut on_b = subscriber(
+            &b,
+            "sub-b",
+            &[("t/#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
+        let mut publisher = a.client("pub-a").await;
+        await_link(&mut publisher, &mut on_b).await;
+        await_stream(&mut publisher).await;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let ack = publisher.publish("t/x", qos, b"across").await;
+            assert!(ack.is_none_or(|r| r == ReasonCode::SUCCESS), "{ack:?}");
+            let p = next_not_probe(&mut on_b).await;
+            assert_eq!((p.qos, &p.payload[..]), (qos, &b"across"[..]));
+        }
+        assert_eq!(
+            publish_retained(&mut publisher, "t/kept", b"kept", None).await,
+            ReasonCode::SUCCESS
+        );
+        await_retained(&b, "t/kept", Some(b"kept")).await;
+        let (sub, mut from_b) =
+            persistent_subscriber(&a, &b, "keeper", "k/#", QoS::AtLeastOnce, "k/ready").await;
+        drop(sub);
+        publish_ok(&mut from_b, "k/missed", QoS::AtLeastOnce, b"m").await;
+        let (mut back, present) = persistent(&b, "keeper", false).await;
+        assert!(present, "session_present=1 on the other replica");
+        let got = collect(&mut back, 1, "k/ready").await;
+        assert_eq!(
+            got,
+            [("k/missed".to_owned(), QoS::AtLeastOnce, "m".to_owned())]
+        );
+
+        // Tenant `other`, through its own user, has a stream with a message and a bucket.
+        let (other, _) = nats_as(&nats, &theirs, &inbox_prefix("other"), long).await;
+        let js_other = async_nats::jetstream::new(other);
+        let stream = starling_broker::cluster::link::stream_name("other");
+        js_other
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: starling_broker::cluster::subject::durable_subjects("other").to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("the other tenant makes its stream");
+        let bucket = starling_broker::cluster::retained::bucket_name("other");
+        js_other
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("the other tenant makes its bucket");
+        js_other
+            .publish("starling.other.dmsg.secret", "s".into())
+            .await
+            .expect("sent")
+            .await
+            .expect("stored");
+
+        // (b) The user of `default` may touch none of it: the server refuses each attempt.
+        let (x, mut errors) = nats_as(&nats, &mine, &inbox_prefix("default"), short).await;
+        for subject in ["starling.other.msg.t", "starling.other.dmsg.t"] {
+            x.publish(subject, "forged".into()).await.expect("sent");
+            refused(&mut errors, "Publish", subject).await;
+        }
+        for subject in [
+            "starling.other.>",
+            "starling.>",
+            "_INBOX_starling.other.>",
+            "_INBOX.>",
+            "$KV.>",
+        ] {
+            let _sub = x.subscribe(subject).await.expect("sent");
+            refused(&mut errors, "Subscription", subject).await;
+        }
+        let js_x = async_nats::jetstream::ContextBuilder::new()
+            .timeout(short)
+            .build(x.clone());
+        assert!(js_x.get_stream(&stream).await.is_err());
+        refused(
+            &mut errors,
+            "Publish",
+            &format!("$JS.API.STREAM.INFO.{stream}"),
+        )
+        .await;
+        assert!(js_x.delete_stream(&stream).await.is_err());
+        refused(
+            &mut errors,
+            "Publish",
+            &format!("$JS.API.STREAM.DELETE.{stream}"),
+        )
+        .await;
+        assert!(js_x.get_key_value(&bucket).await.is_err());
+        refused(
+            &mut errors,
+            "Publish",
+            &format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+        )
+        .await;
+        let forged = format!("$KV.{bucket}.forged");
+        x.publish(forged.clone(), "f".into()).await.expect("sent");
+        refused(&mut errors, "Publish", &forged).await;
+        assert!(
+            js_x.create_consumer_on_stream(
+                async_nats::jetstream::consumer::pull::Config::default(),
+                stream.as_str()
+            )
+            .await
+            .is_err()
+        );
+        refused(
+            &mut errors,
+            "Publish",
+            &format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        )
+        .await;
+        x.publish("starling-sessions.other.6b", "f".into())
+            .await
+            .expect("sent");
+        refused(&mut errors, "Publish", "starling-sessions.other.6b").await;
+
+        // The other tenant's data is untouched, and the user of `default` reaches its own.
+        let mut s = js_other.get_stream(&stream).await.expect("its stream");
+        assert_eq!(s.info().await.expect("info").state.messages, 1);
+        let own = starling_broker::cluster::link::stream_name("default");
+        assert!(js_x.get_stream(&own).await.is_ok());
+
+        // Each tenant is an account of its own: even a user of `default` allowed every
+        // subject (which no broker gets) sees no stream of `other`; in one shared account it
+        // could have made a stream of its own sourcing the other tenant's.
+        let everything = Permissions {
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+        };
+        let wide = creds_of("default", "wide", &everything);
+        let (w, _) = nats_as(&nats, &wide, "_INBOX", long).await;
+        let js_w = async_nats::jetstream::new(w);
+        let missing = js_w
+            .get_stream(&stream)
+            .await
+            .expect_err("not in this account");
+        assert!(missing.to_string().contains("not found"), "{missing}");
+        let mut names: Vec<String> = js_w.stream_names().try_collect().await.expect("names");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "KV_starling-retained-default".to_owned(),
+                own.clone(),
+                format!("{own}_SESSIONS"),
+            ]
+        );
+    })
+    .await
+    .expect("within two minutes");
 }

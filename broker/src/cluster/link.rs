@@ -186,6 +186,9 @@ impl Link {
                 anyhow::anyhow!("cannot read cluster.creds {}: {e}", creds.display())
             })?;
         }
+        if let Some(prefix) = &config.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
         if let Some(ca) = &config.tls_ca {
             options = options.add_root_certificates(ca.clone());
         }

@@ -3,6 +3,7 @@
 //! [`subject`] maps MQTT topics and filters onto NATS subjects, exactly and reversibly, under a
 //! prefix per tenant. Without `[cluster]` none of this is used and the broker is a single node.
 
+pub mod credentials;
 pub mod link;
 pub mod retained;
 pub mod sessions;
@@ -69,6 +70,11 @@ pub struct ClusterConfig {
     pub token: Option<Secret>,
     /// A NATS credentials file (JWT and NKey seed).
     pub creds: Option<PathBuf>,
+    /// The prefix of this replica's inbox subjects (replies to its requests, its consumers'
+    /// deliveries), `_INBOX` when absent. A NATS shared by several brokers gives each its own
+    /// ([`credentials::inbox_prefix`]) and lets each subscribe only under it, so no broker
+    /// reads another's replies.
+    pub inbox_prefix: Option<String>,
     /// PEM bundle of CAs that sign the NATS servers' certificates (for `tls://` URLs); the
     /// system roots when absent.
     pub tls_ca: Option<PathBuf>,
@@ -107,6 +113,7 @@ impl Default for ClusterConfig {
             password: None,
             token: None,
             creds: None,
+            inbox_prefix: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -132,6 +139,7 @@ impl ClusterConfig {
             || self.password.is_some()
             || self.token.is_some()
             || self.creds.is_some()
+            || self.inbox_prefix.is_some()
             || self.tls_ca.is_some()
             || self.tls_cert.is_some()
             || self.tls_key.is_some()
@@ -161,6 +169,20 @@ impl ClusterConfig {
         if let Some(id) = &self.replica_id {
             if let Err(e) = check_replica_id(id) {
                 problems.push(format!("cluster.replica_id {e}"));
+            }
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            let ok = !prefix.is_empty()
+                && prefix.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| (0x21..=0x7e).contains(&b) && b != b'*' && b != b'>')
+                });
+            if !ok {
+                problems.push(
+                    "cluster.inbox_prefix must be NATS subject tokens (no wildcards, spaces or empty tokens)"
+                        .into(),
+                );
             }
         }
         if self.user.is_some() != self.password.is_some() {
@@ -284,10 +306,11 @@ mod tests {
             token: Some(Secret::new("t")),
             tls_cert: Some("c.pem".into()),
             retained_replicas: Some(6),
+            inbox_prefix: Some("_INBOX.a.>".into()),
             ..ClusterConfig::default()
         };
         let p = c.problems();
-        assert_eq!(p.len(), 7, "{p:?}");
+        assert_eq!(p.len(), 8, "{p:?}");
         let streams = ClusterConfig {
             nats: vec!["nats://ok:4222".into()],
             stream_replicas: Some(6),
