@@ -1,4 +1,4 @@
-//! The NATS connection of one replica: every message published here is sent to the other
+//! The NATS connections of one replica: every message published here is sent to the other
 //! replicas, and every message they publish is routed to this replica's subscribers.
 //!
 //! A message travels as the MQTT 5.0 PUBLISH packet that carries it (topic, QoS, RETAIN,
@@ -6,6 +6,10 @@
 //! its tenant and topic ([`super::subject`]), with two headers: the replica that sent it
 //! (`Starling-Origin`, so a replica never routes its own messages twice) and the publisher's
 //! client id (`Starling-Publisher`, escaped as a subject token, for No Local).
+//!
+//! Two connections: the one everything is sent on does not echo (the server never sends a
+//! replica's own messages back to it); the shared groups' queue subscriptions are on a second
+//! one, which does, because NATS may give a queue group's message to this replica's member.
 //!
 //! Order: one bounded queue and one task send this replica's messages in the order they were
 //! published, over one connection; NATS keeps that order to each subscriber, and each tenant
@@ -93,7 +97,10 @@ const MAX_PACKET: u32 = 268_435_460;
 /// One replica's link to the others.
 #[derive(Debug)]
 pub struct Link {
+    /// The connection messages are sent and received on (no echo).
     client: Client,
+    /// The connection of the shared groups' queue subscriptions (with echo).
+    groups: Client,
     js: jetstream::Context,
     replica: Arc<str>,
     send: mpsc::Sender<Outgoing>,
@@ -149,56 +156,21 @@ impl Link {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Link>> {
-        let events_replica = replica.clone();
         let (connected_tx, connected) = tokio::sync::watch::channel(0u64);
         let connected_tx = Arc::new(connected_tx);
-        let events_connected = connected_tx.clone();
-        let mut options = ConnectOptions::new()
-            .name(format!("starling-broker {replica}"))
-            .event_callback(move |event| {
-                let replica = events_replica.clone();
-                let connected = events_connected.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            // The streams are checked again: the servers may have lost them.
-                            connected.send_modify(|n| *n += 1);
-                            info!(%replica, "cluster: connected to NATS");
-                        }
-                        async_nats::Event::Disconnected => warn!(
-                            %replica,
-                            "cluster: NATS connection lost; QoS 1 and 2 publications are refused and /readyz fails until it returns"
-                        ),
-                        other => warn!(%replica, event = %other, "cluster: NATS"),
-                    }
-                }
-            })
-            .retry_on_initial_connect()
-            .max_reconnects(None);
-        if let (Some(user), Some(password)) = (&config.user, &config.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_owned());
-        }
-        if let Some(token) = &config.token {
-            options = options.token(token.expose().to_owned());
-        }
-        if let Some(creds) = &config.creds {
-            options = options.credentials_file(creds).await.map_err(|e| {
-                anyhow::anyhow!("cannot read cluster.creds {}: {e}", creds.display())
-            })?;
-        }
-        if let Some(prefix) = &config.inbox_prefix {
-            options = options.custom_inbox_prefix(prefix);
-        }
-        if let Some(ca) = &config.tls_ca {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        if config.nats.iter().any(|u| u.starts_with("tls://")) {
-            options = options.require_tls(true);
-        }
-        let client = options
+        // The connection everything is sent on: the server does not echo its messages back
+        // (each replica has routed its own already), which halves what it reads from NATS.
+        let client = connect_options(config, &replica, "", Some(connected_tx.clone()))
+            .await?
+            .no_echo()
+            .connect(config.nats.as_slice())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
+        // The connection of the shared groups' queue subscriptions: NATS gives a message to one
+        // member of a queue group, which may be this replica, and a connection without echo
+        // would never receive its own (the group would lose them).
+        let groups = connect_options(config, &replica, " groups", None)
+            .await?
             .connect(config.nats.as_slice())
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to NATS: {e}"))?;
@@ -216,6 +188,7 @@ impl Link {
         );
         let link = Arc::new(Link {
             client: client.clone(),
+            groups,
             js: js.clone(),
             replica: replica.into(),
             send,
@@ -315,6 +288,7 @@ impl Link {
     /// Whether the connection to NATS is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+            && self.groups.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Whether every tenant's retained messages have been read from JetStream once, and its
@@ -586,7 +560,7 @@ impl Link {
                 (done.clone(), queue.clone(), group.clone(), filter.clone());
             let name = tenant.name.clone();
             tokio::spawn(async move {
-                let mut sub = match link.client.queue_subscribe(subject, queue).await {
+                let mut sub = match link.groups.queue_subscribe(subject, queue).await {
                     Ok(s) => s,
                     Err(e) => {
                         link.metrics.cluster_errors.inc();
@@ -730,6 +704,67 @@ impl Link {
     }
 }
 
+/// The options of a connection of replica `replica` to the NATS servers of `config`, named
+/// `starling-broker <replica><suffix>`: its credentials and TLS, retrying forever. `connected`,
+/// when given, is bumped on each (re)connection (the tenants' streams are then checked again).
+async fn connect_options(
+    config: &ClusterConfig,
+    replica: &str,
+    suffix: &str,
+    connected: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+) -> anyhow::Result<ConnectOptions> {
+    let events_replica: Arc<str> = format!("{replica}{suffix}").into();
+    let mut options = ConnectOptions::new()
+        .name(format!("starling-broker {replica}{suffix}"))
+        .event_callback(move |event| {
+            let replica = events_replica.clone();
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        // The streams are checked again: the servers may have lost them.
+                        if let Some(connected) = connected {
+                            connected.send_modify(|n| *n += 1);
+                        }
+                        info!(%replica, "cluster: connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => warn!(
+                        %replica,
+                        "cluster: NATS connection lost; QoS 1 and 2 publications are refused and /readyz fails until it returns"
+                    ),
+                    other => warn!(%replica, event = %other, "cluster: NATS"),
+                }
+            }
+        })
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_owned());
+    }
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read cluster.creds {}: {e}", creds.display()))?;
+    }
+    if let Some(prefix) = &config.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.nats.iter().any(|u| u.starts_with("tls://")) {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
+
 /// What a failed JetStream publication means for the publisher.
 fn publish_failure(e: &jetstream::context::PublishError) -> Failure {
     match e.kind() {
@@ -750,11 +785,20 @@ fn publish_failure(e: &jetstream::context::PublishError) -> Failure {
     }
 }
 
-/// Measures the round trip to NATS (a message to this replica's own inbox, through the
-/// server) and checks that JetStream answers, every [`PROBE_EVERY`], until the broker stops.
+/// Measures the round trip to NATS (a message from the replica's connection, which the server
+/// does not echo, to an inbox of its shared groups' connection) and checks that JetStream
+/// answers, every [`PROBE_EVERY`], until the broker stops.
 async fn probe(link: std::sync::Weak<Link>, stop: CancellationToken) {
     let mut echo: Option<(async_nats::Subject, async_nats::Subscriber)> = None;
     loop {
+        if echo.is_none() {
+            // Subscribed a round before it is used: by then the servers know of it.
+            let Some(link) = link.upgrade() else { return };
+            let inbox = link.groups.new_inbox();
+            if let Ok(sub) = link.groups.subscribe(inbox.clone()).await {
+                echo = Some((inbox.into(), sub));
+            }
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(PROBE_EVERY) => {}
@@ -762,12 +806,6 @@ async fn probe(link: std::sync::Weak<Link>, stop: CancellationToken) {
         let Some(link) = link.upgrade() else { return };
         if !link.is_connected() {
             continue;
-        }
-        if echo.is_none() {
-            let inbox = link.client.new_inbox();
-            if let Ok(sub) = link.client.subscribe(inbox.clone()).await {
-                echo = Some((inbox.into(), sub));
-            }
         }
         if let Some((inbox, sub)) = echo.as_mut() {
             let started = tokio::time::Instant::now();
