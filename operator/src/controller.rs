@@ -697,7 +697,7 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let client = ctx.client.clone();
     let credentials = desired_credentials_secret(b, &reg.credentials);
-    let nats = nats_credentials(ctx).await?;
+    let nats = nats_credentials(ctx, b, &ns, &reg.credentials.broker_id).await?;
     let config = desired_config_map(b, &ctx.settings.broker_hook, nats.as_ref())?;
     let mut checksum = config_checksum(&config, &credentials);
     if let Some(n) = &nats {
@@ -753,15 +753,24 @@ async fn apply_workload(b: &Broker, ctx: &Context, reg: &Registration) -> Result
 
 /// The brokers' NATS credentials and TLS files, read from the Secrets the operator's settings
 /// name in its own namespace; `None` when they name none. A missing or malformed Secret is an
-/// error naming the Secret and the keys, never a value.
-async fn nats_credentials(ctx: &Context) -> Result<Option<resources::NatsCredentials>> {
+/// error naming the Secret and the keys, never a value. On the chart's NATS (`nats_auth`), the
+/// broker's account (tenant `broker_id`) is published to NATS and its own user goes in place of
+/// a shared credential: the one already in `<name>-nats` while it fits, else a new one.
+async fn nats_credentials(
+    ctx: &Context,
+    b: &Broker,
+    ns: &str,
+    broker_id: &str,
+) -> Result<Option<resources::NatsCredentials>> {
     let names = &ctx.settings.cluster_secrets;
-    if !names.any() || ctx.settings.cluster_nats.is_empty() {
+    let auth = ctx.settings.nats_auth.as_ref();
+    if (!names.any() && auth.is_none()) || ctx.settings.cluster_nats.is_empty() {
         return Ok(None);
     }
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace);
     let mut read = Vec::new();
-    for name in [&names.auth, &names.tls] {
+    let shared = if auth.is_some() { &None } else { &names.auth };
+    for name in [shared, &names.tls] {
         match name {
             Some(n) => match api.get_opt(n).await? {
                 Some(s) => read.push(Some(s)),
@@ -775,9 +784,23 @@ async fn nats_credentials(ctx: &Context) -> Result<Option<resources::NatsCredent
             None => read.push(None),
         }
     }
-    resources::NatsCredentials::from_secrets(read[0].as_ref(), read[1].as_ref())
-        .map(Some)
-        .map_err(Error::NatsCredentials)
+    let credentials = resources::NatsCredentials::from_secrets(read[0].as_ref(), read[1].as_ref())
+        .map_err(Error::NatsCredentials)?;
+    let Some(auth) = auth else {
+        return Ok(Some(credentials));
+    };
+    auth.publish_account(broker_id).await.map_err(|e| {
+        Error::NatsCredentials(format!("the broker's NATS account was not published: {e}"))
+    })?;
+    let existing = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&resources::names::nats(b))
+        .await?
+        .and_then(|s| s.data?.remove(resources::CREDS_KEY))
+        .and_then(|v| String::from_utf8(v.0).ok());
+    let login = auth
+        .broker_login(broker_id, existing.as_deref())
+        .map_err(|e| Error::NatsCredentials(e.to_string()))?;
+    Ok(Some(credentials.with_login(&login)))
 }
 
 /// Applies `b`'s PodDisruptionBudget when it runs more than one replica and the API server

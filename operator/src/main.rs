@@ -79,6 +79,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
         network_policy: args.monitoring_namespace.clone(),
         cluster_nats: args.broker_cluster_nats.clone(),
         cluster_secrets: ClusterSecrets::default(),
+        nats_auth: None,
     };
     let mut out = String::new();
     for object in starling_operator::render::render(&broker, &settings)? {
@@ -143,6 +144,25 @@ struct RunArgs {
     /// client certificate, `tls.crt` and `tls.key`; copied like --broker-cluster-secret.
     #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET")]
     broker_cluster_tls_secret: Option<String>,
+    /// For the chart's NATS: a Secret in the operator's namespace with the NATS operator and
+    /// system account keys (created once when missing, never changed). Each Broker then gets a
+    /// NATS account and a user of its own, which may touch only its tenant, in place of
+    /// --broker-cluster-secret. Needs --broker-cluster-nats-config.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_NATS_KEYS")]
+    broker_cluster_nats_keys: Option<String>,
+    /// With --broker-cluster-nats-keys: the Secret in the operator's namespace the operator
+    /// writes the NATS servers' auth configuration to (`auth.conf`, which they include).
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_NATS_CONFIG")]
+    broker_cluster_nats_config: Option<String>,
+    /// With --broker-cluster-nats-keys: the NATS URLs the operator publishes accounts through
+    /// (repeatable or comma-separated); --broker-cluster-nats when unset.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_NATS_ACCOUNTS_URL",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    nats_accounts_url: Vec<String>,
     /// Timeout of one on-publish hook request of every broker, in milliseconds; the broker's
     /// default when unset.
     #[arg(long, env = "STARLING_OPERATOR_BROKER_HOOK_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
@@ -329,7 +349,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
 
-    let settings = Settings {
+    let mut settings = Settings {
         default_image: args.broker_image.clone(),
         control_plane_url: args
             .control_plane_url
@@ -368,6 +388,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
         },
+        nats_auth: None,
     };
     info!(broker_hook = ?settings.broker_hook, "hook address rules for every broker");
     info!(tenancy_allow = ?settings.tenancy, "pub/sub namespaces beyond each Kubernetes namespace's own");
@@ -396,6 +417,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         for s in &created {
             info!(secret = %s.metadata.name.as_deref().unwrap_or_default(), namespace = %args.lease_namespace, "generated");
         }
+    }
+    // The chart's NATS: its auth configuration, and the connection accounts are published on.
+    let nats_keys = args
+        .broker_cluster_nats_keys
+        .as_deref()
+        .filter(|s| !s.trim().is_empty());
+    if let Some(keys_name) = nats_keys {
+        let config_name = args
+            .broker_cluster_nats_config
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .context("--broker-cluster-nats-keys needs --broker-cluster-nats-config")?;
+        anyhow::ensure!(
+            !settings.cluster_nats.is_empty(),
+            "--broker-cluster-nats-keys needs --broker-cluster-nats"
+        );
+        let keys = starling_operator::nats_auth::ensure(
+            &Api::namespaced(client.clone(), &args.lease_namespace),
+            &args.lease_namespace,
+            keys_name,
+            config_name,
+        )
+        .await
+        .context("setting up the NATS auth")?;
+        let urls: Vec<String> = args
+            .nats_accounts_url
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let urls = if urls.is_empty() {
+            settings.cluster_nats.clone()
+        } else {
+            urls
+        };
+        let publisher = starling_operator::nats_auth::NatsPublisher::connect(&keys, &urls)
+            .await
+            .context("connecting to NATS")?;
+        info!(
+            servers = urls.len(),
+            "each Broker gets a NATS account and user of its own"
+        );
+        settings.nats_auth = Some(std::sync::Arc::new(
+            starling_operator::nats_auth::NatsAuth::new(keys, std::sync::Arc::new(publisher)),
+        ));
     }
     let token = wait_for_token(
         &args.api_token_file,

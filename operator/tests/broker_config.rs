@@ -183,3 +183,41 @@ fn the_broker_reads_the_nats_files_the_config_names_and_the_password_from_its_en
     let logged = serde_json::to_string(&config).expect("serializes");
     assert!(!logged.contains("pw-not-logged"), "{logged}");
 }
+
+/// With the chart's NATS, the operator mints the broker's own NATS user: `broker.toml` names
+/// its credentials file and the inbox prefix its permissions allow, and the broker reads both.
+#[tokio::test]
+async fn the_broker_reads_the_login_the_operator_minted_for_it() {
+    use starling_broker::cluster::credentials::ServerKeys;
+    use starling_operator::nats_auth::{AccountPublisher, NatsAuth};
+    use starling_operator::resources::{NatsCredentials, render_config_with};
+    struct Nowhere;
+    #[async_trait::async_trait]
+    impl AccountPublisher for Nowhere {
+        async fn publish(&self, _: String) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let auth = NatsAuth::new(ServerKeys::generate(), std::sync::Arc::new(Nowhere));
+    let login = auth.broker_login("brk_1", None).expect("minted");
+    let creds = NatsCredentials::from_secrets(None, None)
+        .expect("nothing shared")
+        .with_login(&login);
+    let b = broker(serde_json::json!({"replicas": 3}));
+    let text = render_config_with(&b, &BrokerHook::default(), Some(&creds)).expect("renders");
+    assert!(!text.contains("NKEY"), "{text}");
+    let dir = std::env::temp_dir().join(format!("starling-operator-login-{}", std::process::id()));
+    let mut flags = pod_flags(&dir);
+    flags.cluster_nats = vec!["nats://starling-nats-0.starling-nats-headless:4222".to_owned()];
+    let config = Config::load(Some(&text), Vec::<(String, String)>::new(), &flags);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = config.unwrap_or_else(|e| panic!("the broker rejected it: {e}"));
+    assert_eq!(
+        config.cluster.creds.as_deref(),
+        Some(std::path::Path::new("/etc/starling/nats/nats.creds"))
+    );
+    assert_eq!(
+        config.cluster.inbox_prefix.as_deref(),
+        Some("_INBOX_starling.brk_1")
+    );
+}

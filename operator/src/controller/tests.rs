@@ -1581,6 +1581,7 @@ async fn nats_credentials_reach_each_brokers_pods_through_its_own_secret_never_t
             auth: Some("starling-nats-auth".to_owned()),
             tls: None,
         },
+        nats_auth: None,
         ..settings()
     });
     let mut b = finalized(json!({}));

@@ -31,7 +31,7 @@ pub(crate) const PASSWORD_KEY: &str = "password";
 /// See [`USER_KEY`].
 pub(crate) const TOKEN_KEY: &str = "token";
 /// See [`USER_KEY`].
-pub(crate) const CREDS_KEY: &str = "nats.creds";
+pub const CREDS_KEY: &str = "nats.creds";
 /// Keys of the TLS Secret: `ca.crt` (the NATS servers' CA), and for a client certificate
 /// `tls.crt` with `tls.key`.
 pub(crate) const CA_KEY: &str = "ca.crt";
@@ -62,6 +62,8 @@ impl ClusterSecrets {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NatsCredentials {
     data: BTreeMap<String, ByteString>,
+    /// The inbox prefix the broker's NATS user is allowed (not secret: it goes to `[cluster]`).
+    inbox_prefix: Option<String>,
 }
 
 fn entry(s: Option<&Secret>, key: &str) -> Option<ByteString> {
@@ -119,7 +121,24 @@ impl NatsCredentials {
                 "the NATS TLS Secret has neither {CA_KEY:?} nor {CERT_KEY:?}/{KEY_KEY:?}"
             ));
         }
-        Ok(NatsCredentials { data })
+        Ok(NatsCredentials {
+            data,
+            inbox_prefix: None,
+        })
+    }
+
+    /// These credentials with the login the operator minted for the broker (its own NATS user
+    /// on the chart's NATS) in place of any user, password, token or credentials file.
+    pub fn with_login(mut self, login: &crate::nats_auth::BrokerLogin) -> Self {
+        for key in [USER_KEY, PASSWORD_KEY, TOKEN_KEY] {
+            self.data.remove(key);
+        }
+        self.data.insert(
+            CREDS_KEY.to_owned(),
+            ByteString(login.creds.clone().into_bytes()),
+        );
+        self.inbox_prefix = Some(login.inbox_prefix.clone());
+        self
     }
 
     fn has(&self, key: &str) -> bool {
@@ -150,6 +169,8 @@ pub(crate) struct ClusterToml {
     #[serde(skip_serializing_if = "Option::is_none")]
     creds: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    inbox_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tls_ca: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_cert: Option<String>,
@@ -163,6 +184,7 @@ impl ClusterToml {
         let path = |key: &str| creds.has(key).then(|| format!("{NATS_DIR}/{key}"));
         let t = ClusterToml {
             creds: path(CREDS_KEY),
+            inbox_prefix: creds.inbox_prefix.clone(),
             tls_ca: path(CA_KEY),
             tls_cert: path(CERT_KEY),
             tls_key: path(KEY_KEY),
@@ -270,6 +292,42 @@ mod tests {
                 .as_ref()
                 .and_then(|s| s.secret_name.as_deref())
                 == Some("sensors-nats"))
+        );
+    }
+
+    #[test]
+    fn a_minted_login_replaces_any_shared_credential_in_the_brokers_secret() {
+        let b = broker(serde_json::json!({"replicas": 3}));
+        let login = crate::nats_auth::BrokerLogin {
+            creds: "-----BEGIN NATS USER JWT-----\nminted\n".to_owned(),
+            inbox_prefix: "_INBOX_starling.brk_1".to_owned(),
+        };
+        let creds = NatsCredentials::from_secrets(
+            Some(&secret(&[("token", "shared-token")])),
+            Some(&secret(&[("ca.crt", "CA")])),
+        )
+        .unwrap()
+        .with_login(&login);
+        let copy = desired_nats_secret(&b, &creds);
+        let data = copy.data.unwrap();
+        assert_eq!(
+            data.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["ca.crt", "nats.creds"],
+            "the shared token is gone"
+        );
+        assert_eq!(data["nats.creds"].0, login.creds.as_bytes());
+        let toml = toml::to_string(&ClusterToml::for_credentials(&creds).unwrap()).unwrap();
+        assert_eq!(
+            toml,
+            "creds = \"/etc/starling/nats/nats.creds\"\ninbox_prefix = \"_INBOX_starling.brk_1\"\n\
+             tls_ca = \"/etc/starling/nats/ca.crt\"\n"
+        );
+        let mut d = desired_deployment(&b, &settings(), "brk_1", "sum");
+        apply_nats_credentials(&mut d, &b, &creds);
+        let rendered = serde_json::to_string(&d).unwrap();
+        assert!(
+            !rendered.contains("minted") && !rendered.contains("CLUSTER__TOKEN"),
+            "{rendered}"
         );
     }
 

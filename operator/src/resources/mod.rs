@@ -23,7 +23,8 @@ mod storage;
 
 pub use certificate::{certificate_resource, desired_certificate};
 pub use cluster::{
-    ClusterSecrets, NATS_DIR, NatsCredentials, apply_nats_credentials, desired_nats_secret,
+    CREDS_KEY, ClusterSecrets, NATS_DIR, NatsCredentials, apply_nats_credentials,
+    desired_nats_secret,
 };
 pub use config::{
     BrokerHook, CONFIG_KEY, InvalidHost, allowed_host, desired_config_map, render_config,
@@ -66,6 +67,9 @@ pub struct Settings {
     pub cluster_nats: Vec<String>,
     /// Where the brokers' NATS credentials and TLS files come from.
     pub cluster_secrets: ClusterSecrets,
+    /// On the chart's NATS: an account and a user per Broker, minted by the operator (then
+    /// `cluster_secrets.auth` is not used).
+    pub nats_auth: Option<std::sync::Arc<crate::nats_auth::NatsAuth>>,
 }
 
 /// Object names derived from the Broker's name.
@@ -231,6 +235,7 @@ pub(crate) mod fixtures {
             network_policy: None,
             cluster_nats: Vec::new(),
             cluster_secrets: super::ClusterSecrets::default(),
+            nats_auth: None,
         }
     }
 }
