@@ -137,6 +137,16 @@ impl Router {
         self.route_with(message, out, false);
     }
 
+    /// Whether an ordinary subscription (not a shared one) matches `topic`: a message
+    /// published there on another replica need not even be decoded when none does.
+    pub fn has_ordinary(&self, topic: &str) -> bool {
+        let levels: smallvec::SmallVec<[&str; 8]> = topic.split('/').collect();
+        let root = self.root.read();
+        let mut hits: smallvec::SmallVec<[&Node; 8]> = smallvec::SmallVec::new();
+        collect(&root, &levels, true, &mut hits);
+        hits.iter().any(|n| !n.subscribers.is_empty())
+    }
+
     fn route_with(&self, message: &Arc<Message>, out: &mut Vec<Routed>, shared: bool) {
         let topic = message.topic.as_str();
         let levels: smallvec::SmallVec<[&str; 8]> = topic.split('/').collect();

@@ -57,6 +57,8 @@ pub struct Tenant {
     started: Instant,
     /// The other replicas of the broker (`[cluster]`).
     cluster: std::sync::OnceLock<Arc<crate::cluster::link::Link>>,
+    /// With a cluster: the subject its QoS 0 messages travel on, in frames.
+    batch_subject: std::sync::OnceLock<async_nats::Subject>,
     /// With a cluster: when each client id connected here last (Unix ms), to tell which of two
     /// connections with one client id on two replicas is the newer.
     connected_at: Mutex<HashMap<Arc<str>, u64>>,
@@ -116,6 +118,7 @@ impl Tenant {
             retained_logged_at: AtomicU64::new(0),
             started: Instant::now(),
             cluster: std::sync::OnceLock::new(),
+            batch_subject: std::sync::OnceLock::new(),
             connected_at: Mutex::new(HashMap::new()),
             shared_interest: Mutex::new(HashMap::new()),
             bucket: std::sync::OnceLock::new(),
@@ -300,6 +303,13 @@ impl Tenant {
         }
     }
 
+    /// Whether a message published on another replica to `topic` (retained or not) has anything
+    /// to do here: an ordinary subscription matches it, or it is retained and this replica
+    /// keeps retained messages itself (without a JetStream bucket).
+    pub fn wants_from_replica(&self, topic: &str, retain: bool) -> bool {
+        (retain && self.bucket.get().is_none()) || self.router.has_ordinary(topic)
+    }
+
     /// Routes a message published on another replica to this replica's ordinary subscribers
     /// and keeps it when retained; it is not sent on again.
     pub fn deliver_from_replica(&self, message: Arc<Message>, scratch: &mut Vec<Routed>) {
@@ -424,8 +434,11 @@ impl Tenant {
         }
         match self.cluster.get() {
             Some(link) => {
+                let batch = self
+                    .batch_subject
+                    .get_or_init(|| crate::cluster::subject::batch_subject(&self.name).into());
                 *replicated = crate::connection::publish::both(
-                    link.publish(&self.name, &message),
+                    link.publish(&self.name, batch, &message),
                     retained_stored,
                 );
                 // Shared groups get it through NATS queue groups, on whichever replica.

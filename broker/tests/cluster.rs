@@ -1545,3 +1545,227 @@ async fn a_brokers_own_nats_user_serves_its_tenant_across_replicas_and_touches_n
     .await
     .expect("within two minutes");
 }
+
+/// Encoded QoS 0 PUBLISHes to send at once (so that the replica packs them into frames).
+fn burst(messages: impl IntoIterator<Item = (String, String)>) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    for (topic, payload) in messages {
+        Packet::Publish(common::publish(
+            &topic,
+            QoS::AtMostOnce,
+            payload.as_bytes(),
+            None,
+        ))
+        .encode(starling_codec::ProtocolVersion::V5, &mut out)
+        .expect("encodable");
+    }
+    out
+}
+
+/// QoS 0 messages sent in a burst travel in frames: a shared group with members on two
+/// replicas still gets each matching one once (the group's filter picks them out of the
+/// frames), an ordinary subscriber on the other replica gets every one in order, interleaved
+/// with QoS 1 messages of the same publisher, and a group whose only member is on the
+/// publisher's replica gets every one too (its queue subscription is on the connection that
+/// echoes).
+#[tokio::test]
+async fn batched_qos0_messages_reach_shared_groups_once_and_subscribers_in_order() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = ready_replica(&nats, "a").await;
+        let b = ready_replica(&nats, "b").await;
+        let mut g_a = subscriber(&a, "g-a", &[("$share/g/s/+", QoS::AtMostOnce)]).await;
+        let mut g_b = subscriber(&b, "g-b", &[("$share/g/s/+", QoS::AtMostOnce)]).await;
+        let mut solo = subscriber(&a, "solo", &[("$share/solo/s/#", QoS::AtMostOnce)]).await;
+        let mut watch = subscriber(
+            &b,
+            "watch",
+            &[("#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
+        let mut publisher = a.client("pub").await;
+        await_link(&mut publisher, &mut watch).await;
+        await_stream(&mut publisher).await;
+        // Both group members and the solo member are in their queue groups once each got a
+        // probe (probes on their own topic, which the watcher skips).
+        let (mut seen_a, mut seen_b, mut seen_solo) = (false, false, false);
+        while !(seen_a && seen_b && seen_solo) {
+            publisher.publish("s/probe", QoS::AtMostOnce, b"p").await;
+            for (seen, c) in [
+                (&mut seen_a, &mut g_a),
+                (&mut seen_b, &mut g_b),
+                (&mut seen_solo, &mut solo),
+            ] {
+                while let Ok(p) = tokio::time::timeout(Duration::from_millis(20), c.recv()).await {
+                    let Packet::Publish(p) = p else {
+                        panic!("expected PUBLISH, got {p:?}")
+                    };
+                    assert_eq!(p.topic.as_str(), "s/probe");
+                    *seen = true;
+                }
+            }
+        }
+        // Drain the watcher's probes.
+        while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), watch.recv()).await {
+            let Packet::Publish(p) = p else {
+                panic!("expected PUBLISH, got {p:?}")
+            };
+            if p.qos == QoS::AtLeastOnce {
+                puback(&mut watch, p.packet_id.unwrap()).await;
+            }
+        }
+
+        // Rounds of a QoS 0 burst (matching the groups: s/data; not matching: other/x) and
+        // one QoS 1 message, all from one publisher.
+        const ROUNDS: usize = 5;
+        const PER_ROUND: usize = 400;
+        for r in 0..ROUNDS {
+            let messages = (0..PER_ROUND).map(|i| {
+                let n = r * PER_ROUND + i;
+                let topic = if i % 3 == 0 { "other/x" } else { "s/data" };
+                (topic.to_owned(), n.to_string())
+            });
+            publisher.send_bytes(&burst(messages)).await;
+            publish_ok(
+                &mut publisher,
+                "q1/x",
+                QoS::AtLeastOnce,
+                format!("q{r}").as_bytes(),
+            )
+            .await;
+        }
+        let total = ROUNDS * PER_ROUND;
+        let matching: Vec<usize> = (0..total).filter(|n| (n % PER_ROUND) % 3 != 0).collect();
+
+        // The watcher on B: everything, in publication order.
+        let mut expected: Vec<String> = Vec::new();
+        for r in 0..ROUNDS {
+            expected.extend((0..PER_ROUND).map(|i| (r * PER_ROUND + i).to_string()));
+            expected.push(format!("q{r}"));
+        }
+        for want in &expected {
+            let p = next_not_probe(&mut watch).await;
+            assert_eq!(std::str::from_utf8(&p.payload).unwrap(), want, "in order");
+        }
+
+        // The solo group on A (the publisher's replica): every matching message.
+        for &n in &matching {
+            let p = next(&mut solo).await;
+            assert_eq!(p.topic.as_str(), "s/data");
+            assert_eq!(std::str::from_utf8(&p.payload).unwrap(), n.to_string());
+        }
+
+        // The group with two members: each matching message once, across both.
+        let total_seen = Arc::new(AtomicUsize::new(0));
+        let collect = |mut c: Raw, seen: Arc<AtomicUsize>, want: usize| {
+            tokio::spawn(async move {
+                let mut payloads = Vec::new();
+                while seen.load(Ordering::SeqCst) < want {
+                    let Ok(p) = tokio::time::timeout(Duration::from_millis(50), c.recv()).await
+                    else {
+                        continue;
+                    };
+                    let Packet::Publish(p) = p else {
+                        panic!("expected PUBLISH, got {p:?}")
+                    };
+                    assert_eq!(p.topic.as_str(), "s/data", "only what the filter matches");
+                    payloads.push(
+                        std::str::from_utf8(&p.payload)
+                            .unwrap()
+                            .parse::<usize>()
+                            .unwrap(),
+                    );
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                (c, payloads)
+            })
+        };
+        let task_a = collect(g_a, total_seen.clone(), matching.len());
+        let task_b = collect(g_b, total_seen.clone(), matching.len());
+        let (mut g_a, from_a) = task_a.await.unwrap();
+        let (mut g_b, from_b) = task_b.await.unwrap();
+        let mut got = vec![0u32; total];
+        for &n in from_a.iter().chain(&from_b) {
+            got[n] += 1;
+        }
+        for (n, &times) in got.iter().enumerate() {
+            let want = u32::from(matching.contains(&n));
+            assert_eq!(times, want, "message {n}");
+        }
+        // Each member's share is in publication order.
+        for from in [&from_a, &from_b] {
+            assert!(from.windows(2).all(|w| w[0] < w[1]), "in order: {from:?}");
+        }
+        for c in [&mut g_a, &mut g_b, &mut solo] {
+            c.expect_silence(Duration::from_millis(300)).await;
+        }
+        let m = a.metrics().await;
+        assert_eq!(
+            common::metric(&m, "starling_cluster_errors_total"),
+            0.0,
+            "{m}"
+        );
+    })
+    .await
+    .expect("within 90 seconds");
+}
+
+/// Malformed frames on a tenant's batch subject (from any NATS client) are dropped and counted;
+/// nothing panics, and well-formed messages still flow after them.
+#[tokio::test]
+async fn malformed_frames_are_dropped_and_counted() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = ready_replica(&nats, "a").await;
+        let b = ready_replica(&nats, "b").await;
+        let mut watch = subscriber(&b, "watch", &[("#", QoS::AtMostOnce)]).await;
+        let mut publisher = a.client("pub").await;
+        await_link(&mut publisher, &mut watch).await;
+        let raw = async_nats::connect(nats.url.as_str()).await.expect("NATS");
+        let subject = starling_broker::cluster::subject::batch_subject("default");
+        let mut good = bytes::BytesMut::from(&[starling_broker::cluster::frame::VERSION, 0][..]);
+        Packet::Publish(common::publish("m/ok", QoS::AtMostOnce, b"fine", None))
+            .encode(starling_codec::ProtocolVersion::V5, &mut good)
+            .expect("encodable");
+        let good = good.to_vec();
+        let bad: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![starling_broker::cluster::frame::VERSION],
+            vec![0x30, 0, 1, b'a'],
+            vec![starling_broker::cluster::frame::VERSION, 7],
+            good[..good.len() - 1].to_vec(),
+            [&good[..], &[0]].concat(),
+        ];
+        let before = common::metric(&b.metrics().await, "starling_cluster_errors_total");
+        for body in &bad {
+            raw.publish(subject.clone(), bytes::Bytes::from(body.clone()))
+                .await
+                .expect("sent");
+        }
+        raw.publish(subject.clone(), bytes::Bytes::from(good.clone()))
+            .await
+            .expect("sent");
+        raw.flush().await.expect("flushed");
+        // The entry before the bytes left over is delivered (what precedes a malformed entry
+        // is not held back), then the good frame's.
+        let mut ok = 0;
+        while ok < 2 {
+            let p = next(&mut watch).await;
+            if p.topic.as_str() == "m/ok" {
+                assert_eq!(&p.payload[..], b"fine");
+                ok += 1;
+                continue;
+            }
+            assert!(p.topic.as_str().starts_with("probe/"), "{p:?}");
+        }
+        let after = common::metric(&b.metrics().await, "starling_cluster_errors_total");
+        assert_eq!(
+            after - before,
+            bad.len() as f64,
+            "each malformed frame counted"
+        );
+        watch.expect_silence(Duration::from_millis(300)).await;
+    })
+    .await
+    .expect("within a minute");
+}

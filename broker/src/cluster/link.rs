@@ -1,20 +1,27 @@
 //! The NATS connections of one replica: every message published here is sent to the other
 //! replicas, and every message they publish is routed to this replica's subscribers.
 //!
-//! A message travels as the MQTT 5.0 PUBLISH packet that carries it (topic, QoS, RETAIN,
-//! properties, payload; the Message Expiry Interval is the time it has left), on the subject of
-//! its tenant and topic ([`super::subject`]), with two headers: the replica that sent it
-//! (`Starling-Origin`, so a replica never routes its own messages twice) and the publisher's
-//! client id (`Starling-Publisher`, escaped as a subject token, for No Local).
+//! A QoS 0 message travels in a frame with the others of its tenant the send task has at hand
+//! ([`super::frame`]), on the tenant's batch subject ([`super::subject::batch_subject`]). A QoS
+//! 1 or 2 message travels alone as the MQTT 5.0 PUBLISH packet that carries it (topic, QoS,
+//! RETAIN, properties, payload; the Message Expiry Interval is the time it has left), on the
+//! durable subject of its tenant and topic ([`super::subject`]), with two headers: the replica
+//! that sent it (`Starling-Origin`) and the publisher's client id (`Starling-Publisher`,
+//! escaped as a subject token, for No Local).
+//!
+//! Two connections: the one everything is sent on does not echo (the server never sends a
+//! replica's own messages back to it); the shared groups' queue subscriptions are on a second
+//! one, which does, because NATS may give a queue group's message to this replica's member.
 //!
 //! Two connections: the one everything is sent on does not echo (the server never sends a
 //! replica's own messages back to it); the shared groups' queue subscriptions are on a second
 //! one, which does, because NATS may give a queue group's message to this replica's member.
 //!
 //! Order: one bounded queue and one task send this replica's messages in the order they were
-//! published, over one connection; NATS keeps that order to each subscriber, and each tenant
-//! reads its messages from one subscription in that order, so messages of one publisher to
-//! one topic arrive in order on every replica. The task takes the queue in batches.
+//! published, over one connection (a frame is sent before any message that follows it in the
+//! queue); NATS keeps that order to each subscriber, and each tenant reads its messages from
+//! one subscription in that order, so messages of one publisher to one topic arrive in order
+//! on every replica. The task takes the queue in batches.
 //!
 //! Back-pressure: once the queue is three quarters full ([`Link::is_congested`]) the replica's
 //! connections stop reading from their clients until it has drained to half ([`Link::room`]),
@@ -38,7 +45,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use starling_codec::{Decoder, Direction, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -47,8 +54,8 @@ use tracing::{info, warn};
 
 use super::ClusterConfig;
 use super::subject::{
-    decode_token, durable_subjects, durable_topic_to_subject, filter_to_subjects, push_token,
-    queue_group, subject_to_topic, tenant_prefix, to_durable, topic_to_subject,
+    batch_subject, decode_token, durable_subjects, durable_topic_to_subject, filter_to_subjects,
+    push_token, queue_group, subject_to_topic, tenant_prefix, to_durable,
 };
 use crate::message::Message;
 use crate::metrics::Metrics;
@@ -71,14 +78,21 @@ const MAX_ACKS_PENDING: usize = 8_192;
 /// Says whether JetStream stored a QoS 1 or 2 message.
 pub type Replicated = oneshot::Receiver<Result<(), Failure>>;
 
-/// What the send task sends: an ordinary message, or a durable one and where to say whether
-/// JetStream stored it.
-type Outgoing = (
-    String,
-    HeaderMap,
-    Bytes,
-    Option<oneshot::Sender<Result<(), Failure>>>,
-);
+/// What the send task sends.
+#[derive(Debug)]
+enum Outgoing {
+    /// A QoS 0 message of the tenant whose batch subject this is: one entry of the next frame
+    /// sent there ([`super::frame`]).
+    Batched(async_nats::Subject, Arc<Message>),
+    /// A message sent alone (subject, headers, body): a QoS 1 or 2 one with where to say
+    /// whether JetStream stored it, or a connection announcement.
+    Alone(
+        String,
+        HeaderMap,
+        Bytes,
+        Option<oneshot::Sender<Result<(), Failure>>>,
+    ),
+}
 
 /// Free places in the queue to NATS below which the replica's connections stop reading from
 /// their clients (a quarter of [`SEND_QUEUE`]): publishers are slowed down to what the way to
@@ -88,6 +102,9 @@ const CONGESTED_BELOW: usize = SEND_QUEUE / 4;
 const ROOM_AT: usize = SEND_QUEUE / 2;
 /// Messages the send task takes from the queue at once.
 const SEND_BATCH: usize = 256;
+/// The size past which a frame of QoS 0 messages is sent and the next one started (a message
+/// larger than this goes alone in its frame; NATS's default limit is 1 MiB).
+const MAX_FRAME: usize = 64 * 1024;
 /// How often the round trip to NATS is measured and JetStream's availability checked.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
@@ -213,7 +230,26 @@ impl Link {
                     waiting.store(false, Ordering::SeqCst);
                     drained.notify_waiters();
                 }
-                for (subject, headers, body, stored) in batch.drain(..) {
+                // Consecutive QoS 0 messages of one tenant go in one frame, sent before
+                // anything else and at the end of what the queue held: nothing waits for a timer,
+                // and the order of the queue is the order on the connection.
+                let mut frame = Frame::default();
+                for outgoing in batch.drain(..) {
+                    let (subject, headers, body, stored) = match outgoing {
+                        Outgoing::Batched(subject, message) => {
+                            let full = frame.entries > 0
+                                && frame.bytes.len() + message.weight() > MAX_FRAME;
+                            if full || frame.subject.as_ref().is_some_and(|s| *s != subject) {
+                                frame.send(&client, &metrics).await;
+                            }
+                            frame.push(subject, &message);
+                            continue;
+                        }
+                        Outgoing::Alone(subject, headers, body, stored) => {
+                            frame.send(&client, &metrics).await;
+                            (subject, headers, body, stored)
+                        }
+                    };
                     let Some(stored) = stored else {
                         match client.publish_with_headers(subject, headers, body).await {
                             Ok(()) => {
@@ -251,6 +287,7 @@ impl Link {
                         }
                     }
                 }
+                frame.send(&client, &metrics).await;
             }
         });
         Ok(link)
@@ -477,9 +514,19 @@ impl Link {
         Ok(())
     }
 
-    /// Sends `message`, published on this replica in `tenant`, to the other replicas. For a
-    /// QoS 1 or 2 message, the receiver says when the tenant's stream holds it.
-    pub fn publish(&self, tenant: &str, message: &Message) -> Option<Replicated> {
+    /// Sends `message`, published on this replica in `tenant` (whose batch subject is `batch`,
+    /// [`super::subject::batch_subject`]), to the other replicas. For a QoS 1 or 2 message, the
+    /// receiver says when the tenant's stream holds it.
+    pub fn publish(
+        &self,
+        tenant: &str,
+        batch: &async_nats::Subject,
+        message: &Arc<Message>,
+    ) -> Option<Replicated> {
+        if message.qos == QoS::AtMostOnce {
+            self.enqueue(tenant, Outgoing::Batched(batch.clone(), message.clone()));
+            return None;
+        }
         let body = encode(message)?;
         let mut headers = HeaderMap::new();
         headers.insert(ORIGIN, &*self.replica);
@@ -488,22 +535,18 @@ impl Link {
             push_token(&mut token, p);
             headers.insert(PUBLISHER, token.as_str());
         }
-        let (subject, stored) = if message.qos == QoS::AtMostOnce {
-            (topic_to_subject(tenant, message.topic.as_str()), None)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            (
-                durable_topic_to_subject(tenant, message.topic.as_str()),
-                Some((tx, rx)),
-            )
-        };
-        let (tx, rx) = match stored {
-            Some((tx, rx)) => (Some(tx), Some(rx)),
-            None => (None, None),
-        };
-        if let Err(e) = self.send.try_send((subject, headers, body, tx)) {
-            if let mpsc::error::TrySendError::Full((.., Some(tx)))
-            | mpsc::error::TrySendError::Closed((.., Some(tx))) = e
+        let subject = durable_topic_to_subject(tenant, message.topic.as_str());
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(tenant, Outgoing::Alone(subject, headers, body, Some(tx)));
+        Some(rx)
+    }
+
+    /// Queues `outgoing`; when the queue is full, a QoS 1 or 2 message is refused and any
+    /// message counted and logged.
+    fn enqueue(&self, tenant: &str, outgoing: Outgoing) {
+        if let Err(e) = self.send.try_send(outgoing) {
+            if let mpsc::error::TrySendError::Full(Outgoing::Alone(.., Some(tx)))
+            | mpsc::error::TrySendError::Closed(Outgoing::Alone(.., Some(tx))) = e
             {
                 let _ = tx.send(Err(Failure::NotReplicated));
             }
@@ -517,7 +560,6 @@ impl Link {
                 );
             }
         }
-        rx
     }
 
     /// Tells the other replicas that `client_id` of `tenant` connected here at `at_ms` (Unix
@@ -529,7 +571,11 @@ impl Link {
         headers.insert(CONNECTED_AT, at_ms.to_string().as_str());
         let subject = format!("{}.conn", tenant_prefix(tenant));
         let body = Bytes::copy_from_slice(client_id.as_bytes());
-        if self.send.try_send((subject, headers, body, None)).is_err() {
+        if self
+            .send
+            .try_send(Outgoing::Alone(subject, headers, body, None))
+            .is_err()
+        {
             self.metrics.cluster_errors.inc();
             warn!(
                 tenant,
@@ -553,12 +599,16 @@ impl Link {
         let (group, filter): (Arc<str>, Arc<str>) = (group.into(), filter.into());
         let subjects = filter_to_subjects(&tenant.name, &filter);
         let durable: Vec<String> = subjects.iter().map(|s| to_durable(s)).collect();
-        for subject in subjects.into_iter().chain(durable) {
+        // QoS 0 messages come in frames on the tenant's batch subject: each frame goes to one
+        // member of the queue group, which takes the messages of it that match the filter.
+        let batch = batch_subject(&tenant.name);
+        for subject in subjects.into_iter().chain(durable).chain([batch.clone()]) {
             let link = self.clone();
             let weak = Arc::downgrade(tenant);
             let (done, queue, group, filter) =
                 (done.clone(), queue.clone(), group.clone(), filter.clone());
             let name = tenant.name.clone();
+            let framed = subject == batch;
             tokio::spawn(async move {
                 let mut sub = match link.groups.queue_subscribe(subject, queue).await {
                     Ok(s) => s,
@@ -574,6 +624,18 @@ impl Link {
                         m = sub.next() => match m { Some(m) => m, None => break },
                     };
                     let Some(tenant) = weak.upgrade() else { break };
+                    if framed {
+                        for_each_entry(
+                            &link.metrics,
+                            &name,
+                            &msg.payload,
+                            |e| starling_codec::topic::matches_levels(&filter, e.topic),
+                            |message| {
+                                tenant.deliver_to_group(Arc::new(message), &filter, &group);
+                            },
+                        );
+                        continue;
+                    }
                     match decode(&msg, &name) {
                         Some(message) => {
                             tenant.deliver_to_group(Arc::new(message), &filter, &group);
@@ -656,6 +718,7 @@ impl Link {
                 }
             };
             let conn_subject = format!("{}.conn", tenant_prefix(&name));
+            let batch = batch_subject(&name);
             let mut scratch = Vec::new();
             loop {
                 let msg = tokio::select! {
@@ -663,6 +726,22 @@ impl Link {
                     m = sub.next() => match m { Some(m) => m, None => break },
                 };
                 let Some(tenant) = weak.upgrade() else { break };
+                if msg.subject.as_str() == batch {
+                    for_each_entry(
+                        &link.metrics,
+                        &name,
+                        &msg.payload,
+                        |e| {
+                            link.metrics.cluster_received.inc();
+                            // Not decoded when nothing here wants it.
+                            tenant.wants_from_replica(e.topic, e.retain)
+                        },
+                        |message| {
+                            tenant.deliver_from_replica(Arc::new(message), &mut scratch);
+                        },
+                    );
+                    continue;
+                }
                 let origin = msg
                     .headers
                     .as_ref()
@@ -701,6 +780,51 @@ impl Link {
             }
             let _ = sub.unsubscribe().await;
         });
+    }
+}
+
+/// The frame of QoS 0 messages the send task is filling ([`super::frame`]).
+#[derive(Debug, Default)]
+struct Frame {
+    subject: Option<async_nats::Subject>,
+    bytes: BytesMut,
+    entries: u64,
+}
+
+impl Frame {
+    /// Adds `message` (of the tenant whose batch subject is `subject`, the frame's own if it
+    /// has entries).
+    fn push(&mut self, subject: async_nats::Subject, message: &Message) {
+        if self.entries == 0 {
+            self.bytes.clear();
+            self.bytes.put_u8(super::frame::VERSION);
+            self.subject = Some(subject);
+        }
+        // An expired message is left out.
+        if super::frame::push_entry(&mut self.bytes, message) {
+            self.entries += 1;
+        }
+    }
+
+    /// Sends what the frame holds, if anything, and empties it.
+    async fn send(&mut self, client: &Client, metrics: &Metrics) {
+        let entries = std::mem::take(&mut self.entries);
+        let Some(subject) = self.subject.take() else {
+            return;
+        };
+        if entries == 0 {
+            return;
+        }
+        let body = self.bytes.split().freeze();
+        match client.publish(subject, body).await {
+            Ok(()) => {
+                metrics.cluster_sent.inc_by(entries);
+            }
+            Err(e) => {
+                metrics.cluster_errors.inc_by(entries);
+                warn!(error = %e, messages = entries, "cluster: messages were not sent to NATS");
+            }
+        }
     }
 }
 
@@ -763,6 +887,31 @@ async fn connect_options(
         options = options.require_tls(true);
     }
     Ok(options)
+}
+
+/// Hands each message of `frame` (from the tenant `tenant`'s batch subject) whose entry `wanted`
+/// accepts to `deliver`, in order; a malformed frame is counted and logged, and what follows
+/// the malformed entry is lost with it.
+fn for_each_entry(
+    metrics: &Metrics,
+    tenant: &str,
+    frame: &[u8],
+    mut wanted: impl FnMut(&super::frame::Entry<'_>) -> bool,
+    mut deliver: impl FnMut(Message),
+) {
+    let result = super::frame::entries(frame).and_then(|entries| {
+        for entry in entries {
+            let entry = entry?;
+            if wanted(&entry) {
+                deliver(entry.message()?);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        metrics.cluster_errors.inc();
+        warn!(tenant, error = %e, "cluster: a malformed frame of messages from NATS was dropped");
+    }
 }
 
 /// What a failed JetStream publication means for the publisher.

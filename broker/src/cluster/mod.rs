@@ -4,6 +4,7 @@
 //! prefix per tenant. Without `[cluster]` none of this is used and the broker is a single node.
 
 pub mod credentials;
+pub mod frame;
 pub mod link;
 pub mod retained;
 pub mod sessions;

@@ -27,6 +27,7 @@ const MSG: &str = "msg";
 const SYS: &str = "sys";
 const DURABLE_MSG: &str = "dmsg";
 const DURABLE_SYS: &str = "dsys";
+const BATCH: &str = "batch";
 
 fn is_plain(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) && !matches!(b, b'.' | b'*' | b'>' | ESCAPE)
@@ -147,6 +148,12 @@ pub fn topic_to_subject(tenant: &str, topic: &str) -> String {
 /// [`topic_to_subject`] with the class `dmsg` / `dsys`, which the tenant's stream captures.
 pub fn durable_topic_to_subject(tenant: &str, topic: &str) -> String {
     subject_of(tenant, topic, true)
+}
+
+/// The subject the QoS 0 messages of `tenant` travel on, packed in frames
+/// ([`super::frame`]): `starling.<tenant>.batch`.
+pub fn batch_subject(tenant: &str) -> String {
+    format!("{}.{BATCH}", tenant_prefix(tenant))
 }
 
 /// The subjects the JetStream stream of `tenant` captures: every QoS 1 and 2 message.
