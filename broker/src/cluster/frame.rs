@@ -182,12 +182,43 @@ fn read_entry(bytes: &[u8]) -> Result<(Entry<'_>, &[u8]), Malformed> {
         }
         _ => return Err(Malformed("unknown flags")),
     };
-    // The fixed header: PUBLISH of QoS 0, then the remaining length (1 to 4 bytes).
-    let (&first, after) = rest
+    let (publish, rest) = split_publish(rest)?;
+    if publish.qos != 0 {
+        return Err(Malformed("not a PUBLISH packet of QoS 0"));
+    }
+    Ok((
+        Entry {
+            publisher,
+            topic: publish.topic,
+            retain: publish.retain,
+            packet: publish.packet,
+        },
+        rest,
+    ))
+}
+
+/// What the start of a PUBLISH packet says, read without decoding the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishHead<'a> {
+    /// The topic (checked again when the packet is decoded).
+    pub topic: &'a str,
+    /// The QoS bits of the fixed header.
+    pub qos: u8,
+    /// The RETAIN flag.
+    pub retain: bool,
+    /// The whole packet.
+    pub packet: &'a [u8],
+}
+
+/// The PUBLISH packet at the start of `bytes` (its fixed header, remaining length and topic
+/// checked, the rest not) and what follows it.
+pub fn split_publish(bytes: &[u8]) -> Result<(PublishHead<'_>, &[u8]), Malformed> {
+    // The fixed header: PUBLISH, then the remaining length (1 to 4 bytes).
+    let (&first, after) = bytes
         .split_first()
         .ok_or(Malformed("an entry is cut short"))?;
-    if first & 0xF6 != 0x30 {
-        return Err(Malformed("not a PUBLISH packet of QoS 0"));
+    if first & 0xF0 != 0x30 {
+        return Err(Malformed("not a PUBLISH packet"));
     }
     let mut remaining: usize = 0;
     let mut i = 0;
@@ -203,15 +234,15 @@ fn read_entry(bytes: &[u8]) -> Result<(Entry<'_>, &[u8]), Malformed> {
         }
     }
     let header = 1 + i;
-    let (packet, rest) = split(rest, header + remaining)?;
+    let (packet, rest) = split(bytes, header + remaining)?;
     let body = &packet[header..];
     let (len, body) = split(body, 2)?;
     let (topic, _) = split(body, usize::from(u16::from_be_bytes([len[0], len[1]])))?;
     let topic = std::str::from_utf8(topic).map_err(|_| Malformed("a topic is not UTF-8"))?;
     Ok((
-        Entry {
-            publisher,
+        PublishHead {
             topic,
+            qos: (first >> 1) & 3,
             retain: first & 1 == 1,
             packet,
         },

@@ -767,6 +767,13 @@ impl Link {
                     }
                     continue;
                 }
+                // Not decoded when nothing here wants it (a malformed one is, to be counted).
+                if let Ok((head, [])) = super::frame::split_publish(&msg.payload) {
+                    if !tenant.wants_from_replica(head.topic, head.retain) {
+                        link.metrics.cluster_received.inc();
+                        continue;
+                    }
+                }
                 match decode(&msg, &name) {
                     Some(message) => {
                         link.metrics.cluster_received.inc();

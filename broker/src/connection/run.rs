@@ -84,6 +84,24 @@ impl<IO: AsyncIo> Connection<IO> {
                 done = next_ack(&mut self.durable_acks), if acks_busy => {
                     if let Some(done) = done {
                         self.on_committed(done);
+                        // Those done by now go out with it, in one write: with a cluster each
+                        // JetStream confirmation comes on its own, from its own task, so the
+                        // tasks ready to confirm more run once (a yield) before the write.
+                        let mut yielded = false;
+                        loop {
+                            while let Some(Some(done)) = futures_util::FutureExt::now_or_never(
+                                next_ack(&mut self.durable_acks),
+                            ) {
+                                self.on_committed(done);
+                            }
+                            let waiting =
+                                self.durable_acks.as_ref().is_some_and(|a| !a.is_empty());
+                            if yielded || !waiting {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                            yielded = true;
+                        }
                     }
                     if acks_full {
                         // The client's packets waited in the socket, not the client.
