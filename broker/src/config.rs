@@ -382,6 +382,8 @@ pub struct Overrides {
     pub cluster_stream_max_age_secs: Option<u64>,
     /// `--cluster-stream-max-bytes BYTES`: `[cluster] stream_max_bytes`.
     pub cluster_stream_max_bytes: Option<u64>,
+    /// `--cluster-replica-timeout SECS`: `[cluster] replica_timeout_secs`.
+    pub cluster_replica_timeout_secs: Option<u64>,
 }
 
 /// A configuration that could not be loaded; every problem is listed.
@@ -503,6 +505,9 @@ impl Config {
         }
         if let Some(bytes) = overrides.cluster_stream_max_bytes {
             config.cluster.stream_max_bytes = bytes;
+        }
+        if let Some(secs) = overrides.cluster_replica_timeout_secs {
+            config.cluster.replica_timeout_secs = secs;
         }
         config.validate()?;
         Ok(config)

@@ -90,6 +90,11 @@ struct Flags {
     /// The most each tenant's stream holds, in bytes (default 1 GiB); `[cluster] stream_max_bytes`.
     #[arg(long, value_name = "BYTES")]
     cluster_stream_max_bytes: Option<u64>,
+    /// How long a replica may go unheard on NATS before the others take it for dead and take
+    /// over its clients' sessions and wills, in seconds (default 5); `[cluster]
+    /// replica_timeout_secs`.
+    #[arg(long = "cluster-replica-timeout", value_name = "SECS")]
+    cluster_replica_timeout_secs: Option<u64>,
     /// Public keys of the tenant `default` (JWKS, OKP/Ed25519 keys with kid), reloaded on change.
     #[arg(long, value_name = "FILE")]
     jwks: Option<PathBuf>,
@@ -150,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         cluster_stream_replicas: flags.cluster_stream_replicas,
         cluster_stream_max_age_secs: flags.cluster_stream_max_age_secs,
         cluster_stream_max_bytes: flags.cluster_stream_max_bytes,
+        cluster_replica_timeout_secs: flags.cluster_replica_timeout_secs,
     };
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     init_tracing(config.log.format);

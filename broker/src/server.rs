@@ -360,6 +360,9 @@ impl Drain {
         if let Some(link) = self.ready.cluster() {
             // And to JetStream, with a cluster: the sessions' last changes and acknowledgements.
             link.flush().await;
+            // Then the other replicas take over what is left of them (offline sessions and
+            // their delayed wills).
+            link.leave().await;
         }
         info!("drained");
     }

@@ -18,7 +18,9 @@
 # with what they missed and their QoS 2 PUBRELs), and tests/python/test_cluster_failover.py
 # (its own 3-node NATS cluster and 3 replicas, paho-mqtt numbered QoS 1/2 streams: a replica
 # killed with -9 under load, then every replica restarted one by one with SIGTERM under load;
-# every acknowledged message reaches every persistent subscriber, none twice at QoS 2).
+# every acknowledged message reaches every persistent subscriber, none twice at QoS 2; and a
+# replica killed with -9 under clients with wills: the survivors publish each will once, after
+# its delay, none of a client that came back within it, and end its sessions at their expiry).
 source "$(dirname "$0")/../lib/tier.sh"
 
 PATH="$PATH:/usr/sbin"

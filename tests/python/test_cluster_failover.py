@@ -18,10 +18,15 @@ replica held comes back from the session's JetStream consumers once their ack wa
 Refused publications (0x80 while a replica cannot confirm) are counted and printed: a refused
 message is not acknowledged, so it is not demanded.
 
+A third test kills a replica serving clients with wills (`replica_timeout_secs` 2): the
+survivors publish each will once, at its time, none of a client that came back within its
+delay, and end a session at its expiry.
+
 STARLING_CLUSTER_SEED replays a run; STARLING_CLUSTER_RATE (messages/s per publisher, default
 100) makes it heavier. Started by scripts/tiers/65-cluster.sh with STARLING_BROKER_BIN.
 """
 
+import base64
 import json
 import os
 import random
@@ -29,13 +34,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 
 import test_durability_crash as crash
-from durable_broker import BIN, WAIT, Broker, stop_signal
+from durable_broker import BIN, WAIT, Broker, Mqtt, stop_signal
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from test_durability_crash import Ledger, Publisher, Subscriber, wait_for_everything
 
 NATS = shutil.which("nats-server") or next(
@@ -215,4 +224,157 @@ def test_acknowledged_messages_reach_persistent_subscribers_when_replicas_go(sce
         finally:
             for b in brokers:
                 b.close()
+            nats.close()
+
+
+# The replicas of the test below take one another for dead after this long unheard.
+REPLICA_TIMEOUT = 2
+
+
+def session_record(port, client_id):
+    """The session record of `client_id` (tenant `default`) as JetStream holds it, read over a
+    plain NATS connection (`$JS.API.STREAM.MSG.GET`): a dict, or None when there is none."""
+    subject = "starling-sessions.default." + client_id.encode().hex()
+    request = json.dumps({"last_by_subj": subject}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        f = s.makefile("rb")
+        f.readline()  # INFO
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.record 1\r\n'
+                  + f"PUB $JS.API.STREAM.MSG.GET.STARLING_default_SESSIONS _INBOX.record "
+                    f"{len(request)}\r\n".encode() + request + b"\r\n")
+        while True:
+            line = f.readline()
+            assert line, "NATS closed the connection"
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\r\n")
+            elif line.startswith(b"MSG "):
+                size = int(line.split()[-1])
+                answer = json.loads(f.read(size + 2)[:size])
+                break
+    if "error" in answer:
+        return None
+    data = base64.b64decode(answer["message"].get("data", ""))
+    return json.loads(data) if data else None
+
+
+def wait_until(what, condition, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def will_client(client_id, topic, delay):
+    """A paho client whose will (QoS 1, payload its client id) goes to `topic` after `delay` s."""
+    c = Mqtt(client_id)
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = delay
+    c.c.will_set(topic, client_id.encode(), qos=1, properties=props)
+    return c
+
+
+def test_a_killed_replicas_wills_are_published_once_and_its_sessions_end():
+    """Three replicas; clients with wills on replica A, which is killed with SIGKILL. A watcher
+    on replica B gets, exactly once each (two survivors race to take A's sessions):
+    - `now`'s will (no delay, no session expiry) once A is found dead;
+    - `later`'s will (3 s delay) 3 s after A died;
+    - `brief`'s will (30 s delay, session expiry 4 s) when its session ends, 4 s after; the
+      client then reconnecting gets session_present=0;
+    - `quick`'s will (no delay), although `quick` reconnected to B before A was found dead;
+    and never `back`'s (6 s delay), which reconnected to B within its delay and resumed its
+    session (session_present=1) [MQTT-3.1.3-9]."""
+    with tempfile.TemporaryDirectory(prefix="starling-wills-") as work:
+        nats = NatsCluster(work)
+        brokers = []
+        for r in range(3):
+            logs = os.path.join(work, f"replica{r}")
+            os.makedirs(logs)
+            urls = ", ".join(f'"{u}"' for u in nats.urls(r))
+            brokers.append(Broker(None, logs, config=(
+                f'[cluster]\nnats = [{urls}]\nreplica_id = "r{r}"\n'
+                f"replica_timeout_secs = {REPLICA_TIMEOUT}\n")))
+        a, b, _c = brokers
+        clients = []
+        try:
+            for br in brokers:
+                br.start()
+            got, lock = [], threading.Lock()
+
+            def on_message(_c, _u, m):
+                with lock:
+                    got.append((m.topic, time.monotonic()))
+
+            def arrived(topic):
+                with lock:
+                    return [t for t, _ in got if t == topic]
+
+            watcher = Mqtt("watcher", on_message=on_message)
+            clients.append(watcher)
+            assert watcher.connect(b.mqtt, clean_start=True)[1] == 0
+            watcher.subscribe("will/#", 1)
+            # The replicas reach each other: a message published on A reaches the watcher on B.
+            probe = Mqtt("probe")
+            clients.append(probe)
+            assert probe.connect(a.mqtt, clean_start=True)[1] == 0
+            deadline = time.monotonic() + WAIT
+            while not arrived("will/probe"):
+                assert time.monotonic() < deadline, "the replicas did not reach each other"
+                probe.c.publish("will/probe", b"p", qos=0)
+                time.sleep(0.1)
+
+            specs = {  # client id: (will delay, session expiry)
+                "now": (0, 0), "later": (3, 60), "brief": (30, 4), "quick": (0, 60),
+                "back": (6, 60)}
+            for cid, (delay, expiry) in specs.items():
+                c = will_client(cid, f"will/{cid}", delay)
+                clients.append(c)
+                present, rc = c.connect(a.mqtt, clean_start=True, expiry=expiry)
+                assert rc == 0 and not present, (cid, rc)
+            # Each connection's record names A and carries the will.
+            for cid in specs:
+                wait_until(f"{cid}'s record", lambda cid=cid: (
+                    (r := session_record(nats.client[0], cid)) is not None
+                    and r.get("connected_at") and r.get("live_will")
+                    and r.get("holder", "").startswith("r0:")))
+
+            killed = time.monotonic()
+            a.stop(stop_signal("SIGKILL"))
+            for c in clients:
+                if c.client_id != "watcher":
+                    c.wait_closed()
+            # Back at once on B: within their delay, before A is found dead.
+            quick = will_client("quick", "will/quick-again", 0)
+            back = will_client("back", "will/back-again", 6)
+            clients += [quick, back]
+            assert quick.connect(b.mqtt, clean_start=False, expiry=60) == (True, 0)
+            assert back.connect(b.mqtt, clean_start=False, expiry=60) == (True, 0)
+
+            for topic in ("will/now", "will/later", "will/brief", "will/quick"):
+                wait_until(f"{topic} published", lambda t=topic: arrived(t))
+            with lock:
+                at = {t: when - killed for t, when in got}
+            assert at["will/later"] >= 3 - REPLICA_TIMEOUT / 3 - 0.5, at
+            assert at["will/brief"] >= 4 - REPLICA_TIMEOUT / 3 - 0.5, at
+            # `brief`'s session ended with its expiry.
+            brief = Mqtt("brief")
+            clients.append(brief)
+            assert brief.connect(b.mqtt, clean_start=False, expiry=60) == (False, 0)
+            # Past `back`'s will delay, and a while for a second copy of any will.
+            quiet_until = max(killed + 6 + 2 * REPLICA_TIMEOUT, time.monotonic() + 2 * REPLICA_TIMEOUT)
+            while time.monotonic() < quiet_until:
+                time.sleep(0.1)
+            with lock:
+                counts = Counter(t for t, _ in got if t != "will/probe")
+            assert counts == Counter({"will/now": 1, "will/later": 1, "will/brief": 1,
+                                      "will/quick": 1}), counts
+            problems = [p for br in brokers for p in br.panics()]
+            assert not problems, "\n".join(problems)
+        finally:
+            for c in clients:
+                try:
+                    c.c.disconnect()
+                except Exception:  # noqa: BLE001 - already closed
+                    pass
+            for br in brokers:
+                br.close()
             nats.close()

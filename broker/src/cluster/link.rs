@@ -143,6 +143,10 @@ pub struct Link {
     drained: Arc<tokio::sync::Notify>,
     /// Whether a connection waits for room.
     waiting: Arc<AtomicBool>,
+    /// Which replicas are alive ([`super::liveness`]).
+    liveness: Arc<super::liveness::Liveness>,
+    /// Cancelled at the end of a graceful shutdown: the heartbeats stop.
+    leaving: CancellationToken,
 }
 
 /// The JetStream stream of `tenant`'s QoS 1/2 messages: `STARLING_<tenant>` when the name is
@@ -207,7 +211,7 @@ impl Link {
             client: client.clone(),
             groups,
             js: js.clone(),
-            replica: replica.into(),
+            replica: replica.as_str().into(),
             send,
             metrics: metrics.clone(),
             stop: stop.clone(),
@@ -221,7 +225,14 @@ impl Link {
             loading: AtomicUsize::new(0),
             drained: drained.clone(),
             waiting: waiting.clone(),
+            liveness: Arc::new(super::liveness::Liveness::new(
+                &replica,
+                Duration::from_secs(config.replica_timeout_secs),
+            )),
+            leaving: CancellationToken::new(),
         });
+        // Heartbeats go on through a graceful shutdown's drain, until `Link::leave`.
+        super::liveness::start(&link, link.leaving.clone());
         tokio::spawn(probe(Arc::downgrade(&link), stop.clone()));
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(SEND_BATCH);
@@ -431,6 +442,28 @@ impl Link {
         }
     }
 
+    /// Which replicas are alive.
+    pub fn liveness(&self) -> &Arc<super::liveness::Liveness> {
+        &self.liveness
+    }
+
+    /// The sessions of every tenant joined to the cluster.
+    pub(super) fn all_sessions(&self) -> Vec<Arc<super::sessions::ClusterSessions>> {
+        self.sessions
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
+    }
+
+    /// At the end of a graceful shutdown, once what the sessions changed is written: the
+    /// heartbeats stop, and the last one says this replica leaves, so that the others take over
+    /// what it held at once.
+    pub async fn leave(&self) {
+        self.leaving.cancel();
+        super::liveness::leave(self).await;
+    }
+
     /// Registers a tenant's persistent sessions, to flush at shutdown.
     pub(super) fn register_sessions(&self, s: std::sync::Weak<super::sessions::ClusterSessions>) {
         let mut all = self.sessions.lock();
@@ -441,13 +474,7 @@ impl Link {
     /// At shutdown, once the connections are closed: what the sessions changed last is
     /// written to JetStream, and what waits to be sent to NATS is sent.
     pub async fn flush(&self) {
-        let all: Vec<_> = self
-            .sessions
-            .lock()
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect();
-        for s in all {
+        for s in self.all_sessions() {
             s.flush().await;
         }
         let _ = tokio::time::timeout(ACK_TIMEOUT, self.client.flush()).await;

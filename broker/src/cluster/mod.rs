@@ -6,6 +6,7 @@
 pub mod credentials;
 pub mod frame;
 pub mod link;
+pub mod liveness;
 pub mod retained;
 pub mod sessions;
 pub mod subject;
@@ -96,6 +97,10 @@ pub struct ClusterConfig {
     /// How many NATS servers hold a copy of each tenant's retained-message bucket (1 to 5).
     /// When absent: the NATS servers known (configured, or announced by the cluster), at most 3.
     pub retained_replicas: Option<usize>,
+    /// How long a replica may go unheard (no heartbeat on NATS) before the others take it for
+    /// dead and take over its clients' sessions and wills, in seconds (1 to 3600, default 5).
+    /// `--cluster-replica-timeout SECS`.
+    pub replica_timeout_secs: u64,
 }
 
 /// Default of [`ClusterConfig::stream_max_age_secs`]: one day.
@@ -104,6 +109,10 @@ pub const DEFAULT_STREAM_MAX_AGE_SECS: u64 = 86_400;
 pub const DEFAULT_STREAM_MAX_BYTES: u64 = 1 << 30;
 /// The most stream replicas JetStream takes.
 pub const MAX_STREAM_REPLICAS: usize = 5;
+/// Default of [`ClusterConfig::replica_timeout_secs`].
+pub const DEFAULT_REPLICA_TIMEOUT_SECS: u64 = 5;
+/// The longest [`ClusterConfig::replica_timeout_secs`]: an hour.
+pub const MAX_REPLICA_TIMEOUT_SECS: u64 = 3600;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -122,6 +131,7 @@ impl Default for ClusterConfig {
             stream_max_age_secs: DEFAULT_STREAM_MAX_AGE_SECS,
             stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
             retained_replicas: None,
+            replica_timeout_secs: DEFAULT_REPLICA_TIMEOUT_SECS,
         }
     }
 }
@@ -217,6 +227,12 @@ impl ClusterConfig {
                     "cluster.retained_replicas must be 1 to {MAX_STREAM_REPLICAS}, not {n}"
                 ));
             }
+        }
+        if !(1..=MAX_REPLICA_TIMEOUT_SECS).contains(&self.replica_timeout_secs) {
+            problems.push(format!(
+                "cluster.replica_timeout_secs must be 1 to {MAX_REPLICA_TIMEOUT_SECS}, not {}",
+                self.replica_timeout_secs
+            ));
         }
         problems
     }
@@ -317,9 +333,10 @@ mod tests {
             stream_replicas: Some(6),
             stream_max_age_secs: 0,
             stream_max_bytes: 0,
+            replica_timeout_secs: 0,
             ..ClusterConfig::default()
         };
-        assert_eq!(streams.problems().len(), 3, "{:?}", streams.problems());
+        assert_eq!(streams.problems().len(), 4, "{:?}", streams.problems());
         assert!(p.iter().all(|m| !m.contains("pw@")), "{p:?}");
     }
 

@@ -21,6 +21,11 @@
 //! a session that moves, or whose replica dies, gets from its consumers every message it had
 //! not acknowledged (after [`ACK_WAIT`] when its replica died). Routing skips QoS 1/2 messages
 //! for these sessions ([`crate::tenant::Tenant`]), so none arrives twice by the two ways.
+//!
+//! The record also names the replica incarnation holding the session and, while a connection
+//! serves it, the connection's will: when that replica dies ([`super::liveness`]), one survivor
+//! takes the record ([`ClusterSessions::sweep`]), publishes the will after its delay unless the
+//! client came back first, and ends the session at its expiry.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -38,7 +43,7 @@ use sha2::{Digest, Sha256};
 use starling_codec::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::link::{Link, stream_name};
 use super::subject::{filter_to_subjects, to_durable};
@@ -77,6 +82,13 @@ pub fn session_subject(tenant: &str, client_id: &str) -> String {
     s.push('.');
     s.push_str(&hex::encode(client_id.as_bytes()));
     s
+}
+
+/// The client id of the record on `subject` ([`session_subject`]).
+fn client_id_of(subject: &str) -> Option<Arc<str>> {
+    let hexed = subject.rsplit('.').next()?;
+    let bytes = hex::decode(hexed).ok()?;
+    String::from_utf8(bytes).ok().map(Arc::from)
 }
 
 /// The durable consumer of `client_id`'s subscription to `filter`, for the filter's `index`th
@@ -216,6 +228,43 @@ pub struct Snapshot {
     /// goes on.
     #[serde(default)]
     receipts: std::collections::BTreeSet<u16>,
+    /// The replica incarnation that holds the session, serving its connection or keeping it
+    /// offline with its timers ([`super::liveness::Liveness::me`]); when it dies, another
+    /// replica takes the session ([`ClusterSessions::sweep`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
+    /// When the connection serving the session was accepted (Unix ms), while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connected_at: Option<u64>,
+    /// The will of that connection (the hex of its stored form), published if its replica
+    /// dies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    live_will: Option<String>,
+    /// Its Will Delay Interval, seconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    will_delay: u32,
+    /// The will of a connection the session had on a replica that had not answered when the
+    /// session moved here: published if that replica was dead by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    left: Option<LeftWill>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The will of a connection a session had on a replica that may have died with it, kept until
+/// it is known whether that replica was alive when the session moved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeftWill {
+    /// The incarnation that served that connection.
+    holder: String,
+    /// The will: the hex of its stored form.
+    will: String,
+    /// When the session moved (Unix ms): the will is published if `holder` was last heard
+    /// before.
+    at: u64,
 }
 
 /// A session read back from the bucket.
@@ -243,7 +292,7 @@ pub struct Loaded {
 }
 
 enum Job {
-    Put(Arc<str>, Snapshot),
+    Put(Arc<str>, Box<Snapshot>),
     /// The session ended (or is no longer kept): its consumers and record go.
     Remove(Arc<str>, Vec<String>),
     Subscribed(Arc<str>, String, SubscriptionRecord, SystemTime),
@@ -279,6 +328,9 @@ pub struct ClusterSessions {
     /// By client id, stream sequences of messages the client already has (their PUBREL was
     /// due where the session was before): skipped when their consumer offers them again.
     delivered: Mutex<HashMap<Arc<str>, HashSet<u64>>>,
+    /// By client id, the stream sequence of the last record written here: removing the record
+    /// removes only what is not newer (another replica may have written since).
+    written_seq: Mutex<HashMap<Arc<str>, u64>>,
     jobs: mpsc::Sender<Job>,
     kv: watch::Receiver<Option<stream::Stream>>,
 }
@@ -306,6 +358,7 @@ impl ClusterSessions {
             feeders: Mutex::new(HashMap::new()),
             releasing: Mutex::new(HashMap::new()),
             delivered: Mutex::new(HashMap::new()),
+            written_seq: Mutex::new(HashMap::new()),
             jobs,
             kv,
         });
@@ -398,7 +451,7 @@ impl ClusterSessions {
         f(snap);
         let snap = snap.clone();
         drop(mirror);
-        self.queue(Job::Put(client_id.into(), snap));
+        self.queue(Job::Put(client_id.into(), Box::new(snap)));
     }
 
     /// Reads the record of `client_id`: `Ok(None)` when it has none (or it has ended), `Err`
@@ -430,13 +483,21 @@ impl ClusterSessions {
         }
         let snapshot: Snapshot =
             serde_json::from_slice(&value).map_err(|e| format!("a bad session record: {e}"))?;
+        if snapshot.expiry == 0 {
+            // The record of a connection whose session is not kept (for its will): nothing to
+            // resume.
+            return Ok(None);
+        }
         if snapshot
             .ends_at
             .is_some_and(|at| at <= record::unix_ms_now())
         {
-            // Ended while no replica held it: it goes now.
-            let filters = snapshot.subs.keys().cloned().collect();
-            self.queue(Job::Remove(client_id.into(), filters));
+            // Ended while offline. The replica that holds it ends it (its will included), or,
+            // if it is dead, the one that took it over; a record no replica holds goes now.
+            if snapshot.holder.is_none() {
+                let filters = snapshot.subs.keys().cloned().collect();
+                self.queue(Job::Remove(client_id.into(), filters));
+            }
             return Ok(None);
         }
         let mut subscriptions = Vec::new();
@@ -484,7 +545,7 @@ impl ClusterSessions {
 
     /// The session `loaded` was resumed here: its record is the base of what is written from
     /// now on, and its consumers are read here.
-    pub fn adopt(&self, client_id: &str, loaded: &Loaded) {
+    pub fn adopt(self: &Arc<Self>, client_id: &str, loaded: &Loaded) {
         self.claim(client_id);
         if !loaded.released_seqs.is_empty() {
             self.delivered
@@ -495,11 +556,39 @@ impl ClusterSessions {
         }
         let mut snapshot = loaded.snapshot.clone();
         snapshot.epoch = loaded.epoch;
+        // [MQTT-3.1.3-9] the connection cancels a will waiting for its delay.
+        snapshot.will = None;
+        snapshot.ends_at = None;
+        // The connection it had elsewhere: its replica closes it and publishes its will, if
+        // alive; if it died with it, the will of a connection closed without DISCONNECT is due
+        // at once when it has no delay (or the session none) [MQTT-3.1.2-8], and is left here
+        // until it is known whether that replica was alive now (`resolve_left`). A delayed
+        // one is cancelled by this connection.
+        let me = self.link.liveness().me().to_owned();
+        let elsewhere = snapshot.holder.take().filter(|h| *h != me);
+        let live_will = snapshot.live_will.take();
+        let at_once = snapshot.expiry == 0 || snapshot.will_delay == 0;
+        if let (Some(holder), Some(will), true, Some(_)) =
+            (elsewhere, live_will, at_once, snapshot.connected_at)
+        {
+            snapshot.left = Some(LeftWill {
+                holder,
+                will,
+                at: record::unix_ms_now(),
+            });
+        }
+        let left = snapshot.left.is_some();
+        snapshot.connected_at = None;
+        snapshot.holder = Some(me);
         self.mirror
             .lock()
             .insert(client_id.into(), snapshot.clone());
-        self.queue(Job::Put(client_id.into(), snapshot));
+        self.queue(Job::Put(client_id.into(), Box::new(snapshot)));
         self.queue(Job::Resume(client_id.into(), loaded.subscriptions.clone()));
+        if left {
+            let (me, client_id): (_, Arc<str>) = (self.clone(), client_id.into());
+            tokio::spawn(async move { me.resolve_left(client_id).await });
+        }
     }
 
     /// A session `client_id` held here is taken over by another replica: nothing it changes
@@ -573,16 +662,372 @@ impl ClusterSessions {
         self.queue(Job::Discard(client_id.into()));
     }
 
+    /// A connection for `client_id` was accepted here (`persistent`: its session is kept), with
+    /// `will` and its Will Delay Interval: the record says this replica serves it and carries the
+    /// will, so that if this replica dies another one publishes the will and takes the session.
+    /// A connection whose session is not kept has a record only for its will.
+    pub fn connected(&self, client_id: &str, persistent: bool, will: Option<(&Message, u32)>) {
+        if !persistent && will.is_none() {
+            return;
+        }
+        let live = will.map(|(m, _)| hex::encode(record::encode_will(m, 0)));
+        let delay = will.map_or(0, |(_, d)| d);
+        let me = self.link.liveness().me().to_owned();
+        let now = record::unix_ms_now();
+        self.change(client_id, |s| {
+            s.holder = Some(me);
+            s.connected_at = Some(now);
+            s.live_will = live;
+            s.will_delay = delay;
+            // [MQTT-3.1.3-9] the connection cancels a will waiting for its delay.
+            s.will = None;
+            s.ends_at = None;
+        });
+    }
+
+    /// The connection serving `client_id` here ended (before what its end makes of the session
+    /// and the will is written): the will is this replica's to publish, schedule or discard, no
+    /// longer the record's. The record of a session that is not kept goes.
+    pub fn disconnected(&self, client_id: &str) {
+        if self.is_handed(client_id) {
+            return;
+        }
+        let mut mirror = self.mirror.lock();
+        let Some(snap) = mirror.get_mut(client_id) else {
+            return;
+        };
+        if snap.expiry == 0 {
+            let snap = mirror.remove(client_id).unwrap_or_default();
+            drop(mirror);
+            self.queue(Job::Remove(
+                client_id.into(),
+                snap.subs.into_keys().collect(),
+            ));
+            return;
+        }
+        snap.connected_at = None;
+        snap.live_will = None;
+        snap.will_delay = 0;
+        let snap = snap.clone();
+        drop(mirror);
+        self.queue(Job::Put(client_id.into(), Box::new(snap)));
+    }
+
+    /// Decides the will a session that moved here left with a replica that had not answered
+    /// ([`LeftWill`]), once that replica's fate is known: dead since before the move, the will is
+    /// published here; alive then, that replica published it.
+    async fn resolve_left(self: Arc<Self>, client_id: Arc<str>) {
+        let liveness = self.link.liveness().clone();
+        let stop = self.link.stop_token().clone();
+        loop {
+            let left = self
+                .mirror
+                .lock()
+                .get(&client_id)
+                .and_then(|s| s.left.clone());
+            let Some(left) = left else { return };
+            if let Some(alive) = liveness.alive_after(&left.holder, left.at) {
+                if !alive {
+                    self.publish_will_hex(&client_id, &left.will);
+                }
+                self.clear_left(&client_id, &left);
+                return;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(liveness.period()) => {}
+            }
+        }
+    }
+
+    fn clear_left(&self, client_id: &str, left: &LeftWill) {
+        let has = self
+            .mirror
+            .lock()
+            .get(client_id)
+            .is_some_and(|s| s.left.as_ref() == Some(left));
+        if has {
+            self.change(client_id, |s| s.left = None);
+        }
+    }
+
+    /// Publishes the will of `client_id` stored as `hexed`, unless it has expired.
+    fn publish_will_hex(&self, client_id: &str, hexed: &str) {
+        let will = hex::decode(hexed)
+            .ok()
+            .and_then(|b| record::decode_will(&b).ok())
+            .and_then(|(_, m)| m);
+        let Some(will) = will else { return };
+        if let Some(tenant) = self.tenant.get().and_then(Weak::upgrade) {
+            info!(tenant = %self.tenant_name, client_id, "will published (its connection was lost with its replica)");
+            crate::session::lifecycle::publish_lost_will(&tenant, Arc::new(will));
+        }
+    }
+
+    /// Reads every session record of the tenant and takes over those whose holder is dead
+    /// ([`super::liveness`]): at start once the other replicas are known, and whenever one dies.
+    pub async fn sweep(self: &Arc<Self>) {
+        let store = self.kv.borrow().clone();
+        let Some(store) = store else { return };
+        let orphans = match tokio::time::timeout(4 * LOAD_TIMEOUT, self.orphans(&store)).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                self.link.metrics().cluster_errors.inc();
+                warn!(tenant = %self.tenant_name, error = %e, "cluster: the session records could not be read for the replicas that died");
+                return;
+            }
+            Err(_) => {
+                self.link.metrics().cluster_errors.inc();
+                warn!(tenant = %self.tenant_name, "cluster: reading the session records for the replicas that died took too long");
+                return;
+            }
+        };
+        for (client_id, seq, snapshot, died) in orphans {
+            self.take(client_id, seq, snapshot, died).await;
+        }
+    }
+
+    /// The records whose holder is dead: client id, stream sequence, record, and when the
+    /// holder died (Unix ms).
+    async fn orphans(
+        &self,
+        store: &stream::Stream,
+    ) -> Result<Vec<(Arc<str>, u64, Snapshot, u64)>, String> {
+        let liveness = self.link.liveness();
+        let mut all = session_subject(&self.tenant_name, "");
+        all.push('*');
+        let consumer = store
+            .create_consumer(consumer::pull::Config {
+                filter_subject: all,
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                description: Some("Starling: the session records of replicas that died".into()),
+                ..consumer::pull::Config::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = consumer.cached_info().name.clone();
+        let mut left = consumer.cached_info().num_pending;
+        let mut found = Vec::new();
+        while left > 0 {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(256)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| e.to_string())?;
+                got += 1;
+                let Ok(info) = m.info() else { continue };
+                let seq = info.stream_sequence;
+                left = info.pending;
+                if m.payload.is_empty() {
+                    continue;
+                }
+                let Some(client_id) = client_id_of(m.subject.as_str()) else {
+                    continue;
+                };
+                let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&m.payload) else {
+                    continue;
+                };
+                let died = match snapshot.holder.as_deref().map(|h| liveness.fate(h)) {
+                    Some(super::liveness::Fate::Dead(at)) => at,
+                    // Written before records named their holder: nobody holds it now.
+                    None => record::unix_ms_now(),
+                    Some(_) => continue,
+                };
+                found.push((client_id, seq, snapshot, died));
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        let _ = store.delete_consumer(&name).await;
+        Ok(found)
+    }
+
+    /// Takes over `client_id`'s record (last written at `seq`) from a holder that died at `died`
+    /// (Unix ms): its connection, if it had one, was lost then, so its will is due after its
+    /// delay (at once without a session expiry) and its session ends at its expiry from then
+    /// [MQTT-3.1.2-8]; what is due now is done (the will published, the session ended), the rest
+    /// at its time ([`ClusterSessions::recheck`]). The record is written first, on the condition
+    /// that it is still the one read (`Nats-Expected-Last-Subject-Sequence`): of two replicas
+    /// taking it at once, or of a replica and a client resuming the session, one wins, and only
+    /// the winner publishes.
+    fn take(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        seq: u64,
+        mut snap: Snapshot,
+        died: u64,
+    ) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let now = record::unix_ms_now();
+            let mut publish = Vec::new();
+            if snap.connected_at.take().is_some() {
+                if let Some(hexed) = snap.live_will.take() {
+                    let delay = if snap.expiry == 0 {
+                        0
+                    } else {
+                        snap.will_delay.min(snap.expiry)
+                    };
+                    let due = died.saturating_add(u64::from(delay) * 1000);
+                    snap.will = hex::decode(&hexed)
+                        .ok()
+                        .and_then(|b| record::decode_will(&b).ok())
+                        .and_then(|(_, m)| m)
+                        .map(|m| hex::encode(record::encode_will(&m, due)));
+                }
+                snap.ends_at = match snap.expiry {
+                    0 => Some(died),
+                    u32::MAX => None,
+                    e => Some(died.saturating_add(u64::from(e) * 1000)),
+                };
+            }
+            snap.live_will = None;
+            snap.will_delay = 0;
+            // A will the session left with a replica that died before the session moved.
+            if let Some(left) = snap.left.clone() {
+                if let Some(alive) = self.link.liveness().alive_after(&left.holder, left.at) {
+                    if !alive {
+                        publish.push(left.will);
+                    }
+                    snap.left = None;
+                }
+            }
+            let ends = snap.ends_at.is_some_and(|at| at <= now);
+            let will_due = snap.will.as_ref().and_then(|h| {
+                let (due, _) = hex::decode(h)
+                    .ok()
+                    .and_then(|b| record::decode_will(&b).ok())?;
+                Some(due)
+            });
+            if let Some(due) = will_due {
+                // Due, or the session ends first [MQTT-3.1.2-8].
+                if ends || due <= now {
+                    publish.extend(snap.will.take());
+                }
+            }
+            snap.holder = Some(self.link.liveness().me().to_owned());
+            let body = if ends {
+                Bytes::new()
+            } else {
+                Bytes::from(serde_json::to_vec(&snap).unwrap_or_default())
+            };
+            let Some(written) = self.write_if(&client_id, seq, body).await else {
+                return;
+            };
+            for will in &publish {
+                self.publish_will_hex(&client_id, will);
+            }
+            if ends {
+                // Its consumers go, and the record (what was written last by this replica).
+                for filter in snap.subs.keys() {
+                    self.drop_consumers(&client_id, filter).await;
+                }
+                let store = self.kv.borrow().clone();
+                if let Some(store) = store {
+                    let subject = session_subject(&self.tenant_name, &client_id);
+                    let _ = store.purge().filter(subject).sequence(written + 1).await;
+                }
+                info!(tenant = %self.tenant_name, client_id = %client_id, "session ended (its replica died)");
+                return;
+            }
+            let next = [
+                snap.ends_at,
+                will_due.filter(|_| snap.will.is_some()),
+                snap.left
+                    .as_ref()
+                    .map(|_| now + super::liveness::millis(self.link.liveness().period())),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(at) = next {
+                let me = self.clone();
+                let stop = self.link.stop_token().clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep_until(record::unix_ms_to_instant(at)) => {
+                            me.recheck(client_id, written).await;
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    /// At the time of something due in a record this replica took over ([`Self::take`]): done if
+    /// the record is still the one written then (nobody resumed the session since).
+    async fn recheck(self: &Arc<Self>, client_id: Arc<str>, written: u64) {
+        let store = self.kv.borrow().clone();
+        let Some(store) = store else {
+            return;
+        };
+        let subject = session_subject(&self.tenant_name, &client_id);
+        let Ok(Ok(m)) = tokio::time::timeout(
+            LOAD_TIMEOUT,
+            store.get_last_raw_message_by_subject(&subject),
+        )
+        .await
+        else {
+            return;
+        };
+        if m.sequence != written || m.payload.is_empty() {
+            return;
+        }
+        let Ok(snap) = serde_json::from_slice::<Snapshot>(&m.payload) else {
+            return;
+        };
+        let now = record::unix_ms_now();
+        self.take(client_id, written, snap, now).await;
+    }
+
+    /// Writes `body` as `client_id`'s record if its last one is still at `seq`: the sequence of
+    /// what was written, or `None` when another write came first (or JetStream failed).
+    async fn write_if(&self, client_id: &str, seq: u64, body: Bytes) -> Option<u64> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            seq.to_string().as_str(),
+        );
+        let subject = session_subject(&self.tenant_name, client_id);
+        let written = match self
+            .link
+            .jetstream()
+            .publish_with_headers(subject, headers, body)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(ack) => Some(ack.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => None,
+            Err(e) => {
+                self.link.metrics().cluster_errors.inc();
+                warn!(tenant = %self.tenant_name, error = %e, "cluster: a dead replica's session record was not taken over");
+                None
+            }
+        }
+    }
+
     async fn run(self: &Arc<Self>, store: &stream::Stream, job: Job) {
         match job {
             Job::Put(client_id, snap) => {
                 let body = serde_json::to_vec(&snap).unwrap_or_default();
                 let subject = session_subject(&self.tenant_name, &client_id);
                 let written = match self.link.jetstream().publish(subject, body.into()).await {
-                    Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                    Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
-                if let Err(e) = written {
+                if let Ok(seq) = written {
+                    self.written_seq.lock().insert(client_id, seq);
+                } else if let Err(e) = written {
                     self.link.metrics().cluster_errors.inc();
                     warn!(tenant = %self.tenant_name, error = %e, "cluster: a session record was not written");
                 }
@@ -593,7 +1038,14 @@ impl ClusterSessions {
                     self.drop_consumers(&client_id, &filter).await;
                 }
                 let subject = session_subject(&self.tenant_name, &client_id);
-                if let Err(e) = store.purge().filter(subject).await {
+                // What this replica wrote last, and older: not a record another replica wrote
+                // since.
+                let last = self.written_seq.lock().remove(&client_id);
+                let purge = match last {
+                    Some(seq) => store.purge().filter(subject).sequence(seq + 1).await,
+                    None => store.purge().filter(subject).await,
+                };
+                if let Err(e) = purge {
                     self.link.metrics().cluster_errors.inc();
                     warn!(tenant = %self.tenant_name, error = %e, "cluster: an ended session's record was not removed");
                 }

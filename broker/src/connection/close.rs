@@ -227,6 +227,10 @@ impl<IO: AsyncIo> Connection<IO> {
         let tenant = self.tenant().clone();
         let session = self.session.clone();
         session.detach(self.generation);
+        if let Some(cs) = tenant.cluster_sessions() {
+            // The will is this replica's to decide now, not the record's.
+            cs.disconnected(&session.client_id);
+        }
         // After the detach no kick can come any more: one that ended the credential while the
         // connection was closing for another reason counts too.
         let outcome = self.outcome(outcome);

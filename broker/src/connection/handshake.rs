@@ -503,6 +503,15 @@ async fn accept_connect(
         .as_ref()
         .and_then(|w| w.properties.will_delay_interval)
         .unwrap_or(0);
+    if let Some(cs) = tenant.cluster_sessions() {
+        // The record says this replica serves the connection, with its will: if this replica
+        // dies, another one publishes the will and takes the session.
+        cs.connected(
+            &session.client_id,
+            expiry > 0,
+            will.as_deref().map(|w| (w, will_delay)),
+        );
+    }
 
     let mut props = ConnAckProperties::default();
     if version == ProtocolVersion::V5 {

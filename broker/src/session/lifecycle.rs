@@ -143,6 +143,24 @@ pub(crate) fn publish_will(tenant: &Arc<Tenant>, session: &Session, will: Arc<Me
     let _ = tenant.publish(will, &mut scratch);
 }
 
+/// Publishes the will of a connection lost with its replica (`[cluster]`), which another
+/// replica took over: the session is not held here, so only the on-publish hook, if any, has a
+/// say.
+pub(crate) fn publish_lost_will(tenant: &Arc<Tenant>, will: Arc<Message>) {
+    if let Some(hook) = tenant.hook() {
+        let client_id = will.publisher.clone().unwrap_or_else(|| Arc::from(""));
+        let verdict = hook.check(will, client_id, None);
+        let t = tenant.clone();
+        tenant.tasks.spawn(async move {
+            if let Verdict::Deliver(will) = verdict.await {
+                let _ = t.publish(will, &mut Vec::new());
+            }
+        });
+        return;
+    }
+    let _ = tenant.publish(will, &mut Vec::new());
+}
+
 /// Why a session ends, for what becomes of its pending will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionEnd {
