@@ -745,6 +745,7 @@ impl Link {
                 }
             };
             let conn_subject = format!("{}.conn", tenant_prefix(&name));
+            let alive_subject = super::liveness::heartbeat_subject(&name);
             let batch = batch_subject(&name);
             let mut scratch = Vec::new();
             loop {
@@ -767,6 +768,10 @@ impl Link {
                             tenant.deliver_from_replica(Arc::new(message), &mut scratch);
                         },
                     );
+                    continue;
+                }
+                if msg.subject.as_str() == alive_subject {
+                    link.liveness.heard_message(&msg);
                     continue;
                 }
                 let origin = msg

@@ -5,9 +5,10 @@
 //! drawn at start (`<replica id>:<16 hex digits>`), so a replica restarted under the same id (a
 //! StatefulSet's pod) is a new incarnation and the sessions the old one held are known to be
 //! orphaned. Every third of `cluster.replica_timeout_secs` it publishes its incarnation on
-//! `starling-replicas.<replica id>` (core NATS), from start until the end of its graceful
-//! shutdown (the connections' last changes written), when it says it leaves (header
-//! `Starling-Leaving`). Every replica subscribes to `starling-replicas.*`.
+//! `starling.<tenant>.alive` of each of its tenants (core NATS, under the prefix the tenant's
+//! NATS permissions allow), from start until the end of its graceful shutdown (the connections'
+//! last changes written), when it says it leaves (header `Starling-Leaving`). Every replica
+//! hears them through its subscription to each tenant's messages.
 //!
 //! An incarnation not heard for `replica_timeout_secs` is dead, and so is one that left, or one
 //! named in a session record and never heard while this replica has been connected to NATS for
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,6 @@ use tracing::{info, warn};
 use super::link::Link;
 use crate::storage::record::unix_ms_now;
 
-/// The first token of the heartbeat subjects.
-pub const HEARTBEAT_ROOT: &str = "starling-replicas";
 /// The header of the last heartbeat of a replica that stops gracefully.
 pub const LEAVING: &str = "Starling-Leaving";
 /// The header of a heartbeat saying when it was sent (Unix ms, the sender's clock).
@@ -106,6 +104,19 @@ impl Liveness {
     /// How often this replica says it is alive: a third of the timeout.
     pub fn period(&self) -> Duration {
         (self.timeout / 3).max(Duration::from_millis(100))
+    }
+
+    /// A heartbeat from another replica ([`heartbeat_subject`]).
+    pub fn heard_message(&self, m: &async_nats::Message) {
+        let left = m.headers.as_ref().is_some_and(|h| h.get(LEAVING).is_some());
+        let sent = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SENT_AT))
+            .and_then(|v| v.as_str().parse().ok());
+        if let Ok(holder) = std::str::from_utf8(&m.payload) {
+            self.heard(holder, left, sent);
+        }
     }
 
     /// `holder` said it is alive at `sent` (Unix ms; `left`: it stops now).
@@ -223,80 +234,65 @@ pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The heartbeat subject of `replica`.
-pub fn heartbeat_subject(replica: &str) -> String {
-    format!("{HEARTBEAT_ROOT}.{replica}")
+/// The heartbeat subject of `tenant`'s replicas: `starling.<tenant>.alive` (under the tenant's
+/// prefix, which its NATS permissions allow; the subscription to the tenant's messages hears it,
+/// [`Liveness::heard_message`]).
+pub fn heartbeat_subject(tenant: &str) -> String {
+    format!("{}.alive", super::subject::tenant_prefix(tenant))
 }
 
-/// Says this replica is alive, listens to the others and sweeps the sessions of the dead, until
-/// `done` (the end of a graceful shutdown, when it says it leaves) or the link is gone.
+/// Says this replica is alive, on the heartbeat subject of each of its tenants, and sweeps the
+/// sessions of the dead, until `done` (the end of a graceful shutdown, when it says it leaves,
+/// [`leave`]) or the link is gone.
 pub(super) fn start(link: &Arc<Link>, done: CancellationToken) {
     let weak: Weak<Link> = Arc::downgrade(link);
     let liveness = link.liveness().clone();
     let client = link.client().clone();
-    let subject = heartbeat_subject(link.replica());
     let sweeping = Arc::new(AtomicBool::new(false));
     let again = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
-        let mut sub = loop {
-            match client.subscribe(format!("{HEARTBEAT_ROOT}.*")).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    warn!(error = %e, "cluster: cannot listen to the other replicas; retrying");
-                    tokio::select! {
-                        () = done.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        };
         let mut beat = tokio::time::interval(liveness.period());
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = done.cancelled() => break,
-                _ = beat.tick() => {
-                    let Some(link) = weak.upgrade() else { return };
-                    let up = link.is_connected();
-                    liveness.connected(up);
-                    if up {
-                        let mut headers = HeaderMap::new();
-                        headers.insert(SENT_AT, unix_ms_now().to_string().as_str());
-                        let body = Bytes::copy_from_slice(liveness.me().as_bytes());
-                        if let Err(e) = client.publish_with_headers(subject.clone(), headers, body).await {
-                            warn!(error = %e, "cluster: a heartbeat was not sent");
-                        }
-                    }
-                    if liveness.tick() {
-                        sweep(&link, &sweeping, &again);
-                    }
-                }
-                m = sub.next() => {
-                    let Some(m) = m else { break };
-                    let left = m.headers.as_ref().is_some_and(|h| h.get(LEAVING).is_some());
-                    let sent = m.headers.as_ref().and_then(|h| h.get(SENT_AT)).and_then(|v| v.as_str().parse().ok());
-                    if let Ok(holder) = std::str::from_utf8(&m.payload) {
-                        liveness.heard(holder, left, sent);
+                _ = beat.tick() => {}
+            }
+            let Some(link) = weak.upgrade() else { return };
+            let up = link.is_connected();
+            liveness.connected(up);
+            if up {
+                for sessions in link.all_sessions() {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(SENT_AT, unix_ms_now().to_string().as_str());
+                    let body = Bytes::copy_from_slice(liveness.me().as_bytes());
+                    let subject = heartbeat_subject(sessions.tenant_name());
+                    if let Err(e) = client.publish_with_headers(subject, headers, body).await {
+                        warn!(error = %e, "cluster: a heartbeat was not sent");
                     }
                 }
             }
+            if liveness.tick() {
+                sweep(&link, &sweeping, &again);
+            }
         }
-        let _ = sub.unsubscribe().await;
     });
 }
 
 /// The last heartbeat of `link`'s replica, which stops gracefully: the others take it for dead
 /// at once.
 pub(super) async fn leave(link: &Link) {
-    let mut headers = HeaderMap::new();
-    headers.insert(LEAVING, "1");
-    headers.insert(SENT_AT, unix_ms_now().to_string().as_str());
-    let bye = Bytes::copy_from_slice(link.liveness().me().as_bytes());
-    let subject = heartbeat_subject(link.replica());
-    let _ = link
-        .client()
-        .publish_with_headers(subject, headers, bye)
-        .await;
+    for sessions in link.all_sessions() {
+        let mut headers = HeaderMap::new();
+        headers.insert(LEAVING, "1");
+        headers.insert(SENT_AT, unix_ms_now().to_string().as_str());
+        let bye = Bytes::copy_from_slice(link.liveness().me().as_bytes());
+        let subject = heartbeat_subject(sessions.tenant_name());
+        let _ = link
+            .client()
+            .publish_with_headers(subject, headers, bye)
+            .await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), link.client().flush()).await;
 }
 

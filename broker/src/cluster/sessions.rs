@@ -662,6 +662,11 @@ impl ClusterSessions {
         self.queue(Job::Discard(client_id.into()));
     }
 
+    /// The tenant's name.
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant_name
+    }
+
     /// A connection for `client_id` was accepted here (`persistent`: its session is kept), with
     /// `will` and its Will Delay Interval: the record says this replica serves it and carries the
     /// will, so that if this replica dies another one publishes the will and takes the session.
