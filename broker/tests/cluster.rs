@@ -1769,3 +1769,67 @@ async fn malformed_frames_are_dropped_and_counted() {
     .await
     .expect("within a minute");
 }
+
+/// Replica `id` that takes another for dead after 1 s unheard.
+async fn quick_replica(nats: &Nats, id: &str) -> TestBroker {
+    let url = nats.url.clone();
+    let id = id.to_owned();
+    let broker = TestBroker::with(move |c| {
+        c.cluster.nats = vec![url];
+        c.cluster.replica_id = Some(id);
+        c.cluster.replica_timeout_secs = 1;
+    })
+    .await;
+    await_readyz(&broker, 200).await;
+    broker
+}
+
+#[tokio::test]
+async fn a_delayed_will_of_a_replica_that_stopped_is_published_by_another_at_its_time_once() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let a = quick_replica(&nats, "a").await;
+        let b = quick_replica(&nats, "b").await;
+        let mut watcher = subscriber(
+            &b,
+            "watcher",
+            &[("will/#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
+        let mut probe = a.client("probe").await;
+        await_link(&mut probe, &mut watcher).await;
+        drop(probe);
+        let mut c = a.raw().await;
+        let mut connect = common::connect_v5("delayed");
+        connect.properties.session_expiry_interval = Some(60);
+        connect.will = Some(starling_codec::Will {
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "will/delayed".into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            properties: starling_codec::WillProperties {
+                will_delay_interval: Some(2),
+                ..Default::default()
+            },
+        });
+        assert_eq!(c.connect(connect).await.reason, ReasonCode::SUCCESS);
+        // A stops gracefully: the connection closes (0x8B), its will waits for its delay, and
+        // A no longer runs its timer; B, told that A left, publishes it when it is due.
+        let stopped = tokio::time::Instant::now();
+        a.broker.shutdown().await;
+        let will = next_not_probe(&mut watcher).await;
+        assert_eq!(
+            (will.topic.as_str(), &will.payload[..]),
+            ("will/delayed", &b"gone"[..])
+        );
+        assert!(
+            stopped.elapsed() >= Duration::from_millis(1500),
+            "published before its delay: {:?}",
+            stopped.elapsed()
+        );
+        // Once.
+        watcher.expect_silence(Duration::from_millis(2500)).await;
+    })
+    .await
+    .expect("within a minute");
+}
