@@ -130,7 +130,16 @@ pub async fn start_with_faults(
         )
         .await
         .map_err(|e| crate::error::Error::Cluster(e.to_string()))?;
-        default_tenant.join_cluster(&link);
+        // The default tenant has clients only on listeners without authentication: a broker
+        // whose every listener takes tokens (a managed one) keeps it off NATS, where its NATS
+        // user may touch only its own tenants.
+        let default_has_clients = config
+            .listeners
+            .iter()
+            .any(|l| l.auth.unwrap_or(config.auth.mode) == AuthMode::None);
+        if default_has_clients {
+            default_tenant.join_cluster(&link);
+        }
         ready.follow_cluster(link.clone());
         directory.set_cluster(link);
     }

@@ -1833,3 +1833,43 @@ async fn a_delayed_will_of_a_replica_that_stopped_is_published_by_another_at_its
     .await
     .expect("within a minute");
 }
+
+/// A broker whose every listener takes tokens (what the operator runs) has no clients of the
+/// default tenant, so the default tenant stays off NATS: ready (which waits for the streams and
+/// buckets of every tenant joined) with none of its own made, where a broker without
+/// authentication makes them.
+#[tokio::test]
+async fn a_broker_taking_only_tokens_keeps_the_default_tenant_off_nats() {
+    use futures_util::TryStreamExt;
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let js =
+            async_nats::jetstream::new(async_nats::connect(nats.url.as_str()).await.expect("NATS"));
+        let url = nats.url.clone();
+        let tokens = TestBroker::with(move |c| {
+            c.cluster.nats = vec![url];
+            c.cluster.replica_id = Some("t".into());
+            c.auth.mode = starling_broker::config::AuthMode::Token;
+            // Tenants whose keys are embedded in the tokens (any key: none connects here).
+            c.embedded_tenants = true;
+        })
+        .await;
+        await_readyz(&tokens, 200).await;
+        let names: Vec<String> = js.stream_names().try_collect().await.expect("names");
+        assert!(names.is_empty(), "{names:?}");
+        let open = ready_replica(&nats, "o").await;
+        let mut names: Vec<String> = js.stream_names().try_collect().await.expect("names");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "KV_starling-retained-default",
+                "STARLING_default",
+                "STARLING_default_SESSIONS"
+            ]
+        );
+        drop(open);
+    })
+    .await
+    .expect("within a minute");
+}
