@@ -789,9 +789,7 @@ async fn nats_credentials(
     let Some(auth) = auth else {
         return Ok(Some(credentials));
     };
-    auth.publish_account(broker_id).await.map_err(|e| {
-        Error::NatsCredentials(format!("the broker's NATS account was not published: {e}"))
-    })?;
+    let published = auth.publish_account(broker_id).await;
     let existing = Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(&resources::names::nats(b))
         .await?
@@ -800,6 +798,21 @@ async fn nats_credentials(
     let login = auth
         .broker_login(broker_id, existing.as_deref())
         .map_err(|e| Error::NatsCredentials(e.to_string()))?;
+    match published {
+        Ok(()) => {}
+        // Published before (its user is the one minted then): NATS being away does not hold
+        // back the rest of the reconcile; the next one publishes it again.
+        Err(e) if existing.as_deref() == Some(login.creds.as_str()) => warn!(
+            broker = %Context::key(b),
+            error = %e,
+            "the broker's NATS account was not published again; its pods keep their NATS user"
+        ),
+        Err(e) => {
+            return Err(Error::NatsCredentials(format!(
+                "the broker's NATS account was not published: {e}"
+            )));
+        }
+    }
     Ok(Some(credentials.with_login(&login)))
 }
 

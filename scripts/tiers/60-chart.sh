@@ -247,6 +247,8 @@ for i in range(3):
 [np] = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "starling-nats"]
 client = [r for r in np["spec"]["ingress"] if r["ports"][0]["port"] == "client"]
 assert client[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "starling-broker", np
+# and from the operator, which publishes the Brokers' accounts
+assert client[0]["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "starling-operator", np
 print("nats cluster ok")
 PY
 
@@ -262,9 +264,10 @@ base_sum=$(nats_checksum)
 [ "$(nats_checksum --set nats.install.resources.limits.memory=3Gi)" = "$base_sum" ] \
   || fail "a change outside nats.conf changes the NATS pods' configuration checksum"
 
-# NATS credentials: the installed NATS requires the token the operator generates once, which
-# reaches the NATS pods and the operator by Secret reference only; an existing NATS's auth and TLS
-# Secrets reach the operator by name, and the operator may get exactly those Secrets.
+# NATS credentials: the installed NATS runs decentralized auth from the keys the operator keeps
+# (a Secret it creates once) and the auth.conf it writes (a Secret the NATS pods include, and
+# wait for); no shared token anywhere. An existing NATS's auth and TLS Secrets reach the operator
+# by name, and the operator may get exactly those Secrets.
 helm template starling "$chart" -n starling-system --set 'nats.urls={tls://nats.messaging.svc:4222}' \
   --set nats.auth.existingSecret=nats-broker-creds --set nats.tls.existingSecret=nats-client-tls >"$work/nats-existing.yaml"
 python3 - "$work/all-on.yaml" "$work/nats-existing.yaml" "$work/default.yaml" <<'PY' || fail "the NATS credentials are rendered wrong"
@@ -279,22 +282,30 @@ def secret_get_rules(docs):
             if r["resources"] == ["secrets"] and r["verbs"] == ["get"]]
 installed, existing, default = (load(p) for p in sys.argv[1:4])
 env = operator_env(installed)
-assert env["STARLING_OPERATOR_BROKER_CLUSTER_SECRET"] == "starling-nats-auth", env
+assert "STARLING_OPERATOR_BROKER_CLUSTER_SECRET" not in env, env
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS_KEYS"] == "starling-nats-keys", env
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS_CONFIG"] == "starling-nats-auth-config", env
 assert "STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET" not in env, env
-generated = json.loads(env["STARLING_OPERATOR_GENERATE_SECRETS"])
-assert {"name": "starling-nats-auth", "data": {"token": "{random}"}} == {
-    k: v for k, v in [g for g in generated if g["name"] == "starling-nats-auth"][0].items() if k in ("name", "data")}, generated
+assert "nats" not in env["STARLING_OPERATOR_GENERATE_SECRETS"], env
 [cm] = [d for d in installed if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-nats"]
-assert "token: $STARLING_NATS_TOKEN" in cm["data"]["nats.conf"], cm
+conf = cm["data"]["nats.conf"]
+assert "include ./auth.conf" in conf and "token" not in conf, conf
 [sts] = [d for d in installed if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "starling-nats"]
-[tok] = [e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "STARLING_NATS_TOKEN"]
-assert tok["valueFrom"]["secretKeyRef"] == {"name": "starling-nats-auth", "key": "token"}, tok
-assert [r["resourceNames"] for r in secret_get_rules(installed)] == [["starling-nats-auth"]], secret_get_rules(installed)
+pod = sts["spec"]["template"]["spec"]
+assert not [e for e in pod["containers"][0]["env"] if "TOKEN" in e["name"]], pod["containers"][0]["env"]
+[config] = [v for v in pod["volumes"] if v["name"] == "config"]
+sources = config["projected"]["sources"]
+assert sources[0]["configMap"]["name"] == "starling-nats", sources
+assert sources[1]["secret"] == {"name": "starling-nats-auth-config", "items": [{"key": "auth.conf", "path": "auth.conf"}]}, sources
+assert secret_get_rules(installed) == [], secret_get_rules(installed)
+keys = [r for d in installed if d["kind"] == "Role" for r in d.get("rules", []) if r.get("resourceNames") == ["starling-nats-keys", "starling-nats-auth-config"]]
+assert keys and keys[0]["verbs"] == ["get", "patch"], keys
 env = operator_env(existing)
 assert env["STARLING_OPERATOR_BROKER_CLUSTER_SECRET"] == "nats-broker-creds", env
 assert env["STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET"] == "nats-client-tls", env
 assert "nats-auth" not in env["STARLING_OPERATOR_GENERATE_SECRETS"], env
 assert [r["resourceNames"] for r in secret_get_rules(existing)] == [["nats-broker-creds", "nats-client-tls"]]
+assert "STARLING_OPERATOR_BROKER_CLUSTER_NATS_KEYS" not in env, env
 env = operator_env(default)
 assert not any(k.startswith("STARLING_OPERATOR_BROKER_CLUSTER") for k in env), env
 assert secret_get_rules(default) == [], "no NATS, no Secret to read"

@@ -25,13 +25,15 @@
 # - `kubectl scale broker` changes spec.replicas through the scale subresource (status.selector
 #   shown); three replicas without a NATS cluster turn Degraded (ReplicasNeedCluster) and the
 #   Deployment keeps one;
-# - with the chart's NATS (nats.install.enabled, helm upgrade): its StatefulSet takes its token
-#   from a Secret the operator generates; an operator with the chart's NATS settings gives a
-#   Broker with replicas: 3 a Deployment of 3 with --cluster-nats, topology spread and
-#   anti-affinity, the preStop drain, its own copy of the token (trio-nats) as an environment
-#   variable and a Server Reference, the token in no Deployment, ConfigMap, status or log; playing
-#   the kubelet for one pod (env from trio-nats), its broker joins a local nats-server that
-#   requires the token and turns ready, and with another token NATS refuses it; with
+# - with the chart's NATS (nats.install.enabled, helm upgrade): its StatefulSet includes the
+#   auth.conf the operator writes (no token); the operator creates its NATS keys once and writes
+#   auth.conf, which nats-server accepts next to the chart's nats.conf; it gives a Broker with
+#   replicas: 3 a Deployment of 3 with --cluster-nats, topology spread and anti-affinity, the
+#   preStop drain, a NATS user of its own (trio-nats: nats.creds, whose permissions name only
+#   its broker id; broker.toml names it and its inbox prefix) and a Server Reference, no seed in
+#   any Deployment, ConfigMap, status or log; playing the kubelet for one pod, its broker joins
+#   a local nats-server running that auth.conf (the operator publishes trio's account to it)
+#   and turns ready, and with its credentials tampered with NATS refuses it; with
 #   nats.tls.existingSecret the CA reaches trio-nats, mounted and named by path in broker.toml;
 #   on this v1.20 server no policy/v1 budget and DisruptionBudget=False, while
 #   `starling-operator render` of the same Broker passes kubernetes-validate --strict for 1.33
@@ -755,35 +757,60 @@ standby_pid=""
 holder=$(kubectl -n starling-system get lease starling-operator -o jsonpath='{.spec.holderIdentity}')
 [ -z "$holder" ] || fail "the operator did not release its Lease on shutdown (holder $holder)"
 
-echo "--- replicas: 3 on the chart's NATS: workload, spread, NATS settings and credentials the server accepts"
+echo "--- replicas: 3 on the chart's NATS: workload, spread, NATS settings and a NATS user of its own the server accepts"
 helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' \
   --set nats.install.enabled=true >/dev/null || fail "helm upgrade with nats.install.enabled failed"
 kubectl -n starling-system get statefulset starling-nats >/dev/null || fail "the chart's NATS StatefulSet was not accepted"
-[ "$(kubectl -n starling-system get statefulset starling-nats -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="STARLING_NATS_TOKEN")].valueFrom.secretKeyRef.name}')" = starling-nats-auth ] \
-  || fail "the NATS pods do not take their token from the Secret starling-nats-auth"
+[ "$(kubectl -n starling-system get statefulset starling-nats -o jsonpath='{.spec.template.spec.volumes[?(@.name=="config")].projected.sources[1].secret.name}')" = starling-nats-auth-config ] \
+  || fail "the NATS pods do not include the auth configuration of the Secret starling-nats-auth-config"
+[ -z "$(kubectl -n starling-system get statefulset starling-nats -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="STARLING_NATS_TOKEN")].name}')" ] \
+  || fail "the NATS pods still take a shared token"
 # What the chart gives its operator, which runs here out of cluster as its ServiceAccount.
 op_env() { kubectl -n starling-system get deploy starling-operator -o jsonpath="{.spec.template.spec.containers[0].env[?(@.name==\"$1\")].value}"; }
 nats_urls=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS)
-nats_secret=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_SECRET)
-[ -n "$nats_urls" ] && [ "$nats_secret" = starling-nats-auth ] || fail "the operator is not given the chart's NATS ($nats_urls, $nats_secret)"
+nats_keys=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS_KEYS)
+nats_config=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS_CONFIG)
+[ -n "$nats_urls" ] && [ "$nats_keys" = starling-nats-keys ] && [ "$nats_config" = starling-nats-auth-config ] \
+  && [ -z "$(op_env STARLING_OPERATOR_BROKER_CLUSTER_SECRET)" ] \
+  || fail "the operator is not given the chart's NATS ($nats_urls, $nats_keys, $nats_config)"
 # Gateway API's resources (reduced, scripts/tiers/kube/fixtures), served before the operator
 # starts so that it watches routes.
 kubectl apply -f scripts/tiers/kube/fixtures/gateway-api-crds.yaml >/dev/null || fail "the Gateway API CRDs were not accepted"
 wait_for 30 kubectl get --raw /apis/gateway.networking.k8s.io/v1alpha2 || fail "the Gateway API CRDs are not served"
+# A local nats-server stands in for the chart's NATS (its in-cluster names do not resolve here):
+# the operator publishes the Brokers' accounts to it.
+need nats-server
+nats_port=$(free_port)
 start_nats_operator() { # LOG [more flags...]: the operator with the chart's NATS settings
   local log=$1; shift
   KUBECONFIG="$work/operator-kubeconfig" RUST_LOG=info,kube=warn POD_NAME=operator-nats "$OPERATOR" run \
     --api-url "$api_url" --api-token-file "$work/api-data/admin-token" --control-plane-url "http://starling-api-internal.starling-system.svc:8081" \
     --watch-namespaces iot --lease-namespace starling-system --lease-name starling-operator \
     --broker-network-policies true --monitoring-namespace monitoring \
-    --broker-cluster-nats "$nats_urls" --broker-cluster-secret "$nats_secret" --generate-secrets "$(op_env STARLING_OPERATOR_GENERATE_SECRETS)" \
+    --broker-cluster-nats "$nats_urls" --broker-cluster-nats-keys "$nats_keys" --broker-cluster-nats-config "$nats_config" \
+    --nats-accounts-url "nats://127.0.0.1:$nats_port" --generate-secrets "$(op_env STARLING_OPERATOR_GENERATE_SECRETS)" \
     --http "127.0.0.1:$(free_port)" --log-format pretty "$@" >"$log" 2>&1 &
   op_pid=$!
   wait_for 30 grep -q "starting the controller" "$log" || { tail -20 "$log"; fail "the operator with NATS did not start"; }
 }
 start_nats_operator "$work/operator-nats.log"
-token=$(kubectl -n starling-system get secret starling-nats-auth -o jsonpath='{.data.token}' | base64 -d)
-[ "${#token}" -ge 32 ] || fail "the operator did not generate the NATS token"
+# The keys, made once, and the servers' auth.conf written from them: nats-server takes it next
+# to the chart's own nats.conf, and the stand-in server runs it.
+secret_value() { kubectl -n "$1" get secret "$2" -o json | python3 -c 'import base64, json, sys; print(base64.b64decode(json.load(sys.stdin)["data"][sys.argv[1]]).decode(), end="")' "$3"; }
+operator_seed=$(secret_value starling-system "$nats_keys" operator.nk)
+system_seed=$(secret_value starling-system "$nats_keys" system.nk)
+[ "${operator_seed:0:2}" = SO ] && [ "${system_seed:0:2}" = SA ] || fail "the operator did not make the NATS operator and system account keys"
+mkdir -p "$work/nats-chart" "$work/nats-local"
+kubectl -n starling-system get configmap starling-nats -o jsonpath='{.data.nats\.conf}' >"$work/nats-chart/nats.conf"
+secret_value starling-system "$nats_config" auth.conf >"$work/nats-chart/auth.conf"
+grep -qF "$system_seed" "$work/nats-chart/auth.conf" && fail "the NATS servers' auth.conf holds a seed"
+POD_NAME=starling-nats-0 nats-server -t -c "$work/nats-chart/nats.conf" >"$work/nats-chart/check.log" 2>&1 \
+  || { cat "$work/nats-chart/check.log"; fail "nats-server refuses the chart's nats.conf with the operator's auth.conf"; }
+sed "s|\"/data/jwt\"|\"$work/nats-jwt\"|" "$work/nats-chart/auth.conf" >"$work/nats-local/auth.conf"
+printf 'include ./auth.conf\n' >"$work/nats-local/nats.conf"
+nats-server -c "$work/nats-local/nats.conf" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats-store" >"$work/nats.log" 2>&1 </dev/null &
+nats_pid=$!
+wait_for 20 grep -q "Server is ready" "$work/nats.log" || { cat "$work/nats.log"; fail "nats-server did not start"; }
 kubectl apply -f - >/dev/null <<'YAML'
 apiVersion: starling.dev/v1alpha1
 kind: Broker
@@ -798,10 +825,15 @@ wait_for 60 trio_applied || { tail -20 "$work/operator-nats.log"; kubectl -n iot
 kubectl -n iot get deploy trio -o json >"$work/trio.json"
 kubectl -n iot get configmap trio-config -o json >"$work/trio-config.json"
 kubectl -n iot get broker trio -o json >"$work/trio-broker.json"
-python3 - "$work/trio.json" "$work/trio-config.json" "$work/trio-broker.json" "$nats_urls" "$token" <<'PY' || fail "the three-replica Broker is rendered wrong"
-import json, sys
+secret_value iot trio-nats nats.creds >"$work/trio.creds"
+trio_seed=$(grep -A1 "BEGIN USER NKEY SEED" "$work/trio.creds" | tail -1)
+[ "${trio_seed:0:2}" = SU ] || fail "trio-nats holds no NATS user credentials"
+python3 - "$work/trio.json" "$work/trio-config.json" "$work/trio-broker.json" "$nats_urls" "$work/trio.creds" "$operator_seed" "$system_seed" "$trio_seed" <<'PY' || fail "the three-replica Broker is rendered wrong"
+import base64, json, sys
 dep, cm, broker = (json.load(open(p)) for p in sys.argv[1:4])
-urls, token = sys.argv[4].split(","), sys.argv[5]
+urls = sys.argv[4].split(",")
+creds = open(sys.argv[5]).read()
+seeds = sys.argv[6:9]
 pod = dep["spec"]["template"]["spec"]
 c = pod["containers"][0]
 args = c["args"]
@@ -810,20 +842,30 @@ keys = [t["topologyKey"] for t in pod["topologySpreadConstraints"]]
 assert keys == ["topology.kubernetes.io/zone"], keys
 anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
 assert anti["topologyKey"] == "kubernetes.io/hostname", anti
-env = {e["name"]: e for e in c["env"]}
-ref = env["STARLING_BROKER__CLUSTER__TOKEN"]["valueFrom"]["secretKeyRef"]
-assert ref == {"name": "trio-nats", "key": "token", "optional": False}, ref
+env = {e["name"]: e for e in c.get("env", [])}
+assert not [n for n in env if n.startswith("STARLING_BROKER__CLUSTER__")], env
 assert c["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain", c.get("lifecycle")
 assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] in (0, "0"), dep["spec"]["strategy"]
 text = cm["data"]["broker.toml"]
 assert 'server_reference = "mqtts://trio.example.com:8883"' in text, text
+broker_id = broker["status"]["brokerId"]
+assert 'creds = "/etc/starling/nats/nats.creds"' in text, text
+assert f'inbox_prefix = "_INBOX_starling.{broker_id}"' in text, text
+# The user's permissions name trio's broker id and nothing wider.
+jwt = creds.split("-----BEGIN NATS USER JWT-----")[1].split()[0]
+body = jwt.split(".")[1]
+claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+assert claims["nats"]["sub"]["allow"] == [f"_INBOX_starling.{broker_id}.>", f"starling.{broker_id}.>"], claims
+assert all(broker_id in s or s == "$JS.API.INFO" for s in claims["nats"]["pub"]["allow"]), claims
 for doc in (dep, cm, broker):
-    assert token not in json.dumps(doc), "the NATS token is in a Deployment, ConfigMap or status"
+    for seed in seeds:
+        assert seed not in json.dumps(doc), "a NATS seed is in a Deployment, ConfigMap or status"
 print("trio ok")
 PY
-[ "$(kubectl -n iot get secret trio-nats -o jsonpath='{.data.token}' | base64 -d)" = "$token" ] || fail "the Broker's own Secret trio-nats does not hold the NATS token"
 [ "$(kubectl -n iot get secret trio-nats -o jsonpath='{.metadata.ownerReferences[0].name}')" = trio ] || fail "trio-nats is not owned by its Broker"
-grep -q "$token" "$work/operator-nats.log" && fail "the NATS token is in the operator's log"
+for seed in "$operator_seed" "$system_seed" "$trio_seed"; do
+  grep -qF "$seed" "$work/operator-nats.log" && fail "a NATS seed is in the operator's log"
+done
 if kubectl api-resources --api-group=policy -o name | grep -qx poddisruptionbudgets.policy \
   && kubectl get --raw /apis/policy/v1 >/dev/null 2>&1; then
   wait_for 30 kubectl -n iot get pdb trio || fail "no PodDisruptionBudget for three replicas where policy/v1 is served"
@@ -833,15 +875,8 @@ else
   wait_for 30 no_budget || fail "without policy/v1 the three-replica Broker does not report DisruptionBudget=False (PolicyV1Unavailable)"
 fi
 
-echo "--- playing the kubelet for one of trio's pods: its broker joins NATS with the token from its own Secret"
-# A local nats-server stands in for the chart's NATS (its in-cluster names do not resolve here),
-# requiring the token the operator generated, as the chart's nats.conf does.
-need nats-server
-nats_port=$(free_port)
-nats-server -js -a 127.0.0.1 -p "$nats_port" --auth "$token" -sd "$work/nats-store" >"$work/nats.log" 2>&1 </dev/null &
-nats_pid=$!
-wait_for 20 grep -q "Server is ready" "$work/nats.log" || { cat "$work/nats.log"; fail "nats-server did not start"; }
-run_trio_pod() { # OUT_DIR [ENV_OVERRIDE]: lays out trio's pod and starts its broker; sets trio_pid, trio_http
+echo "--- playing the kubelet for one of trio's pods: its broker joins NATS as its own user"
+run_trio_pod() { # OUT_DIR [CREDS_FILE]: lays out trio's pod and starts its broker; sets trio_pid, trio_http
   local dir=$1
   mkdir -p "$dir"
   kubectl -n iot get configmaps,secrets -o json >"$dir/objects.json"
@@ -849,25 +884,34 @@ run_trio_pod() { # OUT_DIR [ENV_OVERRIDE]: lays out trio's pod and starts its br
     "http://$api_internal" "$dir" "nats://127.0.0.1:$nats_port" || fail "could not lay out trio's pod"
   mapfile -t trio_args <"$dir/args"
   mapfile -t trio_env <"$dir/env"
-  [ -n "${2:-}" ] && trio_env=("${trio_env[@]/#STARLING_BROKER__CLUSTER__TOKEN=*/$2}")
+  # broker.toml names the mounted file by its path in the pod; here it is under the stand-in's root.
+  trio_env+=("STARLING_BROKER__CLUSTER__CREDS=${2:-$dir/root/etc/starling/nats/nats.creds}")
   trio_http=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["--http"])' "$dir/ports.json")
   env -i PATH="$PATH" HOSTNAME=trio-0 "${trio_env[@]}" "$BROKER" "${trio_args[@]}" >"$dir/broker.log" 2>&1 &
   trio_pid=$!
 }
 run_trio_pod "$work/trio-pod"
 broker_pid=$trio_pid
-grep -qx "STARLING_BROKER__CLUSTER__TOKEN=$token" "$work/trio-pod/env" || fail "the pod's environment does not carry the token from trio-nats"
+cmp "$work/trio-pod/root/etc/starling/nats/nats.creds" "$work/trio.creds" || fail "the pod does not see trio-nats's credentials"
 trio_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$trio_http/readyz")" = 200 ]; }
-wait_for 60 trio_ready || { tail -20 "$work/trio-pod/broker.log"; fail "trio's broker did not join NATS with its token and turn ready"; }
-grep -q "$token" "$work/trio-pod/broker.log" && fail "the NATS token is in the broker's log"
+wait_for 60 trio_ready || { tail -20 "$work/trio-pod/broker.log"; tail -20 "$work/nats.log"; fail "trio's broker did not join NATS as its own user and turn ready"; }
+grep -qF "$trio_seed" "$work/trio-pod/broker.log" && fail "the NATS seed is in the broker's log"
+grep -q "Violation" "$work/nats.log" && { grep Violation "$work/nats.log" | head -5; fail "NATS refused something trio's broker needs"; }
 kill "$trio_pid"; wait "$trio_pid" 2>/dev/null || true; broker_pid=""
-# The same pod with another token: NATS refuses it, and the broker is not ready.
-run_trio_pod "$work/trio-pod-wrong" "STARLING_BROKER__CLUSTER__TOKEN=not-the-token"
+# The same pod with its user's JWT tampered with: NATS refuses it, and the broker is not ready.
+python3 - "$work/trio.creds" "$work/trio-tampered.creds" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().split("\n")
+i = lines.index("-----BEGIN NATS USER JWT-----") + 1
+head, body, sig = lines[i].split(".")
+lines[i] = ".".join([head, body, ("A" if sig[0] != "A" else "B") + sig[1:]])
+open(sys.argv[2], "w").write("\n".join(lines))
+PY
+run_trio_pod "$work/trio-pod-wrong" "$work/trio-tampered.creds"
 broker_pid=$trio_pid
-wait_for 30 grep -q "authorization violation" "$work/trio-pod-wrong/broker.log" || { tail -20 "$work/trio-pod-wrong/broker.log"; fail "a wrong token was not refused by NATS"; }
+wait_for 30 grep -q "authorization violation" "$work/trio-pod-wrong/broker.log" || { tail -20 "$work/trio-pod-wrong/broker.log"; fail "tampered credentials were not refused by NATS"; }
 trio_ready && fail "a broker NATS refused says ready"
 kill "$trio_pid"; wait "$trio_pid" 2>/dev/null || true; broker_pid=""
-kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; nats_pid=""
 
 # What this v1.20 server cannot show: the same Broker's objects, rendered by the operator
 # offline, against the schemas of a current Kubernetes (policy/v1 budget included).
@@ -938,15 +982,21 @@ start_nats_operator "$work/operator-nats-tls.log" --broker-cluster-tls-secret "$
 has_ca() { [ -n "$(kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}')" ]; }
 wait_for 30 has_ca || fail "trio-nats did not get the NATS CA"
 cmp <(kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}' | base64 -d) "$work/operator-ca.crt" || fail "trio-nats holds another CA"
+# Reconciled again, by another operator process: trio keeps its NATS user (its pods do not roll).
+cmp <(secret_value iot trio-nats nats.creds) "$work/trio.creds" || fail "a later reconcile minted trio a new NATS user"
 kubectl -n iot get configmap trio-config -o jsonpath='{.data.broker\.toml}' | grep -qx 'tls_ca = "/etc/starling/nats/ca.crt"' \
   || fail "trio's broker.toml does not name the mounted CA"
 [ "$(kubectl -n iot get deploy trio -o jsonpath='{.spec.template.spec.containers[0].volumeMounts[?(@.name=="nats")].mountPath}')" = /etc/starling/nats ] \
   || fail "trio's pods do not mount trio-nats"
 
-echo "--- kubectl scale broker trio --replicas=2: the operator follows"
+# NATS goes away: the operator cannot publish trio's account again, which holds back nothing.
+kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; nats_pid=""
+
+echo "--- kubectl scale broker trio --replicas=2: the operator follows, NATS away"
 kubectl -n iot scale broker trio --replicas=2 >/dev/null || fail "kubectl scale broker trio failed"
 trio_two() { [ "$(kubectl -n iot get deploy trio -o jsonpath='{.spec.replicas}')" = 2 ]; }
 wait_for 60 trio_two || fail "the Deployment did not follow kubectl scale to 2"
+grep -q "its pods keep their NATS user" "$work/operator-nats-tls.log" || fail "the operator did not say it could not publish trio's account again"
 kubectl -n iot delete ingress trio-wss >/dev/null
 kubectl -n iot delete broker trio --wait=false >/dev/null
 wait_for 60 gone trio || fail "the Broker trio was not released"

@@ -30,15 +30,20 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- define "starling.api.name" -}}{{ include "starling.fullname" . }}-api{{- end -}}
 {{- define "starling.api.internalName" -}}{{ include "starling.fullname" . }}-api-internal{{- end -}}
 {{- define "starling.nats.name" -}}{{ include "starling.fullname" . }}-nats{{- end -}}
-{{/* The Secret with the brokers' NATS credentials: nats.auth.existingSecret, else the token
-the operator generates for the installed NATS; empty when neither. */}}
+{{/* The Secret with the brokers' shared NATS credentials: nats.auth.existingSecret; empty
+without one (the installed NATS then gives each Broker an account and user of its own). */}}
 {{- define "starling.nats.authSecret" -}}
-{{- if .Values.nats.auth.existingSecret -}}
-{{ .Values.nats.auth.existingSecret }}
-{{- else if .Values.nats.install.enabled -}}
-{{ include "starling.nats.name" . }}-auth
+{{- .Values.nats.auth.existingSecret -}}
 {{- end -}}
+{{/* Whether the operator runs the installed NATS's decentralized auth: an account and a user
+per Broker (nats.install.enabled without nats.auth.existingSecret). */}}
+{{- define "starling.nats.accounts" -}}
+{{- if and .Values.nats.install.enabled (not .Values.nats.auth.existingSecret) -}}true{{- end -}}
 {{- end -}}
+{{/* The Secret with the NATS operator and system account keys (created by the operator). */}}
+{{- define "starling.nats.keysSecret" -}}{{ include "starling.nats.name" . }}-keys{{- end -}}
+{{/* The Secret with the NATS servers' auth configuration (written by the operator). */}}
+{{- define "starling.nats.configSecret" -}}{{ include "starling.nats.name" . }}-auth-config{{- end -}}
 {{- define "starling.nats.urls" -}}
 {{- if .Values.nats.install.enabled -}}
 {{- $name := include "starling.nats.name" . -}}
@@ -87,9 +92,6 @@ a JSON list of {name, data: {key: template with {random}}, labels}. */}}
 {{- if and .Values.postgresql.enabled (not .Values.api.database.existingSecret) }}
 {{- $url := printf "postgres://%s:{random}@%s:5432/%s" .Values.postgresql.username (include "starling.postgresql.name" .) .Values.postgresql.database }}
 {{- $list = append $list (dict "name" (include "starling.database.secret" .) "data" (dict "POSTGRES_PASSWORD" "{random}" .Values.api.database.key $url) "labels" $labels) }}
-{{- end }}
-{{- if and .Values.nats.install.enabled (not .Values.nats.auth.existingSecret) }}
-{{- $list = append $list (dict "name" (include "starling.nats.authSecret" .) "data" (dict "token" "{random}") "labels" $labels) }}
 {{- end }}
 {{- toJson $list }}
 {{- end -}}
