@@ -15,7 +15,6 @@
 //! is reloaded when Brokers come and go. Seeds and credentials never reach a log, an error, an
 //! event or the status.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,22 +190,29 @@ fn value(s: &Secret, key: &str) -> Option<String> {
 /// The keys Secret, new: two fresh seeds.
 pub fn new_keys_secret(name: &str, namespace: &str) -> Result<Secret, NatsAuthError> {
     let [operator, system] = ServerKeys::generate().seeds()?;
-    Ok(Secret {
+    Ok(opaque_secret(
+        name,
+        namespace,
+        [(OPERATOR_SEED_KEY, operator), (SYSTEM_SEED_KEY, system)],
+    ))
+}
+
+/// An `Opaque` Secret `namespace/name` holding `data`.
+fn opaque_secret<const N: usize>(name: &str, namespace: &str, data: [(&str, String); N]) -> Secret {
+    Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([
-            (
-                OPERATOR_SEED_KEY.to_owned(),
-                ByteString(operator.into_bytes()),
-            ),
-            (SYSTEM_SEED_KEY.to_owned(), ByteString(system.into_bytes())),
-        ])),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                .collect(),
+        ),
         ..Secret::default()
-    })
+    }
 }
 
 /// The keys held by `s`.
@@ -228,19 +234,7 @@ pub fn desired_config_secret(
     keys: &ServerKeys,
 ) -> Result<Secret, NatsAuthError> {
     let conf = keys.server_config(RESOLVER_DIR, now_secs())?;
-    Ok(Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            CONFIG_KEY.to_owned(),
-            ByteString(conf.into_bytes()),
-        )])),
-        ..Secret::default()
-    })
+    Ok(opaque_secret(name, namespace, [(CONFIG_KEY, conf)]))
 }
 
 /// Whether the configuration in `s` trusts `keys` (its operator JWT is of the operator key,

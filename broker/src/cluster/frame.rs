@@ -37,27 +37,37 @@ const MAX_PACKET: u32 = 268_435_460;
 #[error("malformed frame: {0}")]
 pub struct Malformed(pub &'static str);
 
-/// Appends `message` (QoS 0) to `out` as one entry; `false` (nothing appended) when it has
-/// expired or cannot be encoded.
-pub fn push_entry(out: &mut BytesMut, message: &Message) -> bool {
+/// The PUBLISH that carries `message` to the other replicas at `qos` (packet id 1 above QoS 0,
+/// which the receiver does not use), its Message Expiry Interval the time it has left; `None`
+/// when it has expired.
+pub(super) fn carried(message: &Message, qos: QoS) -> Option<Publish> {
     let mut properties = message.properties.clone();
     if let Some(at) = message.expires_at {
         let left = at.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return false;
+            return None;
         }
         properties.message_expiry_interval =
             Some(u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX));
     }
-    let packet = Packet::Publish(Publish {
+    Some(Publish {
         dup: false,
-        qos: QoS::AtMostOnce,
+        qos,
         retain: message.retain,
         topic: message.topic.clone(),
-        packet_id: None,
+        packet_id: (qos != QoS::AtMostOnce).then_some(1),
         properties,
         payload: message.payload.clone(),
-    });
+    })
+}
+
+/// Appends `message` (QoS 0) to `out` as one entry; `false` (nothing appended) when it has
+/// expired or cannot be encoded.
+pub fn push_entry(out: &mut BytesMut, message: &Message) -> bool {
+    let Some(publish) = carried(message, QoS::AtMostOnce) else {
+        return false;
+    };
+    let packet = Packet::Publish(publish);
     let start = out.len();
     let publisher = message
         .publisher

@@ -47,7 +47,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use starling_codec::{Decoder, Direction, Packet, ProtocolVersion, Publish, QoS};
+use starling_codec::{Decoder, Direction, Packet, ProtocolVersion, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -1048,24 +1048,7 @@ async fn probe(link: std::sync::Weak<Link>, stop: CancellationToken) {
 
 /// The PUBLISH packet that carries `message`; `None` when it has expired.
 fn encode(message: &Message) -> Option<Bytes> {
-    let mut properties = message.properties.clone();
-    if let Some(at) = message.expires_at {
-        let left = at.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        properties.message_expiry_interval =
-            Some(u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX));
-    }
-    let packet = Packet::Publish(Publish {
-        dup: false,
-        qos: message.qos,
-        retain: message.retain,
-        topic: message.topic.clone(),
-        packet_id: (message.qos != QoS::AtMostOnce).then_some(1),
-        properties,
-        payload: message.payload.clone(),
-    });
+    let packet = Packet::Publish(super::frame::carried(message, message.qos)?);
     let mut out = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5));
     packet.encode(ProtocolVersion::V5, &mut out).ok()?;
     Some(out.freeze())
