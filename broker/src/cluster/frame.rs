@@ -61,6 +61,37 @@ pub(super) fn carried(message: &Message, qos: QoS) -> Option<Publish> {
     })
 }
 
+/// The message `packet` carries from another replica (what [`carried`] made): one PUBLISH
+/// on `topic` with nothing after it, published by `publisher`; its Message Expiry Interval
+/// counts from now. `None` when it is anything else.
+pub(super) fn uncarried(
+    packet: &[u8],
+    topic: &str,
+    publisher: Option<Arc<str>>,
+) -> Option<Message> {
+    let mut decoder = Decoder::with_version(Direction::ToServer, ProtocolVersion::V5, MAX_PACKET);
+    let mut buf = BytesMut::from(packet);
+    let Ok(Some(Packet::Publish(p))) = decoder.decode(&mut buf) else {
+        return None;
+    };
+    if !buf.is_empty() || p.topic.as_str() != topic {
+        return None;
+    }
+    let expires_at = p
+        .properties
+        .message_expiry_interval
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(u64::from(s)));
+    Some(Message::new(
+        p.topic.as_str(),
+        &p.payload,
+        p.qos,
+        p.retain,
+        &p.properties,
+        expires_at,
+        publisher,
+    ))
+}
+
 /// Appends `message` (QoS 0) to `out` as one entry; `false` (nothing appended) when it has
 /// expired or cannot be encoded.
 pub fn push_entry(out: &mut BytesMut, message: &Message) -> bool {
@@ -108,31 +139,16 @@ impl Entry<'_> {
     /// The message of this entry: its packet decoded and checked (a PUBLISH of QoS 0, with
     /// nothing after it).
     pub fn message(&self) -> Result<Message, Malformed> {
-        let mut decoder =
-            Decoder::with_version(Direction::ToServer, ProtocolVersion::V5, MAX_PACKET);
-        let mut buf = BytesMut::from(self.packet);
-        let Ok(Some(Packet::Publish(p))) = decoder.decode(&mut buf) else {
-            return Err(Malformed("not a PUBLISH packet"));
-        };
-        if !buf.is_empty() || p.topic.as_str() != self.topic {
-            return Err(Malformed("not a PUBLISH packet"));
-        }
-        if p.qos != QoS::AtMostOnce {
+        let message = uncarried(
+            self.packet,
+            self.topic,
+            self.publisher.map(Arc::<str>::from),
+        )
+        .ok_or(Malformed("not a PUBLISH packet"))?;
+        if message.qos != QoS::AtMostOnce {
             return Err(Malformed("a batched message of QoS 1 or 2"));
         }
-        let expires_at = p
-            .properties
-            .message_expiry_interval
-            .map(|s| tokio::time::Instant::now() + Duration::from_secs(u64::from(s)));
-        Ok(Message::new(
-            p.topic.as_str(),
-            &p.payload,
-            p.qos,
-            p.retain,
-            &p.properties,
-            expires_at,
-            self.publisher.map(Arc::<str>::from),
-        ))
+        Ok(message)
     }
 }
 

@@ -47,7 +47,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use starling_codec::{Decoder, Direction, Packet, ProtocolVersion, QoS};
+use starling_codec::{Packet, ProtocolVersion, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -107,9 +107,6 @@ const SEND_BATCH: usize = 256;
 const MAX_FRAME: usize = 64 * 1024;
 /// How often the round trip to NATS is measured and JetStream's availability checked.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
-/// The largest message read from NATS (an MQTT packet is at most 256 MiB; NATS's own default
-/// limit is 1 MiB).
-const MAX_PACKET: u32 = 268_435_460;
 
 /// One replica's link to the others.
 #[derive(Debug)]
@@ -1060,31 +1057,11 @@ pub(crate) fn decode(msg: &async_nats::Message, tenant: &str) -> Option<Message>
     if t != tenant {
         return None;
     }
-    let mut decoder = Decoder::with_version(Direction::ToServer, ProtocolVersion::V5, MAX_PACKET);
-    let mut buf = BytesMut::from(&msg.payload[..]);
-    let Ok(Some(Packet::Publish(p))) = decoder.decode(&mut buf) else {
-        return None;
-    };
-    if p.topic.as_str() != topic || !buf.is_empty() {
-        return None;
-    }
     let publisher = msg
         .headers
         .as_ref()
         .and_then(|h| h.get(PUBLISHER))
         .and_then(|v| decode_token(v.as_str()))
         .map(Arc::<str>::from);
-    let expires_at = p
-        .properties
-        .message_expiry_interval
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(u64::from(s)));
-    Some(Message::new(
-        p.topic.as_str(),
-        &p.payload,
-        p.qos,
-        p.retain,
-        &p.properties,
-        expires_at,
-        publisher,
-    ))
+    super::frame::uncarried(&msg.payload, &topic, publisher)
 }
