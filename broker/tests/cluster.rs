@@ -1562,6 +1562,66 @@ fn burst(messages: impl IntoIterator<Item = (String, String)>) -> bytes::BytesMu
     out
 }
 
+/// A burst of QoS 0 messages from another replica arrives in frames of up to 256; a subscriber
+/// that reads all it is sent, with room for about one frame in its queue, gets every message
+/// in order: the replica lets the subscriber's connection write a frame's messages before it
+/// takes the next frame (before, it went on with every frame NATS had handed over and dropped
+/// what did not fit).
+#[tokio::test]
+async fn a_qos0_burst_from_another_replica_is_not_dropped_at_a_subscriber_that_keeps_up() {
+    let Some(nats) = Nats::start() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let a = ready_replica(&nats, "a").await;
+        let url = nats.url.clone();
+        let b = TestBroker::with(move |c| {
+            c.cluster.nats = vec![url];
+            c.cluster.replica_id = Some("b".into());
+            c.limits.max_queued_messages = Some(300);
+        })
+        .await;
+        await_readyz(&b, 200).await;
+        let mut sub = subscriber(
+            &b,
+            "sub",
+            &[("burst/#", QoS::AtMostOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
+        let mut publisher = a.client("pub").await;
+        await_link(&mut publisher, &mut sub).await;
+        // Late probes are drained: one more probe round trip after the last one seen.
+        while let Ok(p) = tokio::time::timeout(Duration::from_millis(300), sub.recv()).await {
+            assert!(
+                matches!(p, Packet::Publish(_)),
+                "expected PUBLISH, got {p:?}"
+            );
+        }
+
+        const N: usize = 5_000;
+        publisher
+            .send_bytes(&burst(
+                (0..N).map(|i| ("burst/x".to_owned(), i.to_string())),
+            ))
+            .await;
+        for i in 0..N {
+            let p = next_not_probe(&mut sub).await;
+            assert_eq!(p.topic.as_str(), "burst/x");
+            assert_eq!(
+                std::str::from_utf8(&p.payload).unwrap(),
+                i.to_string(),
+                "in order, none dropped"
+            );
+        }
+        // The series appears with the first drop.
+        let (_, body) = common::http_get(b.broker.http, "/metrics").await;
+        assert!(
+            !body.contains("reason=\"queue_full\""),
+            "nothing dropped at the full queue: {body}"
+        );
+    })
+    .await
+    .expect("within 90 s");
+}
+
 /// QoS 0 messages sent in a burst travel in frames: a shared group with members on two
 /// replicas still gets each matching one once (the group's filter picks them out of the
 /// frames), an ordinary subscriber on the other replica gets every one in order, interleaved

@@ -658,6 +658,8 @@ impl Link {
                                 tenant.deliver_to_group(Arc::new(message), &filter, &group);
                             },
                         );
+                        // See `attach`: the members' connections write what a frame queued.
+                        tokio::task::yield_now().await;
                         continue;
                     }
                     match decode(&msg, &name) {
@@ -765,6 +767,13 @@ impl Link {
                             tenant.deliver_from_replica(Arc::new(message), &mut scratch);
                         },
                     );
+                    // A frame queues up to 256 messages at once. Without this the task would go
+                    // on with the frames NATS already handed over (up to tokio's budget of 128
+                    // receptions, some 32,000 messages) before the connections it woke, which
+                    // wait in this worker's slot no other worker takes from, write anything:
+                    // past a session's queue bound the rest would be dropped though the
+                    // subscriber keeps up (a quarter of a fan-in's messages arrived).
+                    tokio::task::yield_now().await;
                     continue;
                 }
                 if msg.subject.as_str() == alive_subject {
