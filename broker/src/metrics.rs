@@ -179,6 +179,9 @@ pub struct Metrics {
     pub cluster_received: Counter,
     /// Messages not sent to or not read from NATS (queue full, connection error, malformed).
     pub cluster_errors: Counter,
+    /// NATS messages from other replicas dropped because the replica had fallen behind by
+    /// `[cluster] receive_queue_bytes` (a frame of QoS 0 messages counts once).
+    pub cluster_dropped: Counter,
     /// The last NATS round trip measured (a PING answered), in seconds.
     pub cluster_nats_rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// JetStream operations that failed, by operation.
@@ -219,6 +222,7 @@ impl Metrics {
             cluster_sent: Counter::default(),
             cluster_received: Counter::default(),
             cluster_errors: Counter::default(),
+            cluster_dropped: Counter::default(),
             cluster_nats_rtt: Gauge::default(),
             cluster_jetstream_errors: Family::default(),
             control_plane_synced: Family::default(),
@@ -327,6 +331,11 @@ impl Metrics {
             "cluster_errors",
             "Messages not sent to or not read from NATS",
             m.cluster_errors.clone(),
+        );
+        registry.register(
+            "cluster_dropped",
+            "NATS messages from other replicas dropped because the replica had fallen behind by cluster.receive_queue_bytes (a frame of QoS 0 messages counts once)",
+            m.cluster_dropped.clone(),
         );
         registry.register(
             "cluster_nats_rtt_seconds",

@@ -67,6 +67,9 @@ pub struct Tenant {
     shared_interest: Mutex<HashMap<SharedKey, (usize, tokio_util::sync::CancellationToken)>>,
     /// With a cluster: the JetStream bucket its retained messages are kept in.
     bucket: std::sync::OnceLock<crate::cluster::retained::Bucket>,
+    /// With a cluster: the bytes of messages from NATS received for it and not yet routed
+    /// (`[cluster] receive_queue_bytes`, [`crate::cluster::link::Received`]).
+    pub(crate) replica_backlog: Arc<AtomicUsize>,
 }
 
 /// A shared subscription: (group, filter).
@@ -122,6 +125,7 @@ impl Tenant {
             connected_at: Mutex::new(HashMap::new()),
             shared_interest: Mutex::new(HashMap::new()),
             bucket: std::sync::OnceLock::new(),
+            replica_backlog: Arc::default(),
         });
         if let Some(restored) = storage.and_then(|s| s.take_restored(name)) {
             crate::session::lifecycle::restore_tenant(&tenant, restored);

@@ -634,7 +634,7 @@ impl Link {
             let name = tenant.name.clone();
             let framed = subject == batch;
             tokio::spawn(async move {
-                let mut sub = match link.groups.queue_subscribe(subject, queue).await {
+                let sub = match link.groups.queue_subscribe(subject, queue).await {
                     Ok(s) => s,
                     Err(e) => {
                         link.metrics.cluster_errors.inc();
@@ -642,11 +642,11 @@ impl Link {
                         return;
                     }
                 };
-                loop {
-                    let msg = tokio::select! {
-                        () = done.cancelled() => break,
-                        m = sub.next() => match m { Some(m) => m, None => break },
-                    };
+                let mut sub = match weak.upgrade() {
+                    Some(tenant) => Received::start(&link, &tenant, sub, done),
+                    None => return,
+                };
+                while let Some(msg) = sub.next().await {
                     let Some(tenant) = weak.upgrade() else { break };
                     if framed {
                         for_each_entry(
@@ -671,7 +671,6 @@ impl Link {
                         }
                     }
                 }
-                let _ = sub.unsubscribe().await;
             });
         }
         done
@@ -731,7 +730,7 @@ impl Link {
         let name = tenant.name.clone();
         tokio::spawn(async move {
             let subject = format!("{}.>", tenant_prefix(&name));
-            let mut sub = loop {
+            let sub = loop {
                 match link.client.subscribe(subject.clone()).await {
                     Ok(s) => break s,
                     Err(e) => {
@@ -743,15 +742,16 @@ impl Link {
                     }
                 }
             };
+            let mut sub = match weak.upgrade() {
+                Some(tenant) => Received::start(&link, &tenant, sub, link.stop.clone()),
+                None => return,
+            };
             let conn_subject = format!("{}.conn", tenant_prefix(&name));
             let alive_subject = super::liveness::heartbeat_subject(&name);
             let batch = batch_subject(&name);
             let mut scratch = Vec::new();
             loop {
-                let msg = tokio::select! {
-                    () = link.stop.cancelled() => break,
-                    m = sub.next() => match m { Some(m) => m, None => break },
-                };
+                let Some(msg) = sub.next().await else { break };
                 let Some(tenant) = weak.upgrade() else { break };
                 if msg.subject.as_str() == batch {
                     for_each_entry(
@@ -823,8 +823,117 @@ impl Link {
                     }
                 }
             }
-            let _ = sub.unsubscribe().await;
         });
+    }
+}
+
+/// What a replica takes off one NATS subscription of a tenant, queued for routing within a
+/// bound in bytes (`[cluster] receive_queue_bytes`, shared by all the tenant's subscriptions,
+/// [`Tenant::replica_backlog`]). A task reads the subscription as fast as NATS delivers, so
+/// the NATS client's own queue (bounded in messages, not bytes) stays short and the server
+/// never takes the replica for a slow consumer and cuts it off; it queues each message with a
+/// copy of its payload, since the client's payloads are slices of its read buffer and would
+/// keep that alive. While the replica falls behind by the bound, what arrives is dropped there,
+/// counted in `starling_cluster_dropped_total` and logged (QoS 0 delivery allows it; persistent
+/// sessions read their QoS 1/2 messages from JetStream, not from here).
+pub(crate) struct Received {
+    queue: mpsc::UnboundedReceiver<(async_nats::Message, usize)>,
+    held: Arc<AtomicUsize>,
+}
+
+/// What a message from NATS weighs in a [`Received`] queue: its subject, reply, headers and
+/// payload as they came, and what holding it costs besides.
+fn received_weight(msg: &async_nats::Message) -> usize {
+    msg.length + RECEIVED_OVERHEAD
+}
+
+/// The message's own struct, its header map's allocations and the queue's slot, roughly.
+const RECEIVED_OVERHEAD: usize = 256;
+
+impl Received {
+    /// Starts reading `sub` for `tenant`, until `done`, the end of `sub` or the returned
+    /// queue is dropped.
+    fn start(
+        link: &Arc<Link>,
+        tenant: &Tenant,
+        sub: async_nats::Subscriber,
+        done: CancellationToken,
+    ) -> Received {
+        Self::reading(
+            sub,
+            tenant.replica_backlog.clone(),
+            link.config.receive_queue_bytes,
+            link.metrics.clone(),
+            tenant.name.clone(),
+            done,
+        )
+        .0
+    }
+
+    /// [`Received::start`] on any stream of messages, with the task that reads it.
+    fn reading(
+        mut sub: impl futures_util::Stream<Item = async_nats::Message> + Send + Unpin + 'static,
+        held: Arc<AtomicUsize>,
+        bound: usize,
+        metrics: Arc<Metrics>,
+        name: Arc<str>,
+        done: CancellationToken,
+    ) -> (Received, tokio::task::JoinHandle<()>) {
+        let (tx, queue) = mpsc::unbounded_channel();
+        let counter = held.clone();
+        // Dropping the subscription unsubscribes.
+        let reader = tokio::spawn(async move {
+            let mut dropped = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    () = done.cancelled() => break,
+                    () = tx.closed() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let weight = received_weight(&msg);
+                let waiting = counter.load(Ordering::Acquire);
+                if waiting > 0 && waiting + weight > bound {
+                    metrics.cluster_dropped.inc();
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        warn!(
+                            tenant = %name,
+                            dropped,
+                            bound,
+                            "cluster: this replica has fallen behind the messages of the other replicas by cluster.receive_queue_bytes; what arrives is dropped until it catches up"
+                        );
+                    }
+                    continue;
+                }
+                counter.fetch_add(weight, Ordering::AcqRel);
+                let msg = async_nats::Message {
+                    payload: Bytes::copy_from_slice(&msg.payload),
+                    ..msg
+                };
+                if let Err(mpsc::error::SendError((_, weight))) = tx.send((msg, weight)) {
+                    counter.fetch_sub(weight, Ordering::AcqRel);
+                    break;
+                }
+            }
+        });
+        (Received { queue, held }, reader)
+    }
+
+    /// The next message, `None` once the subscription ended.
+    async fn next(&mut self) -> Option<async_nats::Message> {
+        let (msg, weight) = self.queue.recv().await?;
+        self.held.fetch_sub(weight, Ordering::AcqRel);
+        Some(msg)
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        // Nothing is queued after the close; what was is no longer held.
+        self.queue.close();
+        while let Ok((_, weight)) = self.queue.try_recv() {
+            self.held.fetch_sub(weight, Ordering::AcqRel);
+        }
     }
 }
 
@@ -1073,4 +1182,126 @@ pub(crate) fn decode(msg: &async_nats::Message, tenant: &str) -> Option<Message>
         .and_then(|v| decode_token(v.as_str()))
         .map(Arc::<str>::from);
     super::frame::uncarried(&msg.payload, &topic, publisher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(n: usize) -> async_nats::Message {
+        let payload = Bytes::from(vec![b'x'; 1000]);
+        let subject = async_nats::Subject::from(format!("starling.t.batch.{n}"));
+        async_nats::Message {
+            length: subject.len() + payload.len(),
+            subject,
+            reply: None,
+            payload,
+            headers: None,
+            status: None,
+            description: None,
+        }
+    }
+
+    /// A replica that does not route what it receives holds the tenant's bound and drops the
+    /// rest, counted; once it routes them it holds nothing, and what it got is the first
+    /// messages, in order.
+    #[tokio::test]
+    async fn what_a_replica_has_not_routed_stays_within_its_bound_in_bytes() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let weight = received_weight(&message(10));
+            let held = Arc::new(AtomicUsize::new(0));
+            let metrics = Arc::new(Metrics::default());
+            let (mut received, reader) = Received::reading(
+                futures_util::stream::iter((10..110).map(message)),
+                held.clone(),
+                10 * weight,
+                metrics.clone(),
+                "t".into(),
+                CancellationToken::new(),
+            );
+            reader.await.expect("the reader ends with its stream");
+            assert_eq!(held.load(Ordering::Acquire), 10 * weight);
+            assert_eq!(metrics.cluster_dropped.get(), 90);
+            for n in 10..20 {
+                let m = received.next().await.expect("a queued message");
+                assert_eq!(m.subject.as_str(), format!("starling.t.batch.{n}"));
+                assert_eq!(m.payload.len(), 1000);
+            }
+            assert!(received.next().await.is_none());
+            assert_eq!(held.load(Ordering::Acquire), 0);
+        })
+        .await
+        .expect("within 10 s");
+    }
+
+    /// Room made by routing is taken again; a message larger than the bound is taken when
+    /// nothing waits; dropping the queue gives back what it held.
+    #[tokio::test]
+    async fn room_comes_back_as_the_replica_routes_and_when_the_queue_goes() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let weight = received_weight(&message(10));
+            let held = Arc::new(AtomicUsize::new(0));
+            let metrics = Arc::new(Metrics::default());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (mut received, _reader) = Received::reading(
+                tokio_stream_from(rx),
+                held.clone(),
+                2 * weight,
+                metrics.clone(),
+                "t".into(),
+                CancellationToken::new(),
+            );
+            // Waits, without a timer, until the reader has taken `queued` and dropped `dropped`.
+            let settle = |queued: usize, dropped: u64| {
+                let (held, metrics) = (held.clone(), metrics.clone());
+                async move {
+                    while held.load(Ordering::Acquire) != queued * weight
+                        || metrics.cluster_dropped.get() != dropped
+                    {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            };
+            for n in 10..13 {
+                tx.send(message(n)).unwrap();
+            }
+            settle(2, 1).await;
+            assert_eq!(
+                received.next().await.unwrap().subject.as_str(),
+                "starling.t.batch.10"
+            );
+            tx.send(message(13)).unwrap();
+            settle(2, 1).await;
+            assert_eq!(
+                received.next().await.unwrap().subject.as_str(),
+                "starling.t.batch.11"
+            );
+            assert_eq!(
+                received.next().await.unwrap().subject.as_str(),
+                "starling.t.batch.13"
+            );
+            assert_eq!(held.load(Ordering::Acquire), 0);
+
+            let mut big = message(14);
+            big.payload = Bytes::from(vec![b'y'; 10 * weight]);
+            big.length = big.subject.len() + big.payload.len();
+            let big_weight = received_weight(&big);
+            tx.send(big).unwrap();
+            tx.send(message(15)).unwrap();
+            while metrics.cluster_dropped.get() != 2 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(held.load(Ordering::Acquire), big_weight);
+            drop(received);
+            assert_eq!(held.load(Ordering::Acquire), 0);
+        })
+        .await
+        .expect("within 10 s");
+    }
+
+    fn tokio_stream_from(
+        mut rx: mpsc::UnboundedReceiver<async_nats::Message>,
+    ) -> impl futures_util::Stream<Item = async_nats::Message> + Send + Unpin + 'static {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
 }

@@ -101,6 +101,11 @@ pub struct ClusterConfig {
     /// dead and take over its clients' sessions and wills, in seconds (1 to 3600, default 5).
     /// `--cluster-replica-timeout SECS`.
     pub replica_timeout_secs: u64,
+    /// The most bytes of a tenant's messages from NATS a replica holds received and not yet
+    /// routed to its subscribers (default 64 MiB). What arrives beyond it, while the replica
+    /// falls behind, is dropped there and counted (`starling_cluster_dropped_total`), as a
+    /// subscriber's full queue drops; one message is taken whatever its size when none waits.
+    pub receive_queue_bytes: usize,
 }
 
 /// Default of [`ClusterConfig::stream_max_age_secs`]: one day.
@@ -111,6 +116,8 @@ pub const DEFAULT_STREAM_MAX_BYTES: u64 = 1 << 30;
 pub const MAX_STREAM_REPLICAS: usize = 5;
 /// Default of [`ClusterConfig::replica_timeout_secs`].
 pub const DEFAULT_REPLICA_TIMEOUT_SECS: u64 = 5;
+/// Default of [`ClusterConfig::receive_queue_bytes`]: 64 MiB.
+pub const DEFAULT_RECEIVE_QUEUE_BYTES: usize = 64 << 20;
 /// The longest [`ClusterConfig::replica_timeout_secs`]: an hour.
 pub const MAX_REPLICA_TIMEOUT_SECS: u64 = 3600;
 
@@ -132,6 +139,7 @@ impl Default for ClusterConfig {
             stream_max_bytes: DEFAULT_STREAM_MAX_BYTES,
             retained_replicas: None,
             replica_timeout_secs: DEFAULT_REPLICA_TIMEOUT_SECS,
+            receive_queue_bytes: DEFAULT_RECEIVE_QUEUE_BYTES,
         }
     }
 }
@@ -234,6 +242,9 @@ impl ClusterConfig {
                 self.replica_timeout_secs
             ));
         }
+        if self.receive_queue_bytes == 0 {
+            problems.push("cluster.receive_queue_bytes must be above 0".into());
+        }
         problems
     }
 
@@ -334,9 +345,10 @@ mod tests {
             stream_max_age_secs: 0,
             stream_max_bytes: 0,
             replica_timeout_secs: 0,
+            receive_queue_bytes: 0,
             ..ClusterConfig::default()
         };
-        assert_eq!(streams.problems().len(), 4, "{:?}", streams.problems());
+        assert_eq!(streams.problems().len(), 5, "{:?}", streams.problems());
         assert!(p.iter().all(|m| !m.contains("pw@")), "{p:?}");
     }
 
