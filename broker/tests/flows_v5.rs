@@ -351,6 +351,42 @@ async fn will_published_on_abrupt_close_not_on_normal_disconnect() {
     })
 }
 
+/// The Will Message's Message Expiry Interval is its lifetime from publication (MQTT 5.0
+/// 3.1.3.2.4), so a client connected for longer than the interval still leaves its will. The
+/// wait is real: time passing while the client is connected is the condition under test.
+#[tokio::test]
+async fn will_expiry_counts_from_publication_not_from_connect() {
+    timed!(async {
+        let b = TestBroker::start().await;
+        let mut w = b.client("will-exp-watch").await;
+        w.subscribe("will-exp/#", sub_opts(QoS::AtMostOnce)).await;
+        let mut c = b.raw().await;
+        c.connect(Connect {
+            will: Some(Will {
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: MqttString::from("will-exp/gone".to_string()),
+                payload: bytes::Bytes::from_static(b"gone"),
+                properties: WillProperties {
+                    message_expiry_interval: Some(2),
+                    ..Default::default()
+                },
+            }),
+            ..connect_v5("will-exp")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        drop(c);
+        let got = w.recv_publish().await;
+        assert_eq!(got.topic.as_str(), "will-exp/gone");
+        let left = got.properties.message_expiry_interval;
+        assert!(
+            matches!(left, Some(1..=2)),
+            "the will's expiry starts at its publication: {left:?}"
+        );
+    })
+}
+
 #[tokio::test]
 async fn session_resumes_with_queued_messages_and_redelivers_with_dup() {
     timed!(async {

@@ -118,9 +118,23 @@ pub(crate) fn end_for_credential(
     }
 }
 
+/// `will` with its Message Expiry Interval counting from now: the interval is the will's
+/// lifetime from its publication, not from the CONNECT that carried it (MQTT 5.0 3.1.3.2.4:
+/// "the lifetime of the Will Message ... sent as the Publication Expiry Interval when the
+/// Server publishes the Will Message").
+fn expiring_from_now(will: Arc<Message>) -> Arc<Message> {
+    let Some(secs) = will.properties.message_expiry_interval else {
+        return will;
+    };
+    let mut m = Arc::unwrap_or_clone(will);
+    m.expires_at = Some(Instant::now() + Duration::from_secs(u64::from(secs)));
+    Arc::new(m)
+}
+
 /// Publishes the will of `session`; with an on-publish hook, once the hook lets it through
 /// (unless the session's credential has ended meanwhile).
 pub(crate) fn publish_will(tenant: &Arc<Tenant>, session: &Session, will: Arc<Message>) {
+    let will = expiring_from_now(will);
     if let Some(hook) = tenant.hook() {
         let client_id = will.publisher.clone().unwrap_or_else(|| Arc::from(""));
         let verdict = hook.check(will, client_id, None);
@@ -147,6 +161,7 @@ pub(crate) fn publish_will(tenant: &Arc<Tenant>, session: &Session, will: Arc<Me
 /// replica took over: the session is not held here, so only the on-publish hook, if any, has a
 /// say.
 pub(crate) fn publish_lost_will(tenant: &Arc<Tenant>, will: Arc<Message>) {
+    let will = expiring_from_now(will);
     if let Some(hook) = tenant.hook() {
         let client_id = will.publisher.clone().unwrap_or_else(|| Arc::from(""));
         let verdict = hook.check(will, client_id, None);
