@@ -147,13 +147,15 @@ pub struct Link {
 }
 
 /// The JetStream stream of `tenant`'s QoS 1/2 messages: `STARLING_<tenant>` when the name is
-/// only letters, digits, `-` and `_`, else `STARLING_X<hex of the name>` (a stream name may
-/// not hold `.`, `*`, `>`, `/`, `\\` or whitespace).
+/// only letters, digits and `-` and does not start with `X`, else `STARLING_X<hex of the name>`
+/// (a stream name may not hold `.`, `*`, `>`, `/`, `\\` or whitespace). No name this gives
+/// holds a `_` after the prefix, so the names other streams add a `_SUFFIX` to
+/// ([`super::sessions::bucket_name`]) never equal another tenant's stream.
 pub fn stream_name(tenant: &str) -> String {
     if !tenant.is_empty()
         && tenant
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !tenant.starts_with('X')
     {
         return format!("STARLING_{tenant}");
@@ -1200,6 +1202,35 @@ mod tests {
             status: None,
             description: None,
         }
+    }
+
+    proptest::proptest! {
+        /// Stream names are valid, one per tenant, and no tenant's stream is another tenant's
+        /// sessions stream (`a_SESSIONS` once was `a`'s).
+        #[test]
+        fn every_tenant_has_its_own_streams(a in "\\PC{1,20}", b in "[a-zA-Z0-9_-]{0,12}") {
+            let b = format!("{a}{b}");
+            for name in [stream_name(&a), crate::cluster::sessions::bucket_name(&a)] {
+                proptest::prop_assert!(name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+            }
+            if a != b {
+                let of_a = [stream_name(&a), crate::cluster::sessions::bucket_name(&a)];
+                for name in [stream_name(&b), crate::cluster::sessions::bucket_name(&b)] {
+                    proptest::prop_assert!(!of_a.contains(&name), "{a:?} and {b:?} share {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tenant_named_like_another_tenants_sessions_stream_gets_its_own_stream() {
+        assert_eq!(stream_name("a"), "STARLING_a");
+        assert_eq!(
+            crate::cluster::sessions::bucket_name("a"),
+            "STARLING_a_SESSIONS"
+        );
+        assert_ne!(stream_name("a_SESSIONS"), "STARLING_a_SESSIONS");
+        assert_eq!(stream_name("a_SESSIONS"), "STARLING_X615f53455353494f4e53");
     }
 
     /// A replica that does not route what it receives holds the tenant's bound and drops the
