@@ -1933,3 +1933,81 @@ async fn a_broker_taking_only_tokens_keeps_the_default_tenant_off_nats() {
     .await
     .expect("within a minute");
 }
+
+// === TLS to NATS ===
+
+/// `[cluster]` over TLS on a real `nats-server` that wants a client certificate
+/// (`verify: true`): two replicas given the servers' CA (`tls_ca`) and a client certificate
+/// (`tls_cert`, `tls_key`) on `tls://` URLs turn ready and carry QoS 0 and QoS 1 (JetStream)
+/// messages across; a replica trusting another CA, and one without a client certificate,
+/// never get in and stay unready.
+#[tokio::test]
+async fn replicas_join_nats_over_tls_with_a_client_certificate_and_refuse_a_server_they_do_not_trust()
+ {
+    let pki = common::transport::Pki::new();
+    let dir = tempfile::tempdir().expect("a directory");
+    let clients = common::transport::client_pki(dir.path(), "nats");
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+            pki.files.cert, pki.files.key, clients.ca
+        ),
+    )
+    .expect("written");
+    let Some(nats) = Nats::start_with_config(&config) else {
+        return;
+    };
+    let url = nats.url.replacen("nats://", "tls://", 1);
+    let with_tls = |id: &'static str, ca: PathBuf, cert: Option<(PathBuf, PathBuf)>| {
+        let url = url.clone();
+        TestBroker::with(move |c| {
+            c.cluster.nats = vec![url];
+            c.cluster.replica_id = Some(id.to_owned());
+            c.cluster.tls_ca = Some(ca);
+            if let Some((cert, key)) = cert {
+                c.cluster.tls_cert = Some(cert);
+                c.cluster.tls_key = Some(key);
+            }
+        })
+    };
+    let client_cert = Some((clients.cert.clone(), clients.key.clone()));
+    tokio::time::timeout(Duration::from_secs(90), async {
+        // Started first, so they have had every chance to get in by the time the others are
+        // ready: the CA of the client certificates does not sign the server's certificate.
+        let untrusting = with_tls("c", clients.ca.clone(), client_cert.clone()).await;
+        let anonymous = with_tls("d", pki.files.ca_cert.clone(), None).await;
+        let a = with_tls("a", pki.files.ca_cert.clone(), client_cert.clone()).await;
+        let b = with_tls("b", pki.files.ca_cert.clone(), client_cert.clone()).await;
+        await_readyz(&a, 200).await;
+        await_readyz(&b, 200).await;
+        let mut on_b = subscriber(
+            &b,
+            "sub-b",
+            &[("t/#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
+        )
+        .await;
+        let mut publisher = a.client("pub-a").await;
+        await_link(&mut publisher, &mut on_b).await;
+        await_stream(&mut publisher).await;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let ack = publisher.publish("t/x", qos, b"over tls").await;
+            assert!(ack.is_none_or(|r| r == ReasonCode::SUCCESS), "{ack:?}");
+            let p = next_not_probe(&mut on_b).await;
+            assert_eq!((p.qos, &p.payload[..]), (qos, &b"over tls"[..]));
+        }
+        for (who, broker) in [("untrusting", &untrusting), ("anonymous", &anonymous)] {
+            let (status, _) = common::http_get(broker.broker.http, "/readyz").await;
+            assert_eq!(status, 503, "the {who} replica is not in the cluster");
+            let mut c = broker.client(&format!("{who}-pub")).await;
+            assert_eq!(
+                c.publish("t/x", QoS::AtLeastOnce, b"refused").await,
+                Some(ReasonCode::UNSPECIFIED_ERROR),
+                "the {who} replica refuses durable work"
+            );
+        }
+    })
+    .await
+    .expect("within 90 s");
+}
