@@ -53,11 +53,16 @@ fn to_offset(t: Timestamp) -> Result<time::OffsetDateTime, CertError> {
 
 /// Issues a self-signed CA for the broker `name` (`namespace/name` in the subject).
 pub fn issue_ca(subject: &str, now: Timestamp) -> Result<CaMaterial, CertError> {
+    issue_named_ca(&format!("Starling broker CA {subject}"), now)
+}
+
+/// Issues a self-signed CA with the common name `common_name`.
+pub fn issue_named_ca(common_name: &str, now: Timestamp) -> Result<CaMaterial, CertError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Starling");
-    dn.push(DnType::CommonName, format!("Starling broker CA {subject}"));
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -77,6 +82,24 @@ pub fn issue_leaf(
     now: Timestamp,
     validity_days: i32,
 ) -> Result<LeafMaterial, CertError> {
+    issue_leaf_for(
+        ca,
+        hosts,
+        now,
+        validity_days,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+    )
+}
+
+/// Issues a certificate for `hosts` signed by `ca`, for the extended key usages `usages` (a
+/// server that also connects to its peers, as NATS routes do, needs client authentication too).
+pub fn issue_leaf_for(
+    ca: &CaMaterial,
+    hosts: &[String],
+    now: Timestamp,
+    validity_days: i32,
+    usages: &[ExtendedKeyUsagePurpose],
+) -> Result<LeafMaterial, CertError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
@@ -91,7 +114,7 @@ pub fn issue_leaf(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
     params.not_before = to_offset(now - SignedDuration::from_hours(1))?;
     params.not_after = to_offset(now + SignedDuration::from_hours(24 * i64::from(validity_days)))?;

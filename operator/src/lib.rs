@@ -16,6 +16,7 @@ pub mod generated;
 pub mod leader;
 pub mod metrics;
 pub mod nats_auth;
+pub mod nats_tls;
 pub mod render;
 pub mod resources;
 pub mod tenancy;

@@ -154,6 +154,17 @@ struct RunArgs {
     /// writes the NATS servers' auth configuration to (`auth.conf`, which they include).
     #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_NATS_CONFIG")]
     broker_cluster_nats_config: Option<String>,
+    /// For the chart's NATS: a Secret in the operator's namespace holding the NATS servers' CA
+    /// (`ca.crt`, `ca.key`; created once when missing, never changed). With it the operator
+    /// keeps the servers' certificate in --broker-cluster-nats-tls-server and the CA certificate
+    /// alone in --broker-cluster-tls-secret, which every Broker's copy is made from.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_CA")]
+    broker_cluster_nats_tls_ca: Option<String>,
+    /// With --broker-cluster-nats-tls-ca: the Secret the NATS servers mount (`tls.crt`,
+    /// `tls.key`, `ca.crt`), issued for the hosts of --broker-cluster-nats and renewed before
+    /// it expires.
+    #[arg(long, env = "STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_SERVER")]
+    broker_cluster_nats_tls_server: Option<String>,
     /// With --broker-cluster-nats-keys: the NATS URLs the operator publishes accounts through
     /// (repeatable or comma-separated); --broker-cluster-nats when unset.
     #[arg(
@@ -418,7 +429,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             info!(secret = %s.metadata.name.as_deref().unwrap_or_default(), namespace = %args.lease_namespace, "generated");
         }
     }
-    // The chart's NATS: its auth configuration, and the connection accounts are published on.
+    // The chart's NATS: its certificates, its auth configuration, and the connection accounts
+    // are published on.
+    let named = |s: &Option<String>| {
+        s.as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned)
+    };
+    let nats_ca = match (
+        named(&args.broker_cluster_nats_tls_ca),
+        named(&args.broker_cluster_nats_tls_server),
+    ) {
+        (None, None) => None,
+        (Some(ca), Some(server)) => {
+            let for_brokers = settings
+                .cluster_secrets
+                .tls
+                .clone()
+                .context("--broker-cluster-nats-tls-ca needs --broker-cluster-tls-secret")?;
+            anyhow::ensure!(
+                !settings.cluster_nats.is_empty(),
+                "--broker-cluster-nats-tls-ca needs --broker-cluster-nats"
+            );
+            let secrets = starling_operator::nats_tls::NatsTlsSecrets {
+                ca,
+                server,
+                client: for_brokers,
+            };
+            let api = Api::namespaced(client.clone(), &args.lease_namespace);
+            let ca_pem = starling_operator::nats_tls::ensure(
+                &api,
+                &args.lease_namespace,
+                &secrets,
+                &settings.cluster_nats,
+            )
+            .await
+            .context("setting up the NATS servers' certificates")?;
+            // Checked again twice a day, so the servers' certificate is renewed in its window
+            // however long the operator runs.
+            let (namespace, urls) = (args.lease_namespace.clone(), settings.cluster_nats.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(12 * 3600));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(e) =
+                        starling_operator::nats_tls::ensure(&api, &namespace, &secrets, &urls).await
+                    {
+                        tracing::warn!(error = %e, "the NATS servers' certificates were not checked");
+                    }
+                }
+            });
+            Some(ca_pem)
+        }
+        _ => anyhow::bail!(
+            "--broker-cluster-nats-tls-ca and --broker-cluster-nats-tls-server go together"
+        ),
+    };
     let nats_keys = args
         .broker_cluster_nats_keys
         .as_deref()
@@ -452,9 +519,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             urls
         };
-        let publisher = starling_operator::nats_auth::NatsPublisher::connect(&keys, &urls)
-            .await
-            .context("connecting to NATS")?;
+        let publisher =
+            starling_operator::nats_auth::NatsPublisher::connect(&keys, &urls, nats_ca.as_deref())
+                .await
+                .context("connecting to NATS")?;
         info!(
             servers = urls.len(),
             "each Broker gets a NATS account and user of its own"

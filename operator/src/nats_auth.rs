@@ -79,11 +79,25 @@ pub struct NatsPublisher {
 }
 
 impl NatsPublisher {
-    /// Connects to `urls` (in the background, retrying) with the publisher credentials of `keys`.
-    pub async fn connect(keys: &ServerKeys, urls: &[String]) -> Result<Self, NatsAuthError> {
+    /// Connects to `urls` (in the background, retrying) with the publisher credentials of
+    /// `keys`, trusting only `ca` (PEM) for TLS when given; TLS is required on `tls://` URLs.
+    pub async fn connect(
+        keys: &ServerKeys,
+        urls: &[String],
+        ca: Option<&str>,
+    ) -> Result<Self, NatsAuthError> {
         let creds = keys.publisher_creds(now_secs())?;
-        let client = async_nats::ConnectOptions::with_credentials(&creds)
-            .map_err(|_| NatsAuthError::Connect("unusable publisher credentials".into()))?
+        let mut options = async_nats::ConnectOptions::with_credentials(&creds)
+            .map_err(|_| NatsAuthError::Connect("unusable publisher credentials".into()))?;
+        if let Some(ca) = ca {
+            options = options.tls_client_config(
+                crate::nats_tls::client_config(ca).map_err(NatsAuthError::Connect)?,
+            );
+        }
+        if urls.iter().any(|u| u.starts_with("tls://")) {
+            options = options.require_tls(true);
+        }
+        let client = options
             .name("starling-operator")
             .request_timeout(Some(PUBLISH_TIMEOUT))
             .retry_on_initial_connect()

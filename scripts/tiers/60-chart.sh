@@ -244,6 +244,15 @@ conf = cm["data"]["nats.conf"]
 assert "jetstream" in conf and "store_dir: /data" in conf, conf
 for i in range(3):
     assert f"nats://starling-nats-{i}.starling-nats-headless.starling-system.svc:6222" in conf, conf
+# TLS for clients and routes (routes verify their peers), from the Secret the operator issues.
+tls = "tls {\n  cert_file: /etc/nats-tls/tls.crt\n  key_file: /etc/nats-tls/tls.key\n  ca_file: /etc/nats-tls/ca.crt\n"
+assert conf.count(tls) == 1 and conf.index(tls) < conf.index("jetstream {"), conf
+route_tls = conf[conf.index("cluster {"):]
+assert "tls {" in route_tls and "verify: true" in route_tls, route_tls
+pod = sts["spec"]["template"]["spec"]
+[vol] = [v for v in pod["volumes"] if v["name"] == "tls"]
+assert vol["secret"]["secretName"] == "starling-nats-tls", vol
+assert {"name": "tls", "mountPath": "/etc/nats-tls", "readOnly": True} in pod["containers"][0]["volumeMounts"], pod["containers"][0]
 [np] = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "starling-nats"]
 client = [r for r in np["spec"]["ingress"] if r["ports"][0]["port"] == "client"]
 assert client[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "starling-broker", np
@@ -285,7 +294,13 @@ env = operator_env(installed)
 assert "STARLING_OPERATOR_BROKER_CLUSTER_SECRET" not in env, env
 assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS_KEYS"] == "starling-nats-keys", env
 assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS_CONFIG"] == "starling-nats-auth-config", env
-assert "STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET" not in env, env
+# The installed NATS's TLS: the operator keeps the CA, the servers' certificate and the CA
+# alone for the brokers, which it copies to each Broker; the brokers connect with tls:// URLs.
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET"] == "starling-nats-client-tls", env
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_CA"] == "starling-nats-ca", env
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_SERVER"] == "starling-nats-tls", env
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS"] == ",".join(
+    f"tls://starling-nats-{i}.starling-nats-headless.starling-system.svc:4222" for i in range(3)), env
 assert "nats" not in env["STARLING_OPERATOR_GENERATE_SECRETS"], env
 [cm] = [d for d in installed if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-nats"]
 conf = cm["data"]["nats.conf"]
@@ -300,6 +315,8 @@ assert sources[1]["secret"] == {"name": "starling-nats-auth-config", "items": [{
 assert secret_get_rules(installed) == [], secret_get_rules(installed)
 keys = [r for d in installed if d["kind"] == "Role" for r in d.get("rules", []) if r.get("resourceNames") == ["starling-nats-keys", "starling-nats-auth-config"]]
 assert keys and keys[0]["verbs"] == ["get", "patch"], keys
+tls = [r for d in installed if d["kind"] == "Role" for r in d.get("rules", []) if r.get("resourceNames") == ["starling-nats-ca", "starling-nats-tls", "starling-nats-client-tls"]]
+assert tls and tls[0]["verbs"] == ["get", "patch"], tls
 env = operator_env(existing)
 assert env["STARLING_OPERATOR_BROKER_CLUSTER_SECRET"] == "nats-broker-creds", env
 assert env["STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET"] == "nats-client-tls", env
@@ -310,6 +327,24 @@ env = operator_env(default)
 assert not any(k.startswith("STARLING_OPERATOR_BROKER_CLUSTER") for k in env), env
 assert secret_get_rules(default) == [], "no NATS, no Secret to read"
 print("nats credentials ok")
+PY
+
+# The installed NATS without TLS: plain URLs, no certificate asked of the operator or mounted.
+helm template starling "$chart" -n starling-system --set nats.install.enabled=true --set nats.install.tls.enabled=false \
+  >"$work/nats-plain.yaml"
+python3 - "$work/nats-plain.yaml" <<'PY' || fail "the installed NATS without TLS is rendered wrong"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+[dep] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("operator")]
+env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+assert env["STARLING_OPERATOR_BROKER_CLUSTER_NATS"].startswith("nats://starling-nats-0."), env
+assert not [k for k in env if "TLS" in k], env
+[cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "starling-nats"]
+assert "tls {" not in cm["data"]["nats.conf"], cm["data"]["nats.conf"]
+[sts] = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "starling-nats"]
+assert not [v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"], sts
+assert not [r for d in docs if d["kind"] == "Role" for r in d.get("rules", []) if "starling-nats-ca" in r.get("resourceNames", [])]
+print("nats without tls ok")
 PY
 
 # The operator's broker-hook rules: its env only when set, with names the operator reads; a
@@ -328,7 +363,7 @@ hook = lambda env: {k: v for k, v in env.items() if k.startswith("STARLING_OPERA
 assert "STARLING_OPERATOR_TENANCY_ALLOW" not in default, default
 assert "STARLING_OPERATOR_BROKER_CLUSTER_NATS" not in default, default
 assert all_on["STARLING_OPERATOR_BROKER_CLUSTER_NATS"] == ",".join(
-    f"nats://starling-nats-{i}.starling-nats-headless.starling-system.svc:4222" for i in range(3)), all_on
+    f"tls://starling-nats-{i}.starling-nats-headless.starling-system.svc:4222" for i in range(3)), all_on
 assert all_on["STARLING_OPERATOR_TENANCY_ALLOW"] == "iot=factory,iot=fleet", all_on
 assert hook(default) == {}, hook(default)
 assert hook(all_on) == {

@@ -33,8 +33,12 @@
 #   its broker id; broker.toml names it and its inbox prefix) and a Server Reference, no seed in
 #   any Deployment, ConfigMap, status or log; playing the kubelet for one pod, its broker joins
 #   a local nats-server running that auth.conf (the operator publishes trio's account to it)
-#   and turns ready, and with its credentials tampered with NATS refuses it; with
-#   nats.tls.existingSecret the CA reaches trio-nats, mounted and named by path in broker.toml;
+#   and turns ready, and with its credentials tampered with NATS refuses it; the installed NATS
+#   serves TLS (nats.install.tls): the operator makes its CA once, issues the servers'
+#   certificate (verified by openssl for the servers' names, server and client use, and loaded
+#   by nats-server -t with the chart's nats.conf) and gives trio-nats the CA certificate alone;
+#   with nats.install.tls.enabled=false and nats.tls.existingSecret that Secret's CA reaches
+#   trio-nats, mounted and named by path in broker.toml;
 #   on this v1.20 server no policy/v1 budget and DisruptionBudget=False, while
 #   `starling-operator render` of the same Broker passes kubernetes-validate --strict for 1.33
 #   with its policy/v1 budget; status.endpoints say a LoadBalancer waits for its address, then
@@ -789,6 +793,9 @@ start_nats_operator() { # LOG [more flags...]: the operator with the chart's NAT
     --broker-network-policies true --monitoring-namespace monitoring \
     --broker-cluster-nats "$nats_urls" --broker-cluster-nats-keys "$nats_keys" --broker-cluster-nats-config "$nats_config" \
     --nats-accounts-url "nats://127.0.0.1:$nats_port" --generate-secrets "$(op_env STARLING_OPERATOR_GENERATE_SECRETS)" \
+    --broker-cluster-tls-secret "$(op_env STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET)" \
+    --broker-cluster-nats-tls-ca "$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_CA)" \
+    --broker-cluster-nats-tls-server "$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_SERVER)" \
     --http "127.0.0.1:$(free_port)" --log-format pretty "$@" >"$log" 2>&1 &
   op_pid=$!
   wait_for 30 grep -q "starting the controller" "$log" || { tail -20 "$log"; fail "the operator with NATS did not start"; }
@@ -800,12 +807,31 @@ secret_value() { kubectl -n "$1" get secret "$2" -o json | python3 -c 'import ba
 operator_seed=$(secret_value starling-system "$nats_keys" operator.nk)
 system_seed=$(secret_value starling-system "$nats_keys" system.nk)
 [ "${operator_seed:0:2}" = SO ] && [ "${system_seed:0:2}" = SA ] || fail "the operator did not make the NATS operator and system account keys"
-mkdir -p "$work/nats-chart" "$work/nats-local"
-kubectl -n starling-system get configmap starling-nats -o jsonpath='{.data.nats\.conf}' >"$work/nats-chart/nats.conf"
+mkdir -p "$work/nats-chart/tls" "$work/nats-local"
+# The servers' TLS: a CA made once (read by the operator only), the servers' certificate issued
+# from it for their in-cluster names (server and client use: routes verify each other), and
+# the CA certificate alone for the brokers.
+[ "$(op_env STARLING_OPERATOR_BROKER_CLUSTER_NATS_TLS_SERVER)" = starling-nats-tls ] || fail "the chart does not have the operator issue the NATS servers' certificate"
+for key in ca.crt tls.crt tls.key; do secret_value starling-system starling-nats-tls "$key" >"$work/nats-chart/tls/$key"; done
+secret_value starling-system starling-nats-ca ca.crt | cmp - "$work/nats-chart/tls/ca.crt" || fail "the NATS servers' certificate is not of the CA in starling-nats-ca"
+[ "$(kubectl -n starling-system get secret starling-nats-client-tls -o jsonpath='{.data}' | python3 -c 'import json, sys; print(",".join(sorted(json.load(sys.stdin))))')" = ca.crt ] \
+  || fail "starling-nats-client-tls holds more than the CA certificate"
+secret_value starling-system starling-nats-client-tls ca.crt | cmp - "$work/nats-chart/tls/ca.crt" || fail "the brokers are given another CA"
+for name in starling-nats-0.starling-nats-headless.starling-system.svc starling-nats-2.starling-nats-headless.starling-system.svc \
+  starling-nats-4.starling-nats-headless.starling-system.svc; do
+  for purpose in sslserver sslclient; do
+    openssl verify -CAfile "$work/nats-chart/tls/ca.crt" -purpose "$purpose" -verify_hostname "$name" "$work/nats-chart/tls/tls.crt" >/dev/null \
+      || fail "the NATS servers' certificate does not verify as $purpose for $name"
+  done
+done
+openssl verify -CAfile "$work/nats-chart/tls/ca.crt" -verify_hostname starling-api.starling-system.svc "$work/nats-chart/tls/tls.crt" >/dev/null 2>&1 \
+  && fail "the NATS servers' certificate names hosts beyond the NATS servers"
+grep -q "PRIVATE KEY" "$work/operator-nats.log" && fail "a private key is in the operator's log"
+kubectl -n starling-system get configmap starling-nats -o jsonpath='{.data.nats\.conf}' | sed "s|/etc/nats-tls/|$work/nats-chart/tls/|" >"$work/nats-chart/nats.conf"
 secret_value starling-system "$nats_config" auth.conf >"$work/nats-chart/auth.conf"
 grep -qF "$system_seed" "$work/nats-chart/auth.conf" && fail "the NATS servers' auth.conf holds a seed"
 POD_NAME=starling-nats-0 nats-server -t -c "$work/nats-chart/nats.conf" >"$work/nats-chart/check.log" 2>&1 \
-  || { cat "$work/nats-chart/check.log"; fail "nats-server refuses the chart's nats.conf with the operator's auth.conf"; }
+  || { cat "$work/nats-chart/check.log"; fail "nats-server refuses the chart's nats.conf with the operator's auth.conf and TLS files"; }
 sed "s|\"/data/jwt\"|\"$work/nats-jwt\"|" "$work/nats-chart/auth.conf" >"$work/nats-local/auth.conf"
 printf 'include ./auth.conf\n' >"$work/nats-local/nats.conf"
 nats-server -c "$work/nats-local/nats.conf" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats-store" >"$work/nats.log" 2>&1 </dev/null &
@@ -850,6 +876,7 @@ text = cm["data"]["broker.toml"]
 assert 'server_reference = "mqtts://trio.example.com:8883"' in text, text
 broker_id = broker["status"]["brokerId"]
 assert 'creds = "/etc/starling/nats/nats.creds"' in text, text
+assert 'tls_ca = "/etc/starling/nats/ca.crt"' in text and "tls_key" not in text, text
 assert f'inbox_prefix = "_INBOX_starling.{broker_id}"' in text, text
 # The user's permissions name trio's broker id and nothing wider.
 jwt = creds.split("-----BEGIN NATS USER JWT-----")[1].split()[0]
@@ -886,6 +913,7 @@ run_trio_pod() { # OUT_DIR [CREDS_FILE]: lays out trio's pod and starts its brok
   mapfile -t trio_env <"$dir/env"
   # broker.toml names the mounted file by its path in the pod; here it is under the stand-in's root.
   trio_env+=("STARLING_BROKER__CLUSTER__CREDS=${2:-$dir/root/etc/starling/nats/nats.creds}")
+  trio_env+=("STARLING_BROKER__CLUSTER__TLS_CA=$dir/root/etc/starling/nats/ca.crt")
   trio_http=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["--http"])' "$dir/ports.json")
   env -i PATH="$PATH" HOSTNAME=trio-0 "${trio_env[@]}" "$BROKER" "${trio_args[@]}" >"$dir/broker.log" 2>&1 &
   trio_pid=$!
@@ -893,6 +921,8 @@ run_trio_pod() { # OUT_DIR [CREDS_FILE]: lays out trio's pod and starts its brok
 run_trio_pod "$work/trio-pod"
 broker_pid=$trio_pid
 cmp "$work/trio-pod/root/etc/starling/nats/nats.creds" "$work/trio.creds" || fail "the pod does not see trio-nats's credentials"
+cmp "$work/trio-pod/root/etc/starling/nats/ca.crt" "$work/nats-chart/tls/ca.crt" || fail "the pod does not see the NATS servers' CA"
+[ -e "$work/trio-pod/root/etc/starling/nats/tls.key" ] && fail "a broker pod holds a private key of NATS"
 trio_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$trio_http/readyz")" = 200 ]; }
 wait_for 60 trio_ready || { tail -20 "$work/trio-pod/broker.log"; tail -20 "$work/nats.log"; fail "trio's broker did not join NATS as its own user and turn ready"; }
 grep -qF "$trio_seed" "$work/trio-pod/broker.log" && fail "the NATS seed is in the broker's log"
@@ -974,14 +1004,15 @@ kubectl -n iot delete gateway edge >/dev/null
 echo "--- NATS TLS from a Secret (nats.tls.existingSecret): each Broker's copy, named by path in its config"
 kubectl -n starling-system create secret generic nats-client-tls --from-file=ca.crt="$work/operator-ca.crt" >/dev/null
 helm upgrade starling charts/starling -n starling-system --wait=hookOnly --set 'operator.watchNamespaces={iot}' \
-  --set nats.install.enabled=true --set nats.tls.existingSecret=nats-client-tls >/dev/null || fail "helm upgrade with nats.tls.existingSecret failed"
+  --set nats.install.enabled=true --set nats.install.tls.enabled=false --set nats.tls.existingSecret=nats-client-tls >/dev/null \
+  || fail "helm upgrade with nats.tls.existingSecret failed"
 tls_secret=$(op_env STARLING_OPERATOR_BROKER_CLUSTER_TLS_SECRET)
 [ "$tls_secret" = nats-client-tls ] || fail "the chart does not give the operator nats.tls.existingSecret ($tls_secret)"
 kill "$op_pid"; wait "$op_pid" 2>/dev/null || true
-start_nats_operator "$work/operator-nats-tls.log" --broker-cluster-tls-secret "$tls_secret"
-has_ca() { [ -n "$(kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}')" ]; }
-wait_for 30 has_ca || fail "trio-nats did not get the NATS CA"
-cmp <(kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}' | base64 -d) "$work/operator-ca.crt" || fail "trio-nats holds another CA"
+start_nats_operator "$work/operator-nats-tls.log"
+# trio-nats held the installed NATS's own CA until now.
+has_ca() { kubectl -n iot get secret trio-nats -o jsonpath='{.data.ca\.crt}' | base64 -d | cmp -s - "$work/operator-ca.crt"; }
+wait_for 30 has_ca || fail "trio-nats did not get the CA of nats.tls.existingSecret"
 # Reconciled again, by another operator process: trio keeps its NATS user (its pods do not roll).
 cmp <(secret_value iot trio-nats nats.creds) "$work/trio.creds" || fail "a later reconcile minted trio a new NATS user"
 kubectl -n iot get configmap trio-config -o jsonpath='{.data.broker\.toml}' | grep -qx 'tls_ca = "/etc/starling/nats/ca.crt"' \

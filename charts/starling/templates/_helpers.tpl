@@ -44,12 +44,31 @@ per Broker (nats.install.enabled without nats.auth.existingSecret). */}}
 {{- define "starling.nats.keysSecret" -}}{{ include "starling.nats.name" . }}-keys{{- end -}}
 {{/* The Secret with the NATS servers' auth configuration (written by the operator). */}}
 {{- define "starling.nats.configSecret" -}}{{ include "starling.nats.name" . }}-auth-config{{- end -}}
+{{/* Whether the installed NATS serves TLS with certificates the operator issues. */}}
+{{- define "starling.nats.installTls" -}}
+{{- if and .Values.nats.install.enabled .Values.nats.install.tls.enabled -}}true{{- end -}}
+{{- end -}}
+{{/* The installed NATS's CA (certificate and key, created by the operator, read by it only),
+its servers' certificate (issued by the operator, mounted by the NATS pods) and the CA
+certificate alone (written by the operator, copied to every Broker). */}}
+{{- define "starling.nats.caSecret" -}}{{ include "starling.nats.name" . }}-ca{{- end -}}
+{{- define "starling.nats.serverTlsSecret" -}}{{ include "starling.nats.name" . }}-tls{{- end -}}
+{{- define "starling.nats.clientTlsSecret" -}}{{ include "starling.nats.name" . }}-client-tls{{- end -}}
+{{/* The Secret each Broker's NATS CA (and client certificate) is copied from. */}}
+{{- define "starling.nats.tlsSecret" -}}
+{{- if include "starling.nats.installTls" . -}}
+{{- include "starling.nats.clientTlsSecret" . -}}
+{{- else -}}
+{{- .Values.nats.tls.existingSecret -}}
+{{- end -}}
+{{- end -}}
 {{- define "starling.nats.urls" -}}
 {{- if .Values.nats.install.enabled -}}
 {{- $name := include "starling.nats.name" . -}}
+{{- $scheme := ternary "tls" "nats" (eq (include "starling.nats.installTls" .) "true") -}}
 {{- $urls := list -}}
 {{- range $i, $_ := until (int .Values.nats.install.replicas) -}}
-{{- $urls = append $urls (printf "nats://%s-%d.%s-headless.%s.svc:4222" $name $i $name $.Release.Namespace) -}}
+{{- $urls = append $urls (printf "%s://%s-%d.%s-headless.%s.svc:4222" $scheme $name $i $name $.Release.Namespace) -}}
 {{- end -}}
 {{- join "," $urls -}}
 {{- else -}}
