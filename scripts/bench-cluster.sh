@@ -7,6 +7,7 @@
 # Builds the release broker and generator and starts one `nats-server -js` (Debian's) on
 # loopback. Within a repetition each case runs three times, each on fresh broker processes on
 # free loopback ports:
+# - `mosquitto`: Debian's Mosquitto with bench/mosquitto.conf, the yardstick;
 # - `single`: one broker without [cluster];
 # - `one-replica`: replica A of a two-replica broker, publishers and subscribers on A;
 # - `a-to-b`: the same two replicas, publishers on A and subscribers on B
@@ -14,7 +15,8 @@
 # - `three`: three replicas, publishers on A and the subscribers spread over A, B and C in
 #   turn (fan-out across three replicas).
 # One JSON line per run goes to OUT; at the end a Markdown table per case shows median [min-max]
-# of each and the ratios one-replica/single, a-to-b/single and three/single. Exits 1 when a run failed or a
+# of each and the ratios one-replica/single, a-to-b/single, three/single, a-to-b/one-replica,
+# single/mosquitto and a-to-b/mosquitto. Exits 1 when a run failed or a
 # broker died.
 #
 # Not part of CI: it wants an otherwise idle machine (the `other CPU` row tells how idle it was).
@@ -82,6 +84,11 @@ for rep in $(seq 1 "$reps"); do
     [[ $name =~ $only ]] || continue
 
     port=$(bench_free_port)
+    bench_start_mosquitto "$port" "$logs/$name-mosquitto-$rep.log"
+    bench_run "$out" "$name" mosquitto "$rep" "$logs/$name-mosquitto-$rep.log" "${args[@]}" --port "$port"
+    bench_stop_broker
+
+    port=$(bench_free_port)
     bench_start_starling "$port" "$logs/$name-single-$rep.log"
     bench_run "$out" "$name" single "$rep" "$logs/$name-single-$rep.log" "${args[@]}" --port "$port"
     bench_stop_broker
@@ -115,5 +122,5 @@ done
 echo
 echo "starling-broker $("$STARLING_BROKER" --version 2>&1 | awk '{print $NF}') (release);" \
   "$(nats-server --version 2>&1 | head -1); $(nproc) cores; raw results: $out"
-python3 scripts/lib/bench_summary.py "$out" single,one-replica,a-to-b,three \
-  one-replica/single a-to-b/single three/single
+python3 scripts/lib/bench_summary.py "$out" mosquitto,single,one-replica,a-to-b,three \
+  one-replica/single a-to-b/single three/single a-to-b/one-replica single/mosquitto a-to-b/mosquitto

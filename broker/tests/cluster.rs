@@ -228,6 +228,30 @@ async fn await_stream(c: &mut Raw) {
     .expect("the tenant's stream is set up");
 }
 
+/// Waits for replicas `a` and `b` to be ready, then checks that a QoS 0 and a QoS 1 message
+/// `payload` on `t/x` from a client of `a` reach a subscriber of `b` (to `t/#`); returns both
+/// clients.
+async fn carries_across(a: &TestBroker, b: &TestBroker, payload: &[u8]) -> (Raw, Raw) {
+    await_readyz(a, 200).await;
+    await_readyz(b, 200).await;
+    let mut on_b = subscriber(
+        b,
+        "sub-b",
+        &[("t/#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
+    )
+    .await;
+    let mut publisher = a.client("pub-a").await;
+    await_link(&mut publisher, &mut on_b).await;
+    await_stream(&mut publisher).await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let ack = publisher.publish("t/x", qos, payload).await;
+        assert!(ack.is_none_or(|r| r == ReasonCode::SUCCESS), "{ack:?}");
+        let p = next_not_probe(&mut on_b).await;
+        assert_eq!((p.qos, &p.payload[..]), (qos, payload));
+    }
+    (publisher, on_b)
+}
+
 /// Reads deliveries, skipping late probes, until one on another topic.
 async fn next_not_probe(c: &mut Raw) -> Publish {
     loop {
@@ -1386,23 +1410,7 @@ async fn a_brokers_own_nats_user_serves_its_tenant_across_replicas_and_touches_n
         };
         let a = with_creds("a").await;
         let b = with_creds("b").await;
-        await_readyz(&a, 200).await;
-        await_readyz(&b, 200).await;
-        let mut on_b = subscriber(
-            &b,
-            "sub-b",
-            &[("t/#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
-        )
-        .await;
-        let mut publisher = a.client("pub-a").await;
-        await_link(&mut publisher, &mut on_b).await;
-        await_stream(&mut publisher).await;
-        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-            let ack = publisher.publish("t/x", qos, b"across").await;
-            assert!(ack.is_none_or(|r| r == ReasonCode::SUCCESS), "{ack:?}");
-            let p = next_not_probe(&mut on_b).await;
-            assert_eq!((p.qos, &p.payload[..]), (qos, &b"across"[..]));
-        }
+        let (mut publisher, _on_b) = carries_across(&a, &b, b"across").await;
         assert_eq!(
             publish_retained(&mut publisher, "t/kept", b"kept", None).await,
             ReasonCode::SUCCESS
@@ -1980,23 +1988,7 @@ async fn replicas_join_nats_over_tls_with_a_client_certificate_and_refuse_a_serv
         let anonymous = with_tls("d", pki.files.ca_cert.clone(), None).await;
         let a = with_tls("a", pki.files.ca_cert.clone(), client_cert.clone()).await;
         let b = with_tls("b", pki.files.ca_cert.clone(), client_cert.clone()).await;
-        await_readyz(&a, 200).await;
-        await_readyz(&b, 200).await;
-        let mut on_b = subscriber(
-            &b,
-            "sub-b",
-            &[("t/#", QoS::AtLeastOnce), ("probe/#", QoS::AtMostOnce)],
-        )
-        .await;
-        let mut publisher = a.client("pub-a").await;
-        await_link(&mut publisher, &mut on_b).await;
-        await_stream(&mut publisher).await;
-        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-            let ack = publisher.publish("t/x", qos, b"over tls").await;
-            assert!(ack.is_none_or(|r| r == ReasonCode::SUCCESS), "{ack:?}");
-            let p = next_not_probe(&mut on_b).await;
-            assert_eq!((p.qos, &p.payload[..]), (qos, &b"over tls"[..]));
-        }
+        carries_across(&a, &b, b"over tls").await;
         for (who, broker) in [("untrusting", &untrusting), ("anonymous", &anonymous)] {
             let (status, _) = common::http_get(broker.broker.http, "/readyz").await;
             assert_eq!(status, 503, "the {who} replica is not in the cluster");

@@ -38,18 +38,31 @@ pub const RESOLVER_DIR: &str = "/data/jwt";
 /// How long publishing an account may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Reading or writing one Secret failed. Names the Secret, never a value.
+#[derive(Debug, thiserror::Error)]
+#[error("the Secret {name}: {source}")]
+pub struct SecretError {
+    /// The Secret.
+    pub name: String,
+    /// Why.
+    #[source]
+    pub source: kube::Error,
+}
+
+/// What turns an API error about the Secret `name` into a [`SecretError`] (for `map_err`).
+pub fn secret_error(name: &str) -> impl Fn(kube::Error) -> SecretError + '_ {
+    move |source| SecretError {
+        name: name.to_owned(),
+        source,
+    }
+}
+
 /// Why the NATS auth could not be set up or used. Names Secrets and keys, never values.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsAuthError {
     /// Reading or writing a Secret failed.
-    #[error("the Secret {name}: {source}")]
-    Kube {
-        /// The Secret.
-        name: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] SecretError),
     /// The keys Secret lacks a key or holds a bad seed.
     #[error("the Secret {name}: {reason}")]
     BadKeys {
@@ -280,11 +293,11 @@ pub async fn ensure(
     keys_name: &str,
     config_name: &str,
 ) -> Result<ServerKeys, NatsAuthError> {
-    let kube = |name: &str| {
-        let name = name.to_owned();
-        move |source| NatsAuthError::Kube { name, source }
-    };
-    let keys_secret = match api.get_opt(keys_name).await.map_err(kube(keys_name))? {
+    let keys_secret = match api
+        .get_opt(keys_name)
+        .await
+        .map_err(secret_error(keys_name))?
+    {
         Some(s) => s,
         None => {
             match api
@@ -299,14 +312,17 @@ pub async fn ensure(
                     s
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
-                    api.get(keys_name).await.map_err(kube(keys_name))?
+                    api.get(keys_name).await.map_err(secret_error(keys_name))?
                 }
-                Err(e) => return Err(kube(keys_name)(e)),
+                Err(e) => return Err(secret_error(keys_name)(e).into()),
             }
         }
     };
     let keys = keys_of(&keys_secret, keys_name)?;
-    let current = api.get_opt(config_name).await.map_err(kube(config_name))?;
+    let current = api
+        .get_opt(config_name)
+        .await
+        .map_err(secret_error(config_name))?;
     if !current.as_ref().is_some_and(|s| config_current(s, &keys)) {
         let desired = desired_config_secret(config_name, namespace, &keys)?;
         api.patch(
@@ -315,7 +331,7 @@ pub async fn ensure(
             &Patch::Apply(&desired),
         )
         .await
-        .map_err(kube(config_name))?;
+        .map_err(secret_error(config_name))?;
         tracing::info!(secret = config_name, %namespace, "wrote the NATS servers' auth configuration");
     }
     Ok(keys)

@@ -26,6 +26,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use rcgen::ExtendedKeyUsagePurpose;
 
 use crate::certs::{self, CaMaterial, LeafMaterial};
+use crate::nats_auth::secret_error;
 
 /// The CA certificate, in every Secret of this module.
 pub const CA_CERT_KEY: &str = "ca.crt";
@@ -55,14 +56,8 @@ pub struct NatsTlsSecrets {
 #[derive(Debug, thiserror::Error)]
 pub enum NatsTlsError {
     /// Reading or writing a Secret failed.
-    #[error("the Secret {name}: {source}")]
-    Kube {
-        /// The Secret.
-        name: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] crate::nats_auth::SecretError),
     /// The CA Secret lacks a key or holds something unusable.
     #[error("the Secret {name}: {reason}")]
     BadCa {
@@ -228,11 +223,11 @@ pub async fn ensure(
     secrets: &NatsTlsSecrets,
     urls: &[String],
 ) -> Result<String, NatsTlsError> {
-    let kube = |name: &str| {
-        let name = name.to_owned();
-        move |source| NatsTlsError::Kube { name, source }
-    };
-    let ca_secret = match api.get_opt(&secrets.ca).await.map_err(kube(&secrets.ca))? {
+    let ca_secret = match api
+        .get_opt(&secrets.ca)
+        .await
+        .map_err(secret_error(&secrets.ca))?
+    {
         Some(s) => s,
         None => {
             let ca = certs::issue_named_ca(
@@ -249,10 +244,11 @@ pub async fn ensure(
                     tracing::info!(secret = %secrets.ca, %namespace, "generated the NATS servers' CA");
                     s
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    api.get(&secrets.ca).await.map_err(kube(&secrets.ca))?
-                }
-                Err(e) => return Err(kube(&secrets.ca)(e)),
+                Err(kube::Error::Api(e)) if e.code == 409 => api
+                    .get(&secrets.ca)
+                    .await
+                    .map_err(secret_error(&secrets.ca))?,
+                Err(e) => return Err(secret_error(&secrets.ca)(e).into()),
             }
         }
     };
@@ -261,7 +257,7 @@ pub async fn ensure(
     let server = api
         .get_opt(&secrets.server)
         .await
-        .map_err(kube(&secrets.server))?;
+        .map_err(secret_error(&secrets.server))?;
     if server_needs_issuing(server.as_ref(), &ca, urls, Timestamp::now()) {
         let leaf = issue_server(&ca, urls, Timestamp::now())?;
         api.patch(
@@ -270,18 +266,18 @@ pub async fn ensure(
             &Patch::Apply(&server_secret(&secrets.server, namespace, &leaf)),
         )
         .await
-        .map_err(kube(&secrets.server))?;
+        .map_err(secret_error(&secrets.server))?;
         tracing::info!(secret = %secrets.server, %namespace, names = ?server_names(urls), "issued the NATS servers' certificate (NATS pods started before serve the old one until restarted)");
     }
     let client = api
         .get_opt(&secrets.client)
         .await
-        .map_err(kube(&secrets.client))?;
+        .map_err(secret_error(&secrets.client))?;
     let desired = client_secret(&secrets.client, namespace, &ca);
     if client.as_ref().and_then(|s| s.data.as_ref()) != desired.data.as_ref() {
         api.patch(&secrets.client, &apply, &Patch::Apply(&desired))
             .await
-            .map_err(kube(&secrets.client))?;
+            .map_err(secret_error(&secrets.client))?;
         tracing::info!(secret = %secrets.client, %namespace, "wrote the NATS CA for the brokers");
     }
     Ok(ca.cert_pem)
