@@ -717,6 +717,7 @@ async fn bad_token_flood_does_not_slow_a_good_client() {
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                let flood_start = Instant::now();
                 let mut set = tokio::task::JoinSet::new();
                 let mut started = Some(started_tx);
                 for i in 0..1000 {
@@ -740,7 +741,7 @@ async fn bad_token_flood_does_not_slow_a_good_client() {
                         refused += 1;
                     }
                 }
-                refused
+                (refused, flood_start.elapsed())
             })
         });
         started_rx.await.unwrap();
@@ -753,13 +754,17 @@ async fn bad_token_flood_does_not_slow_a_good_client() {
             worst = worst.max(t0.elapsed());
             drop(c);
         }
-        let refused = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        let (refused, flood_took) = tokio::task::spawn_blocking(move || flood.join().unwrap())
             .await
             .unwrap();
         assert_eq!(refused, 1000);
+        // Not a latency figure (that is the benchmarks' part): a broker that checked tokens one
+        // at a time on a shared thread or under a shared lock kept the good client waiting for
+        // most of the flood; a loaded machine, which slows the flood too, can delay one
+        // CONNACK by tens of ms.
         assert!(
-            worst < Duration::from_millis(100),
-            "CONNECT to CONNACK took {worst:?} during the flood"
+            worst < Duration::from_millis(100).max(flood_took / 2),
+            "CONNECT to CONNACK took {worst:?} during a flood of {flood_took:?}"
         );
     })
 }
