@@ -3,16 +3,17 @@
 //! Kubernetes preStop hook), served by [`serve`] (the `starling-http` crate's bounded HTTP/1.1
 //! server, which the api's two listeners run on too).
 //!
-//! `/drain` answers `GET` as well as `POST` because the kubelet's preStop `httpGet` sends a GET.
-//! It is on this internal listener only, never on an MQTT port: whoever may scrape the metrics
-//! may stop the broker, so keep the listener where only the kubelet and monitoring reach it
-//! (the chart's NetworkPolicy does).
+//! `/drain` answers `GET` as well as `POST`, and only to a peer on the broker's own host
+//! (loopback; anyone else gets 403): it stops the broker, and the listener it shares with
+//! `/metrics` is reached by whoever scrapes them. `starling-broker drain` (the operator's preStop
+//! hook, run inside the pod) calls it over loopback.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -103,8 +104,19 @@ pub fn app(state: HttpState) -> Router {
 const DRAIN_ANSWER_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the graceful shutdown (or joins the one running) and answers once it has ended: 200
-/// when drained, 503 when it still runs after its deadline and some slack (it carries on).
-async fn drain(State(state): State<HttpState>) -> impl IntoResponse {
+/// when drained, 503 when it still runs after its deadline and some slack (it carries on); 403
+/// to a peer that is not on the broker's own host.
+async fn drain(
+    State(state): State<HttpState>,
+    extensions: axum::http::Extensions,
+) -> impl IntoResponse {
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>();
+    if !peer.is_some_and(|ConnectInfo(addr)| addr.ip().to_canonical().is_loopback()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/drain is accepted only from the broker's own host (loopback): run `starling-broker drain` there\n",
+        );
+    }
     state.drain.start();
     let bound = state.drain.deadline() + DRAIN_ANSWER_SLACK;
     match tokio::time::timeout(bound, state.drain.finished()).await {
@@ -129,4 +141,50 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         )],
         state.metrics.encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower_service::Service as _;
+
+    use super::*;
+
+    /// `/drain` stops the broker, so a peer that is not on its host (or one the server did not
+    /// name) is refused with 403 and nothing starts; a loopback peer, IPv4-mapped included,
+    /// drains it.
+    #[tokio::test]
+    async fn drain_answers_only_a_peer_on_the_brokers_own_host() {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let ready = Arc::new(Readiness::default());
+            let drain = crate::server::Drain::for_tests(ready.clone());
+            let mut app = app(HttpState {
+                ready,
+                metrics: Arc::new(Metrics::default()),
+                drain: drain.clone(),
+            });
+            let call = |peer: Option<&str>| {
+                let mut req = Request::get("/drain").body(Body::empty()).unwrap();
+                if let Some(p) = peer {
+                    req.extensions_mut()
+                        .insert(ConnectInfo(p.parse::<SocketAddr>().unwrap()));
+                }
+                req
+            };
+            for peer in [Some("10.1.2.3:5555"), Some("[2001:db8::1]:5555"), None] {
+                let answer = app.call(call(peer)).await.unwrap();
+                assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{peer:?}");
+                assert!(!drain.has_started(), "{peer:?} started the shutdown");
+            }
+            let answer = app
+                .call(call(Some("[::ffff:127.0.0.1]:5555")))
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+            assert!(drain.has_started());
+        })
+        .await
+        .expect("within 10 s");
+    }
 }

@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 /// The Starling MQTT broker.
 #[derive(Debug, Parser)]
 #[command(name = "starling-broker", version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -109,6 +112,45 @@ enum SyncArg {
     Interval,
 }
 
+/// What else the binary does besides running the broker.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Drains the broker running on this host (its `/drain`, which answers only over loopback)
+    /// and waits until it has: the Kubernetes preStop hook. Exits 0 once drained.
+    Drain {
+        /// The broker's HTTP listener, reached over loopback.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        http: SocketAddr,
+        /// Gives up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout_secs: u64,
+    },
+}
+
+/// Asks the broker at `http` to drain and waits for its answer (at most `timeout`).
+fn drain(http: SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&http, std::time::Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the broker's HTTP listener at {http}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /drain HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .with_context(|| format!("no answer from {http} within {timeout:?}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.get(9..12).unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    anyhow::ensure!(status == "200", "{http} answered {status}: {body}");
+    println!("{body}");
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum AuthArg {
     None,
@@ -117,6 +159,9 @@ enum AuthArg {
 
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    if let Some(Command::Drain { http, timeout_secs }) = flags.command {
+        return drain(http, std::time::Duration::from_secs(timeout_secs));
+    }
     let file = match &flags.config {
         Some(path) => Some(
             std::fs::read_to_string(path)

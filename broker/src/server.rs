@@ -347,6 +347,26 @@ impl Drain {
         self.deadline
     }
 
+    /// A shutdown of nothing (no connections, no store), for the HTTP handlers' tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(ready: Arc<Readiness>) -> Arc<Drain> {
+        Arc::new(Drain {
+            ready,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            deadline: Duration::from_secs(1),
+            storage: None,
+            started: AtomicBool::new(false),
+            done: CancellationToken::new(),
+        })
+    }
+
+    /// Whether the shutdown has started.
+    #[cfg(test)]
+    pub(crate) fn has_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     /// Not ready, stop accepting, DISCONNECT 0x8B, drain within the deadline, close the store.
     async fn run(&self) {
         self.ready.set_draining();

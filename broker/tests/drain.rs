@@ -127,3 +127,50 @@ async fn without_a_server_reference_the_disconnect_carries_none() {
         assert!(b.terminate(Duration::from_secs(5)).success());
     })
 }
+
+/// `starling-broker drain` (the operator's preStop hook, run inside the pod) drains the broker
+/// on its host over loopback, prints its answer and exits 0 once drained; against an address
+/// where no broker listens it fails, saying so.
+#[tokio::test]
+async fn the_drain_command_drains_the_broker_on_its_host() {
+    timed!(async {
+        let mut b = BrokerProcess::start("[shutdown]\ndrain_timeout_secs = 5\n");
+        let mut raw = b.client("raw-v5").await;
+        let http = b.http.to_string();
+        let command = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_starling-broker"))
+                .args(["drain", "--http", &http, "--timeout-secs", "30"])
+                .output()
+                .expect("the binary runs")
+        });
+        match raw.recv_opt().await {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SERVER_SHUTTING_DOWN),
+            other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+        }
+        let out = command.await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "drained\n");
+        assert_eq!(http_get(b.http, "/readyz").await.0, 503);
+        assert!(b.terminate(Duration::from_secs(5)).success());
+
+        let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_starling-broker"))
+                .args(["drain", "--http", &nobody])
+                .output()
+                .expect("the binary runs")
+        })
+        .await
+        .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("cannot reach the broker's HTTP listener"),
+            "{out:?}"
+        );
+    })
+}

@@ -124,7 +124,11 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address, for handlers that take `ConnectInfo<SocketAddr>`.
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+        );
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -47,9 +47,10 @@
 #   (Gateway API CRDs from scripts/tiers/kube/fixtures); `kubectl scale broker trio --replicas=2`
 #   reaches the Deployment;
 # - deleting the Broker runs the finalizer: the api sees the DELETE, then the Broker is gone;
-# - playing the kubelet's stop: the pod's preStop hook (GET /drain on its http port) sends the
-#   broker's connected MQTT 5 client DISCONNECT 0x8B (server shutting down) and answers once
-#   drained; the SIGTERM after it ends the broker, all within the pod's
+# - playing the kubelet's stop: the pod's preStop hook (`starling-broker drain`, /drain over
+#   loopback on its http port) sends the broker's connected MQTT 5 client DISCONNECT 0x8B
+#   (server shutting down) and exits once drained; the SIGTERM after it ends the broker, all
+#   within the pod's
 #   terminationGracePeriodSeconds;
 # - NetworkPolicies: the operator gives each Broker's pods one (MQTT from anywhere, metrics from
 #   the monitoring namespace) once its RBAC allows, and warns (NetworkPolicyForbidden) until then;
@@ -460,17 +461,19 @@ grep -q "Phase: *Succeeded" "$work/helm-test.out" || { cat "$work/helm-test.out"
 echo "--- playing the kubelet's stop: the preStop hook drains the pod's broker (DISCONNECT 0x8B), then SIGTERM, within the grace period"
 grace=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.terminationGracePeriodSeconds}')
 [ -n "$grace" ] && [ "$grace" -ge 25 ] || fail "the pod's terminationGracePeriodSeconds ($grace) leaves no time to drain"
-hook=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].lifecycle.preStop.httpGet.path} {.spec.template.spec.containers[0].lifecycle.preStop.httpGet.port}')
-[ "$hook" = "/drain http" ] || fail "the pod has no preStop httpGet on /drain at its http port (got: $hook)"
+hook=$(kubectl -n iot get deploy orders -o jsonpath='{.spec.template.spec.containers[0].lifecycle.preStop.exec.command}')
+[ "$hook" = "[\"/usr/local/bin/starling-broker\",\"drain\",\"--http\",\"127.0.0.1:9090\",\"--timeout-secs\",\"$grace\"]" ] \
+  || fail "the pod's preStop hook is not starling-broker drain over loopback at its http port (got: $hook)"
 python3 scripts/tiers/kube/drain_client.py localhost "$mqtts_port" "$work/operator-ca.crt" orders kubelet-sub "$sub_token" \
   >"$work/drain.out" 2>&1 &
 drain_pid=$!
 wait_for 20 grep -qx connected "$work/drain.out" || { cat "$work/drain.out"; fail "the draining client did not connect"; }
-# The kubelet's preStop httpGet: a GET on the pod's http port, waited for (up to the grace period).
+# The kubelet's preStop exec, inside the container (here the stand-in's binary and http port),
+# waited for (up to the grace period).
 hook_started=$(date +%s)
-hook_answer=$(curl -s -m "$grace" -w ' %{http_code}' "http://127.0.0.1:$broker_http/drain")
-[ "$hook_answer" = "drained
- 200" ] || fail "the preStop hook's GET /drain answered: $hook_answer"
+hook_answer=$(timeout "$grace" "$BROKER" drain --http "127.0.0.1:$broker_http" --timeout-secs "$grace" 2>&1) \
+  || fail "the preStop hook failed: $hook_answer"
+[ "$hook_answer" = drained ] || fail "the preStop hook said: $hook_answer"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$broker_http/readyz")" = 503 ] || fail "a drained broker still says ready"
 kill -TERM "$broker_pid"
 exited=false
@@ -870,7 +873,7 @@ anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDurin
 assert anti["topologyKey"] == "kubernetes.io/hostname", anti
 env = {e["name"]: e for e in c.get("env", [])}
 assert not [n for n in env if n.startswith("STARLING_BROKER__CLUSTER__")], env
-assert c["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain", c.get("lifecycle")
+assert c["lifecycle"]["preStop"]["exec"]["command"][:4] == ["/usr/local/bin/starling-broker", "drain", "--http", "127.0.0.1:9090"], c.get("lifecycle")
 assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] in (0, "0"), dep["spec"]["strategy"]
 text = cm["data"]["broker.toml"]
 assert 'server_reference = "mqtts://trio.example.com:8883"' in text, text

@@ -14,7 +14,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+            EmptyDirVolumeSource, EnvVar, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler,
             PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
             SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
         },
@@ -136,18 +136,36 @@ fn http_get(path: &str) -> HTTPGetAction {
 /// and the store's last write) with room to spare; the SIGTERM after it finds nothing left.
 pub(crate) const TERMINATION_GRACE_SECS: i64 = super::config::DRAIN_TIMEOUT_SECS as i64 + 15;
 
-/// Before the kubelet's SIGTERM, `/drain` on the internal HTTP port: the broker stops accepting,
-/// sends DISCONNECT 0x8B (with a Server Reference when it has siblings), drains and writes its
-/// store, and answers when done. An HTTP hook, as the distroless image has no shell and the
-/// `sleep` action needs Kubernetes 1.29.
+/// Where the broker's image keeps its binary.
+pub(crate) const BROKER_BINARY: &str = "/usr/local/bin/starling-broker";
+
+/// Before the kubelet's SIGTERM, `starling-broker drain` inside the container: `/drain` on the
+/// internal HTTP port over loopback (the only peer it answers, so whoever scrapes `/metrics`
+/// cannot stop the broker). The broker stops accepting, sends DISCONNECT 0x8B (with a Server
+/// Reference when it has siblings), drains and writes its store, and the command exits when
+/// done. An exec hook of the broker's own binary, as the distroless image has no shell.
 fn drain_hook() -> Lifecycle {
     Lifecycle {
         pre_stop: Some(LifecycleHandler {
-            http_get: Some(http_get("/drain")),
+            exec: Some(ExecAction {
+                command: Some(drain_command()),
+            }),
             ..LifecycleHandler::default()
         }),
         ..Lifecycle::default()
     }
+}
+
+/// The preStop command.
+pub(crate) fn drain_command() -> Vec<String> {
+    vec![
+        BROKER_BINARY.to_owned(),
+        "drain".to_owned(),
+        "--http".to_owned(),
+        format!("127.0.0.1:{HTTP_CONTAINER_PORT}"),
+        "--timeout-secs".to_owned(),
+        TERMINATION_GRACE_SECS.to_string(),
+    ]
 }
 
 fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
@@ -445,10 +463,20 @@ mod tests {
             .lifecycle
             .clone()
             .and_then(|l| l.pre_stop)
-            .and_then(|h| h.http_get)
-            .expect("a preStop httpGet");
-        assert_eq!(hook.path.as_deref(), Some("/drain"));
-        assert_eq!(hook.port, IntOrString::String("http".to_owned()));
+            .and_then(|h| h.exec)
+            .and_then(|e| e.command)
+            .expect("a preStop exec");
+        assert_eq!(
+            hook,
+            [
+                "/usr/local/bin/starling-broker",
+                "drain",
+                "--http",
+                "127.0.0.1:9090",
+                "--timeout-secs",
+                &TERMINATION_GRACE_SECS.to_string()
+            ]
+        );
         let grace = pod.termination_grace_period_seconds.expect("grace period");
         // The drain deadline, the broker's 5 s answer slack, and room for the store's last write.
         assert!(
