@@ -209,7 +209,8 @@ impl NatsAuth {
     }
 }
 
-fn value(s: &Secret, key: &str) -> Option<String> {
+/// The UTF-8 value of `key` in `s`, if any.
+pub(crate) fn value(s: &Secret, key: &str) -> Option<String> {
     let v = s.data.as_ref()?.get(key)?;
     String::from_utf8(v.0.clone()).ok()
 }
@@ -220,12 +221,12 @@ pub fn new_keys_secret(name: &str, namespace: &str) -> Result<Secret, NatsAuthEr
     Ok(opaque_secret(
         name,
         namespace,
-        [(OPERATOR_SEED_KEY, operator), (SYSTEM_SEED_KEY, system)],
+        &[(OPERATOR_SEED_KEY, &operator), (SYSTEM_SEED_KEY, &system)],
     ))
 }
 
 /// An `Opaque` Secret `namespace/name` holding `data`.
-fn opaque_secret<const N: usize>(name: &str, namespace: &str, data: [(&str, String); N]) -> Secret {
+pub(crate) fn opaque_secret(name: &str, namespace: &str, data: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -234,8 +235,8 @@ fn opaque_secret<const N: usize>(name: &str, namespace: &str, data: [(&str, Stri
         },
         type_: Some("Opaque".to_owned()),
         data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
                 .collect(),
         ),
         ..Secret::default()
@@ -261,7 +262,7 @@ pub fn desired_config_secret(
     keys: &ServerKeys,
 ) -> Result<Secret, NatsAuthError> {
     let conf = keys.server_config(RESOLVER_DIR, now_secs())?;
-    Ok(opaque_secret(name, namespace, [(CONFIG_KEY, conf)]))
+    Ok(opaque_secret(name, namespace, &[(CONFIG_KEY, &conf)]))
 }
 
 /// Whether the configuration in `s` trusts `keys` (its operator JWT is of the operator key,

@@ -16,17 +16,14 @@
 //! stays valid for the [`RENEW_BEFORE_DAYS`] until then. Keys never reach a log, an error or an
 //! event.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use rcgen::ExtendedKeyUsagePurpose;
 
 use crate::certs::{self, CaMaterial, LeafMaterial};
-use crate::nats_auth::secret_error;
+use crate::nats_auth::{opaque_secret, secret_error, value};
 
 /// The CA certificate, in every Secret of this module.
 pub const CA_CERT_KEY: &str = "ca.crt";
@@ -103,28 +100,6 @@ pub fn server_names(urls: &[String]) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-fn value(s: &Secret, key: &str) -> Option<String> {
-    let v = s.data.as_ref()?.get(key)?;
-    String::from_utf8(v.0.clone()).ok()
-}
-
-fn opaque_secret(name: &str, namespace: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(
-            data.iter()
-                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Secret::default()
-    }
 }
 
 /// The CA held by `s`.
@@ -302,6 +277,8 @@ pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::ByteString;
+
     use super::*;
 
     fn urls() -> Vec<String> {
