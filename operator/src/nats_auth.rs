@@ -285,6 +285,26 @@ pub fn config_current(s: &Secret, keys: &ServerKeys) -> bool {
         && conf.contains(RESOLVER_DIR)
 }
 
+/// The Secret `name` of `api`, created from `new` first when it does not exist (another
+/// operator replica creating it at the same moment is fine: its Secret is read); `true` when
+/// this call created it. An existing Secret is never changed.
+pub(crate) async fn get_or_create<E: From<SecretError>>(
+    api: &Api<Secret>,
+    name: &str,
+    new: impl FnOnce() -> Result<Secret, E>,
+) -> Result<(Secret, bool), E> {
+    if let Some(s) = api.get_opt(name).await.map_err(secret_error(name))? {
+        return Ok((s, false));
+    }
+    match api.create(&PostParams::default(), &new()?).await {
+        Ok(s) => Ok((s, true)),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Ok((api.get(name).await.map_err(secret_error(name))?, false))
+        }
+        Err(e) => Err(secret_error(name)(e).into()),
+    }
+}
+
 /// Reads the keys Secret `keys_name`, creating it first when it does not exist (another
 /// operator replica creating it meanwhile is fine), then writes the configuration Secret
 /// `config_name` when it is missing or does not trust those keys. Both in `api`'s namespace.
@@ -294,31 +314,11 @@ pub async fn ensure(
     keys_name: &str,
     config_name: &str,
 ) -> Result<ServerKeys, NatsAuthError> {
-    let keys_secret = match api
-        .get_opt(keys_name)
-        .await
-        .map_err(secret_error(keys_name))?
-    {
-        Some(s) => s,
-        None => {
-            match api
-                .create(
-                    &PostParams::default(),
-                    &new_keys_secret(keys_name, namespace)?,
-                )
-                .await
-            {
-                Ok(s) => {
-                    tracing::info!(secret = keys_name, %namespace, "generated the NATS operator and system account keys");
-                    s
-                }
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    api.get(keys_name).await.map_err(secret_error(keys_name))?
-                }
-                Err(e) => return Err(secret_error(keys_name)(e).into()),
-            }
-        }
-    };
+    let (keys_secret, created) =
+        get_or_create(api, keys_name, || new_keys_secret(keys_name, namespace)).await?;
+    if created {
+        tracing::info!(secret = keys_name, %namespace, "generated the NATS operator and system account keys");
+    }
     let keys = keys_of(&keys_secret, keys_name)?;
     let current = api
         .get_opt(config_name)

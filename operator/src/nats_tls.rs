@@ -19,11 +19,11 @@
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use rcgen::ExtendedKeyUsagePurpose;
 
 use crate::certs::{self, CaMaterial, LeafMaterial};
-use crate::nats_auth::{opaque_secret, secret_error, value};
+use crate::nats_auth::{get_or_create, opaque_secret, secret_error, value};
 
 /// The CA certificate, in every Secret of this module.
 pub const CA_CERT_KEY: &str = "ca.crt";
@@ -198,35 +198,21 @@ pub async fn ensure(
     secrets: &NatsTlsSecrets,
     urls: &[String],
 ) -> Result<String, NatsTlsError> {
-    let ca_secret = match api
-        .get_opt(&secrets.ca)
-        .await
-        .map_err(secret_error(&secrets.ca))?
-    {
-        Some(s) => s,
-        None => {
-            let ca = certs::issue_named_ca(
-                &format!("Starling NATS CA {namespace}/{}", secrets.server),
-                Timestamp::now(),
-            )?;
-            let new = opaque_secret(
-                &secrets.ca,
-                namespace,
-                &[(CA_CERT_KEY, &ca.cert_pem), (CA_KEY_KEY, &ca.key_pem)],
-            );
-            match api.create(&PostParams::default(), &new).await {
-                Ok(s) => {
-                    tracing::info!(secret = %secrets.ca, %namespace, "generated the NATS servers' CA");
-                    s
-                }
-                Err(kube::Error::Api(e)) if e.code == 409 => api
-                    .get(&secrets.ca)
-                    .await
-                    .map_err(secret_error(&secrets.ca))?,
-                Err(e) => return Err(secret_error(&secrets.ca)(e).into()),
-            }
-        }
-    };
+    let (ca_secret, created) = get_or_create(api, &secrets.ca, || {
+        let ca = certs::issue_named_ca(
+            &format!("Starling NATS CA {namespace}/{}", secrets.server),
+            Timestamp::now(),
+        )?;
+        Ok::<_, NatsTlsError>(opaque_secret(
+            &secrets.ca,
+            namespace,
+            &[(CA_CERT_KEY, &ca.cert_pem), (CA_KEY_KEY, &ca.key_pem)],
+        ))
+    })
+    .await?;
+    if created {
+        tracing::info!(secret = %secrets.ca, %namespace, "generated the NATS servers' CA");
+    }
     let ca = ca_of(&ca_secret, &secrets.ca)?;
     let apply = PatchParams::apply(crate::controller::MANAGER).force();
     let server = api
